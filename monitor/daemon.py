@@ -1,0 +1,118 @@
+"""Wiring and lifecycle: one task group owns everything batchmon runs.
+
+:class:`Daemon` builds the parts from a validated :class:`~monitor.config.Config`
+(the API session and client, tracker, poller, sinks, collector, HTTP server),
+starts them in order (HTTP bound first, so /healthz answers as soon as
+polling starts) and tears them down in reverse when its scope is cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import anyio
+import anyio.abc
+import structlog
+
+from monitor import __version__
+from monitor.config import Config, PollConfig, SinkConfig
+from monitor.metrics import BatchmonCollector, make_registry
+from monitor.poller import Poller, utc_now
+from monitor.sinks.base import Route
+from monitor.sinks.dispatcher import Dispatcher, Subscription
+from monitor.sinks.log import LogSink
+from monitor.superoffice.auth import auth_from_config
+from monitor.superoffice.client import SuperOfficeClient, open_session
+from monitor.tracking.memory import Rules
+from monitor.tracking.tracker import Tracker
+from monitor.web import WebState, make_app, serve
+
+__all__ = ["Daemon", "rules_from", "subscriptions_from"]
+
+log = structlog.get_logger("batchmon.daemon")
+
+#: How long shutdown waits for queued deliveries before leaving them.
+DRAIN_TIMEOUT = 5.0
+
+
+def rules_from(config: PollConfig) -> Rules:
+    """Detection rules from the ``[poll]`` section."""
+    return Rules(
+        progress_step=config.progress_step,
+        progress_min_interval=timedelta(seconds=config.progress_min_interval),
+        stall_after=timedelta(seconds=config.stall_after),
+    )
+
+
+def subscriptions_from(sinks: list[SinkConfig]) -> list[Subscription]:
+    """A sink and its route for each ``[[sinks]]`` entry."""
+    return [
+        Subscription(
+            sink=LogSink(sink.name),
+            route=Route(events=sink.events, names=sink.names, ids=sink.ids),
+        )
+        for sink in sinks
+    ]
+
+
+class Daemon:
+    """The running monitor; ``port`` is the bound HTTP port once started."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.config = config
+        self.clock = clock
+        self.port: int | None = None
+        self.tracker = Tracker(rules_from(config.poll))
+        self.dispatcher = Dispatcher(subscriptions_from(config.sinks))
+        self.poller: Poller | None = None
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled; ``task_status.started(port)`` once polling runs."""
+        config = self.config
+        so = config.superoffice
+        async with open_session(so) as session:
+            client = SuperOfficeClient(session, so, auth_from_config(so.auth))
+            poller = Poller(
+                client,
+                self.tracker,
+                self.dispatcher.publish,
+                config.poll,
+                max_concurrency=so.max_concurrency,
+                max_requests_per_second=so.max_requests_per_second,
+                clock=self.clock,
+            )
+            self.poller = poller
+            poller.watch(config.watch.ids)
+            collector = BatchmonCollector(
+                self.tracker, poller.health, client.stats, self.dispatcher, clock=self.clock
+            )
+            state = WebState(
+                tracker=self.tracker,
+                poller=poller,
+                registry=make_registry(collector),
+                clock=self.clock,
+                stale_after=max(3 * config.poll.idle_interval, 3 * so.timeout, 60.0),
+            )
+            runner, self.port = await serve(make_app(state), config.http.host, config.http.port)
+            try:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self.dispatcher.run)
+                    await group.start(poller.run)
+                    log.info(
+                        "batchmon_started",
+                        version=__version__,
+                        url=f"http://{config.http.host}:{self.port}/",
+                        watching=len(config.watch.ids),
+                        api=so.url,
+                    )
+                    task_status.started(self.port)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    with anyio.move_on_after(DRAIN_TIMEOUT):
+                        await self.dispatcher.drain()
+                    self.dispatcher.close()
+                    await runner.cleanup()
+                log.info("batchmon_stopped")

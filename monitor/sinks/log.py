@@ -1,0 +1,47 @@
+"""The ``log`` sink: every event as one structlog event.
+
+Rendering (readable console on a TTY, JSON lines otherwise) is configured
+once, in the CLI; this sink only chooses the fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from monitor.tracking.events import Event
+
+__all__ = ["LogSink"]
+
+
+class LogSink:
+    """Writes events to the structured log (``batchmon.events``)."""
+
+    def __init__(self, name: str = "log") -> None:
+        self.name = name
+        self._log = structlog.get_logger("batchmon.events")
+
+    async def send(self, event: Event) -> None:
+        """Log the event with its task's state, progress and name."""
+        fields: dict[str, Any] = {}
+        task = event.task
+        if task is not None:
+            fields.update(
+                task_id=task.id,
+                task=task.name,
+                state=task.state.value,
+                progress=task.progress,
+            )
+            if task.progress_description:
+                fields["step"] = task.progress_description
+            if task.state.is_terminal and task.result:
+                fields["result"] = task.result
+        if event.previous:
+            fields["changed"] = event.to_dict()["previous"]
+        if event.eta is not None:
+            fields["eta"] = event.eta.isoformat(timespec="seconds")
+        if event.message:
+            fields["message"] = event.message
+        fields["event_id"] = event.id
+        self._log.info(event.type.value, **fields)

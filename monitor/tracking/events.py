@@ -1,0 +1,178 @@
+"""The events batchmon emits: what happened to a task, or to the monitor.
+
+Events are immutable values.  Their ``id`` is derived from *what* happened
+(task, type, run, state, progress), not from when it was noticed, so the same
+transition seen twice (a retry, a restart, a second replica) has the same id:
+it is the idempotency key receivers deduplicate on.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+
+from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
+
+__all__ = ["Event", "EventType", "TaskSummary", "event_id"]
+
+
+class EventType(enum.StrEnum):
+    """Every event type; the dotted names are the public contract."""
+
+    #: First observation of a task.
+    TASK_DISCOVERED = "task.discovered"
+    #: The state became Started.
+    TASK_STARTED = "task.started"
+    #: ProgressPercent crossed a step, or ProgressDescription changed.
+    TASK_PROGRESS = "task.progress"
+    #: The state became Succeeded or SucceededManualCleanup.
+    TASK_SUCCEEDED = "task.succeeded"
+    #: The state became Failed.
+    TASK_FAILED = "task.failed"
+    #: Any other state change (New→Aquired, anything→Unknown, …).
+    TASK_STATE_CHANGED = "task.state_changed"
+    #: StartCount grew or LastStarted moved: the task ran again.
+    TASK_RESTARTED = "task.restarted"
+    #: Active with no change for ``stall_after``.
+    TASK_STALLED = "task.stalled"
+    #: A change again after a stall.
+    TASK_RESUMED = "task.resumed"
+    #: The API answered 404 for a tracked task.
+    TASK_GONE = "task.gone"
+    #: N consecutive poll cycles failed.
+    MONITOR_API_DOWN = "monitor.api_down"
+    #: The first successful poll after ``monitor.api_down``.
+    MONITOR_API_RECOVERED = "monitor.api_recovered"
+    #: Credentials rejected after one renewal attempt.
+    MONITOR_AUTH_FAILED = "monitor.auth_failed"
+
+
+_ID_NAMESPACE = uuid.UUID("5d1f2a9e-6c1b-4d7e-9f3a-0b8c7e6d5a41")
+
+
+def event_id(*parts: object) -> str:
+    """A stable id for an event, from the facts that make it unique."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSummary:
+    """The task as an event carries it: what a reader of the event needs."""
+
+    id: int
+    name: str | None
+    state: BatchTaskState
+    state_raw: str | int | None
+    progress: int | None
+    progress_description: str | None
+    description: str | None
+    associate_id: int | None
+    context: str | None
+    request: str | None
+    response: str | None
+    result: str | None
+    file_name: str | None
+    last_started: datetime | None
+    created: datetime | None
+    start_count: int | None
+
+    @classmethod
+    def of(cls, info: BatchTaskInfo) -> TaskSummary:
+        """Summarise a parsed BatchTaskInfo."""
+        return cls(
+            id=info.id,
+            name=info.name,
+            state=info.state,
+            state_raw=info.state_raw,
+            progress=info.progress_percent,
+            progress_description=info.progress_description,
+            description=info.description,
+            associate_id=info.associate_id,
+            context=info.context,
+            request=info.request,
+            response=info.response,
+            result=info.result,
+            file_name=info.file_name,
+            last_started=info.last_started,
+            created=info.created,
+            start_count=info.start_count,
+        )
+
+    @property
+    def progress_ratio(self) -> float | None:
+        """Progress as 0..1, clamped for display."""
+        if self.progress is None:
+            return None
+        return min(max(self.progress, 0), 100) / 100
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (dates as ISO 8601)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state.value,
+            "state_raw": self.state_raw,
+            "progress": self.progress,
+            "progress_description": self.progress_description,
+            "description": self.description,
+            "associate_id": self.associate_id,
+            "context": self.context,
+            "request": self.request,
+            "response": self.response,
+            "result": self.result,
+            "file_name": self.file_name,
+            "last_started": _iso(self.last_started),
+            "created": _iso(self.created),
+            "start_count": self.start_count,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened, as detected at ``time`` (UTC).
+
+    ``previous`` holds the fields that changed, with their old values.
+    ``message`` says in words what happened where the fields alone do not
+    (why the API is down, why a task was flagged).
+    """
+
+    id: str
+    type: EventType
+    time: datetime
+    task: TaskSummary | None = None
+    previous: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    eta: datetime | None = None
+    message: str | None = None
+
+    @property
+    def task_id(self) -> int | None:
+        """The task's id, ``None`` for monitor events."""
+        return self.task.id if self.task is not None else None
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict: the event's wire form for logs and webhooks."""
+        return {
+            "id": self.id,
+            "type": self.type.value,
+            "time": self.time.isoformat(),
+            "task": self.task.to_dict() if self.task is not None else None,
+            "previous": {k: _jsonable(v) for k, v in self.previous.items()},
+            "eta": _iso(self.eta),
+            "message": self.message,
+        }

@@ -1,0 +1,77 @@
+"""The tracker: the memory of every watched task, advanced one observation at a time.
+
+It owns no I/O and no clock: the poller hands it snapshots (or a 404) with
+the time they were taken, and gets back the events to deliver.  The metrics
+collector and the HTTP API read its state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from types import MappingProxyType
+
+from monitor.superoffice.models import BatchTaskInfo
+from monitor.tracking.detect import detect
+from monitor.tracking.events import Event, EventType
+from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember
+
+__all__ = ["Tracker"]
+
+
+class Tracker:
+    """Per-task memory plus the counters the metrics need."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self._tasks: dict[int, TaskMemory] = {}
+        #: Events emitted so far, by type.
+        self.event_counts: Counter[EventType] = Counter()
+        #: State transitions seen so far, by (from, to) state name.
+        self.transitions: Counter[tuple[str, str]] = Counter()
+
+    @property
+    def tasks(self) -> Mapping[int, TaskMemory]:
+        """Every tracked task's memory, by id (read-only view)."""
+        return MappingProxyType(self._tasks)
+
+    def observe(self, info: BatchTaskInfo, now: datetime) -> list[Event]:
+        """Take a new snapshot of a task; return what happened since the last one."""
+        previous = self._tasks.get(info.id)
+        events = detect(previous, info, now, self.rules)
+        self._tasks[info.id] = remember(previous, info, now, events)
+        if previous is not None and not previous.gone and previous.info.state != info.state:
+            self.transitions[(previous.info.state.value, info.state.value)] += 1
+        self._count(events)
+        return events
+
+    def observe_gone(self, task_id: int, now: datetime) -> list[Event]:
+        """Record that the API answered 404 for a task."""
+        previous = self._tasks.get(task_id)
+        events = detect(previous, None, now, self.rules)
+        if previous is not None and not previous.gone:
+            self._tasks[task_id] = _gone(previous)
+        self._count(events)
+        return events
+
+    def eta(self, task_id: int, now: datetime) -> datetime | None:
+        """The current completion estimate for a task, if there is one."""
+        memory = self._tasks.get(task_id)
+        if memory is None or memory.stalled:
+            return None
+        return estimate_eta(memory, memory.info, now)
+
+    def forget(self, task_ids: Iterable[int]) -> None:
+        """Drop tasks that are no longer watched."""
+        for task_id in task_ids:
+            self._tasks.pop(task_id, None)
+
+    def _count(self, events: list[Event]) -> None:
+        for event in events:
+            self.event_counts[event.type] += 1
+
+
+def _gone(memory: TaskMemory) -> TaskMemory:
+    return replace(memory, gone=True, stalled=False)

@@ -1,0 +1,165 @@
+"""The HTTP side: /metrics, /healthz, /readyz, a JSON view of the tasks and a status page.
+
+A small aiohttp shell around state other modules own: the collector renders
+/metrics, the poller says whether the loop is alive, the tracker lists tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import anyio
+from aiohttp import web
+from jinja2 import Environment, PackageLoader, select_autoescape
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.registry import CollectorRegistry
+
+from monitor.poller import Poller
+from monitor.tracking.memory import TaskMemory
+from monitor.tracking.tracker import Tracker
+
+__all__ = ["WebState", "make_app", "serve"]
+
+_templates = Environment(
+    loader=PackageLoader("monitor", "templates"),
+    autoescape=select_autoescape(default=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WebState:
+    """What the HTTP handlers read."""
+
+    tracker: Tracker
+    poller: Poller
+    registry: CollectorRegistry
+    clock: Callable[[], datetime]
+    #: The loop is dead when no cycle ended for this long (seconds).
+    stale_after: float
+
+
+STATE = web.AppKey("state", WebState)
+
+
+def _elapsed(seconds: float) -> str:
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, Any]:
+    info = memory.info
+    eta = state.tracker.eta(info.id, now)
+    running = info.state.is_active and info.last_started is not None
+    return {
+        "id": info.id,
+        "name": info.name,
+        "state": "Gone" if memory.gone else info.state.value,
+        "state_raw": info.state_raw,
+        "percent": None if info.progress_ratio is None else round(info.progress_ratio * 100),
+        "step": info.progress_description,
+        "stalled": memory.stalled,
+        "eta": eta.isoformat(timespec="seconds") if eta else None,
+        "elapsed": _elapsed((now - info.last_started).total_seconds())
+        if running and info.last_started
+        else None,
+        "last_change": memory.last_change.isoformat(timespec="seconds"),
+        "last_seen": memory.last_seen.isoformat(timespec="seconds"),
+        "anomalies": list(info.anomalies),
+    }
+
+
+def _sorted_views(state: WebState) -> list[dict[str, Any]]:
+    now = state.clock()
+    memories = sorted(
+        state.tracker.tasks.values(),
+        key=lambda m: (not m.info.state.is_active, m.gone, -m.info.id),
+    )
+    return [_task_view(m, state, now) for m in memories]
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    """200 while the poll loop keeps completing cycles."""
+    state = request.app[STATE]
+    last = state.poller.last_cycle_end
+    age = None if last is None else anyio.current_time() - last
+    alive = age is None or age < state.stale_after
+    body = {
+        "status": "ok" if alive else "stalled",
+        "cycles": state.poller.cycles,
+        "last_cycle_age_seconds": age,
+    }
+    return web.json_response(body, status=200 if alive else 503)
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """200 once a poll cycle reached the API; otherwise says what is missing."""
+    state = request.app[STATE]
+    health = state.poller.health
+    problems = []
+    if state.poller.cycles == 0:
+        problems.append("no poll cycle completed yet")
+    elif not health.up:
+        problems.append(f"SuperOffice API unreachable: {health.last_error}")
+    body = {"ready": not problems, "problems": problems}
+    return web.json_response(body, status=503 if problems else 200)
+
+
+async def _tasks(request: web.Request) -> web.Response:
+    return web.json_response({"tasks": _sorted_views(request.app[STATE])})
+
+
+async def _task(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        task_id = int(request.match_info["task_id"])
+    except ValueError:
+        raise web.HTTPBadRequest(text="task id must be an integer") from None
+    memory = state.tracker.tasks.get(task_id)
+    if memory is None:
+        raise web.HTTPNotFound(text=f"task {task_id} is not watched")
+    return web.json_response(_task_view(memory, state, state.clock()))
+
+
+async def _status_page(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    views = _sorted_views(state)
+    last = state.poller.health.last_success
+    html = _templates.get_template("status.html").render(
+        tasks=views,
+        active=sum(1 for v in views if v["state"] in {"New", "Aquired", "Started"}),
+        api_up=state.poller.health.up,
+        last_poll=last.isoformat(timespec="seconds") if last else None,
+        refresh=5,
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+def make_app(state: WebState) -> web.Application:
+    """The aiohttp application with every route."""
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/metrics", make_aiohttp_handler(state.registry))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/api/v1/tasks", _tasks)
+    app.router.add_get("/api/v1/tasks/{task_id}", _task)
+    app.router.add_get("/", _status_page)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Bind and start the app; the runner (to clean up) and the bound port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])

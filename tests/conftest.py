@@ -1,0 +1,123 @@
+"""Shared fixtures: real loopback servers, a manual clock, clean structlog."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from monitor.config import Config, parse_config
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Each test starts with structlog's defaults."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+class ManualClock:
+    """A wall clock that moves only when told to."""
+
+    def __init__(self, start: datetime = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture(name="clock")
+def _clock() -> ManualClock:
+    return ManualClock()
+
+
+def make_config(url: str, **sections: Any) -> Config:
+    """A valid config for ``url`` (basic auth batchmon/batchmon), sections overridable."""
+    data: dict[str, Any] = {
+        "superoffice": {
+            "url": url,
+            "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
+            "max_requests_per_second": 1000.0,
+            "timeout": "2s",
+        },
+        "http": {"listen": "127.0.0.1:0"},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return parse_config(data, base_dir=Path.cwd())
+
+
+@dataclass
+class Reply:
+    """One scripted answer of :class:`ScriptedServer`."""
+
+    status: int = 200
+    body: bytes | str = b"{}"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class Seen:
+    """One request as :class:`ScriptedServer` received it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+class ScriptedServer:
+    """A real HTTP server on loopback that answers from a script and records requests."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+        self.seen: list[Seen] = []
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("/api"))
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(
+            Seen(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                await request.read(),
+            )
+        )
+        reply = self.replies.pop(0) if self.replies else Reply(404, b"")
+        if reply.delay:
+            await anyio.sleep(reply.delay)
+        body = reply.body.encode() if isinstance(reply.body, str) else reply.body
+        return web.Response(
+            status=reply.status,
+            body=body,
+            headers={"Content-Type": "application/json; charset=utf-8", **reply.headers},
+        )
+
+
+@pytest.fixture(name="scripted")
+async def _scripted() -> AsyncIterator[ScriptedServer]:
+    server = ScriptedServer()
+    await server.server.start_server()
+    yield server
+    await server.server.close()

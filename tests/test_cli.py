@@ -1,0 +1,173 @@
+"""The ``batchmon`` command as a user runs it: real processes, real config files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import anyio
+import pytest
+from click.testing import CliRunner
+
+from monitor.cli import EX_CONFIG, main
+from monitor.simulator import Simulator
+from monitor.superoffice.models import BatchTaskState
+
+ROOT = Path(__file__).parents[1]
+EXAMPLE = ROOT / "config" / "batchmon.example.toml"
+BATCHMON = [sys.executable, "-m", "monitor"]
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+class TestCheckConfig:
+    """``batchmon check-config``."""
+
+    def test_example_is_valid_and_secrets_are_masked(self, tmp_path: Path) -> None:
+        """The shipped example validates; its secrets never reach the output."""
+        (tmp_path / "so_password").write_text("marker-password-71f3\n")
+        (tmp_path / "api_token").write_text("marker-token-9c2e\n")
+        result = CliRunner().invoke(
+            main, ["check-config", str(EXAMPLE)], env={"CREDENTIALS_DIRECTORY": str(tmp_path)}
+        )
+
+        assert 0 == result.exit_code, result.output
+        assert "configuration is valid" in result.output
+        assert "marker-" not in result.output
+        assert "********" in result.output
+
+    def test_problems_by_path_and_exit_78(self, tmp_path: Path) -> None:
+        """Every problem is listed by key path; the exit code is EX_CONFIG."""
+        config = tmp_path / "bad.toml"
+        config.write_text(
+            '[superoffice]\nurl = "ftp://x"\n[superoffice.auth]\ntype = "basic"\n'
+            'username = "u"\npassword = "marker-secret-55aa"\n'
+            '[poll]\ninterval = "soon"\n[[sinks]]\nname = "ops"\ntype = "log"\ncolour = 1\n'
+        )
+        result = CliRunner().invoke(main, ["check-config", str(config)])
+
+        assert EX_CONFIG == result.exit_code
+        assert "superoffice.url:" in result.output
+        assert "poll.interval:" in result.output
+        assert "sinks[0].colour:" in result.output
+        assert "marker-secret" not in result.output
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A config file that does not exist is a config problem, not a traceback."""
+        result = CliRunner().invoke(main, ["check-config", str(tmp_path / "nope.toml")])
+
+        assert EX_CONFIG == result.exit_code
+        assert "nope.toml" in result.output
+        assert "Traceback" not in result.output
+
+    def test_run_refuses_a_bad_config_before_starting(self, tmp_path: Path) -> None:
+        """``run`` with a bad config exits 78 and starts nothing."""
+        config = tmp_path / "bad.toml"
+        config.write_text("[superoffice]\n")
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+
+        assert EX_CONFIG == result.exit_code
+        assert "superoffice.url:" in result.output
+        assert "batchmon_started" not in result.output
+
+
+class TestRun:
+    """``batchmon run`` against the simulator, as a real process."""
+
+    async def test_watches_and_stops_cleanly_on_sigterm(self, tmp_path: Path) -> None:
+        """It logs events as JSON lines and exits 0 on SIGTERM."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=10)
+            (tmp_path / "password").write_text("batchmon\n")
+            config = tmp_path / "batchmon.toml"
+            config.write_text(
+                f'[superoffice]\nurl = "{simulator.url}"\n'
+                '[superoffice.auth]\ntype = "basic"\nusername = "batchmon"\n'
+                'password_file = "password"\n'
+                f"[watch]\nids = [{task.id}]\n"
+                '[poll]\ninterval = "0.2s"\n[http]\nlisten = "127.0.0.1:0"\n'
+            )
+            process = await anyio.open_process(
+                [*BATCHMON, "run", "--config", str(config)],
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            output = b""
+            assert process.stdout is not None
+            with anyio.fail_after(20):
+                async for chunk in process.stdout:
+                    output += chunk
+                    if b"task.discovered" in output:
+                        break
+                simulator.set_task(task.id, state=BatchTaskState.FAILED)
+                async for chunk in process.stdout:
+                    output += chunk
+                    if b"task.failed" in output:
+                        break
+                process.send_signal(signal.SIGTERM)
+                output += b"".join([chunk async for chunk in process.stdout])
+                code = await process.wait()
+            await process.aclose()
+
+        events = [e["event"] for e in _json_lines(output.decode())]
+        assert 0 == code
+        assert ["batchmon_started", "task.discovered", "task.failed"] == [
+            e for e in events if e in {"batchmon_started", "task.discovered", "task.failed"}
+        ]
+        assert "batchmon_stopped" == events[-1]
+
+
+class TestDemo:
+    """``batchmon demo``: the first thing a new user runs."""
+
+    def test_tells_the_story_of_the_simulated_tasks(self) -> None:
+        """At three times speed, at least five tasks are seen starting, moving and ending."""
+        result = subprocess.run(
+            [
+                *BATCHMON,
+                "demo",
+                "--duration",
+                "27s",
+                "--speed",
+                "3",
+                "--port",
+                "0",
+                "--log-format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert 0 == result.returncode, result.stderr
+        assert "status page  http://127.0.0.1:" in result.stderr
+        seen: dict[object, set[object]] = defaultdict(set)
+        for line in _json_lines(result.stdout):
+            if "task_id" in line and str(line["event"]).startswith("task."):
+                seen[line["task_id"]].add(line["event"])
+        full_story = [
+            task
+            for task, kinds in seen.items()
+            if {"task.discovered", "task.started", "task.progress"} <= kinds
+            and kinds & {"task.succeeded", "task.failed"}
+        ]
+        assert len(full_story) >= 5, dict(seen)
+        every = set().union(*seen.values())
+        assert {"task.failed", "task.stalled", "task.resumed", "task.gone"} <= every
+
+
+@pytest.mark.parametrize("command", ["run", "check-config", "demo", "simulate"])
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    """``--help`` works on every command and shows an example."""
+    result = CliRunner().invoke(main, [command, "--help"])
+
+    assert 0 == result.exit_code
+    assert "Example:" in result.output

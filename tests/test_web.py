@@ -1,0 +1,213 @@
+"""The collector and the HTTP endpoints, checked with a private registry and real promtool."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import anyio
+import pytest
+
+from monitor import __version__
+from monitor.daemon import Daemon
+from monitor.metrics import BatchmonCollector, make_registry
+from monitor.simulator import Simulator
+from monitor.sinks.dispatcher import Dispatcher
+from monitor.superoffice.client import RequestStats
+from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
+from monitor.tracking.health import ApiHealth
+from monitor.tracking.memory import Rules
+from monitor.tracking.tracker import Tracker
+from tests.conftest import make_config
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(name="promtool")
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("BATCHMON_REQUIRE_TOOLS"):
+            pytest.fail("promtool is required (Debian package 'prometheus') but not installed")
+        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    return path
+
+
+def _task(
+    task_id: int, state: str, progress: int | None = None, name: str = "Export"
+) -> BatchTaskInfo:
+    return BatchTaskInfo.model_validate(
+        {
+            "Id": task_id,
+            "Name": name,
+            "State": state,
+            "ProgressPercent": progress,
+            "StartCount": 1,
+            "LastStarted": "2026-11-28T11:50:00Z",
+            "Request": "ExportSelection",
+            "AssociateId": 113,
+        }
+    )
+
+
+class TestCollector:
+    """The collector's families, read back from a private registry."""
+
+    def test_task_series(self) -> None:
+        """State is one-hot, progress a ratio, info carries the name; counts per state."""
+        tracker = Tracker(Rules())
+        tracker.observe(_task(1, "Started", 40), T0)
+        tracker.observe(_task(2, "New"), T0)
+        tracker.observe(_task(1, "Started", 50), T0 + timedelta(minutes=1))
+        registry = make_registry(
+            BatchmonCollector(
+                tracker, ApiHealth(3), RequestStats(), Dispatcher([]), clock=lambda: T0
+            )
+        )
+
+        def value(metric: str, **labels: str) -> float | None:
+            return registry.get_sample_value(metric, labels)
+
+        assert 1.0 == value("batchmon_task_state", task_id="1", state="Started")
+        assert 0.0 == value("batchmon_task_state", task_id="1", state="Failed")
+        assert 0.5 == value("batchmon_task_progress_ratio", task_id="1")
+        assert 1.0 == value(
+            "batchmon_task_info",
+            task_id="1",
+            name="Export",
+            request="ExportSelection",
+            associate_id="113",
+        )
+        assert 1.0 == value("batchmon_tasks", state="Started")
+        assert 1.0 == value("batchmon_tasks", state="New")
+        assert 0.0 == value("batchmon_tasks", state="Failed")
+        assert 2.0 == value("batchmon_events_total", type="task.discovered")
+        assert 0.0 == value("batchmon_events_total", type="task.failed")
+        assert value("batchmon_task_eta_timestamp_seconds", task_id="1") is not None
+        assert 1.0 == value(
+            "batchmon_build_info", version=__version__, python=platform.python_version()
+        )
+
+    def test_finished_tasks_age_out(self) -> None:
+        """A task that ended more than the retention ago is no longer exported."""
+        tracker = Tracker(Rules())
+        tracker.observe(_task(1, "Started", 40), T0)
+        tracker.observe(_task(1, "Failed", 40), T0 + timedelta(minutes=1))
+        recent = make_registry(
+            BatchmonCollector(
+                tracker,
+                ApiHealth(3),
+                RequestStats(),
+                Dispatcher([]),
+                clock=lambda: T0 + timedelta(minutes=30),
+            )
+        )
+        later = make_registry(
+            BatchmonCollector(
+                tracker,
+                ApiHealth(3),
+                RequestStats(),
+                Dispatcher([]),
+                clock=lambda: T0 + timedelta(hours=2),
+            )
+        )
+
+        assert 1.0 == recent.get_sample_value(
+            "batchmon_task_state", {"task_id": "1", "state": "Failed"}
+        )
+        assert (
+            later.get_sample_value("batchmon_task_state", {"task_id": "1", "state": "Failed"})
+            is None
+        )
+        assert 1.0 == later.get_sample_value(
+            "batchmon_task_transitions_total", {"from_state": "Started", "to_state": "Failed"}
+        )
+
+
+@asynccontextmanager
+async def running_daemon(simulator: Simulator, ids: list[int]) -> AsyncIterator[tuple[Daemon, str]]:
+    """A real daemon polling the simulator; yields it and its base URL once a cycle ran."""
+    config = make_config(simulator.url, watch={"ids": ids}, poll={"interval": "0.2s"})
+    daemon = Daemon(config)
+    async with anyio.create_task_group() as group:
+        port = await group.start(daemon.run)
+        with anyio.fail_after(10):
+            while daemon.poller is None or daemon.poller.cycles == 0:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        yield daemon, f"http://127.0.0.1:{port}"
+        group.cancel_scope.cancel()
+
+
+class TestEndpoints:
+    """The daemon's HTTP side, over loopback."""
+
+    async def test_metrics_pass_promtool(self, promtool: str) -> None:
+        """/metrics shows the tasks' states, and promtool finds nothing to complain about."""
+        async with Simulator() as simulator:
+            started = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=30)
+            failed = simulator.add_task(name="Import", state=BatchTaskState.FAILED)
+            async with (
+                running_daemon(simulator, [started.id, failed.id]) as (_, base),
+                aiohttp.ClientSession() as session,
+                session.get(base + "/metrics") as response,
+            ):
+                assert 200 == response.status
+                text = await response.text()
+
+        assert f'batchmon_task_state{{state="Started",task_id="{started.id}"}} 1.0' in text
+        assert f'batchmon_task_state{{state="Failed",task_id="{failed.id}"}} 1.0' in text
+        assert f'batchmon_task_progress_ratio{{task_id="{started.id}"}} 0.3' in text
+        assert "batchmon_api_up 1.0" in text
+        check = subprocess.run(  # noqa: ASYNC221 - a short tool run in a test
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        assert 0 == check.returncode, check.stdout + check.stderr
+        assert "" == check.stdout + check.stderr
+
+    async def test_health_tasks_and_status_page(self) -> None:
+        """healthz/readyz answer 200, the JSON lists tasks, the page escapes task text."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(
+                name="<script>alert(1)</script>", state=BatchTaskState.STARTED, progress=60
+            )
+            async with (
+                running_daemon(simulator, [task.id]) as (_, base),
+                aiohttp.ClientSession() as session,
+            ):
+                async with session.get(base + "/healthz") as response:
+                    assert 200 == response.status
+                async with session.get(base + "/readyz") as response:
+                    assert {"ready": True, "problems": []} == await response.json()
+                async with session.get(base + "/api/v1/tasks") as response:
+                    (listed,) = (await response.json())["tasks"]
+                async with session.get(base + f"/api/v1/tasks/{task.id}") as response:
+                    assert listed == await response.json()
+                async with session.get(base + "/api/v1/tasks/4242") as response:
+                    assert 404 == response.status
+                async with session.get(base + "/") as response:
+                    page = await response.text()
+
+        assert (task.id, "Started", 60) == (listed["id"], listed["state"], listed["percent"])
+        assert "<script>alert" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+    async def test_readyz_says_why(self) -> None:
+        """With the API failing, /readyz answers 503 and names the failure."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(state=BatchTaskState.STARTED)
+            simulator.fail_next(1000, 503)
+            async with (
+                running_daemon(simulator, [task.id]) as (_, base),
+                aiohttp.ClientSession() as session,
+                session.get(base + "/readyz") as response,
+            ):
+                status, body = response.status, await response.json()
+
+        assert 503 == status
+        assert body["problems"][0].startswith("SuperOffice API unreachable: GET /v1/BatchTask/")
