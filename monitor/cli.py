@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from monitor.config import (
 from monitor.daemon import Daemon
 from monitor.logs import configure_logging
 from monitor.simulator import Scenario, Simulator
+from monitor.sinks.factory import unavailable
 
 __all__ = ["main"]
 
@@ -48,13 +49,18 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def _config_or_exit(path: Path) -> Config:
+    """The validated config, or every problem on stderr and exit 78."""
     try:
-        return load_config(path)
+        config = load_config(path)
+        problems = unavailable(config.sinks)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         click.echo(f"batchmon: configuration refused ({path}):", err=True)
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(EX_CONFIG)
+    return config
 
 
 async def _until_signal(main: Callable[[], Awaitable[None]], duration: float | None) -> None:
@@ -79,9 +85,23 @@ async def _until_signal(main: Callable[[], Awaitable[None]], duration: float | N
             group.cancel_scope.cancel()
 
 
-def _bind_error(exc: OSError, where: str) -> None:
-    click.echo(f"batchmon: cannot listen on {where}: {exc.strerror or exc}", err=True)
-    sys.exit(1)
+def _run(main: Callable[[], Awaitable[None]], duration: float | None, listen: str) -> None:
+    """Run ``main`` until a signal; a port that cannot be bound is one clear line, exit 1."""
+    try:
+        anyio.run(_until_signal, main, duration)
+    except* OSError as group:
+        error = next(_leaves(group))
+        click.echo(f"batchmon: cannot listen on {listen}: {error.strerror or error}", err=True)
+        sys.exit(1)
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> Iterator[OSError]:
+    """The exceptions inside nested task-group exception groups."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            yield from _leaves(error)
+        else:
+            yield error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,11 +132,7 @@ def run(config_path: Path) -> None:
     """
     config = _config_or_exit(config_path)
     configure_logging(config.log.format, config.log.level)
-    daemon = Daemon(config)
-    try:
-        anyio.run(_until_signal, daemon.run, None)
-    except OSError as exc:
-        _bind_error(exc, config.http.listen)
+    _run(Daemon(config).run, None, config.http.listen)
 
 
 @main.command("check-config")
@@ -164,10 +180,7 @@ def simulate(host: str, port: int, seed: int, count: int, speed: float) -> None:
             with anyio.CancelScope(shield=True):
                 await simulator.stop()
 
-    try:
-        anyio.run(_until_signal, serve, None)
-    except OSError as exc:
-        _bind_error(exc, f"{host}:{port}")
+    _run(serve, None, f"{host}:{port}")
 
 
 @main.command()
@@ -247,7 +260,4 @@ def demo(
                     err=True,
                 )
 
-    try:
-        anyio.run(_until_signal, both, duration)
-    except OSError as exc:
-        _bind_error(exc, f"127.0.0.1:{port}")
+    _run(both, duration, f"127.0.0.1:{port}")

@@ -22,6 +22,7 @@ Three things shape this module:
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import difflib
 import fnmatch
@@ -513,6 +514,22 @@ class HttpConfig(_Section):
     listen: str = "127.0.0.1:9808"
     #: Bearer token required for PUT/DELETE on /api/v1/watches.
     api_token: Secret | None = None
+    #: Where people reach the status page (chat messages link to it), e.g.
+    #: ``https://batchmon.example.com/``; without it, messages carry no link.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        """Links in chat messages must be absolute http(s) URLs."""
+        if url is None:
+            return None
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "expected an absolute http(s) URL, e.g. 'https://batchmon.example.com/'"
+            )
+        return url.strip()
 
     @field_validator("listen")
     @classmethod
@@ -548,35 +565,109 @@ class LogConfig(_Section):
 _SINK_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
+#: Sink types that post to a URL (every type but ``log``).
+URL_SINK_TYPES: Final = (
+    "webhook",
+    "slack",
+    "teams",
+    "discord",
+    "mattermost",
+    "googlechat",
+    "alertmanager",
+)
+#: Sink types that send human-readable chat messages.
+CHAT_SINK_TYPES: Final = ("slack", "teams", "discord", "mattermost", "googlechat")
+
+_RATE_RE = re.compile(r"(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<per>\S+)")
+
+
+def parse_rate(value: object) -> float:
+    """Return ``value`` in events per second: ``"1/s"``, ``"5/2s"``, ``"30/m"`` or a number."""
+    expected = "expected a rate like '1/s', '5/2s' or '30/1m'"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        rate = float(value)
+    elif isinstance(value, str) and (match := _RATE_RE.fullmatch(value.strip())):
+        per = match["per"]
+        per_seconds = parse_duration(per if per[0].isdigit() else f"1{per}")
+        if per_seconds <= 0:
+            raise ValueError(f"{expected}, got {value!r}")
+        rate = float(match["count"]) / per_seconds
+    else:
+        raise ValueError(f"{expected}, got {_show(value)}")
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"a rate must be positive, got {_show(value)}")
+    return rate
+
+
+#: Events per second, written as ``"1/s"``, ``"5/2s"``, ``"30/m"`` or a number.
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+
+
 class SinkConfig(_Section):
     """A destination for events, with optional filters (all must match)."""
 
-    _later_keys = {
-        "url": "it belongs to the sink types that post to a URL (supported: log)",
-        "secret": "it belongs to sink type 'webhook' (supported: log)",
-        "template": "sink templates come in a later version",
-        "rate": "sink rate limits come in a later version",
-        "remind_every": "reminders come in a later version",
-    }
-    _later_types = (
-        "webhook",
-        "slack",
-        "teams",
-        "discord",
-        "mattermost",
-        "googlechat",
-        "alertmanager",
-    )
+    _secrets = ("url", "secret")
 
     #: Unique across sinks; the outbox and ``batchmon test-sink`` refer to it.
     name: str
-    type: Literal["log"]
+    type: Literal[
+        "log", "webhook", "slack", "teams", "discord", "mattermost", "googlechat", "alertmanager"
+    ]
+    #: Where to post (a secret: chat webhook URLs carry their own credentials).  For
+    #: ``alertmanager`` the Alertmanager's base URL, e.g. ``http://127.0.0.1:9093``.
+    url: Secret | None = None
+    #: ``webhook`` only: the Standard Webhooks signing secret (``whsec_`` + base64).
+    secret: Secret | None = None
+    #: Chat sinks and ``webhook``: a Jinja2 template (sandboxed) for the message text.
+    template: str | None = None
+    #: Deliveries per second at most; default per type (Slack 1/s, Discord 5/2s, …).
+    rate: Rate | None = None
+    #: Chat sinks and ``webhook``: repeat failed and stalled tasks this often while they stay so.
+    remind_every: Annotated[Duration, Field(gt=0)] | None = None
+    #: Per delivery request.
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0
     #: Event types or globs like ``"task.*"``; ``None`` means all.
     events: list[str] | None = None
     #: Globs on the task name; ``None`` means any.
     names: list[Annotated[str, Field(min_length=1)]] | None = None
     #: Task ids; ``None`` means any.
     ids: list[_TaskId] | None = None
+
+    @model_validator(mode="after")
+    def _keys_of_type(self) -> Self:
+        """Require a URL where the type posts somewhere; refuse keys the type ignores."""
+        problems = []
+        if self.type in URL_SINK_TYPES:
+            if self.url is None:
+                problems.append(
+                    _problem(
+                        ("url",),
+                        f"required for sink type {self.type!r} (give url, url_file or url_env)",
+                    )
+                )
+            else:
+                scheme, _, rest = self.url.get_secret_value().partition("://")
+                if scheme not in ("http", "https") or not rest.strip("/"):
+                    # The value is not shown: webhook URLs are credentials.
+                    problems.append(_problem(("url",), "expected an http(s) URL"))
+        elif self.url is not None:
+            problems.append(_problem(("url",), f"not used by sink type {self.type!r}"))
+        if self.secret is not None:
+            if self.type != "webhook":
+                problems.append(_problem(("secret",), "only sink type 'webhook' signs messages"))
+            elif not _valid_webhook_secret(self.secret.get_secret_value()):
+                problems.append(
+                    _problem(("secret",), "expected 'whsec_' followed by base64 (24 to 64 bytes)")
+                )
+        readable = (*CHAT_SINK_TYPES, "webhook")
+        problems.extend(
+            _problem((key,), f"not used by sink type {self.type!r}")
+            for key in ("template", "remind_every")
+            if getattr(self, key) is not None and self.type not in readable
+        )
+        if problems:
+            raise _invalid(type(self).__name__, problems)
+        return self
 
     @field_validator("name")
     @classmethod
@@ -610,6 +701,15 @@ class SinkConfig(_Section):
         if problems:
             raise _invalid(cls.__name__, problems)
         return events
+
+
+def _valid_webhook_secret(secret: str) -> bool:
+    """A Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64 random bytes."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        return False
+    return 24 <= len(key) <= 64
 
 
 def _default_sinks() -> list[SinkConfig]:

@@ -11,24 +11,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import aiohttp
 import anyio
 import anyio.abc
 import structlog
 
 from monitor import __version__
-from monitor.config import Config, PollConfig, SinkConfig
+from monitor.config import Config, PollConfig
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.poller import Poller, utc_now
-from monitor.sinks.base import Route
-from monitor.sinks.dispatcher import Dispatcher, Subscription
-from monitor.sinks.log import LogSink
+from monitor.sinks.dispatcher import Dispatcher
+from monitor.sinks.factory import SinkContext, subscriptions_from
 from monitor.superoffice.auth import auth_from_config
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from monitor.web import WebState, make_app, serve
 
-__all__ = ["Daemon", "rules_from", "subscriptions_from"]
+__all__ = ["Daemon", "rules_from"]
 
 log = structlog.get_logger("batchmon.daemon")
 
@@ -45,17 +45,6 @@ def rules_from(config: PollConfig) -> Rules:
     )
 
 
-def subscriptions_from(sinks: list[SinkConfig]) -> list[Subscription]:
-    """A sink and its route for each ``[[sinks]]`` entry."""
-    return [
-        Subscription(
-            sink=LogSink(sink.name),
-            route=Route(events=sink.events, names=sink.names, ids=sink.ids),
-        )
-        for sink in sinks
-    ]
-
-
 class Daemon:
     """The running monitor; ``port`` is the bound HTTP port once started."""
 
@@ -64,7 +53,7 @@ class Daemon:
         self.clock = clock
         self.port: int | None = None
         self.tracker = Tracker(rules_from(config.poll))
-        self.dispatcher = Dispatcher(subscriptions_from(config.sinks))
+        self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
 
     async def run(
@@ -73,12 +62,18 @@ class Daemon:
         """Run until cancelled; ``task_status.started(port)`` once polling runs."""
         config = self.config
         so = config.superoffice
-        async with open_session(so) as session:
+        sink_timeout = aiohttp.ClientTimeout(total=max(s.timeout for s in config.sinks))
+        async with (
+            open_session(so) as session,
+            aiohttp.ClientSession(timeout=sink_timeout) as sink_session,
+        ):
+            context = SinkContext(sink_session, status_url=config.http.public_url)
+            dispatcher = self.dispatcher = Dispatcher(subscriptions_from(config.sinks, context))
             client = SuperOfficeClient(session, so, auth_from_config(so.auth))
             poller = Poller(
                 client,
                 self.tracker,
-                self.dispatcher.publish,
+                dispatcher.publish,
                 config.poll,
                 max_concurrency=so.max_concurrency,
                 max_requests_per_second=so.max_requests_per_second,
@@ -87,7 +82,7 @@ class Daemon:
             self.poller = poller
             poller.watch(config.watch.ids)
             collector = BatchmonCollector(
-                self.tracker, poller.health, client.stats, self.dispatcher, clock=self.clock
+                self.tracker, poller.health, client.stats, dispatcher, clock=self.clock
             )
             state = WebState(
                 tracker=self.tracker,
@@ -99,7 +94,7 @@ class Daemon:
             runner, self.port = await serve(make_app(state), config.http.host, config.http.port)
             try:
                 async with anyio.create_task_group() as group:
-                    group.start_soon(self.dispatcher.run)
+                    group.start_soon(dispatcher.run)
                     await group.start(poller.run)
                     log.info(
                         "batchmon_started",
@@ -112,7 +107,7 @@ class Daemon:
             finally:
                 with anyio.CancelScope(shield=True):
                     with anyio.move_on_after(DRAIN_TIMEOUT):
-                        await self.dispatcher.drain()
-                    self.dispatcher.close()
+                        await dispatcher.drain()
+                    dispatcher.close()
                     await runner.cleanup()
                 log.info("batchmon_stopped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -171,3 +172,22 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
 
     assert 0 == result.exit_code
     assert "Example:" in result.output
+
+
+def test_busy_port_is_one_clear_line() -> None:
+    """A port in use gives one line naming it and exit 1, not a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*BATCHMON, "demo", "--duration", "5s", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    assert 1 == result.returncode
+    assert f"batchmon: cannot listen on 127.0.0.1:{port}:" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -313,34 +313,6 @@ class TestLaterVersions:
         """The problem names the key and says that this version does not support it."""
         assert problems(with_(path, value)) == [expected]
 
-    @pytest.mark.parametrize(
-        "kind",
-        ["webhook", "slack", "teams", "discord", "mattermost", "googlechat", "alertmanager"],
-    )
-    def test_sink_types(self, kind: str) -> None:
-        """Every sink type but log is refused by name, its other keys with it."""
-        data = with_("sinks", [{"name": "ops", "type": kind, "url_file": "hook", "rate": "1/s"}])
-
-        assert problems(data) == [
-            f"sinks[0].type: {kind!r} is not supported by this version (supported: log)"
-        ]
-
-    @pytest.mark.parametrize(
-        ("key", "message"),
-        [
-            ("url", "it belongs to the sink types that post to a URL (supported: log)"),
-            ("secret_env", "it belongs to sink type 'webhook' (supported: log)"),
-            ("template", "sink templates come in a later version"),
-            ("rate", "sink rate limits come in a later version"),
-            ("remind_every", "reminders come in a later version"),
-        ],
-    )
-    def test_sink_options(self, key: str, message: str) -> None:
-        """A log sink with another type's options is refused, not half-configured."""
-        data = with_("sinks", [{"name": "ops", "type": "log", key: "x"}])
-
-        assert problems(data) == [f"sinks[0].{key}: not supported by this version; {message}"]
-
 
 class TestUnknownKeys:
     """Unknown keys are errors, named by path, with a suggestion when one is close."""
@@ -581,7 +553,10 @@ class TestSinks:
             ({"name": "a"}, "sinks[0].type: required, but not given"),
             (
                 {"name": "a", "type": "sms"},
-                "sinks[0].type: must be 'log', got 'sms'",
+                (
+                    "sinks[0].type: must be 'log', 'webhook', 'slack', 'teams', 'discord', "
+                    "'mattermost', 'googlechat' or 'alertmanager', got 'sms'"
+                ),
             ),
             (
                 {"name": "a", "type": "log", "events": ["task.faild"]},
@@ -987,3 +962,97 @@ class TestListen:
         (problem,) = problems(with_("http", {"listen": listen}))
 
         assert problem.startswith(f"http.listen: {expected}")
+
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes of base64
+
+
+class TestSinkTypes:
+    """Every sink type, its required URL and the keys only some types take."""
+
+    @pytest.mark.parametrize(
+        "kind",
+        ["webhook", "slack", "teams", "discord", "mattermost", "googlechat", "alertmanager"],
+    )
+    def test_url_types(self, kind: str) -> None:
+        """Each URL sink type loads with a URL and is refused without one."""
+        config = parse_config(
+            with_("sinks", [{"name": "a", "type": kind, "url": "https://hooks.example.com/x"}]),
+            base_dir=Path("/nonexistent"),
+        )
+
+        assert config.sinks[0].url is not None
+        assert problems(with_("sinks", [{"name": "a", "type": kind}])) == [
+            f"sinks[0].url: required for sink type {kind!r} (give url, url_file or url_env)"
+        ]
+
+    def test_bad_url_is_not_echoed(self) -> None:
+        """A malformed webhook URL is refused without showing it (it is a credential)."""
+        found = problems(with_("sinks", [{"name": "a", "type": "slack", "url": "marker-77"}]))
+
+        assert found == ["sinks[0].url: expected an http(s) URL"]
+
+    @pytest.mark.parametrize(
+        ("sink", "expected"),
+        [
+            (
+                {"type": "log", "url": "https://x.example"},
+                "sinks[0].url: not used by sink type 'log'",
+            ),
+            (
+                {"type": "slack", "url": "https://x.example", "secret": SECRET},
+                "sinks[0].secret: only sink type 'webhook' signs messages",
+            ),
+            (
+                {"type": "webhook", "url": "https://x.example", "secret": "hunter2"},
+                "sinks[0].secret: expected 'whsec_' followed by base64 (24 to 64 bytes)",
+            ),
+            ({"type": "log", "template": "x"}, "sinks[0].template: not used by sink type 'log'"),
+            (
+                {"type": "alertmanager", "url": "http://am:9093", "remind_every": "1h"},
+                "sinks[0].remind_every: not used by sink type 'alertmanager'",
+            ),
+            (
+                {"type": "log", "rate": "fast"},
+                "sinks[0].rate: expected a rate like '1/s', '5/2s' or '30/1m', got 'fast'",
+            ),
+        ],
+    )
+    def test_refused(self, sink: dict[str, object], expected: str) -> None:
+        """Keys another type uses, and malformed values, are refused by path."""
+        assert problems(with_("sinks", [{"name": "a", **sink}])) == [expected]
+
+    @pytest.mark.parametrize(
+        ("rate", "per_second"),
+        [("1/s", 1.0), ("5/2s", 2.5), ("30/m", 0.5), ("30/1m", 0.5), (4, 4.0), ("120/1h", 1 / 30)],
+    )
+    def test_rates(self, rate: object, per_second: float) -> None:
+        """Rates are read as events per second."""
+        config = parse_config(
+            with_("sinks", [{"name": "a", "type": "log", "rate": rate}]),
+            base_dir=Path("/nonexistent"),
+        )
+
+        assert config.sinks[0].rate == pytest.approx(per_second)
+
+    def test_webhook_with_secret_and_options(self) -> None:
+        """A signed webhook with a template, rate and reminders loads."""
+        sink = {
+            "name": "hook",
+            "type": "webhook",
+            "url": "https://receiver.example/batchmon",
+            "secret": SECRET,
+            "template": "{{ event.type }}",
+            "rate": "10/s",
+            "remind_every": "4h",
+        }
+        config = parse_config(with_("sinks", [sink]), base_dir=Path("/nonexistent"))
+
+        assert (10.0, 14400.0) == (config.sinks[0].rate, config.sinks[0].remind_every)
+        assert "whsec_" not in repr(config)
+
+    def test_public_url(self) -> None:
+        """http.public_url must be an absolute http(s) URL."""
+        assert problems(with_("http.public_url", "batchmon.local")) == [
+            "http.public_url: expected an absolute http(s) URL, e.g. 'https://batchmon.example.com/'"
+        ]

@@ -19,18 +19,38 @@ __all__ = ["DeliveryError", "Route", "Sink"]
 
 
 class DeliveryError(Exception):
-    """The destination did not take the event; ``permanent`` means retrying is pointless."""
+    """The destination did not take the event.
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    ``permanent`` means retrying is pointless (a 4xx other than 429);
+    ``retry_after`` is the destination's own word on when to try again
+    (``Retry-After``, Discord's ``retry_after``), in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_after = retry_after
+        self.status = status
 
 
 class Sink(Protocol):
-    """A destination for events."""
+    """A destination for events.
+
+    A sink delivers exactly what it is given, once per call: retries, rate
+    limits, ordering and persistence belong to the dispatcher.
+    """
 
     #: The configured name (metrics label, log field).
     name: str
+    #: Deliveries per second the destination tolerates (``inf``: no limit).
+    default_rate: float
 
     async def send(self, event: Event) -> None:
         """Deliver one event, or raise :class:`DeliveryError`."""

@@ -6,6 +6,7 @@ once, in the CLI; this sink only chooses the fields.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import structlog
@@ -17,6 +18,8 @@ __all__ = ["LogSink"]
 
 class LogSink:
     """Writes events to the structured log (``batchmon.events``)."""
+
+    default_rate = math.inf
 
     def __init__(self, name: str = "log") -> None:
         self.name = name

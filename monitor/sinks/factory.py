@@ -1,0 +1,59 @@
+"""From ``[[sinks]]`` entries to sink objects.
+
+One :class:`aiohttp.ClientSession` serves every HTTP sink (one session per
+destination family, made at start-up by the daemon).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import aiohttp
+
+from monitor.config import SinkConfig
+from monitor.sinks.base import Route, Sink
+from monitor.sinks.dispatcher import Subscription
+from monitor.sinks.log import LogSink
+
+__all__ = ["BUILDERS", "SinkContext", "build_sink", "subscriptions_from", "unavailable"]
+
+
+class SinkContext:
+    """What every sink may need besides its own config."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, status_url: str | None) -> None:
+        #: The one HTTP session of all sinks.
+        self.session = session
+        #: The status page's public URL, for links in messages (``http.public_url``).
+        self.status_url = status_url
+
+
+#: How to build each sink type.
+BUILDERS: dict[str, Callable[[SinkConfig, SinkContext], Sink]] = {
+    "log": lambda config, _: LogSink(config.name),
+}
+
+
+def unavailable(sinks: Sequence[SinkConfig]) -> list[str]:
+    """Problems (by config path) for sink types this build cannot deliver to."""
+    return [
+        f"sinks[{index}].type: sink type {sink.type!r} is not available in this build"
+        for index, sink in enumerate(sinks)
+        if sink.type not in BUILDERS
+    ]
+
+
+def build_sink(config: SinkConfig, context: SinkContext) -> Sink:
+    """The sink a validated ``[[sinks]]`` entry describes (check :func:`unavailable` first)."""
+    return BUILDERS[config.type](config, context)
+
+
+def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> list[Subscription]:
+    """A sink and its route for each ``[[sinks]]`` entry."""
+    return [
+        Subscription(
+            sink=build_sink(sink, context),
+            route=Route(events=sink.events, names=sink.names, ids=sink.ids),
+        )
+        for sink in sinks
+    ]
