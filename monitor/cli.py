@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import click
@@ -30,10 +32,14 @@ from monitor.daemon import Daemon
 from monitor.logs import configure_logging
 from monitor.simulator import Scenario, Simulator
 from monitor.sinks.factory import unavailable
+from monitor.store import StoreError
 
 __all__ = ["main"]
 
 EX_CONFIG = 78
+#: sysexits' EX_CANTCREAT: the state database cannot be written.
+EX_CANTCREAT = 73
+_E = TypeVar("_E", bound=BaseException)
 
 log = structlog.get_logger("batchmon.cli")
 
@@ -89,13 +95,16 @@ def _run(main: Callable[[], Awaitable[None]], duration: float | None, listen: st
     """Run ``main`` until a signal; a port that cannot be bound is one clear line, exit 1."""
     try:
         anyio.run(_until_signal, main, duration)
+    except* StoreError as group:
+        click.echo(f"batchmon: {next(_leaves(group))}", err=True)
+        sys.exit(EX_CANTCREAT)
     except* OSError as group:
         error = next(_leaves(group))
         click.echo(f"batchmon: cannot listen on {listen}: {error.strerror or error}", err=True)
         sys.exit(1)
 
 
-def _leaves(group: BaseExceptionGroup[OSError]) -> Iterator[OSError]:
+def _leaves(group: BaseExceptionGroup[_E]) -> Iterator[_E]:
     """The exceptions inside nested task-group exception groups."""
     for error in group.exceptions:
         if isinstance(error, BaseExceptionGroup):
@@ -227,37 +236,46 @@ def demo(
 
     async def both() -> None:
         scenario = Scenario.generate(seed=seed, count=count, start=datetime.now(UTC), speed=speed)
-        async with Simulator(scenario) as simulator:
-            config = parse_config(
-                {
-                    "superoffice": {
-                        "url": simulator.url,
-                        "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
-                        "max_requests_per_second": 50,
-                    },
-                    "watch": {"ids": list(scenario.task_ids)},
-                    # The scenario's minute, watched closely: stalls show after 10 s.
-                    "poll": {
-                        "interval": 1 / speed,
-                        "idle_interval": 2 / speed,
-                        "stall_after": 10 / speed,
-                        "progress_min_interval": 3 / speed,
-                        "progress_step": 20,
-                        "terminal_linger": 15 / speed,
-                    },
-                    "http": {"listen": f"127.0.0.1:{port}"},
-                },
-                base_dir=Path.cwd(),
-            )
-            daemon = Daemon(config)
-            async with anyio.create_task_group() as group:
-                bound = await group.start(daemon.run)
-                click.echo(
-                    f"\n  batchmon demo: watching {len(scenario.task_ids)} simulated tasks\n"
-                    f"  status page  http://127.0.0.1:{bound}/\n"
-                    f"  metrics      http://127.0.0.1:{bound}/metrics\n"
-                    f"  Ctrl-C stops it.\n",
-                    err=True,
-                )
+        with tempfile.TemporaryDirectory(prefix="batchmon-demo-") as state_dir:
+            async with Simulator(scenario) as simulator:
+                await _demo(simulator, scenario, Path(state_dir), port, speed)
 
     _run(both, duration, f"127.0.0.1:{port}")
+
+
+async def _demo(
+    simulator: Simulator, scenario: Scenario, state_dir: Path, port: int, speed: float
+) -> None:
+    """The monitor against the simulator, with a fresh state of its own."""
+    config = parse_config(
+        {
+            "superoffice": {
+                "url": simulator.url,
+                "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
+                "max_requests_per_second": 50,
+            },
+            "watch": {"ids": list(scenario.task_ids)},
+            # The scenario's minute, watched closely: stalls show after 10 s.
+            "poll": {
+                "interval": 1 / speed,
+                "idle_interval": 2 / speed,
+                "stall_after": 10 / speed,
+                "progress_min_interval": 3 / speed,
+                "progress_step": 20,
+                "terminal_linger": 15 / speed,
+            },
+            "http": {"listen": f"127.0.0.1:{port}"},
+            "state": {"path": str(state_dir / "state.db")},
+        },
+        base_dir=Path.cwd(),
+    )
+    daemon = Daemon(config)
+    async with anyio.create_task_group() as group:
+        bound = await group.start(daemon.run)
+        click.echo(
+            f"\n  batchmon demo: watching {len(scenario.task_ids)} simulated tasks\n"
+            f"  status page  http://127.0.0.1:{bound}/\n"
+            f"  metrics      http://127.0.0.1:{bound}/metrics\n"
+            f"  Ctrl-C stops it.\n",
+            err=True,
+        )

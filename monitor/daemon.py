@@ -22,6 +22,7 @@ from monitor.metrics import BatchmonCollector, make_registry
 from monitor.poller import Poller, utc_now
 from monitor.sinks.dispatcher import Dispatcher
 from monitor.sinks.factory import SinkContext, subscriptions_from
+from monitor.store import Store
 from monitor.superoffice.auth import auth_from_config
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.tracking.memory import Rules
@@ -60,27 +61,50 @@ class Daemon:
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until cancelled; ``task_status.started(port)`` once polling runs."""
+        store = await Store.open(self.config.state.resolved_path)
+        try:
+            await self._serve(store, task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+
+    async def _restore(self, store: Store) -> list[int]:
+        """The ids to watch, and the tracker's memory of them from the last run."""
+        watched = list(dict.fromkeys([*self.config.watch.ids, *await store.watches()]))
+        stored = await store.load_tasks()
+        unwatched = set(stored) - set(watched)
+        if unwatched:
+            await store.forget_tasks(unwatched)
+        self.tracker.restore(m for task_id, m in stored.items() if task_id not in unwatched)
+        if stored:
+            log.info("state_restored", tasks=len(stored) - len(unwatched), forgotten=len(unwatched))
+        return watched
+
+    async def _serve(self, store: Store, task_status: anyio.abc.TaskStatus[int]) -> None:
         config = self.config
         so = config.superoffice
+        watched = await self._restore(store)
         sink_timeout = aiohttp.ClientTimeout(total=max(s.timeout for s in config.sinks))
         async with (
             open_session(so) as session,
             aiohttp.ClientSession(timeout=sink_timeout) as sink_session,
         ):
             context = SinkContext(sink_session, status_url=config.http.public_url)
-            dispatcher = self.dispatcher = Dispatcher(subscriptions_from(config.sinks, context))
+            dispatcher = Dispatcher(subscriptions_from(config.sinks, context), store)
+            self.dispatcher = dispatcher
+            await dispatcher.start()
             client = SuperOfficeClient(session, so, auth_from_config(so.auth))
             poller = Poller(
                 client,
                 self.tracker,
-                dispatcher.publish,
+                dispatcher.commit,
                 config.poll,
                 max_concurrency=so.max_concurrency,
                 max_requests_per_second=so.max_requests_per_second,
                 clock=self.clock,
             )
             self.poller = poller
-            poller.watch(config.watch.ids)
+            poller.watch(watched)
             collector = BatchmonCollector(
                 self.tracker, poller.health, client.stats, dispatcher, clock=self.clock
             )
@@ -100,7 +124,7 @@ class Daemon:
                         "batchmon_started",
                         version=__version__,
                         url=f"http://{config.http.host}:{self.port}/",
-                        watching=len(config.watch.ids),
+                        watching=len(watched),
                         api=so.url,
                     )
                     task_status.started(self.port)
@@ -108,6 +132,5 @@ class Daemon:
                 with anyio.CancelScope(shield=True):
                     with anyio.move_on_after(DRAIN_TIMEOUT):
                         await dispatcher.drain()
-                    dispatcher.close()
                     await runner.cleanup()
                 log.info("batchmon_stopped")

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -186,14 +187,28 @@ class BatchmonCollector(Collector):
         failed = CounterMetricFamily(
             "batchmon_delivery_failures", "Deliveries that failed, by sink.", labels=["sink"]
         )
+        given_up = CounterMetricFamily(
+            "batchmon_deliveries_given_up",
+            "Deliveries abandoned (rejected by the destination, or too old), by sink.",
+            labels=["sink"],
+        )
         queued = GaugeMetricFamily(
             "batchmon_outbox_events", "Events waiting for delivery, by sink.", labels=["sink"]
         )
-        for name in self._dispatcher.sink_names:
-            delivered.add_metric([name], self._dispatcher.delivered[name])
-            failed.add_metric([name], self._dispatcher.failed[name])
-            queued.add_metric([name], self._dispatcher.queued(name))
-        yield from (delivered, failed, queued)
+        latency = HistogramMetricFamily(
+            "batchmon_delivery_latency_seconds",
+            "Seconds from detecting an event to its delivery, by sink.",
+            labels=["sink"],
+        )
+        dispatcher = self._dispatcher
+        for name in dispatcher.sink_names:
+            delivered.add_metric([name], dispatcher.delivered[name])
+            failed.add_metric([name], dispatcher.failed[name])
+            given_up.add_metric([name], dispatcher.given_up[name])
+            queued.add_metric([name], dispatcher.queued(name))
+            histogram = dispatcher.latency[name]
+            latency.add_metric([name], histogram.cumulative(), histogram.sum)
+        yield from (delivered, failed, given_up, queued, latency)
 
 
 def make_registry(collector: BatchmonCollector) -> CollectorRegistry:

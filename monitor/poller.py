@@ -30,13 +30,25 @@ from monitor.superoffice.errors import ApiError, MalformedResponse, NotFound
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.events import Event
 from monitor.tracking.health import ApiHealth
+from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 
 __all__ = ["Poller", "utc_now"]
 
 log = structlog.get_logger("batchmon.poller")
 
-Publish = Callable[[Sequence[Event]], Awaitable[None]]
+#: Makes events and the task memories they came from durable, then delivers them.
+Commit = Callable[[Sequence[Event], Sequence[TaskMemory]], Awaitable[None]]
+
+
+def _differs(before: TaskMemory | None, after: TaskMemory) -> bool:
+    """Whether a memory changed in a way worth storing (not just ``last_seen``)."""
+    return (
+        before is None
+        or before.info != after.info
+        or before.stalled != after.stalled
+        or before.gone != after.gone
+    )
 
 
 def utc_now() -> datetime:
@@ -51,7 +63,7 @@ class Poller:
         self,
         client: SuperOfficeClient,
         tracker: Tracker,
-        publish: Publish,
+        commit: Commit,
         config: PollConfig,
         *,
         max_concurrency: int,
@@ -61,7 +73,7 @@ class Poller:
     ) -> None:
         self._client = client
         self._tracker = tracker
-        self._publish = publish
+        self._commit = commit
         self._config = config
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
@@ -113,9 +125,9 @@ class Poller:
         return await self.poll(list(self._due))
 
     async def poll(self, task_ids: Sequence[int]) -> list[Event]:
-        """One cycle over ``task_ids``: fetch, detect, publish; returns the events.
+        """One cycle over ``task_ids``: fetch, detect, commit; returns the events.
 
-        Each task's events are published as soon as its answer is in, so a
+        Each task's events are committed as soon as its answer is in, so a
         slow request never delays another task's news.
         """
         outcomes: list[BatchTaskInfo | ApiError] = []
@@ -130,10 +142,13 @@ class Poller:
                 except ApiError as exc:
                     result = exc
             outcomes.append(result)
+            before = self._tracker.tasks.get(task_id)
             found = self._absorb(task_id, result, self._clock())
-            if found:
+            after = self._tracker.tasks.get(task_id)
+            changed = after is not None and (bool(found) or _differs(before, after))
+            if found or changed:
                 events.extend(found)
-                await self._publish(found)
+                await self._commit(found, [after] if changed and after else [])
 
         async with anyio.create_task_group() as group:
             for task_id in task_ids:
@@ -142,7 +157,7 @@ class Poller:
         health_event = self._record_health(outcomes, self._clock())
         if health_event is not None:
             events.append(health_event)
-            await self._publish([health_event])
+            await self._commit([health_event], [])
         self.cycles += 1
         self.last_cycle_end = anyio.current_time()
         return events

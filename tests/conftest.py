@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from monitor.config import Config, parse_config
+from monitor.store import Store
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +46,12 @@ def _clock() -> ManualClock:
 
 
 def make_config(url: str, **sections: Any) -> Config:
-    """A valid config for ``url`` (basic auth batchmon/batchmon), sections overridable."""
+    """A valid config for ``url`` (basic auth batchmon/batchmon), sections overridable.
+
+    The state database goes to a fresh temporary directory unless ``state`` says otherwise.
+    """
     data: dict[str, Any] = {
+        "state": {"path": str(Path(tempfile.mkdtemp(prefix="batchmon-test-")) / "state.db")},
         "superoffice": {
             "url": url,
             "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
@@ -121,3 +127,11 @@ async def _scripted() -> AsyncIterator[ScriptedServer]:
     await server.server.start_server()
     yield server
     await server.server.close()
+
+
+@pytest.fixture(name="store")
+async def _store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh state database in the test's temporary directory."""
+    store = await Store.open(tmp_path / "state.db")
+    yield store
+    await store.close()

@@ -94,6 +94,7 @@ class TestRun:
                 'password_file = "password"\n'
                 f"[watch]\nids = [{task.id}]\n"
                 '[poll]\ninterval = "0.2s"\n[http]\nlisten = "127.0.0.1:0"\n'
+                f'[state]\npath = "{tmp_path / "state.db"}"\n'
             )
             process = await anyio.open_process(
                 [*BATCHMON, "run", "--config", str(config)],
@@ -191,3 +192,27 @@ def test_busy_port_is_one_clear_line() -> None:
     assert 1 == result.returncode
     assert f"batchmon: cannot listen on 127.0.0.1:{port}:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unwritable_state_is_one_clear_line(tmp_path: Path) -> None:
+    """A state path that cannot be created exits 73 naming the directory, nothing started."""
+    (tmp_path / "file").write_text("x")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[superoffice]\nurl = "http://127.0.0.1:9/api"\n'
+        '[superoffice.auth]\ntype = "bearer"\ntoken = "t"\n'
+        f'[state]\npath = "{tmp_path / "file" / "state.db"}"\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'
+    )
+    result = subprocess.run(
+        [*BATCHMON, "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert 73 == result.returncode
+    assert "cannot create the state directory" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "batchmon_started" not in result.stdout

@@ -18,18 +18,21 @@ from monitor.superoffice.auth import auth_from_config
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType
+from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 from tests.conftest import ManualClock, make_config
 
 
 class Recorder:
-    """Collects what the poller publishes."""
+    """Collects what the poller commits."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.memories: list[TaskMemory] = []
 
-    async def __call__(self, events: Sequence[Event]) -> None:
+    async def __call__(self, events: Sequence[Event], memories: Sequence[TaskMemory]) -> None:
         self.events.extend(events)
+        self.memories.extend(memories)
 
     def types(self) -> list[EventType]:
         return [e.type for e in self.events]
@@ -100,6 +103,19 @@ class TestLifecycle:
             failed.task.result,
         )
         assert poller.watched == frozenset(), "a terminal task is no longer polled"
+
+    async def test_memory_is_committed_only_when_it_changed(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """A poll that changes nothing writes nothing; a change writes the memory with its events."""
+        task = simulator.add_task(state=BatchTaskState.STARTED, progress=10)
+        async with polling(simulator, clock, [task.id]) as (poller, recorder):
+            await poller.poll_once()
+            await poller.poll_once()
+            simulator.set_task(task.id, progress=12)
+            await poller.poll_once()
+
+        assert [10, 12] == [m.info.progress_percent for m in recorder.memories]
 
     async def test_terminal_linger(self, simulator: Simulator, clock: ManualClock) -> None:
         """A finished task is polled for ``terminal_linger`` more, then dropped."""

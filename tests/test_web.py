@@ -19,6 +19,7 @@ from monitor.daemon import Daemon
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.simulator import Simulator
 from monitor.sinks.dispatcher import Dispatcher
+from monitor.store import Store
 from monitor.superoffice.client import RequestStats
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.tracking.health import ApiHealth
@@ -59,7 +60,7 @@ def _task(
 class TestCollector:
     """The collector's families, read back from a private registry."""
 
-    def test_task_series(self) -> None:
+    def test_task_series(self, store: Store) -> None:
         """State is one-hot, progress a ratio, info carries the name; counts per state."""
         tracker = Tracker(Rules())
         tracker.observe(_task(1, "Started", 40), T0)
@@ -67,7 +68,7 @@ class TestCollector:
         tracker.observe(_task(1, "Started", 50), T0 + timedelta(minutes=1))
         registry = make_registry(
             BatchmonCollector(
-                tracker, ApiHealth(3), RequestStats(), Dispatcher([]), clock=lambda: T0
+                tracker, ApiHealth(3), RequestStats(), Dispatcher([], store), clock=lambda: T0
             )
         )
 
@@ -94,7 +95,7 @@ class TestCollector:
             "batchmon_build_info", version=__version__, python=platform.python_version()
         )
 
-    def test_finished_tasks_age_out(self) -> None:
+    def test_finished_tasks_age_out(self, store: Store) -> None:
         """A task that ended more than the retention ago is no longer exported."""
         tracker = Tracker(Rules())
         tracker.observe(_task(1, "Started", 40), T0)
@@ -104,7 +105,7 @@ class TestCollector:
                 tracker,
                 ApiHealth(3),
                 RequestStats(),
-                Dispatcher([]),
+                Dispatcher([], store),
                 clock=lambda: T0 + timedelta(minutes=30),
             )
         )
@@ -113,7 +114,7 @@ class TestCollector:
                 tracker,
                 ApiHealth(3),
                 RequestStats(),
-                Dispatcher([]),
+                Dispatcher([], store),
                 clock=lambda: T0 + timedelta(hours=2),
             )
         )

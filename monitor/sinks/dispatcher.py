@@ -1,24 +1,38 @@
-"""Fan-out: one queue and one worker per sink, so a slow sink delays no other.
+"""Delivery: from committed events to every sink that wants them, at least once.
 
-Events are handed to each sink whose :class:`~monitor.sinks.base.Route`
-matches, in the order they were published; a sink sees one task's events in
-order.  A failed delivery is logged with the answer and counted; it is never
-dropped silently.
+Flow: :meth:`Dispatcher.commit` routes each event to the sinks whose
+:class:`~monitor.sinks.base.Route` matches and writes the task memories and
+those deliveries to the outbox in one transaction (see :mod:`monitor.store`).
+Then one worker per sink sends its deliveries in order, so a slow or dead
+sink delays no other, and one task's events arrive in the order they
+happened.
+
+A worker paces itself to the sink's rate, and on a failure retries the same
+delivery (the head of its queue) after ``max(retry_after, full-jitter
+backoff)``; a permanent failure (4xx) or a delivery older than ``max_age`` is
+given up, counted and logged with the destination's answer.  Queued
+``task.progress`` deliveries of one task are coalesced by the store (latest
+wins); state transitions are never dropped.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from monitor.histogram import Histogram
+from monitor.ratelimit import RateLimiter
 from monitor.sinks.base import DeliveryError, Route, Sink
+from monitor.store import OutboxRow, Store
 from monitor.tracking.events import Event
+from monitor.tracking.memory import TaskMemory
 
 __all__ = ["Dispatcher", "Subscription"]
 
@@ -27,91 +41,185 @@ log = structlog.get_logger("batchmon.dispatcher")
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """A sink and the events it wants."""
+    """A sink, the events it wants, and how fast it may be sent to."""
 
     sink: Sink
     route: Route
+    #: Deliveries per second (``inf``: as fast as it answers).
+    rate: float = math.inf
+
+
+#: Timers wake a hair early and datetimes round to microseconds: closer than this is due.
+_CLOCK_SLACK = 0.001
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Dispatcher:
-    """Routes published events to per-sink queues and drains them."""
+    """Routes events into the outbox and drains it, one worker per sink."""
 
-    def __init__(self, subscriptions: Sequence[Subscription]) -> None:
+    def __init__(
+        self,
+        subscriptions: Sequence[Subscription],
+        store: Store,
+        *,
+        now: Callable[[], datetime] = _utc_now,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        rng: random.Random | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        max_age: timedelta = timedelta(hours=24),
+    ) -> None:
         self._subscriptions = list(subscriptions)
-        self._queues: dict[
-            str, tuple[MemoryObjectSendStream[Event], MemoryObjectReceiveStream[Event]]
-        ] = {
-            s.sink.name: anyio.create_memory_object_stream[Event](math.inf)
-            for s in self._subscriptions
-        }
+        self._store = store
+        self._now = now
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_age = max_age
+        self._wake = {s.sink.name: anyio.Event() for s in self._subscriptions}
+        self._queued: Counter[str] = Counter()
         #: Events delivered, by sink name.
         self.delivered: Counter[str] = Counter()
-        #: Deliveries that failed, by sink name.
+        #: Delivery attempts that failed, by sink name.
         self.failed: Counter[str] = Counter()
+        #: Deliveries given up (permanent failure or too old), by sink name.
+        self.given_up: Counter[str] = Counter()
+        #: Seconds from detection to delivery, by sink name.
+        self.latency = {s.sink.name: Histogram() for s in self._subscriptions}
 
     @property
     def sink_names(self) -> list[str]:
         """The configured sinks, in order."""
         return [s.sink.name for s in self._subscriptions]
 
-    def queued(self, sink_name: str) -> int:
-        """Events waiting for a sink."""
-        return self._queues[sink_name][1].statistics().current_buffer_used
+    @property
+    def sinks(self) -> list[Sink]:
+        """The configured sinks, in order."""
+        return [s.sink for s in self._subscriptions]
 
-    async def publish(self, events: Sequence[Event]) -> None:
-        """Queue each event for every sink that wants it."""
-        for event in events:
-            for subscription in self._subscriptions:
-                if subscription.route.matches(event):
-                    self._queues[subscription.sink.name][0].send_nowait(event)
+    def queued(self, sink_name: str) -> int:
+        """Deliveries waiting in the outbox for a sink."""
+        return self._queued[sink_name]
+
+    async def start(self) -> None:
+        """Pick up where the last run stopped: count the outbox, drop unknown sinks."""
+        dropped = await self._store.drop_sinks_except(self.sink_names)
+        for sink, count in dropped.items():
+            log.warning("undelivered_for_removed_sink", sink=sink, events=count)
+        self._queued.update(await self._store.outbox_counts())
+        pending = {name: self._queued[name] for name in self.sink_names if self._queued[name]}
+        if pending:
+            log.info("outbox_resumed", pending=pending)
+
+    async def commit(self, events: Sequence[Event], memories: Sequence[TaskMemory] = ()) -> None:
+        """Store the memories and queue each event for every sink that wants it, atomically."""
+        deliveries = [
+            (s.sink.name, event)
+            for event in events
+            for s in self._subscriptions
+            if s.route.matches(event)
+        ]
+        if not deliveries and not memories:
+            return
+        growth = await self._store.commit(memories, deliveries, self._now().timestamp())
+        self._queued.update(growth)
+        for sink in {name for name, _ in deliveries}:
+            self._wake[sink].set()
 
     async def run(self) -> None:
-        """Drain every sink's queue until cancelled."""
+        """Deliver until cancelled."""
         async with anyio.create_task_group() as group:
             for subscription in self._subscriptions:
-                group.start_soon(self._drain, subscription.sink)
+                group.start_soon(self._work, subscription)
 
     async def drain(self) -> None:
-        """Deliver what is still queued (at shutdown; the caller bounds it in time)."""
+        """Send what is due now, once each, without waiting for retries (shutdown).
+
+        The caller bounds it in time; whatever is left stays in the outbox.
+        """
         async with anyio.create_task_group() as group:
             for subscription in self._subscriptions:
-                group.start_soon(self._flush, subscription.sink)
+                group.start_soon(self._flush, subscription)
 
-    def close(self) -> None:
-        """Release the queues; events still in them are dropped with a count in the log."""
-        for name, (send, receive) in self._queues.items():
-            left = receive.statistics().current_buffer_used
-            if left:
-                log.warning("undelivered_at_shutdown", sink=name, events=left)
-            send.close()
-            receive.close()
-
-    async def _flush(self, sink: Sink) -> None:
-        receive = self._queues[sink.name][1]
-        while True:
-            try:
-                event = receive.receive_nowait()
-            except anyio.WouldBlock:
+    async def _flush(self, subscription: Subscription) -> None:
+        name = subscription.sink.name
+        while (row := await self._store.next_delivery(name)) is not None:
+            if row.next_attempt > self._now().timestamp() or not await self._attempt(
+                subscription, row
+            ):
                 return
-            await self._deliver(sink, event)
 
-    async def _drain(self, sink: Sink) -> None:
-        async for event in self._queues[sink.name][1]:
-            await self._deliver(sink, event)
+    async def _work(self, subscription: Subscription) -> None:
+        name = subscription.sink.name
+        limiter = RateLimiter(subscription.rate) if math.isfinite(subscription.rate) else None
+        while True:
+            row = await self._store.next_delivery(name)
+            if row is None:
+                await self._wake[name].wait()
+                self._wake[name] = anyio.Event()
+                continue
+            wait = row.next_attempt - self._now().timestamp()
+            if wait > _CLOCK_SLACK:
+                await self._sleep(wait)
+                continue
+            if limiter is not None:
+                await limiter.acquire()
+            await self._attempt(subscription, row)
 
-    async def _deliver(self, sink: Sink, event: Event) -> None:
+    async def _attempt(self, subscription: Subscription, row: OutboxRow) -> bool:
+        """Try one delivery; whether it left the outbox delivered."""
+        sink, event = subscription.sink, row.event
+        await self._store.mark_attempt(row.seq)
         try:
             await sink.send(event)
         except DeliveryError as exc:
-            self.failed[sink.name] += 1
-            log.error(
-                "delivery_failed",
-                sink=sink.name,
-                event_id=event.id,
-                event_type=event.type.value,
-                task_id=event.task_id,
-                error=str(exc),
-                permanent=exc.permanent,
+            await self._failed(
+                sink.name, row, exc, permanent=exc.permanent, retry_after=exc.retry_after
             )
-        else:
-            self.delivered[sink.name] += 1
+            return False
+        except Exception as exc:  # a bug in a sink must not stop its worker
+            log.exception("sink_crashed", sink=sink.name, event_id=event.id)
+            await self._failed(sink.name, row, exc, permanent=False, retry_after=None)
+            return False
+        await self._store.remove(row.seq)
+        self._queued[sink.name] -= 1
+        self.delivered[sink.name] += 1
+        self.latency[sink.name].observe(max((self._now() - event.time).total_seconds(), 0.0))
+        return True
+
+    async def _failed(
+        self,
+        sink: str,
+        row: OutboxRow,
+        error: Exception,
+        *,
+        permanent: bool,
+        retry_after: float | None,
+    ) -> None:
+        self.failed[sink] += 1
+        now = self._now().timestamp()
+        attempts = row.attempts + 1
+        fields = {
+            "sink": sink,
+            "event_id": row.event.id,
+            "event_type": row.event.type.value,
+            "task_id": row.event.task_id,
+            "attempts": attempts,
+            "error": str(error),
+        }
+        too_old = now - row.created > self._max_age.total_seconds()
+        if permanent or too_old:
+            await self._store.remove(row.seq)
+            self._queued[sink] -= 1
+            self.given_up[sink] += 1
+            reason = "rejected by the destination" if permanent else "too old to be worth sending"
+            log.error("delivery_given_up", reason=reason, **fields)
+            return
+        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** min(attempts - 1, 30))
+        delay = max(retry_after or 0.0, self._rng.uniform(0, ceiling))
+        await self._store.retry_later(row.seq, now + delay, str(error))
+        log.warning("delivery_failed", retry_in=round(delay, 3), **fields)

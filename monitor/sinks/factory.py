@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from monitor.config import SinkConfig
+from monitor.sinks.alertmanager import AlertmanagerSink
 from monitor.sinks.base import Route, Sink
 from monitor.sinks.dispatcher import Subscription
 from monitor.sinks.log import LogSink
@@ -31,6 +32,9 @@ class SinkContext:
 #: How to build each sink type.
 BUILDERS: dict[str, Callable[[SinkConfig, SinkContext], Sink]] = {
     "log": lambda config, _: LogSink(config.name),
+    "alertmanager": lambda config, context: AlertmanagerSink.from_config(
+        config, context.session, status_url=context.status_url
+    ),
 }
 
 
@@ -50,10 +54,14 @@ def build_sink(config: SinkConfig, context: SinkContext) -> Sink:
 
 def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> list[Subscription]:
     """A sink and its route for each ``[[sinks]]`` entry."""
-    return [
-        Subscription(
-            sink=build_sink(sink, context),
-            route=Route(events=sink.events, names=sink.names, ids=sink.ids),
+    subscriptions = []
+    for config in sinks:
+        sink = build_sink(config, context)
+        subscriptions.append(
+            Subscription(
+                sink=sink,
+                route=Route(events=config.events, names=config.names, ids=config.ids),
+                rate=config.rate if config.rate is not None else sink.default_rate,
+            )
         )
-        for sink in sinks
-    ]
+    return subscriptions

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
+from typing import Any
 
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 
@@ -109,6 +110,28 @@ class TaskSummary:
             return None
         return min(max(self.progress, 0), 100) / 100
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSummary:
+        """The inverse of :meth:`to_dict` (the outbox stores events as JSON)."""
+        return cls(
+            id=int(data["id"]),
+            name=data["name"],
+            state=BatchTaskState(data["state"]),
+            state_raw=data["state_raw"],
+            progress=data["progress"],
+            progress_description=data["progress_description"],
+            description=data["description"],
+            associate_id=data["associate_id"],
+            context=data["context"],
+            request=data["request"],
+            response=data["response"],
+            result=data["result"],
+            file_name=data["file_name"],
+            last_started=_date(data["last_started"]),
+            created=_date(data["created"]),
+            start_count=data["start_count"],
+        )
+
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict (dates as ISO 8601)."""
         return {
@@ -133,6 +156,10 @@ class TaskSummary:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def _date(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
 
 
 def _jsonable(value: object) -> object:
@@ -164,6 +191,20 @@ class Event:
     def task_id(self) -> int | None:
         """The task's id, ``None`` for monitor events."""
         return self.task.id if self.task is not None else None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        """The inverse of :meth:`to_dict`; old values in ``previous`` stay in their JSON form."""
+        task = data.get("task")
+        return cls(
+            id=str(data["id"]),
+            type=EventType(data["type"]),
+            time=datetime.fromisoformat(data["time"]),
+            task=TaskSummary.from_dict(task) if task is not None else None,
+            previous=MappingProxyType(dict(data.get("previous") or {})),
+            eta=_date(data.get("eta")),
+            message=data.get("message"),
+        )
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict: the event's wire form for logs and webhooks."""

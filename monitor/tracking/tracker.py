@@ -63,6 +63,11 @@ class Tracker:
             return None
         return estimate_eta(memory, memory.info, now)
 
+    def restore(self, memories: Iterable[TaskMemory]) -> None:
+        """Start from memories stored by an earlier run (nothing is re-announced)."""
+        for memory in memories:
+            self._tasks[memory.info.id] = memory
+
     def forget(self, task_ids: Iterable[int]) -> None:
         """Drop tasks that are no longer watched."""
         for task_id in task_ids:

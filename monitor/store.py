@@ -1,0 +1,393 @@
+"""Durable state in SQLite: what batchmon knew about each task, and the outbox.
+
+Why it exists: a restart must neither re-announce what was announced nor miss
+what happened while batchmon was down, and a chat outage must not lose a
+notification.  So the tracker's memory of a task and the deliveries its new
+events cause are written in *one* transaction, before any sink sees them; a
+delivery leaves the outbox only when it was delivered or given up.
+
+Event ids are derived from what happened, so if batchmon dies between
+detecting and committing, the next start detects the same transition again
+with the same id: at-least-once, never silently lost.
+
+SQLite runs in a worker thread (one at a time, through a capacity limiter of
+one), so no query blocks the event loop.  The database is in WAL mode.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from monitor.superoffice.models import BatchTaskInfo
+from monitor.tracking.events import Event, EventType
+from monitor.tracking.memory import TaskMemory
+
+__all__ = ["OutboxRow", "Store", "StoreError"]
+
+log = structlog.get_logger("batchmon.store")
+
+SCHEMA_VERSION = 1
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    memory TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watches (id INTEGER PRIMARY KEY, added REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    task_id INTEGER,
+    type TEXT NOT NULL,
+    event TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    last_error TEXT,
+    UNIQUE (sink, event_id)
+);
+CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq);
+"""
+
+
+class StoreError(Exception):
+    """The state database cannot be used (unwritable directory, disk full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One pending delivery of one event to one sink."""
+
+    seq: int
+    sink: str
+    event: Event
+    attempts: int
+    #: Wall-clock epoch seconds before which it must not be tried again.
+    next_attempt: float
+    #: Epoch seconds when it entered the outbox.
+    created: float
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _date(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def memory_to_json(memory: TaskMemory) -> str:
+    """Serialise a task's memory (the snapshot in its API spelling)."""
+    return json.dumps(
+        {
+            "info": memory.info.model_dump(mode="json", by_alias=True),
+            "first_seen": memory.first_seen.isoformat(),
+            "last_change": memory.last_change.isoformat(),
+            "last_seen": memory.last_seen.isoformat(),
+            "stalled": memory.stalled,
+            "announced_progress": memory.announced_progress,
+            "announced_description": memory.announced_description,
+            "last_progress_event": _iso(memory.last_progress_event),
+            "history": [[t.isoformat(), p] for t, p in memory.history],
+            "terminal_since": _iso(memory.terminal_since),
+            "gone": memory.gone,
+        }
+    )
+
+
+def memory_from_json(text: str) -> TaskMemory:
+    """The inverse of :func:`memory_to_json`."""
+    data: dict[str, Any] = json.loads(text)
+    return TaskMemory(
+        info=BatchTaskInfo.model_validate(data["info"], context={"tz": UTC}),
+        first_seen=datetime.fromisoformat(data["first_seen"]),
+        last_change=datetime.fromisoformat(data["last_change"]),
+        last_seen=datetime.fromisoformat(data["last_seen"]),
+        stalled=data["stalled"],
+        announced_progress=data["announced_progress"],
+        announced_description=data["announced_description"],
+        last_progress_event=_date(data["last_progress_event"]),
+        history=tuple((datetime.fromisoformat(t), int(p)) for t, p in data["history"]),
+        terminal_since=_date(data["terminal_since"]),
+        gone=data["gone"],
+    )
+
+
+class Store:
+    """The state database; every method runs its SQL in a worker thread."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+        self._limiter = anyio.CapacityLimiter(1)
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (or create) the database; a corrupt one is moved aside and replaced."""
+        connection = await anyio.to_thread.run_sync(_connect, path)
+        return cls(connection, path)
+
+    async def close(self) -> None:
+        """Close the database (after the last write)."""
+        await self._run(self._db.close)
+
+    async def _run(self, function: Callable[[], _T]) -> _T:
+        try:
+            return await anyio.to_thread.run_sync(function, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            msg = f"state database {self.path}: {exc}"
+            raise StoreError(msg) from exc
+
+    # --- tasks
+
+    async def load_tasks(self) -> dict[int, TaskMemory]:
+        """Every stored task memory; unreadable rows are logged and skipped."""
+
+        def load() -> list[tuple[int, str]]:
+            return self._db.execute("SELECT id, memory FROM tasks").fetchall()
+
+        memories: dict[int, TaskMemory] = {}
+        for task_id, text in await self._run(load):
+            try:
+                memories[task_id] = memory_from_json(text)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("stored_task_unreadable", task_id=task_id, error=str(exc))
+        return memories
+
+    async def forget_tasks(self, task_ids: Iterable[int]) -> None:
+        """Drop the memory of tasks no longer watched."""
+        ids = [(task_id,) for task_id in task_ids]
+
+        def forget() -> None:
+            with self._db:
+                self._db.executemany("DELETE FROM tasks WHERE id = ?", ids)
+
+        await self._run(forget)
+
+    async def commit(
+        self,
+        memories: Sequence[TaskMemory],
+        deliveries: Sequence[tuple[str, Event]],
+        now: float,
+    ) -> dict[str, int]:
+        """Store task memories and queue deliveries, atomically.
+
+        A queued ``task.progress`` replaces the older progress deliveries of
+        the same task and sink that are still waiting (latest wins); nothing
+        else is ever replaced.  Returns how the outbox grew per sink (it can
+        shrink when progress is coalesced).
+        """
+        rows = [(m.info.id, memory_to_json(m)) for m in memories]
+        queued = [
+            (sink, e.id, e.task_id, e.type.value, json.dumps(e.to_dict()), now)
+            for sink, e in deliveries
+        ]
+
+        def write() -> dict[str, int]:
+            growth: dict[str, int] = {}
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO tasks (id, memory) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
+                    rows,
+                )
+                for row in queued:
+                    sink, _, task_id, kind = row[:4]
+                    if kind == EventType.TASK_PROGRESS.value and task_id is not None:
+                        # attempts = 0: never replace one that is being tried right now.
+                        dropped = self._db.execute(
+                            "DELETE FROM outbox WHERE sink = ? AND task_id = ? AND type = ? "
+                            "AND attempts = 0",
+                            (sink, task_id, kind),
+                        ).rowcount
+                        growth[sink] = growth.get(sink, 0) - dropped
+                    added = self._db.execute(
+                        "INSERT OR IGNORE INTO outbox "
+                        "(sink, event_id, task_id, type, event, created) VALUES (?, ?, ?, ?, ?, ?)",
+                        row,
+                    ).rowcount
+                    growth[sink] = growth.get(sink, 0) + added
+            return growth
+
+        return await self._run(write)
+
+    # --- outbox
+
+    async def next_delivery(self, sink: str) -> OutboxRow | None:
+        """The oldest pending delivery of a sink (deliveries go out in order)."""
+
+        def first() -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = self._db.execute(
+                "SELECT seq, sink, event, attempts, next_attempt, created FROM outbox "
+                "WHERE sink = ? ORDER BY seq LIMIT 1",
+                (sink,),
+            ).fetchone()
+            return row
+
+        row = await self._run(first)
+        if row is None:
+            return None
+        seq, name, text, attempts, next_attempt, created = row
+        return OutboxRow(
+            seq, name, Event.from_dict(json.loads(text)), attempts, next_attempt, created
+        )
+
+    async def mark_attempt(self, seq: int) -> None:
+        """Record that a delivery is being tried (so coalescing leaves it alone)."""
+
+        def mark() -> None:
+            with self._db:
+                self._db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+
+        await self._run(mark)
+
+    async def retry_later(self, seq: int, next_attempt: float, error: str) -> None:
+        """Keep a delivery for another try at ``next_attempt`` (epoch seconds)."""
+
+        def later() -> None:
+            with self._db:
+                self._db.execute(
+                    "UPDATE outbox SET next_attempt = ?, last_error = ? WHERE seq = ?",
+                    (next_attempt, error, seq),
+                )
+
+        await self._run(later)
+
+    async def remove(self, seq: int) -> None:
+        """A delivery is done: delivered or given up."""
+
+        def delete() -> None:
+            with self._db:
+                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+        await self._run(delete)
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """Pending deliveries per sink."""
+
+        def count() -> list[tuple[str, int]]:
+            return self._db.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
+
+        return dict(await self._run(count))
+
+    async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
+        """Delete deliveries for sinks no longer configured; how many, per sink."""
+        keep = sorted(set(sinks))
+
+        def drop() -> dict[str, int]:
+            marks = ",".join("?" * len(keep))
+            with self._db:
+                gone = dict(
+                    self._db.execute(
+                        f"SELECT sink, COUNT(*) FROM outbox WHERE sink NOT IN ({marks}) "  # noqa: S608 - only placeholders
+                        "GROUP BY sink",
+                        keep,
+                    ).fetchall()
+                )
+                self._db.execute(f"DELETE FROM outbox WHERE sink NOT IN ({marks})", keep)  # noqa: S608
+            return gone
+
+        return await self._run(drop)
+
+    # --- watches added at run time
+
+    async def watches(self) -> list[int]:
+        """Task ids watched through the HTTP API."""
+
+        def load() -> list[tuple[int]]:
+            return self._db.execute("SELECT id FROM watches ORDER BY id").fetchall()
+
+        return [task_id for (task_id,) in await self._run(load)]
+
+    async def add_watch(self, task_id: int) -> None:
+        """Persist a watch added at run time."""
+
+        def add() -> None:
+            with self._db:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO watches (id, added) VALUES (?, ?)",
+                    (task_id, time.time()),
+                )
+
+        await self._run(add)
+
+    async def remove_watch(self, task_id: int) -> None:
+        """Forget a watch added at run time."""
+
+        def remove() -> None:
+            with self._db:
+                self._db.execute("DELETE FROM watches WHERE id = ?", (task_id,))
+
+        await self._run(remove)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open the database, moving a corrupt one aside; refuse an unwritable place clearly."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"cannot create the state directory {path.parent}: {exc.strerror}"
+        raise StoreError(msg) from None
+    try:
+        return _prepare(path)
+    except sqlite3.DatabaseError as exc:
+        if not path.exists() or "readonly" in str(exc) or "unable to open" in str(exc):
+            msg = f"cannot write the state database {path}: {exc}"
+            raise StoreError(msg) from None
+        aside = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        path.rename(aside)
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        log.error(
+            "state_database_corrupt",
+            path=str(path),
+            moved_to=str(aside),
+            error=str(exc),
+            consequence="starting with empty state: tasks are rediscovered, "
+            "undelivered events in the old database are not sent",
+        )
+        return _prepare(path)
+
+
+def _prepare(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        # isolation_level=None leaves transactions to "with connection:" blocks below,
+        # which need the default mode; set it after the pragmas.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        (verdict,) = connection.execute("PRAGMA quick_check").fetchone()
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
+        connection.isolation_level = "DEFERRED"
+        with connection:
+            connection.executescript(_SCHEMA)
+            connection.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        # A probe write: a read-only file or directory must fail now, not at the first event.
+        with connection:
+            connection.execute(
+                "INSERT INTO meta (key, value) VALUES ('opened', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (datetime.now(UTC).isoformat(),),
+            )
+    except BaseException:
+        connection.close()
+        raise
+    return connection

@@ -1,0 +1,294 @@
+"""Delivery through the outbox: order, retries, give-ups, isolation, restarts, in simulated time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+from structlog.testing import capture_logs
+
+from monitor.daemon import Daemon
+from monitor.simulator import Simulator
+from monitor.sinks.base import DeliveryError, Route
+from monitor.sinks.dispatcher import Dispatcher, Subscription
+from monitor.store import Store
+from monitor.superoffice.models import BatchTaskState
+from monitor.tracking.events import Event, EventType
+from tests.conftest import make_config
+from tests.test_store import events_for
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+class VirtualTime:
+    """A wall clock whose sleeps pass instantly (time moves by the amount slept)."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.slept: list[float] = []
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += timedelta(seconds=seconds)
+        await anyio.lowlevel.checkpoint()
+
+
+class Destination:
+    """A stand-in for a chat service: accepts, or refuses while ``refuse`` says so."""
+
+    default_rate = math.inf
+
+    def __init__(
+        self, name: str, refuse: Callable[[Event], DeliveryError | None] = lambda _: None
+    ) -> None:
+        self.name = name
+        self.refuse = refuse
+        self.received: list[Event] = []
+        self.attempts = 0
+
+    async def send(self, event: Event) -> None:
+        self.attempts += 1
+        error = self.refuse(event)
+        if error is not None:
+            raise error
+        self.received.append(event)
+
+
+@asynccontextmanager
+async def dispatching(dispatcher: Dispatcher) -> AsyncIterator[Dispatcher]:
+    """Run the dispatcher's workers for the duration of the block."""
+    await dispatcher.start()
+    async with anyio.create_task_group() as group:
+        group.start_soon(dispatcher.run)
+        yield dispatcher
+        group.cancel_scope.cancel()
+
+
+async def until(condition: Callable[[], bool], within: float = 10) -> None:
+    """Wait (in real time) until ``condition`` holds."""
+    with anyio.fail_after(within):
+        while not condition():  # noqa: ASYNC110 - the condition is another task's state
+            await anyio.sleep(0.005)
+
+
+def story(task_id: int) -> list[Event]:
+    """A task's events from discovery to failure, with progress in between."""
+    return events_for(
+        task_id,
+        {"State": "New", "ProgressPercent": 0, "StartCount": 0, "LastStarted": None},
+        {"State": "Started", "ProgressPercent": 0},
+        {"ProgressPercent": 40},
+        {"State": "Failed", "ProgressPercent": 40},
+    )
+
+
+class TestOutage:
+    """A destination that is away."""
+
+    async def test_sink_down_five_minutes_gets_everything_in_order(self, store: Store) -> None:
+        """After five simulated minutes of refusals, every event arrives, in order per task."""
+        time = VirtualTime()
+        outage_ends = T0 + timedelta(minutes=5)
+
+        def refuse(_: Event) -> DeliveryError | None:
+            down = time.now < outage_ends
+            return DeliveryError("HTTP 503", retry_after=None) if down else None
+
+        sink = Destination("ops", refuse)
+        dispatcher = Dispatcher([Subscription(sink, Route())], store, now=time, sleep=time.sleep)
+        expected = {task_id: story(task_id) for task_id in (1, 2, 3)}
+        async with dispatching(dispatcher):
+            for step in range(4):
+                for events in expected.values():
+                    await dispatcher.commit([events[step]])
+            await until(lambda: len(sink.received) == 12)
+
+        for task_id, events in expected.items():
+            assert [e.id for e in events] == [e.id for e in sink.received if e.task_id == task_id]
+        assert time.now >= outage_ends
+        assert dispatcher.failed["ops"] >= 5
+        assert (12, 0, 0) == (
+            dispatcher.delivered["ops"],
+            dispatcher.queued("ops"),
+            dispatcher.given_up["ops"],
+        )
+        assert max(time.slept) <= 300, "backoff is capped"
+
+    async def test_retry_after_is_honoured(self, store: Store) -> None:
+        """A 429 asking for 30 s is not retried sooner."""
+        time = VirtualTime()
+        answers = [DeliveryError("HTTP 429", retry_after=30.0)]
+        sink = Destination("ops", lambda _: answers.pop() if answers else None)
+        dispatcher = Dispatcher([Subscription(sink, Route())], store, now=time, sleep=time.sleep)
+        async with dispatching(dispatcher):
+            await dispatcher.commit(story(1)[:1])
+            await until(lambda: len(sink.received) == 1)
+
+        assert 30.0 <= sum(time.slept)
+
+    async def test_permanent_refusal_is_given_up_and_logged(self, store: Store) -> None:
+        """A 400 is not retried: counted, logged with the answer, and the next event goes out."""
+        first, second = story(1)[:2]
+
+        def refuse(event: Event) -> DeliveryError | None:
+            return (
+                DeliveryError("HTTP 400: invalid_blocks", permanent=True)
+                if event is first or event.id == first.id
+                else None
+            )
+
+        sink = Destination("ops", refuse)
+        dispatcher = Dispatcher([Subscription(sink, Route())], store)
+        with capture_logs() as logs:
+            async with dispatching(dispatcher):
+                await dispatcher.commit([first, second])
+                await until(lambda: len(sink.received) == 1)
+
+        assert [second.id] == [e.id for e in sink.received]
+        assert 1 == dispatcher.given_up["ops"]
+        (given_up,) = [e for e in logs if e["event"] == "delivery_given_up"]
+        assert "HTTP 400: invalid_blocks" == given_up["error"]
+        assert "rejected by the destination" == given_up["reason"]
+
+    async def test_too_old_is_given_up(self, store: Store) -> None:
+        """A delivery still failing after max_age is abandoned, not kept forever."""
+        time = VirtualTime()
+        sink = Destination("ops", lambda _: DeliveryError("HTTP 502"))
+        dispatcher = Dispatcher(
+            [Subscription(sink, Route())],
+            store,
+            now=time,
+            sleep=time.sleep,
+            max_age=timedelta(hours=1),
+        )
+        async with dispatching(dispatcher):
+            await dispatcher.commit(story(1)[:1])
+            await until(lambda: dispatcher.given_up["ops"] == 1)
+
+        assert time.now - T0 > timedelta(hours=1)
+        assert 0 == dispatcher.queued("ops")
+
+    async def test_a_dead_sink_delays_no_other(self, store: Store) -> None:
+        """While one sink refuses everything, another receives every event."""
+        dead = Destination("dead", lambda _: DeliveryError("connection refused"))
+        alive = Destination("alive")
+        dispatcher = Dispatcher(
+            [Subscription(dead, Route()), Subscription(alive, Route())], store, backoff_base=60
+        )
+        async with dispatching(dispatcher):
+            await dispatcher.commit(story(1))
+            await until(lambda: len(alive.received) == 4)
+
+        assert 4 == dispatcher.queued("dead")
+        assert [] == dead.received
+
+    async def test_a_crashing_sink_is_retried_not_fatal(self, store: Store) -> None:
+        """A bug in a sink (any exception) is logged and retried; the worker survives."""
+        time = VirtualTime()
+        crashes = [RuntimeError("bug")]
+
+        def refuse(_: Event) -> DeliveryError | None:
+            if crashes:
+                raise crashes.pop()
+            return None
+
+        sink = Destination("ops", refuse)
+        dispatcher = Dispatcher([Subscription(sink, Route())], store, now=time, sleep=time.sleep)
+        with capture_logs() as logs:
+            async with dispatching(dispatcher):
+                await dispatcher.commit(story(1)[:1])
+                await until(lambda: len(sink.received) == 1)
+
+        assert "sink_crashed" in [e["event"] for e in logs]
+
+
+class TestRouting:
+    """Which sink gets what."""
+
+    async def test_routes_filter_deliveries(self, store: Store) -> None:
+        """A sink hears only the event types, ids and names its route names."""
+        failures = Destination("failures")
+        everything = Destination("everything")
+        dispatcher = Dispatcher(
+            [
+                Subscription(failures, Route(events=["task.failed", "monitor.*"], ids=[2])),
+                Subscription(everything, Route()),
+            ],
+            store,
+        )
+        async with dispatching(dispatcher):
+            await dispatcher.commit(story(1) + story(2))
+            await until(lambda: len(everything.received) == 8 and len(failures.received) == 1)
+
+        assert [(2, EventType.TASK_FAILED)] == [(e.task_id, e.type) for e in failures.received]
+
+
+class TestShutdownAndRestart:
+    """What the outbox does across a stop."""
+
+    async def test_drain_sends_what_is_due(self, store: Store) -> None:
+        """At shutdown, due deliveries go out without waiting for the workers."""
+        sink = Destination("ops")
+        dispatcher = Dispatcher([Subscription(sink, Route())], store)
+        await dispatcher.start()
+        await dispatcher.commit(story(1))
+        await dispatcher.drain()
+
+        assert 4 == len(sink.received)
+
+    async def test_undelivered_events_survive_a_restart(self, tmp_path: Path) -> None:
+        """Events queued when the process stopped are delivered by the next one, same ids."""
+        path = tmp_path / "state.db"
+        events = story(1)
+        store = await Store.open(path)
+        first = Dispatcher([Subscription(Destination("ops"), Route())], store)
+        await first.start()
+        await first.commit(events)
+        await store.close()
+
+        store = await Store.open(path)
+        sink = Destination("ops")
+        second = Dispatcher([Subscription(sink, Route())], store)
+        async with dispatching(second):
+            assert 4 == second.queued("ops")
+            await until(lambda: len(sink.received) == 4)
+        await store.close()
+
+        assert [e.id for e in events] == [e.id for e in sink.received]
+
+
+class TestDaemonRestart:
+    """A daemon restart neither re-announces nor misses (compare with the stored snapshot)."""
+
+    @pytest.mark.parametrize("change_while_down", [False, True])
+    async def test_restart(self, tmp_path: Path, change_while_down: bool) -> None:
+        """The second run announces only what changed while the first was down."""
+        state = {"path": str(tmp_path / "state.db")}
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=40)
+            config = make_config(
+                simulator.url, watch={"ids": [task.id]}, poll={"interval": "0.1s"}, state=state
+            )
+            runs = []
+            for run in range(2):
+                if run == 1 and change_while_down:
+                    simulator.set_task(task.id, state=BatchTaskState.SUCCEEDED, progress=100)
+                daemon = Daemon(config)
+                with capture_logs() as logs:
+                    async with anyio.create_task_group() as group:
+                        await group.start(daemon.run)
+                        await until(lambda d=daemon: d.poller is not None and d.poller.cycles >= 2)
+                        group.cancel_scope.cancel()
+                runs.append([e["event"] for e in logs if str(e["event"]).startswith("task.")])
+
+        assert ["task.discovered"] == runs[0]
+        assert (["task.succeeded"] if change_while_down else []) == runs[1]

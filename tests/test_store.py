@@ -1,0 +1,235 @@
+"""The SQLite state database: round trips, the outbox's rules, damage and permissions."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from monitor.store import Store, StoreError
+from monitor.superoffice.models import BatchTaskInfo
+from monitor.tracking.detect import detect
+from monitor.tracking.events import Event, EventType
+from monitor.tracking.memory import Rules, TaskMemory, remember
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def info(task_id: int = 7, **fields: object) -> BatchTaskInfo:
+    """A snapshot in API spelling, with defaults."""
+    data: dict[str, object] = {
+        "Id": task_id,
+        "Name": "Export",
+        "State": "Started",
+        "ProgressPercent": 30,
+        "StartCount": 1,
+        "LastStarted": "2026-11-28T11:00:00.1234567+01:00",
+        "ParameterObject": {"a": "b"},
+        "Weird": [1, 2],
+    }
+    data.update(fields)
+    return BatchTaskInfo.model_validate(data)
+
+
+def events_for(task_id: int, *steps: dict[str, object]) -> list[Event]:
+    """The events of a task going through ``steps``, one minute apart."""
+    memory: TaskMemory | None = None
+    found: list[Event] = []
+    for minute, fields in enumerate(steps):
+        snapshot = info(task_id, **fields)
+        now = T0 + timedelta(minutes=minute)
+        new = detect(memory, snapshot, now, Rules(progress_min_interval=timedelta(0)))
+        memory = remember(memory, snapshot, now, new)
+        found += new
+    return found
+
+
+class TestTasks:
+    """Task memories survive a round trip."""
+
+    async def test_round_trip(self, store: Store) -> None:
+        """A memory comes back equal, snapshot, clocks, history and anomalies included."""
+        memory = replace(
+            remember(None, info(State=3, ProgressPercent=150), T0, []),
+            stalled=True,
+            last_progress_event=T0,
+            history=((T0, 10), (T0 + timedelta(seconds=5), 20)),
+        )
+        await store.commit([memory], [], 0.0)
+
+        (loaded,) = (await store.load_tasks()).values()
+        assert memory == loaded
+        assert (
+            "State sent as number 3",
+            "ProgressPercent 150 is outside 0..100",
+        ) == loaded.info.anomalies
+
+    async def test_forget(self, store: Store) -> None:
+        """Forgotten tasks are gone from the database."""
+        await store.commit(
+            [remember(None, info(1), T0, []), remember(None, info(2), T0, [])], [], 0.0
+        )
+        await store.forget_tasks([1])
+
+        assert [2] == list(await store.load_tasks())
+
+
+class TestOutbox:
+    """The outbox keeps order, deduplicates and coalesces progress."""
+
+    async def test_order_and_dedup(self, store: Store) -> None:
+        """Deliveries come out in commit order; the same event twice is queued once."""
+        events = events_for(7, {"State": "New"}, {"State": "Started"}, {"State": "Failed"})
+        await store.commit([], [("ops", e) for e in events], 0.0)
+        await store.commit([], [("ops", events[1])], 0.0)
+
+        seen = []
+        while (row := await store.next_delivery("ops")) is not None:
+            seen.append(row.event)
+            await store.remove(row.seq)
+        assert [e.to_dict() for e in events] == [e.to_dict() for e in seen]
+
+    async def test_progress_is_coalesced_state_is_kept(self, store: Store) -> None:
+        """Queued progress of a task is replaced by the latest; state changes all stay."""
+        events = events_for(
+            7,
+            {"ProgressPercent": 0},
+            {"ProgressPercent": 20},
+            {"State": "Failed", "ProgressPercent": 20},
+            {
+                "State": "Started",
+                "StartCount": 2,
+                "LastStarted": "2026-11-28T12:10:00Z",
+                "ProgressPercent": 0,
+            },
+            {
+                "State": "Started",
+                "StartCount": 2,
+                "LastStarted": "2026-11-28T12:10:00Z",
+                "ProgressPercent": 30,
+            },
+            {
+                "State": "Started",
+                "StartCount": 2,
+                "LastStarted": "2026-11-28T12:10:00Z",
+                "ProgressPercent": 60,
+            },
+        )
+        kinds = [e.type for e in events]
+        assert [
+            EventType.TASK_DISCOVERED,
+            EventType.TASK_PROGRESS,
+            EventType.TASK_FAILED,
+            EventType.TASK_RESTARTED,
+            EventType.TASK_PROGRESS,
+            EventType.TASK_PROGRESS,
+        ] == kinds
+        growth = [await store.commit([], [("ops", e)], 0.0) for e in events]
+
+        assert {"ops": 0} == growth[-1], "one progress replaced by another"
+        assert {"ops": 4} == await store.outbox_counts()
+        queued = []
+        while (row := await store.next_delivery("ops")) is not None:
+            queued.append(row.event)
+            await store.remove(row.seq)
+        assert [e.to_dict() for e in (events[0], events[2], events[3], events[5])] == [
+            e.to_dict() for e in queued
+        ]
+
+    async def test_a_delivery_being_tried_is_not_replaced(self, store: Store) -> None:
+        """Progress already handed to a sink is not coalesced away."""
+        first, second = events_for(7, {"ProgressPercent": 0}, {"ProgressPercent": 50})[0:2]
+        await store.commit([], [("ops", second)], 0.0)
+        row = await store.next_delivery("ops")
+        assert row is not None
+        await store.mark_attempt(row.seq)
+        later = events_for(
+            7, {"ProgressPercent": 0}, {"ProgressPercent": 50}, {"ProgressPercent": 80}
+        )[2]
+        await store.commit([], [("ops", later)], 0.0)
+
+        assert {"ops": 2} == await store.outbox_counts()
+        assert first.type is EventType.TASK_DISCOVERED
+
+    async def test_retry_later_and_removed_sinks(self, store: Store) -> None:
+        """A retry keeps its place with a later time; sinks no longer configured are dropped."""
+        (event,) = events_for(7, {})
+        await store.commit([], [("ops", event), ("old", event)], 100.0)
+        row = await store.next_delivery("ops")
+        assert row is not None
+        await store.mark_attempt(row.seq)
+        await store.retry_later(row.seq, 130.0, "HTTP 503")
+
+        again = await store.next_delivery("ops")
+        assert again is not None
+        assert (1, 130.0, 100.0) == (again.attempts, again.next_attempt, again.created)
+        assert {"old": 1} == await store.drop_sinks_except(["ops"])
+        assert {"ops": 1} == await store.outbox_counts()
+
+
+class TestWatches:
+    """Watches added at run time persist."""
+
+    async def test_add_remove(self, store: Store) -> None:
+        """Added ids are listed until removed; adding twice is harmless."""
+        for task_id in (5, 3, 5):
+            await store.add_watch(task_id)
+        await store.remove_watch(5)
+
+        assert [3] == await store.watches()
+
+
+class TestDamage:
+    """A damaged or unwritable database is handled with a clear message."""
+
+    async def test_corrupt_database_is_moved_aside(self, tmp_path: Path) -> None:
+        """Garbage in the file: moved aside, logged, and a fresh database works."""
+        path = tmp_path / "state.db"
+        path.write_bytes(b"this is not a database" * 100)
+        with capture_logs() as logs:
+            store = await Store.open(path)
+        await store.commit([remember(None, info(), T0, [])], [], 0.0)
+        await store.close()
+
+        (aside,) = tmp_path.glob("state.db.corrupt-*")
+        assert b"this is not a database" in aside.read_bytes()
+        assert ["state_database_corrupt"] == [e["event"] for e in logs]
+        with sqlite3.connect(path) as check:
+            assert [(7,)] == check.execute("SELECT id FROM tasks").fetchall()
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+    async def test_read_only_directory(self, tmp_path: Path) -> None:
+        """A directory batchmon cannot write to is reported by path at start-up."""
+        tmp_path.chmod(0o500)
+        try:
+            with pytest.raises(StoreError, match=r"state\.db"):
+                await Store.open(tmp_path / "state.db")
+        finally:
+            tmp_path.chmod(0o700)
+
+    async def test_unwritable_location(self, tmp_path: Path) -> None:
+        """A path under a regular file cannot be a state directory, and says so."""
+        (tmp_path / "file").write_text("x")
+
+        with pytest.raises(StoreError, match="cannot create the state directory"):
+            await Store.open(tmp_path / "file" / "state.db")
+
+    async def test_read_only_file(self, tmp_path: Path) -> None:
+        """A database file opened read-only fails at start-up, not at the first event."""
+        path = tmp_path / "state.db"
+        store = await Store.open(path)
+        await store.close()
+        path.chmod(0o400)
+        (tmp_path / "state.db-wal").unlink(missing_ok=True)
+        try:
+            if os.geteuid() == 0:
+                pytest.skip("root can write read-only files")
+            with pytest.raises(StoreError, match="cannot write the state database"):
+                await Store.open(path)
+        finally:
+            path.chmod(0o600)
