@@ -15,9 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
 import anyio
+import anyio.to_thread
 import click
 import structlog
+from rich.console import Console
 
 from monitor import __version__
 from monitor.config import (
@@ -28,10 +31,23 @@ from monitor.config import (
     parse_duration,
     redacted,
 )
+from monitor.console import (
+    DaemonSource,
+    SourceError,
+    TaskView,
+    api_source,
+    follow,
+    read_status,
+    status_view,
+)
 from monitor.daemon import Daemon
 from monitor.logs import configure_logging
+from monitor.poller import Shard
 from monitor.simulator import Scenario, Simulator
-from monitor.sinks.factory import unavailable
+from monitor.sinks.base import DeliveryError
+from monitor.sinks.factory import SinkContext, build_sink, unavailable
+from monitor.sinks.http import HttpSink
+from monitor.sinks.render import test_event
 from monitor.store import StoreError
 
 __all__ = ["main"]
@@ -54,6 +70,18 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc), ctx, param) from None
 
 
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard:
+    """Click callback: ``k/N`` → the shard this replica runs."""
+    if value is None:
+        return Shard()
+    index, _, count = value.partition("/")
+    try:
+        return Shard(int(index), int(count))
+    except ValueError:
+        message = f"expected K/N with 0 <= K < N, got {value!r}"
+        raise click.BadParameter(message, ctx, param) from None
+
+
 def _config_or_exit(path: Path) -> Config:
     """The validated config, or every problem on stderr and exit 78."""
     try:
@@ -69,14 +97,24 @@ def _config_or_exit(path: Path) -> Config:
     return config
 
 
-async def _until_signal(main: Callable[[], Awaitable[None]], duration: float | None) -> None:
-    """Run ``main`` until SIGINT/SIGTERM, or for ``duration`` seconds."""
+async def _until_signal(
+    main: Callable[[], Awaitable[None]],
+    duration: float | None,
+    on_hangup: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run ``main`` until SIGINT/SIGTERM, or for ``duration`` seconds; SIGHUP calls ``on_hangup``."""
     async with anyio.create_task_group() as group:
 
         async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            wanted = [signal.SIGINT, signal.SIGTERM]
+            if on_hangup is not None:
+                wanted.append(signal.SIGHUP)
+            with anyio.open_signal_receiver(*wanted) as signals:
                 async for signum in signals:
                     log.info("signal_received", signal=signal.Signals(signum).name)
+                    if signum == signal.SIGHUP and on_hangup is not None:
+                        await on_hangup()
+                        continue
                     group.cancel_scope.cancel()
                     return
 
@@ -91,10 +129,15 @@ async def _until_signal(main: Callable[[], Awaitable[None]], duration: float | N
             group.cancel_scope.cancel()
 
 
-def _run(main: Callable[[], Awaitable[None]], duration: float | None, listen: str) -> None:
+def _run(
+    main: Callable[[], Awaitable[None]],
+    duration: float | None,
+    listen: str,
+    on_hangup: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Run ``main`` until a signal; a port that cannot be bound is one clear line, exit 1."""
     try:
-        anyio.run(_until_signal, main, duration)
+        anyio.run(_until_signal, main, duration, on_hangup)
     except* StoreError as group:
         click.echo(f"batchmon: {next(_leaves(group))}", err=True)
         sys.exit(EX_CANTCREAT)
@@ -132,16 +175,39 @@ def main() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="TOML configuration file.",
 )
-def run(config_path: Path) -> None:
+@click.option(
+    "--shard",
+    "shard",
+    callback=_shard,
+    default=None,
+    metavar="K/N",
+    help="Watch only shard K of N (tasks split by id hash, like Prometheus hashmod).",
+)
+def run(config_path: Path, shard: Shard) -> None:
     """Run the monitor with a configuration file.
 
     \b
-    Example:
+    Examples:
       batchmon run --config config/batchmon.example.toml
+      batchmon run --config batchmon.toml --shard 0/2   # one of two shards
     """
     config = _config_or_exit(config_path)
     configure_logging(config.log.format, config.log.level)
-    _run(Daemon(config).run, None, config.http.listen)
+    daemon = Daemon(config, shard=shard)
+
+    async def reload() -> None:
+        """SIGHUP: re-read the file; a valid config is swapped in, a bad one refused."""
+        try:
+            fresh = await anyio.to_thread.run_sync(load_config, config_path)
+            problems = unavailable(fresh.sinks)
+            if problems:
+                raise ConfigError(problems)
+        except ConfigError as exc:
+            log.error("config_reload_refused", path=str(config_path), problems=exc.problems)
+            return
+        daemon.reload(fresh)
+
+    _run(daemon.run, None, config.http.listen, reload)
 
 
 @main.command("check-config")
@@ -254,7 +320,8 @@ async def _demo(
                 "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
                 "max_requests_per_second": 50,
             },
-            "watch": {"ids": list(scenario.task_ids)},
+            # Found the way a real deployment would: by discovery, not by listed ids.
+            "watch": {"discover": [{"every": 2 / speed}]},
             # The scenario's minute, watched closely: stalls show after 10 s.
             "poll": {
                 "interval": 1 / speed,
@@ -273,9 +340,144 @@ async def _demo(
     async with anyio.create_task_group() as group:
         bound = await group.start(daemon.run)
         click.echo(
-            f"\n  batchmon demo: watching {len(scenario.task_ids)} simulated tasks\n"
+            f"\n  batchmon demo: {len(scenario.task_ids)} simulated tasks, found by discovery\n"
             f"  status page  http://127.0.0.1:{bound}/\n"
             f"  metrics      http://127.0.0.1:{bound}/metrics\n"
             f"  Ctrl-C stops it.\n",
             err=True,
         )
+
+
+#: Where ``status`` and ``watch`` look for the daemon: ``[http] listen``'s default.
+DEFAULT_DAEMON_URL = "http://127.0.0.1:9808"
+
+
+@main.command()
+@click.option(
+    "--url",
+    default=DEFAULT_DAEMON_URL,
+    show_default=True,
+    help="Base URL of the running daemon (its [http] listen address).",
+)
+def status(url: str) -> None:
+    """Show the tasks a running daemon watches: state, progress, ETA, running time.
+
+    Exits 1 when the daemon cannot be reached.
+
+    \b
+    Examples:
+      batchmon status
+      batchmon status --url http://monitor.example.com:9808
+    """
+    try:
+        report = read_status(url)
+    except SourceError as exc:
+        click.echo(f"batchmon: {exc}", err=True)
+        sys.exit(1)
+    Console().print(status_view(report, datetime.now(UTC)))
+
+
+@main.command()
+@click.argument("task_id", metavar="ID", type=click.IntRange(min=1))
+@click.option(
+    "--url",
+    default=None,
+    help=f"Follow the task through a running daemon [default: {DEFAULT_DAEMON_URL}].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ask SuperOffice directly, as this configuration's [superoffice] section says.",
+)
+@click.option(
+    "--interval",
+    callback=_duration,
+    default="2s",
+    show_default=True,
+    help="Time between two looks at the task.",
+)
+def watch(task_id: int, url: str | None, config_path: Path | None, interval: float) -> None:
+    """Follow one task with a live progress bar until it ends.
+
+    Exits 0 when the task succeeds and 1 when it fails, is deleted or cannot be
+    read at all, so scripts can wait on it.  Once a first answer came, lost
+    connections are retried until the task ends.
+
+    \b
+    Examples:
+      batchmon watch 212
+      batchmon watch 212 --config /etc/batchmon/batchmon.toml --interval 10s
+      batchmon watch 212 --url http://monitor.example.com:9808 && echo "export done"
+    """
+    if url is not None and config_path is not None:
+        raise click.UsageError("give --url or --config, not both")
+    if interval <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--interval")
+    config = _config_or_exit(config_path) if config_path is not None else None
+    console = Console()
+
+    async def follow_task() -> TaskView:
+        if config is None:
+            source = DaemonSource(url or DEFAULT_DAEMON_URL, task_id)
+            return await follow(source, interval=interval, console=console)
+        async with api_source(config.superoffice, task_id) as api:
+            return await follow(api, interval=interval, console=console)
+
+    try:
+        view = anyio.run(follow_task)
+    except SourceError as exc:
+        click.echo(f"batchmon: {exc}", err=True)
+        sys.exit(1)
+    console.print(view.summary())
+    sys.exit(0 if view.succeeded else 1)
+
+
+@main.command("test-sink")
+@click.argument("name")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="TOML configuration file.",
+)
+def test_sink(name: str, config_path: Path) -> None:
+    """Send a test message through the sink NAME and show what its destination answered.
+
+    The message says "task succeeded" for a fake task, id 0, named "batchmon
+    test message — please ignore".  Exits 0 when the destination took it, 1
+    when it did not, 2 when no sink is called NAME.
+
+    \b
+    Example:
+      batchmon test-sink ops --config /etc/batchmon/batchmon.toml
+    """
+    config = _config_or_exit(config_path)
+    sinks = {sink.name: sink for sink in config.sinks}
+    if name not in sinks:
+        click.echo(f"batchmon: no sink named {name!r}; configured: {', '.join(sinks)}", err=True)
+        sys.exit(2)
+    configure_logging(config.log.format, config.log.level, sys.stderr)
+
+    async def send() -> str | None:
+        async with aiohttp.ClientSession() as session:
+            context = SinkContext(session, status_url=config.http.public_url)
+            try:
+                sink = build_sink(sinks[name], context)
+            except ValueError as exc:
+                click.echo(f"batchmon: configuration refused ({config_path}): {exc}", err=True)
+                sys.exit(EX_CONFIG)
+            event = test_event(datetime.now(UTC))
+            if isinstance(sink, HttpSink):
+                return str(await sink.deliver(event))
+            await sink.send(event)
+            return None
+
+    try:
+        answer = anyio.run(send)
+    except DeliveryError as exc:
+        click.echo(f"batchmon: not delivered: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{name}: delivered" + (f": {answer}" if answer else ""))

@@ -8,8 +8,9 @@ polling starts) and tears them down in reverse when its scope is cancelled.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from functools import partial
 
 import aiohttp
 import anyio
@@ -19,22 +20,25 @@ import structlog
 from monitor import __version__
 from monitor.config import Config, PollConfig
 from monitor.metrics import BatchmonCollector, make_registry
-from monitor.poller import Poller, utc_now
+from monitor.poller import Poller, Shard, rule_matches, utc_now
+from monitor.sinks.base import RestorableSink
 from monitor.sinks.dispatcher import Dispatcher
 from monitor.sinks.factory import SinkContext, subscriptions_from
 from monitor.store import Store
-from monitor.superoffice.auth import auth_from_config
 from monitor.superoffice.client import SuperOfficeClient, open_session
+from monitor.systemd import Notifier, watchdog_loop
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from monitor.web import WebState, make_app, serve
 
-__all__ = ["Daemon", "rules_from"]
+__all__ = ["Daemon", "RuntimeWatches", "rules_from"]
 
 log = structlog.get_logger("batchmon.daemon")
 
 #: How long shutdown waits for queued deliveries before leaving them.
 DRAIN_TIMEOUT = 5.0
+#: How often systemd's STATUS= line is refreshed.
+STATUS_EVERY = 10.0
 
 
 def rules_from(config: PollConfig) -> Rules:
@@ -46,32 +50,139 @@ def rules_from(config: PollConfig) -> Rules:
     )
 
 
-class Daemon:
-    """The running monitor; ``port`` is the bound HTTP port once started."""
+class RuntimeWatches:
+    """Watches added and removed over the HTTP API, persisted in the store."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, poller: Poller, store: Store, configured: Iterable[int]) -> None:
+        self._poller = poller
+        self._store = store
+        self._configured = frozenset(configured)
+
+    async def add(self, task_id: int) -> bool:
+        """Watch a task from now on, across restarts."""
+        if task_id in self._configured or task_id in await self._store.watches():
+            return False
+        await self._store.add_watch(task_id)
+        self._poller.watch([task_id])
+        log.info("watch_added", task_id=task_id)
+        return True
+
+    async def remove(self, task_id: int) -> bool:
+        """Stop watching a task added at run time, and forget it."""
+        if task_id in self._configured:
+            msg = f"task {task_id} is watched by the configuration; remove it from watch.ids"
+            raise ValueError(msg)
+        if task_id not in await self._store.watches():
+            return False
+        await self._store.remove_watch(task_id)
+        self._poller.unwatch([task_id])
+        await self._store.forget_tasks([task_id])
+        log.info("watch_removed", task_id=task_id)
+        return True
+
+
+class Daemon:
+    """The running monitor; ``port`` is the bound HTTP port once started.
+
+    The tracker's memory and the store outlive a reload: :meth:`reload`
+    restarts everything else (API session, poller, sinks, HTTP server) with the
+    new configuration, so tracked state and queued deliveries are kept.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        notifier: Notifier | None = None,
+        shard: Shard | None = None,
+    ) -> None:
         self.config = config
+        self.shard = shard or Shard()
         self.clock = clock
         self.port: int | None = None
         self.tracker = Tracker(rules_from(config.poll))
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
+        #: Configurations swapped in so far (tests and the log read it).
+        self.reloads = 0
+        self._notifier = notifier if notifier is not None else Notifier()
+        self._reload = anyio.Event()
+        self._pending: Config | None = None
+
+    def reload(self, config: Config) -> None:
+        """Swap in a new, already validated configuration."""
+        if config.state.resolved_path != self.config.state.resolved_path:
+            log.warning(
+                "reload_ignores_state_path",
+                reason="the state database moves only with a restart",
+                kept=str(self.config.state.resolved_path),
+            )
+        self._pending = config
+        self._reload.set()
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until cancelled; ``task_status.started(port)`` once polling runs."""
-        store = await Store.open(self.config.state.resolved_path)
+        path = self.config.state.resolved_path
+        store = await Store.open(path)
         try:
-            await self._serve(store, task_status)
+            started = False
+            while True:
+                async with anyio.create_task_group() as group:
+                    self.port = await group.start(self._serve, store)
+                    if not started:
+                        started = True
+                        task_status.started(self.port)
+                    await self._reload.wait()
+                    self._notifier.reloading()
+                    group.cancel_scope.cancel()
+                self._reload = anyio.Event()
+                if self._pending is not None:
+                    pending = self._pending.model_copy(update={"state": self.config.state})
+                    self.config, self._pending = pending, None
+                    self.tracker.rules = rules_from(pending.poll)
+                    self.reloads += 1
+                    log.info("config_reloaded", reloads=self.reloads)
         finally:
+            self._notifier.stopping()
             with anyio.CancelScope(shield=True):
                 await store.close()
+            log.info("batchmon_stopped")
+
+    def _status(self) -> str:
+        """One line for ``systemctl status``: what is watched and how fresh it is."""
+        poller = self.poller
+        tasks = self.tracker.tasks.values()
+        active = sum(1 for m in tasks if m.info.state.is_active and not m.gone)
+        watching = len(poller.watched) if poller else 0
+        last = poller.health.last_success if poller else None
+        fresh = f"last poll {last:%H:%M:%S}Z" if last else "no successful poll yet"
+        return f"watching {watching} tasks, {active} active, {fresh}"
+
+    async def _report_status(self) -> None:
+        while True:
+            self._notifier.status(self._status())
+            await anyio.sleep(STATUS_EVERY)
 
     async def _restore(self, store: Store) -> list[int]:
-        """The ids to watch, and the tracker's memory of them from the last run."""
-        watched = list(dict.fromkeys([*self.config.watch.ids, *await store.watches()]))
+        """The ids to watch, and the tracker's memory of them from the last run.
+
+        A task a discovery rule found stays watched while it is unfinished, even if
+        the list call would not show it any more: what it did while batchmon was
+        down (failed, say) must not be missed.
+        """
         stored = await store.load_tasks()
+        rules = self.config.watch.discover
+        unfinished = [
+            task_id
+            for task_id, memory in stored.items()
+            if not memory.gone
+            and not memory.info.state.is_terminal
+            and any(rule_matches(rule, memory.info) for rule in rules)
+        ]
+        watched = list(dict.fromkeys([*self.config.watch.ids, *await store.watches(), *unfinished]))
         unwatched = set(stored) - set(watched)
         if unwatched:
             await store.forget_tasks(unwatched)
@@ -93,29 +204,42 @@ class Daemon:
             dispatcher = Dispatcher(subscriptions_from(config.sinks, context), store)
             self.dispatcher = dispatcher
             await dispatcher.start()
-            client = SuperOfficeClient(session, so, auth_from_config(so.auth))
+            firing = self.tracker.firing()
+            for sink in dispatcher.sinks:
+                if isinstance(sink, RestorableSink):
+                    sink.restore(firing)
+            client = SuperOfficeClient(session, so)
             poller = Poller(
                 client,
                 self.tracker,
                 dispatcher.commit,
                 config.poll,
-                max_concurrency=so.max_concurrency,
-                max_requests_per_second=so.max_requests_per_second,
+                discover=config.watch.discover,
+                shard=self.shard,
                 clock=self.clock,
             )
             self.poller = poller
             poller.watch(watched)
             collector = BatchmonCollector(
-                self.tracker, poller.health, client.stats, dispatcher, clock=self.clock
+                self.tracker,
+                poller.health,
+                client.stats,
+                dispatcher,
+                clock=self.clock,
+                cycle_requests=lambda: poller.last_cycle_requests,
             )
+            token = config.http.api_token
             state = WebState(
                 tracker=self.tracker,
                 poller=poller,
                 registry=make_registry(collector),
                 clock=self.clock,
                 stale_after=max(3 * config.poll.idle_interval, 3 * so.timeout, 60.0),
+                store=store,
+                watches=RuntimeWatches(poller, store, config.watch.ids),
+                api_token=token.get_secret_value() if token else None,
             )
-            runner, self.port = await serve(make_app(state), config.http.host, config.http.port)
+            runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(dispatcher.run)
@@ -123,14 +247,18 @@ class Daemon:
                     log.info(
                         "batchmon_started",
                         version=__version__,
-                        url=f"http://{config.http.host}:{self.port}/",
+                        url=f"http://{config.http.host}:{port}/",
                         watching=len(watched),
-                        api=so.url,
+                        api=so.url or f"{so.tenant} ({so.environment})",
+                        shard=str(self.shard),
                     )
-                    task_status.started(self.port)
+                    self._notifier.ready(self._status())
+                    group.start_soon(self._report_status)
+                    alive = partial(poller.alive, state.stale_after)
+                    group.start_soon(partial(watchdog_loop, alive, notifier=self._notifier))
+                    task_status.started(port)
             finally:
                 with anyio.CancelScope(shield=True):
                     with anyio.move_on_after(DRAIN_TIMEOUT):
                         await dispatcher.drain()
                     await runner.cleanup()
-                log.info("batchmon_stopped")

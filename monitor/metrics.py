@@ -50,8 +50,10 @@ class BatchmonCollector(Collector):
         dispatcher: Dispatcher,
         *,
         clock: Callable[[], datetime],
+        cycle_requests: Callable[[], int] | None = None,
         retention: timedelta = timedelta(hours=1),
     ) -> None:
+        self._cycle_requests = cycle_requests
         self._tracker = tracker
         self._health = health
         self._requests = requests
@@ -168,6 +170,18 @@ class BatchmonCollector(Collector):
         for reason, count in sorted(stats.failures.items()):
             failures.add_metric([reason], count)
         yield failures
+        durations = HistogramMetricFamily(
+            "batchmon_api_request_duration_seconds",
+            "Duration of HTTP requests to SuperOffice (retries and logins included).",
+        )
+        durations.add_metric([], stats.durations.cumulative(), stats.durations.sum)
+        yield durations
+        if self._cycle_requests is not None:
+            yield GaugeMetricFamily(
+                "batchmon_api_requests_per_cycle",
+                "Requests the last poll cycle sent (per-id GETs plus list calls).",
+                value=self._cycle_requests(),
+            )
         yield GaugeMetricFamily(
             "batchmon_api_up",
             "1 if the last poll cycle reached the SuperOffice API, else 0.",

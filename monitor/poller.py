@@ -1,13 +1,20 @@
 """Who is polled when: the loop between the client and the tracker.
 
-Each watched task has its own deadline.  A cycle polls every task that is
-due, at most ``max_concurrency`` at a time and ``max_requests_per_second``
-overall, feeds the answers to the tracker, and hands the events on.  Every
-next deadline is jittered so thousands of tasks do not poll in waves.  A task
-that reached a terminal state is polled for ``terminal_linger`` more (to see a
-quick restart), then no more; a deleted task (404 after it was seen) is not
-polled again, while a watched id the API never knew is retried at
-``idle_interval`` (it may be a typo, or a task that does not exist yet).
+Each watched task has its own deadline, set by what it is doing: a running
+task (``Started``) every ``interval``, a task not yet running (``New``,
+``Aquired``, ``Unknown``) every ``idle_interval``, a task that just finished
+once more to confirm it (and for ``terminal_linger`` after), then no more.
+Every deadline is jittered so thousands of tasks do not poll in waves.  A
+task deleted after it was seen (404) is not polled again, while a watched id
+the API never knew is retried at ``idle_interval`` (a typo, or a task that
+does not exist yet).
+
+Requests are what SuperOffice meters, so a cycle spends as few as it can:
+when at least ``bulk_threshold`` due tasks were last seen in the same state,
+one ``GetBatchTaskInfosByAssociatesAndState`` call with ``$select`` replaces
+their GETs, and only the tasks whose state or progress moved are fetched in
+full.  ``[[watch.discover]]`` rules run the same list call on their own
+schedule and watch what they find.
 
 Failures are data, not log spam: a cycle whose requests all failed counts
 towards ``monitor.api_down`` (edge-triggered, in :class:`ApiHealth`); a
@@ -16,29 +23,89 @@ malformed answer or an anomalous field is logged once per task.
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
+from typing import TypeVar
 
 import anyio
+import anyio.abc
 import structlog
 
-from monitor.config import PollConfig
-from monitor.ratelimit import RateLimiter
+from monitor.config import DiscoverRule, PollConfig
 from monitor.superoffice.client import SuperOfficeClient
-from monitor.superoffice.errors import ApiError, MalformedResponse, NotFound
-from monitor.superoffice.models import BatchTaskInfo
+from monitor.superoffice.errors import (
+    ApiError,
+    AuthenticationFailed,
+    MalformedResponse,
+    NotFound,
+)
+from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.tracking.events import Event
 from monitor.tracking.health import ApiHealth
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 
-__all__ = ["Poller", "utc_now"]
+__all__ = ["Poller", "Shard", "rule_matches", "utc_now"]
 
 log = structlog.get_logger("batchmon.poller")
 
 #: Makes events and the task memories they came from durable, then delivers them.
 Commit = Callable[[Sequence[Event], Sequence[TaskMemory]], Awaitable[None]]
+
+#: The fields a list call asks for: enough to tell whether a task moved.
+POLL_FIELDS = BatchTaskInfo.POLL_FIELDS
+_R = TypeVar("_R")
+
+#: States whose tasks can be polled together with one list call.
+_BULK_STATES = (BatchTaskState.NEW, BatchTaskState.AQUIRED, BatchTaskState.STARTED)
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC (the default clock of the poller)."""
+    return datetime.now(UTC)
+
+
+class Shard:
+    """This replica's part of the tasks: ``index`` of ``count``, split by id hash.
+
+    The hash is Prometheus's ``hashmod`` (the low 64 bits of the MD5 of the
+    value, big-endian, modulo ``count``), so the split is stable, even, and the
+    same one a Prometheus relabelling would make.
+    """
+
+    def __init__(self, index: int = 0, count: int = 1) -> None:
+        if count < 1 or not 0 <= index < count:
+            msg = f"shard {index}/{count}: expected k/N with 0 <= k < N"
+            raise ValueError(msg)
+        self.index = index
+        self.count = count
+
+    def owns(self, task_id: int) -> bool:
+        """Whether this replica watches the task."""
+        if self.count == 1:
+            return True
+        digest = hashlib.md5(str(task_id).encode(), usedforsecurity=False).digest()
+        return int.from_bytes(digest[8:], "big") % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def rule_matches(rule: DiscoverRule, info: BatchTaskInfo) -> bool:
+    """Whether a discovery rule's list call would find this task (as last seen)."""
+    associate = info.associate_id
+    if rule.associates == [0]:
+        owned = associate == 0
+    elif rule.associates == [-1]:
+        owned = associate is not None and associate != 0
+    else:
+        owned = not rule.associates or associate in rule.associates
+    named = rule.name is None or fnmatchcase(info.name or "", rule.name)
+    return owned and named and info.state.value in rule.states
 
 
 def _differs(before: TaskMemory | None, after: TaskMemory) -> bool:
@@ -51,13 +118,19 @@ def _differs(before: TaskMemory | None, after: TaskMemory) -> bool:
     )
 
 
-def utc_now() -> datetime:
-    """The wall clock, in UTC (the default clock of the poller)."""
-    return datetime.now(UTC)
+def _moved(known: BatchTaskInfo, listed: BatchTaskInfo) -> bool:
+    """Whether a list call's trimmed snapshot shows a change worth a full GET."""
+    return (
+        known.state_raw != listed.state_raw
+        or known.progress_percent != listed.progress_percent
+        or known.progress_description != listed.progress_description
+        or known.start_count != listed.start_count
+        or known.last_started != listed.last_started
+    )
 
 
 class Poller:
-    """Polls the watched tasks on their schedules."""
+    """Polls the watched tasks on their schedules, and discovers new ones."""
 
     def __init__(
         self,
@@ -66,19 +139,19 @@ class Poller:
         commit: Commit,
         config: PollConfig,
         *,
-        max_concurrency: int,
-        max_requests_per_second: float,
+        discover: Sequence[DiscoverRule] = (),
         clock: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
+        shard: Shard | None = None,
     ) -> None:
+        self._shard = shard or Shard()
         self._client = client
         self._tracker = tracker
         self._commit = commit
         self._config = config
+        self._rules = list(discover)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._limiter = anyio.CapacityLimiter(max_concurrency)
-        self._rate = RateLimiter(max_requests_per_second)
         self._due: dict[int, float] = {}
         self._malformed: set[int] = set()
         self._missing: set[int] = set()
@@ -88,17 +161,42 @@ class Poller:
         self.cycles = 0
         #: Monotonic time the last cycle ended (``None`` before the first).
         self.last_cycle_end: float | None = None
+        #: API requests the last cycle made (GETs and list calls).
+        self.last_cycle_requests = 0
+        self._last_activity: float | None = None
 
     @property
     def watched(self) -> frozenset[int]:
         """Ids still being polled."""
         return frozenset(self._due)
 
-    def watch(self, task_ids: Iterable[int]) -> None:
-        """Start polling these tasks (due at once)."""
+    def alive(self, within: float) -> bool:
+        """Whether the poll loop did something (a request, a cycle) in the last ``within`` s.
+
+        Long cycles (thousands of rate-limited requests) stay alive; a wedged loop does not.
+        """
+        last = self._last_activity
+        return last is not None and anyio.current_time() - last < within
+
+    def due_in(self, task_id: int) -> float | None:
+        """Seconds until a task's next poll (``None``: not polled any more)."""
+        at = self._due.get(task_id)
+        return None if at is None else max(at - anyio.current_time(), 0.0)
+
+    def watch(self, task_ids: Iterable[int]) -> list[int]:
+        """Start polling these tasks (due at once); returns the ids that were new.
+
+        Tasks of another shard are left to the replica that owns them.
+        """
         now = anyio.current_time()
-        for task_id in task_ids:
-            self._due.setdefault(task_id, now)
+        added = [
+            task_id
+            for task_id in task_ids
+            if task_id not in self._due and self._shard.owns(task_id)
+        ]
+        for task_id in added:
+            self._due[task_id] = now
+        return added
 
     def unwatch(self, task_ids: Iterable[int]) -> None:
         """Stop polling these tasks and forget them."""
@@ -111,14 +209,18 @@ class Poller:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Poll forever: each cycle takes the due tasks, then sleeps until the next one."""
-        task_status.started()
-        while True:
-            now = anyio.current_time()
-            due = [task_id for task_id, at in self._due.items() if at <= now]
-            if due:
-                await self.poll(due)
-            upcoming = min(self._due.values(), default=anyio.current_time() + self._config.interval)
-            await anyio.sleep(max(upcoming - anyio.current_time(), 0.05))
+        async with anyio.create_task_group() as group:
+            if self._rules:
+                group.start_soon(self._discover_forever)
+            self._last_activity = anyio.current_time()
+            task_status.started()
+            while True:
+                now = self._last_activity = anyio.current_time()
+                due = [task_id for task_id, at in self._due.items() if at <= now]
+                if due:
+                    await self.poll(due)
+                upcoming = min(self._due.values(), default=now + self._config.interval)
+                await anyio.sleep(max(upcoming - anyio.current_time(), 0.05))
 
     async def poll_once(self) -> list[Event]:
         """Poll every watched task now, regardless of schedule (tests, ``watch``)."""
@@ -130,18 +232,22 @@ class Poller:
         Each task's events are committed as soon as its answer is in, so a
         slow request never delays another task's news.
         """
-        outcomes: list[BatchTaskInfo | ApiError] = []
+        outcomes: list[ApiError | None] = []  # None: a request that got its answer
         events: list[Event] = []
 
-        async def fetch(task_id: int) -> None:
-            async with self._limiter:
-                await self._rate.acquire()
-                result: BatchTaskInfo | ApiError
-                try:
-                    result = await self._client.get_task(task_id)
-                except ApiError as exc:
-                    result = exc
-            outcomes.append(result)
+        async def request(call: Callable[[], Awaitable[_R]]) -> _R | ApiError:
+            # The client applies the tenant's concurrency and rate limits.
+            try:
+                result = await call()
+            except ApiError as exc:
+                outcomes.append(exc)
+                return exc
+            finally:
+                self._last_activity = anyio.current_time()
+            outcomes.append(None)
+            return result
+
+        async def settle(task_id: int, result: BatchTaskInfo | ApiError) -> None:
             before = self._tracker.tasks.get(task_id)
             found = self._absorb(task_id, result, self._clock())
             after = self._tracker.tasks.get(task_id)
@@ -150,10 +256,35 @@ class Poller:
                 events.extend(found)
                 await self._commit(found, [after] if changed and after else [])
 
+        async def fetch(task_id: int) -> None:
+            await settle(task_id, await request(lambda: self._client.get_task(task_id)))
+
+        async def fetch_state(state: BatchTaskState, group_ids: list[int]) -> None:
+            answer = await request(
+                lambda: self._client.list_tasks_in_state([], state.value, select=POLL_FIELDS)
+            )
+            if isinstance(answer, ApiError):
+                for task_id in group_ids:
+                    await settle(task_id, answer)
+                return
+            listed = {task.id: task for task in answer[0]}
+            async with anyio.create_task_group() as inner:
+                for task_id in group_ids:
+                    memory = self._tracker.tasks[task_id]
+                    trimmed = listed.get(task_id)
+                    if trimmed is None or _moved(memory.info, trimmed):
+                        inner.start_soon(fetch, task_id)
+                    else:
+                        await settle(task_id, memory.info)
+
+        single, groups = self._plan(task_ids)
         async with anyio.create_task_group() as group:
-            for task_id in task_ids:
+            for state, group_ids in groups.items():
+                group.start_soon(fetch_state, state, group_ids)
+            for task_id in single:
                 group.start_soon(fetch, task_id)
 
+        self.last_cycle_requests = len(outcomes)
         health_event = self._record_health(outcomes, self._clock())
         if health_event is not None:
             events.append(health_event)
@@ -161,6 +292,53 @@ class Poller:
         self.cycles += 1
         self.last_cycle_end = anyio.current_time()
         return events
+
+    def _plan(self, task_ids: Sequence[int]) -> tuple[list[int], dict[BatchTaskState, list[int]]]:
+        """Split due tasks into per-id GETs and groups worth one list call each."""
+        by_state: dict[BatchTaskState, list[int]] = defaultdict(list)
+        single: list[int] = []
+        for task_id in task_ids:
+            memory = self._tracker.tasks.get(task_id)
+            if memory is not None and not memory.gone and memory.info.state in _BULK_STATES:
+                by_state[memory.info.state].append(task_id)
+            else:
+                single.append(task_id)
+        groups = {}
+        for state, ids in by_state.items():
+            if len(ids) >= self._config.bulk_threshold:
+                groups[state] = ids
+            else:
+                single.extend(ids)
+        return single, groups
+
+    async def _discover_forever(self) -> None:
+        """Run each discovery rule on its own schedule."""
+        async with anyio.create_task_group() as group:
+            for rule in self._rules:
+                group.start_soon(self._discover_every, rule)
+
+    async def _discover_every(self, rule: DiscoverRule) -> None:
+        while True:
+            await self.discover(rule)
+            jitter = self._config.jitter
+            await anyio.sleep(rule.every * (1.0 + self._rng.uniform(-jitter, jitter)))
+
+    async def discover(self, rule: DiscoverRule) -> list[int]:
+        """Run one rule's list calls; watch the matching tasks; returns the new ids."""
+        found: list[int] = []
+        for state in rule.states:
+            try:
+                tasks, _ = await self._client.list_tasks_in_state(
+                    rule.associates, state, select=POLL_FIELDS
+                )
+            except ApiError as exc:
+                log.debug("discovery_failed", state=state, reason=exc.reason, error=str(exc))
+                continue
+            found += [task.id for task in tasks if rule_matches(rule, task)]
+        added = self.watch(found)
+        if added:
+            log.info("tasks_discovered", count=len(added), ids=added[:20])
+        return added
 
     def _absorb(self, task_id: int, result: BatchTaskInfo | ApiError, now: datetime) -> list[Event]:
         """Feed one answer to the tracker and reschedule the task."""
@@ -180,7 +358,7 @@ class Poller:
             return self._tracker.observe_gone(task_id, now)
         if isinstance(result, ApiError):
             self._report_failure(task_id, result)
-            self._reschedule(task_id)
+            self._reschedule(task_id, self._config.interval)
             return []
         self._missing.discard(task_id)
         if task_id in self._malformed:
@@ -189,21 +367,24 @@ class Poller:
         self._report_anomalies(result)
         events = self._tracker.observe(result, now)
         memory = self._tracker.tasks[result.id]
+        finished = memory.terminal_since
         linger = timedelta(seconds=self._config.terminal_linger)
-        if memory.terminal_since is not None and now - memory.terminal_since >= linger:
+        if finished is not None and finished < now and now - finished >= linger:
+            # Confirmed finished (seen terminal twice): no more requests for it.
             self._due.pop(task_id, None)
             log.debug("task_polling_stopped", task_id=task_id, state=result.state.value)
+        elif result.state is BatchTaskState.STARTED or finished is not None:
+            self._reschedule(task_id, self._config.interval)
         else:
-            self._reschedule(task_id)
+            self._reschedule(task_id, self._config.idle_interval)
         return events
 
-    def _reschedule(self, task_id: int, interval: float | None = None) -> None:
+    def _reschedule(self, task_id: int, interval: float) -> None:
         if task_id not in self._due:
             return
         jitter = self._config.jitter
         factor = 1.0 + self._rng.uniform(-jitter, jitter)
-        base = self._config.interval if interval is None else interval
-        self._due[task_id] = anyio.current_time() + base * factor
+        self._due[task_id] = anyio.current_time() + interval * factor
 
     def _report_failure(self, task_id: int, error: ApiError) -> None:
         if isinstance(error, MalformedResponse):
@@ -227,18 +408,18 @@ class Poller:
         else:
             self._anomalies.pop(info.id, None)
 
-    def _record_health(
-        self, results: Iterable[BatchTaskInfo | ApiError], now: datetime
-    ) -> Event | None:
-        """A cycle failed when no request got an HTTP answer from a working API."""
-        outcomes = list(results)
+    def _record_health(self, outcomes: Sequence[ApiError | None], now: datetime) -> Event | None:
+        """A cycle failed when no request got an HTTP answer from a working API.
+
+        A 404 or a malformed body still proves the API answers.
+        """
         if not outcomes:
             return None
         failures = [
-            r
-            for r in outcomes
-            if isinstance(r, ApiError) and not isinstance(r, NotFound | MalformedResponse)
+            r for r in outcomes if r is not None and not isinstance(r, NotFound | MalformedResponse)
         ]
         if len(failures) < len(outcomes):
             return self.health.success(now)
+        if all(isinstance(r, AuthenticationFailed) for r in failures):
+            return self.health.auth_failure(now, str(failures[-1]))
         return self.health.failure(now, str(failures[-1]))

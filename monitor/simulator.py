@@ -8,6 +8,11 @@ scripted faults instead of mocks.  Its answers follow the vendor's OpenAPI descr
 
 Time never comes from a sleep: every request first advances the :class:`Scenario` to the
 simulator's clock, so a test with a manual clock replays a timeline exactly.
+
+SuperOffice Online is opt-in (:class:`OnlineTenant`, :class:`OAuthApp`, :class:`SystemUserApp`):
+the tenant-status API and numbered hosts that move, the OAuth token endpoint and the system user
+login, with tokens and tickets that expire on the same clock.  Faults are scripted per request:
+error statuses and bodies, 429/503 with ``Retry-After``, hangs and truncated bodies.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hmac
 import json
 import random
 import re
+import secrets
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -26,14 +32,29 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from types import TracebackType
 from typing import Self
 
+import anyio
+import jwt
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from jwt.algorithms import RSAAlgorithm
 from multidict import CIMultiDict
 from yarl import URL
 
 from monitor.superoffice.models import BatchTaskState, CancellationBehaviour
 
-__all__ = ["TENANT_TZ", "Scenario", "SimTask", "Simulator"]
+__all__ = [
+    "RUNNING_STATES",
+    "TENANT_TZ",
+    "OAuthApp",
+    "OnlineTenant",
+    "Scenario",
+    "SimTask",
+    "Simulator",
+    "SystemUserApp",
+]
 
 #: The simulated tenant's base time zone: fixed and not UTC, so clients must honour offsets.
 TENANT_TZ = timezone(timedelta(hours=1), "Tenant")
@@ -534,6 +555,82 @@ class Scenario:
         return self.start + timedelta(seconds=offset / self.speed)
 
 
+# --- SuperOffice Online: opt-in pieces --------------------------------------------------------
+
+#: Tenant states in which the API answers (the status API's ``IsRunning``).
+RUNNING_STATES = frozenset({"Running", "OnlineMaintenance"})
+
+_CLAIMS = "http://schemes.superoffice.net/identity/"
+_KEY_ID = "batchmon-simulator"
+#: A signed system user token may be this far from the simulator's clock.
+_SIGNATURE_SKEW = timedelta(minutes=5)
+#: How long the JWT from the system user login is valid.
+_JWT_LIFETIME = timedelta(minutes=10)
+_VERSION = "Release_11.10_2026.02.24-02"
+
+
+@dataclass(slots=True, kw_only=True)
+class OnlineTenant:
+    """A SuperOffice Online tenant, found through the tenant-status API.
+
+    Its API lives at ``/{node}/{context_id}/api`` on the simulator, mirroring
+    ``https://online3.superoffice.com/Cust12345/api``.  Tests change it in place:
+    setting ``node`` moves the tenant (the old path then answers 421), setting
+    ``state`` to e.g. ``"OfflineMaintenance"`` takes the API down (503).
+    """
+
+    context_id: str = "Cust12345"
+    #: The numbered host the tenant lives on.
+    node: str = "online1"
+    #: As the status API names it; the API answers in :data:`RUNNING_STATES` only.
+    state: str = "Running"
+    #: The status API's ``ValidUntil`` is this many seconds after each answer.
+    valid_for: float = 600.0
+    #: The database serial number: a system user JWT's audience is ``spn:{serial}``.
+    serial: str = "1801550193"
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the API answers (the status API's ``IsRunning``)."""
+        return self.state in RUNNING_STATES
+
+
+@dataclass(slots=True, kw_only=True)
+class OAuthApp:
+    """An app the OAuth token endpoint knows; it issues access tokens for a refresh token."""
+
+    client_id: str = "batchmon-app"
+    client_secret: str = "simulated-client-secret"  # noqa: S105 - a loopback simulator's
+    refresh_token: str = "simulated-refresh-token"  # noqa: S105 - well-known defaults
+    #: Seconds an access token is accepted (``expires_in``).
+    token_lifetime: float = 3600.0
+    #: While set, the token endpoint refuses the refresh token with this OAuth error.
+    refuse: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class SystemUserApp:
+    """An app the system user endpoint knows: it checks signatures with ``public_key``."""
+
+    #: The app's public key; the test keeps the private half for the client.
+    public_key: rsa.RSAPublicKey
+    client_secret: str = "simulated-client-secret"  # noqa: S105 - a loopback simulator's default
+    system_user_token: str = "batchmon-4fGh7Kp2"  # noqa: S105 - a loopback simulator's default
+    #: Seconds a ticket is accepted after its last use (sliding, as in Online).
+    ticket_lifetime: float = 6 * 3600.0
+    #: While set, logins fail with this ``ErrorMessage`` (e.g. ``"Revoked"``).
+    refuse: str | None = None
+
+
+@dataclass(slots=True)
+class _Issued:
+    """A token or ticket the simulator handed out, and since when it counts."""
+
+    kind: str
+    since: datetime
+    lifetime: float
+
+
 # --- the server ----------------------------------------------------------------------------------
 
 
@@ -560,14 +657,29 @@ def _bad_request(message: str) -> web.Response:
 
 @dataclass(frozen=True, slots=True)
 class _Fault:
-    """A scripted answer; a fresh Response per use, because aiohttp sends each only once."""
+    """A scripted answer; a fresh Response per use, because aiohttp sends each only once.
+
+    ``mode`` ``"hang"`` answers only once the simulator stops (the client times out first);
+    ``"truncate"`` announces the whole body but sends half of it and closes the connection.
+    """
 
     status: int
     body: bytes
     headers: Mapping[str, str]
+    mode: str = "answer"
 
-    def response(self) -> web.Response:
-        return web.Response(status=self.status, body=self.body, headers=self.headers)
+    async def respond(self, request: web.Request, released: anyio.Event) -> web.StreamResponse:
+        if self.mode == "hang":
+            await released.wait()
+        if self.mode != "truncate":
+            return web.Response(status=self.status, body=self.body, headers=self.headers)
+        response = web.StreamResponse(status=self.status, headers=self.headers)
+        response.content_length = len(self.body)
+        await response.prepare(request)
+        await response.write(self.body[: len(self.body) // 2])
+        if request.transport is not None:
+            request.transport.close()
+        return response
 
 
 def _utc_now() -> datetime:
@@ -584,13 +696,31 @@ def _owned_by(task: SimTask, associate_ids: Sequence[int]) -> bool:
     )
 
 
+#: Routes that take no API credentials: the login and tenant-status hosts.
+_PUBLIC_ROUTES = frozenset({"oauth-tokens", "system-user", "jwks", "tenant-state"})
+_API_ROUTES = (
+    ("GET", "/v1/BatchTask/{id}", "_get_task"),
+    ("POST", "/v1/Agents/Batch/GetBatchTaskInfosByAssociates", "_by_associates"),
+    ("POST", "/v1/Agents/Batch/GetBatchTaskInfosByAssociatesAndState", "_by_associates_and_state"),
+)
+
+
 class Simulator:
     """A SuperOffice WebAPI tenant on loopback, scriptable from tests.
 
     Serves ``GET /api/v1/BatchTask/{id}`` and the ``Agents/Batch`` list calls
     ``GetBatchTaskInfosByAssociates`` and ``GetBatchTaskInfosByAssociatesAndState``.  Each
     request is recorded in :attr:`requests`, may be answered by a fault queued with
-    :meth:`fail_next`, must authenticate, and advances the scenario to ``clock()``.
+    :meth:`fail_next`, :meth:`hang_next` or :meth:`truncate_next`, must authenticate, and
+    advances the scenario to ``clock()``.
+
+    SuperOffice Online is opt-in, one piece per argument: ``tenant`` serves the tenant-status
+    API (``GET /api/state/{context_id}``) and the same API under ``/{node}/{context_id}/api``;
+    ``oauth`` the token endpoint (``POST /login/common/oauth/tokens``); ``system_user`` the
+    system user login (``POST /Login/api/PartnerSystemUser/Authenticate``) and the JWKS of the
+    simulator's own signing key, made at start-up (:attr:`federation_key_pem`).  Tokens and
+    tickets they issue expire after their lifetime on ``clock()``, or at once with
+    :meth:`expire_credentials`.
     """
 
     def __init__(
@@ -604,11 +734,20 @@ class Simulator:
         ticket: str | None = None,
         token: str | None = None,
         tz_style: str = "offset",
+        tenant: OnlineTenant | None = None,
+        oauth: OAuthApp | None = None,
+        system_user: SystemUserApp | None = None,
     ) -> None:
         _date_forms(tz_style)  # refuse an unknown style now, not at the first request
+        if system_user is not None and tenant is None:
+            msg = "a system user logs in to a tenant: give tenant= too"
+            raise ValueError(msg)
         self.scenario = scenario
         self.tasks: dict[int, SimTask] = {}
         self.requests: list[str] = []
+        self.tenant = tenant
+        self.oauth = oauth
+        self.system_user = system_user
         self._clock = clock or _utc_now
         self._basic = f"{username}:{password}".encode()
         self._ticket = ticket
@@ -616,33 +755,65 @@ class Simulator:
         self._tz_style = tz_style
         self._next_id = first_id
         self._faults: deque[_Fault] = deque()
+        self._issued: dict[str, _Issued] = {}
+        self._signing_key: rsa.RSAPrivateKey | None = None
+        self._released: anyio.Event | None = None
         self._runner: web.AppRunner | None = None
-        self._url: str | None = None
+        self._origin: str | None = None
         self.app = web.Application(middlewares=[self._serve])
-        self.app.router.add_get("/api/v1/BatchTask/{id}", self._get_task)
-        self.app.router.add_post(
-            "/api/v1/Agents/Batch/GetBatchTaskInfosByAssociates", self._by_associates
+        router = self.app.router
+        for method, path, handler in _API_ROUTES:
+            router.add_route(method, "/api" + path, getattr(self, handler))
+            router.add_route(method, "/{node}/{context}/api" + path, getattr(self, handler))
+        router.add_post("/login/common/oauth/tokens", self._oauth_token, name="oauth-tokens")
+        router.add_post(
+            "/Login/api/PartnerSystemUser/Authenticate", self._system_user, name="system-user"
         )
-        self.app.router.add_post(
-            "/api/v1/Agents/Batch/GetBatchTaskInfosByAssociatesAndState",
-            self._by_associates_and_state,
-        )
+        router.add_get("/login/.well-known/jwks", self._jwks, name="jwks")
+        router.add_get("/api/state/{context}", self._tenant_state, name="tenant-state")
 
     # --- lifecycle
 
     @property
     def url(self) -> str:
         """The API base, e.g. ``http://127.0.0.1:41234/api``; the client adds ``/v1/...``."""
-        if self._url is None:
+        return self.environment_url + "/api"
+
+    @property
+    def environment_url(self) -> str:
+        """The simulator as the environment's host (login, tenant status): no path."""
+        if self._origin is None:
             msg = "the simulator is not started"
             raise RuntimeError(msg)
-        return self._url
+        return self._origin
+
+    @property
+    def tenant_url(self) -> str:
+        """The online tenant's current API base, e.g. ``http://127.0.0.1:41234/online1/Cust1/api``."""
+        if self.tenant is None:
+            msg = "the simulator has no online tenant"
+            raise RuntimeError(msg)
+        return f"{self.environment_url}/{self.tenant.node}/{self.tenant.context_id}/api"
+
+    @property
+    def federation_key_pem(self) -> bytes:
+        """The public half of the key the system user JWTs are signed with (PEM)."""
+        if self._signing_key is None:
+            msg = "the simulator signs JWTs only with system_user= and once started"
+            raise RuntimeError(msg)
+        return self._signing_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on ``host:port`` (0 picks a free port) and return the API base URL."""
         if self._runner is not None:
             msg = "the simulator is already started"
             raise RuntimeError(msg)
+        if self.system_user is not None and self._signing_key is None:
+            # A fresh key pair per run: nothing secret is ever committed.
+            self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._released = anyio.Event()
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()
         try:
@@ -652,12 +823,14 @@ class Simulator:
             raise
         bound_port: int = runner.addresses[0][1]
         self._runner = runner
-        self._url = str(URL.build(scheme="http", host=host, port=bound_port, path="/api"))
-        return self._url
+        self._origin = str(URL.build(scheme="http", host=host, port=bound_port))
+        return self.url
 
     async def stop(self) -> None:
-        """Stop listening; safe to call twice."""
-        runner, self._runner, self._url = self._runner, None, None
+        """Stop listening (hanging requests are let go first); safe to call twice."""
+        runner, self._runner, self._origin = self._runner, None, None
+        if self._released is not None:
+            self._released.set()
         if runner is not None:
             await runner.cleanup()
 
@@ -710,7 +883,29 @@ class Simulator:
 
         ``body`` defaults to a SuperOffice error object; any body is sent as JSON unless
         ``headers`` set another Content-Type, so a malformed body reaches the JSON parser.
+        A 429 or 503 with ``headers={"Retry-After": "3"}`` is how throttling looks.
         """
+        self._faults.extend([self._fault(count, status, body, headers)] * count)
+
+    def hang_next(self, count: int = 1) -> None:
+        """Leave the next ``count`` requests unanswered until the simulator stops."""
+        fault = replace(self._fault(count, 504, None, None), mode="hang")
+        self._faults.extend([fault] * count)
+
+    def truncate_next(self, count: int = 1, body: str | bytes | None = None) -> None:
+        """Answer the next ``count`` requests 200 with half a body, then close the connection."""
+        if body is None:
+            body = _dumps({"Id": 1, "Name": "Cut off in the middle", "State": "Started"})
+        fault = replace(self._fault(count, 200, body, None), mode="truncate")
+        self._faults.extend([fault] * count)
+
+    def expire_credentials(self) -> None:
+        """Refuse every access token and ticket issued so far, as when they run out."""
+        self._issued.clear()
+
+    def _fault(
+        self, count: int, status: int, body: str | bytes | None, headers: dict[str, str] | None
+    ) -> _Fault:
         if count < 0:
             msg = f"count must not be negative, got {count}"
             raise ValueError(msg)
@@ -728,7 +923,7 @@ class Simulator:
         merged = CIMultiDict({hdrs.CONTENT_TYPE: _JSON_TYPE})
         merged.update(headers or {})
         payload = body.encode() if isinstance(body, str) else body
-        self._faults.extend([_Fault(status, payload, merged)] * count)
+        return _Fault(status, payload, merged)
 
     def _free_id(self) -> int:
         while self._next_id in self.tasks or self._scenario_owns(self._next_id):
@@ -743,11 +938,20 @@ class Simulator:
 
     @web.middleware
     async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Record the request, serve a queued fault, check credentials, advance the scenario."""
+        """Record the request, serve a queued fault, route the tenant, check credentials."""
         self.requests.append(f"{request.method} {request.path}")
         if self._faults:
-            return self._faults.popleft().response()
-        if not self._authorized(request.headers.get(hdrs.AUTHORIZATION, "")):
+            assert self._released is not None  # set at start
+            return await self._faults.popleft().respond(request, self._released)
+        if request.match_info.route.name in _PUBLIC_ROUTES:
+            return await handler(request)
+        if "node" in request.match_info:
+            refusal = self._tenant_refusal(
+                request.match_info["node"], request.match_info["context"]
+            )
+            if refusal is not None:
+                return refusal
+        if not self._authorized(request):
             return _error(
                 401,
                 "SoAuthenticationException",
@@ -758,8 +962,20 @@ class Simulator:
             self.scenario.apply(self.tasks, self._clock())
         return await handler(request)
 
-    def _authorized(self, header: str) -> bool:
-        scheme, _, credentials = header.strip().partition(" ")
+    def _tenant_refusal(self, node: str, context: str) -> web.Response | None:
+        """What a numbered host says to a request that is not for its running tenant."""
+        tenant = self.tenant
+        if tenant is None or context.casefold() != tenant.context_id.casefold():
+            return _error(404, "SoTenantNotFoundException", f"Unknown tenant {context}")
+        if node != tenant.node:
+            return _error(421, "MisdirectedRequest", "Wrong subdomain used to access tenant")
+        if not tenant.is_running:
+            message = f"Tenant {tenant.context_id} is {tenant.state}"
+            return _error(503, "SoTenantUnavailableException", message)
+        return None
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
         credentials = credentials.strip()
         match scheme.casefold():
             case "basic":
@@ -769,11 +985,153 @@ class Simulator:
                     return False
                 return hmac.compare_digest(decoded, self._basic)
             case "soticket":
-                return _matches(credentials, self._ticket)
+                app_token = request.headers.get("SO-AppToken", "")
+                return _matches(credentials, self._ticket) or self._issued_and_valid(
+                    credentials, "ticket", app_token
+                )
             case "bearer":
-                return _matches(credentials, self._token)
+                return _matches(credentials, self._token) or self._issued_and_valid(
+                    credentials, "token", None
+                )
             case _:
                 return False
+
+    def _issued_and_valid(self, value: str, kind: str, app_token: str | None) -> bool:
+        """Whether ``value`` was issued here as ``kind`` and is still alive (tickets slide)."""
+        issued = self._issued.get(value)
+        if issued is None or issued.kind != kind:
+            return False
+        now = self._clock()
+        if (now - issued.since).total_seconds() >= issued.lifetime:
+            del self._issued[value]
+            return False
+        if kind == "ticket":
+            app = self.system_user
+            if app is None or not _matches(app_token or "", app.client_secret):
+                return False
+            issued.since = now
+        return True
+
+    def _issue(self, prefix: str, kind: str, lifetime: float) -> str:
+        value = f"{prefix}{secrets.token_urlsafe(24)}"
+        self._issued[value] = _Issued(kind, self._clock(), lifetime)
+        return value
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        """The refresh-token grant: an access token like ``8A:Cust12345.…``, or an OAuth error."""
+        app = self.oauth
+        if app is None:
+            return _error(404, "NotFound", "OAuth is not enabled in this simulator")
+        form = await request.post()
+        if form.get("grant_type") != "refresh_token":
+            return _oauth_error(400, "unsupported_grant_type", "Only refresh_token is simulated")
+        if not (
+            _matches(str(form.get("client_id", "")), app.client_id)
+            and _matches(str(form.get("client_secret", "")), app.client_secret)
+        ):
+            return _oauth_error(401, "invalid_client", "Unknown client or wrong client secret")
+        if app.refuse is not None or not _matches(
+            str(form.get("refresh_token", "")), app.refresh_token
+        ):
+            message = "The refresh token is invalid, expired or revoked"
+            return _oauth_error(400, app.refuse or "invalid_grant", message)
+        context = self.tenant.context_id if self.tenant is not None else "Cust12345"
+        token = self._issue(f"8A:{context}.", "token", app.token_lifetime)
+        body = {"token_type": "Bearer", "access_token": token, "expires_in": app.token_lifetime}
+        return web.json_response(body, dumps=_dumps)
+
+    async def _system_user(self, request: web.Request) -> web.Response:
+        """Verify the signed system user token; answer a JWT carrying a ticket, or why not."""
+        app, tenant = self.system_user, self.tenant
+        if app is None or tenant is None:
+            return _error(404, "NotFound", "System users are not enabled in this simulator")
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, RecursionError):
+            return _bad_request("The request body is not valid JSON")
+        if not isinstance(body, dict):
+            return _bad_request("The request body must be a JSON object")
+        problem = (
+            app.refuse
+            or self._login_problem(app, tenant, body)
+            or _signature_problem(app, str(body.get("SignedSystemToken", "")), self._clock())
+        )
+        if problem is not None:
+            answer = {"IsSuccessful": False, "Token": None, "ErrorMessage": problem}
+            return web.json_response(answer, dumps=_dumps)
+        ticket = self._issue("7T:", "ticket", app.ticket_lifetime)
+        jwt_text = self._signed_jwt(tenant, ticket, f"{request.scheme}://{request.host}")
+        answer = {"IsSuccessful": True, "Token": jwt_text, "ErrorMessage": ""}
+        return web.json_response(answer, dumps=_dumps)
+
+    @staticmethod
+    def _login_problem(
+        app: SystemUserApp, tenant: OnlineTenant, body: Mapping[str, object]
+    ) -> str | None:
+        if not _matches(str(body.get("ApplicationToken", "")), app.client_secret):
+            return "Unknown application token"
+        if str(body.get("ContextIdentifier", "")).casefold() != tenant.context_id.casefold():
+            return f"The application is not approved for {body.get('ContextIdentifier')!r}"
+        if str(body.get("ReturnTokenType", "")).casefold() != "jwt":
+            return "ReturnTokenType must be JWT"
+        return None
+
+    def _signed_jwt(self, tenant: OnlineTenant, ticket: str, origin: str) -> str:
+        """The login's answer: RS256-signed by the simulator's key, as SuperOffice signs it."""
+        assert self._signing_key is not None  # made at start with system_user
+        now = self._clock()
+        claims = {
+            "iss": "SuperOffice AS",
+            "aud": f"spn:{tenant.serial}",
+            "sub": "system.user",
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int((now + _JWT_LIFETIME).timestamp()),
+            _CLAIMS + "ticket": ticket,
+            _CLAIMS + "ctx": tenant.context_id,
+            _CLAIMS + "serial": tenant.serial,
+            _CLAIMS + "webapi_url": f"{origin}/{tenant.node}/{tenant.context_id}/api/",
+            _CLAIMS + "is_administrator": "False",
+        }
+        return jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": _KEY_ID})
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        """The environment's signing keys, as ``/login/.well-known/jwks`` lists them."""
+        if self._signing_key is None:
+            return web.json_response({"keys": []}, dumps=_dumps)
+        key = RSAAlgorithm.to_jwk(self._signing_key.public_key(), as_dict=True)
+        key.update({"kid": _KEY_ID, "use": "sig", "alg": "RS256"})
+        return web.json_response({"keys": [key]}, dumps=_dumps)
+
+    async def _tenant_state(self, request: web.Request) -> web.Response:
+        """``GET /api/state/{context}``: where the tenant lives and whether it runs."""
+        context = request.match_info["context"]
+        tenant = self.tenant
+        valid_until = _DateForm(UTC, "Z").render(
+            self._clock() + timedelta(seconds=tenant.valid_for if tenant else 600.0)
+        )
+        if tenant is None or context.casefold() != tenant.context_id.casefold():
+            unknown = {
+                "ContextIdentifier": context,
+                "Endpoint": None,
+                "State": "Unknown",
+                "IsRunning": False,
+                "ValidUntil": valid_until,
+                "Api": None,
+                "Version": None,
+            }
+            return web.json_response(unknown, dumps=_dumps)
+        endpoint = f"{request.scheme}://{request.host}/{tenant.node}/{tenant.context_id}"
+        state = {
+            "ContextIdentifier": tenant.context_id,
+            "Endpoint": endpoint,
+            "State": tenant.state,
+            "IsRunning": tenant.is_running,
+            "ValidUntil": valid_until,
+            "Api": endpoint + "/api",
+            "Version": _VERSION,
+        }
+        return web.json_response(state, dumps=_dumps)
 
     async def _get_task(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
@@ -850,3 +1208,36 @@ def _select(data: dict[str, object], select: set[str]) -> dict[str, object]:
     if not select:
         return data
     return {key: value if key.casefold() in select else None for key, value in data.items()}
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    """An RFC 6749 error answer, as the token endpoint gives."""
+    body = {"error": error, "error_description": description}
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+def _signature_problem(app: SystemUserApp, signed: str, now: datetime) -> str | None:
+    """Why ``token.yyyyMMddHHmm.signature`` is not the app's fresh signature, if it is not.
+
+    The names are SuperOffice's ``AuthorizeErrorCode`` values.
+    """
+    data, _, signature = signed.rpartition(".")
+    token, _, stamp = data.rpartition(".")
+    try:
+        app.public_key.verify(
+            base64.b64decode(signature, validate=True),
+            data.encode(),
+            padding.PKCS1v15(),
+            hashes.SHA256(),
+        )
+    except (InvalidSignature, binascii.Error, ValueError):
+        return "InvalidSignature"
+    if not _matches(token, app.system_user_token):
+        return "Unknown system user token"
+    try:
+        when = datetime.strptime(stamp, "%Y%m%d%H%M").replace(tzinfo=UTC)
+    except ValueError:
+        return "InvalidTimestamp"
+    if abs(now - when) > _SIGNATURE_SKEW:
+        return "InvalidTimestamp"
+    return None

@@ -61,7 +61,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (sink, event_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    task_id INTEGER,
+    event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, seq);
 """
+
+#: Events kept per task for the HTTP API (older ones are pruned).
+HISTORY_PER_TASK = 20
 
 
 class StoreError(Exception):
@@ -169,12 +179,13 @@ class Store:
         return memories
 
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
-        """Drop the memory of tasks no longer watched."""
+        """Drop the memory and history of tasks no longer watched."""
         ids = [(task_id,) for task_id in task_ids]
 
         def forget() -> None:
             with self._db:
                 self._db.executemany("DELETE FROM tasks WHERE id = ?", ids)
+                self._db.executemany("DELETE FROM history WHERE task_id = ?", ids)
 
         await self._run(forget)
 
@@ -183,8 +194,13 @@ class Store:
         memories: Sequence[TaskMemory],
         deliveries: Sequence[tuple[str, Event]],
         now: float,
+        history: Sequence[Event] = (),
     ) -> dict[str, int]:
-        """Store task memories and queue deliveries, atomically.
+        """Store task memories, queue deliveries and record events, atomically.
+
+        ``history`` are events to record for the HTTP API even if no sink wants
+        them (the events of ``deliveries`` are recorded anyway); each task keeps
+        its last :data:`HISTORY_PER_TASK`.
 
         A queued ``task.progress`` replaces the older progress deliveries of
         the same task and sink that are still waiting (latest wins); nothing
@@ -192,9 +208,12 @@ class Store:
         shrink when progress is coalesced).
         """
         rows = [(m.info.id, memory_to_json(m)) for m in memories]
-        queued = [
-            (sink, e.id, e.task_id, e.type.value, json.dumps(e.to_dict()), now)
-            for sink, e in deliveries
+        texts = {e.id: json.dumps(e.to_dict()) for _, e in deliveries}
+        queued = [(sink, e.id, e.task_id, e.type.value, texts[e.id], now) for sink, e in deliveries]
+        events = {e.id: e for _, e in deliveries}
+        events.update((e.id, e) for e in history)
+        recorded = [
+            (e.id, e.task_id, texts.get(e.id) or json.dumps(e.to_dict())) for e in events.values()
         ]
 
         def write() -> dict[str, int]:
@@ -221,6 +240,16 @@ class Store:
                         row,
                     ).rowcount
                     growth[sink] = growth.get(sink, 0) + added
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO history (event_id, task_id, event) VALUES (?, ?, ?)",
+                    recorded,
+                )
+                for task_id in {task_id for _, task_id, _ in recorded}:
+                    self._db.execute(
+                        "DELETE FROM history WHERE task_id IS ? AND seq NOT IN "
+                        "(SELECT seq FROM history WHERE task_id IS ? ORDER BY seq DESC LIMIT ?)",
+                        (task_id, task_id, HISTORY_PER_TASK),
+                    )
             return growth
 
         return await self._run(write)
@@ -302,6 +331,16 @@ class Store:
             return gone
 
         return await self._run(drop)
+
+    async def recent_events(self, task_id: int | None) -> list[Event]:
+        """A task's last recorded events, oldest first (``None``: monitor events)."""
+
+        def load() -> list[tuple[str]]:
+            return self._db.execute(
+                "SELECT event FROM history WHERE task_id IS ? ORDER BY seq", (task_id,)
+            ).fetchall()
+
+        return [Event.from_dict(json.loads(text)) for (text,) in await self._run(load)]
 
     # --- watches added at run time
 

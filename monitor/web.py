@@ -6,10 +6,12 @@ A small aiohttp shell around state other modules own: the collector renders
 
 from __future__ import annotations
 
+import hmac
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from aiohttp import web
@@ -18,15 +20,31 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.registry import CollectorRegistry
 
 from monitor.poller import Poller
+from monitor.store import Store
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 
-__all__ = ["WebState", "make_app", "serve"]
+__all__ = ["Watches", "WebState", "make_app", "serve"]
 
 _templates = Environment(
     loader=PackageLoader("monitor", "templates"),
     autoescape=select_autoescape(default=True),
 )
+
+
+class Watches(Protocol):
+    """Changes the set of watched tasks at run time (persisted by the daemon)."""
+
+    async def add(self, task_id: int) -> bool:
+        """Watch a task; ``False`` if it already was."""
+        ...
+
+    async def remove(self, task_id: int) -> bool:
+        """Stop watching a task; ``False`` if it was not watched at run time.
+
+        Raises :class:`ValueError` for a task the configuration watches.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +57,10 @@ class WebState:
     clock: Callable[[], datetime]
     #: The loop is dead when no cycle ended for this long (seconds).
     stale_after: float
+    store: Store
+    watches: Watches
+    #: Bearer token for changing watches; ``None`` disables PUT/DELETE.
+    api_token: str | None
 
 
 STATE = web.AppKey("state", WebState)
@@ -83,11 +105,11 @@ def _sorted_views(state: WebState) -> list[dict[str, Any]]:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    """200 while the poll loop keeps completing cycles."""
+    """200 while the poll loop keeps working (the same test as the systemd watchdog)."""
     state = request.app[STATE]
     last = state.poller.last_cycle_end
     age = None if last is None else anyio.current_time() - last
-    alive = age is None or age < state.stale_after
+    alive = state.poller.alive(state.stale_after)
     body = {
         "status": "ok" if alive else "stalled",
         "cycles": state.poller.cycles,
@@ -103,6 +125,8 @@ async def _readyz(request: web.Request) -> web.Response:
     problems = []
     if state.poller.cycles == 0:
         problems.append("no poll cycle completed yet")
+    elif health.auth_failed:
+        problems.append(f"SuperOffice rejected the credentials: {health.last_error}")
     elif not health.up:
         problems.append(f"SuperOffice API unreachable: {health.last_error}")
     body = {"ready": not problems, "problems": problems}
@@ -113,16 +137,69 @@ async def _tasks(request: web.Request) -> web.Response:
     return web.json_response({"tasks": _sorted_views(request.app[STATE])})
 
 
-async def _task(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+def _task_id(request: web.Request) -> int:
     try:
         task_id = int(request.match_info["task_id"])
     except ValueError:
-        raise web.HTTPBadRequest(text="task id must be an integer") from None
+        raise _problem(web.HTTPBadRequest, "the task id must be an integer") from None
+    if task_id <= 0:
+        raise _problem(web.HTTPBadRequest, "the task id must be positive")
+    return task_id
+
+
+def _problem(
+    kind: type[web.HTTPException], message: str, headers: dict[str, str] | None = None
+) -> web.HTTPException:
+    """An HTTP error with a JSON body saying what was wrong."""
+    return kind(
+        text=json.dumps({"error": message}), content_type="application/json", headers=headers
+    )
+
+
+async def _task(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    task_id = _task_id(request)
     memory = state.tracker.tasks.get(task_id)
     if memory is None:
-        raise web.HTTPNotFound(text=f"task {task_id} is not watched")
-    return web.json_response(_task_view(memory, state, state.clock()))
+        raise _problem(web.HTTPNotFound, f"task {task_id} is not watched")
+    view = _task_view(memory, state, state.clock())
+    view["events"] = [e.to_dict() for e in await state.store.recent_events(task_id)]
+    return web.json_response(view)
+
+
+def _authorize(request: web.Request) -> None:
+    """Changing watches needs ``Authorization: Bearer <http.api_token>``."""
+    token = request.app[STATE].api_token
+    if token is None:
+        raise _problem(
+            web.HTTPForbidden, "changing watches is disabled: set http.api_token to enable it"
+        )
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise _problem(
+            web.HTTPUnauthorized,
+            "a valid bearer token is required",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+async def _put_watch(request: web.Request) -> web.Response:
+    _authorize(request)
+    task_id = _task_id(request)
+    added = await request.app[STATE].watches.add(task_id)
+    return web.json_response({"task_id": task_id, "watched": True}, status=201 if added else 200)
+
+
+async def _delete_watch(request: web.Request) -> web.Response:
+    _authorize(request)
+    task_id = _task_id(request)
+    try:
+        removed = await request.app[STATE].watches.remove(task_id)
+    except ValueError as exc:
+        raise _problem(web.HTTPConflict, str(exc)) from None
+    if not removed:
+        raise _problem(web.HTTPNotFound, f"task {task_id} is not watched at run time")
+    return web.json_response({"task_id": task_id, "watched": False})
 
 
 async def _status_page(request: web.Request) -> web.Response:
@@ -148,6 +225,8 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/api/v1/tasks", _tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", _task)
+    app.router.add_put("/api/v1/watches/{task_id}", _put_watch)
+    app.router.add_delete("/api/v1/watches/{task_id}", _delete_watch)
     app.router.add_get("/", _status_page)
     return app
 

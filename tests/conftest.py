@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestServer
 
 from monitor.config import Config, parse_config
 from monitor.store import Store
+from monitor.superoffice.models import BatchTaskState
+from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +59,8 @@ def make_config(url: str, **sections: Any) -> Config:
             "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
             "max_requests_per_second": 1000.0,
             "timeout": "2s",
+            # One scripted fault is one failed call; tests of retrying ask for retries.
+            "retries": 0,
         },
         "http": {"listen": "127.0.0.1:0"},
     }
@@ -135,3 +139,44 @@ async def _store(tmp_path: Path) -> AsyncIterator[Store]:
     store = await Store.open(tmp_path / "state.db")
     yield store
     await store.close()
+
+
+def make_task_event(
+    kind: EventType = EventType.TASK_FAILED,
+    *,
+    time: datetime = datetime(2026, 11, 28, 12, 0, tzinfo=UTC),
+    eta: datetime | None = None,
+    message: str | None = None,
+    **task: Any,
+) -> Event:
+    """An event about task 212 ("Export", Failed at 40 %, started 12 minutes before ``time``).
+
+    ``task`` overrides fields of the :class:`TaskSummary`.
+    """
+    fields: dict[str, Any] = {
+        "id": 212,
+        "name": "Export",
+        "state": BatchTaskState.FAILED,
+        "state_raw": "Failed",
+        "progress": 40,
+        "progress_description": "Exporting contacts",
+        "description": "Nightly export of all contacts",
+        "associate_id": 5,
+        "context": None,
+        "request": None,
+        "response": None,
+        "result": "Timeout while writing the file",
+        "file_name": None,
+        "last_started": time - timedelta(minutes=12),
+        "created": time - timedelta(minutes=13),
+        "start_count": 1,
+    }
+    fields.update(task)
+    return Event(
+        id=event_id("test", kind.value, time.isoformat(), *sorted(task)),
+        type=kind,
+        time=time,
+        task=TaskSummary(**fields),
+        eta=eta,
+        message=message,
+    )

@@ -17,6 +17,7 @@ from monitor.superoffice.client import MAX_TASK_BYTES, SuperOfficeClient, open_s
 from monitor.superoffice.errors import (
     ApiError,
     ApiTimeout,
+    AuthenticationFailed,
     MalformedResponse,
     Misdirected,
     NetworkError,
@@ -34,7 +35,8 @@ TASK = json.dumps({"Id": 212, "Name": "Export", "State": "Started", "ProgressPer
 
 
 async def _client(url: str, **superoffice: object) -> AsyncIterator[SuperOfficeClient]:
-    config = make_config(url, superoffice=superoffice).superoffice
+    """A client for ``url`` that does not retry, unless ``retries`` says otherwise."""
+    config = make_config(url, superoffice={"retries": 0, **superoffice}).superoffice
     async with open_session(config) as session:
         yield SuperOfficeClient(session, config, auth_from_config(config.auth))
 
@@ -146,7 +148,7 @@ class TestErrors:
         ("reply", "error", "reason"),
         [
             (Reply(404, ERROR_BODY), NotFound, "not_found"),
-            (Reply(401, b""), Unauthorized, "unauthorized"),
+            (Reply(401, b""), AuthenticationFailed, "auth_failed"),
             (Reply(403, b"Forbidden"), Unauthorized, "unauthorized"),
             (Reply(421, b"Wrong subdomain used to access tenant"), Misdirected, "misdirected"),
             (Reply(429, b"", {"Retry-After": "3"}), RateLimited, "rate_limited"),
@@ -180,13 +182,19 @@ class TestErrors:
     async def test_mapping(
         self, scripted: ScriptedServer, reply: Reply, error: type[ApiError], reason: str
     ) -> None:
-        """The status or failure becomes the right error, counted by reason."""
+        """The status or failure becomes the right error, its request counted by reason.
+
+        A 401 is counted as the answer it was; the error says the static credentials are
+        refused for good.
+        """
         scripted.replies.append(reply)
         async for client in _client(scripted.url, timeout="1s"):
             with pytest.raises(error) as info:
                 await client.get_task(5)
-            assert {reason: 1} == dict(client.stats.failures)
+            counted = "unauthorized" if reason == "auth_failed" else reason
+            assert {counted: 1} == dict(client.stats.failures)
             assert 1 == client.stats.requests
+            assert 1 == client.stats.durations.count
 
         assert reason == info.value.reason
 
@@ -232,3 +240,19 @@ class TestErrors:
                 await client.get_task(5)
 
         assert "network" == info.value.reason
+
+
+class TestListInState:
+    """The list call that filters on state."""
+
+    async def test_posts_associates_and_state(self, scripted: ScriptedServer) -> None:
+        """AssociateIds and State go in the body, $select in the query."""
+        scripted.replies.append(Reply(body=f"[{TASK}]"))
+        async for client in _client(scripted.url):
+            tasks, rejected = await client.list_tasks_in_state([], "Started", select=["Id"])
+
+        assert ([212], []) == ([t.id for t in tasks], rejected)
+        seen = scripted.seen[0]
+        assert "/api/v1/Agents/Batch/GetBatchTaskInfosByAssociatesAndState" == seen.path
+        assert {"AssociateIds": [], "State": "Started"} == json.loads(seen.body)
+        assert {"$select": "Id"} == seen.query

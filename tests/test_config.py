@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from monitor.config import (
     Config,
@@ -157,7 +163,7 @@ class TestMinimalConfig:
             config.poll.jitter,
             config.poll.terminal_linger,
             config.poll.api_down_after,
-        ) == (5.0, 60.0, 900.0, 10, 30.0, 0.1, 30.0, 3)
+        ) == (5.0, 60.0, 900.0, 10, 30.0, 0.1, 0.0, 3)
         assert None is config.state.path
         assert (
             config.http.host,
@@ -240,78 +246,6 @@ class TestExampleFile:
         assert [sink.name for sink in config.sinks] == ["ops"]
         assert config.sinks[0].events is not None
         assert "monitor.*" in config.sinks[0].events
-
-
-class TestLaterVersions:
-    """The keys and values of later versions are refused, each with its own message."""
-
-    @pytest.mark.parametrize(
-        ("path", "value", "expected"),
-        [
-            (
-                "superoffice.auth",
-                {"type": "oauth", "client_id": "c", "client_secret": "s", "refresh_token": "r"},
-                (
-                    "superoffice.auth.type: 'oauth' is not supported by this version "
-                    "(supported: basic, ticket, bearer)"
-                ),
-            ),
-            (
-                "superoffice.auth",
-                {"type": "system_user", "client_secret": "s", "private_key_file": "k.pem"},
-                (
-                    "superoffice.auth.type: 'system_user' is not supported by this version "
-                    "(supported: basic, ticket, bearer)"
-                ),
-            ),
-            (
-                "superoffice.environment",
-                "online",
-                (
-                    "superoffice.environment: not supported by this version; set superoffice.url "
-                    "to the tenant's API base instead, "
-                    "e.g. 'https://online3.superoffice.com/Cust12345/api'"
-                ),
-            ),
-            (
-                "superoffice.tenant",
-                "Cust12345",
-                (
-                    "superoffice.tenant: not supported by this version; set superoffice.url "
-                    "to the tenant's API base instead, "
-                    "e.g. 'https://online3.superoffice.com/Cust12345/api'"
-                ),
-            ),
-            (
-                "watch",
-                {"discover": [{"associates": [], "every": "30s"}]},
-                (
-                    "watch.discover: not supported by this version; "
-                    "list the task ids in watch.ids instead"
-                ),
-            ),
-            (
-                "superoffice.auth.client_secret_file",
-                "client_secret",
-                (
-                    "superoffice.auth.client_secret_file: not supported by this version; "
-                    "it belongs to auth types 'oauth' and 'system_user' "
-                    "(supported: basic, ticket, bearer)"
-                ),
-            ),
-            (
-                "superoffice.auth.system_user_token",
-                "t",
-                (
-                    "superoffice.auth.system_user_token: not supported by this version; "
-                    "it belongs to auth type 'system_user' (supported: basic, ticket, bearer)"
-                ),
-            ),
-        ],
-    )
-    def test_refused(self, path: str, value: object, expected: str) -> None:
-        """The problem names the key and says that this version does not support it."""
-        assert problems(with_(path, value)) == [expected]
 
 
 class TestUnknownKeys:
@@ -507,7 +441,12 @@ class TestAuth:
             ),
             (
                 {"type": "kerberos"},
-                ["superoffice.auth.type: must be 'basic', 'ticket' or 'bearer', got 'kerberos'"],
+                [
+                    (
+                        "superoffice.auth.type: must be 'basic', 'ticket', 'bearer', 'oauth' or "
+                        "'system_user', got 'kerberos'"
+                    )
+                ],
             ),
             ({"username": "u"}, ["superoffice.auth.type: required, but not given"]),
         ],
@@ -1009,6 +948,13 @@ class TestSinkTypes:
             ),
             ({"type": "log", "template": "x"}, "sinks[0].template: not used by sink type 'log'"),
             (
+                {"type": "slack", "url": "https://x.example", "template": "{{ event.type "},
+                (
+                    "sinks[0].template: template line 1: unexpected end of template, "
+                    "expected 'end of print statement'."
+                ),
+            ),
+            (
                 {"type": "alertmanager", "url": "http://am:9093", "remind_every": "1h"},
                 "sinks[0].remind_every: not used by sink type 'alertmanager'",
             ),
@@ -1056,3 +1002,388 @@ class TestSinkTypes:
         assert problems(with_("http.public_url", "batchmon.local")) == [
             "http.public_url: expected an absolute http(s) URL, e.g. 'https://batchmon.example.com/'"
         ]
+
+
+class TestDiscovery:
+    """``[[watch.discover]]`` rules."""
+
+    def test_defaults_and_values(self) -> None:
+        """A rule defaults to all associates, the active states and every 30 s."""
+        config = parse_config(
+            with_(
+                "watch",
+                {
+                    "discover": [
+                        {},
+                        {
+                            "associates": [-1],
+                            "states": ["Failed"],
+                            "name": "Export*",
+                            "every": "5m",
+                        },
+                    ]
+                },
+            ),
+            base_dir=Path("/nonexistent"),
+        )
+        default, custom = config.watch.discover
+
+        assert ([], ["New", "Aquired", "Started"], None, 30.0) == (
+            default.associates,
+            default.states,
+            default.name,
+            default.every,
+        )
+        assert ([-1], ["Failed"], "Export*", 300.0) == (
+            custom.associates,
+            custom.states,
+            custom.name,
+            custom.every,
+        )
+
+    @pytest.mark.parametrize(
+        ("rule", "expected"),
+        [
+            (
+                {"states": ["Acquired"]},
+                "watch.discover[0].states[0]: unknown state 'Acquired' (did you mean 'Aquired'?)",
+            ),
+            ({"states": ["All"]}, "watch.discover[0].states[0]: unknown state 'All'"),
+            (
+                {"states": []},
+                "watch.discover[0].states: must not be empty; leave it out for New, Aquired and Started",
+            ),
+            ({"every": "0s"}, "watch.discover[0].every: must be greater than 0"),
+            ({"tenant": "x"}, "watch.discover[0].tenant: unknown key"),
+        ],
+    )
+    def test_refused(self, rule: dict[str, object], expected: str) -> None:
+        """Misspelt states, empty lists and unknown keys are refused by path."""
+        found = problems(with_("watch", {"discover": [rule]}))
+
+        assert [expected] == [p for p in found if p.startswith("watch.")]
+
+
+class TestOnlineAccess:
+    """oauth and system_user, url versus environment + tenant, and the retry keys."""
+
+    @staticmethod
+    def _rsa_xml(key: rsa.RSAPrivateKey) -> str:
+        """The key as .NET's RSA XML, the form SuperOffice hands out."""
+        numbers = key.private_numbers()
+
+        def b64(value: int) -> str:
+            return base64.b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).decode()
+
+        parts = {
+            "Modulus": numbers.public_numbers.n,
+            "Exponent": numbers.public_numbers.e,
+            "P": numbers.p,
+            "Q": numbers.q,
+            "DP": numbers.dmp1,
+            "DQ": numbers.dmq1,
+            "InverseQ": numbers.iqmp,
+            "D": numbers.d,
+        }
+        inner = "".join(f"<{name}>{b64(value)}</{name}>" for name, value in parts.items())
+        return f"<RSAKeyValue>{inner}</RSAKeyValue>"
+
+    @staticmethod
+    def _certificate(key: rsa.RSAPrivateKey) -> x509.Certificate:
+        """A self-signed certificate for ``key``, like SuperOfficeFederatedLogin.crt."""
+        name = x509.Name(
+            [x509.NameAttribute(x509.NameOID.COMMON_NAME, "SuperOfficeFederatedLogin")]
+        )
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+
+    @pytest.fixture(name="key", scope="class")
+    @classmethod
+    def _key(cls) -> rsa.RSAPrivateKey:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    @pytest.fixture(name="key_files")
+    def _key_files(self, key: rsa.RSAPrivateKey, tmp_path: Path) -> Path:
+        """app.pem, app.xml, federation.crt (DER), federation.cer (PEM), federation.pem."""
+        (tmp_path / "app.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        (tmp_path / "app.xml").write_text(self._rsa_xml(key))
+        certificate = self._certificate(key)
+        (tmp_path / "federation.crt").write_bytes(
+            certificate.public_bytes(serialization.Encoding.DER)
+        )
+        (tmp_path / "federation.cer").write_bytes(
+            certificate.public_bytes(serialization.Encoding.PEM)
+        )
+        (tmp_path / "federation.pem").write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        return tmp_path
+
+    def test_oauth_snippet(self) -> None:
+        """The README's oauth snippet loads; its secrets stay hidden."""
+        data = tomllib.loads(
+            """
+            [superoffice]
+            environment = "online"
+            tenant = "Cust12345"
+            [superoffice.auth]
+            type = "oauth"
+            client_id = "0123456789abcdef"
+            client_secret = "s3cr3t-MARKER-7f1c"
+            refresh_token = "s3cr3t-MARKER-7f1c-refresh"
+            redirect_uri = "https://batchmon.example.com/callback"
+            """
+        )
+
+        config = parse_config(data, base_dir=Path("/nonexistent"))
+
+        so = config.superoffice
+        assert ("https://online.superoffice.com", None) == (so.environment_base, so.url)
+        assert ("oauth", "0123456789abcdef") == (so.auth.type, so.auth.client_id)
+        assert MARKER not in repr(config) + json.dumps(redacted(config))
+
+    @pytest.mark.parametrize(
+        ("key_file", "federation"),
+        [("app.pem", None), ("app.xml", "federation.crt"), ("app.pem", "federation.cer")],
+        ids=["pem-jwks", "rsa-xml-der-certificate", "pem-pem-certificate"],
+    )
+    def test_system_user_snippet(
+        self,
+        key: rsa.RSAPrivateKey,
+        key_files: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        key_file: str,
+        federation: str | None,
+    ) -> None:
+        """The app key loads from PEM or RSA XML; SuperOffice's key from a certificate."""
+        monkeypatch.setenv("BATCHMON_TEST_SYSTEM_USER_TOKEN", "batchmon-4fGh7Kp2")
+        text = f"""
+            [superoffice]
+            environment = "sod"
+            tenant = "Cust12345"
+            [superoffice.auth]
+            type = "system_user"
+            client_secret_file = "client_secret"
+            private_key_file = "{key_file}"
+            system_user_token_env = "BATCHMON_TEST_SYSTEM_USER_TOKEN"
+            """
+        if federation is not None:
+            text += f'federation_key_file = "{federation}"\n'
+        (key_files / "client_secret").write_text("app-secret\n")
+
+        auth = parse_config(tomllib.loads(text), base_dir=key_files).superoffice.auth
+
+        assert key.private_numbers() == auth.signing_key().private_numbers()
+        federation_key = auth.federation_key()
+        if federation is None:
+            assert federation_key is None
+        else:
+            assert federation_key is not None
+            assert key.public_key().public_numbers() == federation_key.public_numbers()
+        assert "-----BEGIN" not in repr(auth)
+
+    @pytest.mark.parametrize(
+        ("auth", "expected"),
+        [
+            (
+                {"type": "oauth", "client_id": "c"},
+                [
+                    (
+                        "superoffice.auth.client_secret: required for auth type 'oauth' "
+                        "(give client_secret, client_secret_file or client_secret_env)"
+                    ),
+                    (
+                        "superoffice.auth.refresh_token: required for auth type 'oauth' "
+                        "(give refresh_token, refresh_token_file or refresh_token_env)"
+                    ),
+                ],
+            ),
+            (
+                {
+                    "type": "system_user",
+                    "client_secret": "s",
+                    "system_user_token": "t",
+                    "private_key": "not a key",
+                    "redirect_uri": "https://x.example",
+                },
+                [
+                    "superoffice.auth.redirect_uri: not used by auth type 'system_user'",
+                    (
+                        "superoffice.auth.private_key: expected an RSA private key, "
+                        "as PEM or as RSA XML"
+                    ),
+                ],
+            ),
+            (
+                {"type": "basic", "username": "u", "password": "p", "client_id": "c"},
+                ["superoffice.auth.client_id: not used by auth type 'basic'"],
+            ),
+            (
+                {
+                    "type": "system_user",
+                    "client_secret": "s",
+                    "system_user_token": "t",
+                    "private_key_file": "app.pem",
+                    "federation_key_file": "app.xml",
+                },
+                [
+                    (
+                        "superoffice.auth.federation_key_file: '{dir}/app.xml': expected an X.509 "
+                        "certificate (PEM or DER) or a PEM public key"
+                    )
+                ],
+            ),
+        ],
+        ids=["oauth-missing", "system-user-wrong", "basic-extra", "federation-not-a-key"],
+    )
+    def test_auth_refused(self, key_files: Path, auth: dict[str, str], expected: list[str]) -> None:
+        """Each type names what it misses, what it does not use and what is no key."""
+        data = {
+            "superoffice": {"environment": "online", "tenant": "Cust12345", "auth": auth},
+        }
+
+        found = problems(data, base_dir=key_files)
+
+        assert [line.format(dir=key_files) for line in expected] == found
+
+    @pytest.mark.parametrize(
+        ("where", "auth_type", "expected"),
+        [
+            ({"url": "https://online3.superoffice.com/Cust12345/api"}, "basic", []),
+            ({"environment": "online", "tenant": "Cust12345"}, "basic", []),
+            ({"environment_url": "http://127.0.0.1:8765", "tenant": "Cust1"}, "basic", []),
+            ({"url": "https://x.example/api", "environment": "sod"}, "oauth", []),
+            (
+                {"url": "https://x.example/api", "environment": "online", "tenant": "Cust1"},
+                "basic",
+                ["superoffice.tenant: give either url or environment + tenant, not both"],
+            ),
+            (
+                {},
+                "basic",
+                [
+                    (
+                        "superoffice.url: required, but not given; give url (the API base) or "
+                        "environment + tenant (SuperOffice Online)"
+                    )
+                ],
+            ),
+            (
+                {"tenant": "Cust1"},
+                "basic",
+                ["superoffice.environment: required with tenant (sod, qaonline or online)"],
+            ),
+            (
+                {"url": "https://x.example/api"},
+                "oauth",
+                [
+                    (
+                        "superoffice.environment: required with auth type 'oauth' "
+                        "(sod, qaonline or online)"
+                    )
+                ],
+            ),
+            (
+                {"url": "https://x.example/api", "environment": "online"},
+                "basic",
+                ["superoffice.environment: not used with url and auth type 'basic'"],
+            ),
+            (
+                {"environment": "prod", "tenant": "12345"},
+                "basic",
+                [
+                    (
+                        "superoffice.environment: must be 'sod', 'qaonline', 'stage' or 'online', "
+                        "got 'prod'"
+                    ),
+                    (
+                        "superoffice.tenant: expected a context identifier like 'Cust12345', "
+                        "got '12345'"
+                    ),
+                ],
+            ),
+        ],
+        ids=[
+            "url",
+            "environment-tenant",
+            "environment-url",
+            "url-oauth",
+            "both",
+            "neither",
+            "tenant-alone",
+            "oauth-without-environment",
+            "unused-environment",
+            "bad-values",
+        ],
+    )
+    def test_url_or_environment_and_tenant(
+        self, where: dict[str, str], auth_type: str, expected: list[str]
+    ) -> None:
+        """Exactly one of url and environment + tenant; each problem named by its key."""
+        auth: dict[str, str] = {"type": "basic", "username": "u", "password": "p"}
+        if auth_type == "oauth":
+            auth = {"type": "oauth", "client_id": "c", "client_secret": "s", "refresh_token": "r"}
+        data = {"superoffice": {**where, "auth": auth}}
+
+        if expected:
+            assert expected == problems(data)
+        else:
+            parse_config(data, base_dir=Path("/nonexistent"))
+
+    def test_system_user_needs_a_tenant(self, key_files: Path) -> None:
+        """The system user logs in to one tenant, so url alone is not enough."""
+        auth = {
+            "type": "system_user",
+            "client_secret": "s",
+            "system_user_token": "t",
+            "private_key_file": "app.pem",
+        }
+        data = {"superoffice": {"url": "https://x.example/api", "environment": "sod", "auth": auth}}
+
+        assert ["superoffice.tenant: required for auth type 'system_user'"] == problems(
+            data, base_dir=key_files
+        )
+
+    def test_retry_keys(self) -> None:
+        """The retry keys have defaults, read durations, and the base may not exceed the cap."""
+        so = parse_config(minimal(), base_dir=Path("/nonexistent")).superoffice
+        tuned = with_("superoffice.retries", 4)
+        tuned["superoffice"].update(backoff_base="250ms", backoff_cap="1m", max_retry_after="2m")
+        custom = parse_config(tuned, base_dir=Path("/nonexistent")).superoffice
+
+        assert (2, 0.5, 30.0, 60.0) == (
+            so.retries,
+            so.backoff_base,
+            so.backoff_cap,
+            so.max_retry_after,
+        )
+        assert (4, 0.25, 60.0, 120.0) == (
+            custom.retries,
+            custom.backoff_base,
+            custom.backoff_cap,
+            custom.max_retry_after,
+        )
+        slow = with_("superoffice.backoff_base", "1m")
+        assert [
+            (
+                "superoffice.backoff_base: must not be longer than superoffice.backoff_cap (30s), "
+                "got 60s"
+            )
+        ] == problems(slow)

@@ -262,8 +262,9 @@ class TestEta:
             task(ProgressPercent=None),
             task(ProgressPercent=0),
             task(LastStarted=None),
+            task(ProgressPercent=1, LastStarted="1900-01-01T00:00:00Z"),
         ],
-        ids=["terminal", "no progress", "zero", "no start time"],
+        ids=["terminal", "no progress", "zero", "no start time", "centuries away"],
     )
     def test_none_without_a_rate(self, info: BatchTaskInfo) -> None:
         """No estimate when there is no rate to extrapolate."""

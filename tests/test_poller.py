@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitor.daemon import rules_from
-from monitor.poller import Poller
+from monitor.poller import Poller, Shard
 from monitor.ratelimit import RateLimiter
 from monitor.simulator import Simulator
 from monitor.superoffice.auth import auth_from_config
@@ -40,7 +41,11 @@ class Recorder:
 
 @asynccontextmanager
 async def polling(
-    simulator: Simulator, clock: ManualClock, ids: list[int], **poll: Any
+    simulator: Simulator,
+    clock: ManualClock,
+    ids: list[int],
+    shard: Shard | None = None,
+    **poll: Any,
 ) -> AsyncIterator[tuple[Poller, Recorder]]:
     """A poller watching ``ids`` on the simulator, publishing into a recorder."""
     config = make_config(
@@ -58,9 +63,8 @@ async def polling(
             Tracker(rules_from(config.poll)),
             recorder,
             config.poll,
-            max_concurrency=4,
-            max_requests_per_second=1000,
             clock=clock,
+            shard=shard,
         )
         poller.watch(ids)
         yield poller, recorder
@@ -89,7 +93,12 @@ class TestLifecycle:
                 clock.advance(60)
                 simulator.set_task(task.id, **fields)
                 await poller.poll_once()
+            still_watched = poller.watched
+            clock.advance(60)
+            await poller.poll_once()
 
+        assert {task.id} == still_watched, "a finished task is confirmed once"
+        assert frozenset() == poller.watched, "then no longer polled"
         assert [
             EventType.TASK_DISCOVERED,
             EventType.TASK_STARTED,
@@ -102,7 +111,6 @@ class TestLifecycle:
             failed.task.name,
             failed.task.result,
         )
-        assert poller.watched == frozenset(), "a terminal task is no longer polled"
 
     async def test_memory_is_committed_only_when_it_changed(
         self, simulator: Simulator, clock: ManualClock
@@ -182,7 +190,7 @@ class TestFaults:
     ) -> None:
         """Many failed cycles give one api_down; the first success one api_recovered."""
         ids = [simulator.add_task(state=BatchTaskState.STARTED).id for _ in range(3)]
-        async with polling(simulator, clock, ids) as (poller, recorder):
+        async with polling(simulator, clock, ids, bulk_threshold=10) as (poller, recorder):
             await poller.poll_once()
             simulator.fail_next(3 * 10, 503)
             for _ in range(10):
@@ -234,3 +242,120 @@ class TestSchedule:
             await limiter.acquire()
 
         assert anyio.current_time() - started >= 4 * 0.02 - 0.005
+
+
+class TestRequestBudget:
+    """Adaptive schedules, bulk list calls and discovery spend few requests."""
+
+    async def test_intervals_follow_the_state(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """Running tasks are due after ``interval``, queued ones after ``idle_interval``."""
+        started = simulator.add_task(state=BatchTaskState.STARTED)
+        queued = simulator.add_task(state=BatchTaskState.NEW)
+        async with polling(
+            simulator, clock, [started.id, queued.id], interval="5s", idle_interval="60s", jitter=0
+        ) as (poller, _):
+            await poller.poll_once()
+            due = {task_id: poller.due_in(task_id) for task_id in (started.id, queued.id)}
+
+        assert due[started.id] == pytest.approx(5, abs=0.5)
+        assert due[queued.id] == pytest.approx(60, abs=0.5)
+
+    async def test_one_list_call_replaces_many_gets(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """1,000 watched tasks, 100 running: a cycle costs 1 list call + the ones that moved."""
+        running = [
+            simulator.add_task(state=BatchTaskState.STARTED, progress=10).id for _ in range(100)
+        ]
+        done = [simulator.add_task(state=BatchTaskState.SUCCEEDED).id for _ in range(900)]
+        async with polling(simulator, clock, running + done) as (poller, recorder):
+            await poller.poll_once()  # first sight: every task fetched once
+            clock.advance(5)
+            await poller.poll_once()  # the finished ones are confirmed, then dropped
+            assert 1000 + 1 + 900 == len(simulator.requests)
+            moved = running[:10]
+            for task_id in moved:
+                simulator.set_task(task_id, progress=50)
+            before = len(simulator.requests)
+            clock.advance(5)
+            await poller.poll_once()
+
+        per_id = len(running)
+        ours = len(simulator.requests) - before
+        assert 11 == ours == poller.last_cycle_requests, f"{ours} requests instead of {per_id}"
+        assert ours < per_id
+        assert 10 == sum(e.type is EventType.TASK_PROGRESS for e in recorder.events)
+
+    async def test_bulk_call_failure_counts_for_each_task(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """When the list call fails, its tasks keep their state and the cycle counts as failed."""
+        ids = [simulator.add_task(state=BatchTaskState.STARTED).id for _ in range(3)]
+        async with polling(simulator, clock, ids, api_down_after=1) as (poller, recorder):
+            await poller.poll_once()
+            simulator.fail_next(1, 503)
+            await poller.poll_once()
+
+        assert [EventType.MONITOR_API_DOWN] == [
+            t for t in recorder.types() if t.value.startswith("monitor.")
+        ]
+        assert set(ids) == poller.watched
+
+    async def test_discovery_watches_matching_tasks(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """A rule watches the tasks in its states whose names match, once."""
+        export = simulator.add_task(name="Export contacts", state=BatchTaskState.STARTED)
+        queued = simulator.add_task(name="Export sales", state=BatchTaskState.NEW)
+        simulator.add_task(name="Import", state=BatchTaskState.STARTED)
+        simulator.add_task(name="Export old", state=BatchTaskState.SUCCEEDED)
+        rule = make_config(simulator.url, watch={"discover": [{"name": "Export*"}]}).watch.discover[
+            0
+        ]
+        async with polling(simulator, clock, []) as (poller, recorder):
+            first = await poller.discover(rule)
+            second = await poller.discover(rule)
+            await poller.poll_once()
+
+        assert [export.id, queued.id] == sorted(first)
+        assert [] == second
+        assert [EventType.TASK_DISCOVERED] * 2 == recorder.types()
+
+
+class TestShard:
+    """``--shard k/N``: each task belongs to exactly one replica."""
+
+    def test_shards_partition_the_tasks_evenly(self) -> None:
+        """Every id is owned by exactly one of N shards, and shards get similar shares."""
+        shards = [Shard(k, 3) for k in range(3)]
+        owners = [[s.owns(task_id) for s in shards].count(True) for task_id in range(1, 3001)]
+        shares = [sum(s.owns(task_id) for task_id in range(1, 3001)) for s in shards]
+
+        assert {1} == set(owners)
+        assert all(900 < share < 1100 for share in shares), shares
+
+    def test_hashmod_matches_prometheus(self) -> None:
+        """The split is Prometheus's hashmod: low 64 bits of the MD5, big-endian, modulo N."""
+        digest = hashlib.md5(b"212").digest()
+        expected = int.from_bytes(digest[8:], "big") % 4
+
+        assert [k == expected for k in range(4)] == [Shard(k, 4).owns(212) for k in range(4)]
+
+    @pytest.mark.parametrize(("index", "count"), [(2, 2), (-1, 2), (0, 0)])
+    def test_invalid(self, index: int, count: int) -> None:
+        """K must be in 0..N-1."""
+        with pytest.raises(ValueError, match="expected k/N"):
+            Shard(index, count)
+
+    async def test_poller_watches_only_its_shard(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """A poller of shard 0/2 takes only the ids that hash to it."""
+        async with polling(simulator, clock, []) as (poller, _):
+            poller._shard = Shard(0, 2)
+            added = poller.watch(range(1, 101))
+
+        assert 30 < len(added) < 70
+        assert all(Shard(0, 2).owns(task_id) for task_id in added)

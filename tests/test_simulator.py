@@ -11,9 +11,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiohttp
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from monitor.simulator import TENANT_TZ, Scenario, SimTask, Simulator
+from monitor.simulator import (
+    TENANT_TZ,
+    OAuthApp,
+    OnlineTenant,
+    Scenario,
+    SimTask,
+    Simulator,
+    SystemUserApp,
+)
+from monitor.superoffice.auth import JWKS_PATH, TICKET_CLAIM, sign_system_user_token
 from monitor.superoffice.models import (
     BatchTaskState,
     CancellationBehaviour,
@@ -662,3 +673,254 @@ class TestSpecConformance:
             assert set(schema["properties"]) == set(item)
             assert spec_problems(item, schema, definitions) == []
             assert item["State"] in (None, *(state.value for state in BatchTaskState))
+
+
+@pytest.fixture(name="app_key", scope="module")
+def _app_key() -> rsa.RSAPrivateKey:
+    """The app's key pair, made for this run."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+class TestOnline:
+    """The opt-in SuperOffice Online pieces: tenant status, OAuth, system users, faults."""
+
+    @pytest.fixture(name="tenant")
+    def _tenant(self) -> OnlineTenant:
+        return OnlineTenant(context_id="Cust12345", node="online1", valid_for=300)
+
+    @pytest.fixture(name="online")
+    async def _online(
+        self, clock: ManualClock, tenant: OnlineTenant, app_key: rsa.RSAPrivateKey
+    ) -> AsyncIterator[Simulator]:
+        async with Simulator(
+            clock=clock.now,
+            tenant=tenant,
+            oauth=OAuthApp(token_lifetime=60),
+            system_user=SystemUserApp(public_key=app_key.public_key()),
+        ) as sim:
+            yield sim
+
+    async def test_tenant_status_names_the_numbered_host(
+        self, online: Simulator, anonymous: aiohttp.ClientSession
+    ) -> None:
+        """The status API gives the tenant's API base, its state and ValidUntil."""
+        reply = await call(anonymous, "GET", f"{online.environment_url}/api/state/Cust12345")
+
+        data = reply.json()
+        endpoint = f"{online.environment_url}/online1/Cust12345"
+        assert (endpoint, endpoint + "/api", "Running", True) == (
+            data["Endpoint"],
+            data["Api"],
+            data["State"],
+            data["IsRunning"],
+        )
+        assert START + timedelta(seconds=300) == parse_datetime(data["ValidUntil"])
+        assert online.tenant_url == data["Api"]
+
+    @pytest.mark.parametrize(
+        ("change", "status", "message"),
+        [
+            ({"node": "online2"}, 421, "Wrong subdomain used to access tenant"),
+            ({"state": "OfflineMaintenance"}, 503, "Tenant Cust12345 is OfflineMaintenance"),
+            ({"state": "OnlineMaintenance"}, 200, None),
+        ],
+        ids=["moved", "offline", "online-maintenance"],
+    )
+    async def test_numbered_host_follows_the_tenant(
+        self,
+        online: Simulator,
+        tenant: OnlineTenant,
+        http: aiohttp.ClientSession,
+        change: dict[str, str],
+        status: int,
+        message: str | None,
+    ) -> None:
+        """After a move the old host says 421; a tenant offline for maintenance gives 503."""
+        old = online.tenant_url
+        task = online.add_task()
+        for key, value in change.items():
+            setattr(tenant, key, value)
+
+        reply = await call(http, "GET", f"{old}/v1/BatchTask/{task.id}")
+
+        assert status == reply.status
+        if message is not None:
+            assert message == reply.json()["ErrorMessage"]
+
+    async def test_unknown_tenant_is_not_running(
+        self, online: Simulator, anonymous: aiohttp.ClientSession
+    ) -> None:
+        """A context identifier the simulator does not host is Unknown and not running."""
+        reply = await call(anonymous, "GET", f"{online.environment_url}/api/state/Cust999")
+
+        assert ("Unknown", False) == (reply.json()["State"], reply.json()["IsRunning"])
+
+    async def test_oauth_tokens_work_until_their_lifetime_ends(
+        self, online: Simulator, anonymous: aiohttp.ClientSession, clock: ManualClock
+    ) -> None:
+        """A refreshed access token opens the API, and gets 401 once older than its lifetime."""
+        app = OAuthApp()
+        form = {
+            "grant_type": "refresh_token",
+            "client_id": app.client_id,
+            "client_secret": app.client_secret,
+            "refresh_token": app.refresh_token,
+        }
+        granted = await call(
+            anonymous, "POST", online.environment_url + "/login/common/oauth/tokens", data=form
+        )
+        token = granted.json()["access_token"]
+        url = f"{online.url}/v1/BatchTask/{online.add_task().id}"
+        headers = {"Authorization": f"Bearer {token}"}
+
+        fresh = await call(anonymous, "GET", url, headers=headers)
+        clock.advance(60)
+        stale = await call(anonymous, "GET", url, headers=headers)
+
+        assert (60, "Bearer") == (granted.json()["expires_in"], granted.json()["token_type"])
+        assert token.startswith("8A:Cust12345.")
+        assert (200, 401) == (fresh.status, stale.status)
+
+    @pytest.mark.parametrize(
+        ("change", "status", "error"),
+        [
+            ({"client_secret": "wrong"}, 401, "invalid_client"),
+            ({"refresh_token": "wrong"}, 400, "invalid_grant"),
+            ({"grant_type": "password"}, 400, "unsupported_grant_type"),
+        ],
+    )
+    async def test_oauth_refusals(
+        self,
+        online: Simulator,
+        anonymous: aiohttp.ClientSession,
+        change: dict[str, str],
+        status: int,
+        error: str,
+    ) -> None:
+        """Wrong client, refresh token or grant type get the OAuth error for it."""
+        app = OAuthApp()
+        form = {
+            "grant_type": "refresh_token",
+            "client_id": app.client_id,
+            "client_secret": app.client_secret,
+            "refresh_token": app.refresh_token,
+            **change,
+        }
+
+        reply = await call(
+            anonymous, "POST", online.environment_url + "/login/common/oauth/tokens", data=form
+        )
+
+        assert (status, error) == (reply.status, reply.json()["error"])
+
+    async def test_system_user_login_gives_a_verifiable_ticket(
+        self,
+        online: Simulator,
+        anonymous: aiohttp.ClientSession,
+        clock: ManualClock,
+        app_key: rsa.RSAPrivateKey,
+    ) -> None:
+        """A correctly signed token gets a JWT the JWKS verifies; its ticket needs SO-AppToken."""
+        app = SystemUserApp(public_key=app_key.public_key())
+        body = {
+            "SignedSystemToken": sign_system_user_token(
+                app.system_user_token, app_key, clock.now()
+            ),
+            "ApplicationToken": app.client_secret,
+            "ContextIdentifier": "Cust12345",
+            "ReturnTokenType": "JWT",
+        }
+        login = await call(
+            anonymous,
+            "POST",
+            online.environment_url + "/Login/api/PartnerSystemUser/Authenticate",
+            json=body,
+        )
+        keys = (await call(anonymous, "GET", online.environment_url + JWKS_PATH)).json()
+        token = login.json()["Token"]
+        signing_key = jwt.PyJWKSet.from_dict(keys)[jwt.get_unverified_header(token)["kid"]]
+        claims = jwt.decode(
+            token,
+            signing_key,
+            algorithms=["RS256"],
+            audience="spn:1801550193",
+            issuer="SuperOffice AS",
+            options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+        )
+        ticket = claims[TICKET_CLAIM]
+        url = f"{online.tenant_url}/v1/BatchTask/{online.add_task().id}"
+        with_app = {"Authorization": f"SOTicket {ticket}", "SO-AppToken": app.client_secret}
+        without_app = {"Authorization": f"SOTicket {ticket}"}
+
+        statuses = [
+            (await call(anonymous, "GET", url, headers=headers)).status
+            for headers in (with_app, without_app)
+        ]
+
+        assert (True, "") == (login.json()["IsSuccessful"], login.json()["ErrorMessage"])
+        assert ticket.startswith("7T:")
+        assert [200, 401] == statuses
+
+    @pytest.mark.parametrize(
+        ("change", "problem"),
+        [
+            ({"minutes": 10}, "InvalidTimestamp"),
+            ({"signature": "c2lnbmF0dXJl"}, "InvalidSignature"),
+            ({"ApplicationToken": "wrong"}, "Unknown application token"),
+            ({"ContextIdentifier": "Cust999"}, "The application is not approved for 'Cust999'"),
+        ],
+        ids=["stale", "forged", "app-token", "tenant"],
+    )
+    async def test_system_user_refusals(
+        self,
+        online: Simulator,
+        anonymous: aiohttp.ClientSession,
+        clock: ManualClock,
+        app_key: rsa.RSAPrivateKey,
+        change: dict[str, Any],
+        problem: str,
+    ) -> None:
+        """A stale or forged signature, or the wrong app or tenant, is refused with its reason."""
+        app = SystemUserApp(public_key=app_key.public_key())
+        when = clock.now() - timedelta(minutes=change.pop("minutes", 0))
+        signed = sign_system_user_token(app.system_user_token, app_key, when)
+        if "signature" in change:
+            signed = signed.rpartition(".")[0] + "." + change.pop("signature")
+        body = {
+            "SignedSystemToken": signed,
+            "ApplicationToken": app.client_secret,
+            "ContextIdentifier": "Cust12345",
+            "ReturnTokenType": "JWT",
+            **change,
+        }
+
+        reply = await call(
+            anonymous,
+            "POST",
+            online.environment_url + "/Login/api/PartnerSystemUser/Authenticate",
+            json=body,
+        )
+
+        assert {"IsSuccessful": False, "Token": None, "ErrorMessage": problem} == reply.json()
+
+    async def test_hang_and_truncate(self, sim: Simulator, http: aiohttp.ClientSession) -> None:
+        """A hung request gets no answer in time; a truncated one breaks off mid-body."""
+        task = sim.add_task()
+        sim.hang_next()
+        with pytest.raises(TimeoutError):
+            await call(
+                http,
+                "GET",
+                f"{sim.url}/v1/BatchTask/{task.id}",
+                timeout=aiohttp.ClientTimeout(total=0.2),
+            )
+        sim.truncate_next()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await get_task(http, sim, task.id)
+
+        assert 200 == (await get_task(http, sim, task.id)).status
+
+    def test_system_user_needs_a_tenant(self, app_key: rsa.RSAPrivateKey) -> None:
+        """A system user without a tenant to log in to is refused at construction."""
+        with pytest.raises(ValueError, match="tenant"):
+            Simulator(system_user=SystemUserApp(public_key=app_key.public_key()))

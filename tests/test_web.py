@@ -9,6 +9,8 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anyio
@@ -132,9 +134,11 @@ class TestCollector:
 
 
 @asynccontextmanager
-async def running_daemon(simulator: Simulator, ids: list[int]) -> AsyncIterator[tuple[Daemon, str]]:
+async def running_daemon(
+    simulator: Simulator, ids: list[int], **sections: Any
+) -> AsyncIterator[tuple[Daemon, str]]:
     """A real daemon polling the simulator; yields it and its base URL once a cycle ran."""
-    config = make_config(simulator.url, watch={"ids": ids}, poll={"interval": "0.2s"})
+    config = make_config(simulator.url, watch={"ids": ids}, poll={"interval": "0.2s"}, **sections)
     daemon = Daemon(config)
     async with anyio.create_task_group() as group:
         port = await group.start(daemon.run)
@@ -188,7 +192,9 @@ class TestEndpoints:
                 async with session.get(base + "/api/v1/tasks") as response:
                     (listed,) = (await response.json())["tasks"]
                 async with session.get(base + f"/api/v1/tasks/{task.id}") as response:
-                    assert listed == await response.json()
+                    detail = await response.json()
+                    assert listed == {k: v for k, v in detail.items() if k != "events"}
+                    assert ["task.discovered"] == [e["type"] for e in detail["events"]]
                 async with session.get(base + "/api/v1/tasks/4242") as response:
                     assert 404 == response.status
                 async with session.get(base + "/") as response:
@@ -212,3 +218,76 @@ class TestEndpoints:
 
         assert 503 == status
         assert body["problems"][0].startswith("SuperOffice API unreachable: GET /v1/BatchTask/")
+
+
+TOKEN = "marker-api-token-3f9a"
+
+
+class TestWatchesApi:
+    """PUT/DELETE /api/v1/watches/{id}: watching tasks at run time."""
+
+    async def test_token_required(self) -> None:
+        """Without the bearer token, or with a wrong one, nothing changes (401)."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(state=BatchTaskState.STARTED)
+            async with (
+                running_daemon(simulator, [task.id], http={"api_token": TOKEN}) as (_, base),
+                aiohttp.ClientSession() as session,
+            ):
+                for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+                    async with session.put(base + "/api/v1/watches/5", headers=headers) as response:
+                        assert 401 == response.status
+                        assert "Bearer" == response.headers["WWW-Authenticate"]
+                        body = await response.text()
+                        assert TOKEN not in body
+
+    async def test_disabled_without_token(self) -> None:
+        """Without http.api_token the endpoints answer 403 and say how to enable them."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(state=BatchTaskState.STARTED)
+            async with (
+                running_daemon(simulator, [task.id]) as (_, base),
+                aiohttp.ClientSession() as session,
+                session.delete(base + "/api/v1/watches/5") as response,
+            ):
+                assert 403 == response.status
+                assert "http.api_token" in (await response.json())["error"]
+
+    async def test_add_poll_remove_and_persist(self, tmp_path: Path) -> None:
+        """A task added at run time is polled, survives a restart, and can be removed."""
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        state = {"path": str(tmp_path / "state.db")}
+        async with Simulator() as simulator:
+            configured = simulator.add_task(state=BatchTaskState.STARTED)
+            extra = simulator.add_task(name="Late export", state=BatchTaskState.STARTED)
+            sections = {"http": {"api_token": TOKEN}, "state": state}
+            async with (
+                running_daemon(simulator, [configured.id], **sections) as (daemon, base),
+                aiohttp.ClientSession(headers=auth) as session,
+            ):
+                async with session.put(f"{base}/api/v1/watches/{extra.id}") as response:
+                    assert 201 == response.status
+                async with session.put(f"{base}/api/v1/watches/{extra.id}") as response:
+                    assert 200 == response.status
+                with anyio.fail_after(5):
+                    while extra.id not in daemon.tracker.tasks:  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+                async with session.get(f"{base}/api/v1/tasks/{extra.id}") as response:
+                    detail = await response.json()
+                async with session.delete(f"{base}/api/v1/watches/{configured.id}") as response:
+                    assert 409 == response.status
+            async with (
+                running_daemon(simulator, [configured.id], **sections) as (daemon, base),
+                aiohttp.ClientSession(headers=auth) as session,
+            ):
+                with anyio.fail_after(5):
+                    while extra.id not in daemon.tracker.tasks:  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+                async with session.delete(f"{base}/api/v1/watches/{extra.id}") as response:
+                    assert 200 == response.status
+                async with session.delete(f"{base}/api/v1/watches/{extra.id}") as response:
+                    assert 404 == response.status
+                assert extra.id not in daemon.tracker.tasks
+
+        assert ("Late export", "Started") == (detail["name"], detail["state"])
+        assert ["task.discovered"] == [e["type"] for e in detail["events"]]

@@ -8,14 +8,14 @@ event types, task ids and task-name globs, all optional.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from monitor.tracking.events import Event
 
-__all__ = ["DeliveryError", "Route", "Sink"]
+__all__ = ["BackgroundSink", "DeliveryError", "RestorableSink", "Route", "Sink"]
 
 
 class DeliveryError(Exception):
@@ -54,6 +54,24 @@ class Sink(Protocol):
 
     async def send(self, event: Event) -> None:
         """Deliver one event, or raise :class:`DeliveryError`."""
+        ...
+
+
+@runtime_checkable
+class BackgroundSink(Protocol):
+    """A sink with work of its own besides ``send`` (Alertmanager re-sends active alerts)."""
+
+    async def run(self) -> None:
+        """Work until cancelled."""
+        ...
+
+
+@runtime_checkable
+class RestorableSink(Protocol):
+    """A sink that keeps state about tasks and rebuilds it at start-up."""
+
+    def restore(self, firing: Iterable[Event]) -> None:
+        """Take the latest failed/stalled/gone event of each task still in that condition."""
         ...
 
 

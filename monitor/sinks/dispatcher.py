@@ -29,7 +29,7 @@ import structlog
 
 from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
-from monitor.sinks.base import DeliveryError, Route, Sink
+from monitor.sinks.base import BackgroundSink, DeliveryError, Route, Sink
 from monitor.store import OutboxRow, Store
 from monitor.tracking.events import Event
 from monitor.tracking.memory import TaskMemory
@@ -123,18 +123,22 @@ class Dispatcher:
             for s in self._subscriptions
             if s.route.matches(event)
         ]
-        if not deliveries and not memories:
+        if not events and not memories:
             return
-        growth = await self._store.commit(memories, deliveries, self._now().timestamp())
+        growth = await self._store.commit(
+            memories, deliveries, self._now().timestamp(), history=events
+        )
         self._queued.update(growth)
         for sink in {name for name, _ in deliveries}:
             self._wake[sink].set()
 
     async def run(self) -> None:
-        """Deliver until cancelled."""
+        """Deliver until cancelled (and run the sinks' own background work)."""
         async with anyio.create_task_group() as group:
             for subscription in self._subscriptions:
                 group.start_soon(self._work, subscription)
+                if isinstance(subscription.sink, BackgroundSink):
+                    group.start_soon(subscription.sink.run)
 
     async def drain(self) -> None:
         """Send what is due now, once each, without waiting for retries (shutdown).

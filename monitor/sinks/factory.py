@@ -13,8 +13,14 @@ import aiohttp
 from monitor.config import SinkConfig
 from monitor.sinks.alertmanager import AlertmanagerSink
 from monitor.sinks.base import Route, Sink
+from monitor.sinks.discord import DiscordSink
 from monitor.sinks.dispatcher import Subscription
+from monitor.sinks.googlechat import GoogleChatSink
 from monitor.sinks.log import LogSink
+from monitor.sinks.mattermost import MattermostSink
+from monitor.sinks.slack import SlackSink
+from monitor.sinks.teams import TeamsSink
+from monitor.sinks.webhook import WebhookSink
 
 __all__ = ["BUILDERS", "SinkContext", "build_sink", "subscriptions_from", "unavailable"]
 
@@ -35,6 +41,12 @@ BUILDERS: dict[str, Callable[[SinkConfig, SinkContext], Sink]] = {
     "alertmanager": lambda config, context: AlertmanagerSink.from_config(
         config, context.session, status_url=context.status_url
     ),
+    "webhook": WebhookSink.from_config,
+    "slack": SlackSink.from_config,
+    "teams": TeamsSink.from_config,
+    "discord": DiscordSink.from_config,
+    "mattermost": MattermostSink.from_config,
+    "googlechat": GoogleChatSink.from_config,
 }
 
 

@@ -4,55 +4,97 @@ It takes one :class:`aiohttp.ClientSession` (made once, at start-up, by
 :func:`open_session`), sends the headers SuperOffice documents, reads answers
 up to a size cap, and turns every failure into one
 :mod:`~monitor.superoffice.errors` class.  It returns parsed models.
+
+Every request for the tenant goes through its :class:`LimitedTransport`: API
+calls, logins and tenant-status lookups alike, so the tenant's limits hold for
+all of them.  At most ``max_concurrency`` requests run at a time and at most
+``max_requests_per_second`` start; 5xx, 429, timeouts and connection errors
+are retried ``retries`` times after a full-jitter exponential backoff, or
+after ``Retry-After`` when that is longer; a 429 pauses every request to the
+tenant until its ``Retry-After`` has passed.  Each attempt is counted in
+:class:`RequestStats`, with its duration.
+
+On top, :class:`SuperOfficeClient` follows the tenant to its current host
+(looking it up again after a 421) and renews the credentials once after a 401.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
+import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
+import anyio
+import structlog
 
 from monitor import __version__
 from monitor.config import SuperOfficeConfig
+from monitor.histogram import Histogram
+from monitor.ratelimit import RateLimiter
 from monitor.retry import parse_retry_after
-from monitor.superoffice.auth import Auth
+from monitor.superoffice.auth import Auth, Login, auth_from_config
 from monitor.superoffice.errors import (
+    Answer,
     ApiError,
     ApiTimeout,
+    AuthenticationFailed,
     MalformedResponse,
     Misdirected,
     NetworkError,
-    NotFound,
     RateLimited,
-    RequestRejected,
     ServerError,
     Unauthorized,
+    status_error,
 )
 from monitor.superoffice.models import BatchTaskInfo, ParseError, parse_task, parse_task_list
+from monitor.superoffice.tenant import FixedRoute, Route, TenantResolver
 
-__all__ = ["RequestStats", "SuperOfficeClient", "open_session"]
+__all__ = [
+    "MAX_LIST_BYTES",
+    "MAX_TASK_BYTES",
+    "LimitedTransport",
+    "RequestStats",
+    "SuperOfficeClient",
+    "open_client",
+    "open_session",
+]
+
+log = structlog.get_logger("batchmon.client")
 
 #: Answers larger than this are refused: a task is a few KB, and a hostile or
 #: broken server must not make batchmon buffer gigabytes.
 MAX_TASK_BYTES = 1 << 20
 MAX_LIST_BYTES = 64 << 20
-_HTTP_SERVER_ERROR = 500
-_T = TypeVar("_T")
 _HTTP_CLIENT_ERROR = 400
+_CHUNK = 64 << 10
+_T = TypeVar("_T")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class RequestStats:
-    """Counters of requests made, for metrics (read by the collector)."""
+    """Counters of HTTP requests, for metrics (read by the collector).
+
+    Every request counts, retries, logins and tenant lookups included:
+    ``requests`` all of them, ``failures`` those without a usable answer by
+    :attr:`~monitor.superoffice.errors.ApiError.reason`, and ``durations``
+    their seconds from sending to the end of the body.
+    """
 
     def __init__(self) -> None:
         self.requests = 0
         self.failures: Counter[str] = Counter()
-        self.seconds_total = 0.0
+        self.durations = Histogram()
 
 
 def open_session(config: SuperOfficeConfig) -> aiohttp.ClientSession:
@@ -61,12 +103,16 @@ def open_session(config: SuperOfficeConfig) -> aiohttp.ClientSession:
         "Accept": "application/json",
         "User-Agent": f"batchmon/{__version__}",
     }
+    app_token = config.app_token
+    if app_token is None and config.auth.type == "system_user":
+        # Online wants the app's secret next to a system user ticket.
+        app_token = config.auth.client_secret
     optional = {
         "Accept-Language": config.accept_language,
         "SO-Language": config.so_language,
         "SO-Culture": config.so_culture,
         "SO-TimeZone": config.so_time_zone,
-        "SO-AppToken": config.app_token.get_secret_value() if config.app_token else None,
+        "SO-AppToken": app_token.get_secret_value() if app_token else None,
     }
     headers.update({k: v for k, v in optional.items() if v})
     timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout)
@@ -76,17 +122,240 @@ def open_session(config: SuperOfficeConfig) -> aiohttp.ClientSession:
     )
 
 
-class SuperOfficeClient:
-    """Calls the batch-task endpoints of one tenant."""
+class LimitedTransport:
+    """Sends the tenant's requests within its limits, and retries what may pass."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, config: SuperOfficeConfig, auth: Auth
+        self,
+        session: aiohttp.ClientSession,
+        config: SuperOfficeConfig,
+        stats: RequestStats,
+        *,
+        clock: Callable[[], datetime],
+        sleep: Sleep,
+        rng: random.Random,
     ) -> None:
         self._session = session
-        self._base = config.url.rstrip("/")
+        self._stats = stats
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        self._limiter = anyio.CapacityLimiter(config.max_concurrency)
+        self._rate = RateLimiter(config.max_requests_per_second)
+        self._retries = config.retries
+        self._backoff_base = config.backoff_base
+        self._backoff_cap = config.backoff_cap
+        self._max_retry_after = config.max_retry_after
+        #: After a 429, no request to the tenant starts before this.
+        self._paused_until: datetime | None = None
+
+    async def request(
+        self,
+        method: str,
+        base: str,
+        path: str,
+        *,
+        parse: Callable[[Answer], _T],
+        headers: Mapping[str, str] | None = None,
+        json: object = None,
+        form: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        limit: int,
+    ) -> _T:
+        """Send ``method base+path`` and ``parse`` the answer, retrying what may pass.
+
+        ``parse`` raises an :class:`ApiError` for an answer it cannot use; a
+        :class:`ServerError` or :class:`RateLimited` from it is retried like a
+        timeout or a connection error, within the retry budget.
+        """
+        what = f"{method} {path}"
+        attempt = 0
+        while True:
+            await self._wait_for_gate(what)
+            try:
+                answer = await self._send(
+                    method,
+                    base + path,
+                    what,
+                    headers=headers,
+                    json=json,
+                    form=form,
+                    params=params,
+                    limit=limit,
+                )
+                return parse(answer)
+            except ApiError as exc:
+                self._stats.failures[exc.reason] += 1
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+                log.debug(
+                    "api_retry", request=what, reason=exc.reason, attempt=attempt + 1, delay=delay
+                )
+            attempt += 1
+            await self._sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in ``[0, min(cap, base * 2**attempt)]``."""
+        return self._rng.uniform(0.0, min(self._backoff_cap, self._backoff_base * 2**attempt))
+
+    def _retry_delay(self, error: ApiError, attempt: int) -> float | None:
+        """Seconds to wait before retrying after ``error``; ``None`` to give up."""
+        if not isinstance(error, RateLimited | ServerError | NetworkError):
+            return None
+        retry_after = error.retry_after if isinstance(error, RateLimited | ServerError) else None
+        delay = max(retry_after or 0.0, self._backoff(attempt))
+        if isinstance(error, RateLimited):
+            self._pause(delay)
+        if attempt >= self._retries or delay > self._max_retry_after:
+            return None
+        return delay
+
+    def _pause(self, seconds: float) -> None:
+        """Hold every request to the tenant for ``seconds`` (after a 429)."""
+        until = self._clock() + timedelta(seconds=seconds)
+        if self._paused_until is None or until > self._paused_until:
+            self._paused_until = until
+            log.warning("api_throttled", pause_seconds=round(seconds, 3))
+
+    async def _wait_for_gate(self, what: str) -> None:
+        """Wait out a pause after a 429, or fail at once if it is too long to sit out."""
+        while (until := self._paused_until) is not None:
+            left = (until - self._clock()).total_seconds()
+            if left > self._max_retry_after:
+                msg = f"{what}: not sent; the tenant throttles, requests pause {left:.0f} s more"
+                raise RateLimited(msg, retry_after=left)
+            if left > 0:
+                await self._sleep(left)
+            if self._paused_until is until:
+                self._paused_until = None
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        headers: Mapping[str, str] | None,
+        json: object,
+        form: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        limit: int,
+    ) -> Answer:
+        """One attempt, within the concurrency and rate limits; counted and timed."""
+        async with self._limiter:
+            await self._rate.acquire()
+            self._stats.requests += 1
+            started = time.perf_counter()
+            try:
+                return await self._exchange(
+                    method,
+                    url,
+                    what,
+                    headers=headers,
+                    json=json,
+                    form=form,
+                    params=params,
+                    limit=limit,
+                )
+            finally:
+                self._stats.durations.observe(time.perf_counter() - started)
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        headers: Mapping[str, str] | None,
+        json: object,
+        form: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        limit: int,
+    ) -> Answer:
+        sent = dict(headers or {})
+        data: bytes | dict[str, str] | None = None
+        if json is not None:
+            data = jsonlib.dumps(json).encode()
+            sent["Content-Type"] = "application/json"
+        elif form is not None:
+            data = dict(form)
+        try:
+            async with self._session.request(
+                method, url, headers=sent, data=data, params=params
+            ) as response:
+                body = await _read_capped(response, limit, what)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+                return Answer(what, response.status, body, retry_after)
+        except TimeoutError:
+            msg = f"{what}: no answer within the timeout"
+            raise ApiTimeout(msg) from None
+        except aiohttp.ClientPayloadError as exc:
+            msg = f"{what}: broken answer body ({exc})"
+            raise MalformedResponse(msg) from None
+        except aiohttp.ClientError as exc:
+            msg = f"{what}: {exc.__class__.__name__}: {exc}"
+            raise NetworkError(msg) from None
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body, or :class:`MalformedResponse` as soon as it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            msg = f"{what}: answer larger than {limit} bytes, not read"
+            raise MalformedResponse(msg, status=response.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class SuperOfficeClient:
+    """Calls the batch-task endpoints of one tenant.
+
+    Built from the ``[superoffice]`` section alone: it makes the auth scheme
+    and the route to the tenant (fixed ``url``, or ``environment`` + ``tenant``)
+    itself.  ``auth`` overrides the scheme; ``clock``, ``sleep`` and ``rng``
+    let tests control time and jitter.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: SuperOfficeConfig,
+        auth: Auth | None = None,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        sleep: Sleep = anyio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self._tz = config.tzinfo
-        self._auth = auth
         self.stats = RequestStats()
+        self._transport = LimitedTransport(
+            session,
+            config,
+            self.stats,
+            clock=clock,
+            sleep=sleep,
+            rng=rng or random.Random(),  # noqa: S311 - jitter, not cryptography
+        )
+        environment = config.environment_base
+        self._route: Route
+        if config.tenant is not None:
+            assert environment is not None  # guaranteed by config validation
+            self._route = TenantResolver(
+                self._transport, environment_url=environment, tenant=config.tenant, clock=clock
+            )
+        else:
+            assert config.url is not None
+            self._route = FixedRoute(config.url)
+        login = None
+        if environment is not None:
+            login = Login(
+                transport=self._transport, base_url=environment, tenant=config.tenant, clock=clock
+            )
+        self._auth = auth or auth_from_config(config.auth, login=login)
 
     async def get_task(self, task_id: int) -> BatchTaskInfo:
         """``GET {url}/v1/BatchTask/{id}``: one task, or :class:`NotFound`."""
@@ -116,6 +385,27 @@ class SuperOfficeClient:
             parse=lambda body: parse_task_list(body, tz=self._tz),
         )
 
+    async def list_tasks_in_state(
+        self,
+        associate_ids: Sequence[int],
+        state: str,
+        select: Sequence[str] | None = None,
+    ) -> tuple[list[BatchTaskInfo], list[ParseError]]:
+        """``Agents/Batch/GetBatchTaskInfosByAssociatesAndState``: the tasks in one state.
+
+        ``associate_ids`` as for :meth:`list_tasks_by_associates`; ``state`` is a
+        ``BatchTaskState`` name, or ``"All"``.
+        """
+        params = {"$select": ",".join(select)} if select else None
+        return await self._call(
+            "POST",
+            "/v1/Agents/Batch/GetBatchTaskInfosByAssociatesAndState",
+            json={"AssociateIds": list(associate_ids), "State": state},
+            params=params,
+            limit=MAX_LIST_BYTES,
+            parse=lambda body: parse_task_list(body, tz=self._tz),
+        )
+
     async def _call(
         self,
         method: str,
@@ -126,98 +416,61 @@ class SuperOfficeClient:
         json: Any = None,
         params: dict[str, str] | None = None,
     ) -> _T:
-        """Send one request and parse a 2xx answer; every failure is an :class:`ApiError`."""
-        self.stats.requests += 1
-        started = time.perf_counter()
-        try:
-            body = await self._exchange(method, path, limit=limit, json=json, params=params)
+        """One API call: to the tenant's current host, renewing once on 401, moving once on 421."""
+        renewed = moved = False
+        while True:
+            base = await self._route.api_base()
+            authorization = await self._auth.authorization()
             try:
-                result = parse(body)
-            except ParseError as exc:
-                raise _malformed(exc) from None
-        except ApiError as exc:
-            self.stats.failures[exc.reason] += 1
-            raise
-        finally:
-            self.stats.seconds_total += time.perf_counter() - started
-        return result
-
-    async def _exchange(
-        self,
-        method: str,
-        path: str,
-        *,
-        limit: int,
-        json: Any,
-        params: dict[str, str] | None,
-    ) -> bytes:
-        headers = {"Authorization": await self._auth.authorization()}
-        data = jsonlib.dumps(json).encode() if json is not None else None
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        url = self._base + path
-        try:
-            async with self._session.request(
-                method, url, headers=headers, data=data, params=params
-            ) as response:
-                body = await response.content.read(limit + 1)
-                if len(body) > limit:
-                    msg = f"{method} {path}: answer larger than {limit} bytes, not read"
-                    raise MalformedResponse(msg, status=response.status)
-                if response.status >= _HTTP_CLIENT_ERROR:
-                    raise _status_error(method, path, response, body)
-                return body
-        except TimeoutError:
-            msg = f"{method} {path}: no answer within the timeout"
-            raise ApiTimeout(msg) from None
-        except aiohttp.ClientPayloadError as exc:
-            msg = f"{method} {path}: broken answer body ({exc})"
-            raise MalformedResponse(msg) from None
-        except aiohttp.ClientError as exc:
-            msg = f"{method} {path}: {exc.__class__.__name__}: {exc}"
-            raise NetworkError(msg) from None
+                return await self._transport.request(
+                    method,
+                    base,
+                    path,
+                    headers={"Authorization": authorization},
+                    json=json,
+                    params=params,
+                    limit=limit,
+                    parse=lambda answer: _read(answer, parse),
+                )
+            except Unauthorized as exc:
+                if exc.status != 401:
+                    raise
+                if renewed:
+                    msg = f"{exc}; refused again after renewing the credentials"
+                    raise AuthenticationFailed(msg, status=401) from None
+                if not await self._auth.renew(authorization):
+                    msg = f"{exc}; the configured credentials cannot be renewed"
+                    raise AuthenticationFailed(msg, status=401) from None
+                renewed = True
+            except Misdirected:
+                if moved or not self._route.misdirected(base):
+                    raise
+                moved = True
 
 
-def _error_fields(body: bytes) -> tuple[str | None, str | None]:
-    """SuperOffice's ``ErrorType``/``ErrorMessage`` from an error body, if any."""
+def _read(answer: Answer, parse: Callable[[bytes], _T]) -> _T:
+    """Parse a 2xx answer; every other status or a body that does not parse is an error."""
+    if answer.status >= _HTTP_CLIENT_ERROR:
+        raise status_error(answer)
     try:
-        data = jsonlib.loads(body)
-    except (ValueError, RecursionError):
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    error_type, error_message = data.get("ErrorType"), data.get("ErrorMessage")
-    return (
-        str(error_type) if error_type is not None else None,
-        str(error_message) if error_message is not None else None,
-    )
+        return parse(answer.body)
+    except ParseError as exc:
+        raise MalformedResponse(
+            str(exc),
+            status=answer.status,
+            error_type=exc.error_type,
+            error_message=exc.error_message,
+        ) from None
 
 
-def _status_error(
-    method: str, path: str, response: aiohttp.ClientResponse, body: bytes
-) -> ApiError:
-    status = response.status
-    error_type, error_message = _error_fields(body)
-    said = f": {error_type}: {error_message}" if error_type or error_message else ""
-    msg = f"{method} {path}: HTTP {status}{said}"
-    retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))
-    details: dict[str, Any] = {
-        "status": status,
-        "error_type": error_type,
-        "error_message": error_message,
-    }
-    if status == 404:
-        return NotFound(msg, **details)
-    if status in (401, 403):
-        return Unauthorized(msg, **details)
-    if status == 421:
-        return Misdirected(msg, **details)
-    if status == 429:
-        return RateLimited(msg, retry_after=retry_after)
-    if status >= _HTTP_SERVER_ERROR:
-        return ServerError(msg, retry_after=retry_after, **details)
-    return RequestRejected(msg, **details)
-
-
-def _malformed(exc: ParseError) -> MalformedResponse:
-    return MalformedResponse(str(exc), error_type=exc.error_type, error_message=exc.error_message)
+@asynccontextmanager
+async def open_client(
+    config: SuperOfficeConfig,
+    *,
+    clock: Callable[[], datetime] = _utc_now,
+    sleep: Sleep = anyio.sleep,
+    rng: random.Random | None = None,
+) -> AsyncIterator[SuperOfficeClient]:
+    """A client with its own session, closed on exit."""
+    async with open_session(config) as session:
+        yield SuperOfficeClient(session, config, clock=clock, sleep=sleep, rng=rng)

@@ -2,13 +2,20 @@
 
 Callers decide by class (404 means the task is gone, 401 means renew the
 credentials, 429 means wait), and label metrics by :attr:`ApiError.reason`.
+:func:`status_error` is the one place an HTTP status becomes a class, for the
+API as for the login and tenant-status hosts.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
 __all__ = [
+    "Answer",
     "ApiError",
     "ApiTimeout",
+    "AuthenticationFailed",
     "MalformedResponse",
     "Misdirected",
     "NetworkError",
@@ -16,8 +23,13 @@ __all__ = [
     "RateLimited",
     "RequestRejected",
     "ServerError",
+    "TenantUnavailable",
     "Unauthorized",
+    "status_error",
 ]
+
+_HTTP_CLIENT_ERROR = 400
+_HTTP_SERVER_ERROR = 500
 
 
 class ApiError(Exception):
@@ -54,6 +66,17 @@ class Unauthorized(ApiError):
     """401/403: credentials missing, expired or without the right."""
 
     reason = "unauthorized"
+
+
+class AuthenticationFailed(Unauthorized):
+    """The credentials were refused and renewing them did not help (or cannot).
+
+    The message says why: the refresh token or system user was refused, the
+    JWT did not validate, or the API still said 401 after a renewal.  Polling
+    should back off and report it; retrying at once only adds failed logins.
+    """
+
+    reason = "auth_failed"
 
 
 class Misdirected(ApiError):
@@ -112,3 +135,78 @@ class MalformedResponse(ApiError):
     """An answer that is not the JSON it should be (or too big to read)."""
 
     reason = "malformed"
+
+
+class TenantUnavailable(ApiError):
+    """The tenant-status API says the tenant is not running (maintenance, suspended, …).
+
+    ``state`` is the tenant's state as SuperOffice names it; ``retry_after`` is
+    how many seconds remain before batchmon asks the status API again.
+    """
+
+    reason = "tenant_unavailable"
+
+    def __init__(self, message: str, *, state: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.state = state
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One HTTP answer, read within its size cap."""
+
+    #: The request, as ``"GET /v1/BatchTask/5"``, for messages (never a secret).
+    what: str
+    status: int
+    #: Not in the repr: a login answer holds a fresh credential.
+    body: bytes = field(repr=False)
+    #: The ``Retry-After`` header in seconds, when the answer carried a readable one.
+    retry_after: float | None = None
+
+
+def error_fields(body: bytes) -> tuple[str | None, str | None]:
+    """SuperOffice's ``ErrorType``/``ErrorMessage`` from an error body, if any."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    error_type, error_message = data.get("ErrorType"), data.get("ErrorMessage")
+    return (
+        str(error_type) if error_type is not None else None,
+        str(error_message) if error_message is not None else None,
+    )
+
+
+def status_error(answer: Answer) -> ApiError:
+    """The error an answer's status (400 or more) means."""
+    status = answer.status
+    error_type, error_message = error_fields(answer.body)
+    said = f": {error_type}: {error_message}" if error_type or error_message else ""
+    message = f"{answer.what}: HTTP {status}{said}"
+    if status < _HTTP_CLIENT_ERROR:
+        msg = f"status_error needs an error status, got {status}"
+        raise ValueError(msg)
+    if status == 429:
+        return RateLimited(message, retry_after=answer.retry_after)
+    if status >= _HTTP_SERVER_ERROR:
+        return ServerError(
+            message,
+            status=status,
+            retry_after=answer.retry_after,
+            error_type=error_type,
+            error_message=error_message,
+        )
+    kind = _ERROR_BY_STATUS.get(status, RequestRejected)
+    return kind(message, status=status, error_type=error_type, error_message=error_message)
+
+
+#: 4xx statuses with a class of their own; any other 4xx is :class:`RequestRejected`.
+_ERROR_BY_STATUS: dict[int, type[ApiError]] = {
+    401: Unauthorized,
+    403: Unauthorized,
+    404: NotFound,
+    421: Misdirected,
+}

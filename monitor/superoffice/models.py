@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, ClassVar
 
@@ -136,6 +137,8 @@ class ParseError(ValueError):
         self.error_message = error_message
 
 
+_LEAP_SECOND = re.compile(r"T\d\d:\d\d:(60)")
+
 # .NET writes DateTime.MinValue for "never"; it is not a real date.
 _DOTNET_MIN_YEAR = 1
 
@@ -147,7 +150,12 @@ def parse_datetime(value: str, default_tz: tzinfo = UTC) -> datetime | None:
     all; a value without an offset is in the tenant's zone (``default_tz``).
     ``0001-01-01T00:00:00`` means "never" and becomes ``None``.
     """
-    text = value.strip()
+    # RFC 3339 allows lower-case separators (section 5.6); .NET never writes them.
+    text = value.strip().upper()
+    # A leap second (:60) is the last instant of its minute.
+    leap = _LEAP_SECOND.search(text)
+    if leap:
+        text = text[: leap.start(1)] + "59" + text[leap.end(1) :]
     # Python's parser takes at most 6 fractional digits on 3.11 for some
     # inputs; .NET writes 7.  Trim the fraction to microseconds.
     dot = text.find(".")
@@ -159,6 +167,8 @@ def parse_datetime(value: str, default_tz: tzinfo = UTC) -> datetime | None:
         if len(digits) > 6:
             text = text[: dot + 7] + text[end:]
     parsed = datetime.fromisoformat(text)
+    if leap:
+        parsed = parsed.replace(microsecond=999999)
     if parsed.year == _DOTNET_MIN_YEAR:
         return None
     if parsed.tzinfo is None:
@@ -204,7 +214,9 @@ class BatchTaskInfo(BaseModel):
     values.  :attr:`anomalies` lists everything that did not fit.
     """
 
-    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+    # Fields are filled only by their API names: an unknown property spelled like a
+    # Python field name ("state_raw") must land in model_extra, not in the field.
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     id: int = Field(alias="Id")
     name: str | None = Field(default=None, alias="Name")

@@ -28,17 +28,24 @@ class ApiHealth:
         self.last_error: str | None = None
         #: When the last cycle succeeded.
         self.last_success: datetime | None = None
+        #: Whether the credentials were rejected (after a renewal) since the last success.
+        self.auth_failed = False
         self._down_since: datetime | None = None
 
     @property
     def up(self) -> bool:
         """Whether the last poll cycle succeeded (``False`` before the first)."""
-        return self.last_success is not None and self.consecutive_failures == 0
+        return (
+            self.last_success is not None
+            and self.consecutive_failures == 0
+            and not self.auth_failed
+        )
 
     def success(self, now: datetime) -> Event | None:
         """Record a successful cycle; the recovery event if the API was down."""
         self.consecutive_failures = 0
         self.last_success = now
+        self.auth_failed = False
         if not self.down:
             return None
         self.down = False
@@ -66,4 +73,20 @@ class ApiHealth:
             type=EventType.MONITOR_API_DOWN,
             time=now,
             message=f"{self.consecutive_failures} consecutive poll cycles failed: {reason}",
+        )
+
+    def auth_failure(self, now: datetime, reason: str) -> Event | None:
+        """Record a cycle refused for its credentials; the event the first time.
+
+        Not an outage (the API answers), so it never counts towards ``api_down``.
+        """
+        self.last_error = reason
+        if self.auth_failed:
+            return None
+        self.auth_failed = True
+        return Event(
+            id=event_id(EventType.MONITOR_AUTH_FAILED.value, now),
+            type=EventType.MONITOR_AUTH_FAILED,
+            time=now,
+            message=f"SuperOffice rejected the credentials after renewing them: {reason}",
         )

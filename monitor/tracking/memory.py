@@ -28,6 +28,8 @@ __all__ = [
 
 #: How many progress samples the ETA is computed from.
 HISTORY_LENGTH = 16
+#: Estimates further out than this are not estimates.
+MAX_ETA = timedelta(days=365)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +104,11 @@ def estimate_eta(memory: TaskMemory | None, info: BatchTaskInfo, now: datetime) 
     seconds = (t1 - t0).total_seconds()
     if p1 <= p0 or seconds <= 0:
         return None
-    rate = (p1 - p0) / seconds
-    return t1 + timedelta(seconds=(100 - p1) / rate)
+    remaining = (100 - p1) / ((p1 - p0) / seconds)
+    if remaining > MAX_ETA.total_seconds():
+        # A run crawling for decades (or a bogus LastStarted) has no useful estimate.
+        return None
+    return t1 + timedelta(seconds=remaining)
 
 
 def _samples(

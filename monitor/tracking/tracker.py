@@ -13,9 +13,9 @@ from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 
-from monitor.superoffice.models import BatchTaskInfo
+from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.tracking.detect import detect
-from monitor.tracking.events import Event, EventType
+from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember
 
 __all__ = ["Tracker"]
@@ -67,6 +67,34 @@ class Tracker:
         """Start from memories stored by an earlier run (nothing is re-announced)."""
         for memory in memories:
             self._tasks[memory.info.id] = memory
+
+    def firing(self) -> list[Event]:
+        """An event for each task that is failed, stalled or gone right now.
+
+        Sinks that hold conditions (Alertmanager) rebuild them from these at start-up.
+        """
+        conditions = []
+        for memory in self._tasks.values():
+            info = memory.info
+            if memory.gone:
+                kind = EventType.TASK_GONE
+            elif info.state is BatchTaskState.FAILED:
+                kind = EventType.TASK_FAILED
+            elif memory.stalled:
+                kind = EventType.TASK_STALLED
+            else:
+                continue
+            conditions.append(
+                Event(
+                    id=event_id(
+                        kind.value, "restored", info.id, info.start_count, memory.last_change
+                    ),
+                    type=kind,
+                    time=memory.last_change,
+                    task=TaskSummary.of(info),
+                )
+            )
+        return conditions
 
     def forget(self, task_ids: Iterable[int]) -> None:
         """Drop tasks that are no longer watched."""

@@ -1,0 +1,394 @@
+"""The ``alertmanager`` sink: failed, stalled and vanished tasks and API outages as alerts.
+
+Alertmanager's API v2 takes a JSON list of alerts on ``POST /api/v2/alerts``.
+An alert's identity is its label set; it is active until its ``endsAt``.
+Senders are expected to re-post active alerts regularly, so that an alert
+whose sender died resolves by itself.  This sink therefore remembers the
+alerts it considers firing and re-posts them from :meth:`AlertmanagerSink.run`;
+deduplication between replicas, grouping, silences and routing are
+Alertmanager's job.
+
+=========================  ====================  =========  ================================
+event                      fires                 severity   resolves
+=========================  ====================  =========  ================================
+``task.failed``            ``BatchTaskFailed``   warning    ``BatchTaskStalled``
+``task.stalled``           ``BatchTaskStalled``  warning
+``task.gone``              ``BatchTaskGone``     warning
+``monitor.api_down``       ``BatchmonApiDown``   critical
+``task.succeeded``                                          Failed, Stalled and Gone
+``task.restarted``                                          Failed, Stalled and Gone
+``task.resumed``                                            ``BatchTaskStalled``
+``monitor.api_recovered``                                   ``BatchmonApiDown``
+=========================  ====================  =========  ================================
+
+Severity: a failed, stalled or vanished task needs a look in working hours
+(``warning``, as kubernetes-mixin's ``KubeJobFailed``); the API being down
+leaves batchmon blind to every task, so that no other alert can fire
+(``critical``).
+
+Labels are ``alertname``, ``task_id``, ``task_name``, ``severity`` and
+``source="batchmon"`` (monitor alerts have no task labels).  No host or
+replica label: two replicas send the same alert and Alertmanager dedups it.
+
+Times: ``startsAt`` is when the condition was detected.  A firing alert is
+posted with ``endsAt`` = now + 4 * ``resend_every`` (Prometheus' rule), so
+that it resolves by itself after four missed re-posts if batchmon stops.  A
+resolution is the alert posted again with ``endsAt`` = now, re-posted with
+each resend for ``resolved_for`` (5 minutes, as Alertmanager's docs advise,
+so that the resolved notification goes out).  A resolution is sent even when
+this process never saw the alert fire: after a restart it cannot know, and
+Alertmanager only records a resolved alert it never had, notifying nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import anyio
+import structlog
+
+from monitor.config import SinkConfig
+from monitor.retry import parse_retry_after
+from monitor.sinks.base import DeliveryError
+from monitor.tracking.events import Event, EventType, TaskSummary
+
+__all__ = ["Alert", "AlertChange", "AlertmanagerSink", "alerts_for"]
+
+log = structlog.get_logger("batchmon.sinks")
+
+FAILED = "BatchTaskFailed"
+STALLED = "BatchTaskStalled"
+GONE = "BatchTaskGone"
+API_DOWN = "BatchmonApiDown"
+
+_SEVERITY = {FAILED: "warning", STALLED: "warning", GONE: "warning", API_DOWN: "critical"}
+_FIRES = {
+    EventType.TASK_FAILED: FAILED,
+    EventType.TASK_STALLED: STALLED,
+    EventType.TASK_GONE: GONE,
+    EventType.MONITOR_API_DOWN: API_DOWN,
+}
+_RESOLVES = {
+    EventType.TASK_FAILED: (STALLED,),
+    EventType.TASK_SUCCEEDED: (FAILED, STALLED, GONE),
+    EventType.TASK_RESTARTED: (FAILED, STALLED, GONE),
+    EventType.TASK_RESUMED: (STALLED,),
+    EventType.MONITOR_API_RECOVERED: (API_DOWN,),
+}
+_WHAT = {FAILED: "failed", STALLED: "stalled", GONE: "is gone (the API answers 404)"}
+
+#: Bounds on untrusted text, in characters: labels and the summary are one
+#: line, the description a few.
+LABEL_MAX = 200
+SUMMARY_MAX = 300
+DESCRIPTION_MAX = 2000
+#: How much of an error answer is read, and how much of it is quoted.
+_ERROR_BODY_BYTES = 4096
+_EXCERPT_CHARS = 300
+#: Firing alerts are posted to end this many resend intervals from now.
+_LIFETIMES = 4
+
+#: An alert's key in this sink: its name and task (``""`` for monitor alerts).
+AlertKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert, without its end: the sink decides that when it posts."""
+
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: datetime
+
+    @property
+    def key(self) -> AlertKey:
+        """Which condition of which task this is (stable when the task is renamed)."""
+        return self.labels["alertname"], self.labels.get("task_id", "")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """What one event means for Alertmanager."""
+
+    fired: Alert | None
+    resolved: tuple[Alert, ...]
+
+
+def alerts_for(event: Event) -> AlertChange:
+    """The alert an event fires and those it resolves (pure; the table above)."""
+    fires = _FIRES.get(event.type)
+    fired = _alert(fires, event, _description(event)) if fires is not None else None
+    resolved_by = f"Resolved by {event.type.value}."
+    resolved = tuple(
+        _alert(name, event, f"{resolved_by}\n{_description(event)}".strip())
+        for name in _RESOLVES.get(event.type, ())
+    )
+    return AlertChange(fired, resolved)
+
+
+def _alert(alertname: str, event: Event, description: str) -> Alert:
+    labels = {"alertname": alertname}
+    task = event.task
+    if task is not None:
+        labels["task_id"] = str(task.id)
+        name = _line(task.name or "", LABEL_MAX)
+        if name:
+            labels["task_name"] = name
+    labels |= {"severity": _SEVERITY[alertname], "source": "batchmon"}
+    annotations = {"summary": _line(_summary(alertname, task), SUMMARY_MAX)}
+    description = _text(description, DESCRIPTION_MAX)
+    if description:
+        annotations["description"] = description
+    return Alert(labels, annotations, event.time)
+
+
+def _summary(alertname: str, task: TaskSummary | None) -> str:
+    """One line that names the condition; the same when it fires and when it resolves."""
+    if alertname == API_DOWN:
+        return "batchmon cannot reach the SuperOffice API"
+    if task is None:
+        who = "A batch task"
+    else:
+        who = f"Batch task {task.id} ({task.name})" if task.name else f"Batch task {task.id}"
+    return f"{who} {_WHAT[alertname]}"
+
+
+def _description(event: Event) -> str:
+    lines = []
+    task = event.task
+    if task is not None:
+        state = task.state.value
+        if task.state_raw is not None and str(task.state_raw) != state:
+            state = f"{state} ({task.state_raw})"
+        lines.append(f"State: {state}")
+        if task.progress is not None:
+            step = f" ({task.progress_description})" if task.progress_description else ""
+            lines.append(f"Progress: {task.progress}%{step}")
+        if task.result:
+            lines.append(f"Result: {task.result}")
+    if event.message:
+        lines.append(event.message)
+    return "\n".join(lines)
+
+
+def _text(value: str, limit: int) -> str:
+    """Valid UTF-8 (lone surrogates from JSON escapes replaced), no control characters
+    but line breaks and tabs, at most ``limit`` characters."""
+    value = value.encode("utf-8", "replace").decode("utf-8")
+    value = "".join(
+        c if c in "\n\t" or unicodedata.category(c) != "Cc" else " " for c in value
+    ).strip()
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _line(value: str, limit: int) -> str:
+    return _text(" ".join(value.split()), limit)
+
+
+def _label_set(alert: Alert) -> tuple[tuple[str, str], ...]:
+    """Alertmanager's identity of an alert."""
+    return tuple(sorted(alert.labels.items()))
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AlertmanagerSink:
+    """Posts alerts to one Alertmanager (``{url}/api/v2/alerts``) and keeps them alive.
+
+    ``send`` posts what one event changes, once; ``run`` re-posts the active
+    alerts every ``resend_every`` seconds until cancelled.  Both share one
+    lock, so a re-post never overtakes the resolution of the same alert.
+    """
+
+    default_rate = 10.0
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        session: aiohttp.ClientSession,
+        *,
+        timeout: float = 10.0,
+        generator_url: str | None = None,
+        resend_every: float = 60.0,
+        resolved_for: float = 300.0,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.name = name
+        # The URL may carry credentials: it stays here and in no message.
+        self._endpoint = url.rstrip("/") + "/api/v2/alerts"
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._generator_url = generator_url
+        self._resend_every = resend_every
+        self._lifetime = timedelta(seconds=_LIFETIMES * resend_every)
+        self._resolved_for = timedelta(seconds=resolved_for)
+        self._clock = clock
+        self._lock = anyio.Lock()
+        #: What this sink considers firing, by condition and task.
+        self._firing: dict[AlertKey, Alert] = {}
+        #: Recent resolutions and when they ended, by label set.
+        self._resolved: dict[tuple[tuple[str, str], ...], tuple[Alert, datetime]] = {}
+
+    @classmethod
+    def from_config(
+        cls, config: SinkConfig, session: aiohttp.ClientSession, *, status_url: str | None
+    ) -> AlertmanagerSink:
+        """The sink a validated ``[[sinks]]`` entry of type ``alertmanager`` describes."""
+        if config.url is None:
+            msg = f"sink {config.name!r}: an alertmanager sink needs a url"
+            raise ValueError(msg)
+        return cls(
+            config.name,
+            config.url.get_secret_value(),
+            session,
+            timeout=config.timeout,
+            generator_url=status_url,
+        )
+
+    @property
+    def firing(self) -> list[Alert]:
+        """The alerts this sink keeps alive."""
+        return list(self._firing.values())
+
+    def restore(self, firing: Iterable[Event]) -> None:
+        """Seed the active alerts at start-up from the events of tasks still failed,
+        stalled or gone (and an API still down); :meth:`run` then posts them."""
+        for event in firing:
+            change = alerts_for(event)
+            for alert in change.resolved:
+                self._firing.pop(alert.key, None)
+            if change.fired is not None:
+                self._firing[change.fired.key] = change.fired
+
+    async def send(self, event: Event) -> None:
+        """Post the alerts the event fires or resolves; events that do neither are ignored."""
+        change = alerts_for(event)
+        if change.fired is None and not change.resolved:
+            return
+        async with self._lock:
+            now = self._clock()
+            self._prune(now)
+            batch = [self._resolve(alert, now) for alert in change.resolved]
+            if change.fired is not None:
+                batch.extend(self._fire(change.fired, now))
+            await self._post(batch)
+
+    async def run(self) -> None:
+        """Re-post the active (and recently resolved) alerts until cancelled.
+
+        The first post is immediate, so alerts seeded by :meth:`restore` reach
+        Alertmanager before it resolves them by timeout.  A failed post is
+        logged and tried again at the next interval (or when the server says).
+        """
+        while True:
+            delay = self._resend_every
+            try:
+                await self._resend()
+            except DeliveryError as exc:
+                log.warning(
+                    "alertmanager_resend_failed",
+                    sink=self.name,
+                    error=str(exc),
+                    status=exc.status,
+                    permanent=exc.permanent,
+                )
+                if exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+            await anyio.sleep(delay)
+
+    def _fire(self, alert: Alert, now: datetime) -> list[dict[str, object]]:
+        """Remember a firing alert; resolve the one it replaces if its labels changed."""
+        batch = []
+        known = self._firing.get(alert.key)
+        if known is not None:
+            if _label_set(known) == _label_set(alert):
+                alert = replace(alert, starts_at=min(known.starts_at, alert.starts_at))
+            else:
+                batch.append(self._resolve(known, now))
+        self._firing[alert.key] = alert
+        self._resolved.pop(_label_set(alert), None)
+        batch.append(self._wire(alert, now + self._lifetime))
+        return batch
+
+    def _resolve(self, alert: Alert, now: datetime) -> dict[str, object]:
+        """Forget a firing alert; Alertmanager is told with the labels it fired with."""
+        known = self._firing.pop(alert.key, None)
+        if known is not None:
+            alert = replace(alert, labels=known.labels, starts_at=known.starts_at)
+        self._resolved[_label_set(alert)] = (alert, now)
+        return self._wire(alert, now)
+
+    async def _resend(self) -> None:
+        async with self._lock:
+            now = self._clock()
+            self._prune(now)
+            batch = [self._wire(alert, now + self._lifetime) for alert in self._firing.values()]
+            batch += [self._wire(alert, ended) for alert, ended in self._resolved.values()]
+            if batch:
+                await self._post(batch)
+
+    def _prune(self, now: datetime) -> None:
+        """Forget resolutions re-posted long enough (also when :meth:`run` is not running)."""
+        self._resolved = {
+            labels: (alert, ended)
+            for labels, (alert, ended) in self._resolved.items()
+            if now - ended < self._resolved_for
+        }
+
+    def _wire(self, alert: Alert, ends_at: datetime) -> dict[str, object]:
+        """The alert as ``postableAlert``; ``startsAt`` never after ``endsAt`` (400 otherwise)."""
+        body: dict[str, object] = {
+            "labels": dict(alert.labels),
+            "annotations": dict(alert.annotations),
+            "startsAt": _rfc3339(min(alert.starts_at, ends_at)),
+            "endsAt": _rfc3339(ends_at),
+        }
+        if self._generator_url:
+            body["generatorURL"] = self._generator_url
+        return body
+
+    async def _post(self, batch: list[dict[str, object]]) -> None:
+        """One POST; the answer classified for the dispatcher, never retried here."""
+        try:
+            async with self._session.post(
+                self._endpoint, json=batch, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                if response.status < 300:
+                    return
+                body = await response.content.read(_ERROR_BODY_BYTES)
+                raise _status_error(response.status, response.headers.get("Retry-After"), body)
+        except TimeoutError:
+            msg = f"Alertmanager did not answer within {self._timeout.total:g} s"
+            raise DeliveryError(msg) from None
+        except aiohttp.ClientError as exc:
+            msg = f"could not reach Alertmanager ({_reason(exc)})"
+            raise DeliveryError(msg) from None
+
+
+def _status_error(status: int, retry_after: str | None, body: bytes) -> DeliveryError:
+    excerpt = _line(body.decode("utf-8", "replace"), _EXCERPT_CHARS)
+    msg = f"Alertmanager answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    if status == 429 or status >= 500:
+        wait = parse_retry_after(retry_after, _utcnow())
+        return DeliveryError(msg, retry_after=wait, status=status)
+    return DeliveryError(msg, permanent=True, status=status)
+
+
+def _reason(exc: aiohttp.ClientError) -> str:
+    """What went wrong, without the address or URL aiohttp puts in its messages."""
+    name = type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{name}: {os.strerror(exc.errno)}"
+    return name

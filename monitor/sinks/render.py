@@ -1,0 +1,498 @@
+"""What a chat message says, computed once from an event, and how each format escapes it.
+
+A :class:`Renderer` turns an :class:`~monitor.tracking.events.Event` into a
+:class:`Message`: a title ("❌ Import contacts failed"), a tone (for colours),
+facts (state, a text progress bar, elapsed time, ETA), the main text
+(result, step, description, or an operator's template) and a link to the
+status page.  The strings in a :class:`Message` are *raw*: each sink escapes
+them for its own format with one of the functions here, because text from
+the SuperOffice API is untrusted.  A task named ``@everyone <!channel>``
+must ping nobody, and ``<https://evil|click>`` or ``**bold**`` must show as
+typed.  :data:`ESCAPES` names the function of every format.
+
+Limits are counted in UTF-16 code units (:func:`measure`), as the chat
+services' JavaScript clients count them; that is never less than Python's
+``len``, so a text that fits here fits there.
+"""
+
+from __future__ import annotations
+
+import enum
+import html
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+
+import structlog
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+from monitor.superoffice.models import BatchTaskState
+from monitor.tracking.events import Event, EventType, TaskSummary, event_id
+
+__all__ = [
+    "ESCAPES",
+    "TEST_TASK_NAME",
+    "Message",
+    "Renderer",
+    "Tone",
+    "compile_template",
+    "escape_discord",
+    "escape_googlechat",
+    "escape_mattermost",
+    "escape_plain",
+    "escape_slack",
+    "escape_teams",
+    "escape_teams_legacy",
+    "fit",
+    "measure",
+    "progress_bar",
+    "test_event",
+]
+
+log = structlog.get_logger("batchmon.sinks")
+
+ELLIPSIS = "…"
+#: Cells of the text progress bar.
+BAR_CELLS = 10
+#: Longest main text any format gets; each format cuts further to its own limits.
+MAX_TEXT = 4000
+#: The name of the task in ``batchmon test-sink``'s message.
+TEST_TASK_NAME = "batchmon test message — please ignore"
+
+
+class Tone(enum.StrEnum):
+    """How an event should look: each format maps it to its own colours."""
+
+    GOOD = "good"
+    BAD = "bad"
+    WARNING = "warning"
+    INFO = "info"
+
+
+#: RGB colours of each tone (Slack's palette: readable in light and dark themes).
+TONE_RGB: Mapping[Tone, int] = MappingProxyType(
+    {Tone.GOOD: 0x2EB67D, Tone.BAD: 0xE01E5A, Tone.WARNING: 0xECB22E, Tone.INFO: 0x1D9BD1}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a human-readable message says, before any format's escaping."""
+
+    #: Emoji, task name and what happened: "❌ Import contacts failed".
+    title: str
+    tone: Tone
+    #: Label and value, ours only (never API text): state, progress, elapsed, ETA.
+    facts: tuple[tuple[str, str], ...]
+    #: The main text (a template's output, or result, step and description); may be empty.
+    text: str
+    #: "Task #212 · task.failed": which task and event, for the small print.
+    footer: str
+    #: The status page, when ``http.public_url`` is set.
+    link: str | None
+    task_id: int | None
+    event_id: str
+
+
+# --- measuring and cutting ---------------------------------------------------------------
+
+
+def measure(text: str) -> int:
+    """Length in UTF-16 code units: how the chat services count characters."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def fit(text: str, limit: int, escape: Callable[[str], str] = _same) -> str:
+    """``escape(text)``, cut so that it measures at most ``limit``, ending in "…" if cut.
+
+    The raw text is cut before escaping, so an escape sequence or entity is
+    never split.
+    """
+    escaped = escape(text)
+    if measure(escaped) <= limit:
+        return escaped
+    keep = min(len(text), limit)
+    while keep > 0:
+        candidate = escape(text[:keep].rstrip()) + ELLIPSIS
+        excess = measure(candidate) - limit
+        if excess <= 0:
+            return candidate
+        keep -= max(1, excess // 2)
+    return ELLIPSIS if limit >= 1 else ""
+
+
+# --- escaping ----------------------------------------------------------------------------
+
+_ZWSP = "\u200b"
+_SOFT_HYPHEN = "\u00ad"
+#: An "@" that could start a mention (``@everyone``, ``@here``, ``<@123>``, ``@user``).
+_AT = re.compile(r"@(?=\S)")
+
+
+def _no_mentions(text: str) -> str:
+    """Put a zero-width space after every "@" that could start a mention."""
+    return _AT.sub("@" + _ZWSP, text)
+
+
+def escape_plain(text: str) -> str:
+    """For fields shown as plain text (notifications, fallbacks): no mention can form."""
+    return _no_mentions(text).replace("<", "<" + _ZWSP)
+
+
+#: Slack has no escape for its formatting marks; look-alike characters show the same
+#: text without the formatting (as jsx-slack's ``<Escape>`` does).
+_SLACK_MARKS = {"*": "\u2217", "_": "\u02cd", "~": "\u223c", "`": "\u02cb"}
+_SLACK_MARK = re.compile(r"[*_~`]")
+
+
+def _slack_mark(match: re.Match[str]) -> str:
+    """Replace a mark that could open or close formatting; keep ``snake_case`` as is."""
+    text, at = match.string, match.start()
+    inside_word = 0 < at < len(text) - 1 and text[at - 1].isalnum() and text[at + 1].isalnum()
+    return match[0] if inside_word else _SLACK_MARKS[match[0]]
+
+
+def escape_slack(text: str) -> str:
+    """For Slack ``mrkdwn`` (and the top-level ``text``).
+
+    ``&``, ``<`` and ``>`` become entities, as Slack asks, so no link,
+    mention (``<!channel>``, ``<@U1>``) or date can form; a ``>`` starting a
+    line gets a soft hyphen so it does not quote; formatting marks become
+    look-alikes; "@" gets a zero-width space (``verbatim`` is off in the
+    fallback text).
+    """
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    escaped = re.sub(r"(?m)^(\s*)&gt;", r"\1" + _SOFT_HYPHEN + "&gt;", escaped)
+    return _no_mentions(_SLACK_MARK.sub(_slack_mark, escaped))
+
+
+#: Discord's markdown takes a backslash before any punctuation as "literally this".
+_DISCORD_SPECIAL = re.compile(r"([\\*_~`|<>\[\]()#])")
+_LINE_START_LIST = re.compile(r"(?m)^(\s*)([-+])")
+
+
+def escape_discord(text: str) -> str:
+    """For Discord embeds and content: markdown shown as typed, mentions broken.
+
+    ``allowed_mentions: {"parse": []}`` already stops pings; this also stops
+    ``<@123>`` from rendering as a mention and ``[click](https://evil)`` as a
+    disguised link.
+    """
+    escaped = _DISCORD_SPECIAL.sub(r"\\\1", text)
+    escaped = _LINE_START_LIST.sub(r"\1\\\2", escaped)
+    return _no_mentions(escaped)
+
+
+_MATTERMOST_SPECIAL = re.compile(r"([\\*_~`|\[\]()#!=])")
+
+
+def escape_mattermost(text: str) -> str:
+    """For Mattermost markdown (CommonMark): backslash escapes, entities, no mentions.
+
+    ``<``, ``>`` and ``&`` become entities rather than backslash escapes, because
+    Mattermost turns ``<!channel>`` and ``<url|text>`` into mentions and links
+    (Slack compatibility) before any markdown is read.
+    """
+    escaped = _MATTERMOST_SPECIAL.sub(r"\\\1", text)
+    escaped = _LINE_START_LIST.sub(r"\1\\\2", escaped)
+    escaped = escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _no_mentions(escaped)
+
+
+def escape_teams(text: str) -> str:
+    """For an Adaptive Card ``TextRun`` (no markdown there): no mention, no date function.
+
+    Markdown is not read in a ``TextRun``, so marks stay as typed; ``{{`` would
+    start a ``{{DATE(...)}}`` function.
+    """
+    return _no_mentions(text).replace("{{", "{" + _ZWSP + "{")
+
+
+_TEAMS_LEGACY_SPECIAL = re.compile(r"([\\*_~`|\[\]()#!])")
+
+
+def escape_teams_legacy(text: str) -> str:
+    """For the legacy MessageCard ``text`` (markdown and a little HTML)."""
+    escaped = _TEAMS_LEGACY_SPECIAL.sub(r"\\\1", text)
+    escaped = _LINE_START_LIST.sub(r"\1\\\2", escaped)
+    return _no_mentions(html.escape(escaped, quote=False))
+
+
+def escape_googlechat(text: str) -> str:
+    """For Google Chat card text (a small HTML subset; markdown is not read there)."""
+    return _no_mentions(html.escape(text, quote=False))
+
+
+#: The escaping function of every format, by name.
+ESCAPES: Mapping[str, Callable[[str], str]] = MappingProxyType(
+    {
+        "plain": escape_plain,
+        "slack": escape_slack,
+        "discord": escape_discord,
+        "mattermost": escape_mattermost,
+        "teams": escape_teams,
+        "teams_legacy": escape_teams_legacy,
+        "googlechat": escape_googlechat,
+    }
+)
+
+
+# --- what the message says ---------------------------------------------------------------
+
+
+def progress_bar(percent: int | None) -> str | None:
+    """``▰▰▰▰▱▱▱▱▱▱ 40 %``: the bar and the number, clamped to 0..100; ``None`` if unknown."""
+    if percent is None:
+        return None
+    shown = min(max(percent, 0), 100)
+    filled = shown * BAR_CELLS // 100
+    return "▰" * filled + "▱" * (BAR_CELLS - filled) + f" {shown} %"
+
+
+def _duration(delta: timedelta) -> str:
+    """``45 s``, ``12 min``, ``1 h 05 min``, ``2 d 3 h``: short enough for a phone."""
+    seconds = int(delta.total_seconds())
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def _eta(event: Event) -> str | None:
+    """When the task should finish, in UTC, and how far that is from the event."""
+    if event.eta is None:
+        return None
+    eta = event.eta.astimezone(UTC)
+    time = event.time.astimezone(UTC)
+    when = f"{eta:%H:%M} UTC" if eta.date() == time.date() else f"{eta:%Y-%m-%d %H:%M} UTC"
+    if eta <= time:
+        return when
+    return f"{when} (in {_duration(eta - time)})"
+
+
+def _task_name(task: TaskSummary) -> str:
+    return task.name or f"Task {task.id}"
+
+
+def _title(event: Event) -> str:
+    """The headline: an emoji, the task, what happened."""
+    task = event.task
+    match event.type:
+        case EventType.MONITOR_API_DOWN:
+            return "🔴 SuperOffice API down"
+        case EventType.MONITOR_API_RECOVERED:
+            return "🟢 SuperOffice API recovered"
+        case EventType.MONITOR_AUTH_FAILED:
+            return "🔑 SuperOffice credentials rejected"
+    name = _task_name(task) if task is not None else "A task"
+    state = task.state.value if task is not None else BatchTaskState.UNKNOWN.value
+    match event.type:
+        case EventType.TASK_SUCCEEDED:
+            return f"✅ {name} finished"
+        case EventType.TASK_FAILED:
+            return f"❌ {name} failed"
+        case EventType.TASK_STALLED:
+            return f"⏸ {name} stalled"
+        case EventType.TASK_RESUMED:
+            return f"▶ {name} resumed"
+        case EventType.TASK_STARTED:
+            return f"▶ {name} started"
+        case EventType.TASK_RESTARTED:
+            return f"🔁 {name} ran again"
+        case EventType.TASK_GONE:
+            return f"🗑 {name} deleted"
+        case EventType.TASK_PROGRESS:
+            percent = task.progress if task is not None else None
+            if percent is None:
+                return f"📈 {name} progressing"
+            return f"📈 {name} {min(max(percent, 0), 100)} %"
+        case EventType.TASK_STATE_CHANGED:
+            return f"🔄 {name} is now {state}"
+        case _:
+            return f"👀 Watching {name} ({state})"
+
+
+_TONES: Mapping[EventType, Tone] = MappingProxyType(
+    {
+        EventType.TASK_SUCCEEDED: Tone.GOOD,
+        EventType.TASK_FAILED: Tone.BAD,
+        EventType.TASK_STALLED: Tone.WARNING,
+        EventType.TASK_GONE: Tone.WARNING,
+        EventType.MONITOR_API_DOWN: Tone.BAD,
+        EventType.MONITOR_AUTH_FAILED: Tone.BAD,
+        EventType.MONITOR_API_RECOVERED: Tone.GOOD,
+    }
+)
+_STATE_TONES: Mapping[BatchTaskState, Tone] = MappingProxyType(
+    {
+        BatchTaskState.SUCCEEDED: Tone.GOOD,
+        BatchTaskState.SUCCEEDED_MANUAL_CLEANUP: Tone.GOOD,
+        BatchTaskState.FAILED: Tone.BAD,
+        BatchTaskState.UNKNOWN: Tone.WARNING,
+    }
+)
+
+
+def _tone(event: Event) -> Tone:
+    if event.type in _TONES:
+        return _TONES[event.type]
+    if event.task is not None and event.type in (
+        EventType.TASK_DISCOVERED,
+        EventType.TASK_STATE_CHANGED,
+    ):
+        return _STATE_TONES.get(event.task.state, Tone.INFO)
+    return Tone.INFO
+
+
+def _facts(event: Event) -> tuple[tuple[str, str], ...]:
+    """State, progress, elapsed time and ETA: values batchmon computed, no API text."""
+    task = event.task
+    if task is None:
+        return ()
+    facts = [("State", task.state.value)]
+    bar = progress_bar(task.progress)
+    if bar is not None:
+        facts.append(("Progress", bar))
+    if task.last_started is not None and event.time >= task.last_started:
+        facts.append(("Elapsed", _duration(event.time - task.last_started)))
+    eta = _eta(event) if task.state.is_active else None
+    if eta is not None:
+        facts.append(("ETA", eta))
+    return tuple(facts)
+
+
+def _default_text(event: Event) -> str:
+    """What happened in words: the event's message, the result, the step, the description."""
+    lines = [event.message] if event.message else []
+    task = event.task
+    if task is not None:
+        if task.result:
+            lines.append(f"Result: {task.result}")
+        if task.progress_description and not task.state.is_terminal:
+            lines.append(f"Step: {task.progress_description}")
+        if task.description:
+            lines.append(task.description)
+    return "\n".join(line.strip() for line in lines if line.strip())
+
+
+def _footer(event: Event) -> str:
+    if event.task is None:
+        return f"batchmon · {event.type.value}"
+    return f"Task #{event.task.id} · {event.type.value}"
+
+
+# --- templates ---------------------------------------------------------------------------
+
+_ENVIRONMENT = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+
+
+def compile_template(source: str) -> Template:
+    """A sink's message template, compiled; :class:`ValueError` saying where it is wrong.
+
+    Templates are Jinja2 in a sandbox, with ``event`` (the event's dict form),
+    ``task`` (its task, or ``None``), ``title``, ``progress_bar`` and
+    ``status_url``; an undefined name is an error, not an empty string.
+    """
+    try:
+        return _ENVIRONMENT.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"template line {exc.lineno}: {exc.message}") from None
+
+
+class Renderer:
+    """Computes each event's :class:`Message` for one sink (its template, its link)."""
+
+    def __init__(self, sink: str, *, template: str | None, status_url: str | None) -> None:
+        """Compile the template now, so that a bad one stops start-up, not a delivery."""
+        self.sink = sink
+        self.status_url = status_url
+        try:
+            self._template = compile_template(template) if template is not None else None
+        except ValueError as exc:
+            raise ValueError(f"sink {sink!r}: {exc}") from None
+
+    def render(self, event: Event) -> Message:
+        """The message for ``event``."""
+        title = _title(event)
+        task = event.task
+        text = _default_text(event)
+        if self._template is not None:
+            text = self._templated(self._template, event, title, text)
+        return Message(
+            title=title,
+            tone=_tone(event),
+            facts=_facts(event),
+            text=fit(text, MAX_TEXT),
+            footer=_footer(event),
+            link=self.status_url,
+            task_id=task.id if task is not None else None,
+            event_id=event.id,
+        )
+
+    def text(self, event: Event) -> str | None:
+        """The template's output for ``event`` (``None`` without a template)."""
+        if self._template is None:
+            return None
+        return self._templated(self._template, event, _title(event), _default_text(event))
+
+    def _templated(self, template: Template, event: Event, title: str, default: str) -> str:
+        """The template's output, or ``default`` and one warning if it fails."""
+        data = event.to_dict()
+        try:
+            return template.render(
+                event=data,
+                task=data["task"],
+                title=title,
+                progress_bar=progress_bar(event.task.progress) if event.task else None,
+                status_url=self.status_url,
+            ).strip()
+        except Exception as exc:  # noqa: BLE001 - a broken template must not stop delivery
+            log.warning(
+                "template_failed",
+                sink=self.sink,
+                event_id=event.id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return default
+
+
+def test_event(now: datetime) -> Event:
+    """A ``task.succeeded`` for a fake task (id 0) that says it is a test."""
+    started = now - timedelta(minutes=3)
+    return Event(
+        id=event_id("batchmon.test", now.isoformat()),
+        type=EventType.TASK_SUCCEEDED,
+        time=now,
+        task=TaskSummary(
+            id=0,
+            name=TEST_TASK_NAME,
+            state=BatchTaskState.SUCCEEDED,
+            state_raw=BatchTaskState.SUCCEEDED.value,
+            progress=100,
+            progress_description=None,
+            description="Sent by batchmon test-sink to check this destination.",
+            associate_id=None,
+            context=None,
+            request=None,
+            response=None,
+            result="The destination is reachable.",
+            file_name=None,
+            last_started=started,
+            created=started,
+            start_count=1,
+        ),
+        message="This is a test message from batchmon; no task changed.",
+    )

@@ -1,0 +1,181 @@
+"""``batchmon status`` and ``batchmon watch`` as a user runs them: real processes, a real
+daemon and the simulator on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+from click.testing import CliRunner
+
+from monitor.cli import main
+from monitor.simulator import Simulator
+from monitor.superoffice.models import BatchTaskState
+from tests.test_web import running_daemon
+
+BATCHMON = [sys.executable, "-m", "monitor"]
+#: Wide enough that rich does not wrap the table.
+ENV = {**os.environ, "COLUMNS": "200"}
+
+
+async def batchmon(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the command to its end."""
+    return await anyio.run_process([*BATCHMON, *args], check=False, env=ENV)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class Watcher:
+    """``batchmon watch`` in the background; records when it ended."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.result: subprocess.CompletedProcess[bytes] | None = None
+        self.ended_at: float | None = None
+
+    async def run(self) -> None:
+        self.result = await batchmon("watch", *self.args)
+        self.ended_at = anyio.current_time()
+
+
+class TestStatus:
+    """``batchmon status``."""
+
+    async def test_table_of_the_daemons_tasks(self) -> None:
+        """Every task is a row with its state and progress; names are shown, not interpreted."""
+        async with Simulator() as simulator:
+            running = simulator.add_task(
+                name="Export [bold]contacts[/bold]",
+                state=BatchTaskState.STARTED,
+                progress=40,
+                progress_description="Row 400 of 1000",
+            )
+            failed = simulator.add_task(name="Import leads", state=BatchTaskState.FAILED)
+            queued = simulator.add_task(name="Mass mailing", state=BatchTaskState.NEW)
+            async with running_daemon(simulator, [running.id, failed.id, queued.id]) as (_, base):
+                result = await batchmon("status", "--url", base)
+
+        out = result.stdout.decode()
+        assert 0 == result.returncode, result.stderr.decode()
+        assert f"batchmon at {base} · 3 tasks, 2 active · ready" in out
+        assert "Export [bold]contacts[/bold]" in out
+        assert "Row 400 of 1000" in out
+        assert "40 %" in out
+        for task, state in [(running, "Started"), (failed, "Failed"), (queued, "New")]:
+            (row,) = [line for line in out.splitlines() if f" {task.id} " in line]
+            assert state in row
+
+    async def test_unreachable_daemon_exits_1(self) -> None:
+        """Without a daemon there is one clear line on stderr and exit code 1."""
+        url = f"http://127.0.0.1:{closed_port()}"
+        result = await batchmon("status", "--url", url)
+
+        assert 1 == result.returncode
+        assert "" == result.stdout.decode()
+        assert result.stderr.decode().startswith(f"batchmon: cannot reach batchmon at {url}/")
+
+
+class TestWatch:
+    """``batchmon watch ID``: the exit code is the task's outcome."""
+
+    async def test_success_through_the_daemon_exits_0(self) -> None:
+        """The watch runs while the task runs and exits 0 once it succeeds."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=10)
+            async with running_daemon(simulator, [task.id]) as (_, base):
+                watcher = Watcher(str(task.id), "--url", base, "--interval", "100ms")
+                async with anyio.create_task_group() as group:
+                    group.start_soon(watcher.run)
+                    await anyio.sleep(1.5)
+                    simulator.set_task(task.id, progress=70)
+                    await anyio.sleep(0.3)
+                    finished_at = anyio.current_time()
+                    simulator.set_task(task.id, state=BatchTaskState.SUCCEEDED, progress=100)
+
+        assert watcher.result is not None
+        assert watcher.ended_at is not None
+        assert 0 == watcher.result.returncode, watcher.result.stderr.decode()
+        assert finished_at < watcher.ended_at
+        assert f"#{task.id} Export: Succeeded" in watcher.result.stdout.decode()
+
+    async def test_failure_straight_from_the_api_exits_1(self, tmp_path: Path) -> None:
+        """With --config the watch asks SuperOffice itself and reports its Result text."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Import", state=BatchTaskState.STARTED, progress=30)
+            config = tmp_path / "batchmon.toml"
+            config.write_text(
+                f'[superoffice]\nurl = "{simulator.url}"\n'
+                '[superoffice.auth]\ntype = "basic"\nusername = "batchmon"\n'
+                'password = "batchmon"\n'
+            )
+            watcher = Watcher(str(task.id), "--config", str(config), "--interval", "100ms")
+            async with anyio.create_task_group() as group:
+                group.start_soon(watcher.run)
+                with anyio.fail_after(15):
+                    while len(simulator.requests) < 2:  # noqa: ASYNC110 - the watch's own reads
+                        await anyio.sleep(0.05)
+                simulator.set_task(task.id, state=BatchTaskState.FAILED, result="Disk full")
+
+        assert watcher.result is not None
+        assert 1 == watcher.result.returncode, watcher.result.stderr.decode()
+        assert f"#{task.id} Import: Failed (Disk full)" in watcher.result.stdout.decode()
+
+    async def test_deleted_task_exits_1(self) -> None:
+        """A task the API stops knowing ends the watch with exit code 1."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Cleanup", state=BatchTaskState.STARTED, progress=5)
+            async with running_daemon(simulator, [task.id]) as (_, base):
+                watcher = Watcher(str(task.id), "--url", base, "--interval", "100ms")
+                async with anyio.create_task_group() as group:
+                    group.start_soon(watcher.run)
+                    await anyio.sleep(1.0)
+                    simulator.delete_task(task.id)
+
+        assert watcher.result is not None
+        assert 1 == watcher.result.returncode
+        assert f"#{task.id} Cleanup: Gone" in watcher.result.stdout.decode()
+
+    async def test_unwatched_task_exits_1(self) -> None:
+        """A task the daemon does not watch is an error at once, saying so."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(state=BatchTaskState.STARTED)
+            async with running_daemon(simulator, [task.id]) as (_, base):
+                result = await batchmon("watch", "4242", "--url", base)
+
+        assert 1 == result.returncode
+        assert "HTTP 404 task 4242 is not watched" in result.stderr.decode()
+
+
+class TestHelp:
+    """Both commands explain themselves."""
+
+    def test_help_has_examples(self) -> None:
+        """``--help`` shows examples for status and watch."""
+        runner = CliRunner()
+        status = runner.invoke(main, ["status", "--help"])
+        watch = runner.invoke(main, ["watch", "--help"])
+
+        assert 0 == status.exit_code
+        assert "batchmon status --url http://monitor.example.com:9808" in status.output
+        assert 0 == watch.exit_code
+        assert "batchmon watch 212 --config /etc/batchmon/batchmon.toml" in watch.output
+        assert "Exits 0 when the task succeeds and 1 when it fails" in watch.output
+
+    def test_url_and_config_exclude_each_other(self, tmp_path: Path) -> None:
+        """Asking for both sources is a usage error."""
+        result = CliRunner().invoke(
+            main, ["watch", "1", "--url", "http://x", "--config", str(tmp_path / "c.toml")]
+        )
+
+        assert 2 == result.exit_code
+        assert "give --url or --config, not both" in result.output
