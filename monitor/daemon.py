@@ -243,6 +243,7 @@ class Daemon:
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(dispatcher.run)
+                    group.start_soon(dispatcher.remind, self.tracker.firing)
                     await group.start(poller.run)
                     log.info(
                         "batchmon_started",

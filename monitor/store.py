@@ -332,6 +332,24 @@ class Store:
 
         return await self._run(drop)
 
+    async def known_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids were recorded already (queued or delivered)."""
+        ids = list(event_ids)
+
+        def known() -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT event_id FROM history WHERE event_id IN ({marks})",  # noqa: S608 - only placeholders
+                    chunk,
+                ).fetchall()
+                found.update(event_id for (event_id,) in rows)
+            return found
+
+        return await self._run(known) if ids else set()
+
     async def recent_events(self, task_id: int | None) -> list[Event]:
         """A task's last recorded events, oldest first (``None``: monitor events)."""
 

@@ -5,18 +5,23 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import anyio
 import anyio.lowlevel
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from monitor.daemon import Daemon
 from monitor.simulator import Simulator
 from monitor.sinks.base import DeliveryError, Route
 from monitor.sinks.dispatcher import Dispatcher, Subscription
+from monitor.sinks.webhook import WebhookSink
 from monitor.store import Store
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType
@@ -292,3 +297,103 @@ class TestDaemonRestart:
 
         assert ["task.discovered"] == runs[0]
         assert (["task.succeeded"] if change_while_down else []) == runs[1]
+
+
+class TestReminders:
+    """``remind_every``: a task that stays failed or stalled is brought up again."""
+
+    async def test_reminders_are_due_once_per_period_and_survive_restarts(
+        self, tmp_path: Path
+    ) -> None:
+        """One reminder per elapsed period, only to sinks that ask, never twice after a restart."""
+        time = VirtualTime()
+        failed = story(1)[-1]
+        conditions = [replace(failed, time=T0)]
+        store = await Store.open(tmp_path / "state.db")
+        reminded = Destination("ops")
+        quiet = Destination("quiet")
+        subscriptions = [
+            Subscription(reminded, Route(), remind_every=3600),
+            Subscription(quiet, Route()),
+        ]
+        dispatcher = Dispatcher(subscriptions, store, now=time, sleep=time.sleep)
+        await dispatcher.start()
+        queued = []
+        for minutes in (30, 61, 90, 121):
+            time.now = T0 + timedelta(minutes=minutes)
+            await dispatcher.remind_once(conditions)
+            queued.append(dispatcher.queued("ops"))
+        await store.close()
+
+        store = await Store.open(tmp_path / "state.db")
+        again = Dispatcher(subscriptions, store, now=time, sleep=time.sleep)
+        await again.start()
+        time.now = T0 + timedelta(minutes=130)
+        await again.remind_once(conditions)
+        await again.drain()
+        await store.close()
+
+        assert [0, 1, 1, 2] == queued
+        assert [] == quiet.received
+        messages = [e.message for e in reminded.received]
+        assert [
+            "Reminder 1: still failed after 1h01m",
+            "Reminder 2: still failed after 2h01m",
+        ] == messages
+        assert {EventType.TASK_FAILED} == {e.type for e in reminded.received}
+        assert len({e.id for e in reminded.received}) == 2
+
+    async def test_only_failed_and_stalled(self, store: Store) -> None:
+        """Gone tasks and healthy ones are not reminded of."""
+        time = VirtualTime()
+        sink = Destination("ops")
+        dispatcher = Dispatcher(
+            [Subscription(sink, Route(), remind_every=60)], store, now=time, sleep=time.sleep
+        )
+        await dispatcher.start()
+        discovered, started = story(1)[:2]
+        gone = replace(started, type=EventType.TASK_GONE, id="gone")
+        stalled = replace(started, type=EventType.TASK_STALLED, id="stalled")
+        time.now = T0 + timedelta(hours=1)
+        await dispatcher.remind_once([discovered, gone, stalled])
+        await dispatcher.drain()
+
+        assert [EventType.TASK_STALLED] == [e.type for e in sink.received]
+
+
+class TestStorm:
+    """A real webhook receiver throttling hard."""
+
+    async def test_a_429_storm_is_waited_out(self, store: Store) -> None:
+        """Under a burst of 429s with Retry-After, every event arrives once, in order, after the waits."""
+        received: list[str] = []
+        refusals = 6
+        starts: list[float] = []
+
+        async def receive(request: web.Request) -> web.Response:
+            nonlocal refusals
+            starts.append(anyio.current_time())
+            if refusals:
+                refusals -= 1
+                return web.Response(status=429, headers={"Retry-After": "0.2"})
+            received.append(request.headers["webhook-id"])
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        events = story(1)
+        try:
+            async with aiohttp.ClientSession() as session:
+                sink = WebhookSink("hook", str(server.make_url("/hook")), session)
+                dispatcher = Dispatcher([Subscription(sink, Route())], store, backoff_base=0.01)
+                async with dispatching(dispatcher):
+                    await dispatcher.commit(events)
+                    await until(lambda: len(received) == len(events))
+        finally:
+            await server.close()
+
+        assert [e.id for e in events] == received
+        assert 6 == dispatcher.failed["hook"]
+        assert starts[6] - starts[0] >= 6 * 0.2 - 0.05, "each Retry-After was honoured"

@@ -21,7 +21,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -31,7 +31,7 @@ from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
 from monitor.sinks.base import BackgroundSink, DeliveryError, Route, Sink
 from monitor.store import OutboxRow, Store
-from monitor.tracking.events import Event
+from monitor.tracking.events import Event, EventType, event_id
 from monitor.tracking.memory import TaskMemory
 
 __all__ = ["Dispatcher", "Subscription"]
@@ -47,6 +47,18 @@ class Subscription:
     route: Route
     #: Deliveries per second (``inf``: as fast as it answers).
     rate: float = math.inf
+    #: Seconds between reminders of a task that stays failed or stalled (``None``: never).
+    remind_every: float | None = None
+
+
+#: Conditions worth a reminder while they last.
+_REMINDED = frozenset({EventType.TASK_FAILED, EventType.TASK_STALLED})
+
+
+def _hours(seconds: float) -> str:
+    """``5400`` → ``1h30m``: how long a condition has lasted, for a chat line."""
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m"
 
 
 #: Timers wake a hair early and datetimes round to microseconds: closer than this is due.
@@ -139,6 +151,54 @@ class Dispatcher:
                 group.start_soon(self._work, subscription)
                 if isinstance(subscription.sink, BackgroundSink):
                     group.start_soon(subscription.sink.run)
+
+    async def remind(self, firing: Callable[[], Sequence[Event]]) -> None:
+        """Re-send failed and stalled tasks to sinks with ``remind_every``, until cancelled.
+
+        ``firing`` gives the current conditions (one event per failed, stalled
+        or gone task).  The n-th reminder of a condition has a fixed id, and ids
+        already recorded are skipped, so a restart never repeats a reminder.
+        """
+        periods = [s.remind_every for s in self._subscriptions if s.remind_every]
+        if not periods:
+            return
+        tick = min(max(min(periods) / 10, 1.0), 60.0)
+        while True:
+            await self._sleep(tick)
+            await self.remind_once(firing())
+
+    async def remind_once(self, conditions: Sequence[Event]) -> None:
+        """Queue the reminders that are due now."""
+        now = self._now()
+        due: list[tuple[str, Event]] = []
+        for subscription in self._subscriptions:
+            every = subscription.remind_every
+            if not every:
+                continue
+            for condition in conditions:
+                if condition.type not in _REMINDED or not subscription.route.matches(condition):
+                    continue
+                lasting = (now - condition.time).total_seconds()
+                count = int(lasting // every)
+                if count < 1:
+                    continue
+                state = "failed" if condition.type is EventType.TASK_FAILED else "stalled"
+                reminder = replace(
+                    condition,
+                    id=event_id("reminder", subscription.sink.name, condition.id, count),
+                    time=now,
+                    message=f"Reminder {count}: still {state} after {_hours(lasting)}",
+                )
+                due.append((subscription.sink.name, reminder))
+        known = await self._store.known_events([event.id for _, event in due])
+        fresh = [(sink, event) for sink, event in due if event.id not in known]
+        if not fresh:
+            return
+        growth = await self._store.commit([], fresh, now.timestamp())
+        self._queued.update(growth)
+        for sink in {name for name, _ in fresh}:
+            self._wake[sink].set()
+        log.info("reminders_queued", count=len(fresh))
 
     async def drain(self) -> None:
         """Send what is due now, once each, without waiting for retries (shutdown).
