@@ -1,10 +1,7 @@
 """The TOML configuration of batchmon, validated with pydantic.
 
-The keys are the contract of DESIGN.md ("Configuration").  This version supports a subset of
-them; the keys and values of later versions (``superoffice.environment`` / ``tenant``, auth
-types ``oauth`` and ``system_user``, ``[[watch.discover]]``, sink types other than ``log``) are
-refused with a message that says so, because silently ignoring them would leave an operator
-believing that something is configured when it is not.
+The keys are the contract of DESIGN.md ("Configuration"); ``config/batchmon.example.toml``
+documents each of them.
 
 Three things shape this module:
 
@@ -33,7 +30,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, ClassVar, Final, Literal, Self, get_args
+from typing import Annotated, ClassVar, Final, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -164,16 +161,12 @@ _TaskId = Annotated[int, Strict(), Field(gt=0, le=_INT32_MAX)]
 
 
 class _Section(BaseModel):
-    """Base of every section: strict about keys, resolves secrets, refuses later versions."""
+    """Base of every section: strict about keys, and resolves secrets."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     #: Fields holding secrets; each may also be given as ``<name>_file`` or ``<name>_env``.
     _secrets: ClassVar[tuple[str, ...]] = ()
-    #: Keys that later versions understand, with what to do instead.
-    _later_keys: ClassVar[Mapping[str, str]] = {}
-    #: Values of the ``type`` field that later versions understand.
-    _later_types: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="wrap")
     @classmethod
@@ -188,20 +181,8 @@ class _Section(BaseModel):
         """
         if not isinstance(data, Mapping):
             return handler(data)
-        kind = data.get("type")
-        if isinstance(kind, str) and kind in cls._later_types:
-            # Nothing else in this section means anything without a supported type.
-            supported = ", ".join(get_args(cls.model_fields["type"].annotation))
-            message = f"{kind!r} is not supported by this version (supported: {supported})"
-            problems = [_problem(("type",), message), *cls._unknown_keys(data)]
-            raise _invalid(cls.__name__, problems)
-
         given = {key: value for key, value in data.items() if key in cls.model_fields}
         problems = list(cls._unknown_keys(data))
-        for key in data:
-            later = cls._later_keys.get(key) or cls._later_keys.get(_secret_base(key))
-            if later is not None:
-                problems.append(_problem((key,), f"not supported by this version; {later}"))
         unresolved: set[tuple[str | int, ...]] = set()
         for name in cls._secrets:
             problem = _resolve_secret(name, data, given, _base_dir(info))
@@ -220,25 +201,17 @@ class _Section(BaseModel):
 
     @classmethod
     def _unknown_keys(cls, data: Mapping[str, object]) -> list[InitErrorDetails]:
-        """Report the keys that are neither fields, secret forms nor later versions' keys."""
+        """Report the keys that are neither fields nor a secret's ``_file``/``_env`` form."""
         known = set(cls.model_fields)
         known.update(f"{name}{suffix}" for name in cls._secrets for suffix in ("_file", "_env"))
         problems = []
         for key in data:
-            if key in known or key in cls._later_keys or _secret_base(key) in cls._later_keys:
+            if key in known:
                 continue
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(_problem((key,), f"unknown key{hint}"))
         return problems
-
-
-def _secret_base(key: str) -> str:
-    """``"password_file"`` -> ``"password"``: the secret a ``_file``/``_env`` key gives."""
-    for suffix in ("_file", "_env"):
-        if key.endswith(suffix):
-            return key.removesuffix(suffix)
-    return key
 
 
 def _base_dir(info: ValidationInfo) -> Path:

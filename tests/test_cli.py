@@ -35,13 +35,18 @@ class TestCheckConfig:
         """The shipped example validates; its secrets never reach the output."""
         (tmp_path / "so_password").write_text("marker-password-71f3\n")
         (tmp_path / "api_token").write_text("marker-token-9c2e\n")
-        result = CliRunner().invoke(
-            main, ["check-config", str(EXAMPLE)], env={"CREDENTIALS_DIRECTORY": str(tmp_path)}
-        )
+        (tmp_path / "slack_url").write_text("https://hooks.example/marker-slack-5b1d\n")
+        (tmp_path / "webhook_secret").write_text("whsec_" + "B" * 32 + "\n")
+        env = {
+            "CREDENTIALS_DIRECTORY": str(tmp_path),
+            "BATCHMON_WEBHOOK_URL": "https://receiver.example/marker-hook-0c4e",
+        }
+        result = CliRunner().invoke(main, ["check-config", str(EXAMPLE)], env=env)
 
         assert 0 == result.exit_code, result.output
         assert "configuration is valid" in result.output
         assert "marker-" not in result.output
+        assert "BBBBBBBB" not in result.output
         assert "********" in result.output
 
     def test_problems_by_path_and_exit_78(self, tmp_path: Path) -> None:

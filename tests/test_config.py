@@ -231,7 +231,10 @@ class TestExampleFile:
         """With its secret files in $CREDENTIALS_DIRECTORY, the example is valid."""
         (tmp_path / "so_password").write_text("hunter2\n")
         (tmp_path / "api_token").write_text("tok\n")
+        (tmp_path / "slack_url").write_text("https://hooks.slack.com/services/T/B/x\n")
+        (tmp_path / "webhook_secret").write_text("whsec_" + "A" * 32 + "\n")
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+        monkeypatch.setenv("BATCHMON_WEBHOOK_URL", "https://receiver.example/batchmon")
 
         config = load_config(EXAMPLE)
 
@@ -243,7 +246,9 @@ class TestExampleFile:
         assert config.watch.ids == [212, 213]
         assert config.poll.stall_after == 900.0
         assert config.state.resolved_path == Path("/var/lib/batchmon/state.db")
-        assert [sink.name for sink in config.sinks] == ["ops"]
+        assert [sink.name for sink in config.sinks] == ["ops", "chat", "hook", "alerts"]
+        assert [rule.name for rule in config.watch.discover] == ["Export*"]
+        assert config.sinks[1].remind_every == 14400.0
         assert config.sinks[0].events is not None
         assert "monitor.*" in config.sinks[0].events
 
