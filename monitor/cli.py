@@ -45,7 +45,7 @@ from monitor.logs import configure_logging
 from monitor.poller import Shard
 from monitor.simulator import Scenario, Simulator
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.factory import SinkContext, build_sink, unavailable
+from monitor.sinks.factory import SinkContext, build_sink
 from monitor.sinks.http import HttpSink
 from monitor.sinks.render import test_event
 from monitor.store import StoreError
@@ -86,9 +86,6 @@ def _config_or_exit(path: Path) -> Config:
     """The validated config, or every problem on stderr and exit 78."""
     try:
         config = load_config(path)
-        problems = unavailable(config.sinks)
-        if problems:
-            raise ConfigError(problems)
     except ConfigError as exc:
         click.echo(f"batchmon: configuration refused ({path}):", err=True)
         for problem in exc.problems:
@@ -199,9 +196,6 @@ def run(config_path: Path, shard: Shard) -> None:
         """SIGHUP: re-read the file; a valid config is swapped in, a bad one refused."""
         try:
             fresh = await anyio.to_thread.run_sync(load_config, config_path)
-            problems = unavailable(fresh.sinks)
-            if problems:
-                raise ConfigError(problems)
         except ConfigError as exc:
             log.error("config_reload_refused", path=str(config_path), problems=exc.problems)
             return

@@ -538,7 +538,7 @@ class TestResend:
             "event": "alertmanager_resend_failed",
             "log_level": "warning",
             "sink": "am",
-            "error": "Alertmanager answered HTTP 503: busy",
+            "error": "am: HTTP 503 Service Unavailable: busy",
             "status": 503,
             "permanent": False,
         } == failure
@@ -621,7 +621,7 @@ class TestErrors:
             (Reply(429, b"", {"Retry-After": "7"}), "HTTP 429", False, 7.0, 429),
             (
                 Reply(503, b"maintenance\n", {"Retry-After": "2"}),
-                "HTTP 503: maintenance",
+                "HTTP 503 Service Unavailable: maintenance",
                 False,
                 2.0,
                 503,
@@ -629,14 +629,14 @@ class TestErrors:
             (Reply(500, b""), "HTTP 500", False, None, 500),
             (
                 Reply(400, b'"start time must be before end time"'),
-                'HTTP 400: "start time must be before end time"',
+                'HTTP 400 Bad Request: "start time must be before end time"',
                 True,
                 None,
                 400,
             ),
-            (Reply(404, b"404 page not found"), "HTTP 404: 404 page not found", True, None, 404),
+            (Reply(404, b"404 page not found"), "HTTP 404 Not Found: 404 page not found", True, None, 404),
             (Reply(301, b"", {"Location": "http://elsewhere/"}), "HTTP 301", True, None, 301),
-            (Reply(200, b"", delay=2), "did not answer within 0.3 s", False, None, None),
+            (Reply(200, b"", delay=2), "no answer within 0.3 s", False, None, None),
         ],
         ids=["429", "503", "500", "400", "404", "redirect", "timeout"],
     )
@@ -675,7 +675,7 @@ class TestErrors:
             await sink.send(_event(EventType.TASK_GONE))
 
         assert not info.value.permanent
-        assert "could not reach Alertmanager (ClientConnectorError: Connection refused)" == str(
+        assert "am: cannot connect: Connection refused" == str(
             info.value
         )
 

@@ -42,7 +42,6 @@ Alertmanager only records a resolved alert it never had, notifying nobody.
 
 from __future__ import annotations
 
-import os
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -53,8 +52,8 @@ import anyio
 import structlog
 
 from monitor.config import SinkConfig
-from monitor.retry import parse_retry_after
 from monitor.sinks.base import DeliveryError
+from monitor.sinks.http import Request, json_body, post_json
 from monitor.tracking.events import Event, EventType, TaskSummary
 
 __all__ = ["Alert", "AlertChange", "AlertmanagerSink", "alerts_for"]
@@ -88,8 +87,6 @@ LABEL_MAX = 200
 SUMMARY_MAX = 300
 DESCRIPTION_MAX = 2000
 #: How much of an error answer is read, and how much of it is quoted.
-_ERROR_BODY_BYTES = 4096
-_EXCERPT_CHARS = 300
 #: Firing alerts are posted to end this many resend intervals from now.
 _LIFETIMES = 4
 
@@ -229,7 +226,7 @@ class AlertmanagerSink:
         # The URL may carry credentials: it stays here and in no message.
         self._endpoint = url.rstrip("/") + "/api/v2/alerts"
         self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._generator_url = generator_url
         self._resend_every = resend_every
         self._lifetime = timedelta(seconds=_LIFETIMES * resend_every)
@@ -361,34 +358,7 @@ class AlertmanagerSink:
 
     async def _post(self, batch: list[dict[str, object]]) -> None:
         """One POST; the answer classified for the dispatcher, never retried here."""
-        try:
-            async with self._session.post(
-                self._endpoint, json=batch, timeout=self._timeout, allow_redirects=False
-            ) as response:
-                if response.status < 300:
-                    return
-                body = await response.content.read(_ERROR_BODY_BYTES)
-                raise _status_error(response.status, response.headers.get("Retry-After"), body)
-        except TimeoutError:
-            msg = f"Alertmanager did not answer within {self._timeout.total:g} s"
-            raise DeliveryError(msg) from None
-        except aiohttp.ClientError as exc:
-            msg = f"could not reach Alertmanager ({_reason(exc)})"
-            raise DeliveryError(msg) from None
-
-
-def _status_error(status: int, retry_after: str | None, body: bytes) -> DeliveryError:
-    excerpt = _line(body.decode("utf-8", "replace"), _EXCERPT_CHARS)
-    msg = f"Alertmanager answered HTTP {status}" + (f": {excerpt}" if excerpt else "")
-    if status == 429 or status >= 500:
-        wait = parse_retry_after(retry_after, _utcnow())
-        return DeliveryError(msg, retry_after=wait, status=status)
-    return DeliveryError(msg, permanent=True, status=status)
-
-
-def _reason(exc: aiohttp.ClientError) -> str:
-    """What went wrong, without the address or URL aiohttp puts in its messages."""
-    name = type(exc).__name__
-    if isinstance(exc, OSError) and exc.errno:
-        return f"{name}: {os.strerror(exc.errno)}"
-    return name
+        request = Request(body=json_body(batch), content_type="application/json")
+        await post_json(
+            self._session, self._endpoint, request, sink=self.name, seconds=self._timeout
+        )

@@ -22,7 +22,7 @@ from monitor.sinks.slack import SlackSink
 from monitor.sinks.teams import TeamsSink
 from monitor.sinks.webhook import WebhookSink
 
-__all__ = ["BUILDERS", "SinkContext", "build_sink", "subscriptions_from", "unavailable"]
+__all__ = ["BUILDERS", "SinkContext", "build_sink", "subscriptions_from"]
 
 
 class SinkContext:
@@ -50,17 +50,8 @@ BUILDERS: dict[str, Callable[[SinkConfig, SinkContext], Sink]] = {
 }
 
 
-def unavailable(sinks: Sequence[SinkConfig]) -> list[str]:
-    """Problems (by config path) for sink types this build cannot deliver to."""
-    return [
-        f"sinks[{index}].type: sink type {sink.type!r} is not available in this build"
-        for index, sink in enumerate(sinks)
-        if sink.type not in BUILDERS
-    ]
-
-
 def build_sink(config: SinkConfig, context: SinkContext) -> Sink:
-    """The sink a validated ``[[sinks]]`` entry describes (check :func:`unavailable` first)."""
+    """The sink a validated ``[[sinks]]`` entry describes."""
     return BUILDERS[config.type](config, context)
 
 

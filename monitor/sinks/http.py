@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -146,7 +147,10 @@ async def post_json(
     except aiohttp.InvalidURL:
         raise DeliveryError(f"{sink}: the configured URL is not valid", permanent=True) from None
     except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        # strerror may carry the address ("Connect call failed ('10.0.0.5', 443)"): name
+        # only what went wrong.
+        errno = exc.os_error.errno
+        reason = os.strerror(errno) if errno else type(exc.os_error).__name__
         raise DeliveryError(f"{sink}: cannot connect: {reason}") from None
     except aiohttp.ClientError as exc:
         raise DeliveryError(f"{sink}: request failed: {type(exc).__name__}") from None
