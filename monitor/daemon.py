@@ -217,6 +217,7 @@ class Daemon:
                 discover=config.watch.discover,
                 shard=self.shard,
                 clock=self.clock,
+                workers=so.max_concurrency,
             )
             self.poller = poller
             poller.watch(watched)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import TypeVar
@@ -43,10 +43,10 @@ from monitor.superoffice.errors import (
     MalformedResponse,
     NotFound,
 )
-from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
+from monitor.superoffice.models import BatchTaskInfo, BatchTaskState, ParseError, TaskListing
 from monitor.tracking.events import Event
 from monitor.tracking.health import ApiHealth
-from monitor.tracking.memory import TaskMemory
+from monitor.tracking.memory import TaskMemory, state_identity
 from monitor.tracking.tracker import Tracker
 
 __all__ = ["Poller", "Shard", "rule_matches", "utc_now"]
@@ -59,6 +59,41 @@ Commit = Callable[[Sequence[Event], Sequence[TaskMemory]], Awaitable[None]]
 #: The fields a list call asks for: enough to tell whether a task moved.
 POLL_FIELDS = BatchTaskInfo.POLL_FIELDS
 _R = TypeVar("_R")
+#: A watched id the API never knew is fetched by id every this many idle intervals
+#: (the active-state lists find it sooner once it exists).
+_UNKNOWN_RECHECK = 10
+
+
+class _Unchanged:
+    """A list call showed the task exactly as last time: only the stall clock runs."""
+
+
+class _Fetch:
+    """The task's full record is needed: fetch it by id."""
+
+
+_UNCHANGED = _Unchanged()
+_FETCH = _Fetch()
+
+
+class _Cycle:
+    """What one poll cycle collected."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[ApiError | None] = []  # None: a request that got its answer
+        self.events: list[Event] = []
+
+
+def _merge(known: BatchTaskInfo, trimmed: BatchTaskInfo) -> BatchTaskInfo:
+    """The known full record with the progress a list call showed (same state and run)."""
+    data = known.model_dump(by_alias=True)
+    data.update(
+        ProgressPercent=trimmed.progress_percent,
+        ProgressDescription=trimmed.progress_description,
+        Name=trimmed.name,
+    )
+    return BatchTaskInfo.model_validate(data, context={"tz": UTC})
+
 
 #: States whose tasks can be polled together with one list call.
 _BULK_STATES = (BatchTaskState.NEW, BatchTaskState.AQUIRED, BatchTaskState.STARTED)
@@ -118,17 +153,6 @@ def _differs(before: TaskMemory | None, after: TaskMemory) -> bool:
     )
 
 
-def _moved(known: BatchTaskInfo, listed: BatchTaskInfo) -> bool:
-    """Whether a list call's trimmed snapshot shows a change worth a full GET."""
-    return (
-        known.state_raw != listed.state_raw
-        or known.progress_percent != listed.progress_percent
-        or known.progress_description != listed.progress_description
-        or known.start_count != listed.start_count
-        or known.last_started != listed.last_started
-    )
-
-
 class Poller:
     """Polls the watched tasks on their schedules, and discovers new ones."""
 
@@ -143,6 +167,7 @@ class Poller:
         clock: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
         shard: Shard | None = None,
+        workers: int = 8,
     ) -> None:
         self._shard = shard or Shard()
         self._client = client
@@ -154,7 +179,14 @@ class Poller:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._due: dict[int, float] = {}
         self._malformed: set[int] = set()
-        self._missing: set[int] = set()
+        #: Ids the API never knew, with when they were last tried by id.
+        self._missing: dict[int, float] = {}
+        #: The raw poll fields each task had in the last list that showed it.
+        self._listed: dict[int, tuple[object, ...]] = {}
+        self._batch_events: list[Event] = []
+        self._batch_memories: list[TaskMemory] = []
+        self._committing: anyio.Event | None = None
+        self._workers = workers
         self._anomalies: dict[int, tuple[str, ...]] = {}
         self.health = ApiHealth(config.api_down_after)
         #: Completed cycles; /healthz and the watchdog read it.
@@ -227,89 +259,181 @@ class Poller:
         return await self.poll(list(self._due))
 
     async def poll(self, task_ids: Sequence[int]) -> list[Event]:
-        """One cycle over ``task_ids``: fetch, detect, commit; returns the events.
+        """One cycle over ``task_ids``: list, fetch, detect, commit; returns the events.
 
-        Each task's events are committed as soon as its answer is in, so a
-        slow request never delays another task's news.
+        Events are committed as soon as their answer is in (batched while the
+        store is busy), so a slow request never delays another task's news.
         """
-        outcomes: list[ApiError | None] = []  # None: a request that got its answer
-        events: list[Event] = []
+        cycle = _Cycle()
+        states, singles = self._plan(task_ids)
+        listings: dict[BatchTaskState, TaskListing | ApiError] = {}
 
-        async def request(call: Callable[[], Awaitable[_R]]) -> _R | ApiError:
-            # The client applies the tenant's concurrency and rate limits.
-            try:
-                result = await call()
-            except ApiError as exc:
-                outcomes.append(exc)
-                return exc
-            finally:
-                self._last_activity = anyio.current_time()
-            outcomes.append(None)
-            return result
-
-        async def settle(task_id: int, result: BatchTaskInfo | ApiError) -> None:
-            before = self._tracker.tasks.get(task_id)
-            found = self._absorb(task_id, result, self._clock())
-            after = self._tracker.tasks.get(task_id)
-            changed = after is not None and (bool(found) or _differs(before, after))
-            if found or changed:
-                events.extend(found)
-                await self._commit(found, [after] if changed and after else [])
-
-        async def fetch(task_id: int) -> None:
-            await settle(task_id, await request(lambda: self._client.get_task(task_id)))
-
-        async def fetch_state(state: BatchTaskState, group_ids: list[int]) -> None:
-            answer = await request(
-                lambda: self._client.list_tasks_in_state([], state.value, select=POLL_FIELDS)
+        async def list_state(state: BatchTaskState) -> None:
+            listings[state] = await self._request(
+                cycle,
+                lambda: self._client.list_tasks_in_state([], state.value, select=POLL_FIELDS),
             )
-            if isinstance(answer, ApiError):
-                for task_id in group_ids:
-                    await settle(task_id, answer)
-                return
-            listed = {task.id: task for task in answer[0]}
-            async with anyio.create_task_group() as inner:
-                for task_id in group_ids:
-                    memory = self._tracker.tasks[task_id]
-                    trimmed = listed.get(task_id)
-                    if trimmed is None or _moved(memory.info, trimmed):
-                        inner.start_soon(fetch, task_id)
-                    else:
-                        await settle(task_id, memory.info)
 
-        single, groups = self._plan(task_ids)
         async with anyio.create_task_group() as group:
-            for state, group_ids in groups.items():
-                group.start_soon(fetch_state, state, group_ids)
-            for task_id in single:
-                group.start_soon(fetch, task_id)
+            for state in states:
+                group.start_soon(list_state, state)
 
-        self.last_cycle_requests = len(outcomes)
-        health_event = self._record_health(outcomes, self._clock())
+        gets = list(singles)
+        for task_id in task_ids:
+            if task_id in singles:
+                continue
+            decision = self._decide(task_id, listings)
+            if isinstance(decision, _Fetch):
+                gets.append(task_id)
+            elif decision is not None:
+                await self._settle(cycle, task_id, decision)
+
+        pending = iter(gets)
+
+        async def fetch() -> None:
+            for task_id in pending:
+
+                async def get(task_id: int = task_id) -> BatchTaskInfo:
+                    return await self._client.get_task(task_id)
+
+                await self._settle(cycle, task_id, await self._request(cycle, get))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(min(self._workers, len(gets))):
+                group.start_soon(fetch)
+
+        self.last_cycle_requests = len(cycle.outcomes)
+        health_event = self._record_health(cycle.outcomes, self._clock())
         if health_event is not None:
-            events.append(health_event)
-            await self._commit([health_event], [])
+            cycle.events.append(health_event)
+            await self._commit_soon([health_event], [])
+        await self._committed()
         self.cycles += 1
         self.last_cycle_end = anyio.current_time()
-        return events
+        return cycle.events
 
-    def _plan(self, task_ids: Sequence[int]) -> tuple[list[int], dict[BatchTaskState, list[int]]]:
-        """Split due tasks into per-id GETs and groups worth one list call each."""
+    async def _request(self, cycle: _Cycle, call: Callable[[], Awaitable[_R]]) -> _R | ApiError:
+        """One API request; its outcome counts for the cycle's health."""
+        try:
+            result = await call()
+        except ApiError as exc:
+            cycle.outcomes.append(exc)
+            return exc
+        finally:
+            self._last_activity = anyio.current_time()
+        cycle.outcomes.append(None)
+        return result
+
+    async def _settle(
+        self, cycle: _Cycle, task_id: int, answer: BatchTaskInfo | ApiError | _Unchanged
+    ) -> None:
+        """Feed an answer to the tracker; commit the events and a changed memory."""
+        before = self._tracker.tasks.get(task_id)
+        now = self._clock()
+        if isinstance(answer, _Unchanged):
+            found = self._tracker.touch(task_id, now)
+            self._reschedule(task_id, self._config.interval)
+        else:
+            found = self._absorb(task_id, answer, now)
+        after = self._tracker.tasks.get(task_id)
+        changed = after is not None and (
+            bool(found) or (before is not after and _differs(before, after))
+        )
+        if found or changed:
+            cycle.events.extend(found)
+            await self._commit_soon(found, [after] if changed and after else [])
+
+    def _plan(self, task_ids: Sequence[int]) -> tuple[set[BatchTaskState], set[int]]:
+        """Which states to list this cycle, and which tasks need a GET whatever the lists say.
+
+        A state is listed when at least ``bulk_threshold`` due tasks were last
+        seen in it; every active state is listed while some watched id was
+        never seen (a new task appears in those lists first).  A task never
+        tried, finished, or in a state not listed is fetched by id.
+        """
         by_state: dict[BatchTaskState, list[int]] = defaultdict(list)
-        single: list[int] = []
+        singles: set[int] = set()
+        unknown = False
+        now = anyio.current_time()
         for task_id in task_ids:
             memory = self._tracker.tasks.get(task_id)
-            if memory is not None and not memory.gone and memory.info.state in _BULK_STATES:
+            if memory is None:
+                last_try = self._missing.get(task_id)
+                if (
+                    last_try is None
+                    or now - last_try >= _UNKNOWN_RECHECK * self._config.idle_interval
+                ):
+                    singles.add(task_id)
+                else:
+                    unknown = True
+            elif not memory.gone and memory.info.state in _BULK_STATES:
                 by_state[memory.info.state].append(task_id)
             else:
-                single.append(task_id)
-        groups = {}
+                singles.add(task_id)
+        states = {s for s, ids in by_state.items() if len(ids) >= self._config.bulk_threshold}
+        if unknown:
+            states.update(_BULK_STATES)
         for state, ids in by_state.items():
-            if len(ids) >= self._config.bulk_threshold:
-                groups[state] = ids
-            else:
-                single.extend(ids)
-        return single, groups
+            if state not in states:
+                singles.update(ids)
+        return states, singles
+
+    def _decide(
+        self, task_id: int, listings: Mapping[BatchTaskState, TaskListing | ApiError]
+    ) -> BatchTaskInfo | ApiError | _Unchanged | _Fetch | None:
+        """What the lists say about a task: unchanged, a merged snapshot, or fetch it.
+
+        ``None`` means nothing to do this cycle (an id not seen anywhere yet).
+        """
+        memory = self._tracker.tasks.get(task_id)
+        for listing in listings.values():
+            if isinstance(listing, ApiError) or task_id not in listing:
+                continue
+            values = listing.poll_values(task_id)
+            if memory is None:
+                return _FETCH  # first sight: the whole record
+            if self._listed.get(task_id) == values:
+                return _UNCHANGED
+            try:
+                trimmed = listing.task(task_id)
+            except ParseError:
+                return _FETCH
+            known = memory.info
+            if (
+                state_identity(trimmed) != state_identity(known)
+                or trimmed.start_count != known.start_count
+                or trimmed.last_started != known.last_started
+            ):
+                return _FETCH  # a transition: the full record has the result, response, ...
+            self._listed[task_id] = values
+            return _merge(known, trimmed)
+        if memory is None:
+            return None
+        failed = [x for x in listings.values() if isinstance(x, ApiError)]
+        if failed and memory.info.state in listings:
+            return failed[0]  # its list call failed: keep the last known state
+        return _FETCH  # it left the listed states (finished, or deleted)
+
+    async def _commit_soon(self, events: Sequence[Event], memories: Sequence[TaskMemory]) -> None:
+        """Commit now, or with the batch in flight: one transaction per store round trip."""
+        self._batch_events.extend(events)
+        self._batch_memories.extend(memories)
+        if self._committing is not None:
+            return
+        self._committing = anyio.Event()
+        try:
+            while self._batch_events or self._batch_memories:
+                batch = (self._batch_events, self._batch_memories)
+                self._batch_events, self._batch_memories = [], []
+                await self._commit(*batch)
+        finally:
+            done, self._committing = self._committing, None
+            done.set()
+
+    async def _committed(self) -> None:
+        """Wait until everything handed to :meth:`_commit_soon` is committed."""
+        while self._committing is not None:
+            await self._committing.wait()
 
     async def _discover_forever(self) -> None:
         """Run each discovery rule on its own schedule."""
@@ -328,12 +452,13 @@ class Poller:
         found: list[int] = []
         for state in rule.states:
             try:
-                tasks, _ = await self._client.list_tasks_in_state(
+                listing = await self._client.list_tasks_in_state(
                     rule.associates, state, select=POLL_FIELDS
                 )
             except ApiError as exc:
                 log.debug("discovery_failed", state=state, reason=exc.reason, error=str(exc))
                 continue
+            tasks, _ = listing.tasks()
             found += [task.id for task in tasks if rule_matches(rule, task)]
         added = self.watch(found)
         if added:
@@ -346,21 +471,22 @@ class Poller:
             if task_id not in self._tracker.tasks:
                 # Never seen: a wrong id, or a task that does not exist yet.
                 if task_id not in self._missing:
-                    self._missing.add(task_id)
                     log.warning(
                         "watched_task_not_found",
                         task_id=task_id,
                         retry_every=self._config.idle_interval,
                     )
-                self._reschedule(task_id, self._config.idle_interval)
+                self._missing[task_id] = anyio.current_time()
+                self._reschedule(task_id, self._config.interval)
                 return []
             self._due.pop(task_id, None)
+            self._listed.pop(task_id, None)
             return self._tracker.observe_gone(task_id, now)
         if isinstance(result, ApiError):
             self._report_failure(task_id, result)
             self._reschedule(task_id, self._config.interval)
             return []
-        self._missing.discard(task_id)
+        self._missing.pop(task_id, None)
         if task_id in self._malformed:
             self._malformed.discard(task_id)
             log.info("task_answer_valid_again", task_id=task_id)

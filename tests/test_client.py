@@ -112,7 +112,9 @@ class TestRequests:
         """The agent list call posts AssociateIds and passes $select."""
         scripted.replies.append(Reply(body=f"[{TASK}, 7]"))
         async for client in _client(scripted.url):
-            tasks, rejected = await client.list_tasks_by_associates([-1], select=["Id", "State"])
+            tasks, rejected = (
+                await client.list_tasks_by_associates([-1], select=["Id", "State"])
+            ).tasks()
 
         assert [212] == [t.id for t in tasks]
         assert 1 == len(rejected)
@@ -249,7 +251,9 @@ class TestListInState:
         """AssociateIds and State go in the body, $select in the query."""
         scripted.replies.append(Reply(body=f"[{TASK}]"))
         async for client in _client(scripted.url):
-            tasks, rejected = await client.list_tasks_in_state([], "Started", select=["Id"])
+            tasks, rejected = (
+                await client.list_tasks_in_state([], "Started", select=["Id"])
+            ).tasks()
 
         assert ([212], []) == ([t.id for t in tasks], rejected)
         seen = scripted.seen[0]

@@ -265,7 +265,11 @@ class TestRequestBudget:
     async def test_one_list_call_replaces_many_gets(
         self, simulator: Simulator, clock: ManualClock
     ) -> None:
-        """1,000 watched tasks, 100 running: a cycle costs 1 list call + the ones that moved."""
+        """1,000 watched, 100 running: a cycle costs 1 list call + a GET per state change.
+
+        Per-id polling would need 100 requests per cycle.  Progress read from the
+        list needs no GET; a task that failed is fetched in full (its result).
+        """
         running = [
             simulator.add_task(state=BatchTaskState.STARTED, progress=10).id for _ in range(100)
         ]
@@ -275,18 +279,52 @@ class TestRequestBudget:
             clock.advance(5)
             await poller.poll_once()  # the finished ones are confirmed, then dropped
             assert 1000 + 1 + 900 == len(simulator.requests)
-            moved = running[:10]
-            for task_id in moved:
+            for task_id in running[:10]:
                 simulator.set_task(task_id, progress=50)
+            for task_id in running[10:15]:
+                simulator.set_task(task_id, state=BatchTaskState.FAILED, result="Failed: disk full")
             before = len(simulator.requests)
             clock.advance(5)
             await poller.poll_once()
 
         per_id = len(running)
         ours = len(simulator.requests) - before
-        assert 11 == ours == poller.last_cycle_requests, f"{ours} requests instead of {per_id}"
-        assert ours < per_id
-        assert 10 == sum(e.type is EventType.TASK_PROGRESS for e in recorder.events)
+        assert 1 + 5 == ours == poller.last_cycle_requests, f"{ours} requests instead of {per_id}"
+        kinds = [e.type for e in recorder.events]
+        assert 10 == kinds.count(EventType.TASK_PROGRESS)
+        failed = [e for e in recorder.events if e.type is EventType.TASK_FAILED]
+        assert ["Failed: disk full"] * 5 == [e.task.result if e.task else None for e in failed]
+
+    async def test_unchanged_tasks_still_stall(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """Tasks the list shows unchanged are not parsed again, yet their stall clock runs."""
+        ids = [simulator.add_task(state=BatchTaskState.STARTED, progress=10).id for _ in range(5)]
+        async with polling(simulator, clock, ids, stall_after="10m") as (poller, recorder):
+            await poller.poll_once()
+            for _ in range(12):
+                clock.advance(60)
+                await poller.poll_once()
+
+        assert 5 == [e.type for e in recorder.events].count(EventType.TASK_STALLED)
+
+    async def test_an_unknown_id_is_found_by_the_lists(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """A watched id that does not exist yet costs list calls, not a GET per cycle."""
+        async with polling(simulator, clock, [4242]) as (poller, recorder):
+            await poller.poll_once()  # 404: the API does not know it yet
+            gets_before = sum(r.startswith("GET") for r in simulator.requests)
+            for _ in range(3):
+                clock.advance(5)
+                await poller.poll_once()
+            gets_while_missing = sum(r.startswith("GET") for r in simulator.requests) - gets_before
+            simulator.add_task(id=4242, name="Late", state=BatchTaskState.NEW)
+            clock.advance(5)
+            await poller.poll_once()
+
+        assert 0 == gets_while_missing
+        assert [EventType.TASK_DISCOVERED] == recorder.types()
 
     async def test_bulk_call_failure_counts_for_each_task(
         self, simulator: Simulator, clock: ManualClock

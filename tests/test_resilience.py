@@ -339,6 +339,6 @@ class TestBodies:
         for _ in range(500):
             sim.add_task(state=BatchTaskState.STARTED, description="x" * 500)
         async with client_for(sim.url, clock, sleeps) as client:
-            tasks, rejected = await client.list_tasks_by_associates([])
+            tasks, rejected = (await client.list_tasks_by_associates([])).tasks()
 
         assert (500, []) == (len(tasks), rejected)

@@ -52,7 +52,13 @@ from monitor.superoffice.errors import (
     Unauthorized,
     status_error,
 )
-from monitor.superoffice.models import BatchTaskInfo, ParseError, parse_task, parse_task_list
+from monitor.superoffice.models import (
+    BatchTaskInfo,
+    ParseError,
+    TaskListing,
+    parse_listing,
+    parse_task,
+)
 from monitor.superoffice.tenant import FixedRoute, Route, TenantResolver
 
 __all__ = [
@@ -368,12 +374,12 @@ class SuperOfficeClient:
 
     async def list_tasks_by_associates(
         self, associate_ids: Sequence[int] = (), select: Sequence[str] | None = None
-    ) -> tuple[list[BatchTaskInfo], list[ParseError]]:
+    ) -> TaskListing:
         """``Agents/Batch/GetBatchTaskInfosByAssociates``: many tasks in one call.
 
         ``[]`` means all tasks, ``[0]`` system tasks, ``[-1]`` all user tasks.
         ``select`` trims the payload (SuperOffice nulls the other fields).
-        Returns the tasks and the items that could not be used.
+        Items are validated when asked for (:class:`TaskListing`).
         """
         params = {"$select": ",".join(select)} if select else None
         return await self._call(
@@ -382,7 +388,7 @@ class SuperOfficeClient:
             json={"AssociateIds": list(associate_ids)},
             params=params,
             limit=MAX_LIST_BYTES,
-            parse=lambda body: parse_task_list(body, tz=self._tz),
+            parse=lambda body: parse_listing(body, tz=self._tz),
         )
 
     async def list_tasks_in_state(
@@ -390,7 +396,7 @@ class SuperOfficeClient:
         associate_ids: Sequence[int],
         state: str,
         select: Sequence[str] | None = None,
-    ) -> tuple[list[BatchTaskInfo], list[ParseError]]:
+    ) -> TaskListing:
         """``Agents/Batch/GetBatchTaskInfosByAssociatesAndState``: the tasks in one state.
 
         ``associate_ids`` as for :meth:`list_tasks_by_associates`; ``state`` is a
@@ -403,7 +409,7 @@ class SuperOfficeClient:
             json={"AssociateIds": list(associate_ids), "State": state},
             params=params,
             limit=MAX_LIST_BYTES,
-            parse=lambda body: parse_task_list(body, tz=self._tz),
+            parse=lambda body: parse_listing(body, tz=self._tz),
         )
 
     async def _call(

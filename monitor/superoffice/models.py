@@ -40,7 +40,9 @@ __all__ = [
     "FieldProperty",
     "ParseError",
     "TableRight",
+    "TaskListing",
     "parse_datetime",
+    "parse_listing",
     "parse_task",
     "parse_task_list",
 ]
@@ -405,6 +407,90 @@ def parse_task(body: bytes | str, *, tz: tzinfo = UTC) -> BatchTaskInfo:
     return _validate(data, tz)
 
 
+class TaskListing:
+    """An ``Agents/Batch`` list answer, parsed lazily.
+
+    A poll cycle lists thousands of tasks of which few changed: the raw items
+    are kept by id, and an item is validated only when :meth:`task` asks for it
+    (once; then cached).  The poller compares :meth:`poll_values` instead.
+    """
+
+    def __init__(
+        self,
+        items: dict[int, dict[str, Any]],
+        rejected: list[ParseError],
+        tz: tzinfo,
+        parsed: dict[int, BatchTaskInfo] | None = None,
+    ) -> None:
+        self._items = items
+        self._tz = tz
+        self._parsed: dict[int, BatchTaskInfo] = parsed or {}
+        #: Items that were not objects with an integer Id.
+        self.rejected = rejected
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def ids(self) -> list[int]:
+        """The listed task ids, in the answer's order."""
+        return list(self._items)
+
+    def poll_values(self, task_id: int) -> tuple[object, ...]:
+        """The raw values of :attr:`BatchTaskInfo.POLL_FIELDS`: equal values, nothing moved."""
+        item = self._items[task_id]
+        return tuple(item.get(name) for name in BatchTaskInfo.POLL_FIELDS)
+
+    def task(self, task_id: int) -> BatchTaskInfo:
+        """The validated task (:class:`ParseError` if its item is unusable)."""
+        task = self._parsed.get(task_id)
+        if task is None:
+            task = self._parsed[task_id] = _validate(self._items[task_id], self._tz)
+        return task
+
+    def tasks(self) -> tuple[list[BatchTaskInfo], list[ParseError]]:
+        """Every usable task, and the rejected items (those of :attr:`rejected` included)."""
+        tasks: list[BatchTaskInfo] = []
+        rejected = list(self.rejected)
+        for task_id in self._items:
+            try:
+                tasks.append(self.task(task_id))
+            except ParseError as exc:
+                rejected.append(ParseError(f"task {task_id}: {exc}"))
+        return tasks, rejected
+
+
+def parse_listing(body: bytes | str, *, tz: tzinfo = UTC) -> TaskListing:
+    """Read an ``Agents/Batch`` list answer without validating its items yet."""
+    data = _load_json(body)
+    if isinstance(data, dict):
+        _raise_if_error_object(data)
+    if not isinstance(data, list):
+        msg = f"response is a JSON {type(data).__name__}, not an array"
+        raise ParseError(msg)
+    items: dict[int, dict[str, Any]] = {}
+    rejected: list[ParseError] = []
+    parsed: dict[int, BatchTaskInfo] = {}
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            rejected.append(ParseError(f"item {index} is a JSON {type(item).__name__}"))
+        elif type(item.get("Id")) is int:
+            items[item["Id"]] = item
+        else:
+            # An Id that is not a plain integer: validate now, as parse_task would.
+            try:
+                task = _validate(item, tz)
+            except ParseError as exc:
+                rejected.append(ParseError(f"item {index}: {exc}"))
+            else:
+                items[task.id] = item
+                parsed[task.id] = task
+    return TaskListing(items, rejected, tz, parsed)
+
+
 def parse_task_list(
     body: bytes | str, *, tz: tzinfo = UTC
 ) -> tuple[list[BatchTaskInfo], list[ParseError]]:
@@ -412,20 +498,4 @@ def parse_task_list(
 
     One bad item does not discard the others.
     """
-    data = _load_json(body)
-    if isinstance(data, dict):
-        _raise_if_error_object(data)
-    if not isinstance(data, list):
-        msg = f"response is a JSON {type(data).__name__}, not an array"
-        raise ParseError(msg)
-    tasks: list[BatchTaskInfo] = []
-    rejected: list[ParseError] = []
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            rejected.append(ParseError(f"item {index} is a JSON {type(item).__name__}"))
-            continue
-        try:
-            tasks.append(_validate(item, tz))
-        except ParseError as exc:
-            rejected.append(ParseError(f"item {index}: {exc}"))
-    return tasks, rejected
+    return parse_listing(body, tz=tz).tasks()

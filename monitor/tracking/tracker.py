@@ -47,6 +47,30 @@ class Tracker:
         self._count(events)
         return events
 
+    def touch(self, task_id: int, now: datetime) -> list[Event]:
+        """The task is as last seen: run only what time alone can change.
+
+        That is the stall clock, and a progress announcement held back by its
+        rate limit; everything else would compare equal, so it is skipped (a
+        poll cycle of thousands of unchanged tasks stays cheap).
+        """
+        memory = self._tasks.get(task_id)
+        if memory is None or memory.gone:
+            return []
+        info = memory.info
+        held_back = (
+            memory.announced_progress != info.progress_percent
+            or memory.announced_description != info.progress_description
+        )
+        stalling = (
+            not memory.stalled
+            and info.state.is_active
+            and now - memory.last_change >= self.rules.stall_after
+        )
+        if not (held_back or stalling):
+            return []
+        return self.observe(info, now)
+
     def observe_gone(self, task_id: int, now: datetime) -> list[Event]:
         """Record that the API answered 404 for a task."""
         previous = self._tasks.get(task_id)
