@@ -59,9 +59,13 @@ Commit = Callable[[Sequence[Event], Sequence[TaskMemory]], Awaitable[None]]
 #: The fields a list call asks for: enough to tell whether a task moved.
 POLL_FIELDS = BatchTaskInfo.POLL_FIELDS
 _R = TypeVar("_R")
+#: GETs of never-seen ids per worker and cycle.
+_FIRST_SIGHTS_PER_WORKER = 4
+#: Commits waiting behind the one in flight, before callers are held back.
+_BATCH_LIMIT = 500
 #: A watched id the API never knew is fetched by id every this many idle intervals
 #: (the active-state lists find it sooner once it exists).
-_UNKNOWN_RECHECK = 10
+_UNKNOWN_RECHECK = 30
 
 
 class _Unchanged:
@@ -248,7 +252,10 @@ class Poller:
             task_status.started()
             while True:
                 now = self._last_activity = anyio.current_time()
-                due = [task_id for task_id, at in self._due.items() if at <= now]
+                # Take what falls due soon too: one cycle (and one list call per state)
+                # per half interval, not one tiny cycle per jittered deadline.
+                horizon = now + self._config.interval / 2
+                due = [task_id for task_id, at in self._due.items() if at <= horizon]
                 if due:
                     await self.poll(due)
                 upcoming = min(self._due.values(), default=now + self._config.interval)
@@ -278,16 +285,19 @@ class Poller:
             for state in states:
                 group.start_soon(list_state, state)
 
-        gets = list(singles)
-        for task_id in task_ids:
+        moved: list[int] = []  # what the lists showed moving goes before blind GETs
+        for task_id in self._covered(task_ids, states):
             if task_id in singles:
                 continue
             decision = self._decide(task_id, listings)
             if isinstance(decision, _Fetch):
-                gets.append(task_id)
-            elif decision is not None:
+                moved.append(task_id)
+            elif decision is None:
+                self._reschedule(task_id, self._config.interval)  # not there yet; next cycle
+            else:
                 await self._settle(cycle, task_id, decision)
 
+        gets = [*moved, *(task_id for task_id in task_ids if task_id in singles)]
         pending = iter(gets)
 
         async def fetch() -> None:
@@ -355,15 +365,17 @@ class Poller:
         singles: set[int] = set()
         unknown = False
         now = anyio.current_time()
+        # First GETs of ids never seen are spread over cycles, so that thousands of new
+        # watches never hold up the tasks already running; the lists find active ones first.
+        first_sights = _FIRST_SIGHTS_PER_WORKER * self._workers
         for task_id in task_ids:
             memory = self._tracker.tasks.get(task_id)
             if memory is None:
                 last_try = self._missing.get(task_id)
-                if (
-                    last_try is None
-                    or now - last_try >= _UNKNOWN_RECHECK * self._config.idle_interval
-                ):
+                recheck = _UNKNOWN_RECHECK * self._config.idle_interval
+                if (last_try is None or now - last_try >= recheck) and first_sights > 0:
                     singles.add(task_id)
+                    first_sights -= 1
                 else:
                     unknown = True
             elif not memory.gone and memory.info.state in _BULK_STATES:
@@ -377,6 +389,21 @@ class Poller:
             if state not in states:
                 singles.update(ids)
         return states, singles
+
+    def _covered(self, due: Sequence[int], states: set[BatchTaskState]) -> list[int]:
+        """The due tasks plus every watched task a list call of this cycle shows anyway."""
+        if not states:
+            return list(due)
+        listed_all = states >= set(_BULK_STATES)
+        covered = dict.fromkeys(due)
+        for task_id in self._due:
+            memory = self._tracker.tasks.get(task_id)
+            if memory is None:
+                if listed_all and task_id in self._missing:
+                    covered[task_id] = None
+            elif not memory.gone and memory.info.state in states:
+                covered[task_id] = None
+        return list(covered)
 
     def _decide(
         self, task_id: int, listings: Mapping[BatchTaskState, TaskListing | ApiError]
@@ -418,8 +445,11 @@ class Poller:
         """Commit now, or with the batch in flight: one transaction per store round trip."""
         self._batch_events.extend(events)
         self._batch_memories.extend(memories)
-        if self._committing is not None:
-            return
+        while self._committing is not None:
+            if len(self._batch_memories) + len(self._batch_events) < _BATCH_LIMIT:
+                return
+            # The store is behind: hold this caller back rather than pile up memory.
+            await self._committing.wait()
         self._committing = anyio.Event()
         try:
             while self._batch_events or self._batch_memories:

@@ -275,10 +275,16 @@ class TestRequestBudget:
         ]
         done = [simulator.add_task(state=BatchTaskState.SUCCEEDED).id for _ in range(900)]
         async with polling(simulator, clock, running + done) as (poller, recorder):
-            await poller.poll_once()  # first sight: every task fetched once
-            clock.advance(5)
-            await poller.poll_once()  # the finished ones are confirmed, then dropped
-            assert 1000 + 1 + 900 == len(simulator.requests)
+            # First sight of each task (spread over cycles), then the finished ones are
+            # confirmed once and dropped; the running ones are found by the lists meanwhile.
+            cycles = 0
+            while poller.watched != set(running):
+                await poller.poll_once()
+                clock.advance(5)
+                cycles += 1
+            gets = sum(r.startswith("GET") for r in simulator.requests)
+            assert cycles < 100
+            assert 1000 + 900 == gets, "one GET per task, one confirmation per finished task"
             for task_id in running[:10]:
                 simulator.set_task(task_id, progress=50)
             for task_id in running[10:15]:
