@@ -403,3 +403,28 @@ class TestShard:
 
         assert 30 < len(added) < 70
         assert all(Shard(0, 2).owns(task_id) for task_id in added)
+
+
+class TestAuthFailure:
+    """Credentials the API refuses even after renewal."""
+
+    async def test_auth_failed_once_and_not_an_outage(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """Refused credentials give one monitor.auth_failed, never api_down; success clears it."""
+        task = simulator.add_task(state=BatchTaskState.STARTED)
+        async with polling(simulator, clock, [task.id], api_down_after=1) as (poller, recorder):
+            simulator.fail_next(5, 401)
+            for _ in range(5):
+                clock.advance(60)
+                await poller.poll_once()
+            failed_state = (poller.health.auth_failed, poller.health.up)
+            clock.advance(60)
+            await poller.poll_once()
+
+        monitor_events = [t for t in recorder.types() if t.value.startswith("monitor.")]
+        assert [EventType.MONITOR_AUTH_FAILED] == monitor_events
+        assert (True, False) == failed_state
+        assert (False, True) == (poller.health.auth_failed, poller.health.up)
+        auth = next(e for e in recorder.events if e.type is EventType.MONITOR_AUTH_FAILED)
+        assert "rejected the credentials" in (auth.message or "")

@@ -291,3 +291,21 @@ class TestWatchesApi:
 
         assert ("Late export", "Started") == (detail["name"], detail["state"])
         assert ["task.discovered"] == [e["type"] for e in detail["events"]]
+
+
+class TestReadyzAuth:
+    """/readyz says when the credentials are the problem."""
+
+    async def test_rejected_credentials(self) -> None:
+        """With a password the API refuses, /readyz answers 503 naming the credentials."""
+        async with Simulator(password="not-what-batchmon-sends") as simulator:
+            task = simulator.add_task(state=BatchTaskState.STARTED)
+            async with (
+                running_daemon(simulator, [task.id]) as (_, base),
+                aiohttp.ClientSession() as session,
+                session.get(base + "/readyz") as response,
+            ):
+                status, body = response.status, await response.json()
+
+        assert 503 == status
+        assert body["problems"][0].startswith("SuperOffice rejected the credentials:")
