@@ -86,6 +86,8 @@ class _Cycle:
     def __init__(self) -> None:
         self.outcomes: list[ApiError | None] = []  # None: a request that got its answer
         self.events: list[Event] = []
+        #: What the lists showed of tasks whose new state is being taken in.
+        self.listed: dict[int, tuple[object, ...]] = {}
 
 
 def _merge(known: BatchTaskInfo, trimmed: BatchTaskInfo) -> BatchTaskInfo:
@@ -289,7 +291,7 @@ class Poller:
         for task_id in self._covered(task_ids, states):
             if task_id in singles:
                 continue
-            decision = self._decide(task_id, listings)
+            decision = self._decide(cycle, task_id, listings)
             if isinstance(decision, _Fetch):
                 moved.append(task_id)
             elif decision is None:
@@ -345,6 +347,9 @@ class Poller:
             self._reschedule(task_id, self._config.interval)
         else:
             found = self._absorb(task_id, answer, now)
+            listed = cycle.listed.pop(task_id, None)
+            if listed is not None and isinstance(answer, BatchTaskInfo):
+                self._listed[task_id] = listed
         after = self._tracker.tasks.get(task_id)
         changed = after is not None and (
             bool(found) or (before is not after and _differs(before, after))
@@ -406,7 +411,10 @@ class Poller:
         return list(covered)
 
     def _decide(
-        self, task_id: int, listings: Mapping[BatchTaskState, TaskListing | ApiError]
+        self,
+        cycle: _Cycle,
+        task_id: int,
+        listings: Mapping[BatchTaskState, TaskListing | ApiError],
     ) -> BatchTaskInfo | ApiError | _Unchanged | _Fetch | None:
         """What the lists say about a task: unchanged, a merged snapshot, or fetch it.
 
@@ -417,10 +425,12 @@ class Poller:
             if isinstance(listing, ApiError) or task_id not in listing:
                 continue
             values = listing.poll_values(task_id)
+            if self._listed.get(task_id) == values and memory is not None:
+                return _UNCHANGED
+            # Remembered once the task's new state is in (a failed GET must be retried).
+            cycle.listed[task_id] = values
             if memory is None:
                 return _FETCH  # first sight: the whole record
-            if self._listed.get(task_id) == values:
-                return _UNCHANGED
             try:
                 trimmed = listing.task(task_id)
             except ParseError:
@@ -432,7 +442,6 @@ class Poller:
                 or trimmed.last_started != known.last_started
             ):
                 return _FETCH  # a transition: the full record has the result, response, ...
-            self._listed[task_id] = values
             return _merge(known, trimmed)
         if memory is None:
             return None

@@ -1173,11 +1173,8 @@ class Simulator:
             states = _state_filter(carrier.get("state"))
             if states is None:
                 return _bad_request(f"State {carrier.get('state')!r} is not a BatchTaskState")
-        select = {
-            name.strip().casefold()
-            for name in request.query.get("$select", "").split(",")
-            if name.strip()
-        }
+        query = request.query.get("$select", "")
+        select = _selected_keys(query) if query.strip() else None
         answer = [
             _select(task.to_json(self._tz_style), select)
             for task in sorted(self.tasks.values(), key=lambda task: task.id)
@@ -1203,11 +1200,30 @@ def _state_filter(raw: object) -> frozenset[BatchTaskState] | None:
     return matches or None
 
 
-def _select(data: dict[str, object], select: set[str]) -> dict[str, object]:
-    """Null every field not in ``select``; keys stay ("other fields are then nulled out")."""
-    if not select:
+#: The 24 BatchTaskInfo keys, in the spec's order.
+_CARRIER_KEYS = (
+    "Id", "Name", "AssociateId", "DetailsTable", "DetailsRecord", "IsSystemTask",
+    "IsInternalTask", "ParameterObject", "LastStarted", "Created", "StartCount",
+    "DatabaseSerialNumber", "Context", "Result", "State", "Description", "Response",
+    "Request", "ProgressDescription", "ProgressPercent", "FileName",
+    "CancellationBehaviour", "TableRight", "FieldProperties",
+)  # fmt: skip
+
+
+def _select(data: dict[str, object], select: set[str] | None) -> dict[str, object]:
+    """Null every field not in ``select``; keys stay ("other fields are then nulled out").
+
+    ``select`` holds exact key names (see :func:`_selected_keys`); ``None``: no ``$select``.
+    """
+    if select is None:
         return data
-    return {key: value if key.casefold() in select else None for key, value in data.items()}
+    return dict.fromkeys(data) | {key: data[key] for key in select if key in data}
+
+
+def _selected_keys(query: str) -> set[str]:
+    """The ``$select`` names, matched case-insensitively to the carrier's own key names."""
+    wanted = {name.strip().casefold() for name in query.split(",") if name.strip()}
+    return {key for key in _CARRIER_KEYS if key.casefold() in wanted}
 
 
 def _oauth_error(status: int, error: str, description: str) -> web.Response:

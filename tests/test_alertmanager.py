@@ -634,7 +634,13 @@ class TestErrors:
                 None,
                 400,
             ),
-            (Reply(404, b"404 page not found"), "HTTP 404 Not Found: 404 page not found", True, None, 404),
+            (
+                Reply(404, b"404 page not found"),
+                "HTTP 404 Not Found: 404 page not found",
+                True,
+                None,
+                404,
+            ),
             (Reply(301, b"", {"Location": "http://elsewhere/"}), "HTTP 301", True, None, 301),
             (Reply(200, b"", delay=2), "no answer within 0.3 s", False, None, None),
         ],
@@ -675,9 +681,7 @@ class TestErrors:
             await sink.send(_event(EventType.TASK_GONE))
 
         assert not info.value.permanent
-        assert "am: cannot connect: Connection refused" == str(
-            info.value
-        )
+        assert "am: cannot connect: Connection refused" == str(info.value)
 
 
 class TestFactory:

@@ -13,11 +13,11 @@ is not a JSON object, or a task without a usable ``Id``, is a
 from __future__ import annotations
 
 import enum
-import json
 import re
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, ClassVar
 
+import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -300,20 +300,26 @@ class BatchTaskInfo(BaseModel):
             notes.append(f"ProgressPercent {self.progress_percent} is outside 0..100")
         self._anomalies = tuple(notes)
 
+    # These read __pydantic_private__ directly: pydantic's __getattr__ for private
+    # attributes is a slow Python path, and the state is read on every observation.
+
     @property
     def state(self) -> BatchTaskState:
         """The interpreted state; ``Unknown`` for anything unrecognised."""
-        return self._state
+        state: BatchTaskState = self.__pydantic_private__["_state"]  # type: ignore[index]
+        return state
 
     @property
     def cancellation_behaviour(self) -> CancellationBehaviour | None:
         """The interpreted cancellation behaviour, ``None`` if unknown."""
-        return self._cancellation
+        value: CancellationBehaviour | None = self.__pydantic_private__["_cancellation"]  # type: ignore[index]
+        return value
 
     @property
     def anomalies(self) -> tuple[str, ...]:
         """What did not fit the documented shape, one sentence each."""
-        return self._anomalies
+        notes: tuple[str, ...] = self.__pydantic_private__["_anomalies"]  # type: ignore[index]
+        return notes
 
     @property
     def progress_ratio(self) -> float | None:
@@ -362,7 +368,7 @@ def _interpret_cancellation(
 
 def _load_json(body: bytes | str) -> object:
     try:
-        return json.loads(body)
+        return orjson.loads(body)
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
         text = body[:80] if isinstance(body, str) else body[:80].decode("utf-8", "replace")
@@ -441,8 +447,7 @@ class TaskListing:
 
     def poll_values(self, task_id: int) -> tuple[object, ...]:
         """The raw values of :attr:`BatchTaskInfo.POLL_FIELDS`: equal values, nothing moved."""
-        item = self._items[task_id]
-        return tuple(item.get(name) for name in BatchTaskInfo.POLL_FIELDS)
+        return tuple(map(self._items[task_id].get, BatchTaskInfo.POLL_FIELDS))
 
     def task(self, task_id: int) -> BatchTaskInfo:
         """The validated task (:class:`ParseError` if its item is unusable)."""
