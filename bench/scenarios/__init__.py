@@ -1,0 +1,1 @@
+"""The scenarios of the benchmark, one module per group; :mod:`.common` holds what they share."""

@@ -1,0 +1,35 @@
+"""The benchmark suite runs: ``python -m bench --quick`` exits 0 and prints all seven rows.
+
+Figures are never checked here (the machine is shared and noisy); ``bench/RESULTS.md`` holds
+a full run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(180)
+def test_quick_bench_prints_every_scenario() -> None:
+    """The quick run ends well and its table has a row for each of P1-P7."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stdout + done.stderr
+    # rich draws with box characters, or with ASCII where the output cannot take them.
+    rows = re.findall(r"^[│|] (P[1-7]) +[│|]", done.stdout, re.MULTILINE)
+    assert ["P1", "P2", "P3", "P4", "P5", "P6", "P7"] == rows, done.stdout
+    verdicts = re.findall(r"[│|] (pass|FAIL) +[│|]$", done.stdout, re.MULTILINE)
+    assert 7 == len(verdicts), done.stdout
