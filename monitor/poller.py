@@ -288,6 +288,7 @@ class Poller:
                 group.start_soon(list_state, state)
 
         moved: list[int] = []  # what the lists showed moving goes before blind GETs
+        known: list[tuple[int, BatchTaskInfo | ApiError | _Unchanged]] = []
         for task_id in self._covered(task_ids, states):
             if task_id in singles:
                 continue
@@ -297,7 +298,7 @@ class Poller:
             elif decision is None:
                 self._reschedule(task_id, self._config.interval)  # not there yet; next cycle
             else:
-                await self._settle(cycle, task_id, decision)
+                known.append((task_id, decision))
 
         gets = [*moved, *(task_id for task_id in task_ids if task_id in singles)]
         pending = iter(gets)
@@ -313,6 +314,9 @@ class Poller:
         async with anyio.create_task_group() as group:
             for _ in range(min(self._workers, len(gets))):
                 group.start_soon(fetch)
+            # While the GETs of what moved are under way: what the lists already told.
+            for task_id, decision in known:
+                await self._settle(cycle, task_id, decision)
 
         self.last_cycle_requests = len(cycle.outcomes)
         health_event = self._record_health(cycle.outcomes, self._clock())
