@@ -104,6 +104,8 @@ _DURATION_RE: Final = re.compile(
     r"(?:(?P<s>\d+(?:\.\d+)?)s)?"
     r"(?:(?P<ms>\d+(?:\.\d+)?)ms)?"
 )
+#: Longer than any sensible interval, short enough for every datetime computation.
+_MAX_DURATION: Final = 10 * 365 * 86400.0
 _UNIT_SECONDS: Final = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _NUMBER_RE: Final = re.compile(r"\d+(?:\.\d+)?")
 
@@ -139,6 +141,8 @@ def parse_duration(value: object) -> float:
         raise ValueError(f"a duration must be finite, got {_show(value)}")
     if seconds < 0:
         raise ValueError(f"a duration must not be negative, got {_show(value)}")
+    if seconds > _MAX_DURATION:
+        raise ValueError(f"a duration must be at most 10 years, got {_show(value)}")
     return seconds
 
 
@@ -715,6 +719,8 @@ class StateConfig(_Section):
             return None
         if path == Path():
             raise ValueError("must not be empty; leave it out for the default")
+        if "\x00" in str(path):
+            raise ValueError("must not contain a NUL character")
         return _base_dir(info) / path
 
     @property
@@ -1028,6 +1034,8 @@ def load_config(path: Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         message = re.sub(r"\(at (line \d+, column \d+)\)", r"(\1)", str(exc))
         raise ConfigError([f"{path}: TOML syntax error: {message}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply to be a batchmon configuration"]) from None
     return parse_config(data, base_dir=path.absolute().parent)
 
 

@@ -193,6 +193,8 @@ class Poller:
         self._batch_memories: list[TaskMemory] = []
         self._committing: anyio.Event | None = None
         self._workers = workers
+        #: Discovery rules whose list calls fail (logged once per failure streak).
+        self._failing_rules: set[int] = set()
         self._anomalies: dict[int, tuple[str, ...]] = {}
         self.health = ApiHealth(config.api_down_after)
         #: Completed cycles; /healthz and the watchdog read it.
@@ -449,10 +451,12 @@ class Poller:
             return _merge(known, trimmed)
         if memory is None:
             return None
-        failed = [x for x in listings.values() if isinstance(x, ApiError)]
-        if failed and memory.info.state in listings:
-            return failed[0]  # its list call failed: keep the last known state
-        return _FETCH  # it left the listed states (finished, or deleted)
+        listed = listings.get(memory.info.state)
+        if isinstance(listed, ApiError) and not isinstance(listed, MalformedResponse):
+            return listed  # the API is failing: keep the last known state, no more requests
+        # It left the listed states (finished, deleted), or its list answer was unusable
+        # (one odd task must not blind batchmon to the others): its own GET says.
+        return _FETCH
 
     async def _commit_soon(self, events: Sequence[Event], memories: Sequence[TaskMemory]) -> None:
         """Commit now, or with the batch in flight: one transaction per store round trip."""
@@ -493,14 +497,20 @@ class Poller:
     async def discover(self, rule: DiscoverRule) -> list[int]:
         """Run one rule's list calls; watch the matching tasks; returns the new ids."""
         found: list[int] = []
+        rule_key = id(rule)
         for state in rule.states:
             try:
                 listing = await self._client.list_tasks_in_state(
                     rule.associates, state, select=POLL_FIELDS
                 )
             except ApiError as exc:
-                log.debug("discovery_failed", state=state, reason=exc.reason, error=str(exc))
+                if rule_key not in self._failing_rules:
+                    self._failing_rules.add(rule_key)
+                    log.warning("discovery_failed", state=state, reason=exc.reason, error=str(exc))
                 continue
+            if rule_key in self._failing_rules:
+                self._failing_rules.discard(rule_key)
+                log.info("discovery_recovered", state=state)
             tasks, _ = listing.tasks()
             found += [task.id for task in tasks if rule_matches(rule, task)]
         added = self.watch(found)
@@ -525,6 +535,8 @@ class Poller:
             self._due.pop(task_id, None)
             self._listed.pop(task_id, None)
             return self._tracker.observe_gone(task_id, now)
+        if not isinstance(result, ApiError) and result.id != task_id:
+            result = MalformedResponse(f"the answer is for task {result.id}, not {task_id}")
         if isinstance(result, ApiError):
             self._report_failure(task_id, result)
             self._reschedule(task_id, self._config.interval)

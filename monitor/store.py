@@ -158,7 +158,7 @@ class Store:
     async def _run(self, function: Callable[[], _T]) -> _T:
         try:
             return await anyio.to_thread.run_sync(function, limiter=self._limiter)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError) as exc:  # an integer SQLite cannot hold
             msg = f"state database {self.path}: {exc}"
             raise StoreError(msg) from exc
 
@@ -267,13 +267,18 @@ class Store:
             ).fetchone()
             return row
 
-        row = await self._run(first)
-        if row is None:
-            return None
-        seq, name, text, attempts, next_attempt, created = row
-        return OutboxRow(
-            seq, name, Event.from_dict(json.loads(text)), attempts, next_attempt, created
-        )
+        while (row := await self._run(first)) is not None:
+            seq, name, text, attempts, next_attempt, created = row
+            try:
+                event = Event.from_dict(json.loads(text))
+            except (ValueError, KeyError, TypeError) as exc:
+                # Written by another version, or damaged: it can never be sent, and keeping
+                # it at the head of the queue would stop this sink for good.
+                log.error("outbox_row_unreadable", seq=seq, sink=name, error=str(exc))
+                await self.remove(seq)
+                continue
+            return OutboxRow(seq, name, event, attempts, next_attempt, created)
+        return None
 
     async def mark_attempt(self, seq: int) -> None:
         """Record that a delivery is being tried (so coalescing leaves it alone)."""

@@ -212,7 +212,7 @@ def escape_teams(text: str) -> str:
     Markdown is not read in a ``TextRun``, so marks stay as typed; ``{{`` would
     start a ``{{DATE(...)}}`` function.
     """
-    return _no_mentions(text).replace("{{", "{" + _ZWSP + "{")
+    return re.sub(r"\{(?=\{)", "{" + _ZWSP, _no_mentions(text))
 
 
 _TEAMS_LEGACY_SPECIAL = re.compile(r"([\\*_~`|\[\]()#!])")

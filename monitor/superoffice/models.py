@@ -13,6 +13,7 @@ is not a JSON object, or a task without a usable ``Id``, is a
 from __future__ import annotations
 
 import enum
+import json
 import re
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, ClassVar
@@ -220,7 +221,8 @@ class BatchTaskInfo(BaseModel):
     # Python field name ("state_raw") must land in model_extra, not in the field.
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    id: int = Field(alias="Id")
+    # int32, as the OpenAPI description says: anything else cannot be a task id.
+    id: int = Field(alias="Id", ge=-(2**31), le=2**31 - 1)
     name: str | None = Field(default=None, alias="Name")
     associate_id: int | None = Field(default=None, alias="AssociateId")
     details_table: int | None = Field(default=None, alias="DetailsTable")
@@ -369,11 +371,31 @@ def _interpret_cancellation(
 def _load_json(body: bytes | str) -> object:
     try:
         return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses lone surrogates, which .NET writes when it cuts a name in the
+        # middle of an emoji; the standard library reads them (then made U+FFFD).
+        pass
+    try:
+        return _without_surrogates(json.loads(body))
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
         text = body[:80] if isinstance(body, str) else body[:80].decode("utf-8", "replace")
         msg = f"response is not JSON ({exc.__class__.__name__}): {text!r}"
         raise ParseError(msg) from None
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: object) -> object:
+    """Replace lone surrogates (not text, and not encodable) with U+FFFD, recursively."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _raise_if_error_object(data: dict[str, Any]) -> None:
@@ -482,7 +504,7 @@ def parse_listing(body: bytes | str, *, tz: tzinfo = UTC) -> TaskListing:
     for index, item in enumerate(data):
         if not isinstance(item, dict):
             rejected.append(ParseError(f"item {index} is a JSON {type(item).__name__}"))
-        elif type(item.get("Id")) is int:
+        elif type(item.get("Id")) is int and -(2**31) <= item["Id"] < 2**31:
             items[item["Id"]] = item
         else:
             # An Id that is not a plain integer: validate now, as parse_task would.

@@ -426,14 +426,6 @@ class TestBrokenStateDatabase:
         ],
         ids=["not-json", "unknown-type"],
     )
-    @pytest.mark.xfail(
-        strict=True,
-        raises=pytest.fail.Exception,
-        reason="monitor/store.py Store.next_delivery: Event.from_dict(json.loads(text)) raises "
-        "on an unreadable outbox row (ValueError/KeyError), nothing catches it in "
-        "Dispatcher._work, and the exception ends the daemon's task group: batchmon exits "
-        "with a traceback at every start (crash loop) instead of logging and dropping the row",
-    )
     def test_unreadable_outbox_row(
         self,
         peers: Peers,
