@@ -195,6 +195,8 @@ class Poller:
         self._workers = workers
         #: Discovery rules whose list calls fail (logged once per failure streak).
         self._failing_rules: set[int] = set()
+        #: States whose list answers are unreadable (logged once per streak).
+        self._malformed_lists: set[BatchTaskState] = set()
         self._anomalies: dict[int, tuple[str, ...]] = {}
         self.health = ApiHealth(config.api_down_after)
         #: Completed cycles; /healthz and the watchdog read it.
@@ -280,10 +282,11 @@ class Poller:
         listings: dict[BatchTaskState, TaskListing | ApiError] = {}
 
         async def list_state(state: BatchTaskState) -> None:
-            listings[state] = await self._request(
+            answer = listings[state] = await self._request(
                 cycle,
                 lambda: self._client.list_tasks_in_state([], state.value, select=POLL_FIELDS),
             )
+            self._report_listing(state, answer)
 
         async with anyio.create_task_group() as group:
             for state in states:
@@ -566,6 +569,21 @@ class Poller:
         jitter = self._config.jitter
         factor = 1.0 + self._rng.uniform(-jitter, jitter)
         self._due[task_id] = anyio.current_time() + interval * factor
+
+    def _report_listing(self, state: BatchTaskState, answer: TaskListing | ApiError) -> None:
+        """A list answer that cannot be read is said once (its tasks are fetched by id)."""
+        if isinstance(answer, MalformedResponse):
+            if state not in self._malformed_lists:
+                self._malformed_lists.add(state)
+                log.warning(
+                    "list_answer_malformed",
+                    state=state.value,
+                    error=str(answer),
+                    instead="fetching its tasks by id",
+                )
+        elif not isinstance(answer, ApiError) and state in self._malformed_lists:
+            self._malformed_lists.discard(state)
+            log.info("list_answer_valid_again", state=state.value)
 
     def _report_failure(self, task_id: int, error: ApiError) -> None:
         if isinstance(error, MalformedResponse):
