@@ -220,11 +220,21 @@ class TestListAnswers:
 
         assert grown < LIST_RSS_BOUND_MIB * 1024, f"RSS grew {grown} KiB"
 
-    def test_a_failing_discovery_is_logged(self, target: Target) -> None:
-        """A list call that keeps failing is said once at the default log level."""
-        lines, _ = _survive(target, "HTML page with 200", listing=True)
+    def test_a_failing_list_call_is_logged(self, target: Target) -> None:
+        """A list call that keeps failing is said at the default log level.
 
-        assert [] != [line for line in lines if line.get("level") in {"warning", "error"}]
+        The warning is edge-triggered and the process is shared by the module, so an earlier
+        case may have said it already: the whole log is read, not only this case's lines.
+        """
+        _survive(target, "HTML page with 200", listing=True)
+
+        said = [
+            line
+            for line in target.batchmon.lines()
+            if line.get("event") in {"list_answer_malformed", "discovery_failed"}
+        ]
+        assert said
+        assert {"warning"} == {line.get("level") for line in said}
 
 
 class TestOneBadTaskInTheList:
