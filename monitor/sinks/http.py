@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
 from yarl import URL
@@ -206,7 +206,14 @@ class HttpSink(abc.ABC):
             context.session,
             timeout=config.timeout,
             renderer=Renderer(config.name, template=config.template, status_url=context.status_url),
+            **cls._options(config, context),
         )
+
+    @classmethod
+    def _options(cls, config: SinkConfig, context: SinkContext) -> dict[str, Any]:
+        """Keyword arguments of the constructor that only some sink types take."""
+        del config, context
+        return {}
 
     @property
     def host(self) -> str:

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -92,19 +92,10 @@ class WebhookSink(HttpSink):
         self._clock = clock
 
     @classmethod
-    def from_config(cls, config: SinkConfig, context: SinkContext) -> Self:
-        """Also takes ``secret``; the status page's URL, when public, is the ``source``."""
-        if config.url is None:
-            raise ValueError(f"sink {config.name!r}: a URL is required")
-        return cls(
-            config.name,
-            config.url.get_secret_value(),
-            context.session,
-            timeout=config.timeout,
-            renderer=Renderer(config.name, template=config.template, status_url=context.status_url),
-            secret=config.secret.get_secret_value() if config.secret is not None else None,
-            source=context.status_url,
-        )
+    def _options(cls, config: SinkConfig, context: SinkContext) -> dict[str, Any]:
+        """The signing ``secret``; the status page's URL, when public, is the ``source``."""
+        secret = config.secret.get_secret_value() if config.secret is not None else None
+        return {"secret": secret, "source": context.status_url}
 
     @property
     def signed(self) -> bool:
