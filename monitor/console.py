@@ -36,8 +36,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from monitor.config import SuperOfficeConfig
-from monitor.superoffice.auth import auth_from_config
-from monitor.superoffice.client import SuperOfficeClient, open_session
+from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.errors import ApiError, NotFound
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.tracking.memory import Rules
@@ -333,9 +332,8 @@ class ApiSource:
 
 @asynccontextmanager
 async def api_source(config: SuperOfficeConfig, task_id: int) -> AsyncIterator[ApiSource]:
-    """An :class:`ApiSource` with its own session, built the way the daemon builds its client."""
-    async with open_session(config) as session:
-        client = SuperOfficeClient(session, config, auth_from_config(config.auth))
+    """An :class:`ApiSource` with its own client: auth and tenant routing as in the daemon."""
+    async with open_client(config) as client:
         yield ApiSource(client, task_id, config.url or "the tenant's SuperOffice API")
 
 

@@ -13,7 +13,7 @@ import anyio
 from click.testing import CliRunner
 
 from monitor.cli import main
-from monitor.simulator import Simulator
+from monitor.simulator import OAuthApp, OnlineTenant, Simulator
 from monitor.superoffice.models import BatchTaskState
 from tests.test_web import running_daemon
 
@@ -179,3 +179,27 @@ class TestHelp:
 
         assert 2 == result.exit_code
         assert "give --url or --config, not both" in result.output
+
+
+class TestWatchOnline:
+    """``batchmon watch --config`` with SuperOffice Online credentials."""
+
+    async def test_oauth_and_tenant_routing(self, tmp_path: Path) -> None:
+        """The client logs in and finds the tenant as the daemon's does; exit 0 on success."""
+        app, tenant = OAuthApp(), OnlineTenant()
+        async with Simulator(oauth=app, tenant=tenant) as simulator:
+            task = simulator.add_task(name="Export", state=BatchTaskState.SUCCEEDED, progress=100)
+            config = tmp_path / "online.toml"
+            config.write_text(
+                f'[superoffice]\nenvironment = "online"\ntenant = "{tenant.context_id}"\n'
+                f'environment_url = "{simulator.environment_url}"\n'
+                f'[superoffice.auth]\ntype = "oauth"\nclient_id = "{app.client_id}"\n'
+                f'client_secret = "{app.client_secret}"\nrefresh_token = "{app.refresh_token}"\n'
+            )
+            process = await anyio.run_process(
+                [sys.executable, "-m", "monitor", "watch", str(task.id), "--config", str(config)],
+                check=False,
+            )
+
+        assert 0 == process.returncode, process.stderr.decode()[-2000:]
+        assert f"#{task.id} Export: Succeeded" in process.stdout.decode()

@@ -37,6 +37,7 @@ from monitor.superoffice.errors import (
     AuthenticationFailed,
     MalformedResponse,
     error_fields,
+    json_object,
     status_error,
 )
 
@@ -436,18 +437,6 @@ def _time_problem(claims: Mapping[str, Any], now: datetime) -> str | None:
     return None
 
 
-def _json_object(answer: Answer) -> dict[str, Any]:
-    try:
-        data = json.loads(answer.body)
-    except (ValueError, RecursionError):
-        msg = f"{answer.what}: the answer is not JSON"
-        raise MalformedResponse(msg, status=answer.status) from None
-    if not isinstance(data, dict):
-        msg = f"{answer.what}: the answer is a JSON {type(data).__name__}, not an object"
-        raise MalformedResponse(msg, status=answer.status)
-    return data
-
-
 def _refused(answer: Answer, said: str | None) -> AuthenticationFailed:
     reason = f": {said}" if said else ""
     msg = f"{answer.what}: the login was refused (HTTP {answer.status}){reason}"
@@ -473,7 +462,7 @@ def _token_answer(answer: Answer) -> tuple[str, float, str | None]:
         raise _refused(answer, _oauth_error(answer.body))
     if answer.status >= _HTTP_CLIENT_ERROR:
         raise status_error(answer)
-    data = _json_object(answer)
+    data = json_object(answer)
     token = data.get("access_token")
     if not isinstance(token, str) or not token:
         msg = f"{answer.what}: the answer has no access_token"
@@ -501,7 +490,7 @@ def _system_user_answer(answer: Answer) -> str:
         raise _refused(answer, error_fields(answer.body)[1])
     if answer.status >= _HTTP_CLIENT_ERROR:
         raise status_error(answer)
-    data = _json_object(answer)
+    data = json_object(answer)
     if data.get("IsSuccessful") is not True:
         said = data.get("ErrorMessage")
         raise _refused(answer, str(said)[:300] if said else "IsSuccessful is not true")
@@ -516,7 +505,7 @@ def _jwks_answer(answer: Answer) -> jwt.PyJWKSet:
     if answer.status >= _HTTP_CLIENT_ERROR:
         raise status_error(answer)
     try:
-        return jwt.PyJWKSet.from_dict(_json_object(answer))
+        return jwt.PyJWKSet.from_dict(json_object(answer))
     except jwt.PyJWTError as exc:
         msg = f"{answer.what}: not a usable key set ({exc})"
         raise MalformedResponse(msg, status=answer.status) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "Answer",
@@ -25,6 +26,7 @@ __all__ = [
     "ServerError",
     "TenantUnavailable",
     "Unauthorized",
+    "json_object",
     "status_error",
 ]
 
@@ -163,6 +165,19 @@ class Answer:
     body: bytes = field(repr=False)
     #: The ``Retry-After`` header in seconds, when the answer carried a readable one.
     retry_after: float | None = None
+
+
+def json_object(answer: Answer) -> dict[str, Any]:
+    """The answer's body as a JSON object, else :class:`MalformedResponse` saying why."""
+    try:
+        data = json.loads(answer.body)
+    except (ValueError, RecursionError):
+        msg = f"{answer.what}: the answer is not JSON"
+        raise MalformedResponse(msg, status=answer.status) from None
+    if not isinstance(data, dict):
+        msg = f"{answer.what}: the answer is a JSON {type(data).__name__}, not an object"
+        raise MalformedResponse(msg, status=answer.status)
+    return data
 
 
 def error_fields(body: bytes) -> tuple[str | None, str | None]:

@@ -459,14 +459,6 @@ class TaskListing:
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._items
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def ids(self) -> list[int]:
-        """The listed task ids, in the answer's order."""
-        return list(self._items)
-
     def poll_values(self, task_id: int) -> tuple[object, ...]:
         """The raw values of :attr:`BatchTaskInfo.POLL_FIELDS`: equal values, nothing moved."""
         return tuple(map(self._items[task_id].get, BatchTaskInfo.POLL_FIELDS))

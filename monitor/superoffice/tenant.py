@@ -13,10 +13,9 @@ again until ``ValidUntil`` (within :data:`MIN_RECHECK`..:data:`MAX_RECHECK`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -28,6 +27,7 @@ from monitor.superoffice.errors import (
     ApiError,
     MalformedResponse,
     TenantUnavailable,
+    json_object,
     status_error,
 )
 from monitor.superoffice.models import parse_datetime
@@ -166,7 +166,7 @@ class TenantResolver:
         """The API base and until when it holds, or :class:`TenantUnavailable`."""
         if answer.status >= _HTTP_CLIENT_ERROR:
             raise status_error(answer)
-        data = _json_object(answer)
+        data = json_object(answer)
         until = _valid_until(data.get("ValidUntil"), now)
         state = _state_name(data.get("State"))
         if data.get("IsRunning") is not True:
@@ -189,18 +189,6 @@ class TenantResolver:
             left = max((self._valid_until - self._clock()).total_seconds(), 0.0)
         msg = f"tenant {self._tenant} is {error.state}, not running; asked again in {left:.0f} s"
         return TenantUnavailable(msg, state=error.state, retry_after=left)
-
-
-def _json_object(answer: Answer) -> dict[str, Any]:
-    try:
-        data = json.loads(answer.body)
-    except (ValueError, RecursionError):
-        msg = f"{answer.what}: the answer is not JSON"
-        raise MalformedResponse(msg, status=answer.status) from None
-    if not isinstance(data, dict):
-        msg = f"{answer.what}: the answer is a JSON {type(data).__name__}, not an object"
-        raise MalformedResponse(msg, status=answer.status)
-    return data
 
 
 def _valid_until(raw: object, now: datetime) -> datetime:
