@@ -27,6 +27,7 @@ from monitor.sinks.factory import SinkContext, subscriptions_from
 from monitor.store import Store
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.systemd import Notifier, watchdog_loop
+from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from monitor.web import WebState, make_app, serve
@@ -226,7 +227,6 @@ class Daemon:
                 poller.health,
                 client.stats,
                 dispatcher,
-                clock=self.clock,
                 cycle_requests=lambda: poller.last_cycle_requests,
             )
             token = config.http.api_token
@@ -234,6 +234,7 @@ class Daemon:
                 tracker=self.tracker,
                 poller=poller,
                 registry=make_registry(collector),
+                series=TaskSeries(self.tracker),
                 clock=self.clock,
                 stale_after=max(3 * config.poll.idle_interval, 3 * so.timeout, 60.0),
                 store=store,

@@ -14,13 +14,14 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import anyio
-from aiohttp import web
+from aiohttp import hdrs, web
 from jinja2 import Environment, PackageLoader, select_autoescape
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from monitor.poller import Poller
 from monitor.store import Store
+from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 
@@ -54,6 +55,8 @@ class WebState:
     tracker: Tracker
     poller: Poller
     registry: CollectorRegistry
+    #: The per-task families, served ahead of the registry's.
+    series: TaskSeries
     clock: Callable[[], datetime]
     #: The loop is dead when no cycle ended for this long (seconds).
     stale_after: float
@@ -102,6 +105,22 @@ def _sorted_views(state: WebState) -> list[dict[str, Any]]:
         key=lambda m: (not m.info.state.is_active, m.gone, -m.info.id),
     )
     return [_task_view(m, state, now) for m in memories]
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition: the cached per-task lines, then the registry's families.
+
+    Content negotiation and ``name[]`` as prometheus_client's own handler; the
+    body is compressed by aiohttp (in a thread, for bodies this size).
+    """
+    state = request.app[STATE]
+    encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
+    names = request.query.getall("name[]", [])
+    registry = state.registry.restricted_registry(names) if names else state.registry
+    body = state.series.render(state.clock(), encoder, content_type, names) + encoder(registry)
+    response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+    response.enable_compression()
+    return response
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -220,7 +239,7 @@ def make_app(state: WebState) -> web.Application:
     """The aiohttp application with every route."""
     app = web.Application()
     app[STATE] = state
-    app.router.add_get("/metrics", make_aiohttp_handler(state.registry))
+    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/api/v1/tasks", _tasks)

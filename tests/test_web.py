@@ -6,7 +6,7 @@ import os
 import platform
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +15,11 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+from prometheus_client.exposition import generate_latest as text_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor import __version__
 from monitor.daemon import Daemon
@@ -24,6 +29,7 @@ from monitor.sinks.dispatcher import Dispatcher
 from monitor.store import Store
 from monitor.superoffice.client import RequestStats
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
+from monitor.task_metrics import STATES, Encoder, TaskSeries
 from monitor.tracking.health import ApiHealth
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
@@ -59,8 +65,27 @@ def _task(
     )
 
 
+def _samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an OpenMetrics exposition, by name and labels (parsed by prometheus_client)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+    }
+
+
+def _exposition(
+    tracker: Tracker, store: Store, now: datetime, encoder: Encoder = openmetrics_latest
+) -> bytes:
+    """What /metrics serves for ``tracker``: the task series, then the collector's families."""
+    registry = make_registry(
+        BatchmonCollector(tracker, ApiHealth(3), RequestStats(), Dispatcher([], store))
+    )
+    return TaskSeries(tracker).render(now, encoder, "openmetrics") + encoder(registry)
+
+
 class TestCollector:
-    """The collector's families, read back from a private registry."""
+    """The collector's and the task series' families, parsed back by prometheus_client."""
 
     def test_task_series(self, store: Store) -> None:
         """State is one-hot, progress a ratio, info carries the name; counts per state."""
@@ -68,14 +93,10 @@ class TestCollector:
         tracker.observe(_task(1, "Started", 40), T0)
         tracker.observe(_task(2, "New"), T0)
         tracker.observe(_task(1, "Started", 50), T0 + timedelta(minutes=1))
-        registry = make_registry(
-            BatchmonCollector(
-                tracker, ApiHealth(3), RequestStats(), Dispatcher([], store), clock=lambda: T0
-            )
-        )
+        samples = _samples(_exposition(tracker, store, T0))
 
         def value(metric: str, **labels: str) -> float | None:
-            return registry.get_sample_value(metric, labels)
+            return samples.get((metric, frozenset(labels.items())))
 
         assert 1.0 == value("batchmon_task_state", task_id="1", state="Started")
         assert 0.0 == value("batchmon_task_state", task_id="1", state="Failed")
@@ -102,35 +123,156 @@ class TestCollector:
         tracker = Tracker(Rules())
         tracker.observe(_task(1, "Started", 40), T0)
         tracker.observe(_task(1, "Failed", 40), T0 + timedelta(minutes=1))
-        recent = make_registry(
-            BatchmonCollector(
-                tracker,
-                ApiHealth(3),
-                RequestStats(),
-                Dispatcher([], store),
-                clock=lambda: T0 + timedelta(minutes=30),
-            )
-        )
-        later = make_registry(
-            BatchmonCollector(
-                tracker,
-                ApiHealth(3),
-                RequestStats(),
-                Dispatcher([], store),
-                clock=lambda: T0 + timedelta(hours=2),
-            )
+        failed = ("batchmon_task_state", frozenset({("task_id", "1"), ("state", "Failed")}))
+        transition = (
+            "batchmon_task_transitions_total",
+            frozenset({("from_state", "Started"), ("to_state", "Failed")}),
         )
 
-        assert 1.0 == recent.get_sample_value(
-            "batchmon_task_state", {"task_id": "1", "state": "Failed"}
+        recent = _samples(_exposition(tracker, store, T0 + timedelta(minutes=30)))
+        later = _samples(_exposition(tracker, store, T0 + timedelta(hours=2)))
+
+        assert 1.0 == recent[failed]
+        assert failed not in later
+        assert 1.0 == later[transition]
+
+    @pytest.mark.parametrize(
+        "encoder", [openmetrics_latest, text_latest], ids=["openmetrics", "text-0.0.4"]
+    )
+    def test_lines_are_prometheus_clients(self, encoder: Encoder) -> None:
+        """Byte for byte what prometheus_client writes for the same families, in both formats.
+
+        The reference is built with prometheus_client's own families from the
+        same memories; names carry every character the label escaping handles.
+        """
+        tracker = Tracker(Rules())
+        names = ['Export "all"', "back\\slash", "two\nlines", "Lønn 🎉", ""]
+        for task_id, name in enumerate(names, start=1):
+            tracker.observe(_task(task_id, "Started", 10 * task_id, name=name), T0)
+            tracker.observe(
+                _task(task_id, "Started", 15 * task_id, name=name), T0 + timedelta(minutes=2)
+            )
+        tracker.observe(_task(9, "Failed", 100), T0)
+        tracker.observe_gone(1, T0 + timedelta(minutes=3))
+        series = TaskSeries(tracker)
+        now = T0 + timedelta(minutes=5)
+
+        ours = series.render(now, encoder, "format") + encoder(CollectorRegistry())
+        again = series.render(now, encoder, "format") + encoder(CollectorRegistry())
+
+        assert again == ours
+        assert encoder(_Reference(tracker)) == ours
+        assert b'Export \\"all\\"' in ours
+
+    def test_one_series_follows_the_tracker(self) -> None:
+        """Across scrapes: changes show, ended tasks age out, forgotten ones go, re-runs return."""
+        tracker = Tracker(Rules())
+        series = TaskSeries(tracker)
+
+        def states(now: datetime) -> dict[str, str]:
+            return {
+                labels["task_id"]: labels["state"]
+                for (name, labels_set), value in _samples(
+                    series.render(now, openmetrics_latest, "om") + b"# EOF\n"
+                ).items()
+                if name == "batchmon_task_state" and value == 1.0
+                for labels in [dict(labels_set)]
+            }
+
+        tracker.observe(_task(1, "Started", 10), T0)
+        tracker.observe(_task(2, "Started", 10), T0)
+        tracker.observe(_task(3, "New"), T0)
+        assert {"1": "Started", "2": "Started", "3": "New"} == states(T0)
+        assert {"1": "Started", "2": "Started", "3": "New"} == states(T0)
+
+        tracker.observe(_task(1, "Failed", 10), T0 + timedelta(minutes=1))
+        tracker.observe(_task(2, "Started", 20), T0 + timedelta(minutes=2))
+        tracker.observe_gone(2, T0 + timedelta(minutes=2, seconds=30))
+        tracker.forget([3])
+        assert {"1": "Failed", "2": "Gone"} == states(T0 + timedelta(minutes=3))
+        assert {"2": "Gone"} == states(T0 + timedelta(minutes=61, seconds=30))
+        assert {} == states(T0 + timedelta(minutes=63))
+
+        tracker.observe(_task(1, "Started", 5), T0 + timedelta(minutes=64))
+        assert {"1": "Started"} == states(T0 + timedelta(minutes=64))
+
+    def test_name_filter(self) -> None:
+        """``name[]`` keeps the families asked for, by family or by sample name."""
+        tracker = Tracker(Rules())
+        tracker.observe(_task(1, "Started", 40), T0)
+        series = TaskSeries(tracker)
+
+        text = series.render(T0, openmetrics_latest, "om", ["batchmon_task_info"]).decode()
+
+        assert text.startswith("# HELP batchmon_task Descriptive")
+        assert 'task_id="1"} 1.0' in text
+        assert "batchmon_task_state" not in text
+        assert b"" == series.render(T0, openmetrics_latest, "om", ["batchmon_tasks"])
+
+
+class _Reference(Collector):
+    """The per-task families as prometheus_client builds them, sample by sample."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "batchmon_task_state",
+            "Current state of a watched task: 1 for its state, 0 for the others.",
+            labels=["task_id", "state"],
         )
-        assert (
-            later.get_sample_value("batchmon_task_state", {"task_id": "1", "state": "Failed"})
-            is None
+        gauges = [
+            GaugeMetricFamily(name, doc, labels=["task_id"])
+            for name, doc in [
+                (
+                    "batchmon_task_progress_ratio",
+                    "Task progress, 0..1 (ProgressPercent / 100, clamped).",
+                ),
+                (
+                    "batchmon_task_last_progress_timestamp_seconds",
+                    "When the task's state, progress or progress description last changed.",
+                ),
+                (
+                    "batchmon_task_last_started_timestamp_seconds",
+                    "When the task was last started (LastStarted).",
+                ),
+                (
+                    "batchmon_task_eta_timestamp_seconds",
+                    "Estimated completion time of a running task, from its progress rate.",
+                ),
+            ]
+        ]
+        info = InfoMetricFamily(
+            "batchmon_task", "Descriptive labels of a watched task.", labels=["task_id"]
         )
-        assert 1.0 == later.get_sample_value(
-            "batchmon_task_transitions_total", {"from_state": "Started", "to_state": "Failed"}
-        )
+        for memory in self._tracker.tasks.values():
+            task = memory.info
+            task_id = str(task.id)
+            current = "Gone" if memory.gone else task.state.value
+            for name in STATES:
+                state.add_metric([task_id, name], 1.0 if name == current else 0.0)
+            eta = self._tracker.eta(task.id, memory.last_seen)
+            values = [
+                task.progress_ratio,
+                memory.last_change.timestamp(),
+                None if task.last_started is None else task.last_started.timestamp(),
+                None if eta is None else eta.timestamp(),
+            ]
+            for family, value in zip(gauges, values, strict=True):
+                if value is not None:
+                    family.add_metric([task_id], value)
+            info.add_metric(
+                [task_id],
+                {
+                    "name": task.name or "",
+                    "request": task.request or "",
+                    "associate_id": str(task.associate_id or 0),
+                },
+            )
+        yield state
+        yield from gauges
+        yield info
 
 
 @asynccontextmanager

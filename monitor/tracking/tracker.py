@@ -31,17 +31,28 @@ class Tracker:
         self.event_counts: Counter[EventType] = Counter()
         #: State transitions seen so far, by (from, to) state name.
         self.transitions: Counter[tuple[str, str]] = Counter()
+        self._changed: set[int] = set()
 
     @property
     def tasks(self) -> Mapping[int, TaskMemory]:
         """Every tracked task's memory, by id (read-only view)."""
         return MappingProxyType(self._tasks)
 
+    def take_changed(self) -> set[int]:
+        """Ids whose memory was replaced, added or dropped since the last call.
+
+        For one reader that keeps something derived per task (the metrics'
+        formatted lines) and wants to redo only what changed.
+        """
+        changed, self._changed = self._changed, set()
+        return changed
+
     def observe(self, info: BatchTaskInfo, now: datetime) -> list[Event]:
         """Take a new snapshot of a task; return what happened since the last one."""
         previous = self._tasks.get(info.id)
         events = detect(previous, info, now, self.rules)
         self._tasks[info.id] = remember(previous, info, now, events)
+        self._changed.add(info.id)
         if previous is not None and not previous.gone and previous.info.state != info.state:
             self.transitions[(previous.info.state.value, info.state.value)] += 1
         self._count(events)
@@ -77,6 +88,7 @@ class Tracker:
         events = detect(previous, None, now, self.rules)
         if previous is not None and not previous.gone:
             self._tasks[task_id] = _gone(previous)
+            self._changed.add(task_id)
         self._count(events)
         return events
 
@@ -91,6 +103,7 @@ class Tracker:
         """Start from memories stored by an earlier run (nothing is re-announced)."""
         for memory in memories:
             self._tasks[memory.info.id] = memory
+            self._changed.add(memory.info.id)
 
     def firing(self) -> list[Event]:
         """An event for each task that is failed, stalled or gone right now.
@@ -123,7 +136,8 @@ class Tracker:
     def forget(self, task_ids: Iterable[int]) -> None:
         """Drop tasks that are no longer watched."""
         for task_id in task_ids:
-            self._tasks.pop(task_id, None)
+            if self._tasks.pop(task_id, None) is not None:
+                self._changed.add(task_id)
 
     def _count(self, events: list[Event]) -> None:
         for event in events:
