@@ -19,9 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from monitor.metrics import BatchmonCollector, make_registry
 from monitor.sinks.dispatcher import Dispatcher
-from monitor.superoffice.client import RequestStats
 from monitor.superoffice.models import (
     BatchTaskInfo,
     BatchTaskState,
@@ -32,10 +30,10 @@ from monitor.superoffice.models import (
     parse_task,
 )
 from monitor.tracking.events import EventType
-from monitor.tracking.health import ApiHealth
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from tests import openapi
+from tests.exposition import Scrape, scrape
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 PROPERTIES = openapi.batch_task_info_properties()
@@ -112,13 +110,9 @@ class NoSinks:
     sink_names: ClassVar[list[str]] = []
 
 
-def registry_for(tracker: Tracker, now: datetime) -> Any:
-    """The production collector in a private registry, delivery left out."""
-    dispatcher = cast(Dispatcher, NoSinks())
-    collector = BatchmonCollector(
-        tracker, ApiHealth(3), RequestStats(), dispatcher, clock=lambda: now
-    )
-    return make_registry(collector)
+def registry_for(tracker: Tracker, now: datetime) -> Scrape:
+    """What /metrics serves (task series and collector), delivery left out."""
+    return scrape(tracker, now, cast(Dispatcher, NoSinks()))
 
 
 #: Derandomized: CI runs the same examples every time, so a red run is always reproducible and
@@ -215,16 +209,16 @@ class TestRoundTrip:
         registry = registry_for(tracker, NOW)
         labels = {"task_id": str(task_id)}
         assert {name: float(name == state.value) for name in STATE_NAMES} == {
-            name: registry.get_sample_value("batchmon_task_state", {**labels, "state": name})
+            name: registry.value("batchmon_task_state", {**labels, "state": name})
             for name in STATE_NAMES
         }
         ratio = None if percent is None else min(max(percent, 0), 100) / 100
-        assert ratio == registry.get_sample_value("batchmon_task_progress_ratio", labels)
+        assert ratio == registry.value("batchmon_task_progress_ratio", labels)
         started = instant(document.get("LastStarted"))
-        assert (None if started is None else started.timestamp()) == registry.get_sample_value(
+        assert (None if started is None else started.timestamp()) == registry.value(
             "batchmon_task_last_started_timestamp_seconds", labels
         )
-        assert 1.0 == registry.get_sample_value("batchmon_tasks", {"state": state.value})
+        assert 1.0 == registry.value("batchmon_tasks", {"state": state.value})
 
     @EXAMPLES
     @given(first=DOCUMENTS, second=DOCUMENTS)
@@ -240,7 +234,7 @@ class TestRoundTrip:
         summaries = {(e.task.state, e.task.progress) for e in events if e.task is not None}
         assert set() == summaries - {(new, second.get("ProgressPercent"))}
         registry = registry_for(tracker, NOW + timedelta(seconds=10))
-        transitions = registry.get_sample_value(
+        transitions = registry.value(
             "batchmon_task_transitions_total", {"from_state": old.value, "to_state": new.value}
         )
         if old == new:
@@ -250,9 +244,7 @@ class TestRoundTrip:
             assert events
             assert {(old.value, new.value): 1} == dict(tracker.transitions)
             assert 1.0 == transitions
-        assert 1.0 == registry.get_sample_value(
-            "batchmon_task_state", {"task_id": "212", "state": new.value}
-        )
+        assert 1.0 == registry.value("batchmon_task_state", {"task_id": "212", "state": new.value})
 
 
 class TestOnceKnownGaps:

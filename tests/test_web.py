@@ -18,22 +18,19 @@ import pytest
 from prometheus_client.exposition import generate_latest as text_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor import __version__
 from monitor.daemon import Daemon
-from monitor.metrics import BatchmonCollector, make_registry
 from monitor.simulator import Simulator
 from monitor.sinks.dispatcher import Dispatcher
 from monitor.store import Store
-from monitor.superoffice.client import RequestStats
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.task_metrics import STATES, Encoder, TaskSeries
-from monitor.tracking.health import ApiHealth
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from tests.conftest import make_config
+from tests.exposition import scrape
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -65,25 +62,6 @@ def _task(
     )
 
 
-def _samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of an OpenMetrics exposition, by name and labels (parsed by prometheus_client)."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text.decode())
-        for sample in family.samples
-    }
-
-
-def _exposition(
-    tracker: Tracker, store: Store, now: datetime, encoder: Encoder = openmetrics_latest
-) -> bytes:
-    """What /metrics serves for ``tracker``: the task series, then the collector's families."""
-    registry = make_registry(
-        BatchmonCollector(tracker, ApiHealth(3), RequestStats(), Dispatcher([], store))
-    )
-    return TaskSeries(tracker).render(now, encoder, "openmetrics") + encoder(registry)
-
-
 class TestCollector:
     """The collector's and the task series' families, parsed back by prometheus_client."""
 
@@ -93,10 +71,10 @@ class TestCollector:
         tracker.observe(_task(1, "Started", 40), T0)
         tracker.observe(_task(2, "New"), T0)
         tracker.observe(_task(1, "Started", 50), T0 + timedelta(minutes=1))
-        samples = _samples(_exposition(tracker, store, T0))
+        metrics = scrape(tracker, T0, Dispatcher([], store))
 
         def value(metric: str, **labels: str) -> float | None:
-            return samples.get((metric, frozenset(labels.items())))
+            return metrics.value(metric, labels)
 
         assert 1.0 == value("batchmon_task_state", task_id="1", state="Started")
         assert 0.0 == value("batchmon_task_state", task_id="1", state="Failed")
@@ -123,18 +101,15 @@ class TestCollector:
         tracker = Tracker(Rules())
         tracker.observe(_task(1, "Started", 40), T0)
         tracker.observe(_task(1, "Failed", 40), T0 + timedelta(minutes=1))
-        failed = ("batchmon_task_state", frozenset({("task_id", "1"), ("state", "Failed")}))
-        transition = (
-            "batchmon_task_transitions_total",
-            frozenset({("from_state", "Started"), ("to_state", "Failed")}),
-        )
+        failed = {"task_id": "1", "state": "Failed"}
+        transition = {"from_state": "Started", "to_state": "Failed"}
 
-        recent = _samples(_exposition(tracker, store, T0 + timedelta(minutes=30)))
-        later = _samples(_exposition(tracker, store, T0 + timedelta(hours=2)))
+        recent = scrape(tracker, T0 + timedelta(minutes=30), Dispatcher([], store))
+        later = scrape(tracker, T0 + timedelta(hours=2), Dispatcher([], store))
 
-        assert 1.0 == recent[failed]
-        assert failed not in later
-        assert 1.0 == later[transition]
+        assert 1.0 == recent.value("batchmon_task_state", failed)
+        assert later.value("batchmon_task_state", failed) is None
+        assert 1.0 == later.value("batchmon_task_transitions_total", transition)
 
     @pytest.mark.parametrize(
         "encoder", [openmetrics_latest, text_latest], ids=["openmetrics", "text-0.0.4"]
@@ -164,19 +139,17 @@ class TestCollector:
         assert encoder(_Reference(tracker)) == ours
         assert b'Export \\"all\\"' in ours
 
-    def test_one_series_follows_the_tracker(self) -> None:
+    def test_one_series_follows_the_tracker(self, store: Store) -> None:
         """Across scrapes: changes show, ended tasks age out, forgotten ones go, re-runs return."""
         tracker = Tracker(Rules())
         series = TaskSeries(tracker)
 
         def states(now: datetime) -> dict[str, str]:
+            metrics = scrape(tracker, now, Dispatcher([], store), series)
             return {
                 labels["task_id"]: labels["state"]
-                for (name, labels_set), value in _samples(
-                    series.render(now, openmetrics_latest, "om") + b"# EOF\n"
-                ).items()
-                if name == "batchmon_task_state" and value == 1.0
-                for labels in [dict(labels_set)]
+                for name, label_set in metrics.names()
+                if name == "batchmon_task_state" and metrics.value(name, labels := dict(label_set))
             }
 
         tracker.observe(_task(1, "Started", 10), T0)

@@ -1,0 +1,46 @@
+"""What /metrics would serve for a tracker, parsed back by prometheus_client's own parser."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prometheus_client.openmetrics.exposition import generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from monitor.metrics import BatchmonCollector, make_registry
+from monitor.sinks.dispatcher import Dispatcher
+from monitor.superoffice.client import RequestStats
+from monitor.task_metrics import TaskSeries
+from monitor.tracking.health import ApiHealth
+from monitor.tracking.tracker import Tracker
+
+__all__ = ["Scrape", "scrape"]
+
+
+class Scrape:
+    """Every sample of one OpenMetrics exposition, by name and labels."""
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        self._samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text.decode())
+            for sample in family.samples
+        }
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """The sample's value, ``None`` if it is not exported (as ``get_sample_value``)."""
+        return self._samples.get((name, frozenset((labels or {}).items())))
+
+    def names(self) -> set[tuple[str, frozenset[tuple[str, str]]]]:
+        """Every (name, labels) exported."""
+        return set(self._samples)
+
+
+def scrape(
+    tracker: Tracker, now: datetime, dispatcher: Dispatcher, series: TaskSeries | None = None
+) -> Scrape:
+    """The task series (a fresh one unless given), then the collector's families."""
+    registry = make_registry(BatchmonCollector(tracker, ApiHealth(3), RequestStats(), dispatcher))
+    tasks = (series or TaskSeries(tracker)).render(now, generate_latest, "openmetrics")
+    return Scrape(tasks + generate_latest(registry))
