@@ -456,7 +456,12 @@ _NO_LOCATION: Final = (
 
 
 def _http_base(url: str, example: str) -> str:
-    """An http(s) base URL with a host, without credentials, query or fragment; not echoed."""
+    """An http(s) base URL with a host, without credentials, query or fragment.
+
+    Refused rather than stripped: a URL that carries ``user:password@`` or a
+    ``?token=`` would have them sent and shown, and quietly dropping them would
+    leave a URL that no longer works.  The problem names the key, never the value.
+    """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http(s) URL with a host, {example}")
@@ -516,7 +521,16 @@ class SuperOfficeConfig(_Section):
     @field_validator("url")
     @classmethod
     def _api_base(cls, url: str | None) -> str | None:
-        """Accept an http(s) base URL with a host; its value is not echoed, it may be secret."""
+        """Accept an http(s) base URL with a host, refusing credentials and a query.
+
+        A URL is not a secret: it is shown as it is (the ``batchmon_started`` log
+        line, ``check-config``).  What could make it one is refused here, with the
+        key named (a :class:`ConfigError`, exit 78): userinfo (``user:password@``;
+        credentials belong in ``superoffice.auth``) and a query or fragment (a
+        ``?token=…``).  ``url_file``/``url_env`` are accepted so that a deployment
+        can keep the address beside its credentials, and pass the same checks.
+        A refused value is never echoed.
+        """
         if url is None:
             return None
         return _http_base(url, "e.g. 'https://online3.superoffice.com/Cust12345/api'")

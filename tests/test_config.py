@@ -656,7 +656,7 @@ class TestSecretForms:
         assert problem.startswith("superoffice.auth.password_file: cannot read ")
 
     def test_url_from_file(self, tmp_path: Path) -> None:
-        """superoffice.url is a secret too, and is validated after it is read."""
+        """superoffice.url may come from a file too, and is validated after it is read."""
         (tmp_path / "url").write_text("https://crm.example.com/api/\n")
         data = minimal()
         del data["superoffice"]["url"]

@@ -12,6 +12,11 @@ Never more than one login is in flight: an :class:`anyio.Lock` serialises
 them, and requests arriving meanwhile wait and use its result.  A login that
 failed is not repeated for :data:`RETRY_LOGIN_AFTER`: every request in that
 time fails at once with the same error instead of adding a failed login.
+
+A refused login says why in the login host's words, masked: a host that echoes
+the posted form or body must not put the client secret, the refresh token or
+the signed system user token into the error (each login hands the transport
+the secrets it sends; see :mod:`~monitor.superoffice.redact`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -89,6 +94,8 @@ JWT_LEEWAY = timedelta(seconds=60)
 _DEFAULT_TOKEN_LIFETIME = 3600.0
 _HTTP_CLIENT_ERROR = 400
 _REFUSED = (400, 401, 403)
+#: The most of a login host's own explanation quoted in an error.
+_MAX_SAID = 300
 
 
 class Transport(Protocol):
@@ -105,9 +112,14 @@ class Transport(Protocol):
         json: object = None,
         form: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
+        secrets: Collection[str] = (),
         limit: int,
     ) -> _T:
-        """``parse`` turns the answer into the result or raises an :class:`ApiError`."""
+        """``parse`` turns the answer into the result or raises an :class:`ApiError`.
+
+        ``secrets``: credentials in ``form`` or ``json``, masked wherever the
+        answer is quoted (:attr:`Answer.redact`), as are the credential headers.
+        """
         ...
 
 
@@ -287,6 +299,7 @@ class OAuthAuth(_Renewing):
             self._login.base_url,
             TOKEN_PATH,
             form=form,
+            secrets=(self._client_secret, self._refresh_token),
             parse=_token_answer,
             limit=MAX_LOGIN_BYTES,
         )
@@ -335,10 +348,9 @@ class SystemUserAuth(_Renewing):
         self._jwks: jwt.PyJWKSet | None = None
 
     async def _fetch(self, now: datetime) -> tuple[str, datetime]:
+        signed = sign_system_user_token(self._system_user_token, self._private_key, now)
         body = {
-            "SignedSystemToken": sign_system_user_token(
-                self._system_user_token, self._private_key, now
-            ),
+            "SignedSystemToken": signed,
             "ApplicationToken": self._client_secret,
             "ContextIdentifier": self._tenant,
             "ReturnTokenType": "JWT",
@@ -348,6 +360,7 @@ class SystemUserAuth(_Renewing):
             self._login.base_url,
             SYSTEM_USER_PATH,
             json=body,
+            secrets=(signed, self._system_user_token, self._client_secret),
             parse=_system_user_answer,
             limit=MAX_LOGIN_BYTES,
         )
@@ -443,23 +456,26 @@ def _refused(answer: Answer, said: str | None) -> AuthenticationFailed:
     return AuthenticationFailed(msg, status=answer.status)
 
 
-def _oauth_error(body: bytes) -> str | None:
-    """``invalid_grant: The grant was revoked`` from an RFC 6749 error answer, if it is one."""
+def _oauth_error(answer: Answer) -> str | None:
+    """``invalid_grant: The grant was revoked`` from an RFC 6749 error answer, if it is one.
+
+    Secrets masked before it is cut to length, so no part of one is left.
+    """
     try:
-        data = json.loads(body)
+        data = json.loads(answer.body)
     except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("error"), str):
         return None
     description = data.get("error_description")
     said = f"{data['error']}: {description}" if isinstance(description, str) else data["error"]
-    return said[:300]
+    return answer.redact(said)[:_MAX_SAID]
 
 
 def _token_answer(answer: Answer) -> tuple[str, float, str | None]:
     """Access token, lifetime in seconds and any new refresh token from the token endpoint."""
     if answer.status in _REFUSED:
-        raise _refused(answer, _oauth_error(answer.body))
+        raise _refused(answer, _oauth_error(answer))
     if answer.status >= _HTTP_CLIENT_ERROR:
         raise status_error(answer)
     data = json_object(answer)
@@ -487,13 +503,14 @@ def _token_answer(answer: Answer) -> tuple[str, float, str | None]:
 def _system_user_answer(answer: Answer) -> str:
     """The JWT from ``{"IsSuccessful", "Token", "ErrorMessage"}``."""
     if answer.status in _REFUSED:
-        raise _refused(answer, error_fields(answer.body)[1])
+        raise _refused(answer, error_fields(answer)[1])
     if answer.status >= _HTTP_CLIENT_ERROR:
         raise status_error(answer)
     data = json_object(answer)
     if data.get("IsSuccessful") is not True:
         said = data.get("ErrorMessage")
-        raise _refused(answer, str(said)[:300] if said else "IsSuccessful is not true")
+        reason = answer.redact(str(said))[:_MAX_SAID] if said else "IsSuccessful is not true"
+        raise _refused(answer, reason)
     token = data.get("Token")
     if not isinstance(token, str) or not token:
         msg = f"{answer.what}: the answer has no Token"
@@ -507,7 +524,7 @@ def _jwks_answer(answer: Answer) -> jwt.PyJWKSet:
     try:
         return jwt.PyJWKSet.from_dict(json_object(answer))
     except jwt.PyJWTError as exc:
-        msg = f"{answer.what}: not a usable key set ({exc})"
+        msg = f"{answer.what}: not a usable key set ({answer.redact(str(exc))})"
         raise MalformedResponse(msg, status=answer.status) from None
 
 

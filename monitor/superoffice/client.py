@@ -12,7 +12,9 @@ all of them.  At most ``max_concurrency`` requests run at a time and at most
 are retried ``retries`` times after a full-jitter exponential backoff, or
 after ``Retry-After`` when that is longer; a 429 pauses every request to the
 tenant until its ``Retry-After`` has passed.  Each attempt is counted in
-:class:`RequestStats`, with its duration.
+:class:`RequestStats`, with its duration.  Each answer carries a
+:class:`~monitor.superoffice.redact.Redactor` for the configured secrets and
+the credentials its request sent, through which errors quote the answer.
 
 On top, :class:`SuperOfficeClient` follows the tenant to its current host
 (looking it up again after a 421) and renews the credentials once after a 401.
@@ -24,7 +26,7 @@ import json as jsonlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -59,6 +61,7 @@ from monitor.superoffice.models import (
     parse_listing,
     parse_task,
 )
+from monitor.superoffice.redact import Redactor, configured_secrets, sent_credentials
 from monitor.superoffice.tenant import FixedRoute, Route, TenantResolver
 
 __all__ = [
@@ -152,6 +155,10 @@ class LimitedTransport:
         self._backoff_base = config.backoff_base
         self._backoff_cap = config.backoff_cap
         self._max_retry_after = config.max_retry_after
+        #: Masks the configured secrets and the session's own credential headers.
+        self._redactor = Redactor(configured_secrets(config)).adding(
+            sent_credentials(session.headers)
+        )
         #: After a 429, no request to the tenant starts before this.
         self._paused_until: datetime | None = None
 
@@ -166,15 +173,24 @@ class LimitedTransport:
         json: object = None,
         form: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
+        secrets: Collection[str] = (),
         limit: int,
     ) -> _T:
         """Send ``method base+path`` and ``parse`` the answer, retrying what may pass.
 
         ``parse`` raises an :class:`ApiError` for an answer it cannot use; a
         :class:`ServerError` or :class:`RateLimited` from it is retried like a
-        timeout or a connection error, within the retry budget.
+        timeout or a connection error, within the retry budget.  ``secrets``
+        are credentials in ``form`` or ``json``; the answer's
+        :attr:`~Answer.redact` masks them, the credential headers and the
+        configured secrets.
         """
         what = f"{method} {path}"
+        redact = (
+            self._redactor.adding([*secrets, *sent_credentials(headers or {})])
+            if secrets or headers
+            else self._redactor
+        )
         attempt = 0
         while True:
             await self._wait_for_gate(what)
@@ -183,6 +199,7 @@ class LimitedTransport:
                     method,
                     base + path,
                     what,
+                    redact,
                     headers=headers,
                     json=json,
                     form=form,
@@ -241,6 +258,7 @@ class LimitedTransport:
         method: str,
         url: str,
         what: str,
+        redact: Redactor,
         *,
         headers: Mapping[str, str] | None,
         json: object,
@@ -258,6 +276,7 @@ class LimitedTransport:
                     method,
                     url,
                     what,
+                    redact,
                     headers=headers,
                     json=json,
                     form=form,
@@ -272,6 +291,7 @@ class LimitedTransport:
         method: str,
         url: str,
         what: str,
+        redact: Redactor,
         *,
         headers: Mapping[str, str] | None,
         json: object,
@@ -292,7 +312,7 @@ class LimitedTransport:
             ) as response:
                 body = await _read_capped(response, limit, what)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
-                return Answer(what, response.status, body, retry_after)
+                return Answer(what, response.status, body, retry_after, redact)
         except TimeoutError:
             msg = f"{what}: no answer within the timeout"
             raise ApiTimeout(msg) from None
@@ -461,11 +481,12 @@ def _read(answer: Answer, parse: Callable[[bytes], _T]) -> _T:
     try:
         return parse(answer.body)
     except ParseError as exc:
+        # The message quotes the body (an excerpt, or SuperOffice's error object).
         raise MalformedResponse(
-            str(exc),
+            answer.redact(str(exc)),
             status=answer.status,
-            error_type=exc.error_type,
-            error_message=exc.error_message,
+            error_type=answer.redact(exc.error_type),
+            error_message=answer.redact(exc.error_message),
         ) from None
 
 

@@ -4,6 +4,10 @@ Callers decide by class (404 means the task is gone, 401 means renew the
 credentials, 429 means wait), and label metrics by :attr:`ApiError.reason`.
 :func:`status_error` is the one place an HTTP status becomes a class, for the
 API as for the login and tenant-status hosts.
+
+What a peer said is quoted through its :attr:`Answer.redact`, never as it is:
+a peer that echoes the request would otherwise put its credentials into the
+message (see :mod:`~monitor.superoffice.redact`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from monitor.superoffice.redact import Redactor
 
 __all__ = [
     "Answer",
@@ -165,6 +171,9 @@ class Answer:
     body: bytes = field(repr=False)
     #: The ``Retry-After`` header in seconds, when the answer carried a readable one.
     retry_after: float | None = None
+    #: Masks the secrets this request carried (and the configured ones) in the body's text:
+    #: every message quoting the body goes through it.
+    redact: Redactor = field(default_factory=Redactor, repr=False, compare=False)
 
 
 def json_object(answer: Answer) -> dict[str, Any]:
@@ -180,25 +189,25 @@ def json_object(answer: Answer) -> dict[str, Any]:
     return data
 
 
-def error_fields(body: bytes) -> tuple[str | None, str | None]:
-    """SuperOffice's ``ErrorType``/``ErrorMessage`` from an error body, if any."""
+def error_fields(answer: Answer) -> tuple[str | None, str | None]:
+    """SuperOffice's ``ErrorType``/``ErrorMessage`` from an error answer, secrets masked."""
     try:
-        data = json.loads(body)
+        data = json.loads(answer.body)
     except (ValueError, RecursionError):
         return None, None
     if not isinstance(data, dict):
         return None, None
     error_type, error_message = data.get("ErrorType"), data.get("ErrorMessage")
     return (
-        str(error_type) if error_type is not None else None,
-        str(error_message) if error_message is not None else None,
+        answer.redact(str(error_type)) if error_type is not None else None,
+        answer.redact(str(error_message)) if error_message is not None else None,
     )
 
 
 def status_error(answer: Answer) -> ApiError:
-    """The error an answer's status (400 or more) means."""
+    """The error an answer's status (400 or more) means, quoting SuperOffice's reason."""
     status = answer.status
-    error_type, error_message = error_fields(answer.body)
+    error_type, error_message = error_fields(answer)
     said = f": {error_type}: {error_message}" if error_type or error_message else ""
     message = f"{answer.what}: HTTP {status}{said}"
     if status < _HTTP_CLIENT_ERROR:

@@ -168,7 +168,7 @@ class TenantResolver:
             raise status_error(answer)
         data = json_object(answer)
         until = _valid_until(data.get("ValidUntil"), now)
-        state = _state_name(data.get("State"))
+        state = answer.redact(_state_name(data.get("State")))
         if data.get("IsRunning") is not True:
             seconds = (until - now).total_seconds()
             msg = f"tenant {self._tenant} is {state}, not running; asked again in {seconds:.0f} s"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -81,23 +82,11 @@ NAMES = [
     "echo-oauth-refresh-token",
     "echo-ticket",
     "echo-app-token",
+    "so-url-password",
+    "so-url-token",
 ]
-
-#: Markers that leak (see the xfail reasons); each is a bug report.
-LEAKS = {
-    "echo-oauth-client-secret": "monitor/superoffice/auth.py _oauth_error quotes the token "
-    "endpoint's error_description as it is: a login host that echoes the posted form puts the "
-    "client secret into login_failed, monitor.auth_failed and /readyz",
-    "echo-oauth-refresh-token": "monitor/superoffice/auth.py _oauth_error quotes the token "
-    "endpoint's error_description as it is: a login host that echoes the posted form puts the "
-    "refresh token into login_failed, monitor.auth_failed and /readyz",
-    "echo-ticket": "monitor/superoffice/errors.py status_error quotes the API's ErrorMessage "
-    "as it is: an API (or proxy) that echoes the request headers puts the Authorization "
-    "ticket into monitor.auth_failed, the readyz problem and the log",
-    "echo-app-token": "monitor/superoffice/errors.py status_error quotes the API's "
-    "ErrorMessage as it is: an API that echoes the request headers puts SO-AppToken into "
-    "monitor.auth_failed, the readyz problem and the log",
-}
+#: Every marker: the named ones and those made of the credentials themselves.
+SECRETS = [*NAMES, "private-key", "webhook-secret", "basic-credentials"]
 
 
 @dataclass
@@ -138,6 +127,7 @@ def _collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collected]:
     env = {
         "E2E_APP_TOKEN": m["app-token"],
         "E2E_TICKET": m["ticket"],
+        "E2E_SO_URL": f"https://crm.example.com/api?token={m['so-url-token']}",
         "E2E_DISCORD_URL": "",  # set below, once the receiver has a port
     }
     peers = Peers()
@@ -431,27 +421,21 @@ BROKEN_VARIANTS: dict[str, Callable[[str, dict[str, str]], str]] = {
     "secret with the wrong type": lambda text, m: text.replace(
         'api_token = "', 'api_token = ["'
     ).replace(f'{m["api-token"]}"', f'{m["api-token"]}"]'),
+    # The API's URL is shown (start-up log, check-config), so it may not carry credentials.
+    "superoffice URL with credentials": _replace(
+        '[superoffice]\nurl = "http://',
+        lambda m: f'[superoffice]\nurl = "http://batchmon:{m["so-url-password"]}@',
+    ),
+    "superoffice URL with a query": lambda text, m: re.sub(
+        '^url = ".*"$', 'url_env = "E2E_SO_URL"', text, count=1, flags=re.MULTILINE
+    ),
 }
-
-
-def _params() -> list[Any]:
-    names = [*NAMES, "private-key", "webhook-secret", "basic-credentials"]
-    return [
-        pytest.param(
-            name,
-            id=name,
-            marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=LEAKS[name])
-            if name in LEAKS
-            else (),
-        )
-        for name in names
-    ]
 
 
 class TestNoSecretAnywhere:
     """No marker in any log line, metric, API answer, page, CLI output or error message."""
 
-    @pytest.mark.parametrize("secret", _params())
+    @pytest.mark.parametrize("secret", SECRETS)
     def test_marker_nowhere(self, collected: Collected, secret: str) -> None:
         """The secret's marker is in nothing batchmon wrote or answered."""
         assert [] == collected.holding(collected.markers[secret])
@@ -469,6 +453,14 @@ class TestNoSecretAnywhere:
             assert "task.discovered" in texts[f"{name} log"], texts[f"{name} log"][-2000:]
         assert "********" in texts["check-config basic"]
         assert "configuration refused" in texts["check-config broken two forms of one secret"]
+        assert (
+            "superoffice.url: the URL must not contain credentials"
+            in texts["check-config broken superoffice URL with credentials"]
+        )
+        assert (
+            "superoffice.url: the URL must be a base without '?'"
+            in (texts["check-config broken superoffice URL with a query"])
+        )
         assert "delivered" in texts["test-sink mattermost"]
         assert "not delivered" in texts["test-sink slack"]
         assert len(BROKEN_VARIANTS) == sum(1 for k in texts if k.startswith("check-config broken"))
