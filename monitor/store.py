@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain, count
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -256,8 +258,14 @@ class Store:
 
     # --- outbox
 
-    async def next_delivery(self, sink: str) -> OutboxRow | None:
-        """The oldest pending delivery of a sink (deliveries go out in order)."""
+    async def next_delivery(
+        self, sink: str, on_drop: Callable[[str], object] | None = None
+    ) -> OutboxRow | None:
+        """The oldest pending delivery of a sink (deliveries go out in order).
+
+        A row that cannot be read is logged and deleted on the way, and ``on_drop``
+        called with its sink, so that whoever counts the queue can count it out.
+        """
 
         def first() -> tuple[Any, ...] | None:
             row: tuple[Any, ...] | None = self._db.execute(
@@ -276,6 +284,8 @@ class Store:
                 # it at the head of the queue would stop this sink for good.
                 log.error("outbox_row_unreadable", seq=seq, sink=name, error=str(exc))
                 await self.remove(seq)
+                if on_drop is not None:
+                    on_drop(name)
                 continue
             return OutboxRow(seq, name, event, attempts, next_attempt, created)
         return None
@@ -398,43 +408,190 @@ class Store:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """Open the database, moving a corrupt one aside; refuse an unwritable place clearly."""
+    """Open the database, moving a broken one aside; refuse an unwritable place clearly.
+
+    Nothing is written before the file is known to be healthy and batchmon's own:
+    it is first examined read-only, and a damaged file or another program's
+    database is moved aside as it is, its write-ahead log and shared memory along.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         msg = f"cannot create the state directory {path.parent}: {exc.strerror}"
         raise StoreError(msg) from None
-    try:
-        return _prepare(path)
-    except sqlite3.DatabaseError as exc:
-        if not path.exists() or "readonly" in str(exc) or "unable to open" in str(exc):
-            msg = f"cannot write the state database {path}: {exc}"
-            raise StoreError(msg) from None
-        aside = path.with_name(f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
-        path.rename(aside)
-        for suffix in ("-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    problem = _examine(path)
+    if problem is not None:
+        aside = _move_aside(path)
         log.error(
             "state_database_corrupt",
             path=str(path),
             moved_to=str(aside),
-            error=str(exc),
+            error=problem,
             consequence="starting with empty state: tasks are rediscovered, "
             "undelivered events in the old database are not sent",
         )
+    try:
         return _prepare(path)
+    except sqlite3.DatabaseError as exc:
+        msg = f"cannot write the state database {path}: {exc}"
+        raise StoreError(msg) from None
+
+
+#: The files SQLite keeps beside a database; they belong to it and move with it.
+_SIDECARS = ("-wal", "-shm", "-journal")
+
+#: SQLite's primary result codes that mean the bytes are not a (sound) database.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    return exc.sqlite_errorcode & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def _examine(path: Path) -> str | None:
+    """Why the file at ``path`` must be moved aside, found without writing to it.
+
+    ``None``: it is batchmon's and sound, or empty or missing (a fresh start).
+    With a write-ahead log, the database is judged as SQLite presents it, read
+    through the log (``mode=ro``: the database and its log are not written, the
+    -shm index may be rebuilt); the main file alone can be half checkpointed.
+    Otherwise the main file alone is judged (``immutable``: no lock, no recovery).
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        msg = f"cannot read the state database {path}: {exc.strerror}"
+        raise StoreError(msg) from None
+    if not path.is_file():
+        msg = f"cannot write the state database {path}: not a regular file"
+        raise StoreError(msg)
+    wal = path.with_name(path.name + "-wal")
+    if size == 0:
+        # SQLite deletes the log of an empty database on open; batchmon never leaves
+        # one (it writes the header first), so a log beside an empty file is kept.
+        if wal.is_file() and wal.stat().st_size > 0:
+            return "an empty database file with a write-ahead log beside it"
+        return None
+    uri = f"file:{quote(str(path.absolute()))}"
+    if _is_wal(wal):
+        try:
+            return _check(f"{uri}?mode=ro")
+        except sqlite3.Error as exc:
+            if _damaged(exc):
+                return str(exc)
+            # Not readable without a write (no -shm in a read-only directory):
+            # judge the main file alone.
+    try:
+        return _check(f"{uri}?mode=ro&immutable=1")
+    except sqlite3.Error as exc:
+        if _damaged(exc):
+            return str(exc)
+        msg = f"cannot read the state database {path}: {exc}"
+        raise StoreError(msg) from None
+
+
+def _is_wal(path: Path) -> bool:
+    """Whether ``path`` starts like a write-ahead log (SQLite ignores one that does not)."""
+    try:
+        with path.open("rb") as file:
+            magic = file.read(4)
+    except OSError:
+        return False
+    return magic in (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+
+
+def _check(uri: str) -> str | None:
+    """What is wrong with the database at ``uri``, opened read-only (None: nothing)."""
+    connection = sqlite3.connect(uri, uri=True)
+    try:
+        (verdict,) = connection.execute("PRAGMA quick_check").fetchone()
+        if verdict != "ok":
+            return f"integrity check failed: {verdict}"
+        return _not_ours(connection)
+    finally:
+        connection.close()
+
+
+def _layout(connection: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    """The objects of a database: tables with their columns, other objects with their table."""
+    layout: dict[str, tuple[str, ...]] = {}
+    objects = connection.execute(
+        "SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+    ).fetchall()
+    for kind, name, table in objects:
+        if kind == "table":
+            columns = connection.execute(
+                "SELECT name, type FROM pragma_table_info(?) ORDER BY cid", (name,)
+            ).fetchall()
+            layout[name] = (kind, *(f"{column} {declared}" for column, declared in columns))
+        else:
+            layout[name] = (kind, table)
+    return layout
+
+
+def _schema_layout() -> dict[str, tuple[str, ...]]:
+    """The layout :data:`_SCHEMA` creates."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.executescript(_SCHEMA)
+        return _layout(connection)
+    finally:
+        connection.close()
+
+
+_OURS = _schema_layout()
+
+
+def _not_ours(connection: sqlite3.Connection) -> str | None:
+    """Why a database is not batchmon's state (None: it is, or it has nothing in it yet).
+
+    Every object must be one batchmon creates, shaped as batchmon creates it (a start
+    cut short leaves only some of them, and no schema version yet).
+    """
+    layout = _layout(connection)
+    foreign = sorted(name for name, shape in layout.items() if _OURS.get(name) != shape)
+    if foreign:
+        return f"not batchmon's state database (not batchmon's: {', '.join(foreign)})"
+    if "meta" in layout:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] != str(SCHEMA_VERSION):
+            return f"schema version {row[0]}, this batchmon knows version {SCHEMA_VERSION}"
+    return None
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename the database and the files beside it to a free ``.corrupt-<stamp>`` name."""
+    stamp = f"{path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    names = chain([stamp], (f"{stamp}.{n}" for n in count(2)))
+    # Never over an earlier copy (two starts in one second).
+    name = next(
+        n for n in names if not any(path.with_name(n + s).exists() for s in ("", *_SIDECARS))
+    )
+    aside = path.with_name(name)
+    try:
+        # The log first: a log left beside a new database would be replayed into it.
+        for suffix in _SIDECARS:
+            sidecar = path.with_name(path.name + suffix)
+            if sidecar.exists():
+                sidecar.rename(aside.with_name(aside.name + suffix))
+        path.rename(aside)
+    except OSError as exc:
+        msg = f"cannot move the broken state database {path} aside: {exc.strerror}"
+        raise StoreError(msg) from None
+    return aside
 
 
 def _prepare(path: Path) -> sqlite3.Connection:
+    """Open the examined database for writing: WAL mode, schema, and a probe write."""
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
         # isolation_level=None leaves transactions to "with connection:" blocks below,
         # which need the default mode; set it after the pragmas.
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
-        (verdict,) = connection.execute("PRAGMA quick_check").fetchone()
-        if verdict != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {verdict}")
         connection.isolation_level = "DEFERRED"
         with connection:
             connection.executescript(_SCHEMA)
