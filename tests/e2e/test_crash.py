@@ -320,15 +320,6 @@ class TestBrokenStateDatabase:
         assert 0 == batchmon.stop()
         assert "ok" == integrity(state)
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=(AssertionError, FileNotFoundError),
-        reason="monitor/store.py _prepare writes before it knows the file is its own: "
-        "PRAGMA journal_mode=WAL runs before PRAGMA quick_check (a damaged database with an "
-        "intact header gets bytes 18-19 rewritten), executescript(_SCHEMA) commits batchmon's "
-        "tables into another program's database before the meta insert fails; and _connect "
-        "unlinks the -wal/-shm instead of moving them along, so the copy kept is not the original",
-    )
     @pytest.mark.parametrize("damage", ["two pages overwritten", "another program's database"])
     def test_the_copy_moved_aside_is_untouched(
         self, peers: Peers, launch: Callable[..., Batchmon], tmp_path: Path, damage: str
