@@ -129,7 +129,8 @@ class BatchmonCollector(Collector):
         )
         given_up = CounterMetricFamily(
             "batchmon_deliveries_given_up",
-            "Deliveries abandoned (rejected by the destination, or too old), by sink.",
+            "Deliveries abandoned (rejected by the destination, too old, or the sink kept "
+            "crashing), by sink.",
             labels=["sink"],
         )
         queued = GaugeMetricFamily(

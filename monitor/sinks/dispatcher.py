@@ -10,9 +10,13 @@ happened.
 A worker paces itself to the sink's rate, and on a failure retries the same
 delivery (the head of its queue) after ``max(retry_after, full-jitter
 backoff)``; a permanent failure (4xx) or a delivery older than ``max_age`` is
-given up, counted and logged with the destination's answer.  Queued
-``task.progress`` deliveries of one task are coalesced by the store (latest
-wins); state transitions are never dropped.
+given up, counted and logged with the destination's answer.  An exception
+that is not a :class:`~monitor.sinks.base.DeliveryError` is a bug in the sink,
+not the destination's answer: it is logged with its traceback, tried
+:data:`MAX_CRASHES` times in all, then given up, so one event a sink cannot
+handle does not hold up its queue.  Queued ``task.progress`` deliveries of one
+task are coalesced by the store (latest wins); state transitions are never
+dropped.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from monitor.store import OutboxRow, Store
 from monitor.tracking.events import Event, EventType, event_id
 from monitor.tracking.memory import TaskMemory
 
-__all__ = ["Dispatcher", "Subscription"]
+__all__ = ["MAX_CRASHES", "Dispatcher", "Subscription"]
 
 log = structlog.get_logger("batchmon.dispatcher")
 
@@ -63,6 +67,10 @@ def _hours(seconds: float) -> str:
 
 #: Timers wake a hair early and datetimes round to microseconds: closer than this is due.
 _CLOCK_SLACK = 0.001
+
+#: Attempts at one delivery whose sink raised something other than DeliveryError (a bug)
+#: before it is given up: a bug that is not a fluke would block the sink's queue for good.
+MAX_CRASHES = 3
 
 
 def _utc_now() -> datetime:
@@ -94,11 +102,13 @@ class Dispatcher:
         self._max_age = max_age
         self._wake = {s.sink.name: anyio.Event() for s in self._subscriptions}
         self._queued: Counter[str] = Counter()
+        #: Unexpected exceptions of the sink at each outbox row (by seq) still queued.
+        self._crashes: Counter[int] = Counter()
         #: Events delivered, by sink name.
         self.delivered: Counter[str] = Counter()
         #: Delivery attempts that failed, by sink name.
         self.failed: Counter[str] = Counter()
-        #: Deliveries given up (permanent failure or too old), by sink name.
+        #: Deliveries given up (permanent failure, too old, or the sink kept crashing), by sink.
         self.given_up: Counter[str] = Counter()
         #: Seconds from detection to delivery, by sink name.
         self.latency = {s.sink.name: Histogram() for s in self._subscriptions}
@@ -211,17 +221,25 @@ class Dispatcher:
 
     async def _flush(self, subscription: Subscription) -> None:
         name = subscription.sink.name
-        while (row := await self._store.next_delivery(name)) is not None:
+        while (row := await self._next(name)) is not None:
             if row.next_attempt > self._now().timestamp() or not await self._attempt(
                 subscription, row
             ):
                 return
 
+    async def _next(self, sink: str) -> OutboxRow | None:
+        """The sink's next delivery, if any; rows the store drops are counted out."""
+        return await self._store.next_delivery(sink, on_drop=self._dropped)
+
+    def _dropped(self, sink: str) -> None:
+        """The store deleted an outbox row it could not read: it is no longer queued."""
+        self._queued[sink] -= 1
+
     async def _work(self, subscription: Subscription) -> None:
         name = subscription.sink.name
         limiter = RateLimiter(subscription.rate) if math.isfinite(subscription.rate) else None
         while True:
-            row = await self._store.next_delivery(name)
+            row = await self._next(name)
             if row is None:
                 await self._wake[name].wait()
                 self._wake[name] = anyio.Event()
@@ -246,9 +264,15 @@ class Dispatcher:
             )
             return False
         except Exception as exc:  # a bug in a sink must not stop its worker
-            log.exception("sink_crashed", sink=sink.name, event_id=event.id)
-            await self._failed(sink.name, row, exc, permanent=False, retry_after=None)
+            self._crashes[row.seq] += 1
+            crashes = self._crashes[row.seq]
+            if crashes == 1:  # the traceback once; delivery_failed says each time it failed
+                log.error("sink_crashed", sink=sink.name, event_id=event.id, exc_info=exc)
+            await self._failed(
+                sink.name, row, exc, permanent=False, retry_after=None, crashes=crashes
+            )
             return False
+        self._crashes.pop(row.seq, None)
         await self._store.remove(row.seq)
         self._queued[sink.name] -= 1
         self.delivered[sink.name] += 1
@@ -263,27 +287,41 @@ class Dispatcher:
         *,
         permanent: bool,
         retry_after: float | None,
+        crashes: int = 0,
     ) -> None:
+        """Count a failed attempt; give the delivery up or schedule the next one.
+
+        ``crashes`` is how often the sink raised something unexpected on this
+        delivery, counting this attempt (``0``: the destination's answer, a
+        :class:`DeliveryError`).
+        """
         self.failed[sink] += 1
         now = self._now().timestamp()
         attempts = row.attempts + 1
+        message = f"{type(error).__name__}: {error}" if crashes else str(error)
         fields = {
             "sink": sink,
             "event_id": row.event.id,
             "event_type": row.event.type.value,
             "task_id": row.event.task_id,
             "attempts": attempts,
-            "error": str(error),
+            "error": message,
         }
-        too_old = now - row.created > self._max_age.total_seconds()
-        if permanent or too_old:
+        reason: str | None = None
+        if permanent:
+            reason = "rejected by the destination"
+        elif crashes >= MAX_CRASHES:
+            reason = f"internal error: the sink crashed {crashes} times on this event"
+        elif now - row.created > self._max_age.total_seconds():
+            reason = "too old to be worth sending"
+        if reason is not None:
+            self._crashes.pop(row.seq, None)
             await self._store.remove(row.seq)
             self._queued[sink] -= 1
             self.given_up[sink] += 1
-            reason = "rejected by the destination" if permanent else "too old to be worth sending"
             log.error("delivery_given_up", reason=reason, **fields)
             return
         ceiling = min(self._backoff_cap, self._backoff_base * 2 ** min(attempts - 1, 30))
         delay = max(retry_after or 0.0, self._rng.uniform(0, ceiling))
-        await self._store.retry_later(row.seq, now + delay, str(error))
+        await self._store.retry_later(row.seq, now + delay, message)
         log.warning("delivery_failed", retry_in=round(delay, 3), **fields)

@@ -34,6 +34,7 @@ from yarl import URL
 from monitor.retry import MAX_RETRY_AFTER, parse_retry_after
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.render import Renderer
+from monitor.text import replace_surrogates
 
 if TYPE_CHECKING:
     from monitor.config import SinkConfig
@@ -75,8 +76,16 @@ class Request:
 
 
 def json_body(payload: object) -> bytes:
-    """Compact UTF-8 JSON: the bytes that are sent (and, for webhooks, signed)."""
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON: the bytes that are sent (and, for webhooks, signed).
+
+    A lone surrogate (half an emoji: not text, and not encodable) is sent as U+FFFD,
+    as the API parser reads it, rather than failing the delivery.
+    """
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return replace_surrogates(text).encode()
 
 
 def _secret_parts(url: URL) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from monitor.text import without_surrogates
 from monitor.tracking.events import Event
 
 __all__ = ["LogSink"]
@@ -47,4 +48,7 @@ class LogSink:
         if event.message:
             fields["message"] = event.message
         fields["event_id"] = event.id
-        self._log.info(event.type.value, **fields)
+        # A lone surrogate would fail the console renderer's write to a UTF-8 terminal.
+        self._log.info(
+            event.type.value, **{key: without_surrogates(value) for key, value in fields.items()}
+        )

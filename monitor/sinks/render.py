@@ -101,8 +101,12 @@ class Message:
 
 
 def measure(text: str) -> int:
-    """Length in UTF-16 code units: how the chat services count characters."""
-    return len(text.encode("utf-16-le")) // 2
+    """Length in UTF-16 code units: how the chat services count characters.
+
+    A lone surrogate counts as the one unit it is in JavaScript (and as the U+FFFD
+    :func:`~monitor.sinks.http.json_body` sends in its place), instead of failing.
+    """
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _same(text: str) -> str:

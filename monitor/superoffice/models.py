@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.text import without_surrogates
+
 __all__ = [
     "ACTIVE_STATES",
     "TERMINAL_STATES",
@@ -376,26 +378,12 @@ def _load_json(body: bytes | str) -> object:
         # middle of an emoji; the standard library reads them (then made U+FFFD).
         pass
     try:
-        return _without_surrogates(json.loads(body))
+        return without_surrogates(json.loads(body))
     except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError and JSONDecodeError are both ValueErrors.
         text = body[:80] if isinstance(body, str) else body[:80].decode("utf-8", "replace")
         msg = f"response is not JSON ({exc.__class__.__name__}): {text!r}"
         raise ParseError(msg) from None
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _without_surrogates(value: object) -> object:
-    """Replace lone surrogates (not text, and not encodable) with U+FFFD, recursively."""
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_without_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
-    return value
 
 
 def _raise_if_error_object(data: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
+from monitor.text import replace_surrogates, without_surrogates
 
 __all__ = ["Event", "EventType", "TaskSummary", "event_id"]
 
@@ -112,21 +113,25 @@ class TaskSummary:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskSummary:
-        """The inverse of :meth:`to_dict` (the outbox stores events as JSON)."""
+        """The inverse of :meth:`to_dict` (the outbox stores events as JSON).
+
+        Lone surrogates in the text become U+FFFD (see :mod:`monitor.text`): rows
+        written by earlier versions can hold half an emoji that no sink could encode.
+        """
         return cls(
             id=int(data["id"]),
-            name=data["name"],
+            name=_text(data["name"]),
             state=BatchTaskState(data["state"]),
-            state_raw=data["state_raw"],
+            state_raw=_text(data["state_raw"]),
             progress=data["progress"],
-            progress_description=data["progress_description"],
-            description=data["description"],
+            progress_description=_text(data["progress_description"]),
+            description=_text(data["description"]),
             associate_id=data["associate_id"],
-            context=data["context"],
-            request=data["request"],
-            response=data["response"],
-            result=data["result"],
-            file_name=data["file_name"],
+            context=_text(data["context"]),
+            request=_text(data["request"]),
+            response=_text(data["response"]),
+            result=_text(data["result"]),
+            file_name=_text(data["file_name"]),
             last_started=_date(data["last_started"]),
             created=_date(data["created"]),
             start_count=data["start_count"],
@@ -162,6 +167,11 @@ def _date(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value is not None else None
 
 
+def _text(value: Any) -> Any:
+    """A stored string with its lone surrogates replaced; anything else as it is."""
+    return replace_surrogates(value) if isinstance(value, str) else value
+
+
 def _jsonable(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -194,16 +204,23 @@ class Event:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
-        """The inverse of :meth:`to_dict`; old values in ``previous`` stay in their JSON form."""
+        """The inverse of :meth:`to_dict`; old values in ``previous`` stay in their JSON form.
+
+        Lone surrogates in any text become U+FFFD, as in :meth:`TaskSummary.from_dict`.
+        """
         task = data.get("task")
+        previous = {
+            _text(key): without_surrogates(value)
+            for key, value in dict(data.get("previous") or {}).items()
+        }
         return cls(
-            id=str(data["id"]),
+            id=replace_surrogates(str(data["id"])),
             type=EventType(data["type"]),
             time=datetime.fromisoformat(data["time"]),
             task=TaskSummary.from_dict(task) if task is not None else None,
-            previous=MappingProxyType(dict(data.get("previous") or {})),
+            previous=MappingProxyType(previous),
             eta=_date(data.get("eta")),
-            message=data.get("message"),
+            message=_text(data.get("message")),
         )
 
     def to_dict(self) -> dict[str, object]:

@@ -428,15 +428,6 @@ class TestBrokenStateDatabase:
         """An outbox row that cannot be read is logged and set aside; batchmon keeps running."""
         self._queue_row_and_restart(peers, launch, tmp_path, row, what)
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=pytest.fail.Exception,
-        reason="monitor/sinks/http.py json_body (and render.measure for chat sinks) raise "
-        "UnicodeEncodeError on a lone surrogate; outbox rows written before the switch to "
-        "orjson can hold one (stdlib json reads '\\ud83d' back as half a pair), and "
-        "Dispatcher._attempt retries that crash as transient, so the row blocks its sink's "
-        "queue (deliveries go in order) until max_age, 24 h",
-    )
     def test_queued_event_with_half_an_emoji(
         self, peers: Peers, launch: Callable[..., Batchmon], tmp_path: Path
     ) -> None:
