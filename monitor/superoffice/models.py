@@ -200,6 +200,11 @@ class TableRight(BaseModel):
     mask: str | None = Field(default=None, alias="Mask")
     reason: str | None = Field(default=None, alias="Reason")
 
+    @model_validator(mode="after")
+    def _slim(self) -> TableRight:
+        _share_fields_set(self)
+        return self
+
 
 class FieldProperty(BaseModel):
     """Access and type information for one field of the carrier."""
@@ -289,6 +294,7 @@ class BatchTaskInfo(BaseModel):
             task = handler(repaired)
             task._anomalies = tuple(notes)
         task._interpret()
+        _share_fields_set(task)
         return task
 
     def _interpret(self) -> None:
@@ -355,6 +361,28 @@ def _interpret_state(raw: str | int | None) -> tuple[BatchTaskState, str | None]
             return BatchTaskState.UNKNOWN, "State 99999 (All) is a query wildcard, not a task state"
         return BatchTaskState.UNKNOWN, f"State number {raw} is not a known BatchTaskState"
     return BatchTaskState.UNKNOWN, "State is missing"
+
+
+#: The distinct sets of fields the API sent, each kept once (at most this many).
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+_MAX_FIELDS_SETS = 64
+
+
+def _share_fields_set(task: BaseModel) -> None:
+    """Point the task at a shared copy of the set of fields the API sent.
+
+    pydantic gives every instance its own set (2.2 KB for the 24 names), yet
+    thousands of tasks share a handful of shapes.  Safe because the model is
+    frozen and pydantic copies the set before changing it (``model_copy``).
+    """
+    fields = task.__pydantic_fields_set__
+    key = frozenset(fields)
+    shared = _FIELDS_SETS.get(key)
+    if shared is None:
+        if len(_FIELDS_SETS) >= _MAX_FIELDS_SETS:
+            return
+        shared = _FIELDS_SETS[key] = set(key)
+    object.__setattr__(task, "__pydantic_fields_set__", shared)
 
 
 def _interpret_cancellation(
