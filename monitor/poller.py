@@ -36,7 +36,7 @@ import anyio.abc
 import structlog
 
 from monitor.config import DiscoverRule, PollConfig
-from monitor.superoffice.client import SuperOfficeClient
+from monitor.superoffice.client import AnswerMemo, SuperOfficeClient
 from monitor.superoffice.errors import (
     ApiError,
     AuthenticationFailed,
@@ -189,6 +189,8 @@ class Poller:
         self._missing: dict[int, float] = {}
         #: The raw poll fields each task had in the last list that showed it.
         self._listed: dict[int, tuple[object, ...]] = {}
+        #: Each task's last answer by id, so that an identical one is not parsed again.
+        self._answers = AnswerMemo()
         self._batch_events: list[Event] = []
         self._batch_memories: list[TaskMemory] = []
         self._committing: anyio.Event | None = None
@@ -245,6 +247,7 @@ class Poller:
         ids = list(task_ids)
         for task_id in ids:
             self._due.pop(task_id, None)
+        self._answers.forget(ids)
         self._tracker.forget(ids)
 
     async def run(
@@ -312,7 +315,7 @@ class Poller:
             for task_id in pending:
 
                 async def get(task_id: int = task_id) -> BatchTaskInfo:
-                    return await self._client.get_task(task_id)
+                    return await self._client.get_task(task_id, self._answers)
 
                 await self._settle(cycle, task_id, await self._request(cycle, get))
 
@@ -549,7 +552,12 @@ class Poller:
             self._malformed.discard(task_id)
             log.info("task_answer_valid_again", task_id=task_id)
         self._report_anomalies(result)
-        events = self._tracker.observe(result, now)
+        previous = self._tracker.tasks.get(task_id)
+        if previous is not None and previous.info is result:
+            # The very answer of last time (see AnswerMemo): as a list call showing no change.
+            events = self._tracker.touch(task_id, now)
+        else:
+            events = self._tracker.observe(result, now)
         memory = self._tracker.tasks[result.id]
         finished = memory.terminal_since
         linger = timedelta(seconds=self._config.terminal_linger)

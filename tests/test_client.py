@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from monitor.superoffice.auth import auth_from_config
-from monitor.superoffice.client import MAX_TASK_BYTES, SuperOfficeClient, open_session
+from monitor.superoffice.client import (
+    MAX_TASK_BYTES,
+    AnswerMemo,
+    SuperOfficeClient,
+    open_session,
+)
 from monitor.superoffice.errors import (
     ApiError,
     ApiTimeout,
@@ -260,3 +265,34 @@ class TestListInState:
         assert "/api/v1/Agents/Batch/GetBatchTaskInfosByAssociatesAndState" == seen.path
         assert {"AssociateIds": [], "State": "Started"} == json.loads(seen.body)
         assert {"$select": "Id"} == seen.query
+
+
+class TestAnswerMemo:
+    """An answer identical to the task's last one is not parsed again."""
+
+    async def test_same_bytes_same_object(self, scripted: ScriptedServer) -> None:
+        """Same body: the object of last time; other body or other task: parsed anew."""
+        moved = json.dumps({"Id": 212, "Name": "Export", "State": "Started", "ProgressPercent": 40})
+        other = json.dumps({"Id": 213, "Name": "Export", "State": "Started", "ProgressPercent": 30})
+        for body in (TASK, TASK, moved, moved, other, TASK, TASK):
+            scripted.replies.append(Reply(body=body))
+        memo = AnswerMemo()
+        async for client in _client(scripted.url):
+            first = await client.get_task(212, memo)
+            again = await client.get_task(212, memo)
+            progressed = await client.get_task(212, memo)
+            progressed_again = await client.get_task(212, memo)
+            neighbour = await client.get_task(213, memo)
+            memo.forget([212])
+            after_forget = await client.get_task(212, memo)
+            unmemoized = await client.get_task(212)
+
+        assert first is again
+        assert 30 == first.progress_percent
+        assert progressed is progressed_again
+        assert 40 == progressed.progress_percent
+        assert 213 == neighbour.id
+        assert after_forget is not first
+        assert after_forget == first
+        assert unmemoized is not after_forget
+        assert 7 == len(scripted.seen)

@@ -26,7 +26,15 @@ import json as jsonlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -67,6 +75,7 @@ from monitor.superoffice.tenant import FixedRoute, Route, TenantResolver
 __all__ = [
     "MAX_LIST_BYTES",
     "MAX_TASK_BYTES",
+    "AnswerMemo",
     "LimitedTransport",
     "RequestStats",
     "SuperOfficeClient",
@@ -337,6 +346,37 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int, what: str) 
     return b"".join(chunks)
 
 
+class AnswerMemo:
+    """Each task's last answer (as a hash of its bytes) and what it parsed to.
+
+    Most polls of a task get the very bytes of the previous answer back; those
+    are not parsed again, and the object parsed last time is returned, so a
+    caller can tell "the same answer" by identity.  The hash is Python's 64-bit
+    SipHash of the body: two different answers about one task would have to
+    collide, a 2**-64 chance per poll.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[int, BatchTaskInfo]] = {}
+
+    def parse(
+        self, task_id: int, body: bytes, parse: Callable[[bytes], BatchTaskInfo]
+    ) -> BatchTaskInfo:
+        """``parse(body)``, or what it gave last time for exactly this body."""
+        digest = hash(body)
+        last = self._last.get(task_id)
+        if last is not None and last[0] == digest:
+            return last[1]
+        info = parse(body)
+        self._last[task_id] = (digest, info)
+        return info
+
+    def forget(self, task_ids: Iterable[int]) -> None:
+        """Drop what is kept for these tasks (no longer polled)."""
+        for task_id in task_ids:
+            self._last.pop(task_id, None)
+
+
 class SuperOfficeClient:
     """Calls the batch-task endpoints of one tenant.
 
@@ -383,13 +423,21 @@ class SuperOfficeClient:
             )
         self._auth = auth or auth_from_config(config.auth, login=login)
 
-    async def get_task(self, task_id: int) -> BatchTaskInfo:
-        """``GET {url}/v1/BatchTask/{id}``: one task, or :class:`NotFound`."""
+    async def get_task(self, task_id: int, memo: AnswerMemo | None = None) -> BatchTaskInfo:
+        """``GET {url}/v1/BatchTask/{id}``: one task, or :class:`NotFound`.
+
+        With a ``memo``, an answer identical to the task's last one is not parsed
+        again: the object parsed then comes back.
+        """
+
+        def parse(body: bytes) -> BatchTaskInfo:
+            return parse_task(body, tz=self._tz)
+
         return await self._call(
             "GET",
             f"/v1/BatchTask/{int(task_id)}",
             limit=MAX_TASK_BYTES,
-            parse=lambda body: parse_task(body, tz=self._tz),
+            parse=parse if memo is None else lambda body: memo.parse(task_id, body, parse),
         )
 
     async def list_tasks_by_associates(
