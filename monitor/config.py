@@ -895,6 +895,9 @@ class SinkConfig(_Section):
     template: str | None = None
     #: Deliveries per second at most; default per type (Slack 1/s, Discord 5/2s, …).
     rate: Rate | None = None
+    #: Deliveries in flight at once; each task's events still go out in order.  Default
+    #: per type: 4 for ``webhook``, 1 for the rest (a chat channel reads best in order).
+    concurrency: Annotated[int, Field(ge=1, le=32)] | None = None
     #: Chat sinks and ``webhook``: repeat failed and stalled tasks this often while they stay so.
     remind_every: Annotated[Duration, Field(gt=0)] | None = None
     #: Per delivery request.

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from itertools import chain, count
 from pathlib import Path
 from typing import Any, TypeVar
@@ -259,23 +260,45 @@ class Store:
     # --- outbox
 
     async def next_delivery(
-        self, sink: str, on_drop: Callable[[str], object] | None = None
+        self,
+        sink: str,
+        *,
+        lane: tuple[int, int] = (0, 1),
+        done: int | None = None,
+        claim_until: float | None = None,
+        on_drop: Callable[[str], object] | None = None,
     ) -> OutboxRow | None:
         """The oldest pending delivery of a sink (deliveries go out in order).
 
-        A row that cannot be read is logged and deleted on the way, and ``on_drop``
-        called with its sink, so that whoever counts the queue can count it out.
+        ``lane`` (index, count) narrows it to the tasks whose id modulo ``count``
+        is ``index`` (events without a task count as id 0), so that several lanes
+        can deliver at once while each task's events stay in order.  One transaction, so that a delivery costs one store round trip: first
+        ``done`` (a delivery finished, delivered or given up) is deleted; then a
+        head due by ``claim_until`` (epoch seconds) is marked as being tried (its
+        attempts counted, so coalescing leaves it alone).  The row returned
+        carries the attempts before this one.  A row that cannot be read is
+        logged and deleted on the way, and ``on_drop`` called with its sink, so
+        that whoever counts the queue can count it out.
         """
 
-        def first() -> tuple[Any, ...] | None:
-            row: tuple[Any, ...] | None = self._db.execute(
-                "SELECT seq, sink, event, attempts, next_attempt, created FROM outbox "
-                "WHERE sink = ? ORDER BY seq LIMIT 1",
-                (sink,),
-            ).fetchone()
+        def step(finished: int | None) -> tuple[Any, ...] | None:
+            with self._db:
+                if finished is not None:
+                    self._db.execute("DELETE FROM outbox WHERE seq = ?", (finished,))
+                row: tuple[Any, ...] | None = self._db.execute(
+                    "SELECT seq, sink, event, attempts, next_attempt, created FROM outbox "
+                    "WHERE sink = ? AND abs(coalesce(task_id, 0)) % ? = ? ORDER BY seq LIMIT 1",
+                    (sink, count, index),
+                ).fetchone()
+                if row is not None and claim_until is not None and row[4] <= claim_until:
+                    self._db.execute(
+                        "UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (row[0],)
+                    )
             return row
 
-        while (row := await self._run(first)) is not None:
+        index, count = lane
+        finished = done
+        while (row := await self._run(partial(step, finished))) is not None:
             seq, name, text, attempts, next_attempt, created = row
             try:
                 event = Event.from_dict(json.loads(text))
@@ -283,21 +306,12 @@ class Store:
                 # Written by another version, or damaged: it can never be sent, and keeping
                 # it at the head of the queue would stop this sink for good.
                 log.error("outbox_row_unreadable", seq=seq, sink=name, error=str(exc))
-                await self.remove(seq)
+                finished = seq
                 if on_drop is not None:
                     on_drop(name)
                 continue
             return OutboxRow(seq, name, event, attempts, next_attempt, created)
         return None
-
-    async def mark_attempt(self, seq: int) -> None:
-        """Record that a delivery is being tried (so coalescing leaves it alone)."""
-
-        def mark() -> None:
-            with self._db:
-                self._db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
-
-        await self._run(mark)
 
     async def retry_later(self, seq: int, next_attempt: float, error: str) -> None:
         """Keep a delivery for another try at ``next_attempt`` (epoch seconds)."""

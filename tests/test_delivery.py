@@ -397,3 +397,67 @@ class TestStorm:
         assert [e.id for e in events] == received
         assert 6 == dispatcher.failed["hook"]
         assert starts[6] - starts[0] >= 6 * 0.2 - 0.05, "each Retry-After was honoured"
+
+
+class TestLanes:
+    """Several deliveries at once, each task's in order, against a real slow receiver."""
+
+    @pytest.mark.parametrize("lanes", [1, 4])
+    async def test_a_burst_goes_out_in_lanes(self, store: Store, lanes: int) -> None:
+        """With N lanes up to N deliveries overlap; one task's events never do, nor reorder."""
+        in_flight: dict[int, int] = {}
+        most = 0
+        overlapping_one_task = 0
+        received: list[tuple[int, str]] = []
+
+        async def receive(request: web.Request) -> web.Response:
+            nonlocal most, overlapping_one_task
+            event = await request.json()
+            task_id = int(event["subject"])
+            if in_flight.get(task_id):
+                overlapping_one_task += 1
+            in_flight[task_id] = in_flight.get(task_id, 0) + 1
+            most = max(most, sum(in_flight.values()))
+            await anyio.sleep(0.02)
+            in_flight[task_id] -= 1
+            received.append((task_id, request.headers["webhook-id"]))
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        expected = {task_id: story(task_id) for task_id in range(1, 9)}
+        try:
+            async with aiohttp.ClientSession() as session:
+                sink = WebhookSink("hook", str(server.make_url("/hook")), session)
+                subscription = Subscription(sink, Route(), lanes=lanes)
+                dispatcher = Dispatcher([subscription], store)
+                async with dispatching(dispatcher):
+                    await dispatcher.commit([e for events in expected.values() for e in events])
+                    await until(lambda: dispatcher.delivered["hook"] == 32)
+        finally:
+            await server.close()
+
+        for task_id, events in expected.items():
+            assert [e.id for e in events] == [i for t, i in received if t == task_id]
+        assert 0 == overlapping_one_task
+        assert lanes == most
+        assert (32, 0) == (dispatcher.delivered["hook"], dispatcher.queued("hook"))
+
+    async def test_events_without_a_task_share_the_first_lane(self, store: Store) -> None:
+        """API health events (no task) are delivered, in order, by lane 0."""
+        time = VirtualTime()
+        sink = Destination("ops")
+        dispatcher = Dispatcher(
+            [Subscription(sink, Route(), lanes=3)], store, now=time, sleep=time.sleep
+        )
+        down, up = (
+            Event(id=f"health-{kind.value}", type=kind, time=T0, message=kind.value)
+            for kind in (EventType.MONITOR_API_DOWN, EventType.MONITOR_API_RECOVERED)
+        )
+        async with dispatching(dispatcher):
+            await dispatcher.commit([down, up, *story(5)])
+            await until(lambda: len(sink.received) == 6)
+
+        assert [down.id, up.id] == [e.id for e in sink.received if e.task_id is None]

@@ -243,6 +243,21 @@ class TestSchedule:
 
         assert anyio.current_time() - started >= 4 * 0.02 - 0.005
 
+    async def test_rate_limiter_lets_a_burst_through_then_keeps_the_rate(self) -> None:
+        """With a burst of 3 at 20/s: three go at once, the next three one interval apart."""
+        limiter = RateLimiter(20, burst=3)
+        started = anyio.current_time()
+        times = []
+        for _ in range(6):
+            await limiter.acquire()
+            times.append(anyio.current_time() - started)
+
+        assert times[2] < 0.02, "the burst did not wait"
+        assert times[3] >= 0.05 - 0.005
+        assert times[5] >= 3 * 0.05 - 0.005
+        with pytest.raises(ValueError, match="burst"):
+            RateLimiter(20, burst=0)
+
 
 class TestRequestBudget:
     """Adaptive schedules, bulk list calls and discovery spend few requests."""

@@ -145,9 +145,8 @@ class TestOutbox:
         """Progress already handed to a sink is not coalesced away."""
         first, second = events_for(7, {"ProgressPercent": 0}, {"ProgressPercent": 50})[0:2]
         await store.commit([], [("ops", second)], 0.0)
-        row = await store.next_delivery("ops")
+        row = await store.next_delivery("ops", claim_until=0.0)
         assert row is not None
-        await store.mark_attempt(row.seq)
         later = events_for(
             7, {"ProgressPercent": 0}, {"ProgressPercent": 50}, {"ProgressPercent": 80}
         )[2]
@@ -156,13 +155,38 @@ class TestOutbox:
         assert {"ops": 2} == await store.outbox_counts()
         assert first.type is EventType.TASK_DISCOVERED
 
+    async def test_one_round_trip_per_delivery(self, store: Store) -> None:
+        """``done`` is deleted and the next head claimed in the same call; not a later one."""
+        first, second, third = events_for(7, {}, {"State": "Failed"}, {"State": "Started"})
+        await store.commit([], [("ops", first), ("ops", second), ("ops", third)], 100.0)
+
+        head = await store.next_delivery("ops", claim_until=100.0)
+        assert head is not None
+        following = await store.next_delivery("ops", done=head.seq, claim_until=100.0)
+        assert following is not None
+        await store.retry_later(following.seq, 130.0, "HTTP 503")
+        early = await store.next_delivery("ops", claim_until=100.0)
+        due = await store.next_delivery("ops", claim_until=130.0)
+        assert due is not None
+        last = await store.next_delivery("ops", done=due.seq, claim_until=130.0)
+        assert last is not None
+        unclaimed = await store.next_delivery("ops")
+
+        assert [first.id, second.id, third.id] == [head.event.id, due.event.id, last.event.id]
+        assert early is not None
+        assert (1, 1) == (early.attempts, due.attempts)
+        assert unclaimed is not None
+        assert (last.seq, 1) == (unclaimed.seq, unclaimed.attempts)
+        assert {"ops": 1} == await store.outbox_counts()
+        assert await store.next_delivery("ops", done=last.seq) is None
+
     async def test_retry_later_and_removed_sinks(self, store: Store) -> None:
         """A retry keeps its place with a later time; sinks no longer configured are dropped."""
         (event,) = events_for(7, {})
         await store.commit([], [("ops", event), ("old", event)], 100.0)
-        row = await store.next_delivery("ops")
+        row = await store.next_delivery("ops", claim_until=100.0)
         assert row is not None
-        await store.mark_attempt(row.seq)
+        assert 0 == row.attempts
         await store.retry_later(row.seq, 130.0, "HTTP 503")
 
         again = await store.next_delivery("ops")

@@ -209,6 +209,8 @@ class AlertmanagerSink:
     """
 
     default_rate = 10.0
+    #: Alerts are posted by the sink's own loop; send() only updates what it holds.
+    default_concurrency = 1
 
     def __init__(
         self,

@@ -51,6 +51,8 @@ class Sink(Protocol):
     name: str
     #: Deliveries per second the destination tolerates (``inf``: no limit).
     default_rate: float
+    #: Deliveries in flight at once unless configured (one task's always go in order).
+    default_concurrency: int
 
     async def send(self, event: Event) -> None:
         """Deliver one event, or raise :class:`DeliveryError`."""

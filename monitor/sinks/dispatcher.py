@@ -7,8 +7,10 @@ Then one worker per sink sends its deliveries in order, so a slow or dead
 sink delays no other, and one task's events arrive in the order they
 happened.
 
-A worker paces itself to the sink's rate, and on a failure retries the same
-delivery (the head of its queue) after ``max(retry_after, full-jitter
+A sink's workers (one per lane: tasks split by id, so that one task's events
+stay in order while a burst goes out several at a time) share the sink's rate,
+with a second's worth allowed as a burst; on a failure a worker retries the
+same delivery (the head of its lane) after ``max(retry_after, full-jitter
 backoff)``; a permanent failure (4xx) or a delivery older than ``max_age`` is
 given up, counted and logged with the destination's answer.  An exception
 that is not a :class:`~monitor.sinks.base.DeliveryError` is a bug in the sink,
@@ -53,6 +55,9 @@ class Subscription:
     rate: float = math.inf
     #: Seconds between reminders of a task that stays failed or stalled (``None``: never).
     remind_every: float | None = None
+    #: Deliveries in flight at once, each in its own lane of tasks (by id): one task's
+    #: events still go out in order, and a burst is not sent one by one.
+    lanes: int = 1
 
 
 #: Conditions worth a reminder while they last.
@@ -75,6 +80,11 @@ MAX_CRASHES = 3
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _lane(task_id: int | None, lanes: int) -> int:
+    """The lane of a task's deliveries (events without a task go in the first)."""
+    return abs(task_id or 0) % lanes
 
 
 class Dispatcher:
@@ -100,7 +110,9 @@ class Dispatcher:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._max_age = max_age
-        self._wake = {s.sink.name: anyio.Event() for s in self._subscriptions}
+        #: One wake-up per lane of each sink, set when a delivery for it is queued.
+        self._wake = {s.sink.name: [anyio.Event() for _ in range(s.lanes)] for s in subscriptions}
+        self._lanes = {s.sink.name: s.lanes for s in self._subscriptions}
         self._queued: Counter[str] = Counter()
         #: Unexpected exceptions of the sink at each outbox row (by seq) still queued.
         self._crashes: Counter[int] = Counter()
@@ -151,14 +163,24 @@ class Dispatcher:
             memories, deliveries, self._now().timestamp(), history=events
         )
         self._queued.update(growth)
-        for sink in {name for name, _ in deliveries}:
-            self._wake[sink].set()
+        self._wake_for(deliveries)
+
+    def _wake_for(self, deliveries: Sequence[tuple[str, Event]]) -> None:
+        """Wake the lane each queued delivery belongs to."""
+        for sink, event in deliveries:
+            self._wake[sink][_lane(event.task_id, self._lanes[sink])].set()
 
     async def run(self) -> None:
         """Deliver until cancelled (and run the sinks' own background work)."""
         async with anyio.create_task_group() as group:
             for subscription in self._subscriptions:
-                group.start_soon(self._work, subscription)
+                limiter = (
+                    RateLimiter(subscription.rate, burst=max(1, int(subscription.rate)))
+                    if math.isfinite(subscription.rate)
+                    else None
+                )
+                for lane in range(subscription.lanes):
+                    group.start_soon(self._work, subscription, lane, limiter)
                 if isinstance(subscription.sink, BackgroundSink):
                     group.start_soon(subscription.sink.run)
 
@@ -206,8 +228,7 @@ class Dispatcher:
             return
         growth = await self._store.commit([], fresh, now.timestamp())
         self._queued.update(growth)
-        for sink in {name for name, _ in fresh}:
-            self._wake[sink].set()
+        self._wake_for(fresh)
         log.info("reminders_queued", count=len(fresh))
 
     async def drain(self) -> None:
@@ -217,63 +238,94 @@ class Dispatcher:
         """
         async with anyio.create_task_group() as group:
             for subscription in self._subscriptions:
-                group.start_soon(self._flush, subscription)
+                for lane in range(subscription.lanes):
+                    group.start_soon(self._flush, subscription, lane)
 
-    async def _flush(self, subscription: Subscription) -> None:
+    async def _flush(self, subscription: Subscription, lane: int) -> None:
         name = subscription.sink.name
-        while (row := await self._next(name)) is not None:
-            if row.next_attempt > self._now().timestamp() or not await self._attempt(
-                subscription, row
-            ):
-                return
+        done: int | None = None
+        try:
+            while True:
+                row = await self._next(name, lane, done)
+                done = None
+                if row is None or row.next_attempt > self._now().timestamp() + _CLOCK_SLACK:
+                    return
+                if not await self._attempt(subscription, row):
+                    return
+                done = row.seq
+        finally:
+            await self._finish(done)
 
-    async def _next(self, sink: str) -> OutboxRow | None:
-        """The sink's next delivery, if any; rows the store drops are counted out."""
-        return await self._store.next_delivery(sink, on_drop=self._dropped)
+    async def _next(self, sink: str, lane: int, done: int | None = None) -> OutboxRow | None:
+        """Delete ``done``, then claim the lane's next delivery if due: one store round trip.
+
+        Rows the store drops as unreadable are counted out of the queue.
+        """
+        return await self._store.next_delivery(
+            sink,
+            lane=(lane, self._lanes[sink]),
+            done=done,
+            claim_until=self._now().timestamp() + _CLOCK_SLACK,
+            on_drop=self._dropped,
+        )
+
+    async def _finish(self, done: int | None) -> None:
+        """Delete a finished delivery even while being cancelled (else it would go out twice)."""
+        if done is not None:
+            with anyio.CancelScope(shield=True):
+                await self._store.remove(done)
 
     def _dropped(self, sink: str) -> None:
         """The store deleted an outbox row it could not read: it is no longer queued."""
         self._queued[sink] -= 1
 
-    async def _work(self, subscription: Subscription) -> None:
+    async def _work(
+        self, subscription: Subscription, lane: int, limiter: RateLimiter | None
+    ) -> None:
+        """Send one lane's deliveries in order; the sink's lanes share its rate."""
         name = subscription.sink.name
-        limiter = RateLimiter(subscription.rate) if math.isfinite(subscription.rate) else None
-        while True:
-            row = await self._next(name)
-            if row is None:
-                await self._wake[name].wait()
-                self._wake[name] = anyio.Event()
-                continue
-            wait = row.next_attempt - self._now().timestamp()
-            if wait > _CLOCK_SLACK:
-                await self._sleep(wait)
-                continue
-            if limiter is not None:
-                await limiter.acquire()
-            await self._attempt(subscription, row)
+        wake = self._wake[name]
+        done: int | None = None
+        try:
+            while True:
+                row = await self._next(name, lane, done)
+                done = None
+                if row is None:
+                    await wake[lane].wait()
+                    wake[lane] = anyio.Event()
+                    continue
+                wait = row.next_attempt - self._now().timestamp()
+                if wait > _CLOCK_SLACK:
+                    await self._sleep(wait)
+                    continue
+                if limiter is not None:
+                    await limiter.acquire()
+                if await self._attempt(subscription, row):
+                    done = row.seq
+        finally:
+            await self._finish(done)
 
     async def _attempt(self, subscription: Subscription, row: OutboxRow) -> bool:
-        """Try one delivery; whether it left the outbox delivered."""
+        """Try one claimed delivery; whether it is finished (delivered or given up).
+
+        A finished delivery is deleted by the caller's next :meth:`_next`.
+        """
         sink, event = subscription.sink, row.event
-        await self._store.mark_attempt(row.seq)
         try:
             await sink.send(event)
         except DeliveryError as exc:
-            await self._failed(
+            return await self._failed(
                 sink.name, row, exc, permanent=exc.permanent, retry_after=exc.retry_after
             )
-            return False
         except Exception as exc:  # a bug in a sink must not stop its worker
             self._crashes[row.seq] += 1
             crashes = self._crashes[row.seq]
             if crashes == 1:  # the traceback once; delivery_failed says each time it failed
                 log.error("sink_crashed", sink=sink.name, event_id=event.id, exc_info=exc)
-            await self._failed(
+            return await self._failed(
                 sink.name, row, exc, permanent=False, retry_after=None, crashes=crashes
             )
-            return False
         self._crashes.pop(row.seq, None)
-        await self._store.remove(row.seq)
         self._queued[sink.name] -= 1
         self.delivered[sink.name] += 1
         self.latency[sink.name].observe(max((self._now() - event.time).total_seconds(), 0.0))
@@ -288,8 +340,8 @@ class Dispatcher:
         permanent: bool,
         retry_after: float | None,
         crashes: int = 0,
-    ) -> None:
-        """Count a failed attempt; give the delivery up or schedule the next one.
+    ) -> bool:
+        """Count a failed attempt; give the delivery up (``True``) or schedule the next one.
 
         ``crashes`` is how often the sink raised something unexpected on this
         delivery, counting this attempt (``0``: the destination's answer, a
@@ -316,12 +368,12 @@ class Dispatcher:
             reason = "too old to be worth sending"
         if reason is not None:
             self._crashes.pop(row.seq, None)
-            await self._store.remove(row.seq)
             self._queued[sink] -= 1
             self.given_up[sink] += 1
             log.error("delivery_given_up", reason=reason, **fields)
-            return
+            return True
         ceiling = min(self._backoff_cap, self._backoff_base * 2 ** min(attempts - 1, 30))
         delay = max(retry_after or 0.0, self._rng.uniform(0, ceiling))
         await self._store.retry_later(row.seq, now + delay, message)
         log.warning("delivery_failed", retry_in=round(delay, 3), **fields)
+        return False

@@ -65,6 +65,7 @@ def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> lis
                 sink=sink,
                 route=Route(events=config.events, names=config.names, ids=config.ids),
                 rate=config.rate if config.rate is not None else sink.default_rate,
+                lanes=config.concurrency or sink.default_concurrency,
                 remind_every=config.remind_every,
             )
         )

@@ -186,6 +186,8 @@ class HttpSink(abc.ABC):
 
     #: Deliveries per second the destination tolerates by default.
     default_rate: float = 1.0
+    #: One at a time: a chat channel shows messages in the order they were sent.
+    default_concurrency: int = 1
 
     def __init__(
         self,

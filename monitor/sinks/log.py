@@ -21,6 +21,7 @@ class LogSink:
     """Writes events to the structured log (``batchmon.events``)."""
 
     default_rate = math.inf
+    default_concurrency = 1
 
     def __init__(self, name: str = "log") -> None:
         self.name = name
