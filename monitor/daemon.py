@@ -219,6 +219,7 @@ class Daemon:
                 shard=self.shard,
                 clock=self.clock,
                 workers=so.max_concurrency,
+                max_requests_per_second=so.max_requests_per_second,
             )
             self.poller = poller
             poller.watch(watched)

@@ -4,7 +4,8 @@ Each watched task has its own deadline, set by what it is doing: a running
 task (``Started``) every ``interval``, a task not yet running (``New``,
 ``Aquired``, ``Unknown``) every ``idle_interval``, a task that just finished
 once more to confirm it (and for ``terminal_linger`` after), then no more.
-Every deadline is jittered so thousands of tasks do not poll in waves.  A
+Every deadline is jittered (earlier, never later) so thousands of tasks do
+not poll in waves.  A
 task deleted after it was seen (404) is not polled again, while a watched id
 the API never knew is retried at ``idle_interval`` (a typo, or a task that
 does not exist yet).
@@ -12,8 +13,10 @@ does not exist yet).
 Requests are what SuperOffice meters, so a cycle spends as few as it can:
 when at least ``bulk_threshold`` due tasks were last seen in the same state,
 one ``GetBatchTaskInfosByAssociatesAndState`` call with ``$select`` replaces
-their GETs, and only the tasks whose state or progress moved are fetched in
-full.  ``[[watch.discover]]`` rules run the same list call on their own
+their GETs, and only the tasks whose state moved are fetched in full.  Tasks
+a list shows (and ids no list showed yet) are due again after half an
+``interval``: one request per state buys seeing each change within an
+interval of it, whatever the jitter and however long a cycle takes.  ``[[watch.discover]]`` rules run the same list call on their own
 schedule and watch what they find.
 
 Failures are data, not log spam: a cycle whose requests all failed counts
@@ -24,6 +27,7 @@ malformed answer or an anomalous field is logged once per task.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -33,7 +37,9 @@ from typing import TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from monitor.config import DiscoverRule, PollConfig
 from monitor.superoffice.client import AnswerMemo, SuperOfficeClient
@@ -63,6 +69,8 @@ _R = TypeVar("_R")
 _FIRST_SIGHTS_PER_WORKER = 4
 #: Commits waiting behind the one in flight, before callers are held back.
 _BATCH_LIMIT = 500
+#: Tasks decided or settled between two chances for GETs and deliveries to run.
+_SETTLE_SLICE = 64
 #: A watched id the API never knew is fetched by id every this many idle intervals
 #: (the active-state lists find it sooner once it exists).
 _UNKNOWN_RECHECK = 30
@@ -174,6 +182,7 @@ class Poller:
         rng: random.Random | None = None,
         shard: Shard | None = None,
         workers: int = 8,
+        max_requests_per_second: float = math.inf,
     ) -> None:
         self._shard = shard or Shard()
         self._client = client
@@ -189,12 +198,21 @@ class Poller:
         self._missing: dict[int, float] = {}
         #: The raw poll fields each task had in the last list that showed it.
         self._listed: dict[int, tuple[object, ...]] = {}
+        #: Tasks a list call shows, and ids no list showed yet, are due again this soon:
+        #: a list costs one request whatever it holds, and half an interval keeps every
+        #: change seen within one interval, however long a cycle takes.
+        self._list_every = config.interval / 2
         #: Each task's last answer by id, so that an identical one is not parsed again.
         self._answers = AnswerMemo()
         self._batch_events: list[Event] = []
         self._batch_memories: list[TaskMemory] = []
         self._committing: anyio.Event | None = None
         self._workers = workers
+        #: Requests a cycle may send: what the tenant's rate allows in half an interval, so
+        #: that a backlog of GETs (thousands of first sights) never holds up the next lists.
+        self._get_budget = max(
+            workers, math.floor(min(max_requests_per_second * self._list_every, 1e9))
+        )
         #: Discovery rules whose list calls fail (logged once per failure streak).
         self._failing_rules: set[int] = set()
         #: States whose list answers are unreadable (logged once per streak).
@@ -295,36 +313,52 @@ class Poller:
             for state in states:
                 group.start_soon(list_state, state)
 
-        moved: list[int] = []  # what the lists showed moving goes before blind GETs
+        # The GETs of what the lists show moving start as each is found, before the blind
+        # GETs (first sights, finished tasks, states not listed).
+        send, receive = anyio.create_memory_object_stream[int](max_buffer_size=math.inf)
+
+        async def fetch(queue: MemoryObjectReceiveStream[int]) -> None:
+            with queue:
+                async for task_id in queue:
+
+                    async def get(task_id: int = task_id) -> BatchTaskInfo:
+                        return await self._client.get_task(task_id, self._answers)
+
+                    await self._settle(cycle, task_id, await self._request(cycle, get))
+
         known: list[tuple[int, BatchTaskInfo | ApiError | _Unchanged]] = []
-        for task_id in self._covered(task_ids, states):
-            if task_id in singles:
-                continue
-            decision = self._decide(cycle, task_id, listings)
-            if isinstance(decision, _Fetch):
-                moved.append(task_id)
-            elif decision is None:
-                self._reschedule(task_id, self._config.interval)  # not there yet; next cycle
-            else:
-                known.append((task_id, decision))
-
-        gets = [*moved, *(task_id for task_id in task_ids if task_id in singles)]
-        pending = iter(gets)
-
-        async def fetch() -> None:
-            for task_id in pending:
-
-                async def get(task_id: int = task_id) -> BatchTaskInfo:
-                    return await self._client.get_task(task_id, self._answers)
-
-                await self._settle(cycle, task_id, await self._request(cycle, get))
-
+        budget = self._get_budget - len(states)
         async with anyio.create_task_group() as group:
-            for _ in range(min(self._workers, len(gets))):
-                group.start_soon(fetch)
-            # While the GETs of what moved are under way: what the lists already told.
-            for task_id, decision in known:
-                await self._settle(cycle, task_id, decision)
+            with receive:
+                for _ in range(self._workers):
+                    group.start_soon(fetch, receive.clone())
+            with send:
+                for index, task_id in enumerate(self._covered(task_ids, states)):
+                    if index % _SETTLE_SLICE == 0:
+                        await anyio.lowlevel.checkpoint()  # let the GETs found so far go out
+                    if task_id in singles:
+                        continue
+                    decision = self._decide(cycle, task_id, listings)
+                    if isinstance(decision, _Fetch):
+                        send.send_nowait(task_id)  # news: fetched whatever the budget
+                        budget -= 1
+                    elif decision is None:
+                        self._reschedule(task_id, self._list_every)  # not there yet
+                    else:
+                        known.append((task_id, decision))
+                # Known tasks before first sights; what the budget leaves stays due.
+                blind = sorted(
+                    (task_id for task_id in task_ids if task_id in singles),
+                    key=lambda task_id: task_id not in self._tracker.tasks,
+                )
+                for task_id in blind[: max(budget, 0)]:
+                    send.send_nowait(task_id)
+        # Then what the lists already told (mostly "unchanged": the stall clocks), after the
+        # GETs of what moved: those carry the news, and its delivery waits for this loop.
+        for index, (task_id, decision) in enumerate(known):
+            if index % _SETTLE_SLICE == 0:
+                await anyio.lowlevel.checkpoint()  # let deliveries of the news go on
+            await self._settle(cycle, task_id, decision, listed=True)
 
         self.last_cycle_requests = len(cycle.outcomes)
         health_event = self._record_health(cycle.outcomes, self._clock())
@@ -349,19 +383,28 @@ class Poller:
         return result
 
     async def _settle(
-        self, cycle: _Cycle, task_id: int, answer: BatchTaskInfo | ApiError | _Unchanged
+        self,
+        cycle: _Cycle,
+        task_id: int,
+        answer: BatchTaskInfo | ApiError | _Unchanged,
+        *,
+        listed: bool = False,
     ) -> None:
-        """Feed an answer to the tracker; commit the events and a changed memory."""
+        """Feed an answer to the tracker; commit the events and a changed memory.
+
+        ``listed``: the answer is what a list call showed (no request of its own).
+        """
         before = self._tracker.tasks.get(task_id)
         now = self._clock()
         if isinstance(answer, _Unchanged):
             found = self._tracker.touch(task_id, now)
-            self._reschedule(task_id, self._config.interval)
         else:
             found = self._absorb(task_id, answer, now)
-            listed = cycle.listed.pop(task_id, None)
-            if listed is not None and isinstance(answer, BatchTaskInfo):
-                self._listed[task_id] = listed
+            values = cycle.listed.pop(task_id, None)
+            if values is not None and isinstance(answer, BatchTaskInfo):
+                self._listed[task_id] = values
+        if listed and not isinstance(answer, ApiError):
+            self._reschedule(task_id, self._list_every)
         after = self._tracker.tasks.get(task_id)
         changed = after is not None and (
             bool(found) or (before is not after and _differs(before, after))
@@ -572,10 +615,10 @@ class Poller:
         return events
 
     def _reschedule(self, task_id: int, interval: float) -> None:
+        """Due again within ``interval``: jitter only brings it forward, never later."""
         if task_id not in self._due:
             return
-        jitter = self._config.jitter
-        factor = 1.0 + self._rng.uniform(-jitter, jitter)
+        factor = 1.0 - self._rng.uniform(0.0, self._config.jitter)
         self._due[task_id] = anyio.current_time() + interval * factor
 
     def _report_listing(self, state: BatchTaskState, answer: TaskListing | ApiError) -> None:
