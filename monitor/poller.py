@@ -5,10 +5,10 @@ task (``Started``) every ``interval``, a task not yet running (``New``,
 ``Aquired``, ``Unknown``) every ``idle_interval``, a task that just finished
 once more to confirm it (and for ``terminal_linger`` after), then no more.
 Every deadline is jittered (earlier, never later) so thousands of tasks do
-not poll in waves.  A
-task deleted after it was seen (404) is not polled again, while a watched id
-the API never knew is retried at ``idle_interval`` (a typo, or a task that
-does not exist yet).
+not poll in waves.  A task deleted after it was seen (404) is not polled
+again, while a watched id the API never knew (a typo, or a task that does not
+exist yet) is looked for in the active states' lists, and fetched by id once
+every 30 idle intervals.
 
 Requests are what SuperOffice meters, so a cycle spends as few as it can:
 when at least ``bulk_threshold`` due tasks were last seen in the same state,
