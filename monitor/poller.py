@@ -30,7 +30,7 @@ import hashlib
 import math
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import TypeVar
@@ -70,7 +70,7 @@ _FIRST_SIGHTS_PER_WORKER = 4
 #: Commits waiting behind the one in flight, before callers are held back.
 _BATCH_LIMIT = 500
 #: Tasks decided or settled between two chances for GETs and deliveries to run.
-_SETTLE_SLICE = 64
+_SETTLE_SLICE = 256
 #: A watched id the API never knew is fetched by id every this many idle intervals
 #: (the active-state lists find it sooner once it exists).
 _UNKNOWN_RECHECK = 30
@@ -313,18 +313,23 @@ class Poller:
             for state in states:
                 group.start_soon(list_state, state)
 
-        # The GETs of what the lists show moving start as each is found, before the blind
-        # GETs (first sights, finished tasks, states not listed).
+        # The GETs of what the lists show moving start as each is found (through a stream),
+        # then the blind GETs (first sights, finished tasks, states not listed).
         send, receive = anyio.create_memory_object_stream[int](max_buffer_size=math.inf)
+        blind: Iterator[int] = iter(())
+
+        async def get_and_settle(task_id: int) -> None:
+            async def get() -> BatchTaskInfo:
+                return await self._client.get_task(task_id, self._answers)
+
+            await self._settle(cycle, task_id, await self._request(cycle, get))
 
         async def fetch(queue: MemoryObjectReceiveStream[int]) -> None:
             with queue:
                 async for task_id in queue:
-
-                    async def get(task_id: int = task_id) -> BatchTaskInfo:
-                        return await self._client.get_task(task_id, self._answers)
-
-                    await self._settle(cycle, task_id, await self._request(cycle, get))
+                    await get_and_settle(task_id)
+            for task_id in blind:  # set before the stream closed
+                await get_and_settle(task_id)
 
         known: list[tuple[int, BatchTaskInfo | ApiError | _Unchanged]] = []
         budget = self._get_budget - len(states)
@@ -347,12 +352,11 @@ class Poller:
                     else:
                         known.append((task_id, decision))
                 # Known tasks before first sights; what the budget leaves stays due.
-                blind = sorted(
+                ordered = sorted(
                     (task_id for task_id in task_ids if task_id in singles),
                     key=lambda task_id: task_id not in self._tracker.tasks,
                 )
-                for task_id in blind[: max(budget, 0)]:
-                    send.send_nowait(task_id)
+                blind = iter(ordered[: max(budget, 0)])
         # Then what the lists already told (mostly "unchanged": the stall clocks), after the
         # GETs of what moved: those carry the news, and its delivery waits for this loop.
         for index, (task_id, decision) in enumerate(known):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import platform
 import shutil
@@ -289,6 +290,30 @@ class TestEndpoints:
         )
         assert 0 == check.returncode, check.stdout + check.stderr
         assert "" == check.stdout + check.stderr
+
+    async def test_metrics_gzip_when_asked(self) -> None:
+        """gzip for a client that accepts it (as Prometheus does), plain text otherwise."""
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=30)
+            async with (
+                running_daemon(simulator, [task.id]) as (_, base),
+                aiohttp.ClientSession(auto_decompress=False) as session,
+            ):
+                async with session.get(
+                    base + "/metrics", headers={"Accept-Encoding": "gzip"}
+                ) as response:
+                    assert "gzip" == response.headers["Content-Encoding"]
+                    assert "Accept-Encoding" in response.headers["Vary"]
+                    zipped = gzip.decompress(await response.read()).decode()
+                async with session.get(
+                    base + "/metrics", headers={"Accept-Encoding": "identity"}
+                ) as response:
+                    assert "Content-Encoding" not in response.headers
+                    plain = (await response.read()).decode()
+
+        line = f'batchmon_task_progress_ratio{{task_id="{task.id}"}} 0.3'
+        assert line in zipped
+        assert line in plain
 
     async def test_health_tasks_and_status_page(self) -> None:
         """healthz/readyz answer 200, the JSON lists tasks, the page escapes task text."""

@@ -85,6 +85,9 @@ __all__ = [
 
 log = structlog.get_logger("batchmon.client")
 
+#: Redactors kept for the credentials of recent requests.
+_REDACTORS_KEPT = 16
+
 #: Answers larger than this are refused: a task is a few KB, and a hostile or
 #: broken server must not make batchmon buffer gigabytes.
 MAX_TASK_BYTES = 1 << 20
@@ -168,6 +171,8 @@ class LimitedTransport:
         self._redactor = Redactor(configured_secrets(config)).adding(
             sent_credentials(session.headers)
         )
+        #: Redactors by the credentials a request carried (the same few, request after request).
+        self._redactors: dict[tuple[str, ...], Redactor] = {}
         #: After a 429, no request to the tenant starts before this.
         self._paused_until: datetime | None = None
 
@@ -195,11 +200,7 @@ class LimitedTransport:
         configured secrets.
         """
         what = f"{method} {path}"
-        redact = (
-            self._redactor.adding([*secrets, *sent_credentials(headers or {})])
-            if secrets or headers
-            else self._redactor
-        )
+        redact = self._redactor_for((*secrets, *sent_credentials(headers or {})))
         attempt = 0
         while True:
             await self._wait_for_gate(what)
@@ -249,6 +250,17 @@ class LimitedTransport:
         if self._paused_until is None or until > self._paused_until:
             self._paused_until = until
             log.warning("api_throttled", pause_seconds=round(seconds, 3))
+
+    def _redactor_for(self, credentials: tuple[str, ...]) -> Redactor:
+        """The configured secrets plus ``credentials``; kept for the next request with them."""
+        if not credentials:
+            return self._redactor
+        redactor = self._redactors.get(credentials)
+        if redactor is None:
+            if len(self._redactors) >= _REDACTORS_KEPT:  # tokens renewed: the old ones go
+                self._redactors.clear()
+            redactor = self._redactors[credentials] = self._redactor.adding(credentials)
+        return redactor
 
     async def _wait_for_gate(self, what: str) -> None:
         """Wait out a pause after a 429, or fail at once if it is too long to sit out."""
