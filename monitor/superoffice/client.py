@@ -288,7 +288,13 @@ class LimitedTransport:
         limit: int,
     ) -> Answer:
         """One attempt, within the concurrency and rate limits; counted and timed."""
-        async with self._limiter:
+        try:
+            # A free slot is taken at once: ``async with`` would cost two trips round the
+            # event loop per request, a tenth of a request's whole cost on loopback.
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._limiter.acquire()
+        try:
             await self._rate.acquire()
             self._stats.requests += 1
             started = time.perf_counter()
@@ -306,6 +312,8 @@ class LimitedTransport:
                 )
             finally:
                 self._stats.durations.observe(time.perf_counter() - started)
+        finally:
+            self._limiter.release()
 
     async def _exchange(
         self,
