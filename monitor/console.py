@@ -39,7 +39,7 @@ from monitor.config import SuperOfficeConfig
 from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.errors import ApiError, NotFound
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
-from monitor.tracking.memory import Rules
+from monitor.tracking.memory import GONE, Rules
 from monitor.tracking.tracker import Tracker
 
 __all__ = [
@@ -54,8 +54,6 @@ __all__ = [
     "status_view",
 ]
 
-#: The state the daemon reports for a task the API answers 404 for.
-GONE = "Gone"
 _SUCCEEDED = frozenset(
     {BatchTaskState.SUCCEEDED.value, BatchTaskState.SUCCEEDED_MANUAL_CLEANUP.value}
 )

@@ -9,7 +9,6 @@ per-task ones, thousands of series, are :mod:`monitor.task_metrics`'.
 from __future__ import annotations
 
 import platform
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client.metrics_core import (
@@ -25,7 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from monitor import __version__
 from monitor.sinks.dispatcher import Dispatcher
 from monitor.superoffice.client import RequestStats
-from monitor.task_metrics import GONE, STATES
+from monitor.task_metrics import STATES
 from monitor.tracking.events import EventType
 from monitor.tracking.health import ApiHealth
 from monitor.tracking.tracker import Tracker
@@ -61,14 +60,12 @@ class BatchmonCollector(Collector):
         yield build
 
     def _aggregate_families(self) -> Iterator[Metric]:
-        counts: Counter[str] = Counter(
-            GONE if m.gone else m.info.state.value for m in self._tracker.tasks.values()
-        )
+        counts = self._tracker.state_counts
         tasks = GaugeMetricFamily(
             "batchmon_tasks", "Watched tasks by current state.", labels=["state"]
         )
         for name in STATES:
-            tasks.add_metric([name], counts[name])
+            tasks.add_metric([name], counts.get(name, 0))
         transitions = CounterMetricFamily(
             "batchmon_task_transitions",
             "State transitions observed, by old and new state.",

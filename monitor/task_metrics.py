@@ -20,13 +20,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from monitor.superoffice.models import BatchTaskState
-from monitor.tracking.memory import TaskMemory
+from monitor.tracking.memory import GONE, TaskMemory, state_name
 from monitor.tracking.tracker import Tracker
 
-__all__ = ["GONE", "STATES", "Encoder", "TaskSeries"]
+__all__ = ["STATES", "Encoder", "TaskSeries"]
 
 #: One-hot states; ``Gone`` stands for a task the API answers 404 for.
-GONE = "Gone"
 STATES = [*(s.value for s in BatchTaskState), GONE]
 
 #: The families, in the order a task's lines are kept; empty (headers only).
@@ -89,7 +88,7 @@ def _lines(memory: TaskMemory, eta: datetime | None) -> tuple[bytes, ...]:
     """One task's samples, one chunk per family."""
     task = memory.info
     task_id = _label(str(task.id))
-    current = GONE if memory.gone else task.state.value
+    current = state_name(memory)
     state = "".join(
         f'batchmon_task_state{{state="{name}",task_id="{task_id}"}} '
         f"{'1.0' if name == current else '0.0'}\n"
@@ -144,11 +143,13 @@ class TaskSeries:
 
     def render(
         self, now: datetime, encoder: Encoder, format_key: str, names: Collection[str] = ()
-    ) -> bytes:
-        """The families in the format ``encoder`` writes (``format_key`` names it).
+    ) -> list[bytes]:
+        """The families in the format ``encoder`` writes (``format_key`` names it), in parts.
 
-        ``names`` keeps only families with those (family or sample) names, as
-        prometheus_client's ``name[]`` does; empty keeps all.
+        Parts, not one string: joining megabytes costs a copy the caller may not
+        need (a compressor takes them one by one).  ``names`` keeps only
+        families with those (family or sample) names, as prometheus_client's
+        ``name[]`` does; empty keeps all.
         """
         headers = self._headers.get(format_key)
         if headers is None:
@@ -159,7 +160,7 @@ class TaskSeries:
         for index, header in enumerate(headers):
             if not names or _NAMES[index] & set(names):
                 out += (header, joined[index])
-        return b"".join(out)
+        return out
 
     def _refresh(self, now: datetime) -> tuple[bytes, ...]:
         horizon = now - self._retention

@@ -43,4 +43,4 @@ def scrape(
     """The task series (a fresh one unless given), then the collector's families."""
     registry = make_registry(BatchmonCollector(tracker, ApiHealth(3), RequestStats(), dispatcher))
     tasks = (series or TaskSeries(tracker)).render(now, generate_latest, "openmetrics")
-    return Scrape(tasks + generate_latest(registry))
+    return Scrape(b"".join([*tasks, generate_latest(registry)]))

@@ -14,7 +14,7 @@ import pytest
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import detect
 from monitor.tracking.events import EventType
-from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember
+from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember, state_name
 from monitor.tracking.tracker import Tracker
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -284,6 +284,25 @@ class TestTracker:
         assert 1 == tracker.event_counts[EventType.TASK_FAILED]
         assert 1 == tracker.transitions[("New", "Started")]
         assert 1 == tracker.transitions[("Started", "Failed")]
+
+    def test_state_counts_and_changed_ids_follow_every_change(self) -> None:
+        """Counts per shown state match the memories; each change is reported once."""
+        tracker = Tracker(RULES)
+        tracker.observe(task(Id=1, State="New", StartCount=0, LastStarted=None), T0)
+        tracker.observe(task(Id=2, State="Started"), T0)
+        tracker.observe(task(Id=3, State="Started"), T0)
+        assert {1, 2, 3} == tracker.take_changed()
+        assert set() == tracker.take_changed()
+
+        tracker.observe(task(Id=1, State="Started"), T0 + S)
+        tracker.observe_gone(2, T0 + S)
+        tracker.forget([3, 99])
+        tracker.restore([seen(task(Id=4, State="Failed"))])
+
+        assert {1, 2, 3, 4} == tracker.take_changed()
+        expected = {"Started": 1, "Gone": 1, "Failed": 1}
+        assert expected == {name: n for name, n in tracker.state_counts.items() if n}
+        assert expected == {state_name(m): 1 for m in tracker.tasks.values()}
 
     def test_terminal_time_and_gone(self) -> None:
         """The tracker remembers when a task ended and that it was deleted."""

@@ -133,8 +133,8 @@ class TestCollector:
         series = TaskSeries(tracker)
         now = T0 + timedelta(minutes=5)
 
-        ours = series.render(now, encoder, "format") + encoder(CollectorRegistry())
-        again = series.render(now, encoder, "format") + encoder(CollectorRegistry())
+        ours = b"".join([*series.render(now, encoder, "format"), encoder(CollectorRegistry())])
+        again = b"".join([*series.render(now, encoder, "format"), encoder(CollectorRegistry())])
 
         assert again == ours
         assert encoder(_Reference(tracker)) == ours
@@ -176,12 +176,14 @@ class TestCollector:
         tracker.observe(_task(1, "Started", 40), T0)
         series = TaskSeries(tracker)
 
-        text = series.render(T0, openmetrics_latest, "om", ["batchmon_task_info"]).decode()
+        text = b"".join(
+            series.render(T0, openmetrics_latest, "om", ["batchmon_task_info"])
+        ).decode()
 
         assert text.startswith("# HELP batchmon_task Descriptive")
         assert 'task_id="1"} 1.0' in text
         assert "batchmon_task_state" not in text
-        assert b"" == series.render(T0, openmetrics_latest, "om", ["batchmon_tasks"])
+        assert [] == series.render(T0, openmetrics_latest, "om", ["batchmon_tasks"])
 
 
 class _Reference(Collector):

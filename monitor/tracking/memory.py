@@ -17,6 +17,7 @@ from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.tracking.events import Event, EventType
 
 __all__ = [
+    "GONE",
     "Rules",
     "TaskMemory",
     "estimate_eta",
@@ -24,8 +25,11 @@ __all__ = [
     "ran_again",
     "remember",
     "state_identity",
+    "state_name",
 ]
 
+#: The state shown for a task the API answers 404 for.
+GONE = "Gone"
 #: How many progress samples the ETA is computed from.
 HISTORY_LENGTH = 16
 #: Estimates further out than this are not estimates.
@@ -69,6 +73,11 @@ class TaskMemory:
     terminal_since: datetime | None = None
     #: Whether the API answered 404 for it.
     gone: bool = False
+
+
+def state_name(memory: TaskMemory) -> str:
+    """The state as shown (metrics, API, status page): the API's, or ``Gone``."""
+    return GONE if memory.gone else memory.info.state.value
 
 
 def ran_again(old: BatchTaskInfo, new: BatchTaskInfo) -> bool:

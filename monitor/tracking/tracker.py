@@ -16,7 +16,7 @@ from types import MappingProxyType
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.tracking.detect import detect
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
-from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember
+from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember, state_name
 
 __all__ = ["Tracker"]
 
@@ -32,11 +32,27 @@ class Tracker:
         #: State transitions seen so far, by (from, to) state name.
         self.transitions: Counter[tuple[str, str]] = Counter()
         self._changed: set[int] = set()
+        self._state_counts: Counter[str] = Counter()
 
     @property
     def tasks(self) -> Mapping[int, TaskMemory]:
         """Every tracked task's memory, by id (read-only view)."""
         return MappingProxyType(self._tasks)
+
+    @property
+    def state_counts(self) -> Mapping[str, int]:
+        """How many tracked tasks are in each state (as :func:`state_name` says), kept as
+        tasks change rather than counted on every scrape."""
+        return MappingProxyType(self._state_counts)
+
+    def _put(self, task_id: int, memory: TaskMemory) -> None:
+        """Replace a task's memory, keeping the counts and the changed set."""
+        old = self._tasks.get(task_id)
+        if old is not None:
+            self._state_counts[state_name(old)] -= 1
+        self._tasks[task_id] = memory
+        self._state_counts[state_name(memory)] += 1
+        self._changed.add(task_id)
 
     def take_changed(self) -> set[int]:
         """Ids whose memory was replaced, added or dropped since the last call.
@@ -51,8 +67,7 @@ class Tracker:
         """Take a new snapshot of a task; return what happened since the last one."""
         previous = self._tasks.get(info.id)
         events = detect(previous, info, now, self.rules)
-        self._tasks[info.id] = remember(previous, info, now, events)
-        self._changed.add(info.id)
+        self._put(info.id, remember(previous, info, now, events))
         if previous is not None and not previous.gone and previous.info.state != info.state:
             self.transitions[(previous.info.state.value, info.state.value)] += 1
         self._count(events)
@@ -87,8 +102,7 @@ class Tracker:
         previous = self._tasks.get(task_id)
         events = detect(previous, None, now, self.rules)
         if previous is not None and not previous.gone:
-            self._tasks[task_id] = _gone(previous)
-            self._changed.add(task_id)
+            self._put(task_id, _gone(previous))
         self._count(events)
         return events
 
@@ -102,8 +116,7 @@ class Tracker:
     def restore(self, memories: Iterable[TaskMemory]) -> None:
         """Start from memories stored by an earlier run (nothing is re-announced)."""
         for memory in memories:
-            self._tasks[memory.info.id] = memory
-            self._changed.add(memory.info.id)
+            self._put(memory.info.id, memory)
 
     def firing(self) -> list[Event]:
         """An event for each task that is failed, stalled or gone right now.
@@ -136,7 +149,9 @@ class Tracker:
     def forget(self, task_ids: Iterable[int]) -> None:
         """Drop tasks that are no longer watched."""
         for task_id in task_ids:
-            if self._tasks.pop(task_id, None) is not None:
+            memory = self._tasks.pop(task_id, None)
+            if memory is not None:
+                self._state_counts[state_name(memory)] -= 1
                 self._changed.add(task_id)
 
     def _count(self, events: list[Event]) -> None:
