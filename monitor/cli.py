@@ -40,7 +40,7 @@ from monitor.console import (
     read_status,
     status_view,
 )
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.logs import configure_logging
 from monitor.poller import Shard
 from monitor.simulator import Scenario, Simulator
@@ -133,6 +133,7 @@ def _run(
     on_hangup: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run ``main`` until a signal; a port that cannot be bound is one clear line, exit 1."""
+    freeze_startup_objects()
     try:
         anyio.run(_until_signal, main, duration, on_hangup)
     except* StoreError as group:

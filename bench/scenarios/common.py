@@ -25,7 +25,7 @@ import aiohttp
 import anyio
 
 from monitor.config import Config, parse_config
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.logs import configure_logging
 from monitor.poller import Poller
 from monitor.store import Store
@@ -225,7 +225,11 @@ def poller_of(daemon: Daemon) -> Poller:
 
 @asynccontextmanager
 async def running_daemon(config: Config) -> AsyncIterator[tuple[Daemon, str]]:
-    """A daemon polling in this process; yields it and its base URL once a cycle ran."""
+    """A daemon polling in this process; yields it and its base URL once a cycle ran.
+
+    Start-up objects are frozen first, as ``batchmon run`` does.
+    """
+    freeze_startup_objects()
     daemon = Daemon(config)
     async with anyio.create_task_group() as group:
         port = await group.start(daemon.run)
