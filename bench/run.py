@@ -1,19 +1,24 @@
 """Run the benchmark scenarios and print one table: ``python -m bench [--quick] [--only P1,P3]``.
 
 Each scenario (see issue 6 and :mod:`bench.scenarios`) returns a :class:`Row`: our figure,
-the baseline's, their ratio, the target and whether it holds.  The machine is printed on
-top, the notes on how each figure was taken below.  A scenario that cannot run shows as an
-error row and makes the exit status 1; targets that do not hold do not (CI runs ``--quick``
-only to see that the suite runs).
+the baseline's, their ratio, the target and whether it holds.  Each runs in a fresh
+interpreter (``--scenario KEY`` prints its row as JSON), so that one scenario's heap,
+threads and caches never weigh on the next; ours and its baseline still run side by side
+in that one process.  The machine is printed on top, the notes on how each figure was
+taken below.  A scenario that cannot run shows as an error row and makes the exit status
+1; targets that do not hold do not (CI runs ``--quick`` only to see that the suite runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,12 +64,25 @@ def machine() -> str:
     )
 
 
-def _run(key: str, name: str, scenario: Callable[[bool], Row], quick: bool) -> Row:
-    try:
-        return scenario(quick)
-    except Exception as exc:  # noqa: BLE001 - one broken scenario must not hide the others
-        traceback.print_exc()
-        return Row(key, name, "error", "—", "—", "—", None, (f"{key}: {exc!r}",))
+def _run(key: str, name: str, quick: bool) -> Row:
+    """Run one scenario in a child interpreter and read back its row."""
+    command = [sys.executable, "-m", "bench", "--scenario", key, *(["--quick"] if quick else [])]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        data = json.loads(done.stdout.splitlines()[-1])
+        return Row(**{**data, "notes": tuple(data["notes"])})
+    sys.stderr.write(done.stderr)
+    return Row(key, name, "error", "—", "—", "—", None, (f"{key}: exit {done.returncode}",))
+
+
+def _scenario(key: str, quick: bool) -> int:
+    """In the child: run one scenario, print its row as JSON (the last line)."""
+    if key not in SCENARIOS:
+        sys.stderr.write(f"unknown scenario {key}\n")
+        return 2
+    row = SCENARIOS[key][1](quick)
+    print(json.dumps(dataclasses.asdict(row)), flush=True)
+    return 0
 
 
 def table(rows: Sequence[Row], title: str) -> Table:
@@ -93,7 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(SCENARIOS), help="comma-separated keys, e.g. P1,P3"
     )
+    parser.add_argument(
+        "--scenario", metavar="KEY", help="run one scenario here and print its row as JSON"
+    )
     args = parser.parse_args(argv)
+    if args.scenario is not None:
+        return _scenario(args.scenario.upper(), args.quick)
     keys = [key.strip().upper() for key in args.only.split(",") if key.strip()]
     unknown = sorted(set(keys) - set(SCENARIOS))
     if unknown:
@@ -105,9 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.perf_counter()
     rows = []
     for key in keys:
-        name, scenario = SCENARIOS[key]
+        name, _ = SCENARIOS[key]
         console.print(f"running {key} ({name}) …", style="dim", highlight=False)
-        rows.append(_run(key, name, scenario, args.quick))
+        rows.append(_run(key, name, args.quick))
     mode = "quick" if args.quick else "full"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     console.print(table(rows, f"batchmon benchmarks ({mode}, {stamp})"))

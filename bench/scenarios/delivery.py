@@ -49,6 +49,8 @@ __all__ = ["detection_to_delivery"]
 
 #: The target: p99 of (delivery - first poll after the change).
 _TARGET = 0.050
+#: Failures delivered before the measured ones, and not counted.
+_WARM_UP = 5
 
 
 class _ReceiverProcess:
@@ -142,14 +144,23 @@ def detection_to_delivery(quick: bool) -> Row:
                 running_daemon(config) as (daemon, _),
                 aiohttp.ClientSession(headers=AUTH_HEADERS) as control,
             ):
-                cycles = _Cycles(poller_of(daemon))
-                for task_id in rng.sample(sim.ids, changes):
-                    failed[task_id] = await sim.fail(control, task_id)
-                    await anyio.sleep(rng.uniform(0.1, 0.3))
                 dispatcher = daemon.dispatcher
                 assert dispatcher is not None
-                with anyio.move_on_after(2 * daemon.config.poll.interval + 10):
-                    while dispatcher.delivered["receiver"] < len(failed):  # noqa: ASYNC110
+                deadline = 2 * daemon.config.poll.interval + 10
+                chosen = rng.sample(sim.ids, _WARM_UP + changes)
+                # Warm-up: the first failures take code paths in for the first time (the
+                # sink's first request, its connection); they are delivered, not counted.
+                for task_id in chosen[:_WARM_UP]:
+                    await sim.fail(control, task_id)
+                with anyio.move_on_after(deadline):
+                    while dispatcher.delivered["receiver"] < _WARM_UP:  # noqa: ASYNC110
+                        await anyio.sleep(0.05)
+                cycles = _Cycles(poller_of(daemon))
+                for task_id in chosen[_WARM_UP:]:
+                    failed[task_id] = await sim.fail(control, task_id)
+                    await anyio.sleep(rng.uniform(0.1, 0.3))
+                with anyio.move_on_after(deadline):
+                    while dispatcher.delivered["receiver"] < _WARM_UP + len(failed):  # noqa: ASYNC110
                         await anyio.sleep(0.05)
             return failed, cycles
 
@@ -175,7 +186,7 @@ def detection_to_delivery(quick: bool) -> Row:
         p99 <= _TARGET and rejected == 0,
         (
             (
-                f"P3: {changes} tasks failed at 0.1-0.3 s gaps under the default schedule (interval "
+                f"P3: {changes} tasks failed at 0.1-0.3 s gaps (after {_WARM_UP} not counted) under the default schedule (interval "
                 f"5 s, bulk list calls); signed CloudEvents via the webhook sink (rate 1000/s), "
                 f"verified with standardwebhooks in a receiver process of its own, {rejected} rejected; "
                 f"max {fmt_ms(max(latencies))}."
