@@ -47,10 +47,11 @@ def freeze_startup_objects() -> None:
     """Leave what start-up made (modules, classes, functions) out of full garbage collections.
 
     They live as long as the process, yet each full collection walks them all
-    again: measured, a 58 ms pause with 1,000 tasks, landing in whichever poll
-    cycle or delivery runs then.  Called by the process entry points once the
-    configuration is read, before any task state exists (that must stay
-    collectable: memories are replaced as tasks change).
+    again: measured with 1,000 tasks, a full collection takes 50 ms (75,000
+    objects), a pause in whichever poll cycle or delivery runs then; 0.5 ms with
+    them frozen.  Called by the process entry points once the configuration is
+    read, before any task state exists (that must stay collectable: memories are
+    replaced as tasks change).
     """
     gc.collect()
     gc.freeze()
