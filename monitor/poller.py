@@ -359,9 +359,18 @@ class Poller:
                 blind = iter(ordered[: max(budget, 0)])
         # Then what the lists already told (mostly "unchanged": the stall clocks), after the
         # GETs of what moved: those carry the news, and its delivery waits for this loop.
+        now, loop_now = self._clock(), anyio.current_time()
         for index, (task_id, decision) in enumerate(known):
             if index % _SETTLE_SLICE == 0:
                 await anyio.lowlevel.checkpoint()  # let deliveries of the news go on
+            if decision is _UNCHANGED:
+                # The common case, thousands per cycle: only the stall clock can say something.
+                self._reschedule(task_id, self._list_every, loop_now)
+                found = self._tracker.touch(task_id, now)
+                if found:
+                    cycle.events.extend(found)
+                    await self._commit_soon(found, [self._tracker.tasks[task_id]])
+                continue
             await self._settle(cycle, task_id, decision, listed=True)
 
         self.last_cycle_requests = len(cycle.outcomes)
@@ -618,12 +627,15 @@ class Poller:
             self._reschedule(task_id, self._config.idle_interval)
         return events
 
-    def _reschedule(self, task_id: int, interval: float) -> None:
-        """Due again within ``interval``: jitter only brings it forward, never later."""
+    def _reschedule(self, task_id: int, interval: float, now: float | None = None) -> None:
+        """Due again within ``interval`` of ``now`` (the loop clock's, by default).
+
+        Jitter only brings it forward, never later.
+        """
         if task_id not in self._due:
             return
-        factor = 1.0 - self._rng.uniform(0.0, self._config.jitter)
-        self._due[task_id] = anyio.current_time() + interval * factor
+        factor = 1.0 - self._rng.random() * self._config.jitter
+        self._due[task_id] = (anyio.current_time() if now is None else now) + interval * factor
 
     def _report_listing(self, state: BatchTaskState, answer: TaskListing | ApiError) -> None:
         """A list answer that cannot be read is said once (its tasks are fetched by id)."""
