@@ -7,6 +7,7 @@ import os
 import platform
 import shutil
 import subprocess
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.task_metrics import STATES, Encoder, TaskSeries
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
+from monitor.web import GzippedPrefix
 from tests.conftest import make_config
 from tests.exposition import scrape
 
@@ -249,6 +251,52 @@ class _Reference(Collector):
         yield state
         yield from gauges
         yield info
+
+
+class TestGzippedPrefix:
+    """The compressed task families are reused, and every body is one gzip member."""
+
+    @staticmethod
+    def _one_member(body: bytes) -> bytes:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        text = inflater.decompress(body)
+        assert inflater.eof
+        assert b"" == inflater.unused_data, "more than one gzip member"
+        return text
+
+    def test_reused_while_the_parts_are_the_same(self) -> None:
+        """Same part objects: the same compressed prefix; other parts: compressed anew."""
+        header = b"# HELP a A.\n# TYPE a gauge\n"
+        # Big enough that zlib emits blocks before the end (what is reused).
+        samples = b"".join(b'a{id="%d"} 1.0\n' % i for i in range(100_000))
+        gzipped = GzippedPrefix()
+
+        first = gzipped.compress([header, samples], b"b 1.0\n# EOF\n")
+        again = gzipped.compress([header, samples], b"b 2.0\n# EOF\n")
+        moved = samples.replace(b"} 1.0", b"} 2.0")
+        changed = gzipped.compress([header, moved], b"b 2.0\n# EOF\n")
+        fewer = gzipped.compress([], b"# EOF\n")
+
+        assert header + samples + b"b 1.0\n# EOF\n" == self._one_member(first)
+        assert header + samples + b"b 2.0\n# EOF\n" == self._one_member(again)
+        assert header + moved + b"b 2.0\n# EOF\n" == self._one_member(changed)
+        assert b"# EOF\n" == self._one_member(fewer)
+        assert first[:4096] == again[:4096], "the prefix was compressed again"
+        assert first[:4096] != changed[:4096]
+
+    async def test_curl_reads_the_whole_exposition(self) -> None:
+        """``curl --compressed``, which reads one gzip member only, gets every family."""
+        curl = shutil.which("curl")
+        if curl is None:
+            pytest.skip("curl not installed")
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=30)
+            async with running_daemon(simulator, [task.id]) as (_, base):
+                for _ in range(2):  # the second scrape reuses the compressed task families
+                    done = await anyio.run_process([curl, "-sS", "--compressed", base + "/metrics"])
+                    text = done.stdout.decode()
+                    assert f'batchmon_task_state{{state="Started",task_id="{task.id}"}} 1.0' in text
+                    assert "batchmon_build_info" in text
 
 
 @asynccontextmanager
