@@ -280,11 +280,6 @@ class TestOneBadTaskInTheList:
             peers.run(api.stop())
 
 
-#: Corpus bodies that kill batchmon, each a bug with its own xfail case above.
-#: Corpus bodies that would kill batchmon (none since the Id bound; kept for new ones).
-KILLERS: dict[str, str] = {}
-
-
 class TestCorpus:
     """Every collected task body, served to the running batchmon."""
 
@@ -294,8 +289,6 @@ class TestCorpus:
         target.back_to_valid()
         target.set_case("body")
         for path in corpus("tasks"):
-            if path.name in KILLERS:
-                continue
             target.peers.call(setattr, target.api, "body", path.read_bytes())
             enough = target.served("body") + 2
 
@@ -315,7 +308,6 @@ class TestCorpus:
         target.back_to_valid()
 
         assert [] == failures
-        assert set(KILLERS.values()) <= set(BUGS)
 
 
 class TestAfterEveryCase:
