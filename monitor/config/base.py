@@ -1,0 +1,136 @@
+"""The base every section derives from: strict about keys, and resolving secret forms.
+
+A secret ``X`` may be given as ``X``, ``X_file`` or ``X_env``; :class:`_Section` resolves
+the form before field validation and reports unknown keys together with the field errors,
+so every section behaves the same.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from monitor.config.errors import _carry, _invalid, _kind, _problem
+
+__all__: list[str] = []
+
+
+class _Section(BaseModel):
+    """Base of every section: strict about keys, and resolves secrets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    #: Fields holding secrets; each may also be given as ``<name>_file`` or ``<name>_env``.
+    _secrets: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _prepare(
+        cls, data: object, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
+        """Sort the given keys before field validation, and report all problems together.
+
+        This is a wrap validator, not a before validator, so that the problems found here
+        (an unreadable secret file, an unknown key) are listed together with the field errors
+        of the same section instead of hiding them until the next run.
+        """
+        if not isinstance(data, Mapping):
+            return handler(data)
+        given = {key: value for key, value in data.items() if key in cls.model_fields}
+        problems = list(cls._unknown_keys(data))
+        unresolved: set[tuple[str | int, ...]] = set()
+        for name in cls._secrets:
+            problem = _resolve_secret(name, data, given, _base_dir(info))
+            if problem is not None:
+                problems.append(problem)
+                unresolved.add((name,))
+
+        if not problems:
+            return handler(given)
+        try:
+            handler(given)
+        except ValidationError as exc:
+            # A secret that could not be read is also "missing"; saying so twice helps no one.
+            problems += [_carry(e) for e in exc.errors() if e["loc"][:1] not in unresolved]
+        raise _invalid(cls.__name__, problems)
+
+    @classmethod
+    def _unknown_keys(cls, data: Mapping[str, object]) -> list[InitErrorDetails]:
+        """Report the keys that are neither fields nor a secret's ``_file``/``_env`` form."""
+        known = set(cls.model_fields)
+        known.update(f"{name}{suffix}" for name in cls._secrets for suffix in ("_file", "_env"))
+        problems = []
+        for key in data:
+            if key in known:
+                continue
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(_problem((key,), f"unknown key{hint}"))
+        return problems
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    """The directory relative paths are resolved against (the config file's)."""
+    context = info.context
+    if isinstance(context, Mapping):
+        base_dir = context.get("base_dir")
+        if isinstance(base_dir, Path):
+            return base_dir
+    return Path()
+
+
+def _resolve_secret(
+    name: str, data: Mapping[str, object], given: dict[str, object], base_dir: Path
+) -> InitErrorDetails | None:
+    """Put secret ``name`` into ``given`` from whichever one form ``data`` has it in.
+
+    Returns the problem, if any.  The problem names the key, the file or the variable; it
+    never contains the value.
+    """
+    forms = [key for key in (name, f"{name}_file", f"{name}_env") if key in data]
+    if not forms:
+        return None
+    if len(forms) > 1:
+        given.pop(name, None)
+        keys = " and ".join(repr(key) for key in forms)
+        return _problem((name,), f"given as both {keys}; use exactly one")
+    (key,) = forms
+    value = data[key]
+    if key == name:
+        return _problem((key,), "must not be empty") if value == "" else None
+    if not isinstance(value, str) or not value:
+        what = "file name" if key.endswith("_file") else "environment variable name"
+        return _problem((key,), f"expected a {what}, got {_kind(value)}")
+    if key.endswith("_file"):
+        path = Path(value)
+        if not path.is_absolute():
+            path = Path(os.environ.get("CREDENTIALS_DIRECTORY") or base_dir) / path
+        try:
+            secret = path.read_text(encoding="utf-8").removesuffix("\n")
+        except OSError as exc:
+            return _problem((key,), f"cannot read '{path}': {exc.strerror or type(exc).__name__}")
+        except UnicodeDecodeError:
+            return _problem((key,), f"cannot read '{path}': not UTF-8 text")
+        where = f"file '{path}'"
+    else:
+        env_value = os.environ.get(value)
+        if env_value is None:
+            return _problem((key,), f"environment variable '{value}' is not set")
+        secret, where = env_value, f"environment variable '{value}'"
+    if not secret:
+        return _problem((key,), f"{where} is empty")
+    given[name] = secret
+    return None

@@ -1,0 +1,124 @@
+"""The one error a bad configuration raises, and how its problems are worded.
+
+Validators report a problem as a pydantic error at a location (:func:`_problem`,
+:func:`_invalid`); :func:`_describe` turns each into a line like ``sinks[1].name: ...``
+for :class:`ConfigError`.  Kept apart so that every other module can use the helpers
+without importing the sections.  No helper here ever puts a value into a message
+that could be a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+__all__ = ["ConfigError"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; :attr:`problems` says why, one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: list[str] = list(problems)
+        super().__init__(*self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# --- problems -------------------------------------------------------------------------------
+
+
+def _problem(loc: tuple[str | int, ...], message: str) -> InitErrorDetails:
+    """One problem at ``loc`` (relative to the model raising it), in pydantic's terms."""
+    # ``input`` stays empty on purpose: it could be a secret.
+    return {"type": PydanticCustomError("batchmon_config", message), "loc": loc, "input": None}
+
+
+def _carry(error: ErrorDetails) -> InitErrorDetails:
+    """Turn a caught error back into one that can be raised again, message kept."""
+    return {
+        "type": PydanticCustomError(error["type"], error["msg"]),
+        "loc": error["loc"],
+        "input": error["input"],
+    }
+
+
+def _invalid(title: str, problems: list[InitErrorDetails]) -> ValidationError:
+    """The problems as one error; pydantic adds the caller's location to each."""
+    return ValidationError.from_exception_data(title, problems, hide_input=True)
+
+
+#: Type errors, by pydantic error type: what was expected, in TOML's words.
+_EXPECTED: Final = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "path_type": "a path (a string)",
+    "list_type": "an array",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "dict_type": "a table",
+}
+
+
+def _describe(error: ErrorDetails) -> str:
+    """``"sinks[1].name: duplicate sink name 'ops'"`` from one pydantic error."""
+    kind, message, value = error["type"], error["msg"], error["input"]
+    if kind == "missing":
+        message = "required, but not given"
+    elif kind in _EXPECTED:
+        # Never the value itself: a secret given with the wrong type is still a secret.
+        message = f"expected {_EXPECTED[kind]}, got {_kind(value)}"
+    elif message.startswith("Input should be "):
+        message = "must be " + message.removeprefix("Input should be ")
+        if kind == "literal_error" or isinstance(value, int | float):
+            message += f", got {_show(value)}"
+    else:
+        message = message.removeprefix("Value error, ")
+    path = _path(error["loc"])
+    return f"{path}: {message}" if path else message
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    """``("sinks", 1, "url")`` -> ``"sinks[1].url"``."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def _kind(value: object) -> str:
+    """What a value is, in TOML's words, without showing it."""
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds: tuple[tuple[type | tuple[type, ...], str], ...] = (
+        (str, "a string"),
+        (int, "an integer"),
+        (float, "a float"),
+        (list, "an array"),
+        (Mapping, "a table"),
+        ((dt.date, dt.time), "a date or time"),
+    )
+    return next((word for cls, word in kinds if isinstance(value, cls)), type(value).__name__)
+
+
+def _show(value: object) -> str:
+    """A non-secret value as it would be written in TOML."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None or isinstance(value, str | int | float):
+        return repr(value)
+    return _kind(value)

@@ -1,0 +1,115 @@
+"""The whole configuration, :class:`Config`, and the ways in and out of it.
+
+In: a TOML file (:func:`load_config`) or already parsed data (:func:`parse_config`), every
+problem collected into one :class:`~monitor.config.errors.ConfigError`.  Out: a dump with
+every secret masked (:func:`redacted`) for ``batchmon check-config``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+
+from monitor.config.base import _Section
+from monitor.config.errors import ConfigError, _describe, _invalid, _problem
+from monitor.config.poll import PollConfig, WatchConfig
+from monitor.config.service import HttpConfig, LogConfig, StateConfig
+from monitor.config.sinks import SinkConfig, _default_sinks
+from monitor.config.superoffice import SuperOfficeConfig
+
+__all__ = ["Config", "load_config", "parse_config", "redacted"]
+
+#: What :func:`redacted` shows instead of a secret.
+_MASK: Final = "********"
+
+
+class Config(_Section):
+    """The whole configuration.
+
+    ``sinks`` is never empty: when none are configured (or ``sinks = []``), a single
+    ``log`` sink named ``"log"`` receives every event.
+    """
+
+    superoffice: SuperOfficeConfig
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    poll: PollConfig = Field(default_factory=PollConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    sinks: list[SinkConfig] = Field(default_factory=_default_sinks)
+
+    @field_validator("sinks")
+    @classmethod
+    def _named_uniquely(cls, sinks: list[SinkConfig]) -> list[SinkConfig]:
+        """Sink names identify outbox queues, so two sinks must not share one."""
+        if not sinks:
+            return _default_sinks()
+        seen: set[str] = set()
+        problems = []
+        for index, sink in enumerate(sinks):
+            if sink.name in seen:
+                message = f"duplicate sink name {sink.name!r}"
+                problems.append(_problem((index, "name"), message))
+            seen.add(sink.name)
+        if problems:
+            raise _invalid(cls.__name__, problems)
+        return sinks
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load_config(path: Path) -> Config:
+    """Read, parse and validate the TOML file at ``path``; any problem is a :class:`ConfigError`.
+
+    Relative paths in the file (``*_file`` secrets, ``state.path``) are resolved against the
+    file's directory; ``*_file`` secrets against ``$CREDENTIALS_DIRECTORY`` when it is set.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or type(exc).__name__}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = re.sub(r"\(at (line \d+, column \d+)\)", r"(\1)", str(exc))
+        raise ConfigError([f"{path}: TOML syntax error: {message}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply to be a batchmon configuration"]) from None
+    return parse_config(data, base_dir=path.absolute().parent)
+
+
+def parse_config(data: Mapping[str, object], *, base_dir: Path) -> Config:
+    """Validate an already parsed configuration; relative paths resolve against ``base_dir``."""
+    try:
+        return Config.model_validate(dict(data), context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+    # Raised out here so that the pydantic error, which holds the inputs (secrets among them),
+    # is not even the ConfigError's __context__.
+    raise ConfigError(problems)
+
+
+def redacted(config: Config) -> dict[str, object]:
+    """``config`` as JSON-able data for ``batchmon check-config``, every secret masked."""
+    return {name: _redact(getattr(config, name)) for name in Config.model_fields}
+
+
+def _redact(value: object) -> object:
+    """Dump one value, recursing into sections and lists."""
+    if isinstance(value, SecretStr):
+        return _MASK
+    if isinstance(value, BaseModel):
+        return {name: _redact(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, list):
+        return [_redact(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

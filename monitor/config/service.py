@@ -1,0 +1,133 @@
+"""The sections about batchmon itself: ``[state]``, ``[http]`` and ``[log]``."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from pydantic import ValidationInfo, field_validator
+
+from monitor.config.base import _base_dir, _Section
+from monitor.config.values import Secret
+
+__all__ = ["HttpConfig", "LogConfig", "StateConfig"]
+
+
+class StateConfig(_Section):
+    """Where the SQLite state (snapshots, tracker memory, outbox) lives."""
+
+    #: A relative path is resolved against the config file's directory.
+    path: Path | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _against_base_dir(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """Resolve a relative path like every other path in the file, not against the cwd."""
+        if path is None:
+            return None
+        if path == Path():
+            raise ValueError("must not be empty; leave it out for the default")
+        if "\x00" in str(path):
+            raise ValueError("must not contain a NUL character")
+        return _base_dir(info) / path
+
+    @property
+    def resolved_path(self) -> Path:
+        """``path``, else ``$STATE_DIRECTORY/state.db`` (systemd), else ``./.batchmon/state.db``."""
+        if self.path is not None:
+            return self.path
+        # systemd separates several StateDirectory= entries with ':'; ours is the first.
+        state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if state_directory:
+            return Path(state_directory) / "state.db"
+        return Path(".batchmon", "state.db")
+
+
+_HOSTNAME_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    """``"[::1]:9808"`` -> ``("::1", 9808)``; raises :class:`ValueError` saying what is wrong."""
+    example = "expected 'host:port', e.g. '127.0.0.1:9808', '0.0.0.0:9808' or '[::1]:9808'"
+    if listen.startswith("["):
+        host, bracket, port = listen[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{example}, got {listen!r}") from None
+        if not bracket:
+            raise ValueError(f"{example}, got {listen!r}")
+    else:
+        host, colon, port = listen.rpartition(":")
+        if not colon:
+            raise ValueError(f"{example}, got {listen!r}")
+        if not host:
+            raise ValueError(f"a host is required ('0.0.0.0:{port}' for all interfaces)")
+        if ":" in host:
+            raise ValueError(f"put an IPv6 address in brackets, e.g. '[::1]:9808', got {listen!r}")
+        if not _HOSTNAME_RE.fullmatch(host):
+            raise ValueError(f"{example}, got {listen!r}")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"the port must be a number from 0 to 65535, got {port!r}")
+    return host, int(port)
+
+
+class HttpConfig(_Section):
+    """The HTTP server for /metrics, health, the status page and the API."""
+
+    _secrets = ("api_token",)
+
+    #: ``host:port``; an IPv6 host in brackets.  Port 0 lets the OS choose.
+    listen: str = "127.0.0.1:9808"
+    #: Bearer token required for PUT/DELETE on /api/v1/watches.
+    api_token: Secret | None = None
+    #: Where people reach the status page (chat messages link to it), e.g.
+    #: ``https://batchmon.example.com/``; without it, messages carry no link.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        """Links in chat messages must be absolute http(s) URLs."""
+        if url is None:
+            return None
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "expected an absolute http(s) URL, e.g. 'https://batchmon.example.com/'"
+            )
+        return url.strip()
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, listen: str) -> str:
+        """Refuse what the server could not bind, before anything starts."""
+        _split_listen(listen)
+        return listen
+
+    @property
+    def host(self) -> str:
+        """The host to bind, without IPv6 brackets."""
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The port to bind."""
+        return _split_listen(self.listen)[1]
+
+
+class LogConfig(_Section):
+    """How batchmon logs; ``auto`` is console on a TTY and JSON otherwise (systemd)."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("format", "level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        """``level = "INFO"`` means what it says."""
+        return value.lower() if isinstance(value, str) else value
