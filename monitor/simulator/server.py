@@ -1,0 +1,387 @@
+"""The simulator itself: an aiohttp app serving the BatchTask API, scriptable from tests.
+
+What is left once tasks, the scenario, tenant routing and authentication live in their own
+modules: the routes, the middleware that records requests, serves scripted faults and checks
+tenant and credentials, the BatchTask handlers, and the server's lifecycle.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+import anyio
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
+from cryptography.hazmat.primitives import serialization
+from multidict import CIMultiDict
+from yarl import URL
+
+from monitor.simulator.auth import (
+    Credentials,
+    OAuthApp,
+    SystemUserApp,
+    oauth_token,
+    system_user_login,
+)
+from monitor.simulator.responses import Fault, bad_request, dumps, error_response
+from monitor.simulator.scenario import Scenario
+from monitor.simulator.tasks import (
+    SimTask,
+    apply_select,
+    date_forms,
+    owned_by,
+    selected_keys,
+    state_filter,
+    update_task,
+)
+from monitor.simulator.tenant import OnlineTenant, tenant_refusal, tenant_status
+from monitor.superoffice.models import BatchTaskState
+
+__all__ = ["Simulator"]
+
+_JSON_TYPE = "application/json; charset=utf-8"
+_INTEGER = re.compile(r"-?[0-9]{1,10}")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+#: Routes that take no API credentials: the login and tenant-status hosts.
+_PUBLIC_ROUTES = frozenset({"oauth-tokens", "system-user", "jwks", "tenant-state"})
+_API_ROUTES = (
+    ("GET", "/v1/BatchTask/{id}", "_get_task"),
+    ("POST", "/v1/Agents/Batch/GetBatchTaskInfosByAssociates", "_by_associates"),
+    ("POST", "/v1/Agents/Batch/GetBatchTaskInfosByAssociatesAndState", "_by_associates_and_state"),
+)
+
+
+class Simulator:
+    """A SuperOffice WebAPI tenant on loopback, scriptable from tests.
+
+    Serves ``GET /api/v1/BatchTask/{id}`` and the ``Agents/Batch`` list calls
+    ``GetBatchTaskInfosByAssociates`` and ``GetBatchTaskInfosByAssociatesAndState``.  Each
+    request is recorded in :attr:`requests`, may be answered by a fault queued with
+    :meth:`fail_next`, :meth:`hang_next` or :meth:`truncate_next`, must authenticate, and
+    advances the scenario to ``clock()``.
+
+    SuperOffice Online is opt-in, one piece per argument: ``tenant`` serves the tenant-status
+    API (``GET /api/state/{context_id}``) and the same API under ``/{node}/{context_id}/api``;
+    ``oauth`` the token endpoint (``POST /login/common/oauth/tokens``); ``system_user`` the
+    system user login (``POST /Login/api/PartnerSystemUser/Authenticate``) and the JWKS of the
+    simulator's own signing key, made at start-up (:attr:`federation_key_pem`).  Tokens and
+    tickets they issue expire after their lifetime on ``clock()``, or at once with
+    :meth:`expire_credentials`.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        username: str = "batchmon",
+        password: str = "batchmon",  # noqa: S107 - a loopback simulator's well-known default
+        first_id: int = 200,
+        ticket: str | None = None,
+        token: str | None = None,
+        tz_style: str = "offset",
+        tenant: OnlineTenant | None = None,
+        oauth: OAuthApp | None = None,
+        system_user: SystemUserApp | None = None,
+    ) -> None:
+        date_forms(tz_style)  # refuse an unknown style now, not at the first request
+        if system_user is not None and tenant is None:
+            msg = "a system user logs in to a tenant: give tenant= too"
+            raise ValueError(msg)
+        self.scenario = scenario
+        self.tasks: dict[int, SimTask] = {}
+        self.requests: list[str] = []
+        self.tenant = tenant
+        self.oauth = oauth
+        self.system_user = system_user
+        self._clock = clock or _utc_now
+        self._credentials = Credentials(
+            self._clock, basic=f"{username}:{password}".encode(), ticket=ticket, token=token
+        )
+        self._tz_style = tz_style
+        self._next_id = first_id
+        self._faults: deque[Fault] = deque()
+        self._released: anyio.Event | None = None
+        self._runner: web.AppRunner | None = None
+        self._origin: str | None = None
+        self.app = web.Application(middlewares=[self._serve])
+        router = self.app.router
+        for method, path, handler in _API_ROUTES:
+            router.add_route(method, "/api" + path, getattr(self, handler))
+            router.add_route(method, "/{node}/{context}/api" + path, getattr(self, handler))
+        router.add_post("/login/common/oauth/tokens", self._oauth_token, name="oauth-tokens")
+        router.add_post(
+            "/Login/api/PartnerSystemUser/Authenticate", self._system_user, name="system-user"
+        )
+        router.add_get("/login/.well-known/jwks", self._jwks, name="jwks")
+        router.add_get("/api/state/{context}", self._tenant_state, name="tenant-state")
+
+    # --- lifecycle
+
+    @property
+    def url(self) -> str:
+        """The API base, e.g. ``http://127.0.0.1:41234/api``; the client adds ``/v1/...``."""
+        return self.environment_url + "/api"
+
+    @property
+    def environment_url(self) -> str:
+        """The simulator as the environment's host (login, tenant status): no path."""
+        if self._origin is None:
+            msg = "the simulator is not started"
+            raise RuntimeError(msg)
+        return self._origin
+
+    @property
+    def tenant_url(self) -> str:
+        """The online tenant's current API base, e.g. ``http://127.0.0.1:41234/online1/Cust1/api``."""
+        if self.tenant is None:
+            msg = "the simulator has no online tenant"
+            raise RuntimeError(msg)
+        return f"{self.environment_url}/{self.tenant.node}/{self.tenant.context_id}/api"
+
+    @property
+    def federation_key_pem(self) -> bytes:
+        """The public half of the key the system user JWTs are signed with (PEM)."""
+        key = self._credentials.signing_key
+        if key is None:
+            msg = "the simulator signs JWTs only with system_user= and once started"
+            raise RuntimeError(msg)
+        return key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0 picks a free port) and return the API base URL."""
+        if self._runner is not None:
+            msg = "the simulator is already started"
+            raise RuntimeError(msg)
+        if self.system_user is not None:
+            self._credentials.ensure_signing_key()
+        self._released = anyio.Event()
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        bound_port: int = runner.addresses[0][1]
+        self._runner = runner
+        self._origin = str(URL.build(scheme="http", host=host, port=bound_port))
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop listening (hanging requests are let go first); safe to call twice."""
+        runner, self._runner, self._origin = self._runner, None, None
+        if self._released is not None:
+            self._released.set()
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- scripting
+
+    def add_task(self, **fields: object) -> SimTask:
+        """Add a hand-scripted task (state New, created now); the scenario never touches it."""
+        task_id = fields.pop("id", None)
+        if task_id is None:
+            task_id = self._free_id()
+        elif not isinstance(task_id, int):
+            msg = f"id must be an int, got {task_id!r}"
+            raise TypeError(msg)
+        elif task_id in self.tasks or self._scenario_owns(task_id):
+            msg = f"task {task_id} already exists"
+            raise ValueError(msg)
+        task = SimTask(id=task_id, created=self._clock())
+        update_task(task, fields)
+        self.tasks[task_id] = task
+        return task
+
+    def set_task(self, task_id: int, **fields: object) -> None:
+        """Change fields of a task, e.g. ``set_task(201, state=BatchTaskState.FAILED)``."""
+        update_task(self.tasks[task_id], fields)
+
+    def delete_task(self, task_id: int) -> None:
+        """Delete a task: GET answers 404 and list calls leave it out."""
+        self.tasks[task_id].deleted = True
+
+    def fail_next(
+        self,
+        count: int,
+        status: int = 503,
+        body: str | bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next ``count`` requests with ``status`` before any other handling.
+
+        ``body`` defaults to a SuperOffice error object; any body is sent as JSON unless
+        ``headers`` set another Content-Type, so a malformed body reaches the JSON parser.
+        A 429 or 503 with ``headers={"Retry-After": "3"}`` is how throttling looks.
+        """
+        self._faults.extend([self._fault(count, status, body, headers)] * count)
+
+    def hang_next(self, count: int = 1) -> None:
+        """Leave the next ``count`` requests unanswered until the simulator stops."""
+        fault = replace(self._fault(count, 504, None, None), mode="hang")
+        self._faults.extend([fault] * count)
+
+    def truncate_next(self, count: int = 1, body: str | bytes | None = None) -> None:
+        """Answer the next ``count`` requests 200 with half a body, then close the connection."""
+        if body is None:
+            body = dumps({"Id": 1, "Name": "Cut off in the middle", "State": "Started"})
+        fault = replace(self._fault(count, 200, body, None), mode="truncate")
+        self._faults.extend([fault] * count)
+
+    def expire_credentials(self) -> None:
+        """Refuse every access token and ticket issued so far, as when they run out."""
+        self._credentials.expire()
+
+    def _fault(
+        self, count: int, status: int, body: str | bytes | None, headers: dict[str, str] | None
+    ) -> Fault:
+        if count < 0:
+            msg = f"count must not be negative, got {count}"
+            raise ValueError(msg)
+        if not 200 <= status <= 599:
+            msg = f"status must be 200..599, got {status}"
+            raise ValueError(msg)
+        if body is None:
+            error = {
+                "Error": True,
+                "ErrorType": "SimulatedFault",
+                "ErrorMessage": f"Simulated fault: HTTP {status}",
+                "ErrorSource": "batchmon simulator",
+            }
+            body = dumps(error)
+        merged = CIMultiDict({hdrs.CONTENT_TYPE: _JSON_TYPE})
+        merged.update(headers or {})
+        payload = body.encode() if isinstance(body, str) else body
+        return Fault(status, payload, merged)
+
+    def _free_id(self) -> int:
+        while self._next_id in self.tasks or self._scenario_owns(self._next_id):
+            self._next_id += 1
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _scenario_owns(self, task_id: int) -> bool:
+        return self.scenario is not None and task_id in self.scenario.task_ids
+
+    # --- request handling
+
+    @web.middleware
+    async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Record the request, serve a queued fault, route the tenant, check credentials."""
+        self.requests.append(f"{request.method} {request.path}")
+        if self._faults:
+            assert self._released is not None  # set at start
+            return await self._faults.popleft().respond(request, self._released)
+        if request.match_info.route.name in _PUBLIC_ROUTES:
+            return await handler(request)
+        if "node" in request.match_info:
+            refusal = tenant_refusal(
+                self.tenant, request.match_info["node"], request.match_info["context"]
+            )
+            if refusal is not None:
+                return refusal
+        if not self._credentials.authorized(request, self.system_user):
+            return error_response(
+                401,
+                "SoAuthenticationException",
+                "Authentication failed: invalid or missing credentials",
+                headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="SuperOffice"'},
+            )
+        if self.scenario is not None:
+            self.scenario.apply(self.tasks, self._clock())
+        return await handler(request)
+
+    # The login and tenant-status hosts: auth and tenant answer, with the pieces as they are now.
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        return await oauth_token(request, self.oauth, self.tenant, self._credentials)
+
+    async def _system_user(self, request: web.Request) -> web.Response:
+        return await system_user_login(request, self.system_user, self.tenant, self._credentials)
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        return web.json_response(self._credentials.jwks(), dumps=dumps)
+
+    async def _tenant_state(self, request: web.Request) -> web.Response:
+        """``GET /api/state/{context}``: where the tenant lives and whether it runs."""
+        origin = f"{request.scheme}://{request.host}"
+        status = tenant_status(self.tenant, request.match_info["context"], self._clock(), origin)
+        return web.json_response(status, dumps=dumps)
+
+    async def _get_task(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        if not _INTEGER.fullmatch(raw):
+            return bad_request(f"The value '{raw}' is not a valid BatchTask id")
+        task = self.tasks.get(int(raw))
+        if task is None or task.deleted:
+            return error_response(
+                404,
+                "SoNotFoundException",
+                f"BatchTask id {int(raw)} not found",
+                source="SuperOffice.Services.Implementation",
+            )
+        return web.json_response(task.to_json(self._tz_style), dumps=dumps)
+
+    async def _by_associates(self, request: web.Request) -> web.Response:
+        return await self._list(request, with_state=False)
+
+    async def _by_associates_and_state(self, request: web.Request) -> web.Response:
+        return await self._list(request, with_state=True)
+
+    async def _list(self, request: web.Request, *, with_state: bool) -> web.Response:
+        """Answer an ``Agents/Batch`` list call, honouring ``$select``."""
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, RecursionError):
+            return bad_request("The request body is not valid JSON")
+        if not isinstance(body, dict):
+            return bad_request("The request body must be a JSON object")
+        # ASP.NET binds carrier properties case-insensitively.
+        carrier = {str(key).casefold(): value for key, value in body.items()}
+        associate_ids = carrier.get("associateids")
+        if not isinstance(associate_ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in associate_ids
+        ):
+            return bad_request("AssociateIds must be an array of integers")
+        states: frozenset[BatchTaskState] | None = None
+        if with_state:
+            states = state_filter(carrier.get("state"))
+            if states is None:
+                return bad_request(f"State {carrier.get('state')!r} is not a BatchTaskState")
+        query = request.query.get("$select", "")
+        select = selected_keys(query) if query.strip() else None
+        answer = [
+            apply_select(task.to_json(self._tz_style), select)
+            for task in sorted(self.tasks.values(), key=lambda task: task.id)
+            if not task.deleted
+            and owned_by(task, associate_ids)
+            and (states is None or task.state in states)
+        ]
+        return web.json_response(answer, dumps=dumps)
