@@ -125,6 +125,19 @@ class SimProcess:
             at: float = (await response.json())["at"]
             return at
 
+    async def fail_on_schedule(
+        self, session: aiohttp.ClientSession, plan: Sequence[tuple[float, int]]
+    ) -> None:
+        """Have the simulator fail each task after its gap (seconds) from the one before."""
+        async with session.post(f"{self.origin}/bench/fail-plan", json=plan) as response:
+            response.raise_for_status()
+
+    async def failed(self, session: aiohttp.ClientSession) -> dict[int, float]:
+        """Each task the simulator failed, with its monotonic time."""
+        async with session.get(f"{self.origin}/bench/failed") as response:
+            response.raise_for_status()
+            return {int(task_id): at for task_id, at in (await response.json()).items()}
+
 
 @contextmanager
 def simulator_process(tasks: int) -> Iterator[SimProcess]:

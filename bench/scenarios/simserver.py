@@ -6,7 +6,10 @@ tasks (ids from 200 up), prints one JSON line ``{"url": ..., "ids": [first, last
 until its standard input closes.  The delivery scenario fails tasks through a control route
 (basic auth, like the API): ``POST /bench/tasks/{id}/fail`` fails a task now and answers the
 ``time.monotonic()`` of the change, the system-wide ``CLOCK_MONOTONIC`` on Linux, so the parent
-can compare it with its own times.
+can compare it with its own times.  ``POST /bench/fail-plan`` takes ``[[gap_seconds, id], ...]``
+and fails those tasks on that schedule inside this process (so that the monitor's process
+spends nothing on making the changes), and ``GET /bench/failed`` answers each failed task's
+time.
 """
 
 from __future__ import annotations
@@ -47,16 +50,38 @@ async def _serve(count: int) -> None:
     simulator = Simulator()
     ids = add_running_tasks(simulator, count)
 
-    async def fail(request: web.Request) -> web.Response:
-        task_id = int(request.match_info["id"])
+    failed: dict[int, float] = {}
+
+    def fail_now(task_id: int) -> float:
         simulator.set_task(task_id, state=BatchTaskState.FAILED, result="Failed: bench")
-        return web.json_response({"at": time.monotonic()})
+        failed[task_id] = time.monotonic()
+        return failed[task_id]
+
+    async def fail(request: web.Request) -> web.Response:
+        return web.json_response({"at": fail_now(int(request.match_info["id"]))})
+
+    async def run_plan(plan: list[tuple[float, int]]) -> None:
+        for gap, task_id in plan:
+            await anyio.sleep(gap)
+            fail_now(task_id)
+
+    async def fail_plan(request: web.Request) -> web.Response:
+        plan = [(float(gap), int(task_id)) for gap, task_id in await request.json()]
+        group.start_soon(run_plan, plan)
+        return web.json_response({"planned": len(plan)})
+
+    async def failures(_: web.Request) -> web.Response:
+        return web.json_response({str(task_id): at for task_id, at in failed.items()})
 
     simulator.app.router.add_post("/bench/tasks/{id}/fail", fail)
+    simulator.app.router.add_post("/bench/fail-plan", fail_plan)
+    simulator.app.router.add_get("/bench/failed", failures)
     url = await simulator.start()
     try:
-        print(json.dumps({"url": url, "ids": [ids[0], ids[-1]] if ids else []}), flush=True)
-        await anyio.to_thread.run_sync(sys.stdin.read)
+        async with anyio.create_task_group() as group:
+            print(json.dumps({"url": url, "ids": [ids[0], ids[-1]] if ids else []}), flush=True)
+            await anyio.to_thread.run_sync(sys.stdin.read)
+            group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await simulator.stop()
