@@ -201,20 +201,20 @@ class LimitedTransport:
         """
         what = f"{method} {path}"
         redact = self._redactor_for((*secrets, *sent_credentials(headers or {})))
+        # Built once for every attempt.
+        sent = dict(headers or {})
+        data: bytes | dict[str, str] | None = None
+        if json is not None:
+            data = jsonlib.dumps(json).encode()
+            sent["Content-Type"] = "application/json"
+        elif form is not None:
+            data = dict(form)
         attempt = 0
         while True:
             await self._wait_for_gate(what)
             try:
                 answer = await self._send(
-                    method,
-                    base + path,
-                    what,
-                    redact,
-                    headers=headers,
-                    json=json,
-                    form=form,
-                    params=params,
-                    limit=limit,
+                    method, base + path, what, redact, sent, data, params, limit
                 )
                 return parse(answer)
             except ApiError as exc:
@@ -280,10 +280,8 @@ class LimitedTransport:
         url: str,
         what: str,
         redact: Redactor,
-        *,
-        headers: Mapping[str, str] | None,
-        json: object,
-        form: Mapping[str, str] | None,
+        headers: Mapping[str, str],
+        data: bytes | dict[str, str] | None,
         params: Mapping[str, str] | None,
         limit: int,
     ) -> Answer:
@@ -299,58 +297,27 @@ class LimitedTransport:
             self._stats.requests += 1
             started = time.perf_counter()
             try:
-                return await self._exchange(
-                    method,
-                    url,
-                    what,
-                    redact,
-                    headers=headers,
-                    json=json,
-                    form=form,
-                    params=params,
-                    limit=limit,
-                )
+                async with self._session.request(
+                    method, url, headers=headers, data=data, params=params
+                ) as response:
+                    body = await _read_capped(response, limit, what)
+                    retry_after = parse_retry_after(
+                        response.headers.get("Retry-After"), self._clock()
+                    )
+                    return Answer(what, response.status, body, retry_after, redact)
+            except TimeoutError:
+                msg = f"{what}: no answer within the timeout"
+                raise ApiTimeout(msg) from None
+            except aiohttp.ClientPayloadError as exc:
+                msg = f"{what}: broken answer body ({exc})"
+                raise MalformedResponse(msg) from None
+            except aiohttp.ClientError as exc:
+                msg = f"{what}: {exc.__class__.__name__}: {exc}"
+                raise NetworkError(msg) from None
             finally:
                 self._stats.durations.observe(time.perf_counter() - started)
         finally:
             self._limiter.release()
-
-    async def _exchange(
-        self,
-        method: str,
-        url: str,
-        what: str,
-        redact: Redactor,
-        *,
-        headers: Mapping[str, str] | None,
-        json: object,
-        form: Mapping[str, str] | None,
-        params: Mapping[str, str] | None,
-        limit: int,
-    ) -> Answer:
-        sent = dict(headers or {})
-        data: bytes | dict[str, str] | None = None
-        if json is not None:
-            data = jsonlib.dumps(json).encode()
-            sent["Content-Type"] = "application/json"
-        elif form is not None:
-            data = dict(form)
-        try:
-            async with self._session.request(
-                method, url, headers=sent, data=data, params=params
-            ) as response:
-                body = await _read_capped(response, limit, what)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
-                return Answer(what, response.status, body, retry_after, redact)
-        except TimeoutError:
-            msg = f"{what}: no answer within the timeout"
-            raise ApiTimeout(msg) from None
-        except aiohttp.ClientPayloadError as exc:
-            msg = f"{what}: broken answer body ({exc})"
-            raise MalformedResponse(msg) from None
-        except aiohttp.ClientError as exc:
-            msg = f"{what}: {exc.__class__.__name__}: {exc}"
-            raise NetworkError(msg) from None
 
 
 async def _read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
