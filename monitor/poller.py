@@ -363,7 +363,7 @@ class Poller:
         for index, (task_id, decision) in enumerate(known):
             if index % _SETTLE_SLICE == 0:
                 await anyio.lowlevel.checkpoint()  # let deliveries of the news go on
-            if decision is _UNCHANGED:
+            if isinstance(decision, _Unchanged):
                 # The common case, thousands per cycle: only the stall clock can say something.
                 self._reschedule(task_id, self._list_every, loop_now)
                 found = self._tracker.touch(task_id, now)
@@ -399,23 +399,20 @@ class Poller:
         self,
         cycle: _Cycle,
         task_id: int,
-        answer: BatchTaskInfo | ApiError | _Unchanged,
+        answer: BatchTaskInfo | ApiError,
         *,
         listed: bool = False,
     ) -> None:
         """Feed an answer to the tracker; commit the events and a changed memory.
 
         ``listed``: the answer is what a list call showed (no request of its own).
+        Tasks a list shows unchanged take the fast path in :meth:`poll` instead.
         """
         before = self._tracker.tasks.get(task_id)
-        now = self._clock()
-        if isinstance(answer, _Unchanged):
-            found = self._tracker.touch(task_id, now)
-        else:
-            found = self._absorb(task_id, answer, now)
-            values = cycle.listed.pop(task_id, None)
-            if values is not None and isinstance(answer, BatchTaskInfo):
-                self._listed[task_id] = values
+        found = self._absorb(task_id, answer, self._clock())
+        values = cycle.listed.pop(task_id, None)
+        if values is not None and isinstance(answer, BatchTaskInfo):
+            self._listed[task_id] = values
         if listed and not isinstance(answer, ApiError):
             self._reschedule(task_id, self._list_every)
         after = self._tracker.tasks.get(task_id)
