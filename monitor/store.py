@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from functools import cache, partial
 from itertools import chain, count
 from pathlib import Path
 from typing import Any, TypeVar
@@ -546,6 +546,7 @@ def _layout(connection: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     return layout
 
 
+@cache
 def _schema_layout() -> dict[str, tuple[str, ...]]:
     """The layout :data:`_SCHEMA` creates."""
     connection = sqlite3.connect(":memory:")
@@ -556,9 +557,6 @@ def _schema_layout() -> dict[str, tuple[str, ...]]:
         connection.close()
 
 
-_OURS = _schema_layout()
-
-
 def _not_ours(connection: sqlite3.Connection) -> str | None:
     """Why a database is not batchmon's state (None: it is, or it has nothing in it yet).
 
@@ -566,7 +564,7 @@ def _not_ours(connection: sqlite3.Connection) -> str | None:
     cut short leaves only some of them, and no schema version yet).
     """
     layout = _layout(connection)
-    foreign = sorted(name for name, shape in layout.items() if _OURS.get(name) != shape)
+    foreign = sorted(name for name, shape in layout.items() if _schema_layout().get(name) != shape)
     if foreign:
         return f"not batchmon's state database (not batchmon's: {', '.join(foreign)})"
     if "meta" in layout:
