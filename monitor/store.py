@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, partial
@@ -36,7 +36,7 @@ from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import TaskMemory
 
-__all__ = ["OutboxRow", "Store", "StoreError"]
+__all__ = ["Committed", "OutboxRow", "Store", "StoreError"]
 
 log = structlog.get_logger("batchmon.store")
 
@@ -93,6 +93,21 @@ class OutboxRow:
     next_attempt: float
     #: Epoch seconds when it entered the outbox.
     created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What :meth:`Store.commit` did to the outbox."""
+
+    #: How the outbox grew per sink (it can shrink when progress is coalesced).
+    growth: dict[str, int]
+    #: The deliveries queued as claimed, in the order given.
+    claimed: list[OutboxRow]
+
+
+def _read_back(text: str) -> Event:
+    """An outbox row's event as the outbox gives it back (lone surrogates replaced)."""
+    return Event.from_dict(json.loads(text))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -198,7 +213,10 @@ class Store:
         deliveries: Sequence[tuple[str, Event]],
         now: float,
         history: Sequence[Event] = (),
-    ) -> dict[str, int]:
+        *,
+        claim: Collection[int] = (),
+        done: Sequence[int] = (),
+    ) -> Committed:
         """Store task memories, queue deliveries and record events, atomically.
 
         ``history`` are events to record for the HTTP API even if no sink wants
@@ -207,27 +225,37 @@ class Store:
 
         A queued ``task.progress`` replaces the older progress deliveries of
         the same task and sink that are still waiting (latest wins); nothing
-        else is ever replaced.  Returns how the outbox grew per sink (it can
-        shrink when progress is coalesced).
+        else is ever replaced.
+
+        ``claim`` (indices into ``deliveries``) are queued already marked as
+        being tried, as :meth:`next_delivery` would mark them, and come back as
+        :class:`OutboxRow` (as read back), so that a sink with nothing queued
+        can send them without reading them from the database first.  ``done``
+        are finished deliveries to delete in the same transaction.
         """
         rows = [(m.info.id, memory_to_json(m)) for m in memories]
         texts = {e.id: json.dumps(e.to_dict()) for _, e in deliveries}
-        queued = [(sink, e.id, e.task_id, e.type.value, texts[e.id], now) for sink, e in deliveries]
+        queued = [
+            (sink, e.id, e.task_id, e.type.value, texts[e.id], now, int(index in claim))
+            for index, (sink, e) in enumerate(deliveries)
+        ]
         events = {e.id: e for _, e in deliveries}
         events.update((e.id, e) for e in history)
         recorded = [
             (e.id, e.task_id, texts.get(e.id) or json.dumps(e.to_dict())) for e in events.values()
         ]
 
-        def write() -> dict[str, int]:
+        def write() -> tuple[dict[str, int], dict[int, int]]:
             growth: dict[str, int] = {}
+            claimed: dict[int, int] = {}  # index in deliveries -> seq
             with self._db:
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
                 self._db.executemany(
                     "INSERT INTO tasks (id, memory) VALUES (?, ?) "
                     "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
                     rows,
                 )
-                for row in queued:
+                for index, row in enumerate(queued):
                     sink, _, task_id, kind = row[:4]
                     if kind == EventType.TASK_PROGRESS.value and task_id is not None:
                         # attempts = 0: never replace one that is being tried right now.
@@ -237,12 +265,15 @@ class Store:
                             (sink, task_id, kind),
                         ).rowcount
                         growth[sink] = growth.get(sink, 0) - dropped
-                    added = self._db.execute(
+                    cursor = self._db.execute(
                         "INSERT OR IGNORE INTO outbox "
-                        "(sink, event_id, task_id, type, event, created) VALUES (?, ?, ?, ?, ?, ?)",
+                        "(sink, event_id, task_id, type, event, created, attempts) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         row,
-                    ).rowcount
-                    growth[sink] = growth.get(sink, 0) + added
+                    )
+                    growth[sink] = growth.get(sink, 0) + cursor.rowcount
+                    if row[6] and cursor.rowcount and cursor.lastrowid is not None:
+                        claimed[index] = cursor.lastrowid
                 self._db.executemany(
                     "INSERT OR IGNORE INTO history (event_id, task_id, event) VALUES (?, ?, ?)",
                     recorded,
@@ -253,9 +284,17 @@ class Store:
                         "(SELECT seq FROM history WHERE task_id IS ? ORDER BY seq DESC LIMIT ?)",
                         (task_id, task_id, HISTORY_PER_TASK),
                     )
-            return growth
+            return growth, claimed
 
-        return await self._run(write)
+        growth, claimed = await self._run(write)
+        return Committed(
+            growth,
+            [
+                OutboxRow(seq, sink, _read_back(texts[event.id]), 0, 0.0, now)
+                for index, seq in claimed.items()
+                for sink, event in [deliveries[index]]
+            ],
+        )
 
     # --- outbox
 
@@ -264,31 +303,34 @@ class Store:
         sink: str,
         *,
         lane: tuple[int, int] = (0, 1),
-        done: int | None = None,
+        done: Sequence[int] = (),
         claim_until: float | None = None,
         on_drop: Callable[[str], object] | None = None,
+        from_seq: int = 0,
     ) -> OutboxRow | None:
         """The oldest pending delivery of a sink (deliveries go out in order).
 
         ``lane`` (index, count) narrows it to the tasks whose id modulo ``count``
         is ``index`` (events without a task count as id 0), so that several lanes
-        can deliver at once while each task's events stay in order.  One transaction, so that a delivery costs one store round trip: first
-        ``done`` (a delivery finished, delivered or given up) is deleted; then a
+        can deliver at once while each task's events stay in order.  One transaction, so
+        that a delivery costs one store round trip: first ``done`` (deliveries finished,
+        delivered or given up) are deleted; then a
         head due by ``claim_until`` (epoch seconds) is marked as being tried (its
         attempts counted, so coalescing leaves it alone).  The row returned
         carries the attempts before this one.  A row that cannot be read is
         logged and deleted on the way, and ``on_drop`` called with its sink, so
-        that whoever counts the queue can count it out.
+        that whoever counts the queue can count it out.  Rows before ``from_seq``
+        are skipped: the caller finished them and their deletion is on its way.
         """
 
-        def step(finished: int | None) -> tuple[Any, ...] | None:
+        def step(finished: Sequence[int]) -> tuple[Any, ...] | None:
             with self._db:
-                if finished is not None:
-                    self._db.execute("DELETE FROM outbox WHERE seq = ?", (finished,))
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in finished])
                 row: tuple[Any, ...] | None = self._db.execute(
                     "SELECT seq, sink, event, attempts, next_attempt, created FROM outbox "
-                    "WHERE sink = ? AND abs(coalesce(task_id, 0)) % ? = ? ORDER BY seq LIMIT 1",
-                    (sink, count, index),
+                    "WHERE sink = ? AND seq >= ? AND abs(coalesce(task_id, 0)) % ? = ? "
+                    "ORDER BY seq LIMIT 1",
+                    (sink, from_seq, count, index),
                 ).fetchone()
                 if row is not None and claim_until is not None and row[4] <= claim_until:
                     self._db.execute(
@@ -301,12 +343,12 @@ class Store:
         while (row := await self._run(partial(step, finished))) is not None:
             seq, name, text, attempts, next_attempt, created = row
             try:
-                event = Event.from_dict(json.loads(text))
+                event = _read_back(text)
             except (ValueError, KeyError, TypeError) as exc:
                 # Written by another version, or damaged: it can never be sent, and keeping
                 # it at the head of the queue would stop this sink for good.
                 log.error("outbox_row_unreadable", seq=seq, sink=name, error=str(exc))
-                finished = seq
+                finished = (seq,)
                 if on_drop is not None:
                     on_drop(name)
                 continue
@@ -325,14 +367,26 @@ class Store:
 
         await self._run(later)
 
-    async def remove(self, seq: int) -> None:
-        """A delivery is done: delivered or given up."""
+    async def remove(self, *seqs: int) -> None:
+        """Deliveries are done: delivered or given up."""
 
         def delete() -> None:
             with self._db:
-                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
         await self._run(delete)
+
+    async def release(self, seqs: Sequence[int]) -> None:
+        """Claimed deliveries were not tried after all: take back the attempt counted."""
+
+        def release() -> None:
+            with self._db:
+                self._db.executemany(
+                    "UPDATE outbox SET attempts = attempts - 1 WHERE seq = ? AND attempts > 0",
+                    [(s,) for s in seqs],
+                )
+
+        await self._run(release)
 
     async def outbox_counts(self) -> dict[str, int]:
         """Pending deliveries per sink."""

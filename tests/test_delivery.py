@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -20,7 +21,7 @@ from structlog.testing import capture_logs
 from monitor.daemon import Daemon
 from monitor.simulator import Simulator
 from monitor.sinks.base import DeliveryError, Route
-from monitor.sinks.dispatcher import Dispatcher, Subscription
+from monitor.sinks.dispatcher import HANDED_MAX, Dispatcher, Subscription
 from monitor.sinks.webhook import WebhookSink
 from monitor.store import Store
 from monitor.superoffice.models import BatchTaskState
@@ -461,3 +462,182 @@ class TestLanes:
             await until(lambda: len(sink.received) == 6)
 
         assert [down.id, up.id] == [e.id for e in sink.received if e.task_id is None]
+
+
+def reads_of_the_outbox(store: Store) -> list[str]:
+    """Record the statements that read a sink's next delivery from the store's database."""
+    statements: list[str] = []
+
+    def trace(statement: str) -> None:
+        if statement.startswith("SELECT seq, sink, event"):
+            statements.append(statement)
+
+    # What SQLite ran is the observable here: the connection is private to the store.
+    store._db.set_trace_callback(trace)
+    return statements
+
+
+class Gate:
+    """A destination that holds each send until the test lets it through."""
+
+    default_rate = math.inf
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[Event] = []
+        self.opened = anyio.Event()
+
+    async def send(self, event: Event) -> None:
+        await self.opened.wait()
+        self.received.append(event)
+
+
+class TestHandOver:
+    """A lane with nothing else queued gets new deliveries from the commit, not from a read."""
+
+    async def test_an_idle_lane_is_handed_its_deliveries(self, store: Store) -> None:
+        """Once a lane ran dry, what is committed for it goes out without reading the outbox."""
+        sink = Destination("ops")
+        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=2)], store)
+        first, *rest = story(1)
+        async with dispatching(dispatcher):
+            await dispatcher.commit([first])
+            await until(lambda: len(sink.received) == 1)
+            await anyio.sleep(0.05)  # the worker found its lane empty and waits
+            reads = reads_of_the_outbox(store)
+            for event in rest:
+                await dispatcher.commit([event])
+            await until(lambda: len(sink.received) == 4)
+
+        assert [] == reads
+        assert [e.id for e in story(1)] == [e.id for e in sink.received]
+        assert {} == await store.outbox_counts()
+
+    async def test_a_busy_lane_keeps_its_order(self, store: Store) -> None:
+        """Deliveries handed while the lane sends go out after it, in order, with no read."""
+        sink = Gate("ops")
+        dispatcher = Dispatcher([Subscription(sink, Route())], store)
+        events = [*story(1), *story(2)]
+        async with dispatching(dispatcher):
+            await anyio.sleep(0.05)
+            reads = reads_of_the_outbox(store)
+            for event in events:
+                await dispatcher.commit([event])
+            sink.opened.set()
+            await until(lambda: len(sink.received) == 8)
+
+        assert [] == reads
+        assert [e.id for e in events] == [e.id for e in sink.received]
+
+    async def test_beyond_the_cap_the_rest_waits_in_the_store(self, store: Store) -> None:
+        """A burst bigger than a lane holds in memory is read back in turn, in order, once each."""
+        events = [e for task_id in range(1, 1 + HANDED_MAX // 2) for e in story(task_id)]
+        assert len(events) > HANDED_MAX
+        sink = Gate("ops")
+        dispatcher = Dispatcher([Subscription(sink, Route())], store)
+        async with dispatching(dispatcher):
+            await anyio.sleep(0.05)
+            reads = reads_of_the_outbox(store)
+            await dispatcher.commit(events)
+            sink.opened.set()
+            await until(lambda: len(sink.received) == len(events))
+            await until(lambda: dispatcher.queued("ops") == 0)
+
+        assert [e.id for e in events] == [e.id for e in sink.received]
+        assert len(reads) >= len(events) - HANDED_MAX
+        assert {} == await store.outbox_counts()
+
+    async def test_after_a_failure_the_rest_is_released(self, store: Store) -> None:
+        """A handed delivery that fails keeps the head; those after it were never tried."""
+        time = VirtualTime()
+        events = story(1)
+        refused: set[str] = set()
+
+        def refuse_once(event: Event) -> DeliveryError | None:
+            if event.id in {events[0].id, events[1].id} and event.id not in refused:
+                refused.add(event.id)
+                return DeliveryError("HTTP 503", retry_after=None)
+            return None
+
+        sink = Destination("ops", refuse_once)
+        dispatcher = Dispatcher([Subscription(sink, Route())], store, now=time, sleep=time.sleep)
+        with capture_logs() as logs:
+            async with dispatching(dispatcher):
+                await anyio.sleep(0.05)
+                await dispatcher.commit(events)
+                await until(lambda: len(sink.received) == 4)
+
+        failures = [
+            (log["event_id"], log["attempts"]) for log in logs if log["event"] == "delivery_failed"
+        ]
+        assert [(events[0].id, 1), (events[1].id, 1)] == failures, "no attempt counted twice"
+        assert [e.id for e in events] == [e.id for e in sink.received]
+
+    async def test_handed_but_unsent_deliveries_survive_a_stop(self, tmp_path: Path) -> None:
+        """Stopped while sending the first of three handed: the next run sends all three."""
+        path = tmp_path / "state.db"
+        events = story(1)[:3]
+        store = await Store.open(path)
+        blocked = Gate("ops")
+        first = Dispatcher([Subscription(blocked, Route())], store)
+        async with dispatching(first):
+            await anyio.sleep(0.05)
+            await first.commit(events)
+            await anyio.sleep(0.05)  # the first is being sent, the others wait in memory
+        attempts = []
+        after = 0
+        while (row := await store.next_delivery("ops", from_seq=after)) is not None:
+            attempts.append(row.attempts)
+            after = row.seq + 1
+        await store.close()
+
+        store = await Store.open(path)
+        sink = Destination("ops")
+        second = Dispatcher([Subscription(sink, Route())], store)
+        async with dispatching(second):
+            await until(lambda: len(sink.received) == 3)
+        await store.close()
+
+        assert [1, 0, 0] == attempts, "only the one being sent counts as tried"
+        assert [e.id for e in events] == [e.id for e in sink.received]
+
+    @pytest.mark.parametrize("seed", range(12))
+    async def test_interleaved_commits_and_failures_lose_and_repeat_nothing(
+        self, store: Store, seed: int
+    ) -> None:
+        """Random commits, pauses, slow sends and refusals: every event once, each task in order."""
+        rng = random.Random(seed)
+        time = VirtualTime()
+        stories = {task_id: story(task_id) for task_id in range(1, 7)}
+
+        def refuse(_: Event) -> DeliveryError | None:
+            return DeliveryError("HTTP 503", retry_after=None) if rng.random() < 0.15 else None
+
+        class Slow(Destination):
+            async def send(self, event: Event) -> None:
+                await anyio.sleep(rng.uniform(0, 0.002))
+                await super().send(event)
+
+        sink = Slow("ops", refuse)
+        dispatcher = Dispatcher(
+            [Subscription(sink, Route(), lanes=rng.choice([1, 2, 3]))],
+            store,
+            now=time,
+            sleep=time.sleep,
+        )
+        pending = {task_id: list(events) for task_id, events in stories.items()}
+        async with dispatching(dispatcher):
+            while any(pending.values()):
+                batch = []
+                for task_id in rng.sample(sorted(pending), rng.randint(1, 3)):
+                    take = rng.randint(0, 2)
+                    batch += pending[task_id][:take]
+                    del pending[task_id][:take]
+                await dispatcher.commit(batch)
+                await anyio.sleep(rng.uniform(0, 0.003))
+            await until(lambda: dispatcher.delivered["ops"] == 24)
+        counts = await store.outbox_counts()
+
+        for task_id, events in stories.items():
+            assert [e.id for e in events] == [e.id for e in sink.received if e.task_id == task_id]
+        assert (24, 0, {}) == (len(sink.received), dispatcher.queued("ops"), counts)

@@ -129,7 +129,7 @@ class TestOutbox:
             EventType.TASK_PROGRESS,
             EventType.TASK_PROGRESS,
         ] == kinds
-        growth = [await store.commit([], [("ops", e)], 0.0) for e in events]
+        growth = [(await store.commit([], [("ops", e)], 0.0)).growth for e in events]
 
         assert {"ops": 0} == growth[-1], "one progress replaced by another"
         assert {"ops": 4} == await store.outbox_counts()
@@ -162,13 +162,13 @@ class TestOutbox:
 
         head = await store.next_delivery("ops", claim_until=100.0)
         assert head is not None
-        following = await store.next_delivery("ops", done=head.seq, claim_until=100.0)
+        following = await store.next_delivery("ops", done=[head.seq], claim_until=100.0)
         assert following is not None
         await store.retry_later(following.seq, 130.0, "HTTP 503")
         early = await store.next_delivery("ops", claim_until=100.0)
         due = await store.next_delivery("ops", claim_until=130.0)
         assert due is not None
-        last = await store.next_delivery("ops", done=due.seq, claim_until=130.0)
+        last = await store.next_delivery("ops", done=[due.seq], claim_until=130.0)
         assert last is not None
         unclaimed = await store.next_delivery("ops")
 
@@ -178,7 +178,75 @@ class TestOutbox:
         assert unclaimed is not None
         assert (last.seq, 1) == (unclaimed.seq, unclaimed.attempts)
         assert {"ops": 1} == await store.outbox_counts()
-        assert await store.next_delivery("ops", done=last.seq) is None
+        assert await store.next_delivery("ops", done=[last.seq]) is None
+
+    async def test_claimed_deliveries_come_back_as_read_back(self, store: Store) -> None:
+        """``claim`` queues deliveries already being tried and returns them, as if read."""
+        first, second, third = events_for(7, {}, {"State": "Failed"}, {"State": "Started"})
+        committed = await store.commit(
+            [], [("ops", first), ("ops", second), ("ops", third)], 100.0, claim={0, 2}
+        )
+
+        assert {"ops": 3} == committed.growth
+        assert [first.to_dict(), third.to_dict()] == [r.event.to_dict() for r in committed.claimed]
+        assert [(0, 0.0, 100.0, "ops")] * 2 == [
+            (r.attempts, r.next_attempt, r.created, r.sink) for r in committed.claimed
+        ]
+        stored = []
+        done: list[int] = []
+        while (row := await store.next_delivery("ops", done=done)) is not None:
+            stored.append((row.seq, row.attempts))
+            done = [row.seq]
+        assert [committed.claimed[0].seq, committed.claimed[1].seq] == [stored[0][0], stored[2][0]]
+        assert [1, 0, 1] == [attempts for _, attempts in stored], "claimed: one attempt counted"
+
+    async def test_a_claimed_progress_is_not_replaced(self, store: Store) -> None:
+        """A delivery claimed as it is queued is being tried: coalescing leaves it alone."""
+        progress = [
+            e
+            for e in events_for(
+                7, {"ProgressPercent": 10}, {"ProgressPercent": 50}, {"ProgressPercent": 80}
+            )
+            if e.type is EventType.TASK_PROGRESS
+        ]
+        committed = await store.commit([], [("ops", progress[0])], 0.0, claim={0})
+        growth = (await store.commit([], [("ops", progress[1])], 0.0)).growth
+
+        assert ({"ops": 1}, 1) == (growth, len(committed.claimed))
+        assert {"ops": 2} == await store.outbox_counts()
+
+    async def test_finished_deliveries_go_with_a_commit_or_a_removal(self, store: Store) -> None:
+        """``done`` is deleted in the commit's transaction; ``remove`` takes several at once."""
+        events = events_for(7, {}, {"State": "Failed"}, {"State": "Started"})
+        assert 3 == len(events)
+        claimed = (
+            await store.commit([], [("ops", e) for e in events], 0.0, claim={0, 1, 2})
+        ).claimed
+        await store.commit([], [], 0.0, history=events[:1], done=[claimed[0].seq])
+        assert {"ops": 2} == await store.outbox_counts()
+        await store.remove(claimed[1].seq, claimed[2].seq)
+        assert {} == await store.outbox_counts()
+
+    async def test_reads_skip_what_the_reader_finished(self, store: Store) -> None:
+        """``from_seq``: rows before it are finished, their deletion on its way."""
+        first, second = events_for(7, {}, {"State": "Failed"})
+        await store.commit([], [("ops", first), ("ops", second)], 0.0)
+        head = await store.next_delivery("ops")
+        assert head is not None
+        following = await store.next_delivery("ops", from_seq=head.seq + 1)
+        assert following is not None
+        assert second.id == following.event.id
+        assert {"ops": 2} == await store.outbox_counts()
+
+    async def test_release_takes_back_a_claim(self, store: Store) -> None:
+        """A claimed delivery that was not tried after all has its attempt taken back, once."""
+        (event,) = events_for(7, {})
+        (claimed,) = (await store.commit([], [("ops", event)], 0.0, claim={0})).claimed
+        await store.release([claimed.seq])
+        await store.release([claimed.seq])  # never below zero
+        row = await store.next_delivery("ops")
+        assert row is not None
+        assert (claimed.seq, 0) == (row.seq, row.attempts)
 
     async def test_retry_later_and_removed_sinks(self, store: Store) -> None:
         """A retry keeps its place with a later time; sinks no longer configured are dropped."""

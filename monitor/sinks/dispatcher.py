@@ -5,7 +5,9 @@ Flow: :meth:`Dispatcher.commit` routes each event to the sinks whose
 those deliveries to the outbox in one transaction (see :mod:`monitor.store`).
 Then one worker per sink sends its deliveries in order, so a slow or dead
 sink delays no other, and one task's events arrive in the order they
-happened.
+happened.  A worker with nothing else queued is handed what a commit queues
+for it (claimed in the commit's transaction), so news is not read back from
+the store before it goes out.
 
 A sink's workers (one per lane: tasks split by id, so that one task's events
 stay in order while a burst goes out several at a time) share the sink's rate,
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -82,9 +84,56 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: Deliveries a lane holds in memory at most; beyond, they wait in the store (a slow sink
+#: and a burst of events must not fill the memory).
+HANDED_MAX = 64
+
+
 def _lane(task_id: int | None, lanes: int) -> int:
     """The lane of a task's deliveries (events without a task go in the first)."""
     return abs(task_id or 0) % lanes
+
+
+class _Lane:
+    """One lane of a sink: its wake-up, and the deliveries its worker has in memory.
+
+    While a lane is *clean* (the store holds none of its deliveries that its
+    worker does not hold), a commit claims the lane's new deliveries in the
+    same transaction and appends them to :attr:`handed`: the worker sends them
+    without reading them back from the store, a round trip through the store's
+    thread, behind whatever else it is doing, saved on the way to every chat.
+    """
+
+    __slots__ = ("clean", "committing", "epoch", "handed", "taken", "touched", "wake")
+
+    def __init__(self) -> None:
+        #: Set when a delivery for the lane is queued.
+        self.wake = anyio.Event()
+        #: Claimed deliveries, in order, for the worker to send.
+        self.handed: deque[OutboxRow] = deque()
+        #: Whether the store holds no delivery of the lane but those handed or in hand.
+        #: Not known at start: the worker reads the store until it finds it empty.
+        self.clean = False
+        #: Commits for the lane in flight: whichever comes second is not handed over,
+        #: since its deliveries must wait for the first one's.
+        self.committing = 0
+        #: Commits for the lane begun so far (a read that saw none begin saw it all).
+        self.touched = 0
+        #: Times the worker gave back what it was handed (a failure, a stop): deliveries a
+        #: commit claimed before that must wait in the store behind the one to retry.
+        self.epoch = 0
+        #: The seq of the delivery the worker took last: a handed row at or below it was
+        #: read from the store (it raced the commit that claimed it) and is not sent twice,
+        #: and a stored row below it is finished, its deletion on the way.
+        self.taken = 0
+
+    def take(self) -> OutboxRow | None:
+        """The next handed delivery not taken yet."""
+        while self.handed:
+            row = self.handed.popleft()
+            if row.seq > self.taken:
+                return row
+        return None
 
 
 class Dispatcher:
@@ -110,9 +159,12 @@ class Dispatcher:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._max_age = max_age
-        #: One wake-up per lane of each sink, set when a delivery for it is queued.
-        self._wake = {s.sink.name: [anyio.Event() for _ in range(s.lanes)] for s in subscriptions}
-        self._lanes = {s.sink.name: s.lanes for s in self._subscriptions}
+        #: Each sink's lanes.
+        self._lanes = {s.sink.name: [_Lane() for _ in range(s.lanes)] for s in subscriptions}
+        #: Deliveries finished beside the sending (see :meth:`_work`), to delete in one go:
+        #: with the next commit, or by :meth:`_remove_finished`, whichever comes first.
+        self._finished: list[int] = []
+        self._finished_added = anyio.Event()
         self._queued: Counter[str] = Counter()
         #: Unexpected exceptions of the sink at each outbox row (by seq) still queued.
         self._crashes: Counter[int] = Counter()
@@ -159,30 +211,106 @@ class Dispatcher:
         ]
         if not events and not memories:
             return
-        growth = await self._store.commit(
-            memories, deliveries, self._now().timestamp(), history=events
-        )
-        self._queued.update(growth)
-        self._wake_for(deliveries)
+        await self._queue(memories, deliveries, self._now().timestamp(), events)
 
-    def _wake_for(self, deliveries: Sequence[tuple[str, Event]]) -> None:
-        """Wake the lane each queued delivery belongs to."""
-        for sink, event in deliveries:
-            self._wake[sink][_lane(event.task_id, self._lanes[sink])].set()
+    async def _queue(
+        self,
+        memories: Sequence[TaskMemory],
+        deliveries: Sequence[tuple[str, Event]],
+        now: float,
+        history: Sequence[Event] = (),
+    ) -> None:
+        """Commit, then wake each lane a delivery was queued for.
+
+        The deliveries of a clean lane (see :class:`_Lane`) with no other commit
+        for it in flight are claimed in the same transaction and handed to its
+        worker, up to :data:`HANDED_MAX` held; the rest wait in the store.  The
+        finished deliveries not deleted yet go in the same transaction.
+        """
+        lanes = [self._lane_of(sink, event.task_id) for sink, event in deliveries]
+        involved = {id(lane): lane for lane in lanes}.values()
+        # Room in memory for each lane that can be handed its deliveries, and what it takes.
+        room = {
+            id(lane): HANDED_MAX - len(lane.handed)
+            for lane in involved
+            if lane.clean and not lane.committing
+        }
+        claim: set[int] = set()
+        for index, lane in enumerate(lanes):
+            if room.get(id(lane), 0) > 0:
+                room[id(lane)] -= 1
+                claim.add(index)
+            else:
+                room.pop(id(lane), None)  # the rest of this lane waits in the store
+                lane.clean = False
+        epochs = {id(lane): lane.epoch for lane in involved}
+        for lane in involved:
+            lane.committing += 1
+            lane.touched += 1
+        finished, self._finished = self._finished, []
+        try:
+            committed = await self._store.commit(
+                memories, deliveries, now, history=history, claim=frozenset(claim), done=finished
+            )
+        except BaseException:
+            for lane in involved:  # what was written is not known: read it from the store
+                lane.clean = False
+            self._finish_later(finished)
+            raise
+        finally:
+            for lane in involved:
+                lane.committing -= 1
+                lane.wake.set()
+        self._queued.update(committed.growth)
+        stale: list[int] = []
+        for row in committed.claimed:
+            lane = self._lane_of(row.sink, row.event.task_id)
+            if lane.epoch == epochs[id(lane)]:
+                lane.handed.append(row)
+            else:  # the worker gave its lane back meanwhile: these wait for their turn
+                stale.append(row.seq)
+        if stale:
+            await self._finish((), stale)
+
+    def _lane_of(self, sink: str, task_id: int | None) -> _Lane:
+        lanes = self._lanes[sink]
+        return lanes[_lane(task_id, len(lanes))]
 
     async def run(self) -> None:
         """Deliver until cancelled (and run the sinks' own background work)."""
-        async with anyio.create_task_group() as group:
-            for subscription in self._subscriptions:
-                limiter = (
-                    RateLimiter(subscription.rate, burst=max(1, int(subscription.rate)))
-                    if math.isfinite(subscription.rate)
-                    else None
-                )
-                for lane in range(subscription.lanes):
-                    group.start_soon(self._work, subscription, lane, limiter)
-                if isinstance(subscription.sink, BackgroundSink):
-                    group.start_soon(subscription.sink.run)
+        try:
+            async with anyio.create_task_group() as group:
+                for subscription in self._subscriptions:
+                    limiter = (
+                        RateLimiter(subscription.rate, burst=max(1, int(subscription.rate)))
+                        if math.isfinite(subscription.rate)
+                        else None
+                    )
+                    for lane in range(subscription.lanes):
+                        group.start_soon(self._work, subscription, lane, limiter)
+                    if isinstance(subscription.sink, BackgroundSink):
+                        group.start_soon(subscription.sink.run)
+                group.start_soon(self._remove_finished)
+        finally:  # every worker has stopped: nothing finishes after this
+            finished, self._finished = self._finished, []
+            await self._finish(finished)
+
+    def _finish_later(self, seqs: Sequence[int]) -> None:
+        """Have these finished deliveries deleted soon (they are skipped meanwhile)."""
+        if seqs:
+            self._finished.extend(seqs)
+            self._finished_added.set()
+
+    async def _remove_finished(self) -> None:
+        """Delete the deliveries finished beside the sending, in batches, until cancelled.
+
+        What is left when the workers stop is deleted by :meth:`run`, before any drain.
+        """
+        while True:
+            await self._finished_added.wait()
+            self._finished_added = anyio.Event()
+            finished, self._finished = self._finished, []
+            await self._finish(finished)
 
     async def remind(self, firing: Callable[[], Sequence[Event]]) -> None:
         """Re-send failed and stalled tasks to sinks with ``remind_every``, until cancelled.
@@ -226,9 +354,7 @@ class Dispatcher:
         fresh = [(sink, event) for sink, event in due if event.id not in known]
         if not fresh:
             return
-        growth = await self._store.commit([], fresh, now.timestamp())
-        self._queued.update(growth)
-        self._wake_for(fresh)
+        await self._queue([], fresh, now.timestamp())
         log.info("reminders_queued", count=len(fresh))
 
     async def drain(self) -> None:
@@ -243,72 +369,106 @@ class Dispatcher:
 
     async def _flush(self, subscription: Subscription, lane: int) -> None:
         name = subscription.sink.name
-        done: int | None = None
+        done: list[int] = []
         try:
             while True:
                 row = await self._next(name, lane, done)
-                done = None
+                done = []
                 if row is None or row.next_attempt > self._now().timestamp() + _CLOCK_SLACK:
                     return
                 if not await self._attempt(subscription, row):
                     return
-                done = row.seq
+                done = [row.seq]
         finally:
             await self._finish(done)
 
-    async def _next(self, sink: str, lane: int, done: int | None = None) -> OutboxRow | None:
+    async def _next(
+        self, sink: str, lane: int, done: Sequence[int] = (), from_seq: int = 0
+    ) -> OutboxRow | None:
         """Delete ``done``, then claim the lane's next delivery if due: one store round trip.
 
         Rows the store drops as unreadable are counted out of the queue.
         """
         return await self._store.next_delivery(
             sink,
-            lane=(lane, self._lanes[sink]),
+            lane=(lane, len(self._lanes[sink])),
             done=done,
             claim_until=self._now().timestamp() + _CLOCK_SLACK,
             on_drop=self._dropped,
+            from_seq=from_seq,
         )
 
-    async def _finish(self, done: int | None) -> None:
-        """Delete a finished delivery even while being cancelled (else it would go out twice)."""
-        if done is not None:
-            with anyio.CancelScope(shield=True):
-                await self._store.remove(done)
+    async def _finish(self, done: Sequence[int], unsent: Sequence[int] = ()) -> None:
+        """Delete finished deliveries even while being cancelled (else they would go out twice).
+
+        ``unsent`` were claimed and handed over, then not tried: they stay queued.
+        """
+        with anyio.CancelScope(shield=True):
+            if done:
+                await self._store.remove(*done)
+            if unsent:
+                await self._store.release(unsent)
 
     def _dropped(self, sink: str) -> None:
         """The store deleted an outbox row it could not read: it is no longer queued."""
         self._queued[sink] -= 1
 
     async def _work(
-        self, subscription: Subscription, lane: int, limiter: RateLimiter | None
+        self, subscription: Subscription, index: int, limiter: RateLimiter | None
     ) -> None:
-        """Send one lane's deliveries in order; the sink's lanes share its rate."""
+        """Send one lane's deliveries in order; the sink's lanes share its rate.
+
+        Deliveries handed over by commits go first (they are older than any the
+        store holds beyond them), each deleted beside the next one's sending; a
+        delivery read from the store is deleted with the next read.
+        """
         name = subscription.sink.name
-        wake = self._wake[name]
-        done: int | None = None
+        lane = self._lanes[name][index]
+        done: list[int] = []
         try:
             while True:
-                row = await self._next(name, lane, done)
-                done = None
+                row = lane.take()
+                if row is None and not lane.clean:
+                    touched = lane.touched
+                    row = await self._next(name, index, done, from_seq=lane.taken)
+                    done = []
+                    if row is None and touched == lane.touched and not lane.committing:
+                        lane.clean = True  # no commit for it ran while it was read
                 if row is None:
-                    await wake[lane].wait()
-                    wake[lane] = anyio.Event()
+                    if not lane.wake.is_set():
+                        await lane.wake.wait()
+                    lane.wake = anyio.Event()
                     continue
+                lane.taken = row.seq
                 wait = row.next_attempt - self._now().timestamp()
                 if wait > _CLOCK_SLACK:
                     await self._sleep(wait)
                     continue
                 if limiter is not None:
                     await limiter.acquire()
-                if await self._attempt(subscription, row):
-                    done = row.seq
+                if not await self._attempt(subscription, row):
+                    # It stays at the head of the lane for its retry; what was handed
+                    # after it waits in the store, as if never claimed.
+                    unsent = [handed.seq for handed in lane.handed]
+                    lane.handed.clear()
+                    lane.clean = False
+                    lane.epoch += 1
+                    await self._finish((), unsent)
+                elif lane.clean or lane.handed:
+                    self._finish_later([row.seq])
+                else:
+                    done.append(row.seq)
         finally:
-            await self._finish(done)
+            unsent = [handed.seq for handed in lane.handed]
+            lane.handed.clear()
+            lane.clean = False
+            lane.epoch += 1
+            await self._finish(done, unsent)
 
     async def _attempt(self, subscription: Subscription, row: OutboxRow) -> bool:
         """Try one claimed delivery; whether it is finished (delivered or given up).
 
-        A finished delivery is deleted by the caller's next :meth:`_next`.
+        The caller deletes a finished delivery.
         """
         sink, event = subscription.sink, row.event
         try:
