@@ -313,8 +313,9 @@ class Poller:
             for state in states:
                 group.start_soon(list_state, state)
 
-        # The GETs of what the lists show moving start as each is found (through a stream),
-        # then the blind GETs (first sights, finished tasks, states not listed).
+        # The GETs of what the lists show moving start as each is found (through a stream);
+        # the blind GETs (first sights, finished tasks, states not listed) wait until that
+        # news is committed, so as not to hold up its commit and delivery.
         send, receive = anyio.create_memory_object_stream[int](max_buffer_size=math.inf)
         blind: Iterator[int] = iter(())
 
@@ -328,7 +329,9 @@ class Poller:
             with queue:
                 async for task_id in queue:
                     await get_and_settle(task_id)
-            for task_id in blind:  # set before the stream closed
+
+        async def fetch_blind() -> None:
+            for task_id in blind:  # shared by the workers
                 await get_and_settle(task_id)
 
         known: list[tuple[int, BatchTaskInfo | ApiError | _Unchanged]] = []
@@ -357,6 +360,10 @@ class Poller:
                     key=lambda task_id: task_id not in self._tracker.tasks,
                 )
                 blind = iter(ordered[: max(budget, 0)])
+        await self._committed()
+        async with anyio.create_task_group() as group:
+            for _ in range(self._workers):
+                group.start_soon(fetch_blind)
         # Then what the lists already told (mostly "unchanged": the stall clocks), after the
         # GETs of what moved: those carry the news, and its delivery waits for this loop.
         now, loop_now = self._clock(), anyio.current_time()

@@ -25,15 +25,23 @@ from tests.conftest import ManualClock, make_config
 
 
 class Recorder:
-    """Collects what the poller commits."""
+    """Collects what the poller commits, and how many requests the simulator had by then."""
 
-    def __init__(self) -> None:
+    def __init__(self, simulator: Simulator) -> None:
         self.events: list[Event] = []
         self.memories: list[TaskMemory] = []
+        #: Per commit: its events' types, and the simulator's request count when it ended.
+        self.commits: list[tuple[list[EventType], int]] = []
+        #: Seconds each commit takes (a store that is slow to write).
+        self.commit_takes = 0.0
+        self._simulator = simulator
 
     async def __call__(self, events: Sequence[Event], memories: Sequence[TaskMemory]) -> None:
+        if self.commit_takes:
+            await anyio.sleep(self.commit_takes)
         self.events.extend(events)
         self.memories.extend(memories)
+        self.commits.append(([e.type for e in events], len(self._simulator.requests)))
 
     def types(self) -> list[EventType]:
         return [e.type for e in self.events]
@@ -53,7 +61,7 @@ async def polling(
         watch={"ids": ids},
         poll={"terminal_linger": "0s", "api_down_after": 2, **poll},
     )
-    recorder = Recorder()
+    recorder = Recorder(simulator)
     async with open_session(config.superoffice) as session:
         client = SuperOfficeClient(
             session, config.superoffice, auth_from_config(config.superoffice.auth)
@@ -315,6 +323,36 @@ class TestRequestBudget:
         assert 10 == kinds.count(EventType.TASK_PROGRESS)
         failed = [e for e in recorder.events if e.type is EventType.TASK_FAILED]
         assert ["Failed: disk full"] * 5 == [e.task.result if e.task else None for e in failed]
+
+    async def test_news_is_committed_before_the_blind_gets(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """The GETs of tasks no list covers wait until what the lists showed moving is committed.
+
+        They would compete with that commit and its delivery for the process; they carry
+        nothing urgent (first sights, confirmations of finished tasks).
+        """
+        running = [simulator.add_task(state=BatchTaskState.STARTED).id for _ in range(20)]
+        finished = [simulator.add_task(state=BatchTaskState.SUCCEEDED).id for _ in range(4)]
+        async with polling(simulator, clock, running) as (poller, recorder):
+            for _ in range(10):  # until the lists cover every running task
+                await poller.poll_once()
+                clock.advance(5)
+            assert 20 == recorder.types().count(EventType.TASK_DISCOVERED)
+            for task_id in running[:3]:
+                simulator.set_task(task_id, state=BatchTaskState.FAILED, result="Failed: disk full")
+            poller.watch(finished)  # first sights: GETs no list answers for
+            recorder.commit_takes = 0.05
+            before = len(recorder.commits)
+            clock.advance(5)
+            await poller.poll_once()
+
+        news = [seen for types, seen in recorder.commits[before:] if EventType.TASK_FAILED in types]
+        assert 3 == sum(t.count(EventType.TASK_FAILED) for t, _ in recorder.commits[before:])
+        blind = {f"GET /api/v1/BatchTask/{task_id}" for task_id in finished}
+        assert news
+        assert all(blind.isdisjoint(simulator.requests[:seen]) for seen in news)
+        assert blind <= set(simulator.requests), "and then they are made"
 
     async def test_unchanged_tasks_still_stall(
         self, simulator: Simulator, clock: ManualClock
