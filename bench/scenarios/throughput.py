@@ -184,7 +184,7 @@ def bulk_cycle(quick: bool) -> Row:
 
 def scrape_under_polling(quick: bool) -> Row:
     """P6: /metrics with many tasks while polling runs, and what scrapes cost polling."""
-    count, pairs = (2000, 3) if quick else (10_000, 7)
+    count, pairs = (2000, 3) if quick else (10_000, 25)
     quiet_logging()
     rng = random.Random(6)
     with simulator_process(count) as sim, tempfile.TemporaryDirectory() as tmp:
