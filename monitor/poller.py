@@ -110,6 +110,9 @@ def _merge(known: BatchTaskInfo, trimmed: BatchTaskInfo) -> BatchTaskInfo:
 
 
 #: States whose tasks can be polled together with one list call.
+#: The states listed in bulk, in the order tasks go through them: lists are asked for in this
+#: order, so that a task moving on while they are answered is in one of them (listed before
+#: it moved, or after it arrived), never in neither.
 _BULK_STATES = (BatchTaskState.NEW, BatchTaskState.AQUIRED, BatchTaskState.STARTED)
 
 
@@ -310,8 +313,9 @@ class Poller:
             self._report_listing(state, answer)
 
         async with anyio.create_task_group() as group:
-            for state in states:
-                group.start_soon(list_state, state)
+            for state in _BULK_STATES:
+                if state in states:
+                    group.start_soon(list_state, state)
 
         # The GETs of what the lists show moving start as each is found (through a stream);
         # the blind GETs (first sights, finished tasks, states not listed) wait until that

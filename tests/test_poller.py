@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -14,7 +15,7 @@ from structlog.testing import capture_logs
 from monitor.daemon import rules_from
 from monitor.poller import Poller, Shard
 from monitor.ratelimit import RateLimiter
-from monitor.simulator import Simulator
+from monitor.simulator import Scenario, SimTask, Simulator
 from monitor.superoffice.auth import auth_from_config
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
@@ -47,12 +48,38 @@ class Recorder:
         return [e.type for e in self.events]
 
 
+class MovesOnWhileListed(Scenario):
+    """One task that appears as New to the first request after :meth:`arrive`, Aquired after."""
+
+    def __init__(self, task_id: int, *, start: datetime) -> None:
+        super().__init__((), start=start)
+        self._task_id = task_id
+        self._answered: int | None = None
+
+    @property
+    def task_ids(self) -> tuple[int, ...]:
+        return (self._task_id,)
+
+    def arrive(self) -> None:
+        """The task exists from the next request on."""
+        self._answered = 0
+
+    def apply(self, tasks: dict[int, SimTask], now: datetime) -> None:
+        if self._answered is None:
+            return
+        self._answered += 1
+        state = BatchTaskState.NEW if self._answered == 1 else BatchTaskState.AQUIRED
+        task = tasks.setdefault(self._task_id, SimTask(id=self._task_id, created=now))
+        task.state = state
+
+
 @asynccontextmanager
 async def polling(
     simulator: Simulator,
     clock: ManualClock,
     ids: list[int],
     shard: Shard | None = None,
+    superoffice: dict[str, Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[tuple[Poller, Recorder]]:
     """A poller watching ``ids`` on the simulator, publishing into a recorder."""
@@ -60,6 +87,7 @@ async def polling(
         simulator.url,
         watch={"ids": ids},
         poll={"terminal_linger": "0s", "api_down_after": 2, **poll},
+        superoffice=superoffice or {},
     )
     recorder = Recorder(simulator)
     async with open_session(config.superoffice) as session:
@@ -73,6 +101,7 @@ async def polling(
             config.poll,
             clock=clock,
             shard=shard,
+            workers=config.superoffice.max_concurrency,
         )
         poller.watch(ids)
         yield poller, recorder
@@ -353,6 +382,29 @@ class TestRequestBudget:
         assert news
         assert all(blind.isdisjoint(simulator.requests[:seen]) for seen in news)
         assert blind <= set(simulator.requests), "and then they are made"
+
+    async def test_a_task_moving_on_while_listed_is_in_one_list(self, clock: ManualClock) -> None:
+        """The lists go out in lifecycle order: a new task that moves on between them is found.
+
+        Listed the other way round (Aquired, then New), a task that was New for the first list
+        and Aquired for the second would be in neither, and found a cycle later.
+        """
+        scenario = MovesOnWhileListed(900, start=clock.now)
+        async with (
+            Simulator(scenario, clock=clock) as simulator,
+            polling(simulator, clock, [900], superoffice={"max_concurrency": 1}) as (
+                poller,
+                recorder,
+            ),
+        ):
+            await poller.poll_once()  # a 404: from now on the id is looked for in the lists
+            scenario.arrive()
+            clock.advance(5)
+            await poller.poll_once()
+
+        lists = [r for r in simulator.requests if "AndState" in r]
+        assert 3 == len(lists), "New, Aquired and Started were listed"
+        assert [EventType.TASK_DISCOVERED] == recorder.types()
 
     async def test_unchanged_tasks_still_stall(
         self, simulator: Simulator, clock: ManualClock
