@@ -1046,6 +1046,18 @@ class TestDiscovery:
             custom.every,
         )
 
+    def test_states_are_kept_in_lifecycle_order(self) -> None:
+        """Listed in the order tasks go through them, so a task moving on is in one list."""
+        config = parse_config(
+            with_(
+                "watch",
+                {"discover": [{"states": ["Failed", "Started", "New", "Started", "Aquired"]}]},
+            ),
+            base_dir=Path("/nonexistent"),
+        )
+
+        assert ["New", "Aquired", "Started", "Failed"] == config.watch.discover[0].states
+
     @pytest.mark.parametrize(
         ("rule", "expected"),
         [

@@ -43,7 +43,11 @@ class DiscoverRule(_Section):
     @field_validator("states")
     @classmethod
     def _known_states(cls, states: list[str]) -> list[str]:
-        """Refuse a misspelt state (``Acquired``): the rule would silently find nothing."""
+        """Refuse a misspelt state (``Acquired``): the rule would silently find nothing.
+
+        Kept in lifecycle order, the order the lists are asked for: a task that moves on
+        while they are answered is then in one of them, whatever order the file gave.
+        """
         if not states:
             raise ValueError("must not be empty; leave it out for New, Aquired and Started")
         problems = []
@@ -54,7 +58,7 @@ class DiscoverRule(_Section):
                 problems.append(_problem((index,), f"unknown state {state!r}{hint}"))
         if problems:
             raise _invalid(cls.__name__, problems)
-        return list(dict.fromkeys(states))
+        return sorted(set(states), key=DISCOVERABLE_STATES.index)
 
 
 class WatchConfig(_Section):
