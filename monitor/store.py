@@ -249,7 +249,7 @@ class Store:
             growth: dict[str, int] = {}
             claimed: dict[int, int] = {}  # index in deliveries -> seq
             with self._db:
-                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
+                self._delete_deliveries(done)
                 self._db.executemany(
                     "INSERT INTO tasks (id, memory) VALUES (?, ?) "
                     "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
@@ -287,14 +287,11 @@ class Store:
             return growth, claimed
 
         growth, claimed = await self._run(write)
-        return Committed(
-            growth,
-            [
-                OutboxRow(seq, sink, _read_back(texts[event.id]), 0, 0.0, now)
-                for index, seq in claimed.items()
-                for sink, event in [deliveries[index]]
-            ],
-        )
+        read_back = []
+        for index, seq in claimed.items():
+            sink, event = deliveries[index]
+            read_back.append(OutboxRow(seq, sink, _read_back(texts[event.id]), 0, 0.0, now))
+        return Committed(growth, read_back)
 
     # --- outbox
 
@@ -325,7 +322,7 @@ class Store:
 
         def step(finished: Sequence[int]) -> tuple[Any, ...] | None:
             with self._db:
-                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in finished])
+                self._delete_deliveries(finished)
                 row: tuple[Any, ...] | None = self._db.execute(
                     "SELECT seq, sink, event, attempts, next_attempt, created FROM outbox "
                     "WHERE sink = ? AND seq >= ? AND abs(coalesce(task_id, 0)) % ? = ? "
@@ -367,12 +364,16 @@ class Store:
 
         await self._run(later)
 
+    def _delete_deliveries(self, seqs: Iterable[int]) -> None:
+        """Delete outbox rows by seq (in the worker thread, inside the caller's transaction)."""
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+
     async def remove(self, *seqs: int) -> None:
         """Deliveries are done: delivered or given up."""
 
         def delete() -> None:
             with self._db:
-                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+                self._delete_deliveries(seqs)
 
         await self._run(delete)
 

@@ -228,22 +228,22 @@ class Dispatcher:
         finished deliveries not deleted yet go in the same transaction.
         """
         lanes = [self._lane_of(sink, event.task_id) for sink, event in deliveries]
-        involved = {id(lane): lane for lane in lanes}.values()
+        involved = dict.fromkeys(lanes)  # lanes hash by identity; in order, once each
         # Room in memory for each lane that can be handed its deliveries, and what it takes.
         room = {
-            id(lane): HANDED_MAX - len(lane.handed)
+            lane: HANDED_MAX - len(lane.handed)
             for lane in involved
             if lane.clean and not lane.committing
         }
         claim: set[int] = set()
         for index, lane in enumerate(lanes):
-            if room.get(id(lane), 0) > 0:
-                room[id(lane)] -= 1
+            if room.get(lane, 0) > 0:
+                room[lane] -= 1
                 claim.add(index)
             else:
-                room.pop(id(lane), None)  # the rest of this lane waits in the store
+                room.pop(lane, None)  # the rest of this lane waits in the store
                 lane.clean = False
-        epochs = {id(lane): lane.epoch for lane in involved}
+        epochs = {lane: lane.epoch for lane in involved}
         for lane in involved:
             lane.committing += 1
             lane.touched += 1
@@ -265,7 +265,7 @@ class Dispatcher:
         stale: list[int] = []
         for row in committed.claimed:
             lane = self._lane_of(row.sink, row.event.task_id)
-            if lane.epoch == epochs[id(lane)]:
+            if lane.epoch == epochs[lane]:
                 lane.handed.append(row)
             else:  # the worker gave its lane back meanwhile: these wait for their turn
                 stale.append(row.seq)
