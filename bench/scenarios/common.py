@@ -41,6 +41,7 @@ __all__ = [
     "Row",
     "SimProcess",
     "bare_session",
+    "child_process",
     "daemon_config",
     "fmt_ms",
     "median",
@@ -140,10 +141,14 @@ class SimProcess:
 
 
 @contextmanager
-def simulator_process(tasks: int) -> Iterator[SimProcess]:
-    """Run the simulator with ``tasks`` running tasks in a child process."""
+def child_process(module: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], Any]]:
+    """Run ``python -m module args`` beside the bench; yields it and its first JSON line.
+
+    The children (simulator, receiver, ...) announce themselves with one JSON line and
+    stop when their standard input closes, which leaving the block does.
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.scenarios.simserver", "--tasks", str(tasks)],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -154,18 +159,25 @@ def simulator_process(tasks: int) -> Iterator[SimProcess]:
     try:
         line = process.stdout.readline()
         if not line:
-            msg = f"the simulator process exited with {process.wait()}"
+            msg = f"{module} exited with {process.wait()}"
             raise RuntimeError(msg)
-        started = json.loads(line)
-        first, last = started["ids"] or (0, -1)
-        yield SimProcess(started["url"], list(range(first, last + 1)))
+        yield process, json.loads(line)
     finally:
-        process.stdin.close()
+        if not process.stdin.closed:
+            process.stdin.close()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def simulator_process(tasks: int) -> Iterator[SimProcess]:
+    """Run the simulator with ``tasks`` running tasks in a child process."""
+    with child_process("bench.scenarios.simserver", "--tasks", str(tasks)) as (_, started):
+        first, last = started["ids"] or (0, -1)
+        yield SimProcess(started["url"], list(range(first, last + 1)))
 
 
 def daemon_config(

@@ -20,7 +20,6 @@ import math
 import random
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -32,8 +31,8 @@ import anyio
 
 from bench.scenarios.common import (
     AUTH_HEADERS,
-    ROOT,
     Row,
+    child_process,
     daemon_config,
     fmt_ms,
     percentile,
@@ -73,28 +72,8 @@ class _ReceiverProcess:
 
 @contextmanager
 def _receiver_process(secret: str) -> Iterator[_ReceiverProcess]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.scenarios.receiver", secret],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    try:
-        line = process.stdout.readline()
-        if not line:
-            msg = f"the receiver process exited with {process.wait()}"
-            raise RuntimeError(msg)
-        yield _ReceiverProcess(process, json.loads(line)["url"])
-    finally:
-        if process.stdin is not None and not process.stdin.closed:
-            process.stdin.close()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with child_process("bench.scenarios.receiver", secret) as (process, started):
+        yield _ReceiverProcess(process, started["url"])
 
 
 class _Cycles:
