@@ -7,7 +7,6 @@ so every section behaves the same.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from monitor.config.errors import _carry, _invalid, _kind, _problem
+from monitor.config.errors import _carry, _did_you_mean, _invalid, _kind, _problem
 
 __all__: list[str] = []
 
@@ -76,9 +75,7 @@ class _Section(BaseModel):
         for key in data:
             if key in known:
                 continue
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(_problem((key,), f"unknown key{hint}"))
+            problems.append(_problem((key,), f"unknown key{_did_you_mean(key, sorted(known))}"))
         return problems
 
 

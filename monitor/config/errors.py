@@ -10,7 +10,8 @@ that could be a secret.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from pydantic import ValidationError
@@ -37,6 +38,12 @@ def _problem(loc: tuple[str | int, ...], message: str) -> InitErrorDetails:
     """One problem at ``loc`` (relative to the model raising it), in pydantic's terms."""
     # ``input`` stays empty on purpose: it could be a secret.
     return {"type": PydanticCustomError("batchmon_config", message), "loc": loc, "input": None}
+
+
+def _did_you_mean(value: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'Aquired'?)`` for the closest of ``known``, or nothing."""
+    close = difflib.get_close_matches(value, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _carry(error: ErrorDetails) -> InitErrorDetails:

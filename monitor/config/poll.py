@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Annotated, Final, Self
 
 from pydantic import Field, Strict, field_validator, model_validator
 
 from monitor.config.base import _Section
-from monitor.config.errors import _invalid, _problem
+from monitor.config.errors import _did_you_mean, _invalid, _problem
 from monitor.config.values import _INT32_MAX, Duration, _Float, _Int, _TaskId
 
 __all__ = ["DISCOVERABLE_STATES", "DiscoverRule", "PollConfig", "WatchConfig"]
@@ -53,8 +52,7 @@ class DiscoverRule(_Section):
         problems = []
         for index, state in enumerate(states):
             if state not in DISCOVERABLE_STATES:
-                close = difflib.get_close_matches(state, DISCOVERABLE_STATES, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = _did_you_mean(state, DISCOVERABLE_STATES)
                 problems.append(_problem((index,), f"unknown state {state!r}{hint}"))
         if problems:
             raise _invalid(cls.__name__, problems)

@@ -6,7 +6,6 @@ The keys a sink takes depend on its type; filters name event types, which must e
 from __future__ import annotations
 
 import base64
-import difflib
 import fnmatch
 import re
 from typing import Annotated, Final, Literal, Self
@@ -14,7 +13,7 @@ from typing import Annotated, Final, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from monitor.config.base import _Section
-from monitor.config.errors import _invalid, _problem
+from monitor.config.errors import _did_you_mean, _invalid, _problem
 from monitor.config.values import Duration, Rate, Secret, _TaskId
 from monitor.sinks.render import compile_template
 from monitor.tracking.events import EventType
@@ -141,8 +140,7 @@ class SinkConfig(_Section):
                 if not fnmatch.filter(EVENT_TYPES, event):
                     problems.append(_problem((index,), f"{event!r} matches no event type"))
             elif event not in EVENT_TYPES:
-                close = difflib.get_close_matches(event, EVENT_TYPES, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = _did_you_mean(event, EVENT_TYPES)
                 problems.append(_problem((index,), f"unknown event type {event!r}{hint}"))
         if problems:
             raise _invalid(cls.__name__, problems)
