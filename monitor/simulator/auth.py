@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
-from monitor.simulator.responses import bad_request, dumps, error_response
+from monitor.simulator.responses import dumps, error_response, json_object
 from monitor.simulator.tenant import OnlineTenant
 
 __all__ = ["Credentials", "OAuthApp", "SystemUserApp", "oauth_token", "system_user_login"]
@@ -214,12 +213,9 @@ async def system_user_login(
     """Verify the signed system user token; answer a JWT carrying a ticket, or why not."""
     if app is None or tenant is None:
         return error_response(404, "NotFound", "System users are not enabled in this simulator")
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, RecursionError):
-        return bad_request("The request body is not valid JSON")
-    if not isinstance(body, dict):
-        return bad_request("The request body must be a JSON object")
+    body = await json_object(request)
+    if isinstance(body, web.Response):
+        return body
     problem = (
         app.refuse
         or _login_problem(app, tenant, body)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import anyio
 from aiohttp import web
 
-__all__ = ["Fault", "bad_request", "dumps", "error_response"]
+__all__ = ["Fault", "bad_request", "dumps", "error_response", "json_object"]
 
 
 def dumps(data: object) -> str:
@@ -35,6 +35,17 @@ def error_response(
 
 def bad_request(message: str) -> web.Response:
     return error_response(400, "ArgumentException", message)
+
+
+async def json_object(request: web.Request) -> dict[str, object] | web.Response:
+    """The request's JSON object body, or the 400 SuperOffice answers when it is not one."""
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError):
+        return bad_request("The request body is not valid JSON")
+    if not isinstance(body, dict):
+        return bad_request("The request body must be a JSON object")
+    return body
 
 
 @dataclass(frozen=True, slots=True)

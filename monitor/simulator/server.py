@@ -7,7 +7,6 @@ tenant and credentials, the BatchTask handlers, and the server's lifecycle.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from monitor.simulator.auth import (
     oauth_token,
     system_user_login,
 )
-from monitor.simulator.responses import Fault, bad_request, dumps, error_response
+from monitor.simulator.responses import Fault, bad_request, dumps, error_response, json_object
 from monitor.simulator.scenario import Scenario
 from monitor.simulator.tasks import (
     SimTask,
@@ -357,12 +356,9 @@ class Simulator:
 
     async def _list(self, request: web.Request, *, with_state: bool) -> web.Response:
         """Answer an ``Agents/Batch`` list call, honouring ``$select``."""
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, RecursionError):
-            return bad_request("The request body is not valid JSON")
-        if not isinstance(body, dict):
-            return bad_request("The request body must be a JSON object")
+        body = await json_object(request)
+        if isinstance(body, web.Response):
+            return body
         # ASP.NET binds carrier properties case-insensitively.
         carrier = {str(key).casefold(): value for key, value in body.items()}
         associate_ids = carrier.get("associateids")
