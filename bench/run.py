@@ -139,3 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             console.print(note, highlight=False, markup=False)
     console.print(f"total {time.perf_counter() - began:.0f} s", highlight=False)
     return 1 if any(row.passed is None for row in rows) else 0
+
+
+if __name__ == "__main__":  # python bench/run.py, as well as python -m bench
+    raise SystemExit(main())

@@ -33,3 +33,17 @@ def test_quick_bench_prints_every_scenario() -> None:
     assert ["P1", "P2", "P3", "P4", "P5", "P6", "P7"] == rows, done.stdout
     verdicts = re.findall(r"[│|] (pass|FAIL) +[│|]$", done.stdout, re.MULTILINE)
     assert 7 == len(verdicts), done.stdout
+
+
+def test_run_py_runs_as_a_script(tmp_path: Path) -> None:
+    """``python bench/run.py`` (the issue's other spelling) runs the suite too, from anywhere."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "P7"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stdout + done.stderr
+    assert ["P7"] == re.findall(r"^[│|] (P[1-7]) +[│|]", done.stdout, re.MULTILINE), done.stdout
