@@ -16,20 +16,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench(args: list[str], cwd: Path, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the interpreter with ``args`` in ``cwd``, output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _rows(table: str) -> list[str]:
+    """The scenario keys of the table's rows (rich draws with box characters, or ASCII)."""
+    return re.findall(r"^[│|] (P[1-7]) +[│|]", table, re.MULTILINE)
+
+
 @pytest.mark.timeout(180)
 def test_quick_bench_prints_every_scenario() -> None:
     """The quick run ends well and its table has a row for each of P1-P7."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
+    done = _bench(["-m", "bench", "--quick"], ROOT, timeout=170)
     assert 0 == done.returncode, done.stdout + done.stderr
-    # rich draws with box characters, or with ASCII where the output cannot take them.
-    rows = re.findall(r"^[│|] (P[1-7]) +[│|]", done.stdout, re.MULTILINE)
+    rows = _rows(done.stdout)
     assert ["P1", "P2", "P3", "P4", "P5", "P6", "P7"] == rows, done.stdout
     verdicts = re.findall(r"[│|] (pass|FAIL) +[│|]$", done.stdout, re.MULTILINE)
     assert 7 == len(verdicts), done.stdout
@@ -37,13 +46,8 @@ def test_quick_bench_prints_every_scenario() -> None:
 
 def test_run_py_runs_as_a_script(tmp_path: Path) -> None:
     """``python bench/run.py`` (the issue's other spelling) runs the suite too, from anywhere."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--only", "P7"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    done = _bench(
+        [str(ROOT / "bench" / "run.py"), "--quick", "--only", "P7"], tmp_path, timeout=120
     )
     assert 0 == done.returncode, done.stdout + done.stderr
-    assert ["P7"] == re.findall(r"^[│|] (P[1-7]) +[│|]", done.stdout, re.MULTILINE), done.stdout
+    assert ["P7"] == _rows(done.stdout), done.stdout
