@@ -320,7 +320,6 @@ async def _demo(
             # The scenario's minute, watched closely: stalls show after 10 s.
             "poll": {
                 "interval": 1 / speed,
-                "idle_interval": 2 / speed,
                 "stall_after": 10 / speed,
                 "progress_min_interval": 3 / speed,
                 "progress_step": 20,

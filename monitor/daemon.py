@@ -19,7 +19,7 @@ import anyio.abc
 import structlog
 
 from monitor import __version__
-from monitor.config import Config, PollConfig
+from monitor.config import Config, PollConfig, WatchConfig
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.poller import Poller, Shard, rule_matches, utc_now
 from monitor.sinks.base import RestorableSink
@@ -27,6 +27,7 @@ from monitor.sinks.dispatcher import Dispatcher
 from monitor.sinks.factory import SinkContext, subscriptions_from
 from monitor.store import Store
 from monitor.superoffice.client import SuperOfficeClient, open_session
+from monitor.superoffice.models import BatchTaskState
 from monitor.systemd import Notifier, watchdog_loop
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
@@ -57,12 +58,13 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def rules_from(config: PollConfig) -> Rules:
-    """Detection rules from the ``[poll]`` section."""
+def rules_from(config: PollConfig, watch: WatchConfig) -> Rules:
+    """Detection rules from the ``[poll]`` and ``[watch]`` sections."""
     return Rules(
         progress_step=config.progress_step,
         progress_min_interval=timedelta(seconds=config.progress_min_interval),
         stall_after=timedelta(seconds=config.stall_after),
+        forget_after=timedelta(seconds=watch.forget_after),
     )
 
 
@@ -79,7 +81,7 @@ class RuntimeWatches:
         if task_id in self._configured or task_id in await self._store.watches():
             return False
         await self._store.add_watch(task_id)
-        self._poller.watch([task_id])
+        self._poller.watch([task_id], pinned=True)
         log.info("watch_added", task_id=task_id)
         return True
 
@@ -117,7 +119,7 @@ class Daemon:
         self.shard = shard or Shard()
         self.clock = clock
         self.port: int | None = None
-        self.tracker = Tracker(rules_from(config.poll))
+        self.tracker = Tracker(rules_from(config.poll, config.watch))
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
         #: Configurations swapped in so far (tests and the log read it).
@@ -158,7 +160,7 @@ class Daemon:
                 if self._pending is not None:
                     pending = self._pending.model_copy(update={"state": self.config.state})
                     self.config, self._pending = pending, None
-                    self.tracker.rules = rules_from(pending.poll)
+                    self.tracker.rules = rules_from(pending.poll, pending.watch)
                     self.reloads += 1
                     log.info("config_reloaded", reloads=self.reloads)
         finally:
@@ -182,35 +184,41 @@ class Daemon:
             self._notifier.status(self._status())
             await anyio.sleep(STATUS_EVERY)
 
-    async def _restore(self, store: Store) -> list[int]:
-        """The ids to watch, and the tracker's memory of them from the last run.
+    async def _restore(self, store: Store) -> tuple[list[int], list[int]]:
+        """The tracker's memory from the last run; the ids to watch for good, and the
+        remembered tasks to poll again.
 
-        A task a discovery rule found stays watched while it is unfinished, even if
-        the list call would not show it any more: what it did while batchmon was
-        down (failed, say) must not be missed.
+        The tasks still watched (by id, or by a discovery rule) are remembered, so
+        nothing announced is announced again; the others are forgotten.  Those finished
+        or gone for ``forget_after`` are forgotten by the poller's first sweep.  A
+        discovered task is polled again while it is unfinished, even if no list call
+        would show it any more (what it did while batchmon was down, failed say, must
+        not be missed), and when it failed (it may run again, or be cleaned up).
         """
         stored = await store.load_tasks()
         rules = self.config.watch.discover
-        unfinished = [
-            task_id
-            for task_id, memory in stored.items()
-            if not memory.gone
-            and not memory.info.state.is_terminal
-            and any(rule_matches(rule, memory.info) for rule in rules)
-        ]
-        watched = list(dict.fromkeys([*self.config.watch.ids, *await store.watches(), *unfinished]))
-        unwatched = set(stored) - set(watched)
+        pinned = list(dict.fromkeys([*self.config.watch.ids, *await store.watches()]))
+        kept = set(pinned)
+        again = []
+        for task_id, memory in stored.items():
+            if task_id in kept or not any(rule_matches(rule, memory.info) for rule in rules):
+                continue
+            kept.add(task_id)
+            state = memory.info.state
+            if not memory.gone and (not state.is_terminal or state is BatchTaskState.FAILED):
+                again.append(task_id)
+        unwatched = set(stored) - kept
         if unwatched:
             await store.forget_tasks(unwatched)
-        self.tracker.restore(m for task_id, m in stored.items() if task_id not in unwatched)
+        self.tracker.restore(m for task_id, m in stored.items() if task_id in kept)
         if stored:
             log.info("state_restored", tasks=len(stored) - len(unwatched), forgotten=len(unwatched))
-        return watched
+        return pinned, again
 
     async def _serve(self, store: Store, task_status: anyio.abc.TaskStatus[int]) -> None:
         config = self.config
         so = config.superoffice
-        watched = await self._restore(store)
+        pinned, again = await self._restore(store)
         sink_timeout = aiohttp.ClientTimeout(total=max(s.timeout for s in config.sinks))
         async with (
             open_session(so) as session,
@@ -231,13 +239,15 @@ class Daemon:
                 dispatcher.commit,
                 config.poll,
                 discover=config.watch.discover,
+                forget=store.forget_tasks,
                 shard=self.shard,
                 clock=self.clock,
                 workers=so.max_concurrency,
                 max_requests_per_second=so.max_requests_per_second,
             )
             self.poller = poller
-            poller.watch(watched)
+            poller.watch(pinned, pinned=True)
+            poller.watch(again)
             collector = BatchmonCollector(
                 self.tracker,
                 poller.health,
@@ -267,7 +277,7 @@ class Daemon:
                         "batchmon_started",
                         version=__version__,
                         url=f"http://{config.http.host}:{port}/",
-                        watching=len(watched),
+                        watching=len(poller.watched),
                         api=so.url or f"{so.tenant} ({so.environment})",
                         shard=str(self.shard),
                     )

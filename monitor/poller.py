@@ -1,23 +1,34 @@
 """Who is polled when: the loop between the client and the tracker.
 
-Each watched task has its own deadline, set by what it is doing: a running
-task (``Started``) every ``interval``, a task not yet running (``New``,
-``Aquired``, ``Unknown``) every ``idle_interval``, a task that just finished
-once more to confirm it (and for ``terminal_linger`` after), then no more.
-Every deadline is jittered (earlier, never later) so thousands of tasks do
-not poll in waves.  A task deleted after it was seen (404) is not polled
-again, while a watched id the API never knew (a typo, or a task that does not
-exist yet) is looked for in the active states' lists, and fetched by id once
-every 30 idle intervals.
+Each watched task has its own deadline, set by what it is doing: a task that
+is not finished (``New``, ``Aquired``, ``Started``, ``Unknown``) every
+``interval``, a task that just finished once more to confirm it (and for
+``terminal_linger`` after).  Then a finished task watched by id, or one that
+failed, is fetched every ``finished_interval`` (it may run again, or be
+cleaned up), and any other finished task is polled no more: if it runs again,
+the active states' lists show it.  ``idle_interval`` is for watched ids the
+API never knew (a typo, or a task that does not exist yet): they are looked
+for in the active states' lists, and fetched by id once every 30 idle
+intervals.  Every deadline is jittered (earlier, never later) so thousands of
+tasks do not poll in waves.
 
 Requests are what SuperOffice meters, so a cycle spends as few as it can:
 when at least ``bulk_threshold`` due tasks were last seen in the same state,
-one ``GetBatchTaskInfosByAssociatesAndState`` call with ``$select`` replaces
-their GETs, and only the tasks whose state moved are fetched in full.  Tasks
-a list shows (and ids no list showed yet) are due again after half an
-``interval``: one request per state buys seeing each change within an
-interval of it, whatever the jitter and however long a cycle takes.  ``[[watch.discover]]`` rules run the same list call on their own
-schedule and watch what they find.
+one ``GetBatchTaskInfosByAssociatesAndState`` call replaces their GETs.  Its
+``$select`` asks for every field detection needs (``POLL_FIELDS``), so a row
+is a full observation: a task a list shows is observed from its row at once,
+and only a task that left the listed states (finished, deleted) or whose row
+is unusable is fetched by id.  Tasks a list shows (and ids no list showed
+yet) are due again after half an ``interval``: one request per state buys
+seeing each change within an interval of it, whatever the jitter and however
+long a cycle takes.  ``[[watch.discover]]`` rules run their list calls on
+their own schedule, and every row of any list that matches a rule is
+discovered at once, observed from that row.
+
+An answer is observed only if its request was sent after the one whose answer
+the task's memory holds, so a slow list never takes a task back in time.
+Once a minute the tasks finished or gone for ``forget_after`` are forgotten:
+dropped from the tracker and the store, their conditions ended.
 
 Failures are data, not log spam: a cycle whose requests all failed counts
 towards ``monitor.api_down`` (edge-triggered, in :class:`ApiHealth`); a
@@ -52,7 +63,7 @@ from monitor.superoffice.errors import (
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState, ParseError, TaskListing
 from monitor.tracking.events import Event
 from monitor.tracking.health import ApiHealth
-from monitor.tracking.memory import TaskMemory, state_identity
+from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 
 __all__ = ["Poller", "Shard", "rule_matches", "utc_now"]
@@ -61,6 +72,8 @@ log = structlog.get_logger("batchmon.poller")
 
 #: Makes events and the task memories they came from durable, then delivers them.
 Commit = Callable[[Sequence[Event], Sequence[TaskMemory]], Awaitable[None]]
+#: Drops forgotten tasks from the store.
+Forget = Callable[[Sequence[int]], Awaitable[None]]
 
 #: The fields a list call asks for: enough to tell whether a task moved.
 POLL_FIELDS = BatchTaskInfo.POLL_FIELDS
@@ -74,6 +87,8 @@ _SETTLE_SLICE = 256
 #: A watched id the API never knew is fetched by id every this many idle intervals
 #: (the active-state lists find it sooner once it exists).
 _UNKNOWN_RECHECK = 30
+#: Seconds between two sweeps for tasks to forget.
+_SWEEP_EVERY = 60.0
 
 
 class _Unchanged:
@@ -81,7 +96,18 @@ class _Unchanged:
 
 
 class _Fetch:
-    """The task's full record is needed: fetch it by id."""
+    """The task left the listed states, or its row is unusable: fetch it by id."""
+
+
+class _Row:
+    """A list row that differs from what batchmon knows: observed as it is."""
+
+    __slots__ = ("info", "sent")
+
+    def __init__(self, info: BatchTaskInfo, sent: float) -> None:
+        self.info = info
+        #: Loop time the list request was sent.
+        self.sent = sent
 
 
 _UNCHANGED = _Unchanged()
@@ -96,17 +122,8 @@ class _Cycle:
         self.events: list[Event] = []
         #: What the lists showed of tasks whose new state is being taken in.
         self.listed: dict[int, tuple[object, ...]] = {}
-
-
-def _merge(known: BatchTaskInfo, trimmed: BatchTaskInfo) -> BatchTaskInfo:
-    """The known full record with the progress a list call showed (same state and run)."""
-    data = known.model_dump(by_alias=True)
-    data.update(
-        ProgressPercent=trimmed.progress_percent,
-        ProgressDescription=trimmed.progress_description,
-        Name=trimmed.name,
-    )
-    return BatchTaskInfo.model_validate(data, context={"tz": UTC})
+        #: Loop time each list request was sent, by state.
+        self.sent: dict[BatchTaskState, float] = {}
 
 
 #: States whose tasks can be polled together with one list call.
@@ -181,6 +198,7 @@ class Poller:
         config: PollConfig,
         *,
         discover: Sequence[DiscoverRule] = (),
+        forget: Forget | None = None,
         clock: Callable[[], datetime] = utc_now,
         rng: random.Random | None = None,
         shard: Shard | None = None,
@@ -191,16 +209,22 @@ class Poller:
         self._client = client
         self._tracker = tracker
         self._commit = commit
+        self._forget = forget
         self._config = config
         self._rules = list(discover)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._due: dict[int, float] = {}
+        #: Ids watched explicitly (configuration, run-time watches): watched for good,
+        #: fetched every ``finished_interval`` once finished, looked for again once forgotten.
+        self._pinned: set[int] = set()
         self._malformed: set[int] = set()
         #: Ids the API never knew, with when they were last tried by id.
         self._missing: dict[int, float] = {}
         #: The raw poll fields each task had in the last list that showed it.
         self._listed: dict[int, tuple[object, ...]] = {}
+        #: Loop time the request was sent whose answer each task's memory holds.
+        self._informed: dict[int, float] = {}
         #: Tasks a list call shows, and ids no list showed yet, are due again this soon:
         #: a list costs one request whatever it holds, and half an interval keeps every
         #: change seen within one interval, however long a cycle takes.
@@ -221,6 +245,7 @@ class Poller:
         #: States whose list answers are unreadable (logged once per streak).
         self._malformed_lists: set[BatchTaskState] = set()
         self._anomalies: dict[int, tuple[str, ...]] = {}
+        self._next_sweep = -math.inf
         self.health = ApiHealth(config.api_down_after)
         #: Completed cycles; /healthz and the watchdog read it.
         self.cycles = 0
@@ -248,28 +273,41 @@ class Poller:
         at = self._due.get(task_id)
         return None if at is None else max(at - anyio.current_time(), 0.0)
 
-    def watch(self, task_ids: Iterable[int]) -> list[int]:
+    def watch(self, task_ids: Iterable[int], *, pinned: bool = False) -> list[int]:
         """Start polling these tasks (due at once); returns the ids that were new.
 
-        Tasks of another shard are left to the replica that owns them.
+        ``pinned``: watched explicitly, for good (see :attr:`_pinned`).  Tasks of
+        another shard are left to the replica that owns them.
         """
         now = anyio.current_time()
-        added = [
-            task_id
-            for task_id in task_ids
-            if task_id not in self._due and self._shard.owns(task_id)
-        ]
-        for task_id in added:
-            self._due[task_id] = now
+        added = []
+        for task_id in task_ids:
+            if not self._shard.owns(task_id):
+                continue
+            if pinned:
+                self._pinned.add(task_id)
+            if task_id not in self._due:
+                self._due[task_id] = now
+                added.append(task_id)
         return added
 
     def unwatch(self, task_ids: Iterable[int]) -> None:
         """Stop polling these tasks and forget them."""
         ids = list(task_ids)
+        self._pinned.difference_update(ids)
+        self._drop(ids)
+        self._tracker.forget(ids)
+
+    def _drop(self, ids: Sequence[int]) -> None:
+        """Forget what the poller keeps per task (not the tracker's memory)."""
         for task_id in ids:
             self._due.pop(task_id, None)
+            self._listed.pop(task_id, None)
+            self._informed.pop(task_id, None)
+            self._anomalies.pop(task_id, None)
+            self._missing.pop(task_id, None)
+            self._malformed.discard(task_id)
         self._answers.forget(ids)
-        self._tracker.forget(ids)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -282,6 +320,9 @@ class Poller:
             task_status.started()
             while True:
                 now = self._last_activity = anyio.current_time()
+                if now >= self._next_sweep:
+                    self._next_sweep = now + _SWEEP_EVERY
+                    await self.sweep()
                 # Take what falls due soon too: one cycle (and one list call per state)
                 # per half interval, not one tiny cycle per jittered deadline.
                 horizon = now + self._config.interval / 2
@@ -289,14 +330,34 @@ class Poller:
                 if due:
                     await self.poll(due)
                 upcoming = min(self._due.values(), default=now + self._config.interval)
+                upcoming = min(upcoming, self._next_sweep)
                 await anyio.sleep(max(upcoming - anyio.current_time(), 0.05))
+
+    async def sweep(self) -> list[int]:
+        """Forget the tasks finished or gone for ``forget_after``; returns their ids.
+
+        Their ending conditions are committed first, then they leave the store.
+        Pinned ids stay watched: if the task shows up again, it is a new sighting.
+        """
+        events, ids = self._tracker.expire(self._clock())
+        if not ids:
+            return []
+        self._drop(ids)
+        if events:
+            await self._commit_soon(events, [])
+        await self._committed()
+        if self._forget is not None:
+            await self._forget(ids)
+        self.watch([task_id for task_id in ids if task_id in self._pinned])
+        log.info("tasks_forgotten", count=len(ids), conditions_ended=len(events))
+        return ids
 
     async def poll_once(self) -> list[Event]:
         """Poll every watched task now, regardless of schedule (tests, ``watch``)."""
         return await self.poll(list(self._due))
 
     async def poll(self, task_ids: Sequence[int]) -> list[Event]:
-        """One cycle over ``task_ids``: list, fetch, detect, commit; returns the events.
+        """One cycle over ``task_ids``: list, observe, fetch, commit; returns the events.
 
         Events are committed as soon as their answer is in (batched while the
         store is busy), so a slow request never delays another task's news.
@@ -306,6 +367,7 @@ class Poller:
         listings: dict[BatchTaskState, TaskListing | ApiError] = {}
 
         async def list_state(state: BatchTaskState) -> None:
+            cycle.sent[state] = anyio.current_time()
             answer = listings[state] = await self._request(
                 cycle,
                 lambda: self._client.list_tasks_in_state([], state.value, select=POLL_FIELDS),
@@ -317,9 +379,9 @@ class Poller:
                 if state in states:
                     group.start_soon(list_state, state)
 
-        # The GETs of what the lists show moving start as each is found (through a stream);
-        # the blind GETs (first sights, finished tasks, states not listed) wait until that
-        # news is committed, so as not to hold up its commit and delivery.
+        # The GETs of tasks that left the listed states start as each is found (through a
+        # stream); the blind GETs (first sights, finished tasks, states not listed) wait
+        # until the news of the lists is committed, so as not to hold up its delivery.
         send, receive = anyio.create_memory_object_stream[int](max_buffer_size=math.inf)
         blind: Iterator[int] = iter(())
 
@@ -327,7 +389,8 @@ class Poller:
             async def get() -> BatchTaskInfo:
                 return await self._client.get_task(task_id, self._answers)
 
-            await self._settle(cycle, task_id, await self._request(cycle, get))
+            sent = anyio.current_time()
+            await self._settle(cycle, task_id, await self._request(cycle, get), sent)
 
         async def fetch(queue: MemoryObjectReceiveStream[int]) -> None:
             with queue:
@@ -338,26 +401,37 @@ class Poller:
             for task_id in blind:  # shared by the workers
                 await get_and_settle(task_id)
 
-        known: list[tuple[int, BatchTaskInfo | ApiError | _Unchanged]] = []
+        unchanged: list[int] = []
         budget = self._get_budget - len(states)
         async with anyio.create_task_group() as group:
             with receive:
                 for _ in range(self._workers):
                     group.start_soon(fetch, receive.clone())
             with send:
-                for index, task_id in enumerate(self._covered(task_ids, states)):
+                news: tuple[list[Event], list[TaskMemory]] = ([], [])
+                for index, task_id in enumerate(self._covered(task_ids, listings)):
                     if index % _SETTLE_SLICE == 0:
-                        await anyio.lowlevel.checkpoint()  # let the GETs found so far go out
+                        await self._commit_news(cycle, news)  # and let the GETs go out
                     if task_id in singles:
                         continue
                     decision = self._decide(cycle, task_id, listings)
                     if isinstance(decision, _Fetch):
                         send.send_nowait(task_id)  # news: fetched whatever the budget
                         budget -= 1
+                    elif isinstance(decision, _Unchanged):
+                        unchanged.append(task_id)
+                    elif isinstance(decision, _Row):
+                        self.watch([task_id])  # a task a discovery rule wants, or a re-run
+                        found, memory = self._take(cycle, task_id, decision.info, decision.sent)
+                        self._reschedule(task_id, self._list_every)
+                        news[0].extend(found)
+                        if memory is not None:
+                            news[1].append(memory)
                     elif decision is None:
                         self._reschedule(task_id, self._list_every)  # not there yet
-                    else:
-                        known.append((task_id, decision))
+                    else:  # the list failed: keep the last known state, no more requests
+                        self._reschedule(task_id, self._config.interval)
+                await self._commit_news(cycle, news)
                 # Known tasks before first sights; what the budget leaves stays due.
                 ordered = sorted(
                     (task_id for task_id in task_ids if task_id in singles),
@@ -368,21 +442,17 @@ class Poller:
         async with anyio.create_task_group() as group:
             for _ in range(self._workers):
                 group.start_soon(fetch_blind)
-        # Then what the lists already told (mostly "unchanged": the stall clocks), after the
-        # GETs of what moved: those carry the news, and its delivery waits for this loop.
+        # Then the tasks the lists show unchanged (thousands per cycle): only the stall
+        # clock can say something about them.
         now, loop_now = self._clock(), anyio.current_time()
-        for index, (task_id, decision) in enumerate(known):
+        for index, task_id in enumerate(unchanged):
             if index % _SETTLE_SLICE == 0:
                 await anyio.lowlevel.checkpoint()  # let deliveries of the news go on
-            if isinstance(decision, _Unchanged):
-                # The common case, thousands per cycle: only the stall clock can say something.
-                self._reschedule(task_id, self._list_every, loop_now)
-                found = self._tracker.touch(task_id, now)
-                if found:
-                    cycle.events.extend(found)
-                    await self._commit_soon(found, [self._tracker.tasks[task_id]])
-                continue
-            await self._settle(cycle, task_id, decision, listed=True)
+            self._reschedule(task_id, self._list_every, loop_now)
+            found = self._tracker.touch(task_id, now)
+            if found:
+                cycle.events.extend(found)
+                await self._commit_soon(found, [self._tracker.tasks[task_id]])
 
         self.last_cycle_requests = len(cycle.outcomes)
         health_event = self._record_health(cycle.outcomes, self._clock())
@@ -393,6 +463,17 @@ class Poller:
         self.cycles += 1
         self.last_cycle_end = anyio.current_time()
         return cycle.events
+
+    async def _commit_news(self, cycle: _Cycle, news: tuple[list[Event], list[TaskMemory]]) -> None:
+        """Commit what the rows observed so far told (one transaction), and empty ``news``."""
+        events, memories = news
+        if events or memories:
+            cycle.events.extend(events)
+            await self._commit_soon(list(events), list(memories))
+            events.clear()
+            memories.clear()
+        else:
+            await anyio.lowlevel.checkpoint()
 
     async def _request(self, cycle: _Cycle, call: Callable[[], Awaitable[_R]]) -> _R | ApiError:
         """One API request; its outcome counts for the cycle's health."""
@@ -407,32 +488,39 @@ class Poller:
         return result
 
     async def _settle(
-        self,
-        cycle: _Cycle,
-        task_id: int,
-        answer: BatchTaskInfo | ApiError,
-        *,
-        listed: bool = False,
+        self, cycle: _Cycle, task_id: int, answer: BatchTaskInfo | ApiError, sent: float
     ) -> None:
-        """Feed an answer to the tracker; commit the events and a changed memory.
+        """Feed a GET's answer to the tracker; commit the events and a changed memory."""
+        found, memory = self._take(cycle, task_id, answer, sent)
+        if found or memory is not None:
+            cycle.events.extend(found)
+            await self._commit_soon(found, [memory] if memory is not None else [])
 
-        ``listed``: the answer is what a list call showed (no request of its own).
-        Tasks a list shows unchanged take the fast path in :meth:`poll` instead.
+    def _take(
+        self, cycle: _Cycle, task_id: int, answer: BatchTaskInfo | ApiError, sent: float
+    ) -> tuple[list[Event], TaskMemory | None]:
+        """Observe an answer whose request was sent at ``sent`` (loop time).
+
+        Returns the events and the task's memory if it changed in a way worth
+        storing.  An answer to a request older than the one the memory holds is
+        dropped: it would take the task back in time.
         """
+        if sent < self._informed.get(task_id, -math.inf):
+            return [], None
         before = self._tracker.tasks.get(task_id)
         found = self._absorb(task_id, answer, self._clock())
         values = cycle.listed.pop(task_id, None)
-        if values is not None and isinstance(answer, BatchTaskInfo):
-            self._listed[task_id] = values
-        if listed and not isinstance(answer, ApiError):
-            self._reschedule(task_id, self._list_every)
+        if not isinstance(answer, ApiError):
+            self._informed[task_id] = sent
+            if values is None:  # a GET: the next row is compared with the memory afresh
+                self._listed.pop(task_id, None)
+            else:
+                self._listed[task_id] = values
         after = self._tracker.tasks.get(task_id)
         changed = after is not None and (
             bool(found) or (before is not after and _differs(before, after))
         )
-        if found or changed:
-            cycle.events.extend(found)
-            await self._commit_soon(found, [after] if changed and after else [])
+        return found, after if changed else None
 
     def _plan(self, task_ids: Sequence[int]) -> tuple[set[BatchTaskState], set[int]]:
         """Which states to list this cycle, and which tasks need a GET whatever the lists say.
@@ -471,8 +559,16 @@ class Poller:
                 singles.update(ids)
         return states, singles
 
-    def _covered(self, due: Sequence[int], states: set[BatchTaskState]) -> list[int]:
-        """The due tasks plus every watched task a list call of this cycle shows anyway."""
+    def _covered(
+        self, due: Sequence[int], listings: Mapping[BatchTaskState, TaskListing | ApiError]
+    ) -> list[int]:
+        """The due tasks plus every task the lists of this cycle show or should show.
+
+        That is every watched task last seen in a listed state (present or not:
+        one missing finished or vanished), every remembered task a list shows
+        (a finished one running again), and every row a discovery rule wants.
+        """
+        states = set(listings)
         if not states:
             return list(due)
         listed_all = states >= set(_BULK_STATES)
@@ -484,43 +580,56 @@ class Poller:
                     covered[task_id] = None
             elif not memory.gone and memory.info.state in states:
                 covered[task_id] = None
+        tasks = self._tracker.tasks
+        for listing in listings.values():
+            if isinstance(listing, ApiError):
+                continue
+            for task_id in listing:
+                if task_id in covered:
+                    continue
+                if task_id in self._due or task_id in tasks or self._wanted(listing, task_id):
+                    covered[task_id] = None
         return list(covered)
+
+    def _wanted(self, listing: TaskListing, task_id: int) -> bool:
+        """Whether a discovery rule wants a task a list shows (this shard's only)."""
+        if not self._rules or not self._shard.owns(task_id):
+            return False
+        try:
+            info = listing.task(task_id)
+        except ParseError:
+            return False
+        return any(rule_matches(rule, info) for rule in self._rules)
 
     def _decide(
         self,
         cycle: _Cycle,
         task_id: int,
         listings: Mapping[BatchTaskState, TaskListing | ApiError],
-    ) -> BatchTaskInfo | ApiError | _Unchanged | _Fetch | None:
-        """What the lists say about a task: unchanged, a merged snapshot, or fetch it.
+    ) -> _Row | ApiError | _Unchanged | _Fetch | None:
+        """What the lists say about a task: unchanged, a row to observe, or fetch it.
 
         ``None`` means nothing to do this cycle (an id not seen anywhere yet).
         """
         memory = self._tracker.tasks.get(task_id)
-        for listing in listings.values():
+        known = memory is not None and not memory.gone
+        for state, listing in listings.items():
             if isinstance(listing, ApiError) or task_id not in listing:
                 continue
             values = listing.poll_values(task_id)
-            if self._listed.get(task_id) == values and memory is not None:
+            if known and self._listed.get(task_id) == values:
                 return _UNCHANGED
-            # Remembered once the task's new state is in (a failed GET must be retried).
-            cycle.listed[task_id] = values
-            if memory is None:
-                return _FETCH  # first sight: the whole record
             try:
-                trimmed = listing.task(task_id)
+                row = listing.task(task_id)
             except ParseError:
-                return _FETCH
-            known = memory.info
-            if (
-                state_identity(trimmed) != state_identity(known)
-                or trimmed.start_count != known.start_count
-                or trimmed.last_started != known.last_started
-            ):
-                return _FETCH  # a transition: the full record has the result, response, ...
-            return _merge(known, trimmed)
-        if memory is None:
+                # One odd row must not blind batchmon to the task: its own GET says.
+                return _FETCH if known else None
+            # Remembered once the row is taken in (a dropped stale row is not).
+            cycle.listed[task_id] = values
+            return _Row(row, cycle.sent[state])
+        if not known or task_id not in self._due:
             return None
+        assert memory is not None
         listed = listings.get(memory.info.state)
         if isinstance(listed, ApiError) and not isinstance(listed, MalformedResponse):
             return listed  # the API is failing: keep the last known state, no more requests
@@ -565,10 +674,16 @@ class Poller:
             await anyio.sleep(rule.every * (1.0 + self._rng.uniform(-jitter, jitter)))
 
     async def discover(self, rule: DiscoverRule) -> list[int]:
-        """Run one rule's list calls; watch the matching tasks; returns the new ids."""
+        """Run one rule's list calls; watch the matching tasks; returns the new ids.
+
+        Each row a rule wants is observed at once (a task first seen finished is
+        announced with its outcome); a known task's row only if it changed.
+        """
         found: list[int] = []
         rule_key = id(rule)
+        cycle = _Cycle()
         for state in rule.states:
+            sent = anyio.current_time()
             try:
                 listing = await self._client.list_tasks_in_state(
                     rule.associates, state, select=POLL_FIELDS
@@ -581,12 +696,35 @@ class Poller:
             if rule_key in self._failing_rules:
                 self._failing_rules.discard(rule_key)
                 log.info("discovery_recovered", state=state)
-            tasks, _ = listing.tasks()
-            found += [task.id for task in tasks if rule_matches(rule, task)]
-        added = self.watch(found)
-        if added:
-            log.info("tasks_discovered", count=len(added), ids=added[:20])
-        return added
+            news: tuple[list[Event], list[TaskMemory]] = ([], [])
+            for index, task_id in enumerate(listing):
+                if index % _SETTLE_SLICE == 0:
+                    await self._commit_news(cycle, news)
+                if not self._shard.owns(task_id):
+                    continue
+                try:
+                    info = listing.task(task_id)
+                except ParseError:
+                    continue
+                if not rule_matches(rule, info):
+                    continue
+                memory = self._tracker.tasks.get(task_id)
+                values = listing.poll_values(task_id)
+                if memory is not None and not memory.gone and self._listed.get(task_id) == values:
+                    continue
+                if self.watch([task_id]):
+                    found.append(task_id)
+                cycle.listed[task_id] = values
+                events, changed = self._take(cycle, task_id, info, sent)
+                if info.state in _BULK_STATES:
+                    self._reschedule(task_id, self._list_every)
+                news[0].extend(events)
+                if changed is not None:
+                    news[1].append(changed)
+            await self._commit_news(cycle, news)
+        if found:
+            log.info("tasks_discovered", count=len(found), ids=found[:20])
+        return found
 
     def _absorb(self, task_id: int, result: BatchTaskInfo | ApiError, now: datetime) -> list[Event]:
         """Feed one answer to the tracker and reschedule the task."""
@@ -622,18 +760,27 @@ class Poller:
             events = self._tracker.touch(task_id, now)
         else:
             events = self._tracker.observe(result, now)
-        memory = self._tracker.tasks[result.id]
-        finished = memory.terminal_since
-        linger = timedelta(seconds=self._config.terminal_linger)
-        if finished is not None and finished < now and now - finished >= linger:
-            # Confirmed finished (seen terminal twice): no more requests for it.
-            self._due.pop(task_id, None)
-            log.debug("task_polling_stopped", task_id=task_id, state=result.state.value)
-        elif result.state is BatchTaskState.STARTED or finished is not None:
-            self._reschedule(task_id, self._config.interval)
-        else:
-            self._reschedule(task_id, self._config.idle_interval)
+        self._schedule_after(self._tracker.tasks[result.id], now)
         return events
+
+    def _schedule_after(self, memory: TaskMemory, now: datetime) -> None:
+        """When a task is due again, after an answer about it."""
+        task_id = memory.info.id
+        finished = memory.terminal_since
+        if finished is None:
+            self._reschedule(task_id, self._config.interval)
+            return
+        linger = timedelta(seconds=self._config.terminal_linger)
+        confirmed = finished < now and now - finished >= linger  # seen finished twice
+        if not (confirmed or finished == memory.first_seen):  # nothing to confirm then
+            self._reschedule(task_id, self._config.interval)
+        elif task_id in self._pinned or memory.info.state is BatchTaskState.FAILED:
+            # It may run again, or be cleaned up (which ends its failure).
+            self._reschedule(task_id, self._config.finished_interval)
+        else:
+            # A re-run shows in the active states' lists.
+            self._due.pop(task_id, None)
+            log.debug("task_polling_stopped", task_id=task_id, state=memory.info.state.value)
 
     def _reschedule(self, task_id: int, interval: float, now: float | None = None) -> None:
         """Due again within ``interval`` of ``now`` (the loop clock's, by default).

@@ -133,6 +133,7 @@ def memory_to_json(memory: TaskMemory) -> str:
             "history": [[t.isoformat(), p] for t, p in memory.history],
             "terminal_since": _iso(memory.terminal_since),
             "gone": memory.gone,
+            "gone_since": _iso(memory.gone_since),
         }
     )
 
@@ -152,6 +153,7 @@ def memory_from_json(text: str) -> TaskMemory:
         history=tuple((datetime.fromisoformat(t), int(p)) for t, p in data["history"]),
         terminal_since=_date(data["terminal_since"]),
         gone=data["gone"],
+        gone_since=_date(data.get("gone_since")),
     )
 
 

@@ -194,7 +194,7 @@ class TaskSeries:
 
 def _ended(memory: TaskMemory) -> datetime | None:
     """When the task stopped being worth a series: it disappeared, or reached its end."""
-    return memory.last_seen if memory.gone else memory.terminal_since
+    return memory.ended
 
 
 def _header(encoder: Encoder, family: Metric) -> bytes:

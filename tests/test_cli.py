@@ -168,7 +168,7 @@ class TestDemo:
         ]
         assert len(full_story) >= 5, dict(seen)
         every = set().union(*seen.values())
-        assert {"task.failed", "task.stalled", "task.resumed", "task.gone"} <= every
+        assert {"task.failed", "task.stalled", "task.resumed", "task.removed"} <= every
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))

@@ -196,9 +196,10 @@ class TestRoundTrip:
         percent = document.get("ProgressPercent")
         tracker = Tracker(Rules())
 
-        (event,) = tracker.observe(task, NOW)
+        event, *outcome = tracker.observe(task, NOW)
 
         assert EventType.TASK_DISCOVERED == event.type
+        assert all(e.first_seen for e in outcome)
         wire = json.loads(json.dumps(event.to_dict()))["task"]
         assert (task_id, state.value, document.get("State"), percent) == (
             wire["id"],

@@ -296,7 +296,7 @@ class TestDaemonRestart:
                         group.cancel_scope.cancel()
                 runs.append([e["event"] for e in logs if str(e["event"]).startswith("task.")])
 
-        assert ["task.discovered"] == runs[0]
+        assert ["task.discovered", "task.started"] == runs[0]
         assert (["task.succeeded"] if change_while_down else []) == runs[1]
 
 

@@ -48,11 +48,59 @@ def seen(info: BatchTaskInfo, **memory: Any) -> TaskMemory:
 
 S = timedelta(seconds=1)
 M = timedelta(minutes=1)
+H = timedelta(hours=1)
 
 # (case, previous memory, current snapshot, time since T0, expected event types)
 CASES: list[tuple[str, TaskMemory | None, BatchTaskInfo | None, timedelta, list[EventType]]] = [
-    ("first sight", None, task(), S, [EventType.TASK_DISCOVERED]),
-    ("first sight of a failed task", None, task(State="Failed"), S, [EventType.TASK_DISCOVERED]),
+    (
+        "first sight of a running task",
+        None,
+        task(),
+        S,
+        [EventType.TASK_DISCOVERED, EventType.TASK_STARTED],
+    ),
+    (
+        "first sight of a queued task",
+        None,
+        task(State="New", StartCount=0, LastStarted=None),
+        S,
+        [EventType.TASK_DISCOVERED],
+    ),
+    (
+        "first sight of a task that failed within forget_after",
+        None,
+        task(State="Failed"),
+        S,
+        [EventType.TASK_DISCOVERED, EventType.TASK_FAILED],
+    ),
+    (
+        "first sight of a task that succeeded within forget_after",
+        None,
+        task(State="SucceededManualCleanup"),
+        S,
+        [EventType.TASK_DISCOVERED, EventType.TASK_SUCCEEDED],
+    ),
+    (
+        "first sight of a task that failed longer ago than forget_after",
+        None,
+        task(State="Failed"),
+        25 * H,
+        [EventType.TASK_DISCOVERED],
+    ),
+    (
+        "first sight of a failure with no dates: announced",
+        None,
+        task(State="Failed", LastStarted=None),
+        25 * H,
+        [EventType.TASK_DISCOVERED, EventType.TASK_FAILED],
+    ),
+    (
+        "first sight of a never-started failure: by its creation",
+        None,
+        task(State="Failed", LastStarted=None, Created="2026-11-26T12:00:00Z"),
+        S,
+        [EventType.TASK_DISCOVERED],
+    ),
     ("nothing changed", seen(task()), task(), S, []),
     (
         "New to Aquired",
@@ -98,6 +146,13 @@ CASES: list[tuple[str, TaskMemory | None, BatchTaskInfo | None, timedelta, list[
         seen(task(State="Failed")),
         task(State="Started", StartCount=2, LastStarted="2026-11-28T12:00:30Z", ProgressPercent=0),
         S,
+        [EventType.TASK_RESTARTED, EventType.TASK_STARTED],
+    ),
+    (
+        "ran again, still queued",
+        seen(task(State="Failed")),
+        task(State="New", StartCount=2, LastStarted="2026-11-28T12:00:30Z", ProgressPercent=0),
+        S,
         [EventType.TASK_RESTARTED],
     ),
     (
@@ -112,7 +167,7 @@ CASES: list[tuple[str, TaskMemory | None, BatchTaskInfo | None, timedelta, list[
         seen(task()),
         task(LastStarted="2026-11-28T12:00:30Z", ProgressPercent=0),
         S,
-        [EventType.TASK_RESTARTED],
+        [EventType.TASK_RESTARTED, EventType.TASK_STARTED],
     ),
     (
         "progress crossed a step",
@@ -174,10 +229,37 @@ CASES: list[tuple[str, TaskMemory | None, BatchTaskInfo | None, timedelta, list[
         9 * 60 * M,
         [],
     ),
-    ("404 for a tracked task", seen(task()), None, S, [EventType.TASK_GONE]),
+    ("404 for a running task", seen(task()), None, S, [EventType.TASK_GONE]),
+    (
+        "404 for a queued task",
+        seen(task(State="Aquired", StartCount=0, LastStarted=None)),
+        None,
+        S,
+        [EventType.TASK_GONE],
+    ),
+    (
+        "404 for a failed task: clean-up",
+        seen(task(State="Failed")),
+        None,
+        S,
+        [EventType.TASK_REMOVED],
+    ),
+    (
+        "404 for a succeeded task: clean-up",
+        seen(task(State="Succeeded")),
+        None,
+        S,
+        [EventType.TASK_REMOVED],
+    ),
     ("404 again", seen(task(), gone=True), None, S, []),
     ("404 for a task never seen", None, None, S, []),
-    ("back after 404", seen(task(), gone=True), task(), S, [EventType.TASK_DISCOVERED]),
+    (
+        "back after 404: a new sighting",
+        seen(task(), gone=True),
+        task(),
+        S,
+        [EventType.TASK_DISCOVERED, EventType.TASK_STARTED],
+    ),
 ]
 
 
@@ -313,8 +395,10 @@ class TestTracker:
         gone = tracker.observe_gone(212, T0 + 3 * S)
 
         assert T0 + S == tracker.tasks[212].terminal_since
-        assert [EventType.TASK_GONE] == [e.type for e in gone]
+        assert [EventType.TASK_REMOVED] == [e.type for e in gone]
         assert tracker.tasks[212].gone
+        assert tracker.tasks[212].removed
+        assert T0 + 3 * S == tracker.tasks[212].gone_since
         assert [] == tracker.observe_gone(212, T0 + 4 * S)
 
     def test_stall_then_resume_over_time(self) -> None:

@@ -226,4 +226,4 @@ class TestRestartWithDiscovery:
                         await until(lambda d=daemon: d.poller is not None and d.poller.cycles >= 2)
                 announced.append([e["event"] for e in logs if e["event"].startswith("task.")])
 
-        assert [["task.discovered"], ["task.failed"]] == announced
+        assert [["task.discovered", "task.started"], ["task.failed"]] == announced

@@ -19,7 +19,7 @@ from monitor.simulator import Scenario, SimTask, Simulator
 from monitor.superoffice.auth import auth_from_config
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
-from monitor.tracking.events import Event, EventType
+from monitor.tracking.events import EndReason, Event, EventType
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 from tests.conftest import ManualClock, make_config
@@ -82,7 +82,11 @@ async def polling(
     superoffice: dict[str, Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[tuple[Poller, Recorder]]:
-    """A poller watching ``ids`` on the simulator, publishing into a recorder."""
+    """A poller watching ``ids`` on the simulator, publishing into a recorder.
+
+    ``ids`` are watched as ``watch.ids`` are (pinned); call ``poller.watch`` for tasks
+    watched as discovered ones are.
+    """
     config = make_config(
         simulator.url,
         watch={"ids": ids},
@@ -96,14 +100,14 @@ async def polling(
         )
         poller = Poller(
             client,
-            Tracker(rules_from(config.poll)),
+            Tracker(rules_from(config.poll, config.watch)),
             recorder,
             config.poll,
             clock=clock,
             shard=shard,
             workers=config.superoffice.max_concurrency,
         )
-        poller.watch(ids)
+        poller.watch(ids, pinned=True)
         yield poller, recorder
 
 
@@ -130,12 +134,14 @@ class TestLifecycle:
                 clock.advance(60)
                 simulator.set_task(task.id, **fields)
                 await poller.poll_once()
-            still_watched = poller.watched
+            confirm = poller.due_in(task.id)
             clock.advance(60)
             await poller.poll_once()
 
-        assert {task.id} == still_watched, "a finished task is confirmed once"
-        assert frozenset() == poller.watched, "then no longer polled"
+        assert confirm is not None
+        assert confirm <= 60, "a finished task is confirmed once, at interval"
+        assert {task.id} == poller.watched, "watched by id: then every finished_interval"
+        assert poller.due_in(task.id) == pytest.approx(600, rel=0.11)
         assert [
             EventType.TASK_DISCOVERED,
             EventType.TASK_STARTED,
@@ -163,9 +169,13 @@ class TestLifecycle:
         assert [10, 12] == [m.info.progress_percent for m in recorder.memories]
 
     async def test_terminal_linger(self, simulator: Simulator, clock: ManualClock) -> None:
-        """A finished task is polled for ``terminal_linger`` more, then dropped."""
-        task = simulator.add_task(state=BatchTaskState.SUCCEEDED)
-        async with polling(simulator, clock, [task.id], terminal_linger="30s") as (poller, _):
+        """A discovered task that finishes is polled for ``terminal_linger`` more, then dropped."""
+        task = simulator.add_task(state=BatchTaskState.STARTED)
+        async with polling(simulator, clock, [], terminal_linger="30s") as (poller, _):
+            poller.watch([task.id])
+            await poller.poll_once()
+            simulator.set_task(task.id, state=BatchTaskState.SUCCEEDED)
+            clock.advance(1)
             await poller.poll_once()
             clock.advance(10)
             await poller.poll_once()
@@ -173,9 +183,24 @@ class TestLifecycle:
             clock.advance(25)
             await poller.poll_once()
             assert frozenset() == poller.watched
+            assert task.id in poller._tracker.tasks, "still remembered until forget_after"
+
+    async def test_first_seen_finished_needs_no_confirmation(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """A discovered task first seen finished is not fetched again; one watched by id is,
+        every ``finished_interval``."""
+        done = simulator.add_task(state=BatchTaskState.SUCCEEDED)
+        pinned = simulator.add_task(state=BatchTaskState.SUCCEEDED)
+        async with polling(simulator, clock, [pinned.id], jitter=0) as (poller, _):
+            poller.watch([done.id])
+            await poller.poll_once()
+
+        assert {pinned.id} == poller.watched
+        assert 600 == pytest.approx(poller.due_in(pinned.id), abs=0.5)
 
     async def test_gone(self, simulator: Simulator, clock: ManualClock) -> None:
-        """A 404 for a tracked task gives task.gone once and stops its polling."""
+        """A 404 for a running task gives task.gone once and stops its polling."""
         task = simulator.add_task(state=BatchTaskState.STARTED)
         async with polling(simulator, clock, [task.id]) as (poller, recorder):
             await poller.poll_once()
@@ -184,8 +209,79 @@ class TestLifecycle:
             requests = len(simulator.requests)
             await poller.poll_once()
 
-        assert [EventType.TASK_DISCOVERED, EventType.TASK_GONE] == recorder.types()
+        assert [
+            EventType.TASK_DISCOVERED,
+            EventType.TASK_STARTED,
+            EventType.TASK_GONE,
+        ] == recorder.types()
         assert requests == len(simulator.requests)
+
+    async def test_removed_after_it_finished(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """A failed task watched by id is fetched every ``finished_interval``; deleted, it is
+        ``task.removed`` (SuperOffice's clean-up), which ends its failure: no ``task.gone``."""
+        task = simulator.add_task(state=BatchTaskState.STARTED)
+        async with polling(simulator, clock, [task.id]) as (poller, recorder):
+            await poller.poll_once()
+            simulator.set_task(task.id, state=BatchTaskState.FAILED, result="Failed: no lines")
+            clock.advance(5)
+            await poller.poll_once()
+            simulator.delete_task(task.id)
+            clock.advance(600)
+            await poller.poll_once()
+            firing = poller._tracker.firing()
+
+        assert [
+            EventType.TASK_DISCOVERED,
+            EventType.TASK_STARTED,
+            EventType.TASK_FAILED,
+            EventType.TASK_REMOVED,
+        ] == recorder.types()
+        assert EndReason.REMOVED is recorder.events[-1].reason
+        assert [] == firing
+
+    async def test_rerun_of_a_finished_task_watched_by_id(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """Failed, then run again and succeeded: restarted and started are seen, and the
+        failure's condition ends; the task is polled as an active one again."""
+        task = simulator.add_task(state=BatchTaskState.STARTED, start_count=1)
+        async with polling(simulator, clock, [task.id], jitter=0) as (poller, recorder):
+            await poller.poll_once()
+            simulator.set_task(task.id, state=BatchTaskState.FAILED)
+            clock.advance(5)
+            await poller.poll_once()
+            clock.advance(5)
+            await poller.poll_once()  # confirmed: due every finished_interval now
+            failing = [e.type for e in poller._tracker.firing()]
+            clock.advance(600)
+            simulator.set_task(
+                task.id,
+                state=BatchTaskState.STARTED,
+                start_count=2,
+                last_started=clock.now,
+                progress=0,
+            )
+            await poller.poll_once()
+            active_due = poller.due_in(task.id)
+            simulator.set_task(task.id, state=BatchTaskState.SUCCEEDED, progress=100)
+            clock.advance(5)
+            await poller.poll_once()
+            firing = poller._tracker.firing()
+
+        assert [EventType.TASK_FAILED] == failing
+        assert [
+            EventType.TASK_DISCOVERED,
+            EventType.TASK_STARTED,
+            EventType.TASK_FAILED,
+            EventType.TASK_RESTARTED,
+            EventType.TASK_STARTED,
+            EventType.TASK_SUCCEEDED,
+        ] == recorder.types()
+        assert EndReason.RESTARTED is recorder.events[3].reason
+        assert active_due == pytest.approx(5, abs=0.5)
+        assert [] == firing
 
 
 class TestFaults:
@@ -208,7 +304,7 @@ class TestFaults:
             e["event"] for e in logs if e["log_level"] == "warning"
         ]
         assert (BatchTaskState.STARTED, 40) == (memory.info.state, memory.info.progress_percent)
-        assert [EventType.TASK_DISCOVERED] == recorder.types()
+        assert [EventType.TASK_DISCOVERED, EventType.TASK_STARTED] == recorder.types()
 
     async def test_anomalies_logged_once(self, simulator: Simulator, clock: ManualClock) -> None:
         """An out-of-range percent is flagged in the log once, not on every poll."""
@@ -302,7 +398,8 @@ class TestRequestBudget:
     async def test_intervals_follow_the_state(
         self, simulator: Simulator, clock: ManualClock
     ) -> None:
-        """Running tasks are due after ``interval``, queued ones after ``idle_interval``."""
+        """Queued tasks are due after ``interval`` as running ones are (a short task must not
+        finish unseen); ``idle_interval`` is for ids the API does not know."""
         started = simulator.add_task(state=BatchTaskState.STARTED)
         queued = simulator.add_task(state=BatchTaskState.NEW)
         async with polling(
@@ -312,7 +409,7 @@ class TestRequestBudget:
             due = {task_id: poller.due_in(task_id) for task_id in (started.id, queued.id)}
 
         assert due[started.id] == pytest.approx(5, abs=0.5)
-        assert due[queued.id] == pytest.approx(60, abs=0.5)
+        assert due[queued.id] == pytest.approx(5, abs=0.5)
 
     async def test_one_list_call_replaces_many_gets(
         self, simulator: Simulator, clock: ManualClock
@@ -326,9 +423,10 @@ class TestRequestBudget:
             simulator.add_task(state=BatchTaskState.STARTED, progress=10).id for _ in range(100)
         ]
         done = [simulator.add_task(state=BatchTaskState.SUCCEEDED).id for _ in range(900)]
-        async with polling(simulator, clock, running + done) as (poller, recorder):
-            # First sight of each task (spread over cycles), then the finished ones are
-            # confirmed once and dropped; the running ones are found by the lists meanwhile.
+        async with polling(simulator, clock, []) as (poller, recorder):
+            poller.watch(running + done)  # as discovery watches them
+            # First sight of each task (spread over cycles); the finished ones need no
+            # confirmation and are dropped; the running ones are found by the lists meanwhile.
             cycles = 0
             while poller.watched != set(running):
                 await poller.poll_once()
@@ -336,7 +434,7 @@ class TestRequestBudget:
                 cycles += 1
             gets = sum(r.startswith("GET") for r in simulator.requests)
             assert cycles < 100
-            assert 1000 + 900 == gets, "one GET per task, one confirmation per finished task"
+            assert gets <= 1000, "at most one GET per task, no confirmation of first sights"
             for task_id in running[:10]:
                 simulator.set_task(task_id, progress=50)
             for task_id in running[10:15]:
@@ -466,11 +564,19 @@ class TestRequestBudget:
         async with polling(simulator, clock, []) as (poller, recorder):
             first = await poller.discover(rule)
             second = await poller.discover(rule)
+            requests = list(simulator.requests)
             await poller.poll_once()
 
         assert [export.id, queued.id] == sorted(first)
         assert [] == second
-        assert [EventType.TASK_DISCOVERED] * 2 == recorder.types()
+        assert not any(r.startswith("GET") for r in requests), "observed from the list rows"
+        assert [
+            (export.id, EventType.TASK_DISCOVERED),
+            (export.id, EventType.TASK_STARTED),
+            (queued.id, EventType.TASK_DISCOVERED),
+        ] == sorted((e.task_id or 0, e.type) for e in recorder.events)
+        started = next(e for e in recorder.events if e.type is EventType.TASK_STARTED)
+        assert started.first_seen
 
 
 class TestShard:

@@ -69,7 +69,12 @@ class TestTitles:
             (EventType.TASK_RESUMED, BatchTaskState.STARTED, "▶ Export resumed", Tone.INFO),
             (EventType.TASK_STARTED, BatchTaskState.STARTED, "▶ Export started", Tone.INFO),
             (EventType.TASK_RESTARTED, BatchTaskState.STARTED, "🔁 Export ran again", Tone.INFO),
-            (EventType.TASK_GONE, BatchTaskState.STARTED, "🗑 Export deleted", Tone.WARNING),
+            (
+                EventType.TASK_GONE,
+                BatchTaskState.STARTED,
+                "🗑 Export vanished before it finished",
+                Tone.WARNING,
+            ),
             (EventType.TASK_PROGRESS, BatchTaskState.STARTED, "📈 Export 40 %", Tone.INFO),
             (
                 EventType.TASK_STATE_CHANGED,

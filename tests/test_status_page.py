@@ -103,6 +103,8 @@ async def status_page() -> AsyncIterator[Page]:
             async def keep_running() -> None:
                 for percent in range(21, 100):
                     simulator.set_task(ids["running"], progress=percent)
+                    # The queued task moves up the queue, so it does not stall (after 1 s).
+                    simulator.set_task(ids["new"], progress_description=f"Queued, {100 - percent}")
                     await anyio.sleep(0.2)
 
             group.start_soon(keep_running)

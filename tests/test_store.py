@@ -43,7 +43,9 @@ def events_for(task_id: int, *steps: dict[str, object]) -> list[Event]:
     for minute, fields in enumerate(steps):
         snapshot = info(task_id, **fields)
         now = T0 + timedelta(minutes=minute)
-        new = detect(memory, snapshot, now, Rules(progress_min_interval=timedelta(0)))
+        # forget_after 0: the first sighting is task.discovered alone (its run is older).
+        rules = Rules(progress_min_interval=timedelta(0), forget_after=timedelta(0))
+        new = detect(memory, snapshot, now, rules)
         memory = remember(memory, snapshot, now, new)
         found += new
     return found
@@ -126,18 +128,19 @@ class TestOutbox:
             EventType.TASK_PROGRESS,
             EventType.TASK_FAILED,
             EventType.TASK_RESTARTED,
+            EventType.TASK_STARTED,
             EventType.TASK_PROGRESS,
             EventType.TASK_PROGRESS,
         ] == kinds
         growth = [(await store.commit([], [("ops", e)], 0.0)).growth for e in events]
 
         assert {"ops": 0} == growth[-1], "one progress replaced by another"
-        assert {"ops": 4} == await store.outbox_counts()
+        assert {"ops": 5} == await store.outbox_counts()
         queued = []
         while (row := await store.next_delivery("ops")) is not None:
             queued.append(row.event)
             await store.remove(row.seq)
-        assert [e.to_dict() for e in (events[0], events[2], events[3], events[5])] == [
+        assert [e.to_dict() for e in (events[0], events[2], events[3], events[4], events[6])] == [
             e.to_dict() for e in queued
         ]
 

@@ -384,7 +384,9 @@ class TestEndpoints:
                 async with session.get(base + f"/api/v1/tasks/{task.id}") as response:
                     detail = await response.json()
                     assert listed == {k: v for k, v in detail.items() if k != "events"}
-                    assert ["task.discovered"] == [e["type"] for e in detail["events"]]
+                    assert ["task.discovered", "task.started"] == [
+                        e["type"] for e in detail["events"]
+                    ]
                 async with session.get(base + "/api/v1/tasks/4242") as response:
                     assert 404 == response.status
                 async with session.get(base + "/") as response:
@@ -480,7 +482,7 @@ class TestWatchesApi:
                 assert extra.id not in daemon.tracker.tasks
 
         assert ("Late export", "Started") == (detail["name"], detail["state"])
-        assert ["task.discovered"] == [e["type"] for e in detail["events"]]
+        assert ["task.discovered", "task.started"] == [e["type"] for e in detail["events"]]
 
 
 class TestReadyzAuth:

@@ -66,6 +66,10 @@ class WatchConfig(_Section):
     ids: list[_TaskId] = []
     #: ``[[watch.discover]]`` rules.
     discover: list[DiscoverRule] = []
+    #: A task finished or gone this long is forgotten (memory, store, API, page, metrics);
+    #: watched ids stay watched.  A task first seen finished is announced with its
+    #: outcome only if its run began within this long.
+    forget_after: Annotated[Duration, Field(gt=0)] = 86400.0
 
     @field_validator("ids")
     @classmethod
@@ -79,8 +83,11 @@ class PollConfig(_Section):
 
     #: For active tasks.
     interval: Annotated[Duration, Field(gt=0)] = 5.0
-    #: For tasks that are not active (yet).
+    #: For watched ids the API does not know (yet): a typo, or a task not created yet.
     idle_interval: Annotated[Duration, Field(gt=0)] = 60.0
+    #: A finished task watched by id (or failed) is fetched again this often, to see it
+    #: run again or be cleaned up, until it is gone or forgotten.
+    finished_interval: Annotated[Duration, Field(gt=0)] = 600.0
     #: An active task without progress for this long is ``task.stalled``.
     stall_after: Annotated[Duration, Field(gt=0)] = 900.0
     #: Percentage points between ``task.progress`` events.

@@ -17,6 +17,8 @@ event                      fires                 severity   resolves
 ``monitor.api_down``       ``BatchmonApiDown``   critical
 ``task.succeeded``                                          Failed, Stalled and Gone
 ``task.restarted``                                          Failed, Stalled and Gone
+``task.removed``                                            Failed, Stalled and Gone
+``task.expired``                                            Failed, Stalled and Gone
 ``task.resumed``                                            ``BatchTaskStalled``
 ``monitor.api_recovered``                                   ``BatchmonApiDown``
 =========================  ====================  =========  ================================
@@ -76,6 +78,8 @@ _RESOLVES = {
     EventType.TASK_FAILED: (STALLED,),
     EventType.TASK_SUCCEEDED: (FAILED, STALLED, GONE),
     EventType.TASK_RESTARTED: (FAILED, STALLED, GONE),
+    EventType.TASK_REMOVED: (FAILED, STALLED, GONE),
+    EventType.TASK_EXPIRED: (FAILED, STALLED, GONE),
     EventType.TASK_RESUMED: (STALLED,),
     EventType.MONITOR_API_RECOVERED: (API_DOWN,),
 }
@@ -122,13 +126,13 @@ def alerts_for(event: Event) -> AlertChange:
     fired = _alert(fires, event, _description(event)) if fires is not None else None
     resolved_by = f"Resolved by {event.type.value}."
     resolved = tuple(
-        _alert(name, event, f"{resolved_by}\n{_description(event)}".strip())
+        _alert(name, event, f"{resolved_by}\n{_description(event)}".strip(), ended=True)
         for name in _RESOLVES.get(event.type, ())
     )
     return AlertChange(fired, resolved)
 
 
-def _alert(alertname: str, event: Event, description: str) -> Alert:
+def _alert(alertname: str, event: Event, description: str, *, ended: bool = False) -> Alert:
     labels = {"alertname": alertname}
     task = event.task
     if task is not None:
@@ -141,6 +145,10 @@ def _alert(alertname: str, event: Event, description: str) -> Alert:
     description = _text(description, DESCRIPTION_MAX)
     if description:
         annotations["description"] = description
+    if ended:
+        # Why it ended (restarted, succeeded, removed, expired, ...); the event type for
+        # the ends without a reason of their own (a stalled task that failed).
+        annotations["ended"] = event.reason.value if event.reason else event.type.value
     return Alert(labels, annotations, event.time)
 
 

@@ -317,7 +317,11 @@ def _title(event: Event) -> str:
         case EventType.TASK_RESTARTED:
             return f"🔁 {name} ran again"
         case EventType.TASK_GONE:
-            return f"🗑 {name} deleted"
+            return f"🗑 {name} vanished before it finished"
+        case EventType.TASK_REMOVED:
+            return f"🧹 {name} cleaned up after it finished"
+        case EventType.TASK_EXPIRED:
+            return f"⌛ {name} no longer tracked"
         case EventType.TASK_PROGRESS:
             percent = task.progress if task is not None else None
             if percent is None:

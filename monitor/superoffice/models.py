@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, ClassVar
 
@@ -260,7 +261,10 @@ class BatchTaskInfo(BaseModel):
     _cancellation: CancellationBehaviour | None = PrivateAttr(default=None)
     _anomalies: tuple[str, ...] = PrivateAttr(default=())
 
-    #: Fields a bulk poll needs; the rest can be ``$select``-ed away.
+    #: Fields a list call asks for (``$select``): everything detection and the events need,
+    #: so that a list row is a full observation and no GET is needed for it.  Left out,
+    #: because nothing here reads them: DetailsTable, DetailsRecord, IsSystemTask,
+    #: IsInternalTask, ParameterObject, DatabaseSerialNumber, TableRight, FieldProperties.
     POLL_FIELDS: ClassVar[tuple[str, ...]] = (
         "Id",
         "Name",
@@ -269,6 +273,15 @@ class BatchTaskInfo(BaseModel):
         "ProgressDescription",
         "LastStarted",
         "StartCount",
+        "Created",
+        "AssociateId",
+        "Description",
+        "Context",
+        "Request",
+        "Response",
+        "Result",
+        "FileName",
+        "CancellationBehaviour",
     )
 
     @model_validator(mode="wrap")
@@ -474,6 +487,10 @@ class TaskListing:
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._items
+
+    def __iter__(self) -> Iterator[int]:
+        """The ids of the usable items, in the order the API gave them."""
+        return iter(self._items)
 
     def poll_values(self, task_id: int) -> tuple[object, ...]:
         """The raw values of :attr:`BatchTaskInfo.POLL_FIELDS`: equal values, nothing moved."""

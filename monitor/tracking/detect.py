@@ -10,18 +10,32 @@ with tables of (previous, current, now) → events.
 
 Rules, in the order they are applied:
 
-1. No memory: ``task.discovered``, whatever the state.  A 404: ``task.gone``
-   (once).
-2. The task ran again (StartCount grew from ≥ 1, or LastStarted moved):
-   ``task.restarted``; if the new run already ended, its terminal event too.
-3. Otherwise a change of state emits the event :data:`STATE_EVENTS` names for
+1. No memory (or a memory of a task that was gone): ``task.discovered``,
+   whatever the state.  If the task is already ``Started`` or finished and its
+   run began within ``forget_after``, the event of that state too, marked
+   ``first_seen``: a failure that happened before batchmon looked still
+   reaches whoever filters on ``task.failed``.
+2. A 404: ``task.gone`` (once) for a task that was not finished, which fires
+   an alert; ``task.removed`` for a finished one, SuperOffice's own clean-up of
+   completed tasks, which ends its conditions instead.
+3. The task ran again (StartCount grew from ≥ 1, or LastStarted moved):
+   ``task.restarted``, then ``task.started`` or the new run's terminal event
+   if the state says so.
+4. Otherwise a change of state emits the event :data:`STATE_EVENTS` names for
    the new state, ``task.state_changed`` for every other one.
-4. No state event this round, not terminal, and the progress crossed a step
+5. No state event this round, not terminal, and the progress crossed a step
    of ``progress_step`` or its description changed: ``task.progress``, at
    most once per ``progress_min_interval`` (a suppressed one fires later).
-5. Stalled before and anything moved (not into a terminal state):
+6. Stalled before and anything moved (not into a terminal state):
    ``task.resumed``.  Not stalled, active, and nothing moved for
    ``stall_after``: ``task.stalled``.
+
+Conditions: a failed task, a stalled one and one gone while active each have
+a condition that sinks with reminders and the Alertmanager sink hold while it
+lasts (:func:`condition`).  Every one ends: the events that end one carry the
+:class:`~monitor.tracking.events.EndReason` (:data:`ENDS`), and a task
+finished or gone for ``forget_after`` is forgotten (:func:`expired`), its
+condition ending with ``task.expired``.
 
 Everything that decides a transition lives in this file.
 """
@@ -32,7 +46,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
-from monitor.tracking.events import Event, EventType, TaskSummary, event_id
+from monitor.tracking.events import EndReason, Event, EventType, TaskSummary, event_id
 from monitor.tracking.memory import (
     Rules,
     TaskMemory,
@@ -42,7 +56,7 @@ from monitor.tracking.memory import (
     state_identity,
 )
 
-__all__ = ["STATE_EVENTS", "detect"]
+__all__ = ["CONDITIONS", "ENDS", "STATE_EVENTS", "condition", "detect", "expire", "expired"]
 
 #: The event a change *into* a state emits; any state not listed emits
 #: ``task.state_changed``.
@@ -53,8 +67,17 @@ STATE_EVENTS: dict[BatchTaskState, EventType] = {
     BatchTaskState.FAILED: EventType.TASK_FAILED,
 }
 
-#: Terminal states emit their own event even when a restart is reported too.
-_TERMINAL_EVENTS = {s: STATE_EVENTS[s] for s in STATE_EVENTS if s.is_terminal}
+#: The event types that start a condition.
+CONDITIONS = frozenset({EventType.TASK_FAILED, EventType.TASK_STALLED, EventType.TASK_GONE})
+
+#: The events that end conditions, and why (every other event ends none).
+ENDS: dict[EventType, EndReason] = {
+    EventType.TASK_RESTARTED: EndReason.RESTARTED,
+    EventType.TASK_SUCCEEDED: EndReason.SUCCEEDED,
+    EventType.TASK_RESUMED: EndReason.RESUMED,
+    EventType.TASK_REMOVED: EndReason.REMOVED,
+    EventType.TASK_EXPIRED: EndReason.EXPIRED,
+}
 
 
 def _run_key(info: BatchTaskInfo) -> tuple[object, ...]:
@@ -71,6 +94,7 @@ def _event(
     previous: dict[str, object] | None = None,
     eta: datetime | None = None,
     message: str | None = None,
+    first_seen: bool = False,
 ) -> Event:
     return Event(
         id=event_id(kind.value, *_run_key(info), *key),
@@ -80,6 +104,8 @@ def _event(
         previous=MappingProxyType(previous or {}),
         eta=eta,
         message=message,
+        first_seen=first_seen,
+        reason=ENDS.get(kind),
     )
 
 
@@ -127,18 +153,25 @@ def detect(
         if previous is None or previous.gone:
             return []
         last = previous.info
+        if last.state.is_terminal:
+            return [
+                _event(
+                    EventType.TASK_REMOVED,
+                    last,
+                    now,
+                    message="deleted after it finished (SuperOffice removes completed tasks)",
+                )
+            ]
         return [
             _event(
                 EventType.TASK_GONE,
                 last,
                 now,
-                message="the API answers 404: the task was deleted",
+                message="the API answers 404: the task was deleted before it finished",
             )
         ]
     if previous is None or previous.gone:
-        return [
-            _event(EventType.TASK_DISCOVERED, current, now, eta=estimate_eta(None, current, now))
-        ]
+        return _first_sight(current, now, rules)
 
     old = previous.info
     changes = _changes(old, current)
@@ -148,9 +181,9 @@ def detect(
 
     if ran_again(old, current):
         events.append(_event(EventType.TASK_RESTARTED, current, now, previous=changes, eta=eta))
-        if current.state in _TERMINAL_EVENTS:
-            kind = _TERMINAL_EVENTS[current.state]
-            events.append(_event(kind, current, now, key=state_key, previous=changes))
+        if current.state in STATE_EVENTS:
+            kind = STATE_EVENTS[current.state]
+            events.append(_event(kind, current, now, key=state_key, previous=changes, eta=eta))
     elif state_identity(old) != state_identity(current):
         kind = STATE_EVENTS.get(current.state, EventType.TASK_STATE_CHANGED)
         events.append(_event(kind, current, now, key=state_key, previous=changes, eta=eta))
@@ -207,6 +240,56 @@ def detect(
             )
         )
     return events
+
+
+def _first_sight(current: BatchTaskInfo, now: datetime, rules: Rules) -> list[Event]:
+    """``task.discovered``, and the state's own event if the run is recent (rule 1)."""
+    eta = estimate_eta(None, current, now)
+    events = [_event(EventType.TASK_DISCOVERED, current, now, eta=eta)]
+    kind = STATE_EVENTS.get(current.state)
+    began = current.last_started or current.created
+    if kind is not None and (began is None or now - began <= rules.forget_after):
+        key = (state_identity(current),)
+        events.append(_event(kind, current, now, key=key, eta=eta, first_seen=True))
+    return events
+
+
+def condition(memory: TaskMemory) -> EventType | None:
+    """The condition a task is in: failed, stalled, gone while active, or none.
+
+    A task deleted after it finished (``removed``) is in none: that is
+    SuperOffice's clean-up.
+    """
+    if memory.gone:
+        return None if memory.removed else EventType.TASK_GONE
+    if memory.info.state is BatchTaskState.FAILED:
+        return EventType.TASK_FAILED
+    if memory.stalled:
+        return EventType.TASK_STALLED
+    return None
+
+
+def expired(memory: TaskMemory, now: datetime, rules: Rules) -> bool:
+    """Whether a task has been finished or gone for ``forget_after``: time to forget it."""
+    ended = memory.ended
+    return ended is not None and now - ended >= rules.forget_after
+
+
+def expire(memory: TaskMemory, now: datetime) -> list[Event]:
+    """The events of forgetting a task: ``task.expired`` if a condition still fires."""
+    if condition(memory) is None:
+        return []
+    info = memory.info
+    ended = memory.ended
+    return [
+        _event(
+            EventType.TASK_EXPIRED,
+            info,
+            now,
+            key=(ended.isoformat() if ended else None,),
+            message="forgotten: it ended longer ago than forget_after",
+        )
+    ]
 
 
 def _human(seconds: float) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.text import replace_surrogates, without_surrogates
 
-__all__ = ["Event", "EventType", "TaskSummary", "event_id"]
+__all__ = ["EndReason", "Event", "EventType", "TaskSummary", "event_id"]
 
 
 class EventType(enum.StrEnum):
@@ -43,14 +43,34 @@ class EventType(enum.StrEnum):
     TASK_STALLED = "task.stalled"
     #: A change again after a stall.
     TASK_RESUMED = "task.resumed"
-    #: The API answered 404 for a tracked task.
+    #: The API answered 404 for a task that was not finished: it vanished.
     TASK_GONE = "task.gone"
+    #: The API answered 404 for a finished task: SuperOffice's own clean-up, never an alert.
+    TASK_REMOVED = "task.removed"
+    #: A finished or vanished task with a condition still firing was forgotten
+    #: (``[watch] forget_after``): the condition ends.
+    TASK_EXPIRED = "task.expired"
     #: N consecutive poll cycles failed.
     MONITOR_API_DOWN = "monitor.api_down"
     #: The first successful poll after ``monitor.api_down``.
     MONITOR_API_RECOVERED = "monitor.api_recovered"
     #: Credentials rejected after one renewal attempt.
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
+
+
+class EndReason(enum.StrEnum):
+    """Why a condition (a failed, stalled or vanished task) ended."""
+
+    #: The task ran again.
+    RESTARTED = "restarted"
+    #: The task succeeded.
+    SUCCEEDED = "succeeded"
+    #: A stalled task moved again.
+    RESUMED = "resumed"
+    #: SuperOffice deleted the task after it finished.
+    REMOVED = "removed"
+    #: batchmon forgot the task, ``forget_after`` after it ended.
+    EXPIRED = "expired"
 
 
 _ID_NAMESPACE = uuid.UUID("5d1f2a9e-6c1b-4d7e-9f3a-0b8c7e6d5a41")
@@ -186,7 +206,9 @@ class Event:
 
     ``previous`` holds the fields that changed, with their old values.
     ``message`` says in words what happened where the fields alone do not
-    (why the API is down, why a task was flagged).
+    (why the API is down, why a task was flagged).  ``first_seen`` marks an
+    outcome announced at the task's first sighting (it happened before batchmon
+    looked); ``reason`` says why the conditions the event ends ended.
     """
 
     id: str
@@ -196,6 +218,8 @@ class Event:
     previous: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     eta: datetime | None = None
     message: str | None = None
+    first_seen: bool = False
+    reason: EndReason | None = None
 
     @property
     def task_id(self) -> int | None:
@@ -221,6 +245,8 @@ class Event:
             previous=MappingProxyType(previous),
             eta=_date(data.get("eta")),
             message=_text(data.get("message")),
+            first_seen=bool(data.get("first_seen", False)),
+            reason=EndReason(data["reason"]) if data.get("reason") else None,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -233,4 +259,6 @@ class Event:
             "previous": {k: _jsonable(v) for k, v in self.previous.items()},
             "eta": _iso(self.eta),
             "message": self.message,
+            "first_seen": self.first_seen,
+            "reason": self.reason.value if self.reason is not None else None,
         }

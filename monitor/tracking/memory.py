@@ -46,6 +46,9 @@ class Rules:
     progress_min_interval: timedelta = timedelta(seconds=30)
     #: An active task with no change for this long is stalled.
     stall_after: timedelta = timedelta(minutes=15)
+    #: A task finished or gone this long is forgotten; a task first seen finished is
+    #: announced with its outcome only if its run began within this long.
+    forget_after: timedelta = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,20 @@ class TaskMemory:
     terminal_since: datetime | None = None
     #: Whether the API answered 404 for it.
     gone: bool = False
+    #: When the API first answered 404 for it.
+    gone_since: datetime | None = None
+
+    @property
+    def ended(self) -> datetime | None:
+        """When the task finished or vanished (``None`` while it is neither)."""
+        if self.gone:
+            return self.gone_since or self.last_seen
+        return self.terminal_since
+
+    @property
+    def removed(self) -> bool:
+        """Deleted after it finished: SuperOffice's clean-up, not an incident."""
+        return self.gone and self.info.state.is_terminal
 
 
 def state_name(memory: TaskMemory) -> str:

@@ -13,8 +13,8 @@ from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 
-from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
-from monitor.tracking.detect import detect
+from monitor.superoffice.models import BatchTaskInfo
+from monitor.tracking.detect import condition, detect, expire, expired
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember, state_name
 
@@ -102,7 +102,7 @@ class Tracker:
         previous = self._tasks.get(task_id)
         events = detect(previous, None, now, self.rules)
         if previous is not None and not previous.gone:
-            self._put(task_id, _gone(previous))
+            self._put(task_id, _gone(previous, now))
         self._count(events)
         return events
 
@@ -119,21 +119,16 @@ class Tracker:
             self._put(memory.info.id, memory)
 
     def firing(self) -> list[Event]:
-        """An event for each task that is failed, stalled or gone right now.
+        """An event for each task that is failed, stalled or gone (while active) right now.
 
         Sinks that hold conditions (Alertmanager) rebuild them from these at start-up.
         """
         conditions = []
         for memory in self._tasks.values():
-            info = memory.info
-            if memory.gone:
-                kind = EventType.TASK_GONE
-            elif info.state is BatchTaskState.FAILED:
-                kind = EventType.TASK_FAILED
-            elif memory.stalled:
-                kind = EventType.TASK_STALLED
-            else:
+            kind = condition(memory)
+            if kind is None:
                 continue
+            info = memory.info
             conditions.append(
                 Event(
                     id=event_id(
@@ -145,6 +140,21 @@ class Tracker:
                 )
             )
         return conditions
+
+    def expire(self, now: datetime) -> tuple[list[Event], list[int]]:
+        """Forget the tasks finished or gone for ``forget_after``.
+
+        Returns the events that end their conditions and the forgotten ids.
+        """
+        events: list[Event] = []
+        ids: list[int] = []
+        for task_id, memory in self._tasks.items():
+            if expired(memory, now, self.rules):
+                events += expire(memory, now)
+                ids.append(task_id)
+        self.forget(ids)
+        self._count(events)
+        return events, ids
 
     def forget(self, task_ids: Iterable[int]) -> None:
         """Drop tasks that are no longer watched."""
@@ -159,5 +169,5 @@ class Tracker:
             self.event_counts[event.type] += 1
 
 
-def _gone(memory: TaskMemory) -> TaskMemory:
-    return replace(memory, gone=True, stalled=False)
+def _gone(memory: TaskMemory, now: datetime) -> TaskMemory:
+    return replace(memory, gone=True, gone_since=now, stalled=False)
