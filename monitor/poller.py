@@ -508,8 +508,8 @@ class Poller:
         if sent < self._informed.get(task_id, -math.inf):
             return [], None
         before = self._tracker.tasks.get(task_id)
-        found = self._absorb(task_id, answer, self._clock())
         values = cycle.listed.pop(task_id, None)
+        found = self._absorb(task_id, answer, self._clock(), listed=values is not None)
         if not isinstance(answer, ApiError):
             self._informed[task_id] = sent
             if values is None:  # a GET: the next row is compared with the memory afresh
@@ -726,8 +726,19 @@ class Poller:
             log.info("tasks_discovered", count=len(found), ids=found[:20])
         return found
 
-    def _absorb(self, task_id: int, result: BatchTaskInfo | ApiError, now: datetime) -> list[Event]:
-        """Feed one answer to the tracker and reschedule the task."""
+    def _absorb(
+        self,
+        task_id: int,
+        result: BatchTaskInfo | ApiError,
+        now: datetime,
+        *,
+        listed: bool = False,
+    ) -> list[Event]:
+        """Feed one answer to the tracker and reschedule the task.
+
+        ``listed``: a list row, which says nothing of whether the task's own GET
+        answers are readable again.
+        """
         if isinstance(result, NotFound):
             if task_id not in self._tracker.tasks:
                 # Never seen: a wrong id, or a task that does not exist yet.
@@ -750,7 +761,7 @@ class Poller:
             self._reschedule(task_id, self._config.interval)
             return []
         self._missing.pop(task_id, None)
-        if task_id in self._malformed:
+        if task_id in self._malformed and not listed:
             self._malformed.discard(task_id)
             log.info("task_answer_valid_again", task_id=task_id)
         self._report_anomalies(result)

@@ -23,6 +23,7 @@ from prometheus_client.registry import CollectorRegistry
 from monitor.poller import Poller
 from monitor.store import Store
 from monitor.task_metrics import TaskSeries
+from monitor.tracking.detect import condition
 from monitor.tracking.memory import TaskMemory, state_name
 from monitor.tracking.tracker import Tracker
 
@@ -110,6 +111,12 @@ def _elapsed(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _firing(memory: TaskMemory) -> str | None:
+    """The condition the task is in (``task.failed``, ``task.stalled``, ``task.gone``)."""
+    kind = condition(memory)
+    return kind.value if kind is not None else None
+
+
 def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, Any]:
     info = memory.info
     eta = state.tracker.eta(info.id, now)
@@ -122,6 +129,7 @@ def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, 
         "percent": None if info.progress_ratio is None else round(info.progress_ratio * 100),
         "step": info.progress_description,
         "stalled": memory.stalled,
+        "firing": _firing(memory),
         "eta": eta.isoformat(timespec="seconds") if eta else None,
         "elapsed": _elapsed((now - info.last_started).total_seconds())
         if running and info.last_started

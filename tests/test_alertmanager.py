@@ -9,7 +9,7 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from monitor.sinks.alertmanager import (
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.factory import SinkContext, build_sink
 from monitor.superoffice.models import BatchTaskState
-from monitor.tracking.events import Event, EventType, TaskSummary, event_id
+from monitor.tracking.events import EndReason, Event, EventType, TaskSummary, event_id
 from tests.conftest import ManualClock, Reply, ScriptedServer
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -139,6 +139,8 @@ class TestAlertsFor:
             (EventType.MONITOR_API_DOWN, API_DOWN, []),
             (EventType.TASK_SUCCEEDED, None, [FAILED, STALLED, GONE]),
             (EventType.TASK_RESTARTED, None, [FAILED, STALLED, GONE]),
+            (EventType.TASK_REMOVED, None, [FAILED, STALLED, GONE]),
+            (EventType.TASK_EXPIRED, None, [FAILED, STALLED, GONE]),
             (EventType.TASK_RESUMED, None, [STALLED]),
             (EventType.MONITOR_API_RECOVERED, None, [API_DOWN]),
             (EventType.TASK_DISCOVERED, None, []),
@@ -182,6 +184,28 @@ class TestAlertsFor:
             "Resolved by task.succeeded.\nState: Succeeded\nProgress: 100% (Exporting rows)"
             == failed.annotations["description"]
         )
+
+    @pytest.mark.parametrize(
+        ("event_type", "reason", "ended"),
+        [
+            (EventType.TASK_RESTARTED, EndReason.RESTARTED, "restarted"),
+            (EventType.TASK_SUCCEEDED, EndReason.SUCCEEDED, "succeeded"),
+            (EventType.TASK_REMOVED, EndReason.REMOVED, "removed"),
+            (EventType.TASK_EXPIRED, EndReason.EXPIRED, "expired"),
+            (EventType.TASK_RESUMED, EndReason.RESUMED, "resumed"),
+            (EventType.TASK_FAILED, None, "task.failed"),
+        ],
+    )
+    def test_resolution_says_why_it_ended(
+        self, event_type: EventType, reason: EndReason | None, ended: str
+    ) -> None:
+        """Every resolution carries why its condition ended, in the ``ended`` annotation."""
+        event = replace(_event(event_type), reason=reason)
+
+        resolved = alerts_for(event).resolved
+
+        assert resolved
+        assert {ended} == {alert.annotations["ended"] for alert in resolved}
 
     def test_api_down(self) -> None:
         """The API alert has no task labels and carries the reason."""

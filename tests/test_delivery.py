@@ -26,8 +26,11 @@ from monitor.sinks.webhook import WebhookSink
 from monitor.store import Store
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType
+from monitor.tracking.memory import Rules
+from monitor.tracking.tracker import Tracker
 from tests.conftest import make_config
 from tests.test_store import events_for
+from tests.test_store import info as task_info
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -343,6 +346,42 @@ class TestReminders:
         ] == messages
         assert {EventType.TASK_FAILED} == {e.type for e in reminded.received}
         assert len({e.id for e in reminded.received}) == 2
+
+    @pytest.mark.parametrize(
+        "ending",
+        ["run again", "cleaned up", "forgotten"],
+    )
+    async def test_reminders_stop_when_the_condition_ends(self, store: Store, ending: str) -> None:
+        """A failed task is reminded of hourly until its condition ends, then never again.
+
+        It runs again or is cleaned up after the first reminder; or nothing happens and
+        it is forgotten 3 hours after it failed (``forget_after``), after the second.
+        """
+        time = VirtualTime()
+        sink = Destination("ops")
+        dispatcher = Dispatcher(
+            [Subscription(sink, Route(), remind_every=3600)], store, now=time, sleep=time.sleep
+        )
+        await dispatcher.start()
+        tracker = Tracker(Rules(forget_after=timedelta(hours=3)))
+        failed = task_info(7, State="Failed", LastStarted=T0.isoformat())
+        tracker.observe(failed, T0)
+        reminded = []
+        for hour in range(1, 7):
+            time.now = T0 + timedelta(hours=hour, minutes=1)
+            if hour == 2:
+                match ending:
+                    case "run again":
+                        rerun = task_info(7, State="Started", StartCount=2, LastStarted=time.now)
+                        tracker.observe(rerun, time.now)
+                    case "cleaned up":
+                        tracker.observe_gone(7, time.now)
+            tracker.expire(time.now)
+            await dispatcher.remind_once(tracker.firing())
+            reminded.append(dispatcher.queued("ops"))
+
+        expected = [1, 1, 1, 1, 1, 1] if ending != "forgotten" else [1, 2, 2, 2, 2, 2]
+        assert expected == reminded
 
     async def test_only_failed_and_stalled(self, store: Store) -> None:
         """Gone tasks and healthy ones are not reminded of."""

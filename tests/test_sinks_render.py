@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
@@ -151,6 +152,16 @@ class TestFacts:
         _, facts, _ = _render(event)
 
         assert "2026-11-30 12:01 UTC (in 2 d 0 h)" == facts["ETA"]
+
+    def test_an_outcome_seen_after_the_fact_says_so(self) -> None:
+        """A failure announced at the task's first sighting says batchmon saw it late."""
+        late = replace(make_task_event(), first_seen=True)
+
+        _, facts, _ = _render(late)
+        _, live, _ = _render(make_task_event())
+
+        assert "already so when batchmon first saw the task" == facts["Seen"]
+        assert "Seen" not in live
 
     def test_finished_task_has_no_eta(self) -> None:
         """A terminal task shows no ETA, however the event came to carry one."""

@@ -396,6 +396,21 @@ class TestEndpoints:
         assert "<script>alert" not in page
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
+    async def test_tasks_say_which_condition_fires(self) -> None:
+        """A failed task is listed as firing ``task.failed``; a running one as firing nothing."""
+        async with Simulator() as simulator:
+            failed = simulator.add_task(name="Import", state=BatchTaskState.FAILED)
+            running = simulator.add_task(name="Export", state=BatchTaskState.STARTED)
+            async with (
+                running_daemon(simulator, [failed.id, running.id]) as (_, base),
+                aiohttp.ClientSession() as session,
+                session.get(base + "/api/v1/tasks") as response,
+            ):
+                tasks = {task["id"]: task for task in (await response.json())["tasks"]}
+
+        assert "task.failed" == tasks[failed.id]["firing"]
+        assert tasks[running.id]["firing"] is None
+
     async def test_readyz_says_why(self) -> None:
         """With the API failing, /readyz answers 503 and names the failure."""
         async with Simulator() as simulator:

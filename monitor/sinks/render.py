@@ -379,6 +379,8 @@ def _facts(event: Event) -> tuple[tuple[str, str], ...]:
     eta = _eta(event) if task.state.is_active else None
     if eta is not None:
         facts.append(("ETA", eta))
+    if event.first_seen:
+        facts.append(("Seen", "already so when batchmon first saw the task"))
     return tuple(facts)
 
 

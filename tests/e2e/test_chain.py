@@ -438,10 +438,25 @@ def _slack_messages(hits: list[Hit]) -> list[tuple[str, str, dict[str, Any]]]:
     return messages
 
 
+# Each task is first seen running: task.started comes with task.discovered (first_seen).
 EXPECTED_WEBHOOK = {
-    "A": ["task.discovered", "task.failed", "task.restarted", "task.succeeded"],
-    "B": ["task.discovered", "task.stalled", "task.progress", "task.resumed", "task.succeeded"],
-    "C": ["task.discovered", "task.progress", "task.succeeded"],
+    "A": [
+        "task.discovered",
+        "task.started",
+        "task.failed",
+        "task.restarted",
+        "task.started",
+        "task.succeeded",
+    ],
+    "B": [
+        "task.discovered",
+        "task.started",
+        "task.stalled",
+        "task.progress",
+        "task.resumed",
+        "task.succeeded",
+    ],
+    "C": ["task.discovered", "task.started", "task.progress", "task.succeeded"],
     "": ["monitor.api_down", "monitor.api_recovered"],
 }
 CHAT = {"task.failed", "task.stalled", "task.resumed", "task.restarted", "task.succeeded"}
