@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 
 from monitor.superoffice.models import BatchTaskInfo
-from monitor.tracking.detect import condition, detect, expire, expired
+from monitor.tracking.detect import condition, detect, detect_404, expire, expired
 from monitor.tracking.events import EndReason, EventType
 from monitor.tracking.memory import Rules, TaskMemory
 from monitor.tracking.tracker import Tracker
@@ -128,11 +128,16 @@ ENDINGS = [
     [pytest.param(*case[1:], id=str(case[0])) for case in ENDINGS],
 )
 def test_events_that_end_a_condition_carry_why(
-    memory: TaskMemory, current: object, kind: EventType, reason: EndReason
+    memory: TaskMemory, current: BatchTaskInfo | None, kind: EventType, reason: EndReason
 ) -> None:
     """The event that ends a condition says why, in ``reason``."""
-    assert current is None or isinstance(current, BatchTaskInfo)
-    found = {e.type: e for e in detect(memory, current, T0 + M, RULES)}
+    if current is None:
+        detection = detect_404(memory, T0 + M)
+        assert detection is not None
+        events = detection.events
+    else:
+        events = detect(memory, current, T0 + M, RULES).events
+    found = {e.type: e for e in events}
     assert reason is found[kind].reason
     assert found[kind].to_dict()["reason"] == reason.value
 
@@ -141,8 +146,8 @@ def test_first_seen_outcome_has_the_id_of_the_transition() -> None:
     """A failure announced at first sight is marked, and has the id it would have had if
     seen happening: a receiver that got it from another replica drops the repeat."""
     failed = task(State="Failed", Result="Failed: no quote lines")
-    late = detect(None, failed, T0 + M, RULES)
-    live = detect(seen(task()), failed, T0 + M, RULES)
+    late = detect(None, failed, T0 + M, RULES).events
+    live = detect(seen(task()), failed, T0 + M, RULES).events
 
     assert [EventType.TASK_DISCOVERED, EventType.TASK_FAILED] == [e.type for e in late]
     assert late[1].first_seen

@@ -19,12 +19,18 @@ from structlog.testing import capture_logs
 
 from monitor.store import Store, StoreError
 from monitor.superoffice.models import BatchTaskInfo
+from monitor.tracking.detect import detect
 from monitor.tracking.events import Event, EventType
-from monitor.tracking.memory import remember
+from monitor.tracking.memory import Rules, TaskMemory
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SIDECARS = ("-wal", "-shm", "-journal")
 OUR_META = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def first_memory(snapshot: BatchTaskInfo) -> TaskMemory:
+    """The memory of a task first seen at T0."""
+    return detect(None, snapshot, T0, Rules()).memory
 
 
 def info(task_id: int = 7) -> BatchTaskInfo:
@@ -57,7 +63,7 @@ async def open_logged(path: Path) -> tuple[Store, list[dict[str, Any]]]:
 
 async def assert_usable(store: Store) -> None:
     """The store opened works: a task memory goes in and comes back."""
-    await store.commit([remember(None, info(), T0, [])], [], 0.0)
+    await store.commit([first_memory(info())], [], 0.0)
     assert [7] == list(await store.load_tasks())
     await store.close()
 
@@ -222,7 +228,7 @@ class TestOwnDatabasesAreKept:
         """Tasks, the outbox and watches survive a close and an open."""
         path = tmp_path / "state.db"
         store = await Store.open(path)
-        await store.commit([remember(None, info(), T0, [])], [("ops", event("e1"))], 0.0)
+        await store.commit([first_memory(info())], [("ops", event("e1"))], 0.0)
         await store.add_watch(9)
         await store.close()
 
@@ -240,7 +246,7 @@ class TestOwnDatabasesAreKept:
         live, copy = tmp_path / "live", tmp_path / "copy"
         copy.mkdir()
         store = await Store.open(live / "state.db")
-        await store.commit([remember(None, info(), T0, [])], [("ops", event("e1"))], 0.0)
+        await store.commit([first_memory(info())], [("ops", event("e1"))], 0.0)
         for name in files(live):  # what a kill -9 leaves: the files as they are, still open
             shutil.copy(live / name, copy / name)
         await store.close()
@@ -262,10 +268,10 @@ class TestOwnDatabasesAreKept:
         live, copy = tmp_path / "live", tmp_path / "copy"
         copy.mkdir()
         store = await Store.open(live / "state.db")
-        await store.commit([remember(None, info(n), T0, []) for n in range(1, 200)], [], 0.0)
+        await store.commit([first_memory(info(n)) for n in range(1, 200)], [], 0.0)
         await store.close()  # checkpointed: every page is in the main file
         store = await Store.open(live / "state.db")
-        await store.commit([remember(None, info(n), T0, []) for n in range(1, 200)], [], 1.0)
+        await store.commit([first_memory(info(n)) for n in range(1, 200)], [], 1.0)
         for name in files(live):
             shutil.copy(live / name, copy / name)
         await store.close()

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 
 from monitor.superoffice.models import BatchTaskInfo
-from monitor.tracking.detect import condition, detect, expire, expired
+from monitor.tracking.detect import (
+    condition,
+    detect,
+    detect_404,
+    expire,
+    expired,
+    time_may_tell,
+)
+from monitor.tracking.eta import estimate_eta
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
-from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember, state_name
+from monitor.tracking.memory import Rules, TaskMemory, state_name
 
 __all__ = ["Tracker"]
 
@@ -66,52 +73,38 @@ class Tracker:
     def observe(self, info: BatchTaskInfo, now: datetime) -> list[Event]:
         """Take a new snapshot of a task; return what happened since the last one."""
         previous = self._tasks.get(info.id)
-        events = detect(previous, info, now, self.rules)
-        self._put(info.id, remember(previous, info, now, events))
+        events, memory = detect(previous, info, now, self.rules)
+        self._put(info.id, memory)
         if previous is not None and not previous.gone and previous.info.state != info.state:
             self.transitions[(previous.info.state.value, info.state.value)] += 1
         self._count(events)
         return events
 
     def touch(self, task_id: int, now: datetime) -> list[Event]:
-        """The task is as last seen: run only what time alone can change.
+        """The task is as last seen: observe it again only if time alone can tell something.
 
-        That is the stall clock, and a progress announcement held back by its
-        rate limit; everything else would compare equal, so it is skipped (a
-        poll cycle of thousands of unchanged tasks stays cheap).
+        A poll cycle of thousands of unchanged tasks stays cheap.
         """
         memory = self._tasks.get(task_id)
-        if memory is None or memory.gone:
+        if memory is None or not time_may_tell(memory, now, self.rules):
             return []
-        info = memory.info
-        held_back = (
-            memory.announced_progress != info.progress_percent
-            or memory.announced_description != info.progress_description
-        )
-        stalling = (
-            not memory.stalled
-            and info.state.is_active
-            and now - memory.last_change >= self.rules.stall_after
-        )
-        if not (held_back or stalling):
-            return []
-        return self.observe(info, now)
+        return self.observe(memory.info, now)
 
     def observe_gone(self, task_id: int, now: datetime) -> list[Event]:
         """Record that the API answered 404 for a task."""
-        previous = self._tasks.get(task_id)
-        events = detect(previous, None, now, self.rules)
-        if previous is not None and not previous.gone:
-            self._put(task_id, _gone(previous, now))
-        self._count(events)
-        return events
+        detection = detect_404(self._tasks.get(task_id), now)
+        if detection is None:
+            return []
+        self._put(task_id, detection.memory)
+        self._count(detection.events)
+        return detection.events
 
     def eta(self, task_id: int, now: datetime) -> datetime | None:
         """The current completion estimate for a task, if there is one."""
         memory = self._tasks.get(task_id)
         if memory is None or memory.stalled:
             return None
-        return estimate_eta(memory, memory.info, now)
+        return estimate_eta(memory.history, memory.info, now)
 
     def restore(self, memories: Iterable[TaskMemory]) -> None:
         """Start from memories stored by an earlier run (nothing is re-announced)."""
@@ -167,7 +160,3 @@ class Tracker:
     def _count(self, events: list[Event]) -> None:
         for event in events:
             self.event_counts[event.type] += 1
-
-
-def _gone(memory: TaskMemory, now: datetime) -> TaskMemory:
-    return replace(memory, gone=True, gone_since=now, stalled=False)
