@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
+import anyio.to_thread
 from yarl import URL
 
 from monitor.retry import MAX_RETRY_AFTER, parse_retry_after
@@ -240,7 +241,13 @@ class HttpSink(abc.ABC):
         await self.deliver(event)
 
     async def deliver(self, event: Event) -> Answer:
-        """Deliver ``event`` and return the destination's answer (``batchmon test-sink``)."""
+        """Deliver ``event`` and return the destination's answer (``batchmon test-sink``).
+
+        The request is built in a worker thread: an operator's template may take its
+        whole budget (:data:`~monitor.sinks.render.TEMPLATE_SECONDS`), and the event
+        loop must keep serving /healthz and signals meanwhile.
+        """
+        request = await anyio.to_thread.run_sync(self.request, event)
         return await post_json(
-            self._session, self._url, self.request(event), sink=self.name, seconds=self._timeout
+            self._session, self._url, request, sink=self.name, seconds=self._timeout
         )
