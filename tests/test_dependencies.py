@@ -23,7 +23,7 @@ KNOWN_BAD = {
     # CVE-2024-56326, CVE-2025-27516: sandbox breakouts (sink templates rely on the sandbox).
     "jinja2": ["3.1.5"],
     # CVE-2024-52304, CVE-2025-53643, and the set fixed in 3.13.3.
-    "aiohttp": ["3.10.10", "3.12.14", "3.13.2"],
+    "aiohttp": ["3.10.10", "3.12.13", "3.13.2"],
     # CVE-2024-26130, CVE-2024-12797.
     "cryptography": ["42.0.3", "44.0.0"],
     # CVE-2024-53861 (2.10.0 only).
