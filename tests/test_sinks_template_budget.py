@@ -116,12 +116,13 @@ class TestStopped:
             "{{ range(3)|list }} {{ range(5)|length }} {{ range(3)|reverse|join(',') }} "
             "{% for k in range(2) %}{{ loop.index }}/{{ loop.length }} {% endfor %}"
             "{{ '%s-%03d'|format(task.name, 7) }} {{ '{:>4}'.format('x') }} {{ 'ab' * 2 }} "
-            "{{ 2 ** 10 }} {{ 7 % 3 }} {{ task.name|center(10) }}"
+            "{{ 2 ** 10 }} {{ 7 % 3 }} {{ task.name|center(10) }} "
+            "{{ nothing|default(100000) }} {{ range(3)|map('string')|join }} {{ range(4)|sum(start=100000) }}"
         )
         renderer = Renderer("ops", template=template, status_url=None, clock=still)
 
         assert (
-            "[0, 1, 2] 5 2,1,0 1/2 2/2 Export-007    x abab 1024 1   Export"
+            "[0, 1, 2] 5 2,1,0 1/2 2/2 Export-007    x abab 1024 1   Export   100000 012 100006"
             == renderer.render(make_task_event()).text
         )
 

@@ -509,20 +509,21 @@ def _too_big(operator: str, left: object, right: object) -> bool:
     return False
 
 
-def _bounded_filter(function: Callable[..., object]) -> Callable[..., object]:
-    """A filter that checks the budget and refuses sizes (``center(10**9)``) beyond it.
+#: Built-in filters whose integer arguments say how big their result is (widths, counts).
+_SIZING_FILTERS = frozenset({"center", "indent", "wordwrap", "batch", "slice"})
 
-    Integer arguments after the filtered value are sizes and counts in every built-in
-    filter (widths, lengths, batch and slice counts).
-    """
+
+def _bounded_filter(name: str, function: Callable[..., object]) -> Callable[..., object]:
+    """A filter that checks the budget, and refuses sizes (``center(10**9)``) beyond it."""
     skip = 2 if getattr(function, "jinja_pass_arg", None) is not None else 1
+    sizing = name in _SIZING_FILTERS
 
     @functools.wraps(function)
     def bounded(*args: object, **kwargs: object) -> object:
         _check_budget()
-        if function.__name__ == "do_format" and isinstance(args[0], str) and _wide_format(args[0]):
+        if name == "format" and isinstance(args[0], str) and _wide_format(args[0]):
             raise TemplateStopped(f"a format wider than {TEMPLATE_MAX_CHARS}")
-        if any(
+        if sizing and any(
             isinstance(value, int) and abs(value) > TEMPLATE_MAX_CHARS
             for value in (*args[skip:], *kwargs.values())
         ):
@@ -561,7 +562,7 @@ class _BudgetedEnvironment(SandboxedEnvironment):
     def __init__(self) -> None:
         super().__init__(autoescape=False, undefined=StrictUndefined)
         self.globals["range"] = _Range
-        self.filters = {name: _bounded_filter(f) for name, f in self.filters.items()}
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
         self.filters[_CHECKED_FILTER] = _checked
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
