@@ -85,23 +85,28 @@ class Redactor:
         """Mask a part of a secret at either end of ``text``: a quote cut short may end so.
 
         The part must be :data:`MIN_CUT_LENGTH` long: shorter ones would blot out
-        ordinary words that happen to match.
+        ordinary words that happen to match.  The longest part at each end wins.
         """
-        return self._cut_start(self._cut_end(text))
-
-    def _cut_end(self, text: str) -> str:
-        for form in self._forms:
-            for length in range(len(form) - 1, MIN_CUT_LENGTH - 1, -1):
-                if text.endswith(form[:length]):
-                    return text[:-length] + MASK
+        longest = min(len(text), len(self._forms[0]) - 1)
+        for length in range(longest, MIN_CUT_LENGTH - 1, -1):
+            if text[-length:] in self._starts:
+                text = text[:-length] + MASK
+                break
+        longest = min(len(text), longest)
+        for length in range(longest, MIN_CUT_LENGTH - 1, -1):
+            if text[:length] in self._ends:
+                return MASK + text[length:]
         return text
 
-    def _cut_start(self, text: str) -> str:
-        for form in self._forms:
-            for length in range(len(form) - 1, MIN_CUT_LENGTH - 1, -1):
-                if text.startswith(form[-length:]):
-                    return MASK + text[length:]
-        return text
+    @cached_property
+    def _starts(self) -> frozenset[str]:
+        """The first parts of every form that are long enough to be masked when cut."""
+        return frozenset(f[:n] for f in self._forms for n in range(MIN_CUT_LENGTH, len(f)))
+
+    @cached_property
+    def _ends(self) -> frozenset[str]:
+        """The last parts of every form that are long enough to be masked when cut."""
+        return frozenset(f[-n:] for f in self._forms for n in range(MIN_CUT_LENGTH, len(f)))
 
     @cached_property
     def _forms(self) -> list[str]:
@@ -115,6 +120,10 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._secrets)} secrets)"
+
+
+#: A percent escape in upper-case hex, as :func:`~urllib.parse.quote` writes it.
+_UPPER_HEX = re.compile(r"%[0-9A-F]{2}")
 
 
 def wire_forms(secret: str) -> set[str]:
@@ -133,7 +142,7 @@ def wire_forms(secret: str) -> set[str]:
         quote(secret, safe="!'()*"),
         quote_plus(secret, safe=""),
     }
-    encoded |= {_LOWER_HEX.sub(lambda match: match[0].lower(), form) for form in encoded}
+    encoded |= {_UPPER_HEX.sub(lambda match: match[0].lower(), form) for form in encoded}
     escaped = html.escape(secret)
     forms = {
         secret,
@@ -150,9 +159,6 @@ def wire_forms(secret: str) -> set[str]:
         forms |= {whole, whole.rstrip("=")}
         forms |= {core for core in _base64_cores(data, encode) if len(core) >= MIN_CUT_LENGTH}
     return forms
-
-
-_LOWER_HEX = re.compile(r"%[0-9A-F]{2}")
 
 
 def _base64_cores(data: bytes, encode: Callable[[bytes], bytes]) -> Iterator[str]:
