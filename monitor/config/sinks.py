@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from monitor.config.base import _Section
 from monitor.config.errors import _did_you_mean, _invalid, _problem
 from monitor.config.values import Duration, Rate, Secret, _TaskId
-from monitor.sinks.render import compile_template
+from monitor.sinks.render import check_template
 from monitor.tracking.events import EventType
 
 __all__ = ["CHAT_SINK_TYPES", "EVENT_TYPES", "URL_SINK_TYPES", "SinkConfig"]
@@ -101,7 +101,7 @@ class SinkConfig(_Section):
                 )
         if self.template is not None:
             try:
-                compile_template(self.template)
+                check_template(self.template)
             except ValueError as exc:
                 problems.append(_problem(("template",), str(exc)))
         readable = (*CHAT_SINK_TYPES, "webhook")

@@ -56,6 +56,7 @@ import structlog
 from monitor.config import SinkConfig
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.http import Request, json_body, post_json
+from monitor.sinks.render import escape_plain
 from monitor.tracking.events import Event, EventType, TaskSummary
 
 __all__ = ["Alert", "AlertChange", "AlertmanagerSink", "alerts_for"]
@@ -183,8 +184,13 @@ def _description(event: Event) -> str:
 
 def _text(value: str, limit: int) -> str:
     """Valid UTF-8 (lone surrogates from JSON escapes replaced), no control characters
-    but line breaks and tabs, at most ``limit`` characters."""
-    value = value.encode("utf-8", "replace").decode("utf-8")
+    but line breaks and tabs, no mention, at most ``limit`` characters.
+
+    Alertmanager's default Slack and other chat templates put labels and annotations
+    into messages unescaped, so ``<!channel>`` or ``@everyone`` in a task name would
+    ping: they are broken as in the chat sinks' plain text (:func:`escape_plain`).
+    """
+    value = escape_plain(value.encode("utf-8", "replace").decode("utf-8"))
     value = "".join(
         c if c in "\n\t" or unicodedata.category(c) != "Cc" else " " for c in value
     ).strip()
