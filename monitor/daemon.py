@@ -30,6 +30,7 @@ from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.systemd import Notifier, watchdog_loop
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
+from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
 from monitor.web import WebState, make_app, serve
 
@@ -118,6 +119,8 @@ class Daemon:
         self.clock = clock
         self.port: int | None = None
         self.tracker = Tracker(rules_from(config.poll))
+        #: Progress history for the task pages; outlives a reload, as the tracker.
+        self.samples = ProgressSamples()
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
         #: Configurations swapped in so far (tests and the log read it).
@@ -228,7 +231,7 @@ class Daemon:
             poller = Poller(
                 client,
                 self.tracker,
-                dispatcher.commit,
+                self.samples.recording(dispatcher.commit, self.tracker.tasks.keys),
                 config.poll,
                 discover=config.watch.discover,
                 shard=self.shard,
@@ -256,6 +259,7 @@ class Daemon:
                 store=store,
                 watches=RuntimeWatches(poller, store, config.watch.ids),
                 api_token=token.get_secret_value() if token else None,
+                samples=self.samples,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:

@@ -18,14 +18,18 @@ memories the poller commits, with their own times.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from monitor.superoffice.models import BatchTaskInfo
+from monitor.tracking.events import Event
 from monitor.tracking.memory import TaskMemory, ran_again
 
-__all__ = ["CAPACITY", "ProgressSamples"]
+__all__ = ["CAPACITY", "Commit", "ProgressSamples"]
+
+#: The poller's hand-over of events and changed memories (to the store and the sinks).
+Commit = Callable[[Sequence[Event], Sequence[TaskMemory]], Awaitable[None]]
 
 #: Samples kept per task.
 CAPACITY = 200
@@ -101,6 +105,19 @@ class ProgressSamples:
         """Drop the samples of tasks no longer tracked."""
         for task_id in task_ids:
             self._runs.pop(task_id, None)
+
+    def recording(self, commit: Commit, tracked: Callable[[], Collection[int]]) -> Commit:
+        """``commit``, sampling each memory it is handed first (and pruning by ``tracked``)."""
+
+        async def sample_then_commit(
+            events: Sequence[Event], memories: Sequence[TaskMemory]
+        ) -> None:
+            for memory in memories:
+                self.record(memory)
+            self.prune(tracked())
+            await commit(events, memories)
+
+        return sample_then_commit
 
     def prune(self, tracked: Collection[int]) -> None:
         """Drop the samples of untracked tasks once they are as many as the tracked ones.
