@@ -114,6 +114,8 @@ class ChartInput:
     tone: str = "Started"
     #: The chart's accessible name (may be API text: it is escaped).
     title: str = "Progress over time"
+    #: Written at the line's end, e.g. ``Failed 09:11`` for a finished task.
+    end_label: str | None = None
 
 
 def domain(chart: ChartInput) -> tuple[datetime, datetime]:
@@ -198,7 +200,7 @@ def _axes(scale: Scale) -> list[str]:
         )
         parts.append(_text(box.left - 6, y + 4, f"{percent} %", anchor="end"))
     bottom = box.top + box.plot_height
-    for when, label in time_ticks(scale.start, scale.end):
+    for when, label in time_ticks(scale.start, scale.end, most=max(3, int(box.plot_width // 100))):
         x = scale.x(when)
         parts.append(
             f'<line x1="{x:.1f}" y1="{bottom:.1f}" x2="{x:.1f}" y2="{bottom + 4:.1f}" '
@@ -296,5 +298,11 @@ def progress_chart(chart: ChartInput, box: Box = Box()) -> str:
         f'<circle cx="{scale.x(t):.1f}" cy="{scale.y(p):.1f}" r="3" fill="{colour}"/>'
         for t, p in dots
     )
+    if chart.end_label:
+        x, y = scale.x(points[-1][0]), scale.y(points[-1][1])
+        below = y < box.top + 20
+        parts.append(
+            _text(x - 4, y + 16 if below else y - 8, chart.end_label, anchor="end", fill=colour)
+        )
     parts.append("</svg>")
     return "".join(parts)

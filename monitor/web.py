@@ -22,7 +22,7 @@ from markupsafe import Markup
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 
-from monitor.chart import ChartInput, progress_chart
+from monitor.chart import Box, ChartInput, progress_chart
 from monitor.poller import Poller
 from monitor.store import Store
 from monitor.task_list import (
@@ -378,25 +378,31 @@ async def _status_page(request: web.Request) -> web.Response:
     )
 
 
-def _chart(memory: TaskMemory, state: WebState, now: datetime) -> Markup:
-    """The task's progress chart: to now while active, to its end otherwise."""
+#: The chart's sizes: the wide one for screens, the narrow one for phones (CSS picks).
+_WIDE = Box()
+_NARROW = Box(width=400, height=240, left=44, right=12)
+
+
+def _chart(memory: TaskMemory, state: WebState, now: datetime) -> ChartInput:
+    """What the task's progress chart shows: up to now while active, up to its end otherwise."""
     info = memory.info
     samples = state.samples.series(memory)
     active = info.state.is_active and not memory.gone
+    end_label = None
     if active:
         end = now
     else:
         end = max([memory.terminal_since or memory.last_seen, *(t for t, _ in samples[-1:])])
-    chart = ChartInput(
+        end_label = f"{state_name(memory)} {end:%H:%M}"
+    return ChartInput(
         samples=samples,
         now=end,
         eta=state.tracker.eta(info.id, now) if active else None,
         stall_at=memory.last_change + state.tracker.rules.stall_after if active else None,
         tone="stalled" if memory.stalled else state_name(memory),
         title=f"Progress of task {info.id} over time",
+        end_label=end_label,
     )
-    # progress_chart escapes every text it writes.
-    return Markup(progress_chart(chart))  # noqa: S704
 
 
 def _event_row(event: Event) -> dict[str, Any]:
@@ -431,6 +437,7 @@ async def _task_page(request: web.Request) -> web.Response:
     now = state.clock()
     info = memory.info
     events = [_event_row(e) for e in await state.store.recent_events(task_id)]
+    chart = _chart(memory, state, now)
     return _html(
         "task.html",
         task=_task_view(memory, state, now),
@@ -443,8 +450,12 @@ async def _task_page(request: web.Request) -> web.Response:
             "start_count": info.start_count,
             "first_seen": _iso(memory.first_seen),
         },
-        chart=_chart(memory, state, now),
-        samples=len(state.samples.series(memory)),
+        # progress_chart escapes every text it writes.
+        chart_wide=Markup(progress_chart(chart, _WIDE)),  # noqa: S704
+        chart_narrow=Markup(progress_chart(chart, _NARROW)),  # noqa: S704
+        samples=len(chart.samples),
+        eta=chart.eta is not None,
+        stall=chart.stall_at is not None,
         events=events[::-1],
         today=now.isoformat()[:10],
         refresh=5 if info.state.is_active and not memory.gone else None,
