@@ -29,6 +29,7 @@ import structlog
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
+from monitor.links import task_url
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 
@@ -441,7 +442,7 @@ class Renderer:
             facts=_facts(event),
             text=fit(text, MAX_TEXT),
             footer=_footer(event),
-            link=self.status_url,
+            link=task_url(self.status_url, task.id if task is not None else None),
             task_id=task.id if task is not None else None,
             event_id=event.id,
         )
