@@ -41,8 +41,8 @@ TICK_STEPS: tuple[timedelta, ...] = tuple(
         86400, 2 * 86400, 7 * 86400, 14 * 86400, 28 * 86400,
     )
 )  # fmt: skip
-#: The shortest time axis: a run of seconds still gets a readable chart.
-MIN_SPAN = timedelta(minutes=1)
+#: The shortest time axis: a run of a few seconds still gets a readable chart.
+MIN_SPAN = timedelta(seconds=10)
 #: Colours by tone, as the status page uses them.
 COLOURS = {
     "Started": "#1f6feb",
@@ -121,7 +121,8 @@ class ChartInput:
 def domain(chart: ChartInput) -> tuple[datetime, datetime]:
     """The time axis: from the first sample to now, stretched for ETA and stall mark.
 
-    At least :data:`MIN_SPAN` wide; stretched to at most twice the run so far.
+    At least :data:`MIN_SPAN` wide (reaching back before the first sample);
+    stretched to at most twice the run so far.
     """
     start = chart.samples[0][0] if chart.samples else chart.now - MIN_SPAN
     start = min(start, chart.now - MIN_SPAN)

@@ -12,7 +12,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import anyio
@@ -423,7 +423,8 @@ def _event_row(event: Event) -> dict[str, Any]:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="seconds")
+    """In UTC, as the page labels its times (the API may give a tenant's offset)."""
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="seconds")
 
 
 async def _task_page(request: web.Request) -> web.Response:

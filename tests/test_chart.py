@@ -94,8 +94,9 @@ class TestGeometry:
         ("chart", "expected"),
         [
             (ChartInput([(_at(0), 0)], now=_at(10)), (_at(0), _at(10))),
-            (ChartInput([], now=_at(10)), (_at(9), _at(10))),
-            (ChartInput([(_at(9.9), 0)], now=_at(10)), (_at(9), _at(10))),  # at least a minute
+            (ChartInput([], now=_at(10)), (_at(10) - timedelta(seconds=10), _at(10))),
+            # at least ten seconds
+            (ChartInput([(_at(9.99), 0)], now=_at(10)), (_at(10) - timedelta(seconds=10), _at(10))),
             (ChartInput([(_at(0), 0)], now=_at(10), eta=_at(15)), (_at(0), _at(15))),
             (ChartInput([(_at(0), 0)], now=_at(10), eta=_at(90)), (_at(0), _at(20))),
             (ChartInput([(_at(0), 0)], now=_at(10), stall_at=_at(12)), (_at(0), _at(12))),

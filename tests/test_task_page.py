@@ -11,7 +11,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
@@ -171,7 +171,10 @@ async def failed_task(board: Board, task_id: int) -> None:
             Request="QuotePdf",
             AssociateId=113,
             Description="Generate PDF documents for quote 3592",
-            Created=(T0 - timedelta(minutes=5)).isoformat(),
+            # In the tenant's zone, as SuperOffice may send it; the page shows UTC.
+            Created=(T0 - timedelta(minutes=5))
+            .astimezone(timezone(timedelta(hours=1)))
+            .isoformat(),
         ),
     )
 
@@ -325,6 +328,7 @@ class TestTaskPage:
             "QuotePdf",
             "<dt>Associate</dt><dd>113</dd>",
             "<dt>Start count</dt><dd>1</dd>",
+            '<dt>Created (UTC)</dt><dd><time datetime="2026-11-28T08:55:00+00:00"',
             "Processing quote lines 21/58",
         ]:
             assert text in page
