@@ -83,6 +83,17 @@ class TestRecord:
         samples.record(memory)
         assert [(_at(0), 10), (_at(1), 20)] == samples.series(memory)
 
+    def test_restored_history_keeps_its_plateau(self) -> None:
+        """A restored memory's samples come first; a plateau since then keeps its start."""
+        samples, tracker = ProgressSamples(), Tracker(Rules())
+        tracker.observe(_info(10), _at(0))
+        tracker.observe(_info(20), _at(1))
+        restored = Tracker(Rules())
+        restored.restore(tracker.tasks.values())
+        restored.observe(_info(20), _at(9))  # unchanged since minute 1; only last_seen moved
+        samples.record(restored.tasks[7])
+        assert [(_at(0), 10), (_at(1), 20), (_at(9), 20)] == samples.series(restored.tasks[7])
+
     def test_thinning_keeps_the_whole_run(self) -> None:
         """Past capacity, older samples are halved; the first and newest stay; bounded."""
         samples, tracker = ProgressSamples(capacity=10), Tracker(Rules())

@@ -67,7 +67,7 @@ class ProgressSamples:
             run = _Run(info)
             self._runs[info.id] = run
             # After a restart the memory brings the last samples the store kept.
-            for when, percent in memory.history[:-1]:
+            for when, percent in memory.history:
                 self._append(run, when, percent)
         run.info = info
         if info.progress_percent is not None:
