@@ -9,7 +9,7 @@ polling starts) and tears them down in reverse when its scope is cancelled.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -31,6 +31,7 @@ from monitor.superoffice.models import BatchTaskState
 from monitor.systemd import Notifier, watchdog_loop
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
+from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
 from monitor.web import WebState, make_app, serve
 
@@ -120,6 +121,8 @@ class Daemon:
         self.clock = clock
         self.port: int | None = None
         self.tracker = Tracker(rules_from(config.poll, config.watch))
+        #: Progress history for the task pages; outlives a reload, as the tracker.
+        self.samples = ProgressSamples()
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
         #: Configurations swapped in so far (tests and the log read it).
@@ -215,6 +218,11 @@ class Daemon:
             log.info("state_restored", tasks=len(stored) - len(unwatched), forgotten=len(unwatched))
         return pinned, again
 
+    async def _forget(self, store: Store, task_ids: Sequence[int]) -> None:
+        """Drop forgotten tasks from the store and the task pages' progress samples."""
+        self.samples.forget(task_ids)
+        await store.forget_tasks(task_ids)
+
     async def _serve(self, store: Store, task_status: anyio.abc.TaskStatus[int]) -> None:
         config = self.config
         so = config.superoffice
@@ -236,10 +244,10 @@ class Daemon:
             poller = Poller(
                 client,
                 self.tracker,
-                dispatcher.commit,
+                self.samples.recording(dispatcher.commit, self.tracker.tasks.keys),
                 config.poll,
                 discover=config.watch.discover,
-                forget=store.forget_tasks,
+                forget=partial(self._forget, store),
                 shard=self.shard,
                 clock=self.clock,
                 workers=so.max_concurrency,
@@ -266,6 +274,7 @@ class Daemon:
                 store=store,
                 watches=RuntimeWatches(poller, store, config.watch.ids),
                 api_token=token.get_secret_value() if token else None,
+                samples=self.samples,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:

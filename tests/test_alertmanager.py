@@ -390,7 +390,7 @@ class TestRealAlertmanager:
         assert "active" == alert["status"]["state"]
         assert "Batch task 212 (Export) failed" == alert["annotations"]["summary"]
         assert "Result: Disk full" in alert["annotations"]["description"]
-        assert "https://batchmon.example.com/" == alert["generatorURL"]
+        assert "https://batchmon.example.com/tasks/212" == alert["generatorURL"]
         await _until(lambda: alertmanager.notified("firing", FAILED))
 
         succeeded = _task(state=BatchTaskState.SUCCEEDED, progress=100)

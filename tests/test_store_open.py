@@ -357,7 +357,7 @@ class TestPrivateFiles:
         """A new database, its write-ahead log and shared memory are 0600; its directory 0700."""
         path = tmp_path / "state" / "state.db"
         store = await Store.open(path)
-        await store.commit([remember(None, info(), T0, [])], [], 0.0)
+        await store.commit([first_memory(info())], [], 0.0)
 
         assert {"state.db": 0o600, "state.db-wal": 0o600, "state.db-shm": 0o600} == {
             p.name: mode(p) for p in path.parent.iterdir()
@@ -370,7 +370,7 @@ class TestPrivateFiles:
         """A database an earlier batchmon left 0644 (log and all) is made 0600 when opened."""
         path = tmp_path / "state.db"
         store = await Store.open(path)
-        await store.commit([remember(None, info(), T0, [])], [], 0.0)
+        await store.commit([first_memory(info())], [], 0.0)
         for file in tmp_path.iterdir():
             file.chmod(0o644)
         shutil.copytree(tmp_path, tmp_path / "copy")  # the files as a kill -9 leaves them

@@ -54,6 +54,7 @@ import anyio
 import structlog
 
 from monitor.config import SinkConfig
+from monitor.links import task_url
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.http import Request, json_body, post_json
 from monitor.sinks.render import escape_plain
@@ -368,8 +369,10 @@ class AlertmanagerSink:
             "startsAt": _rfc3339(min(alert.starts_at, ends_at)),
             "endsAt": _rfc3339(ends_at),
         }
-        if self._generator_url:
-            body["generatorURL"] = self._generator_url
+        task_id = alert.labels.get("task_id")
+        link = task_url(self._generator_url, int(task_id) if task_id else None)
+        if link:
+            body["generatorURL"] = link
         return body
 
     async def _post(self, batch: list[dict[str, object]]) -> None:

@@ -36,6 +36,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, safe_range
 
+from monitor.links import task_url
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 
@@ -718,7 +719,7 @@ class Renderer:
             facts=_facts(event),
             text=fit(text, MAX_TEXT),
             footer=_footer(event),
-            link=self.status_url,
+            link=task_url(self.status_url, task.id if task is not None else None),
             task_id=task.id if task is not None else None,
             event_id=event.id,
         )
