@@ -1,0 +1,382 @@
+"""The HTTP server's listening side: a cap on connections, deadlines, refusals, not tracebacks.
+
+aiohttp bounds neither how many connections it holds nor how long a request head may take
+(before 3.14 its keep-alive timer runs only between requests), so 300 sockets that send
+half a request hold 300 file descriptors for as long as they like.  At the open-file limit
+asyncio's accept loop logs a traceback for every attempt, and the poller's own connections
+fail with "Too many open files".
+
+Here each connection has ``head_timeout`` from its accept, or from the end of its last
+answer, to deliver a complete request head, and ``answer_timeout`` for the answer.  When
+every slot is taken, the connection that has waited longest for its request makes room: a
+health check sends its request at once, a slow-loris never does.  When every slot is busy
+answering, the newcomer gets a 503.  Short of file descriptors anyway (something else used
+them up), a reserved one takes the waiting connection and refuses it.  Each such episode is
+logged once when it starts and once, with its count, when it is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import resource
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+from aiohttp import web
+from yarl import URL
+
+__all__ = [
+    "ANSWER_TIMEOUT",
+    "CONNECTIONS",
+    "HEAD_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "Connections",
+    "GuardedSite",
+    "Limits",
+    "connection_cap",
+    "track_requests",
+]
+
+log = structlog.get_logger("batchmon.http")
+
+#: Prometheus, a few browsers and ``batchmon watch`` need a handful; the rest is headroom.
+MAX_CONNECTIONS: Final = 128
+#: Seconds to deliver a complete request head (slow headers, idle keep-alive alike).
+HEAD_TIMEOUT: Final = 10.0
+#: Seconds for a request from its complete head to the end of its answer.
+ANSWER_TIMEOUT: Final = 60.0
+#: accept() errors that say the process or the system is out of something, not the peer.
+_SHORT_OF: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: accept() errors of one connection that went wrong before it was taken (accept(2), Linux).
+_RETRY: Final = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENOPROTOOPT,
+        errno.EOPNOTSUPP,
+    }
+)
+#: How long to wait before accepting again when not even the reserved descriptor helped.
+_RETRY_AFTER_SHORTAGE: Final = 0.1
+
+_REFUSAL_TEXT: Final = b"too many connections; try again in a few seconds\n"
+#: Written straight to a socket that gets no slot (the security headers as on every answer).
+_REFUSAL: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"Retry-After: 5\r\n"
+    b"Connection: close\r\n"
+    b"X-Content-Type-Options: nosniff\r\n"
+    b"\r\n%s" % (len(_REFUSAL_TEXT), _REFUSAL_TEXT)
+)
+
+
+def connection_cap(open_files: int, wanted: int = MAX_CONNECTIONS) -> int:
+    """Connections to allow with this open-file limit: at most a quarter of it.
+
+    The other three quarters are for the API and sink connections, SQLite and the log;
+    ``-1`` is ``RLIM_INFINITY``.
+    """
+    if open_files < 0:
+        return wanted
+    return max(1, min(wanted, open_files // 4))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How many connections, and how long each may take for what."""
+
+    connections: int = MAX_CONNECTIONS
+    head_timeout: float = HEAD_TIMEOUT
+    answer_timeout: float = ANSWER_TIMEOUT
+
+    def within_open_files(self) -> Limits:
+        """These limits, with the connection cap lowered to fit the process's open-file limit."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return Limits(
+            connection_cap(soft, self.connections), self.head_timeout, self.answer_timeout
+        )
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    transport: asyncio.Transport
+    #: Loop time of the accept or of the end of the last answer.
+    since: float
+    #: A request's handler is running.
+    busy: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+class Connections:
+    """The open connections of one server: who gets a slot, and the deadlines of each.
+
+    :meth:`request_started` and :meth:`request_ended` are called around each request (a
+    middleware does), so that a connection is known to be waiting for its next request
+    head or busy answering.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._open: dict[asyncio.BaseTransport, _Connection] = {}
+        #: Connections shed (evicted or refused) in the current episode; ``None`` outside one.
+        self._shed: int | None = None
+
+    def __len__(self) -> int:
+        self._prune()
+        return len(self._open)
+
+    def admit(self) -> bool:
+        """Whether one more connection may come in, making room for it when all slots are taken."""
+        self._prune()
+        limit = self.limits.connections
+        if len(self._open) < limit:
+            if self._shed is not None and len(self._open) < limit // 2:
+                log.info("http_connections_recovered", shed=self._shed)
+                self._shed = None
+            return True
+        self._shedding("all connection slots are taken")
+        waiting = [c for c in self._open.values() if not c.busy]
+        if not waiting:
+            return False
+        self._drop(min(waiting, key=lambda c: c.since))
+        return True
+
+    def short_of_files(self, error: OSError) -> None:
+        """accept() failed for lack of descriptors or memory: the start of an episode, or more of it."""
+        self._shedding(f"cannot accept: {error.strerror or error}")
+
+    def opened(self, transport: asyncio.Transport) -> None:
+        """A connection got its slot; its request head is due within ``head_timeout``."""
+        connection = _Connection(transport, asyncio.get_running_loop().time())
+        self._open[transport] = connection
+        self._arm(connection, self.limits.head_timeout)
+
+    def request_started(self, transport: asyncio.BaseTransport | None) -> None:
+        """A complete request head arrived; its answer is due within ``answer_timeout``."""
+        connection = self._open.get(transport) if transport is not None else None
+        if connection is not None:
+            connection.busy = True
+            self._arm(connection, self.limits.answer_timeout)
+
+    def request_ended(self, transport: asyncio.BaseTransport | None) -> None:
+        """The answer is on its way; the next request head is due within ``head_timeout``."""
+        connection = self._open.get(transport) if transport is not None else None
+        if connection is not None:
+            connection.busy = False
+            connection.since = asyncio.get_running_loop().time()
+            self._arm(connection, self.limits.head_timeout)
+
+    def close(self) -> None:
+        """Stop every deadline (the server closes the connections themselves)."""
+        for connection in self._open.values():
+            if connection.timer is not None:
+                connection.timer.cancel()
+        self._open.clear()
+
+    def _shedding(self, reason: str) -> None:
+        if self._shed is None:
+            log.warning(
+                "http_connections_shed",
+                reason=reason,
+                limit=self.limits.connections,
+                open=len(self._open),
+            )
+            self._shed = 0
+        self._shed += 1
+
+    def _arm(self, connection: _Connection, seconds: float) -> None:
+        if connection.timer is not None:
+            connection.timer.cancel()
+        loop = asyncio.get_running_loop()
+        connection.timer = loop.call_later(seconds, self._drop, connection)
+
+    def _drop(self, connection: _Connection) -> None:
+        """Close a connection whose slot is needed or whose deadline passed."""
+        if connection.timer is not None:
+            connection.timer.cancel()
+        self._open.pop(connection.transport, None)
+        transport = connection.transport
+        if transport.get_write_buffer_size():
+            transport.abort()  # a peer that does not read would keep a close() waiting
+        else:
+            transport.close()
+
+    def _prune(self) -> None:
+        """Forget the connections that closed by themselves."""
+        for connection in [c for c in self._open.values() if c.transport.is_closing()]:
+            if connection.timer is not None:
+                connection.timer.cancel()
+            del self._open[connection.transport]
+
+
+CONNECTIONS = web.AppKey("connections", Connections)
+
+
+@web.middleware
+async def track_requests(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tell the app's :class:`Connections` (if served by a :class:`GuardedSite`) about a request."""
+    connections = request.app.get(CONNECTIONS)
+    if connections is None:
+        return await handler(request)
+    connections.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        connections.request_ended(request.transport)
+
+
+def _refuse(sock: socket.socket) -> None:
+    """A 503 straight on the socket (non-blocking: what fits), then close it."""
+    with contextlib.suppress(OSError):
+        sock.send(_REFUSAL)
+    sock.close()
+
+
+class _Acceptor(asyncio.AbstractServer):
+    """The accept loops of one site, one per bound socket."""
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        protocol_factory: Callable[[], asyncio.Protocol],
+        connections: Connections,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sockets = sockets
+        self._factory = protocol_factory
+        self._connections = connections
+        #: Kept open to be closed when accept() finds no descriptor left (then reopened).
+        self._reserve: int | None = os.open(os.devnull, os.O_RDONLY)
+        self._tasks = [self._loop.create_task(self._accept(sock)) for sock in sockets]
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return any(not task.done() for task in self._tasks)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for sock in self._sockets:
+            sock.close()
+        self._connections.close()
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+
+    async def start_serving(self) -> None:
+        """Serving starts with the accept loops, in ``__init__``."""
+
+    async def serve_forever(self) -> None:
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, listening: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = await self._loop.sock_accept(listening)
+            except OSError as error:
+                if error.errno in _SHORT_OF:
+                    self._connections.short_of_files(error)
+                    await self._refuse_with_reserve(listening)
+                    continue
+                if error.errno in _RETRY:
+                    continue
+                log.error("http_accept_failed", error=str(error))
+                return
+            if not self._connections.admit():
+                _refuse(sock)
+                continue
+            try:
+                transport, _ = await self._loop.connect_accepted_socket(self._factory, sock)
+            except OSError:
+                sock.close()
+                continue
+            assert isinstance(transport, asyncio.Transport)
+            self._connections.opened(transport)
+
+    async def _refuse_with_reserve(self, listening: socket.socket) -> None:
+        """Use the reserved descriptor to take one waiting connection off the queue and refuse it."""
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+            try:
+                sock, _ = listening.accept()
+            except OSError:
+                pass
+            else:
+                _refuse(sock)
+            with contextlib.suppress(OSError):
+                self._reserve = os.open(os.devnull, os.O_RDONLY)
+        if self._reserve is None:
+            await asyncio.sleep(_RETRY_AFTER_SHORTAGE)
+
+
+async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to, as asyncio's create_server."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections go through :class:`Connections` (aiohttp's TCPSite takes all)."""
+
+    __slots__ = ("_connections", "_host", "_port")
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, connections: Connections
+    ) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._connections = connections
+
+    @property
+    def name(self) -> str:
+        return str(URL.build(scheme="http", host=self._host, port=self._port))
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        sockets = await _bind(self._host, self._port, self._backlog)
+        self._port = sockets[0].getsockname()[1]
+        self._server = _Acceptor(sockets, server, self._connections)
