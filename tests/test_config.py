@@ -29,6 +29,8 @@ from monitor.config import (
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "batchmon.example.toml"
 MARKER = "s3cr3t-MARKER-7f1c"
+#: http.api_token wants 16 characters at least.
+TOKEN_16 = "tok-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
@@ -678,7 +680,7 @@ class TestSecretForms:
 
     def test_other_secrets(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """app_token, api_token, ticket and token take the three forms too."""
-        monkeypatch.setenv("BATCHMON_TEST_TOKEN", "tok-0123456789abcdef")
+        monkeypatch.setenv("BATCHMON_TEST_TOKEN", TOKEN_16)
         data = with_("superoffice.auth", {"type": "ticket", "ticket_env": "BATCHMON_TEST_TOKEN"})
         data["superoffice"]["app_token_env"] = "BATCHMON_TEST_TOKEN"
         data["http"] = {"api_token_env": "BATCHMON_TEST_TOKEN"}
@@ -690,7 +692,7 @@ class TestSecretForms:
             config.superoffice.app_token,
             config.http.api_token,
         ]
-        assert [s.get_secret_value() if s else None for s in secrets] == ["tok-0123456789abcdef"] * 3
+        assert [s.get_secret_value() if s else None for s in secrets] == [TOKEN_16] * 3
 
 
 class TestSecretsNeverShown:

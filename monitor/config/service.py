@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from monitor.config.base import _base_dir, _Section
 from monitor.config.values import Secret, _Int
@@ -81,7 +81,10 @@ MIN_TOKEN_LENGTH: Final = 16
 
 
 def _host_name(entry: str) -> str:
-    """An ``allowed_hosts`` entry as the Host check compares it: lower case, no brackets."""
+    """A host name or address as the Host check compares it: lower case, no brackets or dot.
+
+    Each ``allowed_hosts`` entry is compared with the Host header's name, so it must be one.
+    """
     name = entry.strip().lower().removesuffix(".")
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
@@ -113,7 +116,7 @@ class HttpConfig(_Section):
     public_url: str | None = None
     #: Names the Host header may carry besides localhost, IP addresses, the listen host and
     #: public_url's host (a DNS-rebinding page sends a name of its own, refused with 421).
-    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_hosts: list[Annotated[str, AfterValidator(_host_name)]] = Field(default_factory=list)
     #: How many tasks may be watched at run time (PUT /api/v1/watches) at once.
     max_watches: Annotated[_Int, Field(ge=0, le=1_000_000)] = 1000
 
@@ -132,12 +135,6 @@ class HttpConfig(_Section):
         if not (value.isascii() and value.isprintable()) or " " in value:
             raise ValueError("must be printable ASCII without spaces, to fit in a header")
         return token
-
-    @field_validator("allowed_hosts")
-    @classmethod
-    def _names(cls, hosts: list[str]) -> list[str]:
-        """Each entry is compared with the Host header's name, so it must be one."""
-        return [_host_name(host) for host in hosts]
 
     @field_validator("public_url")
     @classmethod
