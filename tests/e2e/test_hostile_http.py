@@ -459,29 +459,30 @@ class TestHostileClients:
         assert 200 == again.status
         assert 201 == after.status
 
-    @pytest.mark.parametrize(
-        ("host", "status"),
-        [
-            ("rebind.attacker.example", 421),
-            ("rebind.attacker.example:{port}", 421),
-            ("batchmon.example.com.attacker.example", 421),
-            ("localhost:{port}", 200),
-            ("127.0.0.1:{port}", 200),
-            ("batchmon.example.com", 200),
-            ("monitor.lan:{port}", 200),
-        ],
-    )
-    def test_host_check(self, guarded: Guarded, host: str, status: int) -> None:
+    def test_host_check(self, guarded: Guarded) -> None:
         """A DNS-rebinding page's own name is refused even with the token; ours pass."""
-        answer = http(
-            guarded.url + "/api/v1/tasks",
-            headers={**READ, "Host": host.format(port=guarded.port)},
-        )
+        expected = {
+            "rebind.attacker.example": 421,
+            "rebind.attacker.example:{port}": 421,
+            "batchmon.example.com.attacker.example": 421,
+            "localhost:{port}": 200,
+            "127.0.0.1:{port}": 200,
+            "batchmon.example.com": 200,
+            "monitor.lan:{port}": 200,
+        }
+        answers = {
+            host: http(
+                guarded.url + "/api/v1/tasks",
+                headers={**READ, "Host": host.format(port=guarded.port)},
+            )
+            for host in expected
+        }
 
-        assert status == answer.status
-        if status == 421:
-            assert b"http.allowed_hosts" in answer.body
-            assert b"tasks" not in answer.body
+        assert expected == {host: answer.status for host, answer in answers.items()}
+        for answer in answers.values():
+            if answer.status == 421:
+                assert b"http.allowed_hosts" in answer.body
+                assert b"Export" not in answer.body
 
     def test_read_token(self, guarded: Guarded) -> None:
         """Reads need the read token or the API token; the health checks stay open."""
@@ -494,16 +495,11 @@ class TestHostileClients:
                 assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
                 assert "nosniff" == answer.headers["X-Content-Type-Options"]
                 assert "no-referrer" == answer.headers["Referrer-Policy"]
-        for path in ("/healthz", "/readyz"):
-            seen[path, "none"] = http(guarded.url + path).status
+        health = [http(guarded.url + path).status for path in ("/healthz", "/readyz")]
 
-        assert {401} == {status for (_, name), status in seen.items() if name == "none"} - {200}
-        assert all(
-            seen[path, "none"] == 401
-            for path in ("/", "/metrics", "/api/v1/tasks", f"/api/v1/tasks/{guarded.task_id}")
-        )
+        assert {401} == {status for (_, name), status in seen.items() if name == "none"}
         assert {200} == {status for (_, name), status in seen.items() if name != "none"}
-        assert (200, 200) == (seen["/healthz", "none"], seen["/readyz", "none"])
+        assert [200, 200] == health
 
     def test_slow_head_is_cut(self, guarded: Guarded) -> None:
         """A head sent one header line a second is closed at the head deadline (10 s)."""
