@@ -67,6 +67,8 @@ _RETRY: Final = frozenset(
         errno.EOPNOTSUPP,
     }
 )
+#: How much of a refused connection's request is read before closing it.
+_DRAIN: Final = 65536
 #: How long to wait before accepting again when not even the reserved descriptor helped.
 _RETRY_AFTER_SHORTAGE: Final = 0.1
 
@@ -155,7 +157,7 @@ class Connections:
         return True
 
     def short_of_files(self, error: OSError) -> None:
-        """accept() failed for lack of descriptors or memory: the start of an episode, or more of it."""
+        """A connection was refused for lack of descriptors or memory (counted in the episode)."""
         self._shedding(f"cannot accept: {error.strerror or error}")
 
     def opened(self, transport: asyncio.Transport) -> None:
@@ -241,9 +243,17 @@ async def track_requests(
 
 
 def _refuse(sock: socket.socket) -> None:
-    """A 503 straight on the socket (non-blocking: what fits), then close it."""
+    """A 503 straight on the socket, then close it.
+
+    What the client sent already is read first: closing a socket with unread data resets
+    the connection, and the client would see the reset instead of the 503.
+    """
+    sock.setblocking(False)
+    with contextlib.suppress(OSError):
+        sock.recv(_DRAIN)
     with contextlib.suppress(OSError):
         sock.send(_REFUSAL)
+        sock.shutdown(socket.SHUT_WR)
     sock.close()
 
 
@@ -294,18 +304,25 @@ class _Acceptor(asyncio.AbstractServer):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, listening: socket.socket) -> None:
+        # accept() fails for lack of a descriptor even when no connection waits (Linux
+        # takes the descriptor first): then wait for one, and try again before refusing it.
+        waited = False
         while True:
             try:
                 sock, _ = await self._loop.sock_accept(listening)
             except OSError as error:
                 if error.errno in _SHORT_OF:
-                    self._connections.short_of_files(error)
-                    await self._refuse_with_reserve(listening)
+                    if waited:
+                        await self._refuse_with_reserve(listening, error)
+                    else:
+                        await self._readable(listening)
+                    waited = not waited
                     continue
                 if error.errno in _RETRY:
                     continue
                 log.error("http_accept_failed", error=str(error))
                 return
+            waited = False
             if not self._connections.admit():
                 _refuse(sock)
                 continue
@@ -317,21 +334,38 @@ class _Acceptor(asyncio.AbstractServer):
             assert isinstance(transport, asyncio.Transport)
             self._connections.opened(transport)
 
-    async def _refuse_with_reserve(self, listening: socket.socket) -> None:
-        """Use the reserved descriptor to take one waiting connection off the queue and refuse it."""
-        if self._reserve is not None:
-            os.close(self._reserve)
-            self._reserve = None
-            try:
-                sock, _ = listening.accept()
-            except OSError:
-                pass
-            else:
-                _refuse(sock)
+    async def _refuse_with_reserve(self, listening: socket.socket, error: OSError) -> None:
+        """Out of descriptors: take the waiting connection with the reserved one, and refuse it."""
+        if self._reserve is None:
             with contextlib.suppress(OSError):
                 self._reserve = os.open(os.devnull, os.O_RDONLY)
-        if self._reserve is None:
             await asyncio.sleep(_RETRY_AFTER_SHORTAGE)
+            return
+        os.close(self._reserve)
+        self._reserve = None
+        try:
+            sock, _ = listening.accept()
+        except OSError:
+            pass  # taken by the other accept, or gone
+        else:
+            self._connections.short_of_files(error)
+            _refuse(sock)
+        with contextlib.suppress(OSError):
+            self._reserve = os.open(os.devnull, os.O_RDONLY)
+
+    async def _readable(self, listening: socket.socket) -> None:
+        """Until a connection waits on the listening socket."""
+        ready = self._loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_reader(listening.fileno(), wake)
+        try:
+            await ready
+        finally:
+            self._loop.remove_reader(listening.fileno())
 
 
 async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import configparser
+import shutil
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -624,3 +628,78 @@ class TestListener:
             blocking.release.set()
 
         assert b"" == answer
+
+
+#: A server whose process has used up its descriptors, as a leak elsewhere would leave it.
+#: It prints its port, then frees the descriptors when told to on stdin.
+_STARVED_SERVER = """
+import asyncio, os, sys
+from aiohttp import web
+from monitor.http_listener import Limits, track_requests
+from monitor.web import serve
+
+async def healthz(request):
+    return web.Response(text="ok")
+
+async def main():
+    app = web.Application(middlewares=[track_requests])
+    app.router.add_get("/healthz", healthz)
+    runner, port = await serve(app, "127.0.0.1", 0, Limits(connections=1000))
+    hog = []
+    try:
+        while True:
+            hog.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    print(port, flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    for fd in hog:
+        os.close(fd)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+class TestOutOfDescriptors:
+    """Short of descriptors for another reason, connections are refused, not a traceback storm."""
+
+    def test_refused_with_the_reserve(self) -> None:
+        """Each connection gets a 503 while none is left; one log line; then service resumes."""
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:
+            pytest.skip("prlimit not installed (Debian package 'util-linux')")
+        command = [prlimit, "--nofile=64:64", "--", sys.executable, "-c", _STARVED_SERVER]
+        with subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as server:
+            assert server.stdin is not None
+            assert server.stdout is not None
+            try:
+                port = int(server.stdout.readline())
+                starved = [_blocking_get(port) for _ in range(20)]
+                server.stdin.write(b"free\n")
+                server.stdin.flush()
+                fed = _blocking_get(port)
+                again = _blocking_get(port)
+            finally:
+                out, err = server.communicate(b"stop\n", timeout=10)
+
+        assert {b"HTTP/1.1 503 Service Unavailable"} == set(starved)
+        assert b"HTTP/1.1 200 OK" == fed == again
+        assert 1 == out.count(b"http_connections_shed"), out
+        assert b"cannot accept: Too many open files" in out
+        assert 1 == out.count(b"http_connections_recovered"), out
+        assert b"" == err
+
+
+def _blocking_get(port: int) -> bytes:
+    """The status line of a GET /healthz (synchronous: the server is another process)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(HEAD + b"Connection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
