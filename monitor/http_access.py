@@ -15,6 +15,7 @@ import binascii
 import hmac
 import ipaddress
 import json
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -30,6 +31,7 @@ __all__ = [
     "add_security_headers",
     "credentials",
     "host_allowed",
+    "machine_names",
     "token_matches",
 ]
 
@@ -78,6 +80,15 @@ def host_allowed(header: str | None, names: frozenset[str]) -> bool:
     return True
 
 
+def machine_names() -> frozenset[str]:
+    """This machine's host name, as given and its first label: Prometheus scrapes by it.
+
+    A rebinding page cannot send it (its Host is its own name), so it is safe to accept.
+    """
+    name = socket.gethostname().lower().removesuffix(".")
+    return frozenset({name, name.partition(".")[0]}) - {""}
+
+
 def _is_port(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 5
 
@@ -119,7 +130,8 @@ def token_matches(given: str | None, expected: str) -> bool:
 class Access:
     """What the access checks compare with."""
 
-    #: Names the Host header may carry besides IP addresses and ``localhost``.
+    #: Names the Host header may carry besides IP addresses, ``localhost`` and
+    #: :func:`machine_names`.
     host_names: frozenset[str] = frozenset()
     #: Required, when set, for everything but :data:`OPEN_PATHS`.
     read_token: str | None = None

@@ -24,6 +24,7 @@ from monitor.http_access import (
     access_middleware,
     add_security_headers,
     credentials,
+    machine_names,
     token_matches,
 )
 from monitor.http_listener import (
@@ -96,7 +97,7 @@ class WebState:
     api_token: str | None
     #: Token required, when set, for everything but /healthz and /readyz.
     read_token: str | None = None
-    #: Names the Host header may carry besides IP addresses and localhost.
+    #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
     host_names: frozenset[str] = frozenset()
 
 
@@ -324,7 +325,7 @@ async def _status_page(request: web.Request) -> web.Response:
 
 def make_app(state: WebState) -> web.Application:
     """The aiohttp application with every route."""
-    access = Access(state.host_names, state.read_token, state.api_token)
+    access = Access(state.host_names | machine_names(), state.read_token, state.api_token)
     app = web.Application(middlewares=[track_requests, access_middleware(access)])
     app.on_response_prepare.append(add_security_headers)
     app[STATE] = state

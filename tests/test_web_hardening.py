@@ -366,7 +366,7 @@ class TestDaemonApp:
         assert "http.max_watches" in refused[1]["error"]
 
     async def test_host_check(self) -> None:
-        """A foreign name in Host is a 421 even with a token; ours, addresses and localhost pass."""
+        """A foreign name in Host is a 421 even with a token; ours and the machine's name pass."""
         auth = {"Authorization": f"Bearer {READER}"}
         async with (
             Simulator() as simulator,
@@ -383,6 +383,7 @@ class TestDaemonApp:
                 "batchmon.example.com",
                 f"monitor.lan:{port}",
                 f"[::1]:{port}",
+                f"{socket.gethostname()}:{port}",
             ):
                 async with session.get(f"{base}/api/v1/tasks", headers={"Host": host}) as response:
                     statuses[host] = response.status
@@ -399,6 +400,7 @@ class TestDaemonApp:
             "batchmon.example.com": 200,
             f"monitor.lan:{port}": 200,
             f"[::1]:{port}": 200,
+            f"{socket.gethostname()}:{port}": 200,
         } == statuses
 
     async def test_read_token(self) -> None:
