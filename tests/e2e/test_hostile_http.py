@@ -38,7 +38,9 @@ from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
 from tests.e2e.conftest import (
     Batchmon,
+    Peer,
     Peers,
+    Prometheus,
     base_config,
     corpus,
     http,
@@ -500,6 +502,39 @@ class TestHostileClients:
         assert {401} == {status for (_, name), status in seen.items() if name == "none"}
         assert {200} == {status for (_, name), status in seen.items() if name != "none"}
         assert [200, 200] == health
+
+    def test_prometheus_scrapes_with_the_read_token(
+        self,
+        guarded: Guarded,
+        prometheus_binary: str,
+        peer_processes: list[Peer],
+        tmp_path: Path,
+    ) -> None:
+        """Prometheus with ``authorization: credentials_file`` scrapes; without it, it is refused."""
+        (tmp_path / "read_token").write_text(READ_TOKEN + "\n")
+        target = {"static_configs": [{"targets": [f"127.0.0.1:{guarded.port}"]}]}
+        config = {
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [
+                {
+                    "job_name": "batchmon",
+                    "authorization": {"credentials_file": str(tmp_path / "read_token")},
+                    **target,
+                },
+                {"job_name": "anonymous", **target},
+            ],
+        }
+        prometheus = Prometheus(prometheus_binary, tmp_path / "prometheus", config)
+        peer_processes.append(prometheus)
+
+        def up() -> dict[str, str] | None:
+            result = prometheus.api("/query", query="up")["result"]
+            seen = {r["metric"]["job"]: r["value"][1] for r in result}
+            return seen if len(seen) == 2 else None
+
+        assert {"batchmon": "1", "anonymous": "0"} == wait_until(up, 30, "both jobs scraped")
+        series = prometheus.api("/query", query="batchmon_build_info")["result"]
+        assert {"batchmon"} == {r["metric"]["job"] for r in series}
 
     def test_slow_head_is_cut(self, guarded: Guarded) -> None:
         """A head sent one header line a second is closed at the head deadline (10 s)."""
