@@ -29,7 +29,6 @@ from monitor.http_access import (
 )
 from monitor.http_listener import (
     CONNECTIONS,
-    HEAD_TIMEOUT,
     Connections,
     GuardedSite,
     Limits,
@@ -235,14 +234,13 @@ MAX_TASK_ID: Final = 2**31 - 1
 def parse_task_id(text: str) -> int:
     """A task id from a URL: ASCII digits only, 1 to 2,147,483,647; else :class:`ValueError`.
 
-    ``int()`` alone takes ``٣``, ``1_0``, `` 7`` and numbers SQLite cannot hold.
+    ``int()`` alone takes ``"٣"`` (Arabic-Indic three), ``"1_0"``, ``" 7"`` and numbers
+    SQLite cannot hold.
     """
-    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_TASK_ID)):
+    digits = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_TASK_ID))
+    if not digits or not 1 <= int(text) <= MAX_TASK_ID:
         raise ValueError(f"the task id must be a number from 1 to {MAX_TASK_ID} in ASCII digits")
-    task_id = int(text)
-    if not 1 <= task_id <= MAX_TASK_ID:
-        raise ValueError(f"the task id must be a number from 1 to {MAX_TASK_ID} in ASCII digits")
-    return task_id
+    return int(text)
 
 
 def _task_id(request: web.Request) -> int:
@@ -351,9 +349,7 @@ async def serve(
     """
     limits = limits or Limits().within_open_files()
     app[CONNECTIONS] = connections = Connections(limits)
-    runner = web.AppRunner(
-        app, access_log=None, keepalive_timeout=min(HEAD_TIMEOUT, limits.head_timeout)
-    )
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.head_timeout)
     await runner.setup()
     site = GuardedSite(runner, host, port, connections)
     try:
