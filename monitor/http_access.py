@@ -149,12 +149,9 @@ class Access:
         return any(matches)
 
 
-def _refusal(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+def _refusal(status: int, message: str) -> web.Response:
     return web.Response(
-        status=status,
-        text=json.dumps({"error": message}),
-        content_type="application/json",
-        headers=headers,
+        status=status, text=json.dumps({"error": message}), content_type="application/json"
     )
 
 
@@ -172,15 +169,12 @@ def access_middleware(access: Access) -> Middleware:
         resource = request.match_info.route.resource
         open_path = resource is not None and resource.canonical in OPEN_PATHS
         if not open_path and not access.may_read(request.headers.get(hdrs.AUTHORIZATION)):
-            challenges = [
-                (hdrs.WWW_AUTHENTICATE, "Bearer"),
-                (hdrs.WWW_AUTHENTICATE, 'Basic realm="batchmon"'),
-            ]
             response = _refusal(
                 401, "a valid token is required (http.read_token or http.api_token)"
             )
-            for name, value in challenges:
-                response.headers.add(name, value)
+            # Basic too, so that a browser asks for the token (as the password).
+            for challenge in ("Bearer", 'Basic realm="batchmon"'):
+                response.headers.add(hdrs.WWW_AUTHENTICATE, challenge)
             return response
         return await handler(request)
 

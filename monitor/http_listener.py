@@ -136,16 +136,12 @@ class Connections:
         #: Connections shed (evicted or refused) in the current episode; ``None`` outside one.
         self._shed: int | None = None
 
-    def __len__(self) -> int:
-        self._prune()
-        return len(self._open)
-
     def admit(self) -> bool:
         """Whether one more connection may come in, making room for it when all slots are taken."""
         self._prune()
         limit = self.limits.connections
         if len(self._open) < limit:
-            if self._shed is not None and len(self._open) < limit // 2:
+            if self._shed is not None and len(self._open) <= limit // 2:
                 log.info("http_connections_recovered", shed=self._shed)
                 self._shed = None
             return True
