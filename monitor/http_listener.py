@@ -20,15 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import resource
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 __all__ = [
@@ -36,9 +39,11 @@ __all__ = [
     "CONNECTIONS",
     "HEAD_TIMEOUT",
     "MAX_CONNECTIONS",
+    "SERVER_LOG",
     "Connections",
     "GuardedSite",
     "Limits",
+    "RequestErrors",
     "connection_cap",
     "track_requests",
 ]
@@ -221,6 +226,42 @@ class Connections:
 
 
 CONNECTIONS = web.AppKey("connections", Connections)
+
+
+class RequestErrors(logging.Filter):
+    """aiohttp's traceback per failed request, made bounded.
+
+    A malformed request (a 20 KB header, a garbage request line) is answered 400 and is the
+    client's problem: no record.  A handler that fails is batchmon's: its first traceback
+    is kept, then one a minute with the count of those left out, so that a request that
+    can make a handler fail cannot also fill the journal.
+    """
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every = every
+        self._clock = clock
+        self._quiet_until = 0.0
+        self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            return False
+        now = self._clock()
+        if now < self._quiet_until:
+            self._left_out += 1
+            return False
+        self._quiet_until = now + self._every
+        if self._left_out:
+            record.msg = f"{record.msg} ({self._left_out} more left out since the last one)"
+            self._left_out = 0
+        return True
+
+
+#: The logger aiohttp's request handlers log their errors to (instead of aiohttp.server).
+SERVER_LOG: Final = logging.getLogger("batchmon.http.server")
+SERVER_LOG.addFilter(RequestErrors())
 
 
 @web.middleware

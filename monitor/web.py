@@ -29,6 +29,7 @@ from monitor.http_access import (
 )
 from monitor.http_listener import (
     CONNECTIONS,
+    SERVER_LOG,
     Connections,
     GuardedSite,
     Limits,
@@ -349,7 +350,9 @@ async def serve(
     """
     limits = limits or Limits().within_open_files()
     app[CONNECTIONS] = connections = Connections(limits)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.head_timeout)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=limits.head_timeout, logger=SERVER_LOG
+    )
     await runner.setup()
     site = GuardedSite(runner, host, port, connections)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import configparser
+import logging
 import shutil
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine, LineTooLong
 from click.testing import CliRunner
 from structlog.testing import capture_logs
 from yarl import URL
@@ -30,7 +32,7 @@ from yarl import URL
 from monitor.cli import EX_CONFIG, main
 from monitor.config import ConfigError, parse_config
 from monitor.http_access import SECURITY_HEADERS, credentials, host_allowed, token_matches
-from monitor.http_listener import Limits, connection_cap, track_requests
+from monitor.http_listener import Limits, RequestErrors, connection_cap, track_requests
 from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
 from monitor.web import MAX_TASK_ID, parse_task_id, serve
@@ -705,3 +707,76 @@ def _blocking_get(port: int) -> bytes:
         while chunk := sock.recv(4096):
             answer += chunk
     return answer.split(b"\r\n", 1)[0]
+
+
+def _failed_request(error: Exception) -> logging.LogRecord:
+    """The record aiohttp makes for a request that failed with ``error``."""
+    try:
+        raise error
+    except Exception:  # noqa: BLE001 - any error, as aiohttp catches them
+        exc_info = sys.exc_info()
+    return logging.LogRecord(
+        "batchmon.http.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("127.0.0.1",),
+        exc_info,
+    )
+
+
+class TestRequestErrors:
+    """aiohttp's traceback per failed request, bounded."""
+
+    def test_table(self) -> None:
+        """Malformed requests never; handler errors once a minute, with the count left out."""
+        now = [0.0]
+        errors = RequestErrors(every=60.0, clock=lambda: now[0])
+        steps: list[tuple[float, Exception, bool]] = [
+            (0.0, BadStatusLine("GARBAGE"), False),
+            (0.0, LineTooLong("X: aaaa", "8190"), False),
+            (0.0, RuntimeError("a bug"), True),
+            (1.0, RuntimeError("a bug"), False),
+            (59.0, RuntimeError("a bug"), False),
+            (60.0, BadStatusLine("GARBAGE"), False),
+            (60.0, RuntimeError("a bug"), True),
+            (61.0, RuntimeError("a bug"), False),
+        ]
+        kept = []
+        for at, error, expected in steps:
+            now[0] = at
+            record = _failed_request(error)
+            assert expected == errors.filter(record), (at, error)
+            if expected:
+                kept.append(record.getMessage())
+
+        assert [
+            "Error handling request from 127.0.0.1",
+            "Error handling request from 127.0.0.1 (2 more left out since the last one)",
+        ] == kept
+
+    async def test_no_traceback_per_bad_request(self, caplog: pytest.LogCaptureFixture) -> None:
+        """50 oversized headers and 5 failing handlers leave at most one traceback."""
+
+        async def fail(request: web.Request) -> web.Response:
+            raise RuntimeError("a bug in a handler")
+
+        app = web.Application(middlewares=[track_requests])
+        app.router.add_get("/fail", fail)
+        caplog.set_level(logging.ERROR)
+        async with served(app, Limits()) as port:
+            for _ in range(50):
+                answer = await _raw(
+                    port, HEAD + b"X-Big: " + b"a" * 9000 + b"\r\nConnection: close\r\n\r\n"
+                )
+                assert answer.startswith(b"HTTP/1.0 400 Bad Request"), answer[:100]
+            for _ in range(5):
+                answer = await _raw(
+                    port, b"GET /fail HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                )
+                assert answer.startswith(b"HTTP/1.1 500 "), answer[:100]
+
+        tracebacks = [r for r in caplog.records if r.exc_info]
+        assert len(tracebacks) <= 1, [r.getMessage() for r in tracebacks]
+        assert not any(isinstance(r.exc_info[1], LineTooLong) for r in tracebacks if r.exc_info)

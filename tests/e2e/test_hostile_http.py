@@ -556,6 +556,18 @@ class TestHostileClients:
 
         assert closed, f"still open after {HEAD_TIMEOUT + 15:g} s"
 
+    def test_malformed_requests_leave_no_tracebacks(self, guarded: Guarded) -> None:
+        """200 oversized headers and garbage request lines: each a 400, stderr stays empty."""
+        before = len(guarded.batchmon.stderr())
+        oversized = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000
+        statuses = {
+            _raw(guarded.port, request + b"\r\nConnection: close\r\n\r\n").split(b" ", 2)[1]
+            for request in [oversized] * 200 + [b"\x16\x03\x01 / HTTP/1.1"] * 20
+        }
+
+        assert {b"400"} == statuses
+        assert "" == guarded.batchmon.stderr()[before:]
+
     def test_flood_of_half_open_sockets(self, guarded: Guarded) -> None:
         """300 sockets sending half a request against 256 descriptors: batchmon keeps working.
 
