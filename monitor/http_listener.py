@@ -1,8 +1,8 @@
 """The HTTP server's listening side: a cap on connections, deadlines, refusals, not tracebacks.
 
 aiohttp bounds neither how many connections it holds nor how long a request head may take
-(before 3.14 its keep-alive timer runs only between requests), so 300 sockets that send
-half a request hold 300 file descriptors for as long as they like.  At the open-file limit
+(its keep-alive timer closes idle connections, and a head that trickles in is not idle), so
+300 sockets that send half a request hold 300 file descriptors for as long as they like.  At the open-file limit
 asyncio's accept loop logs a traceback for every attempt, and the poller's own connections
 fail with "Too many open files".
 
@@ -33,6 +33,8 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
+
+from monitor.http_access import SECURITY_HEADERS
 
 __all__ = [
     "ANSWER_TIMEOUT",
@@ -78,15 +80,20 @@ _DRAIN: Final = 65536
 _RETRY_AFTER_SHORTAGE: Final = 0.1
 
 _REFUSAL_TEXT: Final = b"too many connections; try again in a few seconds\n"
-#: Written straight to a socket that gets no slot (the security headers as on every answer).
+#: Written straight to a socket that gets no slot (with the security headers of every answer).
 _REFUSAL: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: %d\r\n"
     b"Retry-After: 5\r\n"
     b"Connection: close\r\n"
-    b"X-Content-Type-Options: nosniff\r\n"
-    b"\r\n%s" % (len(_REFUSAL_TEXT), _REFUSAL_TEXT)
+    b"%s"
+    b"\r\n%s"
+    % (
+        len(_REFUSAL_TEXT),
+        "".join(f"{name}: {value}\r\n" for name, value in SECURITY_HEADERS.items()).encode(),
+        _REFUSAL_TEXT,
+    )
 )
 
 

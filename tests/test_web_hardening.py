@@ -616,7 +616,8 @@ class TestListener:
                 blocking.release.set()
 
         assert refused.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
-        assert b"X-Content-Type-Options: nosniff" in refused
+        for name, value in SECURITY_HEADERS.items():
+            assert f"{name}: {value}\r\n".encode() in refused
         assert ["released", "released"] == results
 
     async def test_answer_deadline(self) -> None:
