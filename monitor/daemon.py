@@ -33,7 +33,7 @@ from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
 from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
-from monitor.web import WebState, make_app, serve
+from monitor.web import WatchLimitReachedError, WebState, make_app, serve
 
 __all__ = ["Daemon", "RuntimeWatches", "freeze_startup_objects", "rules_from"]
 
@@ -72,16 +72,29 @@ def rules_from(config: PollConfig, watch: WatchConfig) -> Rules:
 class RuntimeWatches:
     """Watches added and removed over the HTTP API, persisted in the store."""
 
-    def __init__(self, poller: Poller, store: Store, configured: Iterable[int]) -> None:
+    def __init__(
+        self, poller: Poller, store: Store, configured: Iterable[int], limit: int = 1000
+    ) -> None:
         self._poller = poller
         self._store = store
         self._configured = frozenset(configured)
+        self._limit = limit
+        #: One add at a time, so that concurrent requests cannot pass the limit together.
+        self._adding = anyio.Lock()
 
     async def add(self, task_id: int) -> bool:
-        """Watch a task from now on, across restarts."""
-        if task_id in self._configured or task_id in await self._store.watches():
-            return False
-        await self._store.add_watch(task_id)
+        """Watch a task from now on, across restarts, up to ``limit`` tasks."""
+        async with self._adding:
+            watched = await self._store.watches()
+            if task_id in self._configured or task_id in watched:
+                return False
+            if len(watched) >= self._limit:
+                msg = (
+                    f"{len(watched)} tasks are watched at run time, the most http.max_watches "
+                    "allows; remove some with DELETE /api/v1/watches/{id} first"
+                )
+                raise WatchLimitReachedError(msg)
+            await self._store.add_watch(task_id)
         self._poller.watch([task_id], pinned=True)
         log.info("watch_added", task_id=task_id)
         return True
@@ -263,7 +276,7 @@ class Daemon:
                 dispatcher,
                 cycle_requests=lambda: poller.last_cycle_requests,
             )
-            token = config.http.api_token
+            token, reader = config.http.api_token, config.http.read_token
             state = WebState(
                 tracker=self.tracker,
                 poller=poller,
@@ -272,8 +285,10 @@ class Daemon:
                 clock=self.clock,
                 stale_after=max(3 * config.poll.idle_interval, 3 * so.timeout, 60.0),
                 store=store,
-                watches=RuntimeWatches(poller, store, config.watch.ids),
+                watches=RuntimeWatches(poller, store, config.watch.ids, config.http.max_watches),
                 api_token=token.get_secret_value() if token else None,
+                read_token=reader.get_secret_value() if reader else None,
+                host_names=config.http.host_names,
                 samples=self.samples,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)

@@ -6,14 +6,13 @@ A small aiohttp shell around state other modules own: the collector renders
 
 from __future__ import annotations
 
-import hmac
 import json
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 from aiohttp import hdrs, web
@@ -23,6 +22,22 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 
 from monitor.chart import Box, ChartInput, progress_chart
+from monitor.http_access import (
+    Access,
+    access_middleware,
+    add_security_headers,
+    credentials,
+    machine_names,
+    token_matches,
+)
+from monitor.http_listener import (
+    CONNECTIONS,
+    SERVER_LOG,
+    Connections,
+    GuardedSite,
+    Limits,
+    track_requests,
+)
 from monitor.poller import Poller
 from monitor.store import Store
 from monitor.task_list import (
@@ -41,7 +56,15 @@ from monitor.tracking.memory import TaskMemory, state_name
 from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
 
-__all__ = ["Watches", "WebState", "make_app", "serve"]
+__all__ = [
+    "MAX_TASK_ID",
+    "WatchLimitReachedError",
+    "Watches",
+    "WebState",
+    "make_app",
+    "parse_task_id",
+    "serve",
+]
 
 _templates = Environment(
     loader=PackageLoader("monitor", "templates"),
@@ -49,11 +72,18 @@ _templates = Environment(
 )
 
 
+class WatchLimitReachedError(Exception):
+    """No more tasks may be watched at run time (``http.max_watches``); says so in a sentence."""
+
+
 class Watches(Protocol):
     """Changes the set of watched tasks at run time (persisted by the daemon)."""
 
     async def add(self, task_id: int) -> bool:
-        """Watch a task; ``False`` if it already was."""
+        """Watch a task; ``False`` if it already was.
+
+        Raises :class:`WatchLimitReachedError` when ``http.max_watches`` tasks are watched.
+        """
         ...
 
     async def remove(self, task_id: int) -> bool:
@@ -80,6 +110,10 @@ class WebState:
     watches: Watches
     #: Bearer token for changing watches; ``None`` disables PUT/DELETE.
     api_token: str | None
+    #: Token required, when set, for everything but /healthz and /readyz.
+    read_token: str | None = None
+    #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
+    host_names: frozenset[str] = frozenset()
     #: Each task's progress history, for the task page's chart.
     samples: ProgressSamples = field(default_factory=ProgressSamples)
 
@@ -282,14 +316,27 @@ async def _tasks(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+#: SuperOffice ids are int32.
+MAX_TASK_ID: Final = 2**31 - 1
+
+
+def parse_task_id(text: str) -> int:
+    """A task id from a URL: ASCII digits only, 1 to 2,147,483,647; else :class:`ValueError`.
+
+    ``int()`` alone takes ``"٣"`` (Arabic-Indic three), ``"1_0"``, ``" 7"`` and numbers
+    SQLite cannot hold.
+    """
+    digits = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_TASK_ID))
+    if not digits or not 1 <= int(text) <= MAX_TASK_ID:
+        raise ValueError(f"the task id must be a number from 1 to {MAX_TASK_ID} in ASCII digits")
+    return int(text)
+
+
 def _task_id(request: web.Request) -> int:
     try:
-        task_id = int(request.match_info["task_id"])
-    except ValueError:
-        raise _problem(web.HTTPBadRequest, "the task id must be an integer") from None
-    if task_id <= 0:
-        raise _problem(web.HTTPBadRequest, "the task id must be positive")
-    return task_id
+        return parse_task_id(request.match_info["task_id"])
+    except ValueError as exc:
+        raise _problem(web.HTTPBadRequest, str(exc)) from None
 
 
 def _problem(
@@ -319,8 +366,7 @@ def _authorize(request: web.Request) -> None:
         raise _problem(
             web.HTTPForbidden, "changing watches is disabled: set http.api_token to enable it"
         )
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    if not token_matches(credentials(request.headers.get(hdrs.AUTHORIZATION)), token):
         raise _problem(
             web.HTTPUnauthorized,
             "a valid bearer token is required",
@@ -331,7 +377,10 @@ def _authorize(request: web.Request) -> None:
 async def _put_watch(request: web.Request) -> web.Response:
     _authorize(request)
     task_id = _task_id(request)
-    added = await request.app[STATE].watches.add(task_id)
+    try:
+        added = await request.app[STATE].watches.add(task_id)
+    except WatchLimitReachedError as exc:
+        raise _problem(web.HTTPConflict, str(exc)) from None
     return web.json_response({"task_id": task_id, "watched": True}, status=201 if added else 200)
 
 
@@ -473,7 +522,9 @@ async def _task_page(request: web.Request) -> web.Response:
 
 def make_app(state: WebState) -> web.Application:
     """The aiohttp application with every route."""
-    app = web.Application()
+    access = Access(state.host_names | machine_names(), state.read_token, state.api_token)
+    app = web.Application(middlewares=[track_requests, access_middleware(access)])
+    app.on_response_prepare.append(add_security_headers)
     app[STATE] = state
     app[GZIPPED] = GzippedPrefix()
     app.router.add_get("/metrics", _metrics)
@@ -488,11 +539,21 @@ def make_app(state: WebState) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Bind and start the app; the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
+async def serve(
+    app: web.Application, host: str, port: int, limits: Limits | None = None
+) -> tuple[web.AppRunner, int]:
+    """Bind and start the app; the runner (to clean up) and the bound port.
+
+    Connections are capped and timed (:mod:`monitor.http_listener`); by default the cap
+    fits the process's open-file limit.
+    """
+    limits = limits or Limits().within_open_files()
+    app[CONNECTIONS] = connections = Connections(limits)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=limits.head_timeout, logger=SERVER_LOG
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(runner, host, port, connections)
     try:
         await site.start()
     except BaseException:

@@ -29,6 +29,8 @@ from monitor.config import (
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "batchmon.example.toml"
 MARKER = "s3cr3t-MARKER-7f1c"
+#: http.api_token wants 16 characters at least.
+TOKEN_16 = "tok-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
@@ -230,7 +232,7 @@ class TestExampleFile:
     def test_loads(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """With its secret files in $CREDENTIALS_DIRECTORY, the example is valid."""
         (tmp_path / "so_password").write_text("hunter2\n")
-        (tmp_path / "api_token").write_text("tok\n")
+        (tmp_path / "api_token").write_text("tok-0123456789abcdef\n")
         (tmp_path / "slack_url").write_text("https://hooks.slack.com/services/T/B/x\n")
         (tmp_path / "webhook_secret").write_text("whsec_" + "A" * 32 + "\n")
         monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
@@ -242,7 +244,7 @@ class TestExampleFile:
         assert auth.password is not None
         assert auth.password.get_secret_value() == "hunter2"
         assert config.http.api_token is not None
-        assert config.http.api_token.get_secret_value() == "tok"
+        assert config.http.api_token.get_secret_value() == "tok-0123456789abcdef"
         assert config.watch.ids == [212, 213]
         assert config.poll.stall_after == 900.0
         assert config.state.resolved_path == Path("/var/lib/batchmon/state.db")
@@ -678,7 +680,7 @@ class TestSecretForms:
 
     def test_other_secrets(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """app_token, api_token, ticket and token take the three forms too."""
-        monkeypatch.setenv("BATCHMON_TEST_TOKEN", "tok")
+        monkeypatch.setenv("BATCHMON_TEST_TOKEN", TOKEN_16)
         data = with_("superoffice.auth", {"type": "ticket", "ticket_env": "BATCHMON_TEST_TOKEN"})
         data["superoffice"]["app_token_env"] = "BATCHMON_TEST_TOKEN"
         data["http"] = {"api_token_env": "BATCHMON_TEST_TOKEN"}
@@ -690,7 +692,7 @@ class TestSecretForms:
             config.superoffice.app_token,
             config.http.api_token,
         ]
-        assert [s.get_secret_value() if s else None for s in secrets] == ["tok"] * 3
+        assert [s.get_secret_value() if s else None for s in secrets] == [TOKEN_16] * 3
 
 
 class TestSecretsNeverShown:
