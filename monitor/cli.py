@@ -71,15 +71,13 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard:
-    """Click callback: ``k/N`` → the shard this replica runs."""
+    """Click callback: ``k/N`` (k = 1 … N) → the shard this replica runs."""
     if value is None:
         return Shard()
-    index, _, count = value.partition("/")
     try:
-        return Shard(int(index), int(count))
-    except ValueError:
-        message = f"expected K/N with 0 <= K < N, got {value!r}"
-        raise click.BadParameter(message, ctx, param) from None
+        return Shard.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def _config_or_exit(path: Path) -> Config:
@@ -179,7 +177,7 @@ def main() -> None:
     callback=_shard,
     default=None,
     metavar="K/N",
-    help="Watch only shard K of N (tasks split by id hash, like Prometheus hashmod).",
+    help="Watch only shard K of N, K = 1 … N (tasks split by id hash, like Prometheus hashmod).",
 )
 def run(config_path: Path, shard: Shard) -> None:
     """Run the monitor with a configuration file.
@@ -187,7 +185,8 @@ def run(config_path: Path, shard: Shard) -> None:
     \b
     Examples:
       batchmon run --config config/batchmon.example.toml
-      batchmon run --config batchmon.toml --shard 0/2   # one of two shards
+      batchmon run --config batchmon.toml --shard 1/2   # one of two shards
+      batchmon run --config batchmon.toml --shard 2/2   # the other one
     """
     config = _config_or_exit(config_path)
     configure_logging(config.log.format, config.log.level)
@@ -322,8 +321,8 @@ async def _demo(
                 "interval": 1 / speed,
                 "idle_interval": 2 / speed,
                 "stall_after": 10 / speed,
-                "progress_min_interval": 3 / speed,
-                "progress_step": 20,
+                "progress_min_interval": 10 / speed,
+                "progress_step": 25,
                 "terminal_linger": 15 / speed,
             },
             "http": {"listen": f"127.0.0.1:{port}"},

@@ -84,6 +84,29 @@ class TestCheckConfig:
         assert "batchmon_started" not in result.output
 
 
+class TestShardOption:
+    """``--shard K/N`` counts from 1, as the README and prometheus.yml do."""
+
+    @pytest.mark.parametrize("shard", ["1/2", "2/2", "1/1"])
+    def test_one_to_n_accepted(self, shard: str, tmp_path: Path) -> None:
+        """A valid shard passes the option; the missing config is what stops the run."""
+        result = CliRunner().invoke(
+            main, ["run", "--config", str(tmp_path / "none.toml"), "--shard", shard]
+        )
+
+        assert EX_CONFIG == result.exit_code, result.output
+
+    @pytest.mark.parametrize("shard", ["0/2", "3/2", "two"])
+    def test_out_of_range_is_a_usage_error(self, shard: str, tmp_path: Path) -> None:
+        """``0/2`` is refused with the numbering spelt out, exit 2."""
+        result = CliRunner().invoke(
+            main, ["run", "--config", str(tmp_path / "none.toml"), "--shard", shard]
+        )
+
+        assert 2 == result.exit_code
+        assert "expected K/N with 1 <= K <= N (e.g. 1/2 and 2/2)" in result.output
+
+
 class TestRun:
     """``batchmon run`` against the simulator, as a real process."""
 
