@@ -1,11 +1,15 @@
 """The ``batchmon`` command.
 
-Exit codes follow sysexits: 0 done, 1 failure, 78 (EX_CONFIG) for a
-configuration that was refused; nothing is started with a bad config.
+Exit codes follow sysexits: 0 done, 1 failure, 2 usage, 73 (EX_CANTCREAT) for a
+state database that cannot be written, 78 (EX_CONFIG) for a configuration that
+was refused (nothing is started with a bad config).  ``status`` and ``watch``
+add 3 for a task that is not tracked, 69 (EX_UNAVAILABLE) for a daemon that
+does not answer and 75 (EX_TEMPFAIL) for one that is not ready yet.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import sys
@@ -13,7 +17,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import aiohttp
 import anyio
@@ -33,6 +37,7 @@ from monitor.config import (
 )
 from monitor.console import (
     DaemonSource,
+    Problem,
     SourceError,
     TaskView,
     api_source,
@@ -55,6 +60,33 @@ __all__ = ["main"]
 EX_CONFIG = 78
 #: sysexits' EX_CANTCREAT: the state database cannot be written.
 EX_CANTCREAT = 73
+#: ``watch``: the task failed (or was deleted).
+EX_FAILED = 1
+#: ``status``/``watch``: the daemon does not track the task, or SuperOffice has no such task.
+#: Not a sysexits code: nothing went wrong with the system, the question had no subject.
+EX_NOT_TRACKED = 3
+#: sysexits' EX_UNAVAILABLE: the daemon (or the API) gave no usable answer.
+EX_UNAVAILABLE = 69
+#: sysexits' EX_TEMPFAIL: the daemon answers but is not ready; try again later.
+EX_TEMPFAIL = 75
+#: The exit code for each reason ``status`` or ``watch`` got no answer.
+_PROBLEM_EXITS = {
+    Problem.NOT_TRACKED: EX_NOT_TRACKED,
+    Problem.UNREACHABLE: EX_UNAVAILABLE,
+    Problem.NOT_READY: EX_TEMPFAIL,
+}
+#: The exit codes as ``status --help`` and ``watch --help`` explain them.
+_EXIT_HELP = """\b
+Exit codes:
+  0   the task succeeded (status: the daemon is ready)
+  1   the task failed or was deleted
+  2   usage error
+  3   the daemon does not track the task (add it to [watch] ids or
+      PUT /api/v1/watches/ID, or use --config); with --config: no such task
+  69  the daemon cannot be reached (EX_UNAVAILABLE)
+  75  the daemon is not ready: no poll yet, API down or credentials
+      refused; try again later (EX_TEMPFAIL)
+  78  the --config file was refused (EX_CONFIG)"""
 _E = TypeVar("_E", bound=BaseException)
 
 log = structlog.get_logger("batchmon.cli")
@@ -346,7 +378,30 @@ async def _demo(
 DEFAULT_DAEMON_URL = "http://127.0.0.1:9808"
 
 
-@main.command()
+def _with_exit_codes(doc: str) -> str:
+    """A command's help text followed by the exit codes of ``status`` and ``watch``."""
+    return f"{inspect.cleandoc(doc)}\n\n{_EXIT_HELP}"
+
+
+def _fail(error: SourceError) -> NoReturn:
+    """One line on stderr and the exit code of the problem."""
+    click.echo(f"batchmon: {error}", err=True)
+    sys.exit(_PROBLEM_EXITS[error.problem])
+
+
+@main.command(
+    help=_with_exit_codes(
+        """Show the tasks a running daemon watches: state, progress, ETA, running time.
+
+    Prints the table also when the daemon is not ready, and says why.
+
+    \b
+    Examples:
+      batchmon status
+      batchmon status --url http://monitor.example.com:9808
+    """
+    )
+)
 @click.option(
     "--url",
     default=DEFAULT_DAEMON_URL,
@@ -354,25 +409,42 @@ DEFAULT_DAEMON_URL = "http://127.0.0.1:9808"
     help="Base URL of the running daemon (its [http] listen address).",
 )
 def status(url: str) -> None:
-    """Show the tasks a running daemon watches: state, progress, ETA, running time.
-
-    Exits 1 when the daemon cannot be reached.
-
-    \b
-    Examples:
-      batchmon status
-      batchmon status --url http://monitor.example.com:9808
-    """
+    """``batchmon status``: the table, then exit 0 when ready, else 75."""
     try:
         report = read_status(url)
     except SourceError as exc:
-        click.echo(f"batchmon: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc)
     Console().print(status_view(report, datetime.now(UTC)))
+    if not report.ready:
+        sys.exit(EX_TEMPFAIL)
 
 
-@main.command()
-@click.argument("task_id", metavar="ID", type=click.IntRange(min=1))
+def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """Click callback: a SuperOffice task id, 1 to 2,147,483,647, in ASCII digits."""
+    if value.isascii() and value.isdigit() and 1 <= int(value) <= 2**31 - 1:
+        return int(value)
+    message = f"expected a task id (a whole number from 1 to 2147483647), got {value!r}"
+    raise click.BadParameter(message, ctx, param)
+
+
+@main.command(
+    help=_with_exit_codes(
+        """Follow one task with a live progress bar until it ends.
+
+    The exit code is the task's outcome, so scripts can wait on it; the last
+    line says how it ended and, when it failed, why (SuperOffice's Result, else
+    its Response).  Once a first answer came, lost connections are retried
+    until the task ends.
+
+    \b
+    Examples:
+      batchmon watch 212
+      batchmon watch 212 --config /etc/batchmon/batchmon.toml --interval 10s
+      batchmon watch 212 --url http://monitor.example.com:9808 && echo "export done"
+    """
+    )
+)
+@click.argument("task_id", metavar="ID", callback=_task_id)
 @click.option(
     "--url",
     default=None,
@@ -393,18 +465,7 @@ def status(url: str) -> None:
     help="Time between two looks at the task.",
 )
 def watch(task_id: int, url: str | None, config_path: Path | None, interval: float) -> None:
-    """Follow one task with a live progress bar until it ends.
-
-    Exits 0 when the task succeeds and 1 when it fails, is deleted or cannot be
-    read at all, so scripts can wait on it.  Once a first answer came, lost
-    connections are retried until the task ends.
-
-    \b
-    Examples:
-      batchmon watch 212
-      batchmon watch 212 --config /etc/batchmon/batchmon.toml --interval 10s
-      batchmon watch 212 --url http://monitor.example.com:9808 && echo "export done"
-    """
+    """``batchmon watch ID``: exit 0 when the task succeeds, 1 when it fails."""
     if url is not None and config_path is not None:
         raise click.UsageError("give --url or --config, not both")
     if interval <= 0:
@@ -422,10 +483,9 @@ def watch(task_id: int, url: str | None, config_path: Path | None, interval: flo
     try:
         view = anyio.run(follow_task)
     except SourceError as exc:
-        click.echo(f"batchmon: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc)
     console.print(view.summary())
-    sys.exit(0 if view.succeeded else 1)
+    sys.exit(0 if view.succeeded else EX_FAILED)
 
 
 @main.command("test-sink")
