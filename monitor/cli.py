@@ -500,9 +500,10 @@ def watch(task_id: int, url: str | None, config_path: Path | None, interval: flo
 def test_sink(name: str, config_path: Path) -> None:
     """Send a test message through the sink NAME and show what its destination answered.
 
-    The message says "task succeeded" for a fake task, id 0, named "batchmon
-    test message — please ignore".  Exits 0 when the destination took it, 1
-    when it did not, 2 when no sink is called NAME.
+    The message is a "batchmon.test" event about no task, titled "Test message
+    from batchmon" (an alertmanager sink gets a BatchmonTest alert of severity
+    "none" that ends by itself).  Exits 0 when the destination took it, 1 when
+    it did not, 2 when no sink is called NAME.
 
     \b
     Example:

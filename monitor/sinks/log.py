@@ -37,6 +37,7 @@ LEVELS: Final[Mapping[EventType, int]] = MappingProxyType(
         EventType.MONITOR_API_DOWN: logging.ERROR,
         EventType.MONITOR_API_RECOVERED: logging.INFO,
         EventType.MONITOR_AUTH_FAILED: logging.ERROR,
+        EventType.BATCHMON_TEST: logging.INFO,
     }
 )
 

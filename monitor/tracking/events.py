@@ -19,7 +19,7 @@ from typing import Any
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.text import replace_surrogates, without_surrogates
 
-__all__ = ["Event", "EventType", "TaskSummary", "event_id"]
+__all__ = ["EMITTED", "Event", "EventType", "TaskSummary", "event_id"]
 
 
 class EventType(enum.StrEnum):
@@ -51,6 +51,12 @@ class EventType(enum.StrEnum):
     MONITOR_API_RECOVERED = "monitor.api_recovered"
     #: Credentials rejected after one renewal attempt.
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
+    #: A test message sent by ``batchmon test-sink``; the tracker never emits it.
+    BATCHMON_TEST = "batchmon.test"
+
+
+#: The types the tracker emits: every type but the test message.
+EMITTED = tuple(kind for kind in EventType if kind is not EventType.BATCHMON_TEST)
 
 
 _ID_NAMESPACE = uuid.UUID("5d1f2a9e-6c1b-4d7e-9f3a-0b8c7e6d5a41")
