@@ -260,28 +260,63 @@ def check_config(path: Path) -> None:
 @click.option("--seed", default=1, show_default=True, help="Scenario seed: same seed, same story.")
 @click.option("--tasks", "count", default=8, show_default=True, help="Number of simulated tasks.")
 @click.option("--speed", default=1.0, show_default=True, help="Time factor (2 = twice as fast).")
-def simulate(host: str, port: int, seed: int, count: int, speed: float) -> None:
+@click.option(
+    "--loop",
+    is_flag=True,
+    help="Tell the story again and again, on the same task ids (the tasks re-run).",
+)
+def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bool) -> None:
     """Run only the fake SuperOffice WebAPI (basic auth batchmon/batchmon).
 
+    Its tasks have ids from 212 up (212-219 by default) and go through their
+    lives in about a minute: queued, started, progressing, one
+    stalling, one failing, one deleted.  Without --loop they then stay as they
+    ended; with --loop the story starts again on the same ids, so a
+    configuration written against it keeps having something to watch.
+
     \b
-    Example:
-      batchmon simulate --port 8765
-      curl -u batchmon:batchmon http://127.0.0.1:8765/api/v1/BatchTask/200
+    Examples:
+      batchmon simulate --loop
+      curl -u batchmon:batchmon http://127.0.0.1:8765/api/v1/BatchTask/212
+      batchmon run --config batchmon.toml   # with [superoffice] url = "http://127.0.0.1:8765/api"
     """
     configure_logging("auto", "info", sys.stderr)
 
     async def serve() -> None:
-        scenario = Scenario.generate(seed=seed, count=count, start=datetime.now(UTC), speed=speed)
+        scenario = Scenario.generate(
+            seed=seed, count=count, start=datetime.now(UTC), speed=speed, loop=loop
+        )
         simulator = Simulator(scenario)
         url = await simulator.start(host, port)
         try:
-            click.echo(f"simulated SuperOffice API at {url}", err=True)
+            click.echo(_simulator_banner(url, scenario), err=True)
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
                 await simulator.stop()
 
     _run(serve, None, f"{host}:{port}")
+
+
+def _simulator_banner(url: str, scenario: Scenario) -> str:
+    """What ``simulate`` prints first: where, which ids, how to log in, a config to start from."""
+    ids = scenario.task_ids
+    story = f"{scenario.period / scenario.speed:.0f} s"
+    repeats = (
+        f"repeats every {story}" if scenario.loop else f"ends after {story}; --loop repeats it"
+    )
+    return (
+        f"\n  simulated SuperOffice API at {url}\n"
+        f"  tasks  {ids[0]}-{ids[-1]} (the story {repeats})\n"
+        "  login  basic auth, username batchmon, password batchmon\n"
+        f"  try    curl -u batchmon:batchmon {url}/v1/BatchTask/{ids[0]}\n"
+        "  a configuration for it:\n"
+        f'    [superoffice]\n    url = "{url}"\n'
+        '    [superoffice.auth]\n    type = "basic"\n    username = "batchmon"\n'
+        '    password = "batchmon"\n'
+        f"    [watch]\n    ids = [{', '.join(map(str, ids))}]\n"
+        "  Ctrl-C stops it.\n"
+    )
 
 
 @main.command()
