@@ -10,7 +10,6 @@ does not answer and 75 (EX_TEMPFAIL) for one that is not ready yet.
 from __future__ import annotations
 
 import inspect
-import json
 import signal
 import sys
 import tempfile
@@ -33,8 +32,9 @@ from monitor.config import (
     load_config,
     parse_config,
     parse_duration,
-    redacted,
 )
+from monitor.config.echo import config_toml
+from monitor.config.exposure import secret_exposure
 from monitor.console import (
     DaemonSource,
     Problem,
@@ -112,10 +112,10 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Sha
         raise click.BadParameter(str(exc), ctx, param) from None
 
 
-def _config_or_exit(path: Path) -> Config:
+def _config_or_exit(path: Path, credentials_dir: Path | None = None) -> Config:
     """The validated config, or every problem on stderr and exit 78."""
     try:
-        config = load_config(path)
+        config = load_config(path, credentials_dir=credentials_dir)
     except ConfigError as exc:
         click.echo(f"batchmon: configuration refused ({path}):", err=True)
         for problem in exc.problems:
@@ -222,6 +222,8 @@ def run(config_path: Path, shard: Shard) -> None:
     """
     config = _config_or_exit(config_path)
     configure_logging(config.log.format, config.log.level)
+    for warning in secret_exposure(config_path, config):
+        log.warning("secret_readable_by_others", problem=warning)
     daemon = Daemon(config, shard=shard)
 
     async def reload() -> None:
@@ -238,17 +240,31 @@ def run(config_path: Path, shard: Shard) -> None:
 
 @main.command("check-config")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
-def check_config(path: Path) -> None:
-    """Validate a configuration file; print it with secrets masked.
+@click.option(
+    "--credentials-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Look up relative X_file secrets here, as the service finds them in"
+    " $CREDENTIALS_DIRECTORY (default: that variable, else next to the file).",
+)
+def check_config(path: Path, credentials_dir: Path | None) -> None:
+    """Validate a configuration file; print it as TOML with secrets masked.
 
-    Exits 0 when valid, 78 with every problem listed by key when not.
+    Prints what batchmon will run with, defaults included, every secret as
+    ********.  Warns (on stderr) about secrets other users can read: inline in
+    a file that is not private, or in a credential file that is not.  Exits 0
+    when valid, 78 with every problem listed by key when not.
 
     \b
-    Example:
+    Examples:
       batchmon check-config /etc/batchmon/batchmon.toml
+      sudo batchmon check-config /etc/batchmon/batchmon.toml \\
+          --credentials-dir /etc/batchmon/credentials
     """
-    config = _config_or_exit(path)
-    click.echo(json.dumps(redacted(config), indent=2, default=str))
+    config = _config_or_exit(path, credentials_dir)
+    click.echo(config_toml(config), nl=False)
+    for warning in secret_exposure(path, config, credentials_dir=credentials_dir):
+        click.echo(f"batchmon: warning: {warning}", err=True)
     click.echo(f"{path}: configuration is valid", err=True)
 
 

@@ -111,10 +111,12 @@ class TestRun:
     """``batchmon run`` against the simulator, as a real process."""
 
     async def test_watches_and_stops_cleanly_on_sigterm(self, tmp_path: Path) -> None:
-        """It logs events as JSON lines and exits 0 on SIGTERM."""
+        """It logs events as JSON lines and exits 0 on SIGTERM; a password file others can
+        read is a warning."""
         async with Simulator() as simulator:
             task = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=10)
             (tmp_path / "password").write_text("batchmon\n")
+            (tmp_path / "password").chmod(0o644)
             config = tmp_path / "batchmon.toml"
             config.write_text(
                 f'[superoffice]\nurl = "{simulator.url}"\n'
@@ -145,7 +147,11 @@ class TestRun:
                 code = await process.wait()
             await process.aclose()
 
-        events = [e["event"] for e in _json_lines(output.decode())]
+        lines = _json_lines(output.decode())
+        events = [e["event"] for e in lines]
+        [exposed] = [e for e in lines if e["event"] == "secret_readable_by_others"]
+        assert "warning" == exposed["level"]
+        assert "superoffice.auth.password_file:" in str(exposed["problem"])
         assert 0 == code
         assert ["batchmon_started", "task.discovered", "task.failed"] == [
             e for e in events if e in {"batchmon_started", "task.discovered", "task.failed"}
