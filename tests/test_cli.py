@@ -62,7 +62,7 @@ class TestCheckConfig:
         assert EX_CONFIG == result.exit_code
         assert "superoffice.url:" in result.output
         assert "poll.interval:" in result.output
-        assert "sinks[0].colour:" in result.output
+        assert 'sinks["ops"].colour:' in result.output
         assert "marker-secret" not in result.output
 
     def test_missing_file(self, tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ class TestTestSink:
         result = await _invoke("ops", "--config", str(config))
 
         assert EX_CONFIG == result.exit_code
-        assert "sinks[0].template: template line 1" in result.stderr
+        assert 'sinks["ops"].template: template line 1' in result.stderr
 
     @pytest.mark.parametrize("args", [["--help"], ["-h"]])
     def test_help_has_an_example(self, args: list[str]) -> None:

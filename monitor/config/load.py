@@ -102,10 +102,18 @@ def parse_config(
     try:
         return Config.model_validate(dict(data), context=context)
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
+        names = {"sinks": _names(data.get("sinks"))}
+        problems = [_describe(error, names) for error in exc.errors()]
     # Raised out here so that the pydantic error, which holds the inputs (secrets among them),
     # is not even the ConfigError's __context__.
     raise ConfigError(problems)
+
+
+def _names(entries: object) -> list[object]:
+    """The raw ``name`` of each entry of a list of tables, for messages about them."""
+    if not isinstance(entries, list):
+        return []
+    return [entry.get("name") if isinstance(entry, Mapping) else None for entry in entries]
 
 
 def redacted(config: Config) -> dict[str, object]:
