@@ -9,6 +9,7 @@ does not answer and 75 (EX_TEMPFAIL) for one that is not ready yet.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import signal
 import sys
@@ -161,8 +162,13 @@ def _run(
     duration: float | None,
     listen: str,
     on_hangup: Callable[[], Awaitable[None]] | None = None,
+    *,
+    busy: str,
 ) -> None:
-    """Run ``main`` until a signal; a port that cannot be bound is one clear line, exit 1."""
+    """Run ``main`` until a signal; a port that cannot be bound is one clear line, exit 1.
+
+    ``busy`` says what to do when the port is taken.
+    """
     freeze_startup_objects()
     try:
         anyio.run(_until_signal, main, duration, on_hangup)
@@ -171,7 +177,10 @@ def _run(
         sys.exit(EX_CANTCREAT)
     except* OSError as group:
         error = next(_leaves(group))
-        click.echo(f"batchmon: cannot listen on {listen}: {error.strerror or error}", err=True)
+        hint = f"; {busy}" if error.errno == errno.EADDRINUSE else ""
+        click.echo(
+            f"batchmon: cannot listen on {listen}: {error.strerror or error}{hint}", err=True
+        )
         sys.exit(1)
 
 
@@ -195,7 +204,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(short_help="Run the monitor with a configuration file.")
 @click.option(
     "--config",
     "config_path",
@@ -235,10 +244,16 @@ def run(config_path: Path, shard: Shard) -> None:
             return
         daemon.reload(fresh)
 
-    _run(daemon.run, None, config.http.listen, reload)
+    _run(
+        daemon.run,
+        None,
+        config.http.listen,
+        reload,
+        busy="is batchmon already running? Else set another [http] listen port",
+    )
 
 
-@main.command("check-config")
+@main.command("check-config", short_help="Validate a configuration; print it, secrets masked.")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--credentials-dir",
@@ -268,7 +283,7 @@ def check_config(path: Path, credentials_dir: Path | None) -> None:
     click.echo(f"{path}: configuration is valid", err=True)
 
 
-@main.command()
+@main.command(short_help="Only the fake SuperOffice API (tasks 212-219).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", default=8765, show_default=True, help="Port to listen on (0: any free port)."
@@ -311,7 +326,7 @@ def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bo
             with anyio.CancelScope(shield=True):
                 await simulator.stop()
 
-    _run(serve, None, f"{host}:{port}")
+    _run(serve, None, f"{host}:{port}", busy="--port 0 picks a free port")
 
 
 def _simulator_banner(url: str, scenario: Scenario) -> str:
@@ -335,7 +350,7 @@ def _simulator_banner(url: str, scenario: Scenario) -> str:
     )
 
 
-@main.command()
+@main.command(short_help="Watch simulated tasks: no setup needed.")
 @click.option(
     "--duration",
     callback=_duration,
@@ -383,7 +398,7 @@ def demo(
             async with Simulator(scenario) as simulator:
                 await _demo(simulator, scenario, Path(state_dir), port, speed)
 
-    _run(both, duration, f"127.0.0.1:{port}")
+    _run(both, duration, f"127.0.0.1:{port}", busy="--port 0 picks a free port")
 
 
 async def _demo(
@@ -441,6 +456,7 @@ def _fail(error: SourceError) -> NoReturn:
 
 
 @main.command(
+    short_help="The running daemon's tasks as a table.",
     help=_with_exit_codes(
         """Show the tasks a running daemon watches: state, progress, ETA, running time.
 
@@ -451,7 +467,7 @@ def _fail(error: SourceError) -> NoReturn:
       batchmon status
       batchmon status --url http://monitor.example.com:9808
     """
-    )
+    ),
 )
 @click.option(
     "--url",
@@ -479,6 +495,7 @@ def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
 
 
 @main.command(
+    short_help="Follow one task live; the exit code is its outcome.",
     help=_with_exit_codes(
         """Follow one task with a live progress bar until it ends.
 
@@ -493,7 +510,7 @@ def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
       batchmon watch 212 --config /etc/batchmon/batchmon.toml --interval 10s
       batchmon watch 212 --url http://monitor.example.com:9808 && echo "export done"
     """
-    )
+    ),
 )
 @click.argument("task_id", metavar="ID", callback=_task_id)
 @click.option(
@@ -539,7 +556,7 @@ def watch(task_id: int, url: str | None, config_path: Path | None, interval: flo
     sys.exit(0 if view.succeeded else EX_FAILED)
 
 
-@main.command("test-sink")
+@main.command("test-sink", short_help="Send a test message through one sink.")
 @click.argument("name")
 @click.option(
     "--config",

@@ -210,8 +210,18 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert f"batchmon {command}" in result.output
 
 
+def test_top_level_help_shows_whole_summaries() -> None:
+    """At 80 columns every command's summary fits: none is cut with "..."."""
+    result = CliRunner().invoke(main, ["--help"], terminal_width=80)
+    commands = result.output.split("Commands:")[1].splitlines()
+
+    assert 0 == result.exit_code
+    assert sorted(main.commands) == sorted(line.split()[0] for line in commands if line.strip())
+    assert not any(line.rstrip().endswith("...") for line in commands), result.output
+
+
 def test_busy_port_is_one_clear_line() -> None:
-    """A port in use gives one line naming it and exit 1, not a traceback."""
+    """A port in use gives one line naming it and what to do, and exit 1, not a traceback."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -226,6 +236,7 @@ def test_busy_port_is_one_clear_line() -> None:
 
     assert 1 == result.returncode
     assert f"batchmon: cannot listen on 127.0.0.1:{port}:" in result.stderr
+    assert result.stderr.rstrip().endswith("; --port 0 picks a free port")
     assert "Traceback" not in result.stderr
 
 
