@@ -35,6 +35,8 @@ _OWN: Final = frozenset({"event", "level", "timestamp", "logger", "exception"})
 _TASK: Final = ("task_id", "task", "state", "progress")
 #: Shown after the task, without their keys: the words a person reads.
 _TEXT: Final = ("step", "result", "message")
+#: Shown last, as the time of day: ``ETA 15:26:10``.
+_ETA: Final = "eta"
 #: Bookkeeping for machines and for debugging: on the console only at ``debug``.
 _DEBUG_ONLY: Final = frozenset({"event_id", "changed", "id", "uuid"})
 
@@ -77,10 +79,14 @@ class ConsoleLines:
         if fields.get("task"):
             task.append(visible(str(fields["task"])))
         state = visible(str(fields.get("state") or ""))
-        if fields.get("progress") is not None:
-            state += f" {fields['progress']} %"
+        progress = fields.get("progress")
+        if progress is not None and (progress or state == "Started"):
+            state += f" {progress} %"
         words = [visible(str(fields[key])) for key in _TEXT if fields.get(key)]
-        shown = _OWN.union(_TASK, _TEXT)
+        eta = fields.get(_ETA)
+        if isinstance(eta, str) and len(eta) >= 19:
+            words.append(f"ETA {visible(eta[11:19])}")
+        shown = _OWN.union(_TASK, _TEXT, {_ETA})
         if not self._verbose:
             shown |= _DEBUG_ONLY
         rest = " ".join(

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -100,11 +101,28 @@ class TestConsole:
         [line] = (await _log(event, "console")).splitlines()
 
         assert re.fullmatch(
-            r"\d\d:\d\d:\d\d warn  task\.failed +#212 Export · Failed 40 % · Exporting contacts"
+            r"\d\d:\d\d:\d\d warn  task\.failed +#212 Export · Failed 40 %"
             r" · Timeout while writing the file",
             line,
         ), line
         assert event.id not in line
+
+    async def test_running_task_with_its_step_and_eta(self) -> None:
+        """A running task shows its step and the ETA as a time of day; a queued one no 0 %."""
+        running = make_task_event(
+            EventType.TASK_PROGRESS,
+            state=BatchTaskState.STARTED,
+            result=None,
+            eta=datetime(2026, 11, 28, 12, 30, tzinfo=UTC),
+        )
+        queued = make_task_event(
+            EventType.TASK_DISCOVERED, state=BatchTaskState.NEW, progress=0, result=None
+        )
+        [progress] = (await _log(running, "console")).splitlines()
+        [discovered] = (await _log(queued, "console")).splitlines()
+
+        assert progress.endswith("#212 Export · Started 40 % · Exporting contacts · ETA 12:30:00")
+        assert discovered.endswith("#212 Export · New · Exporting contacts")
 
     async def test_ids_and_changes_at_debug(self) -> None:
         """At debug the event id and the changed fields follow."""

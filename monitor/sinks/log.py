@@ -63,7 +63,7 @@ class LogSink:
                 state=task.state.value,
                 progress=task.progress,
             )
-            if task.progress_description:
+            if task.progress_description and not task.state.is_terminal:
                 fields["step"] = task.progress_description
             if task.state.is_terminal and task.result:
                 fields["result"] = task.result
