@@ -193,7 +193,13 @@ def _leaves(group: BaseExceptionGroup[_E]) -> Iterator[_E]:
             yield error
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        # Every option can also come from BATCHMON_<COMMAND>_<OPTION>, e.g. BATCHMON_STATUS_URL.
+        "auto_envvar_prefix": "BATCHMON",
+    }
+)
 @click.version_option(__version__, prog_name="batchmon")
 def main() -> None:
     """Watch SuperOffice CRM batch tasks and report what they do.
@@ -201,6 +207,9 @@ def main() -> None:
     \b
     Try it without any setup:   batchmon demo
     Run it for real:            batchmon run --config /etc/batchmon/batchmon.toml
+
+    Every option can also be set in the environment as
+    BATCHMON_<COMMAND>_<OPTION>, e.g. BATCHMON_STATUS_URL.
     """
 
 
