@@ -55,6 +55,7 @@ from monitor.sinks.factory import SinkContext, build_sink
 from monitor.sinks.http import HttpSink
 from monitor.sinks.render import test_event
 from monitor.store import StoreError
+from monitor.text import visible
 
 __all__ = ["main"]
 
@@ -120,7 +121,7 @@ def _config_or_exit(path: Path, credentials_dir: Path | None = None) -> Config:
     except ConfigError as exc:
         click.echo(f"batchmon: configuration refused ({path}):", err=True)
         for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
+            click.echo(f"  {visible(problem)}", err=True)
         sys.exit(EX_CONFIG)
     return config
 
@@ -610,6 +611,7 @@ def test_sink(name: str, config_path: Path) -> None:
     try:
         answer = anyio.run(send)
     except DeliveryError as exc:
-        click.echo(f"batchmon: not delivered: {exc}", err=True)
+        # The destination's answer is its text, not ours: shown, never obeyed by the terminal.
+        click.echo(f"batchmon: not delivered: {visible(str(exc))}", err=True)
         sys.exit(1)
-    click.echo(f"{name}: delivered" + (f": {answer}" if answer else ""))
+    click.echo(f"{name}: delivered" + (f": {visible(answer)}" if answer else ""))

@@ -56,6 +56,17 @@ class TestTestSink:
         assert TEST_MESSAGE in json.dumps(payload["blocks"], ensure_ascii=False)
         assert "batchmon.example.com" in json.dumps(payload["blocks"])
 
+    async def test_answer_escapes_are_shown_not_obeyed(
+        self, tmp_path: Path, scripted: ScriptedServer
+    ) -> None:
+        """Terminal escapes in the destination's answer reach the terminal as text."""
+        scripted.replies.append(Reply(200, "ok\x1b]0;TITLE\x07\x1b[2J"))
+        result = await _invoke("ops", "--config", str(_config(tmp_path, scripted)))
+
+        assert 0 == result.exit_code, result.output
+        assert "\x1b" not in result.output
+        assert "ok\\x1b]0;TITLE\\x07\\x1b[2J" in result.stdout
+
     async def test_refused(self, tmp_path: Path, scripted: ScriptedServer) -> None:
         """A refusal is printed with what the destination said; exit 1; no URL shown."""
         scripted.replies.append(Reply(404, "no_service"))
