@@ -163,7 +163,8 @@ class TestDemo:
     """``batchmon demo``: the first thing a new user runs."""
 
     def test_tells_the_story_of_the_simulated_tasks(self) -> None:
-        """At three times speed, at least five tasks are seen starting, moving and ending."""
+        """At three times speed, at least five tasks are seen starting, moving and ending,
+        with a few progress lines each, not one per change."""
         result = subprocess.run(
             [
                 *BATCHMON,
@@ -198,6 +199,9 @@ class TestDemo:
         assert len(full_story) >= 5, dict(seen)
         every = set().union(*seen.values())
         assert {"task.failed", "task.stalled", "task.resumed", "task.gone"} <= every
+        # Progress every 25 % at most, and once per 10 s of the story: a few lines per task.
+        progress = [line for line in _json_lines(result.stdout) if line["event"] == "task.progress"]
+        assert len(progress) < 4 * len(seen), len(progress)
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))
