@@ -103,6 +103,10 @@ class TestEscapes:
 
         assert 1 == code, text
         _assert_shown_not_obeyed(raw, text, term)
+        # The live bar is erased at the end: what stays is the summary, without a spinner.
+        last = text.rsplit("\x1b[2K", 1)[-1].strip()
+        assert last.startswith(f"#{task.id} "), last
+        assert not any("\u2800" <= char <= "\u28ff" or char == "•" for char in last), last
 
     async def test_watch_straight_from_the_api(self, term: str, tmp_path: Path) -> None:
         """``watch --config``: the same, with the text as SuperOffice sent it."""
