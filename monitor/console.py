@@ -361,9 +361,10 @@ class DaemonSource:
             msg = f"batchmon at {self._base} is not ready ({'; '.join(problems)}); try again later"
             raise SourceError(msg, Problem.NOT_READY)
         msg = (
-            f"batchmon at {self._base} does not track task {self._task_id}; "
-            f"add it to [watch] ids, or PUT {self._base}/api/v1/watches/{self._task_id} "
-            "(bearer http.api_token), or ask SuperOffice directly with --config"
+            f"batchmon at {self._base} does not track task {self._task_id} (it is not"
+            " watched, or SuperOffice does not know it yet); watch it with [watch] ids or"
+            f" PUT {self._base}/api/v1/watches/{self._task_id} (bearer http.api_token),"
+            " or ask SuperOffice directly with --config"
         )
         raise SourceError(msg, Problem.NOT_TRACKED)
 

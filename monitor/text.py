@@ -1,15 +1,14 @@
 """Text that can always be encoded, and text that is safe to show in a terminal.
 
-Encoding: lone surrogates become U+FFFD.
-A lone surrogate (``"\\ud83d"``, half of an emoji's UTF-16 pair) is a valid
-Python ``str`` character but no text: UTF-8 and UTF-16 refuse to encode it.
-.NET writes them when it cuts a string in the middle of an emoji, and the
+Encoding.  A lone surrogate (``"\\ud83d"``, half of an emoji's UTF-16 pair) is a
+valid Python ``str`` character but no text: UTF-8 and UTF-16 refuse to encode
+it.  .NET writes them when it cuts a string in the middle of an emoji, and the
 standard library's ``json`` reads them back from ``"\\ud83d"`` escapes.  Every
 place that takes such text in (the API parser's fallback, events read back
 from the state database) replaces them with U+FFFD, the replacement
 character, so nothing downstream has to care.
 
-Terminals: a task name is the API's text, and a control character in it is a
+Terminals.  A task name is the API's text, and a control character in it is a
 command to the terminal (``ESC ] 52`` writes the clipboard, ``ESC [ 2 J``
 clears the screen).  :func:`visible` writes each one as its escape (``\\x1b``),
 so every terminal view shows what the text holds and obeys none of it.

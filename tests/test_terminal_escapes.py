@@ -22,6 +22,7 @@ import pytest
 
 from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
+from monitor.text import visible
 from tests.test_web import running_daemon
 
 EVIL = "evil\x1b]0;TITLE\x07\x1b[2J\x1b[31mRED\x1b]52;c;SGVsbG8=\x07"
@@ -68,6 +69,23 @@ def _assert_shown_not_obeyed(raw: bytes, text: str, term: str) -> None:
     assert SHOWN in text.replace("\r\n", "\n")
     if term == "dumb":
         assert b"\x1b" not in raw, text
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Export contacts", "Export contacts"),
+        ("line\nnext\tcell", "line\nnext\tcell"),
+        ("\x1b[2J", "\\x1b[2J"),
+        ("bell\x07 del\x7f nul\x00", "bell\\x07 del\\x7f nul\\x00"),
+        ("csi\x9b1m", "csi\\x9b1m"),
+        ("\u202eevil\u2066", "\\u202eevil\\u2066"),
+        ("émoji 😀 ok", "émoji 😀 ok"),
+    ],
+)
+def test_visible(text: str, shown: str) -> None:
+    """Controls but newline and tab, C1 and bidi overrides become escapes; the rest stays."""
+    assert shown == visible(text)
 
 
 @pytest.mark.parametrize("term", ["xterm-256color", "dumb"])
