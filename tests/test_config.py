@@ -279,10 +279,10 @@ class TestUnknownKeys:
         assert problems(with_(path, 1)) == [expected]
 
     def test_in_a_list(self) -> None:
-        """Keys inside an array of tables carry the index."""
+        """Keys inside an array of sinks carry the sink's name."""
         data = with_("sinks", [{"name": "a", "type": "log"}, {"name": "b", "type": "log", "x": 1}])
 
-        assert problems(data) == ["sinks[1].x: unknown key"]
+        assert problems(data) == ['sinks["b"].x: unknown key']
 
     def test_not_a_table(self) -> None:
         """A section given as a plain value says that a table was expected."""
@@ -496,26 +496,29 @@ class TestSinks:
             ({"name": "", "type": "log"}, "sinks[0].name: use only letters, digits"),
             ({"name": "my sink", "type": "log"}, "sinks[0].name: use only letters, digits"),
             ({"type": "log"}, "sinks[0].name: required, but not given"),
-            ({"name": "a"}, "sinks[0].type: required, but not given"),
+            ({"name": "a"}, 'sinks["a"].type: required, but not given'),
             (
                 {"name": "a", "type": "sms"},
                 (
-                    "sinks[0].type: must be 'log', 'webhook', 'slack', 'teams', 'discord', "
+                    "sinks[\"a\"].type: must be 'log', 'webhook', 'slack', 'teams', 'discord', "
                     "'mattermost', 'googlechat' or 'alertmanager', got 'sms'"
                 ),
             ),
             (
                 {"name": "a", "type": "log", "events": ["task.faild"]},
-                "sinks[0].events[0]: unknown event type 'task.faild' (did you mean 'task.failed'?)",
+                "sinks[\"a\"].events[0]: unknown event type 'task.faild' (did you mean 'task.failed'?)",
             ),
             (
                 {"name": "a", "type": "log", "events": ["task.*", "jobs.*"]},
-                "sinks[0].events[1]: 'jobs.*' matches no event type",
+                "sinks[\"a\"].events[1]: 'jobs.*' matches no event type",
             ),
-            ({"name": "a", "type": "log", "events": []}, "sinks[0].events: must not be empty"),
-            ({"name": "a", "type": "log", "names": []}, "sinks[0].names: must not be empty"),
-            ({"name": "a", "type": "log", "ids": []}, "sinks[0].ids: must not be empty"),
-            ({"name": "a", "type": "log", "ids": [-1]}, "sinks[0].ids[0]: must be greater than 0"),
+            ({"name": "a", "type": "log", "events": []}, 'sinks["a"].events: must not be empty'),
+            ({"name": "a", "type": "log", "names": []}, 'sinks["a"].names: must not be empty'),
+            ({"name": "a", "type": "log", "ids": []}, 'sinks["a"].ids: must not be empty'),
+            (
+                {"name": "a", "type": "log", "ids": [-1]},
+                'sinks["a"].ids[0]: must be greater than 0',
+            ),
         ],
     )
     def test_refused(self, sink: dict[str, object], expected: str) -> None:
@@ -929,45 +932,48 @@ class TestSinkTypes:
 
         assert config.sinks[0].url is not None
         assert problems(with_("sinks", [{"name": "a", "type": kind}])) == [
-            f"sinks[0].url: required for sink type {kind!r} (give url, url_file or url_env)"
+            f'sinks["a"].url: required for sink type {kind!r} (give url, url_file or url_env)'
         ]
 
     def test_bad_url_is_not_echoed(self) -> None:
         """A malformed webhook URL is refused without showing it (it is a credential)."""
         found = problems(with_("sinks", [{"name": "a", "type": "slack", "url": "marker-77"}]))
 
-        assert found == ["sinks[0].url: expected an http(s) URL"]
+        assert found == ['sinks["a"].url: expected an http(s) URL']
 
     @pytest.mark.parametrize(
         ("sink", "expected"),
         [
             (
                 {"type": "log", "url": "https://x.example"},
-                "sinks[0].url: not used by sink type 'log'",
+                "sinks[\"a\"].url: not used by sink type 'log'",
             ),
             (
                 {"type": "slack", "url": "https://x.example", "secret": SECRET},
-                "sinks[0].secret: only sink type 'webhook' signs messages",
+                "sinks[\"a\"].secret: only sink type 'webhook' signs messages",
             ),
             (
                 {"type": "webhook", "url": "https://x.example", "secret": "hunter2"},
-                "sinks[0].secret: expected 'whsec_' followed by base64 (24 to 64 bytes)",
+                "sinks[\"a\"].secret: expected 'whsec_' followed by base64 (24 to 64 bytes)",
             ),
-            ({"type": "log", "template": "x"}, "sinks[0].template: not used by sink type 'log'"),
+            (
+                {"type": "log", "template": "x"},
+                "sinks[\"a\"].template: not used by sink type 'log'",
+            ),
             (
                 {"type": "slack", "url": "https://x.example", "template": "{{ event.type "},
                 (
-                    "sinks[0].template: template line 1: unexpected end of template, "
+                    'sinks["a"].template: template line 1: unexpected end of template, '
                     "expected 'end of print statement'."
                 ),
             ),
             (
                 {"type": "alertmanager", "url": "http://am:9093", "remind_every": "1h"},
-                "sinks[0].remind_every: not used by sink type 'alertmanager'",
+                "sinks[\"a\"].remind_every: not used by sink type 'alertmanager'",
             ),
             (
                 {"type": "log", "rate": "fast"},
-                "sinks[0].rate: expected a rate like '1/s', '5/2s' or '30/1m', got 'fast'",
+                "sinks[\"a\"].rate: expected a rate like '1/s', '5/2s' or '30/1m', got 'fast'",
             ),
         ],
     )

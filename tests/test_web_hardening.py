@@ -661,6 +661,7 @@ async def main():
     await loop.run_in_executor(None, sys.stdin.readline)
     for fd in hog:
         os.close(fd)
+    print("freed", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
     await runner.cleanup()
 
@@ -682,15 +683,19 @@ class TestOutOfDescriptors:
         ) as server:
             assert server.stdin is not None
             assert server.stdout is not None
+            said = b""  # what the server logged before it said it freed its descriptors
             try:
                 port = int(server.stdout.readline())
                 starved = [_blocking_get(port) for _ in range(20)]
                 server.stdin.write(b"free\n")
                 server.stdin.flush()
+                while (line := server.stdout.readline()) not in {b"freed\n", b""}:
+                    said += line
                 fed = _blocking_get(port)
                 again = _blocking_get(port)
             finally:
                 out, err = server.communicate(b"stop\n", timeout=10)
+            out = said + out
 
         assert {b"HTTP/1.1 503 Service Unavailable"} == set(starved)
         assert b"HTTP/1.1 200 OK" == fed == again

@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails
 
 from monitor.config.errors import _carry, _did_you_mean, _invalid, _kind, _problem
 
-__all__: list[str] = []
+__all__ = ["secret_file"]
 
 
 class _Section(BaseModel):
@@ -52,7 +52,7 @@ class _Section(BaseModel):
         problems = list(cls._unknown_keys(data))
         unresolved: set[tuple[str | int, ...]] = set()
         for name in cls._secrets:
-            problem = _resolve_secret(name, data, given, _base_dir(info))
+            problem = _resolve_secret(name, data, given, _base_dir(info), _credentials_dir(info))
             if problem is not None:
                 problems.append(problem)
                 unresolved.add((name,))
@@ -89,8 +89,31 @@ def _base_dir(info: ValidationInfo) -> Path:
     return Path()
 
 
+def _credentials_dir(info: ValidationInfo) -> Path | None:
+    """Where relative ``X_file`` names are looked up instead of ``$CREDENTIALS_DIRECTORY``."""
+    context = info.context
+    if isinstance(context, Mapping):
+        credentials_dir = context.get("credentials_dir")
+        if isinstance(credentials_dir, Path):
+            return credentials_dir
+    return None
+
+
+def secret_file(value: str, base_dir: Path, credentials_dir: Path | None = None) -> Path:
+    """The file an ``X_file`` names: relative names in ``credentials_dir``, else in
+    ``$CREDENTIALS_DIRECTORY`` (systemd's ``LoadCredential=``), else next to the config."""
+    path = Path(value)
+    if path.is_absolute():
+        return path
+    return (credentials_dir or Path(os.environ.get("CREDENTIALS_DIRECTORY") or base_dir)) / path
+
+
 def _resolve_secret(
-    name: str, data: Mapping[str, object], given: dict[str, object], base_dir: Path
+    name: str,
+    data: Mapping[str, object],
+    given: dict[str, object],
+    base_dir: Path,
+    credentials_dir: Path | None,
 ) -> InitErrorDetails | None:
     """Put secret ``name`` into ``given`` from whichever one form ``data`` has it in.
 
@@ -112,9 +135,7 @@ def _resolve_secret(
         what = "file name" if key.endswith("_file") else "environment variable name"
         return _problem((key,), f"expected a {what}, got {_kind(value)}")
     if key.endswith("_file"):
-        path = Path(value)
-        if not path.is_absolute():
-            path = Path(os.environ.get("CREDENTIALS_DIRECTORY") or base_dir) / path
+        path = secret_file(value, base_dir, credentials_dir)
         try:
             secret = path.read_text(encoding="utf-8").removesuffix("\n")
         except OSError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
@@ -18,6 +19,9 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 __all__ = ["ConfigError"]
+
+#: A name that can stand for its list entry in a message (the sink name rule).
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ConfigError(Exception):
@@ -76,8 +80,29 @@ _EXPECTED: Final = {
 }
 
 
-def _describe(error: ErrorDetails) -> str:
-    """``"sinks[1].name: duplicate sink name 'ops'"`` from one pydantic error."""
+class _Named(str):
+    """A list entry shown by its name (``sinks["ops"]``) instead of its index."""
+
+    __slots__ = ()
+
+
+def _named_entries(
+    loc: tuple[str | int, ...], names: Mapping[str, Sequence[object]]
+) -> tuple[str | int, ...]:
+    """``("sinks", 1, "url")`` → ``("sinks", _Named("ops"), "url")`` where entry 1 has a
+    usable, unique name (``names`` holds each list's raw ``name`` values)."""
+    if len(loc) < 2 or not isinstance(loc[0], str) or not isinstance(loc[1], int):
+        return loc
+    given = names.get(loc[0], ())
+    name = given[loc[1]] if 0 <= loc[1] < len(given) else None
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or given.count(name) > 1:
+        return loc
+    return (loc[0], _Named(name), *loc[2:])
+
+
+def _describe(error: ErrorDetails, names: Mapping[str, Sequence[object]] | None = None) -> str:
+    """``"sinks["ops"].url: expected an http(s) URL"`` from one pydantic error; entries of
+    the lists in ``names`` are named by their ``name`` where it is usable and unique."""
     kind, message, value = error["type"], error["msg"], error["input"]
     if kind == "missing":
         message = "required, but not given"
@@ -90,15 +115,17 @@ def _describe(error: ErrorDetails) -> str:
             message += f", got {_show(value)}"
     else:
         message = message.removeprefix("Value error, ")
-    path = _path(error["loc"])
+    path = _path(_named_entries(error["loc"], names or {}))
     return f"{path}: {message}" if path else message
 
 
 def _path(loc: tuple[str | int, ...]) -> str:
-    """``("sinks", 1, "url")`` -> ``"sinks[1].url"``."""
+    """``("sinks", 1, "url")`` -> ``"sinks[1].url"``; a :class:`_Named` entry ``sinks["ops"]``."""
     path = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, _Named):
+            path += f'["{part}"]'
+        elif isinstance(part, int):
             path += f"[{part}]"
         else:
             path += f".{part}" if path else part

@@ -16,12 +16,13 @@ from monitor.config.base import _Section
 from monitor.config.errors import _did_you_mean, _invalid, _problem
 from monitor.config.values import Duration, Rate, Secret, _TaskId
 from monitor.sinks.render import check_template
-from monitor.tracking.events import EventType
+from monitor.tracking.events import EMITTED
 
 __all__ = ["CHAT_SINK_TYPES", "EVENT_TYPES", "URL_SINK_TYPES", "SinkConfig"]
 
-#: The event types a sink's ``events`` filter may name (see DESIGN.md, "Events").
-EVENT_TYPES: Final = tuple(kind.value for kind in EventType)
+#: The event types a sink's ``events`` filter may name (see DESIGN.md, "Events"); test
+#: messages go through ``batchmon test-sink`` only, past every filter.
+EVENT_TYPES: Final = tuple(kind.value for kind in EMITTED)
 
 _SINK_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 

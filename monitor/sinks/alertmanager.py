@@ -68,13 +68,22 @@ FAILED = "BatchTaskFailed"
 STALLED = "BatchTaskStalled"
 GONE = "BatchTaskGone"
 API_DOWN = "BatchmonApiDown"
+#: ``batchmon test-sink``'s alert: it fires once and ends by itself (nothing re-posts it).
+TEST = "BatchmonTest"
 
-_SEVERITY = {FAILED: "warning", STALLED: "warning", GONE: "warning", API_DOWN: "critical"}
+_SEVERITY = {
+    FAILED: "warning",
+    STALLED: "warning",
+    GONE: "warning",
+    API_DOWN: "critical",
+    TEST: "none",
+}
 _FIRES = {
     EventType.TASK_FAILED: FAILED,
     EventType.TASK_STALLED: STALLED,
     EventType.TASK_GONE: GONE,
     EventType.MONITOR_API_DOWN: API_DOWN,
+    EventType.BATCHMON_TEST: TEST,
 }
 _RESOLVES = {
     EventType.TASK_FAILED: (STALLED,),
@@ -158,6 +167,8 @@ def _summary(alertname: str, task: TaskSummary | None) -> str:
     """One line that names the condition; the same when it fires and when it resolves."""
     if alertname == API_DOWN:
         return "batchmon cannot reach the SuperOffice API"
+    if alertname == TEST:
+        return "Test alert from batchmon test-sink; please ignore"
     if task is None:
         who = "A batch task"
     else:

@@ -44,7 +44,8 @@ __all__ = [
     "ESCAPES",
     "TEMPLATE_MAX_CHARS",
     "TEMPLATE_SECONDS",
-    "TEST_TASK_NAME",
+    "TEST_MESSAGE",
+    "TEST_TITLE",
     "Message",
     "Renderer",
     "TemplateStopped",
@@ -74,8 +75,11 @@ ELLIPSIS = "…"
 BAR_CELLS = 10
 #: Longest main text any format gets; each format cuts further to its own limits.
 MAX_TEXT = 4000
-#: The name of the task in ``batchmon test-sink``'s message.
-TEST_TASK_NAME = "batchmon test message — please ignore"
+#: The headline and the text of ``batchmon test-sink``'s message (a ``batchmon.test`` event).
+TEST_TITLE = "Test message from batchmon"
+TEST_MESSAGE = (
+    "Sent by batchmon test-sink to check this destination. No task changed; please ignore."
+)
 
 
 class Tone(enum.StrEnum):
@@ -316,6 +320,8 @@ def _title(event: Event) -> str:
             return "🟢 SuperOffice API recovered"
         case EventType.MONITOR_AUTH_FAILED:
             return "🔑 SuperOffice credentials rejected"
+        case EventType.BATCHMON_TEST:
+            return f"🧪 {TEST_TITLE}"
     name = _task_name(task) if task is not None else "A task"
     state = task.state.value if task is not None else BatchTaskState.UNKNOWN.value
     match event.type:
@@ -759,29 +765,10 @@ class Renderer:
 
 
 def test_event(now: datetime) -> Event:
-    """A ``task.succeeded`` for a fake task (id 0) that says it is a test."""
-    started = now - timedelta(minutes=3)
+    """A ``batchmon.test`` message: about no task, saying it is a test."""
     return Event(
-        id=event_id("batchmon.test", now.isoformat()),
-        type=EventType.TASK_SUCCEEDED,
+        id=event_id(EventType.BATCHMON_TEST.value, now.isoformat()),
+        type=EventType.BATCHMON_TEST,
         time=now,
-        task=TaskSummary(
-            id=0,
-            name=TEST_TASK_NAME,
-            state=BatchTaskState.SUCCEEDED,
-            state_raw=BatchTaskState.SUCCEEDED.value,
-            progress=100,
-            progress_description=None,
-            description="Sent by batchmon test-sink to check this destination.",
-            associate_id=None,
-            context=None,
-            request=None,
-            response=None,
-            result="The destination is reachable.",
-            file_name=None,
-            last_started=started,
-            created=started,
-            start_count=1,
-        ),
-        message="This is a test message from batchmon; no task changed.",
+        message=TEST_MESSAGE,
     )

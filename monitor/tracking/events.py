@@ -19,7 +19,7 @@ from typing import Any
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.text import replace_surrogates, without_surrogates
 
-__all__ = ["EndReason", "Event", "EventType", "TaskSummary", "event_id"]
+__all__ = ["EMITTED", "EndReason", "Event", "EventType", "TaskSummary", "event_id"]
 
 
 class EventType(enum.StrEnum):
@@ -56,6 +56,12 @@ class EventType(enum.StrEnum):
     MONITOR_API_RECOVERED = "monitor.api_recovered"
     #: Credentials rejected after one renewal attempt.
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
+    #: A test message sent by ``batchmon test-sink``; the tracker never emits it.
+    BATCHMON_TEST = "batchmon.test"
+
+
+#: The types the tracker emits: every type but the test message.
+EMITTED = tuple(kind for kind in EventType if kind is not EventType.BATCHMON_TEST)
 
 
 class EndReason(enum.StrEnum):

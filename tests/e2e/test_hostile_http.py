@@ -210,7 +210,7 @@ class TestTaskAnswers:
         assert says(matching[0]), matching[0]
         assert 1 == len(matching)
         assert grown < RSS_BOUND_MIB * 1024, f"RSS grew {grown} KiB"
-        assert ("info" if DOWN in events else "warning") == matching[0]["level"]
+        assert ("error" if DOWN in events else "warning") == matching[0]["level"]
 
     @pytest.mark.parametrize("case", list(ACCEPTED))
     def test_accepted(self, target: Target, case: str) -> None:
