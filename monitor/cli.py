@@ -71,11 +71,14 @@ EX_NOT_TRACKED = 3
 EX_UNAVAILABLE = 69
 #: sysexits' EX_TEMPFAIL: the daemon answers but is not ready; try again later.
 EX_TEMPFAIL = 75
+#: sysexits' EX_NOPERM: the daemon wants a read token, and none or a wrong one was given.
+EX_NOPERM = 77
 #: The exit code for each reason ``status`` or ``watch`` got no answer.
 _PROBLEM_EXITS = {
     Problem.NOT_TRACKED: EX_NOT_TRACKED,
     Problem.UNREACHABLE: EX_UNAVAILABLE,
     Problem.NOT_READY: EX_TEMPFAIL,
+    Problem.REFUSED: EX_NOPERM,
 }
 #: The exit codes as ``status --help`` and ``watch --help`` explain them.
 _EXIT_HELP = """\b
@@ -88,6 +91,8 @@ Exit codes:
   69  the daemon cannot be reached (EX_UNAVAILABLE)
   75  the daemon is not ready: no poll yet, API down or credentials
       refused; try again later (EX_TEMPFAIL)
+  77  the daemon wants its read token (http.read_token): give it with
+      --token-file (EX_NOPERM)
   78  the --config file was refused (EX_CONFIG)"""
 _E = TypeVar("_E", bound=BaseException)
 
@@ -484,15 +489,35 @@ def _fail(error: SourceError) -> NoReturn:
     show_default=True,
     help="Base URL of the running daemon (its [http] listen address).",
 )
-def status(url: str) -> None:
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.read_token (or its api_token), when it has one.",
+)
+def status(url: str, token_file: Path | None) -> None:
     """``batchmon status``: the table, then exit 0 when ready, else 75."""
     try:
-        report = read_status(url)
+        report = read_status(url, _read_token(token_file))
     except SourceError as exc:
         _fail(exc)
     Console().print(status_view(report, datetime.now(UTC)))
     if not report.ready:
         sys.exit(EX_TEMPFAIL)
+
+
+def _read_token(path: Path | None) -> str | None:
+    """The token in ``--token-file`` (its first line), or ``None``; usage error if unreadable."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        message = f"cannot read {str(path)!r}: {exc}"
+        raise click.BadParameter(message, param_hint="--token-file") from None
+    if not token:
+        raise click.BadParameter(f"{str(path)!r} is empty", param_hint="--token-file")
+    return token
 
 
 def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -541,10 +566,25 @@ def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
     show_default=True,
     help="Time between two looks at the task.",
 )
-def watch(task_id: int, url: str | None, config_path: Path | None, interval: float) -> None:
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --url: a file holding the daemon's http.read_token, when it has one.",
+)
+def watch(
+    task_id: int,
+    url: str | None,
+    config_path: Path | None,
+    interval: float,
+    token_file: Path | None,
+) -> None:
     """``batchmon watch ID``: exit 0 when the task succeeds, 1 when it fails."""
     if url is not None and config_path is not None:
         raise click.UsageError("give --url or --config, not both")
+    if token_file is not None and config_path is not None:
+        raise click.UsageError("--token-file is for the daemon (--url), not --config")
+    token = _read_token(token_file)
     if interval <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--interval")
     config = _config_or_exit(config_path) if config_path is not None else None
@@ -552,7 +592,7 @@ def watch(task_id: int, url: str | None, config_path: Path | None, interval: flo
 
     async def follow_task() -> TaskView:
         if config is None:
-            source = DaemonSource(url or DEFAULT_DAEMON_URL, task_id)
+            source = DaemonSource(url or DEFAULT_DAEMON_URL, task_id, token)
             return await follow(source, interval=interval, console=console)
         async with api_source(config.superoffice, task_id) as api:
             return await follow(api, interval=interval, console=console)

@@ -87,6 +87,8 @@ class Problem(enum.Enum):
     NOT_TRACKED = "not tracked"
     #: The daemon answers but has not reached the API yet, or lost it: try again later.
     NOT_READY = "not ready"
+    #: The daemon wants a read token (``http.read_token``), and none or a wrong one was given.
+    REFUSED = "refused"
 
 
 class SourceError(Exception):
@@ -221,13 +223,16 @@ class HttpError(SourceError):
         self.status = status
 
 
-def _get(url: str, *, ok: Sequence[int] = (200,)) -> Any:
-    """GET ``url`` and parse its JSON; other statuses and network errors raise."""
+def _get(url: str, token: str | None, *, ok: Sequence[int] = (200,)) -> Any:
+    """GET ``url`` (with the read token, if any) and parse its JSON; other statuses and
+    network errors raise."""
     if urllib.parse.urlsplit(url).scheme not in {"http", "https"}:
         msg = f"{url}: only http:// and https:// URLs are supported"
         raise SourceError(msg)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked above
     try:
-        with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310 - scheme checked above
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310 - scheme checked above
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:
         with exc:
@@ -236,6 +241,10 @@ def _get(url: str, *, ok: Sequence[int] = (200,)) -> Any:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         msg = f"cannot reach batchmon at {url}: {reason}"
         raise SourceError(msg) from None
+    if status == 401 and 401 not in ok:
+        given = "the token given was refused" if token else "none was given"
+        msg = f"{url}: batchmon wants its read token (http.read_token); {given}: use --token-file"
+        raise SourceError(msg, Problem.REFUSED)
     if status not in ok:
         msg = f"{url}: HTTP {status} {_error_text(body)}".rstrip()
         raise HttpError(msg, status)
@@ -266,19 +275,28 @@ class StatusReport:
     problems: list[str]
 
 
-def read_status(base_url: str) -> StatusReport:
-    """The daemon's tasks (``/api/v1/tasks``) and readiness (``/readyz``)."""
+#: Tasks asked for per page of ``/api/v1/tasks`` (its maximum).
+PAGE_LIMIT = 5000
+
+
+def read_status(base_url: str, token: str | None = None) -> StatusReport:
+    """The daemon's tasks (``/api/v1/tasks``, every page) and readiness (``/readyz``)."""
     base = base_url.rstrip("/")
-    tasks = _get(f"{base}/api/v1/tasks")["tasks"]
-    ready, problems = _readiness(base)
+    tasks: list[Any] = []
+    page: str | None = f"/api/v1/tasks?limit={PAGE_LIMIT}"
+    while page is not None:
+        answer = _get(urllib.parse.urljoin(base + "/", page.lstrip("/")), token)
+        tasks += answer["tasks"]
+        page = answer.get("next")
+    ready, problems = _readiness(base, token)
     return StatusReport(
         url=base, tasks=[TaskView.from_json(t) for t in tasks], ready=ready, problems=problems
     )
 
 
-def _readiness(base: str) -> tuple[bool, list[str]]:
+def _readiness(base: str, token: str | None) -> tuple[bool, list[str]]:
     """Whether the daemon is ready (``/readyz``), and if not, why (text made visible)."""
-    answer = _get(f"{base}/readyz", ok=(200, 503))
+    answer = _get(f"{base}/readyz", token, ok=(200, 503))
     return bool(answer.get("ready")), [visible(str(p)) for p in answer.get("problems", [])]
 
 
@@ -342,9 +360,10 @@ class TaskSource(Protocol):
 class DaemonSource:
     """A task as a running daemon sees it (``/api/v1/tasks/{id}``)."""
 
-    def __init__(self, base_url: str, task_id: int) -> None:
+    def __init__(self, base_url: str, task_id: int, token: str | None = None) -> None:
         self._base = base_url.rstrip("/")
         self._task_id = int(task_id)
+        self._token = token
 
     async def read(self) -> TaskView:
         """Ask the daemon (in a worker thread: urllib blocks)."""
@@ -352,11 +371,12 @@ class DaemonSource:
 
     def _read(self) -> TaskView:
         try:
-            return TaskView.from_json(_get(f"{self._base}/api/v1/tasks/{self._task_id}"))
+            url = f"{self._base}/api/v1/tasks/{self._task_id}"
+            return TaskView.from_json(_get(url, self._token))
         except HttpError as exc:
             if exc.status != 404:
                 raise
-        ready, problems = _readiness(self._base)
+        ready, problems = _readiness(self._base, self._token)
         if not ready:
             msg = f"batchmon at {self._base} is not ready ({'; '.join(problems)}); try again later"
             raise SourceError(msg, Problem.NOT_READY)

@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 from click.testing import CliRunner
 
-from monitor.cli import EX_NOT_TRACKED, EX_TEMPFAIL, EX_UNAVAILABLE, main
+from monitor.cli import EX_NOPERM, EX_NOT_TRACKED, EX_TEMPFAIL, EX_UNAVAILABLE, main
 from monitor.console import StatusReport, read_status
 from monitor.simulator import OAuthApp, OnlineTenant, Simulator
 from monitor.superoffice.models import BatchTaskState
@@ -321,3 +321,70 @@ class TestWatchOnline:
 
         assert 0 == process.returncode, process.stderr.decode()[-2000:]
         assert f"#{task.id} Export: Succeeded" in process.stdout.decode()
+
+
+READ_TOKEN = "read-token-0123456789abcdef"
+
+
+class TestReadToken:
+    """A daemon with ``http.read_token``: ``status`` and ``watch`` send it from --token-file."""
+
+    async def test_status_and_watch_with_and_without_the_token(self, tmp_path: Path) -> None:
+        """Without the token: exit 77 and a sentence saying what to give; with it: the table."""
+        token_file = tmp_path / "read_token"
+        token_file.write_text(READ_TOKEN + "\n")
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-the-token-0123456789\n")
+        async with Simulator() as simulator:
+            done = simulator.add_task(name="Export", state=BatchTaskState.SUCCEEDED)
+            async with running_daemon(simulator, [done.id], http={"read_token": READ_TOKEN}) as (
+                _,
+                base,
+            ):
+                refused = await batchmon("status", "--url", base)
+                refused_wrong = await batchmon("status", "--url", base, "--token-file", str(wrong))
+                table = await batchmon("status", "--url", base, "--token-file", str(token_file))
+                watched = await batchmon(
+                    "watch", str(done.id), "--url", base, "--token-file", str(token_file)
+                )
+                watch_refused = await batchmon("watch", str(done.id), "--url", base)
+
+        assert EX_NOPERM == refused.returncode == refused_wrong.returncode
+        assert EX_NOPERM == watch_refused.returncode
+        assert "--token-file" in refused.stderr.decode()
+        assert "none was given" in refused.stderr.decode()
+        assert "refused" in refused_wrong.stderr.decode()
+        assert 0 == table.returncode, table.stderr.decode()
+        assert "Export" in table.stdout.decode()
+        assert 0 == watched.returncode, watched.stderr.decode()
+
+    def test_unreadable_token_file_is_a_usage_error(self, tmp_path: Path) -> None:
+        """A missing or empty --token-file is said, with exit 2."""
+        empty = tmp_path / "empty"
+        empty.write_text("\n")
+        missing = CliRunner().invoke(main, ["status", "--token-file", str(tmp_path / "none")])
+        blank = CliRunner().invoke(main, ["status", "--token-file", str(empty)])
+
+        assert 2 == missing.exit_code == blank.exit_code
+        assert "--token-file" in missing.output
+        assert "is empty" in blank.output
+
+
+class TestManyTasks:
+    """``status`` reads every page of ``/api/v1/tasks``, not only the first 500 tasks."""
+
+    async def test_all_pages(self) -> None:
+        """With 600 tracked tasks (more than a default page), the report lists all 600."""
+        async with Simulator() as simulator:
+            ids = [
+                simulator.add_task(name=f"Export {n}", state=BatchTaskState.SUCCEEDED).id
+                for n in range(600)
+            ]
+            async with running_daemon(simulator, ids) as (daemon, base):
+                with anyio.fail_after(20):
+                    while len(daemon.tracker.tasks) < 600:  # noqa: ASYNC110 - the daemon's clock
+                        await anyio.sleep(0.05)
+                report = await read(base)
+
+        assert 600 == len(report.tasks)
+        assert set(ids) == {task.id for task in report.tasks}
