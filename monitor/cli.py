@@ -489,12 +489,7 @@ def _fail(error: SourceError) -> NoReturn:
     show_default=True,
     help="Base URL of the running daemon (its [http] listen address).",
 )
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="A file holding the daemon's http.read_token (or its api_token), when it has one.",
-)
+@_TOKEN_FILE
 def status(url: str, token_file: Path | None) -> None:
     """``batchmon status``: the table, then exit 0 when ready, else 75."""
     try:
@@ -504,6 +499,15 @@ def status(url: str, token_file: Path | None) -> None:
     Console().print(status_view(report, datetime.now(UTC)))
     if not report.ready:
         sys.exit(EX_TEMPFAIL)
+
+
+#: ``--token-file`` of the commands that read from the daemon.
+_TOKEN_FILE = click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.read_token (or its api_token), when it has one.",
+)
 
 
 def _read_token(path: Path | None) -> str | None:
@@ -566,12 +570,7 @@ def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
     show_default=True,
     help="Time between two looks at the task.",
 )
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="With --url: a file holding the daemon's http.read_token, when it has one.",
-)
+@_TOKEN_FILE
 def watch(
     task_id: int,
     url: str | None,

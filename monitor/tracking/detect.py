@@ -242,20 +242,16 @@ def detect_404(previous: TaskMemory | None, now: datetime) -> Detection | None:
     last = previous.info
     gone = replace(previous, gone=True, gone_since=now, stalled=False)
     if last.state.is_terminal:
-        removed = _event(
+        kind, message = (
             EventType.TASK_REMOVED,
-            last,
-            now,
-            message="deleted after it finished (SuperOffice removes completed tasks)",
+            "deleted after it finished (SuperOffice removes completed tasks)",
         )
-        return Detection([removed], gone)
-    vanished = _event(
-        EventType.TASK_GONE,
-        last,
-        now,
-        message="the API answers 404: the task was deleted before it finished",
-    )
-    return Detection([vanished], gone)
+    else:
+        kind, message = (
+            EventType.TASK_GONE,
+            "the API answers 404: the task was deleted before it finished",
+        )
+    return Detection([_event(kind, last, now, message=message)], gone)
 
 
 def _transitions(
