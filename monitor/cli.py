@@ -96,6 +96,14 @@ Exit codes:
   78  the --config file was refused (EX_CONFIG)"""
 _E = TypeVar("_E", bound=BaseException)
 
+#: ``--token-file`` of the commands that read from the daemon.
+_TOKEN_FILE = click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.read_token (or its api_token), when it has one.",
+)
+
 log = structlog.get_logger("batchmon.cli")
 
 
@@ -499,15 +507,6 @@ def status(url: str, token_file: Path | None) -> None:
     Console().print(status_view(report, datetime.now(UTC)))
     if not report.ready:
         sys.exit(EX_TEMPFAIL)
-
-
-#: ``--token-file`` of the commands that read from the daemon.
-_TOKEN_FILE = click.option(
-    "--token-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="A file holding the daemon's http.read_token (or its api_token), when it has one.",
-)
 
 
 def _read_token(path: Path | None) -> str | None:

@@ -29,6 +29,7 @@ __all__ = [
     "Access",
     "access_middleware",
     "add_security_headers",
+    "bearer",
     "credentials",
     "host_allowed",
     "machine_names",
@@ -93,26 +94,32 @@ def _is_port(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 5
 
 
+def bearer(header: str | None) -> str | None:
+    """The token of ``Authorization: Bearer <token>``, else ``None``.
+
+    Changes take only this form: a browser never sends it on its own, so a page elsewhere
+    cannot make it send a change with credentials it remembered (Basic, below).
+    """
+    scheme, _, value = (header or "").strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
 def credentials(header: str | None) -> str | None:
     """The token an Authorization header carries: ``Bearer <token>``, or Basic with it as password.
 
     Basic lets a browser ask for the read token (any user name).  Bytes that are not
     text, bad base64 and other schemes carry no token.
     """
-    if header is None:
+    token = bearer(header)
+    scheme, _, value = (header or "").strip().partition(" ")
+    if token is not None or scheme.lower() != "basic":
+        return token
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, ValueError):  # also UnicodeError: not ASCII, not UTF-8
         return None
-    scheme, _, value = header.strip().partition(" ")
-    scheme, value = scheme.lower(), value.strip()
-    if scheme == "bearer":
-        return value
-    if scheme == "basic":
-        try:
-            decoded = base64.b64decode(value, validate=True).decode()
-        except (binascii.Error, ValueError):  # also UnicodeError: not ASCII, not UTF-8
-            return None
-        _, colon, password = decoded.partition(":")
-        return password if colon else None
-    return None
+    _, colon, password = decoded.partition(":")
+    return password if colon else None
 
 
 def token_matches(given: str | None, expected: str) -> bool:

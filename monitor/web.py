@@ -26,7 +26,7 @@ from monitor.http_access import (
     Access,
     access_middleware,
     add_security_headers,
-    credentials,
+    bearer,
     machine_names,
     token_matches,
 )
@@ -366,7 +366,7 @@ def _authorize(request: web.Request) -> None:
         raise _problem(
             web.HTTPForbidden, "changing watches is disabled: set http.api_token to enable it"
         )
-    if not token_matches(credentials(request.headers.get(hdrs.AUTHORIZATION)), token):
+    if not token_matches(bearer(request.headers.get(hdrs.AUTHORIZATION)), token):
         raise _problem(
             web.HTTPUnauthorized,
             "a valid bearer token is required",

@@ -31,7 +31,13 @@ from yarl import URL
 
 from monitor.cli import EX_CONFIG, main
 from monitor.config import ConfigError, parse_config
-from monitor.http_access import SECURITY_HEADERS, credentials, host_allowed, token_matches
+from monitor.http_access import (
+    SECURITY_HEADERS,
+    bearer,
+    credentials,
+    host_allowed,
+    token_matches,
+)
 from monitor.http_listener import Limits, RequestErrors, connection_cap, track_requests
 from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
@@ -132,6 +138,20 @@ class TestHostHeader:
 
 class TestCredentials:
     """Authorization headers: Bearer, Basic with the token as password, and garbage."""
+
+    @pytest.mark.parametrize(
+        ("header", "token"),
+        [
+            (None, None),
+            ("Bearer abc", "abc"),
+            ("BEARER abc", "abc"),
+            ("Basic " + base64.b64encode(b"anyone:abc").decode(), None),
+            ("abc", None),
+        ],
+    )
+    def test_bearer(self, header: str | None, token: str | None) -> None:
+        """Changes take the Bearer form only."""
+        assert token == bearer(header)
 
     @pytest.mark.parametrize(
         ("header", "token"),
@@ -435,6 +455,11 @@ class TestDaemonApp:
                 f"{base}/api/v1/watches/7", headers={"Authorization": f"Bearer {READER}"}
             ) as response:
                 seen["PUT", "read"] = response.status
+            api_basic = "Basic " + base64.b64encode(f"me:{TOKEN}".encode()).decode()
+            async with session.put(
+                f"{base}/api/v1/watches/7", headers={"Authorization": api_basic}
+            ) as response:
+                seen["PUT", "basic"] = response.status
 
         for path in ("/", "/metrics", "/api/v1/tasks"):
             assert [401, 401, 200, 200, 200] == [
@@ -445,6 +470,7 @@ class TestDaemonApp:
         assert 200 == seen["/healthz", "none"]
         assert 200 == seen["/readyz", "none"]
         assert 401 == seen["PUT", "read"], "the read token does not change watches"
+        assert 401 == seen["PUT", "basic"], "a browser's remembered Basic password changes nothing"
 
     async def test_security_headers_on_every_answer(self) -> None:
         """200, 400, 401, 404 and 421 answers all carry CSP, nosniff, DENY and no-referrer."""
@@ -636,7 +662,7 @@ class TestListener:
 
 
 #: A server whose process has used up its descriptors, as a leak elsewhere would leave it.
-#: It prints its port, then frees the descriptors when told to on stdin.
+#: It prints its port, then frees the descriptors when told to on stdin and says "freed".
 _STARVED_SERVER = """
 import asyncio, os, sys
 from aiohttp import web
@@ -683,22 +709,22 @@ class TestOutOfDescriptors:
         ) as server:
             assert server.stdin is not None
             assert server.stdout is not None
-            said = b""  # what the server logged before it said it freed its descriptors
+            said: list[bytes] = []  # what the server logged before it freed its descriptors
             try:
                 port = int(server.stdout.readline())
                 starved = [_blocking_get(port) for _ in range(20)]
                 server.stdin.write(b"free\n")
                 server.stdin.flush()
                 while (line := server.stdout.readline()) not in {b"freed\n", b""}:
-                    said += line
+                    said.append(line)
                 fed = _blocking_get(port)
                 again = _blocking_get(port)
             finally:
                 out, err = server.communicate(b"stop\n", timeout=10)
-            out = said + out
 
         assert {b"HTTP/1.1 503 Service Unavailable"} == set(starved)
         assert b"HTTP/1.1 200 OK" == fed == again
+        out = b"".join(said) + out
         assert 1 == out.count(b"http_connections_shed"), out
         assert b"cannot accept: Too many open files" in out
         assert 1 == out.count(b"http_connections_recovered"), out

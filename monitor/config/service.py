@@ -109,13 +109,15 @@ class HttpConfig(_Section):
     listen: str = "127.0.0.1:9808"
     #: Bearer token required for PUT/DELETE on /api/v1/watches; it also grants reads.
     api_token: Secret | None = None
-    #: Bearer token required, when set, for everything but /healthz and /readyz.
+    #: Token required, when set, for everything but /healthz and /readyz (Bearer, or Basic
+    #: with it as password, so that a browser can ask for it).
     read_token: Secret | None = None
     #: Where people reach the status page (chat messages link to it), e.g.
     #: ``https://batchmon.example.com/``; without it, messages carry no link.
     public_url: str | None = None
-    #: Names the Host header may carry besides localhost, IP addresses, the listen host and
-    #: public_url's host (a DNS-rebinding page sends a name of its own, refused with 421).
+    #: Names the Host header may carry besides localhost, IP addresses, this machine's name,
+    #: the listen host and public_url's host (a DNS-rebinding page sends a name of its own,
+    #: refused with 421).
     allowed_hosts: list[Annotated[str, AfterValidator(_host_name)]] = Field(default_factory=list)
     #: How many tasks may be watched at run time (PUT /api/v1/watches) at once.
     max_watches: Annotated[_Int, Field(ge=0, le=1_000_000)] = 1000
