@@ -28,6 +28,7 @@ from rich.table import Table
 
 from bench.scenarios.common import Row
 from bench.scenarios.delivery import detection_to_delivery
+from bench.scenarios.discovery import discovery_requests
 from bench.scenarios.memory import memory_per_tasks
 from bench.scenarios.requests import requests_per_hour
 from bench.scenarios.startup import startup_to_ready
@@ -44,6 +45,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[bool], Row]]] = {
     "P5": ("API requests per hour", requests_per_hour),
     "P6": ("/metrics under polling", scrape_under_polling),
     "P7": ("start-up to READY", startup_to_ready),
+    "P8": ("discovery requests", discovery_requests),
 }
 
 
