@@ -30,6 +30,7 @@ from bench.scenarios.common import Row
 from bench.scenarios.delivery import detection_to_delivery
 from bench.scenarios.discovery import discovery_requests
 from bench.scenarios.memory import memory_per_tasks
+from bench.scenarios.month import month_of_tasks
 from bench.scenarios.requests import requests_per_hour
 from bench.scenarios.startup import startup_to_ready
 from bench.scenarios.throughput import bulk_cycle, per_id_polling, scrape_under_polling
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[bool], Row]]] = {
     "P6": ("/metrics under polling", scrape_under_polling),
     "P7": ("start-up to READY", startup_to_ready),
     "P8": ("discovery requests", discovery_requests),
+    "P9": ("a month of churn", month_of_tasks),
 }
 
 
