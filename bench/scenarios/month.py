@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -214,7 +215,7 @@ def _db_figures(path: Path) -> tuple[float, float, int, int]:
     and history rows stored."""
     wal = path.with_name(path.name + "-wal")
     wal_size = wal.stat().st_size if wal.exists() else 0
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         tasks = db.execute("SELECT count(*) FROM tasks").fetchone()[0]
         history = db.execute("SELECT count(*) FROM history").fetchone()[0]
     return (path.stat().st_size + wal_size) / 2**20, wal_size / 2**20, tasks, history
