@@ -1,6 +1,6 @@
 """Run the benchmark scenarios and print one table: ``python -m bench [--quick] [--only P1,P3]``.
 
-Each scenario (see issue 6 and :mod:`bench.scenarios`) returns a :class:`Row`: our figure,
+Each scenario (see issues 6 and 13, and :mod:`bench.scenarios`) returns a :class:`Row`: our figure,
 the baseline's, their ratio, the target and whether it holds.  Each runs in a fresh
 interpreter (``--scenario KEY`` prints its row as JSON), so that one scenario's heap,
 threads and caches never weigh on the next; ours and its baseline still run side by side
