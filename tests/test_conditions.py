@@ -189,6 +189,21 @@ class TestForgettingOverAMonth:
         assert len(failures) <= 25, "only the last day's failures are still firing"
         assert sum(tracker.state_counts.values()) == len(tracker.tasks)
 
+    def test_changed_set_stays_bounded_without_a_reader(self) -> None:
+        """A daemon nobody scrapes never takes the changed ids: the tasks it forgot leave no
+        trace in them (a month at 240 tasks a day would otherwise keep all 7,200 ids)."""
+        tracker = Tracker(replace(RULES, forget_after=DAY))
+        for task_id in range(1, 30 * 240 + 1):
+            began = T0 + task_id * 6 * M
+            tracker.observe(task(Id=task_id, LastStarted=began.isoformat()), began)
+            tracker.observe(
+                task(Id=task_id, LastStarted=began.isoformat(), State="Succeeded"), began + M
+            )
+            if task_id % 10 == 0:
+                tracker.expire(began + M)
+
+        assert len(tracker.take_changed()) <= len(tracker.tasks) <= 250
+
     def test_forgotten_tasks_leave_the_counts_and_the_changed_set(self) -> None:
         """Forgetting drops a task from the state counts and reports it changed (metrics)."""
         tracker = Tracker(Rules(forget_after=H))

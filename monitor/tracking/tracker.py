@@ -39,6 +39,10 @@ class Tracker:
         #: State transitions seen so far, by (from, to) state name.
         self.transitions: Counter[tuple[str, str]] = Counter()
         self._changed: set[int] = set()
+        #: Ids the reader of :meth:`take_changed` was last told exist: only their forgetting
+        #: is news to it, so a tracker nobody reads (no scrapes) keeps no trace of the
+        #: tasks it forgot.
+        self._told: set[int] = set()
         self._state_counts: Counter[str] = Counter()
 
     @property
@@ -68,6 +72,11 @@ class Tracker:
         formatted lines) and wants to redo only what changed.
         """
         changed, self._changed = self._changed, set()
+        for task_id in changed:
+            if task_id in self._tasks:
+                self._told.add(task_id)
+            else:
+                self._told.discard(task_id)
         return changed
 
     def observe(self, info: BatchTaskInfo, now: datetime) -> list[Event]:
@@ -153,9 +162,13 @@ class Tracker:
         """Drop tasks that are no longer watched."""
         for task_id in task_ids:
             memory = self._tasks.pop(task_id, None)
-            if memory is not None:
-                self._state_counts[state_name(memory)] -= 1
+            if memory is None:
+                continue
+            self._state_counts[state_name(memory)] -= 1
+            if task_id in self._told:
                 self._changed.add(task_id)
+            else:  # the reader never heard of it: nothing to take back
+                self._changed.discard(task_id)
 
     def _count(self, events: list[Event]) -> None:
         for event in events:
