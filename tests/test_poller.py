@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitor.daemon import rules_from
-from monitor.poller import Poller, Shard
+from monitor.polling import Poller, Shard
 from monitor.ratelimit import RateLimiter
 from monitor.simulator import Scenario, SimTask, Simulator
 from monitor.superoffice.auth import auth_from_config
@@ -124,7 +124,7 @@ class TestLifecycle:
         """New, Started, progress and Failed each give their event, in order."""
         task = simulator.add_task(name="Import contacts", state=BatchTaskState.NEW)
         async with polling(simulator, clock, [task.id]) as (poller, recorder):
-            steps = [
+            steps: list[dict[str, Any]] = [
                 {},
                 {"state": BatchTaskState.STARTED, "start_count": 1, "last_started": clock.now},
                 {"progress": 50, "progress_description": "Importing 500/1000"},
@@ -623,8 +623,7 @@ class TestShard:
         self, simulator: Simulator, clock: ManualClock
     ) -> None:
         """A poller of shard 1/2 takes only the ids that hash to it."""
-        async with polling(simulator, clock, []) as (poller, _):
-            poller._shard = Shard(1, 2)
+        async with polling(simulator, clock, [], shard=Shard(1, 2)) as (poller, _):
             added = poller.watch(range(1, 101))
 
         assert 30 < len(added) < 70
