@@ -80,6 +80,7 @@ async def polling(
     ids: list[int],
     shard: Shard | None = None,
     superoffice: dict[str, Any] | None = None,
+    watch: dict[str, Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[tuple[Poller, Recorder]]:
     """A poller watching ``ids`` on the simulator, publishing into a recorder.
@@ -89,7 +90,7 @@ async def polling(
     """
     config = make_config(
         simulator.url,
-        watch={"ids": ids},
+        watch={"ids": ids, **(watch or {})},
         poll={"terminal_linger": "0s", "api_down_after": 2, **poll},
         superoffice=superoffice or {},
     )
@@ -184,6 +185,27 @@ class TestLifecycle:
             await poller.poll_once()
             assert frozenset() == poller.watched
             assert task.id in poller._tracker.tasks, "still remembered until forget_after"
+
+    async def test_what_is_kept_per_task_goes_with_it(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """Unwatched or forgotten, a task leaves nothing behind in the poller (its state is
+        bounded by the tasks watched)."""
+        odd = simulator.add_task(state=BatchTaskState.STARTED, progress=150)
+        done = simulator.add_task(state=BatchTaskState.SUCCEEDED)
+        async with polling(simulator, clock, [odd.id], watch={"forget_after": "1h"}) as (poller, _):
+            poller.watch([done.id, 999])
+            await poller.poll_once()
+            simulator.fail_next(4, 200, body="<html>Login</html>")  # 3 lists, then its GET
+            await poller.poll_once()
+            kept = (poller._schedule.sizes(), poller._reports.sizes())
+            poller.unwatch([odd.id, 999])
+            clock.advance(3601)
+            forgotten = await poller.sweep()
+
+        assert ((2, 1, 1, 0, 2), (1, 1)) == kept, "malformed and anomalous"
+        assert [done.id] == forgotten
+        assert ((0, 0, 0, 0, 0), (0, 0)) == (poller._schedule.sizes(), poller._reports.sizes())
 
     async def test_first_seen_finished_needs_no_confirmation(
         self, simulator: Simulator, clock: ManualClock
