@@ -12,10 +12,10 @@ from fnmatch import fnmatchcase
 from functools import partial
 
 import anyio
+import structlog
 
 from monitor.config import DiscoverRule
 from monitor.polling.batching import SETTLE_SLICE, Batcher, News
-from monitor.polling.reports import log
 from monitor.polling.schedule import Row, Schedule
 from monitor.superoffice.client import SuperOfficeClient
 from monitor.superoffice.errors import ApiError
@@ -24,6 +24,8 @@ from monitor.tracking.events import Event
 from monitor.tracking.memory import TaskMemory
 
 __all__ = ["Discovery", "TakeRow", "rule_matches"]
+
+log = structlog.get_logger("batchmon.poller")
 
 #: Observes a row: its events, and the task's memory if it changed in a way worth storing.
 TakeRow = Callable[[Row], tuple[list[Event], TaskMemory | None]]

@@ -24,12 +24,13 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from monitor.config import DiscoverRule, PollConfig
 from monitor.polling.batching import SETTLE_SLICE, Batcher, Commit, News
 from monitor.polling.discovery import Discovery, rule_matches
-from monitor.polling.reports import Reports, log
+from monitor.polling.reports import Reports
 from monitor.polling.schedule import Fetch, Later, Listings, Plan, Row, Schedule, Unchanged
 from monitor.polling.shard import Shard
 from monitor.superoffice.client import AnswerMemo, SuperOfficeClient
@@ -46,6 +47,8 @@ from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 
 __all__ = ["Forget", "Poller", "utc_now"]
+
+log = structlog.get_logger("batchmon.poller")
 
 #: Drops forgotten tasks from the store.
 Forget = Callable[[Sequence[int]], Awaitable[None]]

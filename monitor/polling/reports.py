@@ -9,7 +9,7 @@ import structlog
 from monitor.superoffice.errors import ApiError, MalformedResponse
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState, TaskListing
 
-__all__ = ["Reports", "log"]
+__all__ = ["Reports"]
 
 log = structlog.get_logger("batchmon.poller")
 
