@@ -48,7 +48,7 @@ from monitor.console import (
 )
 from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.logs import configure_logging
-from monitor.poller import Shard
+from monitor.polling import Shard
 from monitor.simulator import Scenario, Simulator
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.factory import SinkContext, build_sink

@@ -21,7 +21,7 @@ import structlog
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.metrics import BatchmonCollector, make_registry
-from monitor.poller import Poller, Shard, rule_matches, utc_now
+from monitor.polling import Poller, Shard, rule_matches, utc_now
 from monitor.sinks.base import RestorableSink
 from monitor.sinks.dispatcher import Dispatcher
 from monitor.sinks.factory import SinkContext, subscriptions_from

@@ -38,7 +38,7 @@ from monitor.http_listener import (
     Limits,
     track_requests,
 )
-from monitor.poller import Poller
+from monitor.polling import Poller
 from monitor.store import Store
 from monitor.task_list import (
     DEFAULT_LIMIT,

@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitor.daemon import rules_from
-from monitor.poller import Poller, Shard
+from monitor.polling import Poller, Shard
 from monitor.ratelimit import RateLimiter
 from monitor.simulator import Scenario, SimTask, Simulator
 from monitor.superoffice.auth import auth_from_config
@@ -80,6 +80,7 @@ async def polling(
     ids: list[int],
     shard: Shard | None = None,
     superoffice: dict[str, Any] | None = None,
+    watch: dict[str, Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[tuple[Poller, Recorder]]:
     """A poller watching ``ids`` on the simulator, publishing into a recorder.
@@ -89,7 +90,7 @@ async def polling(
     """
     config = make_config(
         simulator.url,
-        watch={"ids": ids},
+        watch={"ids": ids, **(watch or {})},
         poll={"terminal_linger": "0s", "api_down_after": 2, **poll},
         superoffice=superoffice or {},
     )
@@ -124,7 +125,7 @@ class TestLifecycle:
         """New, Started, progress and Failed each give their event, in order."""
         task = simulator.add_task(name="Import contacts", state=BatchTaskState.NEW)
         async with polling(simulator, clock, [task.id]) as (poller, recorder):
-            steps = [
+            steps: list[dict[str, Any]] = [
                 {},
                 {"state": BatchTaskState.STARTED, "start_count": 1, "last_started": clock.now},
                 {"progress": 50, "progress_description": "Importing 500/1000"},
@@ -184,6 +185,27 @@ class TestLifecycle:
             await poller.poll_once()
             assert frozenset() == poller.watched
             assert task.id in poller._tracker.tasks, "still remembered until forget_after"
+
+    async def test_what_is_kept_per_task_goes_with_it(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """Unwatched or forgotten, a task leaves nothing behind in the poller (its state is
+        bounded by the tasks watched)."""
+        odd = simulator.add_task(state=BatchTaskState.STARTED, progress=150)
+        done = simulator.add_task(state=BatchTaskState.SUCCEEDED)
+        async with polling(simulator, clock, [odd.id], watch={"forget_after": "1h"}) as (poller, _):
+            poller.watch([done.id, 999])
+            await poller.poll_once()
+            simulator.fail_next(4, 200, body="<html>Login</html>")  # 3 lists, then its GET
+            await poller.poll_once()
+            kept = (poller._schedule.sizes(), poller._reports.sizes())
+            poller.unwatch([odd.id, 999])
+            clock.advance(3601)
+            forgotten = await poller.sweep()
+
+        assert ((2, 1, 1, 0, 2), (1, 1)) == kept, "malformed and anomalous"
+        assert [done.id] == forgotten
+        assert ((0, 0, 0, 0, 0), (0, 0)) == (poller._schedule.sizes(), poller._reports.sizes())
 
     async def test_first_seen_finished_needs_no_confirmation(
         self, simulator: Simulator, clock: ManualClock
@@ -623,8 +645,7 @@ class TestShard:
         self, simulator: Simulator, clock: ManualClock
     ) -> None:
         """A poller of shard 1/2 takes only the ids that hash to it."""
-        async with polling(simulator, clock, []) as (poller, _):
-            poller._shard = Shard(1, 2)
+        async with polling(simulator, clock, [], shard=Shard(1, 2)) as (poller, _):
             added = poller.watch(range(1, 101))
 
         assert 30 < len(added) < 70

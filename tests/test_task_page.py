@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 
 from monitor.daemon import Daemon, RuntimeWatches
-from monitor.poller import Poller
+from monitor.polling import Poller
 from monitor.simulator import Simulator
 from monitor.sinks.dispatcher import Dispatcher
 from monitor.store import Store

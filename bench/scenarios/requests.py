@@ -3,7 +3,7 @@
 Nothing sleeps for real.  The poller and the simulator share one event loop whose clock
 jumps ahead whenever the loop has nothing to do but wait for a timer (:class:`SkippingLoop`),
 and the simulator's and the poller's wall clocks follow that loop clock.  So
-:meth:`monitor.poller.Poller.run` runs its real schedule for a simulated hour in seconds,
+:meth:`monitor.polling.Poller.run` runs its real schedule for a simulated hour in seconds,
 against real HTTP on loopback, and :attr:`Simulator.requests` counts what it sent.
 
 The tenant (:class:`TaskHour`) has 1,000 tasks, all watched by id from the start; each
@@ -34,7 +34,7 @@ import anyio
 
 from bench.scenarios.common import ROOT, Row, quiet_logging
 from monitor.config import Config, parse_config
-from monitor.poller import Poller
+from monitor.polling import Poller
 from monitor.simulator import Scenario, SimTask, Simulator
 from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.models import BatchTaskState
