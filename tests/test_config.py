@@ -19,13 +19,13 @@ from monitor.config import (
     Config,
     ConfigError,
     HttpConfig,
-    SinkConfig,
     StateConfig,
     load_config,
     parse_config,
     parse_duration,
     redacted,
 )
+from monitor.config.sinks import LogSinkConfig
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "batchmon.example.toml"
 MARKER = "s3cr3t-MARKER-7f1c"
@@ -181,7 +181,7 @@ class TestMinimalConfig:
 
         config = parse_config(data, base_dir=Path())
 
-        assert config.sinks == [SinkConfig(name="log", type="log")]
+        assert config.sinks == [LogSinkConfig(name="log")]
 
     def test_constructed_in_python(self) -> None:
         """The models can be built directly, with the same defaults."""
@@ -950,7 +950,7 @@ class TestSinkTypes:
             ),
             (
                 {"type": "slack", "url": "https://x.example", "secret": SECRET},
-                "sinks[\"a\"].secret: only sink type 'webhook' signs messages",
+                "sinks[\"a\"].secret: not used by sink type 'slack'",
             ),
             (
                 {"type": "webhook", "url": "https://x.example", "secret": "hunter2"},

@@ -53,7 +53,7 @@ import aiohttp
 import anyio
 import structlog
 
-from monitor.config import SinkConfig
+from monitor.config.sinks import AlertmanagerSinkConfig
 from monitor.links import task_url
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.http import Request, json_body, post_json
@@ -267,12 +267,13 @@ class AlertmanagerSink:
 
     @classmethod
     def from_config(
-        cls, config: SinkConfig, session: aiohttp.ClientSession, *, status_url: str | None
+        cls,
+        config: AlertmanagerSinkConfig,
+        session: aiohttp.ClientSession,
+        *,
+        status_url: str | None,
     ) -> AlertmanagerSink:
         """The sink a validated ``[[sinks]]`` entry of type ``alertmanager`` describes."""
-        if config.url is None:
-            msg = f"sink {config.name!r}: an alertmanager sink needs a url"
-            raise ValueError(msg)
         return cls(
             config.name,
             config.url.get_secret_value(),
