@@ -12,7 +12,8 @@ from monitor.config import (
     load_config,
     parse_config,
 )
-from monitor.config.sinks import LogSinkConfig
+from monitor.config.sinks import LogSinkConfig, MessageSinkConfig
+from monitor.config.superoffice import BasicAuthConfig
 from tests.config_helpers import (
     EXAMPLE,
     clean_environment,  # noqa: F401 - autouse fixture
@@ -31,11 +32,8 @@ class TestMinimalConfig:
 
         so = config.superoffice
         assert so.url == "https://online3.superoffice.com/Cust12345/api"
-        assert (
-            so.auth.type,
-            so.auth.username,
-            so.auth.password.get_secret_value() if so.auth.password else None,
-        ) == ("basic", "batchmon", "pw")
+        assert isinstance(so.auth, BasicAuthConfig)
+        assert (so.auth.username, so.auth.password.get_secret_value()) == ("batchmon", "pw")
         assert (
             so.timeout,
             so.connect_timeout,
@@ -129,7 +127,7 @@ class TestExampleFile:
         config = load_config(EXAMPLE)
 
         auth = config.superoffice.auth
-        assert auth.password is not None
+        assert isinstance(auth, BasicAuthConfig)
         assert auth.password.get_secret_value() == "hunter2"
         assert config.http.api_token is not None
         assert config.http.api_token.get_secret_value() == "tok-0123456789abcdef"
@@ -138,7 +136,9 @@ class TestExampleFile:
         assert config.state.resolved_path == Path("/var/lib/batchmon/state.db")
         assert [sink.name for sink in config.sinks] == ["ops", "chat", "hook", "alerts"]
         assert [rule.name for rule in config.watch.discover] == ["Export*"]
-        assert config.sinks[1].remind_every == 14400.0
+        chat = config.sinks[1]
+        assert isinstance(chat, MessageSinkConfig)
+        assert chat.remind_every == 14400.0
         assert config.sinks[0].events is not None
         assert "monitor.*" in config.sinks[0].events
 

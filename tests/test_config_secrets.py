@@ -14,6 +14,7 @@ from monitor.config import (
     parse_config,
     redacted,
 )
+from monitor.config.superoffice import BasicAuthConfig, TicketAuthConfig
 from tests.config_helpers import (
     MARKER,
     TOKEN_16,
@@ -37,9 +38,9 @@ class TestSecretForms:
     def password(self, auth: dict[str, object], base_dir: Path) -> str:
         """The password that results from ``auth`` (basic, user 'u')."""
         data = with_("superoffice.auth", {"type": "basic", "username": "u", **auth})
-        password = parse_config(data, base_dir=base_dir).superoffice.auth.password
-        assert password is not None
-        return password.get_secret_value()
+        loaded = parse_config(data, base_dir=base_dir).superoffice.auth
+        assert isinstance(loaded, BasicAuthConfig)
+        return loaded.password.get_secret_value()
 
     def test_inline(self) -> None:
         """The inline value is used as is."""
@@ -186,6 +187,7 @@ class TestSecretForms:
 
         config = parse_config(data, base_dir=Path())
 
+        assert isinstance(config.superoffice.auth, TicketAuthConfig)
         secrets = [
             config.superoffice.auth.ticket,
             config.superoffice.app_token,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config import parse_config
+from monitor.config.sinks import UrlSinkConfig, WebhookSinkConfig
 from tests.config_helpers import (
     clean_environment,  # noqa: F401 - autouse fixture
     problems,
@@ -96,7 +97,7 @@ class TestSinkTypes:
             base_dir=Path("/nonexistent"),
         )
 
-        assert config.sinks[0].url is not None
+        assert isinstance(config.sinks[0], UrlSinkConfig)
         assert problems(with_("sinks", [{"name": "a", "type": kind}])) == [
             f'sinks["a"].url: required for sink type {kind!r} (give url, url_file or url_env)'
         ]
@@ -173,7 +174,9 @@ class TestSinkTypes:
         }
         config = parse_config(with_("sinks", [sink]), base_dir=Path("/nonexistent"))
 
-        assert (10.0, 14400.0) == (config.sinks[0].rate, config.sinks[0].remind_every)
+        [entry] = config.sinks
+        assert isinstance(entry, WebhookSinkConfig)
+        assert (10.0, 14400.0) == (entry.rate, entry.remind_every)
         assert "whsec_" not in repr(config)
 
     def test_public_url(self) -> None:

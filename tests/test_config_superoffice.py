@@ -17,6 +17,7 @@ from monitor.config import (
     parse_config,
     redacted,
 )
+from monitor.config.superoffice import OAuthConfig, SystemUserAuthConfig
 from tests.config_helpers import (
     MARKER,
     clean_environment,  # noqa: F401 - autouse fixture
@@ -184,8 +185,9 @@ class TestOnlineAccess:
         config = parse_config(data, base_dir=Path("/nonexistent"))
 
         so = config.superoffice
+        assert isinstance(so.auth, OAuthConfig)
         assert ("https://online.superoffice.com", None) == (so.environment_base, so.url)
-        assert ("oauth", "0123456789abcdef") == (so.auth.type, so.auth.client_id)
+        assert "0123456789abcdef" == so.auth.client_id
         assert MARKER not in repr(config) + json.dumps(redacted(config))
 
     @pytest.mark.parametrize(
@@ -219,6 +221,7 @@ class TestOnlineAccess:
 
         auth = parse_config(tomllib.loads(text), base_dir=key_files).superoffice.auth
 
+        assert isinstance(auth, SystemUserAuthConfig)
         assert key.private_numbers() == auth.signing_key().private_numbers()
         federation_key = auth.federation_key()
         if federation is None:
