@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from monitor.config import parse_config
-from monitor.config.sinks import UrlSinkConfig, WebhookSinkConfig
+from monitor.config.sinks import SINK_TYPES, UrlSinkConfig, WebhookSinkConfig
 from tests.config_helpers import (
     clean_environment,  # noqa: F401 - autouse fixture
     problems,
@@ -86,10 +86,12 @@ SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes of base64
 class TestSinkTypes:
     """Every sink type, its required URL and the keys only some types take."""
 
-    @pytest.mark.parametrize(
-        "kind",
-        ["webhook", "slack", "teams", "discord", "mattermost", "googlechat", "alertmanager"],
-    )
+    def test_every_type_but_log_posts_to_a_url(self) -> None:
+        """The URL types are the models under UrlSinkConfig: all but ``log``."""
+        local = {kind for kind, model in SINK_TYPES.items() if not issubclass(model, UrlSinkConfig)}
+        assert {"log"} == local
+
+    @pytest.mark.parametrize("kind", sorted(SINK_TYPES.keys() - {"log"}))
     def test_url_types(self, kind: str) -> None:
         """Each URL sink type loads with a URL and is refused without one."""
         config = parse_config(
