@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from monitor.config import SinkConfig
+from monitor.config.sinks import AlertmanagerSinkConfig
 from monitor.sinks.alertmanager import (
     DESCRIPTION_MAX,
     LABEL_MAX,
@@ -733,7 +733,7 @@ class TestFactory:
 
     async def test_build(self, session: aiohttp.ClientSession) -> None:
         """An ``alertmanager`` entry builds an AlertmanagerSink linking to the status page."""
-        config = SinkConfig.model_validate(
+        config = AlertmanagerSinkConfig.model_validate(
             {"name": "am", "type": "alertmanager", "url": "http://127.0.0.1:9093", "timeout": "3s"}
         )
 

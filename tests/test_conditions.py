@@ -15,7 +15,7 @@ import pytest
 
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import condition, detect, detect_404, expire, expired
-from monitor.tracking.events import EndReason, EventType
+from monitor.tracking.events import KINDS, EndReason, EventType
 from monitor.tracking.memory import Rules, TaskMemory
 from monitor.tracking.tracker import Tracker
 from tests.test_detect import RULES, T0, H, M, S, seen, task
@@ -41,6 +41,8 @@ CONDITIONS: list[tuple[str, TaskMemory, EventType | None]] = [
 def test_condition(memory: TaskMemory, expected: EventType | None) -> None:
     """Failed, stalled and gone-while-active are conditions; a clean-up is none."""
     assert expected is condition(memory)
+    if expected is not None:
+        assert KINDS[expected].alert is not None, "a condition fires an alert while it lasts"
 
 
 # (case, memory, time since T0, expired?, the events forgetting it gives)
@@ -139,6 +141,7 @@ def test_events_that_end_a_condition_carry_why(
         events = detect(memory, current, T0 + M, RULES).events
     found = {e.type: e for e in events}
     assert reason is found[kind].reason
+    assert condition(memory) in KINDS[kind].ends, "the table says this event ends it"
     assert found[kind].to_dict()["reason"] == reason.value
 
 

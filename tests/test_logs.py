@@ -8,6 +8,7 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -36,7 +37,7 @@ LOUDNESS = [
 ]
 
 
-def _event(kind: EventType, **task: object) -> Event:
+def _event(kind: EventType, **task: Any) -> Event:
     state = BatchTaskState.FAILED if kind is EventType.TASK_FAILED else BatchTaskState.STARTED
     return make_task_event(kind, **{"state": state, **task})
 

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from pydantic import TypeAdapter
 from slack_sdk.models.blocks import Block
 
 from monitor.config import SinkConfig
@@ -72,7 +73,9 @@ def _sink(
     **config: Any,
 ) -> Sink:
     """A sink built the way the daemon builds it, from a ``[[sinks]]`` entry."""
-    entry = SinkConfig.model_validate({"name": "ops", "type": kind, "url": url, **config})
+    entry = TypeAdapter(SinkConfig).validate_python(
+        {"name": "ops", "type": kind, "url": url, **config}
+    )
     return build_sink(entry, SinkContext(session, status_url=status_url))
 
 

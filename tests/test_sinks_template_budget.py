@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from itertools import count
 from pathlib import Path
 
@@ -43,7 +43,7 @@ def still() -> float:
     return 0.0
 
 
-def stopped_logs(logs: list[dict[str, object]]) -> list[tuple[object, ...]]:
+def stopped_logs(logs: Sequence[Mapping[str, object]]) -> list[tuple[object, ...]]:
     return [(line["log_level"], line["event"], line["sink"]) for line in logs]
 
 

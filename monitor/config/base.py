@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import ClassVar, Self, get_args
 
 from pydantic import (
     BaseModel,
@@ -56,6 +56,9 @@ class _Section(BaseModel):
             if problem is not None:
                 problems.append(problem)
                 unresolved.add((name,))
+        for problem in cls._missing_keys(given, unresolved):
+            problems.append(problem)
+            unresolved.add(problem["loc"])
 
         if not problems:
             return handler(given)
@@ -67,15 +70,87 @@ class _Section(BaseModel):
         raise _invalid(cls.__name__, problems)
 
     @classmethod
-    def _unknown_keys(cls, data: Mapping[str, object]) -> list[InitErrorDetails]:
-        """Report the keys that are neither fields nor a secret's ``_file``/``_env`` form."""
+    def _missing_keys(
+        cls, given: Mapping[str, object], unresolved: set[tuple[str | int, ...]]
+    ) -> list[InitErrorDetails]:
+        """Problems for required keys not given, where a section words them itself."""
+        return []
+
+    @classmethod
+    def _keys(cls) -> set[str]:
+        """The keys a table of this section may hold: its fields and their secret forms."""
         known = set(cls.model_fields)
         known.update(f"{name}{suffix}" for name in cls._secrets for suffix in ("_file", "_env"))
+        return known
+
+    @classmethod
+    def _unknown_keys(cls, data: Mapping[str, object]) -> list[InitErrorDetails]:
+        """Report the keys that are neither fields nor a secret's ``_file``/``_env`` form."""
+        known = cls._keys()
         problems = []
         for key in data:
             if key in known:
                 continue
             problems.append(_problem((key,), f"unknown key{_did_you_mean(key, sorted(known))}"))
+        return problems
+
+
+class _Variant(_Section):
+    """One table of a union told apart by its ``type`` (a sink, an auth scheme).
+
+    Each type's model holds exactly its own keys.  A key another type of the same union
+    takes is "not used by" this one, and a key this type needs is "required for" it: the
+    words name the type, which pydantic's would not.
+    """
+
+    #: What the union is of, for messages: ``sink``, ``auth``.
+    _union: ClassVar[str]
+
+    @classmethod
+    def type_name(cls) -> str:
+        """The ``type`` this model is chosen by (its ``Literal``)."""
+        (name,) = get_args(cls.model_fields["type"].annotation)
+        return str(name)
+
+    @classmethod
+    def _root(cls) -> type[_Variant]:
+        """The base of the union: the class right below :class:`_Variant`."""
+        return next(
+            base for base in cls.__mro__ if isinstance(base, type) and _Variant in base.__bases__
+        )
+
+    @classmethod
+    def _union_keys(cls) -> set[str]:
+        """Every key some type of the union takes."""
+        keys: set[str] = set()
+        pending: list[type[_Section]] = [cls._root()]
+        while pending:
+            model = pending.pop()
+            pending += model.__subclasses__()
+            keys |= model._keys()
+        return keys
+
+    @classmethod
+    def _unknown_keys(cls, data: Mapping[str, object]) -> list[InitErrorDetails]:
+        others = cls._union_keys()
+        used_elsewhere = f"not used by {cls._union} type {cls.type_name()!r}"
+        return [
+            _problem(problem["loc"], used_elsewhere) if problem["loc"][0] in others else problem
+            for problem in super()._unknown_keys(data)
+        ]
+
+    @classmethod
+    def _missing_keys(
+        cls, given: Mapping[str, object], unresolved: set[tuple[str | int, ...]]
+    ) -> list[InitErrorDetails]:
+        common = cls._root().model_fields
+        problems = []
+        for name, field in cls.model_fields.items():
+            if name in common or name in given or (name,) in unresolved or not field.is_required():
+                continue
+            forms = f" (give {name}, {name}_file or {name}_env)" if name in cls._secrets else ""
+            why = f"required for {cls._union} type {cls.type_name()!r}{forms}"
+            problems.append(_problem((name,), why))
         return problems
 
 

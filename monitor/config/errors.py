@@ -100,11 +100,36 @@ def _named_entries(
     return (loc[0], _Named(name), *loc[2:])
 
 
+#: The fields holding a union of tables told apart by their ``type`` (``[[sinks]]`` entries
+#: and ``[superoffice.auth]``): pydantic puts the type into the location, the file does not.
+_TAGGED: Final = frozenset({"sinks", "auth"})
+#: pydantic's words for a ``type`` that names no table of the union.
+_TAG_INVALID: Final = re.compile(r"expected tags: (.*)$")
+
+
+def _untagged(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """``("sinks", 0, "slack", "url")`` → ``("sinks", 0, "url")``: the location as written."""
+    for index in range(1, len(loc) - 1):
+        before = loc[index - 1]
+        holder = loc[index - 2] if isinstance(before, int) and index >= 2 else before
+        if isinstance(holder, str) and holder in _TAGGED and isinstance(loc[index], str):
+            return (*loc[:index], *loc[index + 1 :])
+    return loc
+
+
 def _describe(error: ErrorDetails, names: Mapping[str, Sequence[object]] | None = None) -> str:
     """``"sinks["ops"].url: expected an http(s) URL"`` from one pydantic error; entries of
     the lists in ``names`` are named by their ``name`` where it is usable and unique."""
     kind, message, value = error["type"], error["msg"], error["input"]
-    if kind == "missing":
+    loc = _untagged(error["loc"])
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, "type")
+        value = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "union_tag_invalid":
+        match = _TAG_INVALID.search(message)
+        *tags, last = match.group(1).split(", ") if match else ("?",)
+        message = f"must be {', '.join(tags)} or {last}, got {_show(value)}"
+    elif kind in ("missing", "union_tag_not_found"):
         message = "required, but not given"
     elif kind in _EXPECTED:
         # Never the value itself: a secret given with the wrong type is still a secret.
@@ -115,7 +140,7 @@ def _describe(error: ErrorDetails, names: Mapping[str, Sequence[object]] | None 
             message += f", got {_show(value)}"
     else:
         message = message.removeprefix("Value error, ")
-    path = _path(_named_entries(error["loc"], names or {}))
+    path = _path(_named_entries(loc, names or {}))
     return f"{path}: {message}" if path else message
 
 

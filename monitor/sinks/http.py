@@ -40,7 +40,7 @@ from monitor.superoffice.redact import Redactor
 from monitor.text import replace_surrogates
 
 if TYPE_CHECKING:
-    from monitor.config import SinkConfig
+    from monitor.config.sinks import MessageSinkConfig
     from monitor.sinks.factory import SinkContext
     from monitor.tracking.events import Event
 
@@ -221,24 +221,17 @@ class HttpSink(abc.ABC):
         self._renderer = renderer or Renderer(name, template=None, status_url=None)
 
     @classmethod
-    def from_config(cls, config: SinkConfig, context: SinkContext) -> Self:
-        """The sink a ``[[sinks]]`` entry describes (``url``, ``template``, ``timeout``)."""
-        if config.url is None:
-            raise ValueError(f"sink {config.name!r}: a URL is required")
+    def from_config(cls, config: MessageSinkConfig, context: SinkContext, **options: Any) -> Self:
+        """The sink a ``[[sinks]]`` entry describes (``url``, ``template``, ``timeout``);
+        ``options`` are the constructor's keywords only some sink types take."""
         return cls(
             config.name,
             config.url.get_secret_value(),
             context.session,
             timeout=config.timeout,
             renderer=Renderer(config.name, template=config.template, status_url=context.status_url),
-            **cls._options(config, context),
+            **options,
         )
-
-    @classmethod
-    def _options(cls, config: SinkConfig, context: SinkContext) -> dict[str, Any]:
-        """Keyword arguments of the constructor that only some sink types take."""
-        del config, context
-        return {}
 
     @property
     def host(self) -> str:

@@ -6,7 +6,6 @@ once, in the CLI; this sink only chooses the fields and the level.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -15,32 +14,15 @@ from typing import Any, Final
 import structlog
 
 from monitor.text import without_surrogates
-from monitor.tracking.events import Event, EventType
+from monitor.tracking.events import KINDS, Event, EventType
 
 __all__ = ["LEVELS", "LogSink"]
 
-#: The level each event is logged at.  What needs a person is a warning (an error when the
-#: monitor itself cannot work), so ``journalctl -p warning`` lists exactly those; recoveries
-#: and the ordinary course of a task are info.
+#: The level each event is logged at (``KINDS``).  What needs a person is a warning (an error
+#: when the monitor itself cannot work), so ``journalctl -p warning`` lists exactly those;
+#: recoveries and the ordinary course of a task are info.
 LEVELS: Final[Mapping[EventType, int]] = MappingProxyType(
-    {
-        EventType.TASK_DISCOVERED: logging.INFO,
-        EventType.TASK_STARTED: logging.INFO,
-        EventType.TASK_PROGRESS: logging.INFO,
-        EventType.TASK_SUCCEEDED: logging.INFO,
-        EventType.TASK_FAILED: logging.WARNING,
-        EventType.TASK_STATE_CHANGED: logging.INFO,
-        EventType.TASK_RESTARTED: logging.INFO,
-        EventType.TASK_STALLED: logging.WARNING,
-        EventType.TASK_RESUMED: logging.INFO,
-        EventType.TASK_GONE: logging.WARNING,
-        EventType.TASK_REMOVED: logging.INFO,
-        EventType.TASK_EXPIRED: logging.INFO,
-        EventType.MONITOR_API_DOWN: logging.ERROR,
-        EventType.MONITOR_API_RECOVERED: logging.INFO,
-        EventType.MONITOR_AUTH_FAILED: logging.ERROR,
-        EventType.BATCHMON_TEST: logging.INFO,
-    }
+    {kind: row.level for kind, row in KINDS.items()}
 )
 
 

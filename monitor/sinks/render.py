@@ -17,7 +17,6 @@ services' JavaScript clients count them; that is never less than Python's
 
 from __future__ import annotations
 
-import enum
 import functools
 import html
 import re
@@ -38,7 +37,7 @@ from jinja2.sandbox import SandboxedEnvironment, safe_range
 
 from monitor.links import task_url
 from monitor.superoffice.models import BatchTaskState
-from monitor.tracking.events import Event, EventType, TaskSummary, event_id
+from monitor.tracking.events import KINDS, Event, EventType, TaskSummary, Tone, event_id
 
 __all__ = [
     "ESCAPES",
@@ -80,15 +79,6 @@ TEST_TITLE = "Test message from batchmon"
 TEST_MESSAGE = (
     "Sent by batchmon test-sink to check this destination. No task changed; please ignore."
 )
-
-
-class Tone(enum.StrEnum):
-    """How an event should look: each format maps it to its own colours."""
-
-    GOOD = "good"
-    BAD = "bad"
-    WARNING = "warning"
-    INFO = "info"
 
 
 #: RGB colours of each tone (Slack's palette: readable in light and dark themes).
@@ -311,60 +301,16 @@ def _task_name(task: TaskSummary) -> str:
 
 
 def _title(event: Event) -> str:
-    """The headline: an emoji, the task, what happened."""
+    """The headline: an emoji, the task, what happened (see ``KINDS``)."""
     task = event.task
-    match event.type:
-        case EventType.MONITOR_API_DOWN:
-            return "🔴 SuperOffice API down"
-        case EventType.MONITOR_API_RECOVERED:
-            return "🟢 SuperOffice API recovered"
-        case EventType.MONITOR_AUTH_FAILED:
-            return "🔑 SuperOffice credentials rejected"
-        case EventType.BATCHMON_TEST:
-            return f"🧪 {TEST_TITLE}"
-    name = _task_name(task) if task is not None else "A task"
-    state = task.state.value if task is not None else BatchTaskState.UNKNOWN.value
-    match event.type:
-        case EventType.TASK_SUCCEEDED:
-            return f"✅ {name} finished"
-        case EventType.TASK_FAILED:
-            return f"❌ {name} failed"
-        case EventType.TASK_STALLED:
-            return f"⏸ {name} stalled"
-        case EventType.TASK_RESUMED:
-            return f"▶ {name} resumed"
-        case EventType.TASK_STARTED:
-            return f"▶ {name} started"
-        case EventType.TASK_RESTARTED:
-            return f"🔁 {name} ran again"
-        case EventType.TASK_GONE:
-            return f"🗑 {name} vanished before it finished"
-        case EventType.TASK_REMOVED:
-            return f"🧹 {name} cleaned up after it finished"
-        case EventType.TASK_EXPIRED:
-            return f"⌛ {name} no longer tracked"
-        case EventType.TASK_PROGRESS:
-            percent = task.progress if task is not None else None
-            if percent is None:
-                return f"📈 {name} progressing"
-            return f"📈 {name} {min(max(percent, 0), 100)} %"
-        case EventType.TASK_STATE_CHANGED:
-            return f"🔄 {name} is now {state}"
-        case _:
-            return f"👀 Watching {name} ({state})"
+    if task is None:
+        name, state, progress = "A task", BatchTaskState.UNKNOWN.value, None
+    else:
+        name, state, progress = _task_name(task), task.state.value, task.progress
+    percent = "progressing" if progress is None else f"{min(max(progress, 0), 100)} %"
+    return KINDS[event.type].title.format(name=name, state=state, progress=percent)
 
 
-_TONES: Mapping[EventType, Tone] = MappingProxyType(
-    {
-        EventType.TASK_SUCCEEDED: Tone.GOOD,
-        EventType.TASK_FAILED: Tone.BAD,
-        EventType.TASK_STALLED: Tone.WARNING,
-        EventType.TASK_GONE: Tone.WARNING,
-        EventType.MONITOR_API_DOWN: Tone.BAD,
-        EventType.MONITOR_AUTH_FAILED: Tone.BAD,
-        EventType.MONITOR_API_RECOVERED: Tone.GOOD,
-    }
-)
 _STATE_TONES: Mapping[BatchTaskState, Tone] = MappingProxyType(
     {
         BatchTaskState.SUCCEEDED: Tone.GOOD,
@@ -376,12 +322,10 @@ _STATE_TONES: Mapping[BatchTaskState, Tone] = MappingProxyType(
 
 
 def _tone(event: Event) -> Tone:
-    if event.type in _TONES:
-        return _TONES[event.type]
-    if event.task is not None and event.type in (
-        EventType.TASK_DISCOVERED,
-        EventType.TASK_STATE_CHANGED,
-    ):
+    tone = KINDS[event.type].tone
+    if tone is not None:
+        return tone
+    if event.task is not None:
         return _STATE_TONES.get(event.task.state, Tone.INFO)
     return Tone.INFO
 

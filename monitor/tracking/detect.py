@@ -33,7 +33,7 @@ Rules, in the order they are applied:
 Conditions: a failed task, a stalled one and one gone while active each have
 a condition that sinks with reminders and the Alertmanager sink hold while it
 lasts (:func:`condition`).  Every one ends: the events that end one carry the
-:class:`~monitor.tracking.events.EndReason` (:data:`ENDS`), and a task
+:class:`~monitor.tracking.events.EndReason` (``Kind.reason`` in ``KINDS``), and a task
 finished or gone for ``forget_after`` is forgotten (:func:`expired`), its
 condition ending with ``task.expired``.
 
@@ -52,11 +52,10 @@ from typing import NamedTuple
 
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.tracking.eta import add_sample, estimate_eta
-from monitor.tracking.events import EndReason, Event, EventType, TaskSummary, event_id
+from monitor.tracking.events import KINDS, Event, EventType, TaskSummary, event_id
 from monitor.tracking.memory import Rules, TaskMemory
 
 __all__ = [
-    "ENDS",
     "STATE_EVENTS",
     "Detection",
     "condition",
@@ -86,15 +85,6 @@ STATE_EVENTS: dict[BatchTaskState, EventType] = {
     BatchTaskState.FAILED: EventType.TASK_FAILED,
 }
 
-#: The events that end conditions, and why (every other event ends none).
-ENDS: dict[EventType, EndReason] = {
-    EventType.TASK_RESTARTED: EndReason.RESTARTED,
-    EventType.TASK_SUCCEEDED: EndReason.SUCCEEDED,
-    EventType.TASK_RESUMED: EndReason.RESUMED,
-    EventType.TASK_REMOVED: EndReason.REMOVED,
-    EventType.TASK_EXPIRED: EndReason.EXPIRED,
-}
-
 
 def _run_key(info: BatchTaskInfo) -> tuple[object, ...]:
     """What identifies one run of a task (for stable event ids)."""
@@ -121,7 +111,7 @@ def _event(
         eta=eta,
         message=message,
         first_seen=first_seen,
-        reason=ENDS.get(kind),
+        reason=KINDS[kind].reason,
     )
 
 
