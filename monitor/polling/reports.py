@@ -64,7 +64,11 @@ class Reports:
         log.debug("task_poll_failed", task_id=task_id, reason=error.reason, error=str(error))
 
     def answer(self, info: BatchTaskInfo, *, listed: bool) -> None:
-        """A valid answer: the end of a malformed streak (a GET's only), anomalies once."""
+        """A valid answer: the end of a malformed streak, anomalies once.
+
+        A clean list row ends neither a malformed streak nor an anomaly of the task's own
+        GET (the two answers differ in what they carry): only a GET does.
+        """
         if info.id in self._malformed and not listed:
             self._malformed.discard(info.id)
             log.info("task_answer_valid_again", task_id=info.id)
@@ -72,5 +76,5 @@ class Reports:
             log.warning("task_answer_anomalous", task_id=info.id, anomalies=list(info.anomalies))
         if info.anomalies:
             self._anomalies[info.id] = info.anomalies
-        else:
+        elif not listed:
             self._anomalies.pop(info.id, None)
