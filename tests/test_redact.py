@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -290,7 +290,9 @@ async def _echo(request: pytest.FixtureRequest) -> AsyncIterator[EchoServer]:
     await server.server.close()
 
 
-async def _failure(superoffice: dict[str, Any]) -> tuple[ApiError, list[dict[str, Any]]]:
+async def _failure(
+    superoffice: dict[str, Any],
+) -> tuple[ApiError, list[MutableMapping[str, Any]]]:
     """The error fetching a task raises, and the log lines written meanwhile."""
     data = {"superoffice": {"retries": 0, "max_requests_per_second": 1000, **superoffice}}
     config = parse_config(data, base_dir=Path("/nonexistent"))
@@ -301,7 +303,7 @@ async def _failure(superoffice: dict[str, Any]) -> tuple[ApiError, list[dict[str
     return info.value, logs
 
 
-def _said(error: ApiError, logs: list[dict[str, Any]]) -> str:
+def _said(error: ApiError, logs: list[MutableMapping[str, Any]]) -> str:
     """Everything the failure put into words: message, SuperOffice's fields, log lines."""
     return f"{error} {error.error_type} {error.error_message} {logs}"
 

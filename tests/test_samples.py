@@ -31,12 +31,19 @@ def _info(
 
 
 def _feed(
-    samples: ProgressSamples, tracker: Tracker, steps: list[tuple[int, int | None]], **kw: int
+    samples: ProgressSamples,
+    tracker: Tracker,
+    steps: list[tuple[int, int | None]],
+    *,
+    task_id: int = 7,
+    starts: int = 1,
 ) -> None:
     """Observe the task at T0 + minute with percent, recording every memory."""
     for minute, percent in steps:
-        tracker.observe(_info(percent, **kw), T0 + timedelta(minutes=minute))
-        samples.record(tracker.tasks[kw.get("task_id", 7)])
+        tracker.observe(
+            _info(percent, task_id=task_id, starts=starts), T0 + timedelta(minutes=minute)
+        )
+        samples.record(tracker.tasks[task_id])
 
 
 def _at(minute: float) -> datetime:

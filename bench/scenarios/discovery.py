@@ -57,7 +57,7 @@ class _Arrivals(list[str]):
         self._clock = clock
         #: Loop time of the last request counted.
         self.last = 0.0
-        self.done = lambda: False
+        self.done: Callable[[], bool] = lambda: False
         #: Requests that had arrived when every task was tracked (``None``: not yet).
         self.until_done: int | None = None
         self.finished = anyio.Event()

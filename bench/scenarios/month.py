@@ -179,11 +179,12 @@ class _CountedRequests(list[str]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        #: Requests sent so far.
+        self.sent = 0
 
     def append(self, item: str) -> None:
         """Count the request; keep nothing."""
-        self.count += 1
+        self.sent += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +269,7 @@ async def _run_month(plan: _Plan, state_dir: Path) -> list[_Day]:
                         stored,
                         history,
                         stream.created,
-                        requests.count,
+                        requests.sent,
                         time.perf_counter() - began,
                     )
                 )

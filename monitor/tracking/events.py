@@ -263,13 +263,6 @@ class TaskSummary:
             start_count=info.start_count,
         )
 
-    @property
-    def progress_ratio(self) -> float | None:
-        """Progress as 0..1, clamped for display."""
-        if self.progress is None:
-            return None
-        return min(max(self.progress, 0), 100) / 100
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskSummary:
         """The inverse of :meth:`to_dict` (the outbox stores events as JSON).

@@ -271,13 +271,11 @@ class TestOneBadTaskInTheList:
                 )
             )
             for task_id in (1, 2, 3):
-                batchmon.wait_for(
-                    lambda line, t=task_id: (
-                        line.get("event") == "task.discovered" and line.get("task_id") == t
-                    ),
-                    20,
-                    f"task {task_id} discovered",
-                )
+
+                def discovered(line: dict[str, Any], t: int = task_id) -> bool:
+                    return line.get("event") == "task.discovered" and line.get("task_id") == t
+
+                batchmon.wait_for(discovered, 20, f"task {task_id} discovered")
             bad = b'{"Id": 9, "Name": "Report \\ud83d", "State": "Started", "ProgressPercent": 5}'
             peers.call(setattr, api, "extra", [bad])
             listed = peers.call(lambda: api.listed["valid"])
@@ -298,7 +296,7 @@ class TestCorpus:
 
     def test_every_body(self, target: Target) -> None:
         """Each body answered twice: batchmon stays up and every page still answers 200."""
-        failures = []
+        failures: list[tuple[str, str, str | int]] = []
         target.back_to_valid()
         target.set_case("body")
         for path in corpus("tasks"):

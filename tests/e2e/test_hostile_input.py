@@ -305,7 +305,7 @@ def _apply(changes: list[tuple[str, str, object]]) -> dict[str, Any]:
 
     A change under a section an earlier change replaced by a non-table is left out.
     """
-    data = json.loads(json.dumps(MINIMAL))
+    data: dict[str, Any] = json.loads(json.dumps(MINIMAL))
     for section, key, value in changes:
         if section == "sinks":
             sinks = data.setdefault("sinks", [{"name": "s", "type": "log"}])
