@@ -3,7 +3,7 @@
 A probe (``python -m bench.scenarios.discovery --tasks N``) runs :class:`~monitor.daemon.Daemon`
 with the defaults users run and one ``[[watch.discover]]`` rule (its default states: New,
 Aquired, Started) against an in-process :class:`~monitor.simulator.Simulator` holding ``N``
-tasks in those states, on the clock of :class:`~bench.scenarios.requests.SkippingLoop` (the
+tasks in those states, on the clock of :class:`~bench.scenarios.skipping.SkippingLoop` (the
 default 8 requests/s cost no real time).  The simulator counts the API requests it is sent; the
 figure is that count when every task is tracked with its name and state (checked as each
 request arrives, so a request sent after that moment is not counted).
@@ -29,15 +29,21 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import structlog
 
-from bench.scenarios.common import ROOT, Row, quiet_logging
-from bench.scenarios.requests import SkippingLoop
+from bench.scenarios.skipping import SkippingLoop
+
+if TYPE_CHECKING:
+    from bench.scenarios.common import Row
 
 __all__ = ["BEFORE", "discovery_requests"]
 
+#: The checkout this file is in.  The probe imports nothing else of bench's that imports
+#: ``monitor``: it runs beside the older tree's too.
+ROOT = Path(__file__).resolve().parents[2]
 #: The last commit before issue 13's lifecycle core: discovery GETs each task it finds.
 BEFORE = "373333d"
 #: Requests at most, as a share of one GET per task found.
@@ -184,6 +190,8 @@ def _before(count: int) -> dict[str, Any] | str:
 
 def discovery_requests(quick: bool) -> Row:
     """P8: requests until one rule's 1,000 tasks are tracked, against one GET per task."""
+    from bench.scenarios.common import Row
+
     count = 200 if quick else 1000
     ours = _run_probe(ROOT, count)
     before = _before(count)
@@ -227,7 +235,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, required=True)
     count = parser.parse_args().tasks
-    quiet_logging()
+    # Into nothing, without this tree's monitor.logs: the older tree has none.
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())
     result = anyio.run(_probe, count, backend_options={"loop_factory": SkippingLoop})
     print(json.dumps(result), flush=True)
 

@@ -5,7 +5,7 @@ The daemon (:class:`~monitor.daemon.Daemon`, a SQLite store in a temporary direc
 at its default, a log sink with its default events) watches an in-process simulator whose tenant (:class:`TaskStream`) creates
 tasks all day long: each is queued (New, Aquired), runs for minutes with progress, succeeds or
 fails, and is deleted by SuperOffice some hours later.  It all runs on the clock of
-:class:`~bench.scenarios.requests.SkippingLoop`, so a simulated day costs only the work done in
+:class:`~bench.scenarios.skipping.SkippingLoop`, so a simulated day costs only the work done in
 it.  At the end of each day the bench collects garbage and samples the process's ``VmRSS``,
 the tracked and watched tasks, and the state database (file + ``-wal``, and its rows).
 
@@ -42,7 +42,7 @@ from typing import Any
 import anyio
 
 from bench.scenarios.common import ROOT, Row, quiet_logging
-from bench.scenarios.requests import SkippingLoop
+from bench.scenarios.skipping import SkippingLoop
 from monitor.config import parse_config
 from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.simulator import Scenario, SimTask, Simulator

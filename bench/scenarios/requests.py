@@ -23,9 +23,6 @@ import asyncio
 import bisect
 import math
 import random
-import selectors
-import sys
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 
 from bench.scenarios.common import ROOT, Row, quiet_logging
+from bench.scenarios.skipping import SkippingLoop
 from monitor.config import Config, parse_config
 from monitor.polling import Poller
 from monitor.simulator import Scenario, SimTask, Simulator
@@ -42,7 +40,7 @@ from monitor.tracking.events import Event
 from monitor.tracking.memory import Rules, TaskMemory
 from monitor.tracking.tracker import Tracker
 
-__all__ = ["SkippingLoop", "TaskHour", "requests_per_hour"]
+__all__ = ["TaskHour", "requests_per_hour"]
 
 #: batchmon's default superoffice.max_requests_per_second (P5 runs the defaults).
 _DEFAULT_RATE = 8.0
@@ -51,83 +49,6 @@ _BASELINE_PERIOD = 5.0
 _TARGET_SHARE = 0.05
 _START = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 _FIRST_ID = 100_000
-#: A wait up to this long (loop seconds) is skipped at once when nothing is ready.
-_SHORT_WAIT = 1.0
-#: Before skipping a longer wait, listen this long (real seconds) for loopback I/O in flight,
-#: so that no request's timeout is ever skipped to.
-_GRACE = 0.005
-
-
-#: While a worker thread runs (the state database's), the loop waits this long at a time
-#: in real time instead of skipping: the thread's work takes the time it takes.
-_THREAD_POLL = 0.001
-
-
-def _worker_busy() -> bool:
-    """Whether a thread other than this one is doing something, not waiting for work.
-
-    An idle worker (anyio's, asyncio's executor) waits on a lock in ``threading``; a busy
-    one is inside the function it was given (SQLite calls release the GIL, so their frame
-    is the caller's).
-    """
-    me = threading.get_ident()
-    for ident, frame in sys._current_frames().items():
-        if ident != me and not frame.f_code.co_filename.endswith("threading.py"):
-            return True
-    return False
-
-
-class _SkippingSelector(selectors.EpollSelector):
-    """Turns a wait for a timer with no I/O ready into a jump of the loop's clock."""
-
-    def __init__(self, grace: float = _GRACE) -> None:
-        super().__init__()
-        self._grace = grace
-        #: Seconds the loop's clock has been moved ahead in total.
-        self.skipped = 0.0
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
-        if ready or timeout == 0:
-            return ready
-        if timeout is None:
-            # No timer at all: only I/O (or a thread) can wake the loop.
-            blocked: list[tuple[selectors.SelectorKey, int]] = super().select(None)
-            return blocked
-        if _worker_busy():
-            busy: list[tuple[selectors.SelectorKey, int]] = super().select(
-                min(timeout, _THREAD_POLL)
-            )
-            return busy
-        if timeout > _SHORT_WAIT:
-            ready = super().select(self._grace)
-            if ready:
-                return ready
-            timeout -= self._grace
-        self.skipped += timeout
-        return []
-
-
-class SkippingLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock runs in real time but skips every idle wait for a timer.
-
-    ``grace``: real seconds to listen for I/O before a long wait is skipped.
-    """
-
-    def __init__(self, grace: float = _GRACE) -> None:
-        self._skipping = _SkippingSelector(grace)
-        super().__init__(self._skipping)
-
-    def time(self) -> float:
-        """Real monotonic time plus everything skipped so far."""
-        return super().time() + self._skipping.skipped
-
-    @property
-    def skipped(self) -> float:
-        """Seconds skipped so far."""
-        return self._skipping.skipped
-
-
 # --- the tenant's hour ------------------------------------------------------------------------
 
 #: The order a task goes through its states; the terminal one is last.
