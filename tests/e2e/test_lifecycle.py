@@ -4,9 +4,10 @@
 all) and one discovery rule watches a simulator in which tasks keep coming and each goes
 New → Started → Failed within 10 s (New 1-2 s, Started 3-8 s).  Every failure must reach a
 signed webhook, and ``task.started`` every task that stayed Started for at least one
-``interval`` (5 s by default).  Before the lifecycle work, a discovered task was polled at
-``idle_interval`` (60 s) until it ran, and a task first seen finished was only
-``task.discovered``: most of these failures were never announced.
+``interval`` (5 s by default).  Before the lifecycle work (373333d), a discovered task was
+polled at ``idle_interval`` (60 s) until it ran, and a task first seen finished was only
+``task.discovered``: there, with the rule that lists Failed too, 6 of the 30 failures were
+never announced, and with the 2 s rule none of the 17 long starts was.
 
 ``TestAlertmanager``: a real Alertmanager, tasks watched by id.  A failed task that runs
 again and succeeds, and a failed task that SuperOffice then deletes, leave no active alert
