@@ -1,6 +1,6 @@
 """Run the benchmark scenarios and print one table: ``python -m bench [--quick] [--only P1,P3]``.
 
-Each scenario (see issue 6 and :mod:`bench.scenarios`) returns a :class:`Row`: our figure,
+Each scenario (see issues 6 and 13, and :mod:`bench.scenarios`) returns a :class:`Row`: our figure,
 the baseline's, their ratio, the target and whether it holds.  Each runs in a fresh
 interpreter (``--scenario KEY`` prints its row as JSON), so that one scenario's heap,
 threads and caches never weigh on the next; ours and its baseline still run side by side
@@ -28,7 +28,9 @@ from rich.table import Table
 
 from bench.scenarios.common import Row
 from bench.scenarios.delivery import detection_to_delivery
+from bench.scenarios.discovery import discovery_requests
 from bench.scenarios.memory import memory_per_tasks
+from bench.scenarios.month import month_of_tasks
 from bench.scenarios.requests import requests_per_hour
 from bench.scenarios.startup import startup_to_ready
 from bench.scenarios.throughput import bulk_cycle, per_id_polling, scrape_under_polling
@@ -44,6 +46,8 @@ SCENARIOS: dict[str, tuple[str, Callable[[bool], Row]]] = {
     "P5": ("API requests per hour", requests_per_hour),
     "P6": ("/metrics under polling", scrape_under_polling),
     "P7": ("start-up to READY", startup_to_ready),
+    "P8": ("discovery requests", discovery_requests),
+    "P9": ("a month of churn", month_of_tasks),
 }
 
 

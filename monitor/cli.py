@@ -1,19 +1,23 @@
 """The ``batchmon`` command.
 
-Exit codes follow sysexits: 0 done, 1 failure, 78 (EX_CONFIG) for a
-configuration that was refused; nothing is started with a bad config.
+Exit codes follow sysexits: 0 done, 1 failure, 2 usage, 73 (EX_CANTCREAT) for a
+state database that cannot be written, 78 (EX_CONFIG) for a configuration that
+was refused (nothing is started with a bad config).  ``status`` and ``watch``
+add 3 for a task that is not tracked, 69 (EX_UNAVAILABLE) for a daemon that
+does not answer and 75 (EX_TEMPFAIL) for one that is not ready yet.
 """
 
 from __future__ import annotations
 
-import json
+import errno
+import inspect
 import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import aiohttp
 import anyio
@@ -29,10 +33,12 @@ from monitor.config import (
     load_config,
     parse_config,
     parse_duration,
-    redacted,
 )
+from monitor.config.echo import config_toml
+from monitor.config.exposure import secret_exposure
 from monitor.console import (
     DaemonSource,
+    Problem,
     SourceError,
     TaskView,
     api_source,
@@ -42,20 +48,61 @@ from monitor.console import (
 )
 from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.logs import configure_logging
-from monitor.poller import Shard
+from monitor.polling import Shard
 from monitor.simulator import Scenario, Simulator
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.factory import SinkContext, build_sink
 from monitor.sinks.http import HttpSink
 from monitor.sinks.render import test_event
 from monitor.store import StoreError
+from monitor.text import visible
 
 __all__ = ["main"]
 
 EX_CONFIG = 78
 #: sysexits' EX_CANTCREAT: the state database cannot be written.
 EX_CANTCREAT = 73
+#: ``watch``: the task failed (or was deleted).
+EX_FAILED = 1
+#: ``status``/``watch``: the daemon does not track the task, or SuperOffice has no such task.
+#: Not a sysexits code: nothing went wrong with the system, the question had no subject.
+EX_NOT_TRACKED = 3
+#: sysexits' EX_UNAVAILABLE: the daemon (or the API) gave no usable answer.
+EX_UNAVAILABLE = 69
+#: sysexits' EX_TEMPFAIL: the daemon answers but is not ready; try again later.
+EX_TEMPFAIL = 75
+#: sysexits' EX_NOPERM: the daemon wants a read token, and none or a wrong one was given.
+EX_NOPERM = 77
+#: The exit code for each reason ``status`` or ``watch`` got no answer.
+_PROBLEM_EXITS = {
+    Problem.NOT_TRACKED: EX_NOT_TRACKED,
+    Problem.UNREACHABLE: EX_UNAVAILABLE,
+    Problem.NOT_READY: EX_TEMPFAIL,
+    Problem.REFUSED: EX_NOPERM,
+}
+#: The exit codes as ``status --help`` and ``watch --help`` explain them.
+_EXIT_HELP = """\b
+Exit codes:
+  0   the task succeeded (status: the daemon is ready)
+  1   the task failed or was deleted
+  2   usage error
+  3   the daemon does not track the task (add it to [watch] ids or
+      PUT /api/v1/watches/ID, or use --config); with --config: no such task
+  69  the daemon cannot be reached (EX_UNAVAILABLE)
+  75  the daemon is not ready: no poll yet, API down or credentials
+      refused; try again later (EX_TEMPFAIL)
+  77  the daemon wants its read token (http.read_token): give it with
+      --token-file (EX_NOPERM)
+  78  the --config file was refused (EX_CONFIG)"""
 _E = TypeVar("_E", bound=BaseException)
+
+#: ``--token-file`` of the commands that read from the daemon.
+_TOKEN_FILE = click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.read_token (or its api_token), when it has one.",
+)
 
 log = structlog.get_logger("batchmon.cli")
 
@@ -71,25 +118,23 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard:
-    """Click callback: ``k/N`` → the shard this replica runs."""
+    """Click callback: ``k/N`` (k = 1 … N) → the shard this replica runs."""
     if value is None:
         return Shard()
-    index, _, count = value.partition("/")
     try:
-        return Shard(int(index), int(count))
-    except ValueError:
-        message = f"expected K/N with 0 <= K < N, got {value!r}"
-        raise click.BadParameter(message, ctx, param) from None
+        return Shard.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
-def _config_or_exit(path: Path) -> Config:
+def _config_or_exit(path: Path, credentials_dir: Path | None = None) -> Config:
     """The validated config, or every problem on stderr and exit 78."""
     try:
-        config = load_config(path)
+        config = load_config(path, credentials_dir=credentials_dir)
     except ConfigError as exc:
         click.echo(f"batchmon: configuration refused ({path}):", err=True)
         for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
+            click.echo(f"  {visible(problem)}", err=True)
         sys.exit(EX_CONFIG)
     return config
 
@@ -131,8 +176,13 @@ def _run(
     duration: float | None,
     listen: str,
     on_hangup: Callable[[], Awaitable[None]] | None = None,
+    *,
+    busy: str,
 ) -> None:
-    """Run ``main`` until a signal; a port that cannot be bound is one clear line, exit 1."""
+    """Run ``main`` until a signal; a port that cannot be bound is one clear line, exit 1.
+
+    ``busy`` says what to do when the port is taken.
+    """
     freeze_startup_objects()
     try:
         anyio.run(_until_signal, main, duration, on_hangup)
@@ -141,7 +191,10 @@ def _run(
         sys.exit(EX_CANTCREAT)
     except* OSError as group:
         error = next(_leaves(group))
-        click.echo(f"batchmon: cannot listen on {listen}: {error.strerror or error}", err=True)
+        hint = f"; {busy}" if error.errno == errno.EADDRINUSE else ""
+        click.echo(
+            f"batchmon: cannot listen on {listen}: {error.strerror or error}{hint}", err=True
+        )
         sys.exit(1)
 
 
@@ -154,7 +207,13 @@ def _leaves(group: BaseExceptionGroup[_E]) -> Iterator[_E]:
             yield error
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        # Every option can also come from BATCHMON_<COMMAND>_<OPTION>, e.g. BATCHMON_STATUS_URL.
+        "auto_envvar_prefix": "BATCHMON",
+    }
+)
 @click.version_option(__version__, prog_name="batchmon")
 def main() -> None:
     """Watch SuperOffice CRM batch tasks and report what they do.
@@ -162,10 +221,13 @@ def main() -> None:
     \b
     Try it without any setup:   batchmon demo
     Run it for real:            batchmon run --config /etc/batchmon/batchmon.toml
+
+    Every option can also be set in the environment as
+    BATCHMON_<COMMAND>_<OPTION>, e.g. BATCHMON_STATUS_URL.
     """
 
 
-@main.command()
+@main.command(short_help="Run the monitor with a configuration file.")
 @click.option(
     "--config",
     "config_path",
@@ -179,7 +241,7 @@ def main() -> None:
     callback=_shard,
     default=None,
     metavar="K/N",
-    help="Watch only shard K of N (tasks split by id hash, like Prometheus hashmod).",
+    help="Watch only shard K of N, K = 1 … N (tasks split by id hash, like Prometheus hashmod).",
 )
 def run(config_path: Path, shard: Shard) -> None:
     """Run the monitor with a configuration file.
@@ -187,10 +249,13 @@ def run(config_path: Path, shard: Shard) -> None:
     \b
     Examples:
       batchmon run --config config/batchmon.example.toml
-      batchmon run --config batchmon.toml --shard 0/2   # one of two shards
+      batchmon run --config batchmon.toml --shard 1/2   # one of two shards
+      batchmon run --config batchmon.toml --shard 2/2   # the other one
     """
     config = _config_or_exit(config_path)
     configure_logging(config.log.format, config.log.level)
+    for warning in secret_exposure(config_path, config):
+        log.warning("secret_readable_by_others", problem=warning)
     daemon = Daemon(config, shard=shard)
 
     async def reload() -> None:
@@ -202,26 +267,46 @@ def run(config_path: Path, shard: Shard) -> None:
             return
         daemon.reload(fresh)
 
-    _run(daemon.run, None, config.http.listen, reload)
+    _run(
+        daemon.run,
+        None,
+        config.http.listen,
+        reload,
+        busy="is batchmon already running? Else set another [http] listen port",
+    )
 
 
-@main.command("check-config")
+@main.command("check-config", short_help="Validate a configuration; print it, secrets masked.")
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
-def check_config(path: Path) -> None:
-    """Validate a configuration file; print it with secrets masked.
+@click.option(
+    "--credentials-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Look up relative X_file secrets here, as the service finds them in"
+    " $CREDENTIALS_DIRECTORY (default: that variable, else next to the file).",
+)
+def check_config(path: Path, credentials_dir: Path | None) -> None:
+    """Validate a configuration file; print it as TOML with secrets masked.
 
-    Exits 0 when valid, 78 with every problem listed by key when not.
+    Prints what batchmon will run with, defaults included, every secret as
+    ********.  Warns (on stderr) about secrets other users can read: inline in
+    a file that is not private, or in a credential file that is not.  Exits 0
+    when valid, 78 with every problem listed by key when not.
 
     \b
-    Example:
+    Examples:
       batchmon check-config /etc/batchmon/batchmon.toml
+      sudo batchmon check-config /etc/batchmon/batchmon.toml \\
+          --credentials-dir /etc/batchmon/credentials
     """
-    config = _config_or_exit(path)
-    click.echo(json.dumps(redacted(config), indent=2, default=str))
+    config = _config_or_exit(path, credentials_dir)
+    click.echo(config_toml(config), nl=False)
+    for warning in secret_exposure(path, config, credentials_dir=credentials_dir):
+        click.echo(f"batchmon: warning: {warning}", err=True)
     click.echo(f"{path}: configuration is valid", err=True)
 
 
-@main.command()
+@main.command(short_help="Only the fake SuperOffice API (tasks 212-219).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", default=8765, show_default=True, help="Port to listen on (0: any free port)."
@@ -229,31 +314,66 @@ def check_config(path: Path) -> None:
 @click.option("--seed", default=1, show_default=True, help="Scenario seed: same seed, same story.")
 @click.option("--tasks", "count", default=8, show_default=True, help="Number of simulated tasks.")
 @click.option("--speed", default=1.0, show_default=True, help="Time factor (2 = twice as fast).")
-def simulate(host: str, port: int, seed: int, count: int, speed: float) -> None:
+@click.option(
+    "--loop",
+    is_flag=True,
+    help="Tell the story again and again, on the same task ids (the tasks re-run).",
+)
+def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bool) -> None:
     """Run only the fake SuperOffice WebAPI (basic auth batchmon/batchmon).
 
+    Its tasks have ids from 212 up (212-219 by default) and go through their
+    lives in about a minute: queued, started, progressing, one
+    stalling, one failing, one deleted.  Without --loop they then stay as they
+    ended; with --loop the story starts again on the same ids, so a
+    configuration written against it keeps having something to watch.
+
     \b
-    Example:
-      batchmon simulate --port 8765
-      curl -u batchmon:batchmon http://127.0.0.1:8765/api/v1/BatchTask/200
+    Examples:
+      batchmon simulate --loop
+      curl -u batchmon:batchmon http://127.0.0.1:8765/api/v1/BatchTask/212
+      batchmon run --config batchmon.toml   # with [superoffice] url = "http://127.0.0.1:8765/api"
     """
     configure_logging("auto", "info", sys.stderr)
 
     async def serve() -> None:
-        scenario = Scenario.generate(seed=seed, count=count, start=datetime.now(UTC), speed=speed)
+        scenario = Scenario.generate(
+            seed=seed, count=count, start=datetime.now(UTC), speed=speed, loop=loop
+        )
         simulator = Simulator(scenario)
         url = await simulator.start(host, port)
         try:
-            click.echo(f"simulated SuperOffice API at {url}", err=True)
+            click.echo(_simulator_banner(url, scenario), err=True)
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
                 await simulator.stop()
 
-    _run(serve, None, f"{host}:{port}")
+    _run(serve, None, f"{host}:{port}", busy="--port 0 picks a free port")
 
 
-@main.command()
+def _simulator_banner(url: str, scenario: Scenario) -> str:
+    """What ``simulate`` prints first: where, which ids, how to log in, a config to start from."""
+    ids = scenario.task_ids
+    story = f"{scenario.period / scenario.speed:.0f} s"
+    repeats = (
+        f"repeats every {story}" if scenario.loop else f"ends after {story}; --loop repeats it"
+    )
+    return (
+        f"\n  simulated SuperOffice API at {url}\n"
+        f"  tasks  {ids[0]}-{ids[-1]} (the story {repeats})\n"
+        "  login  basic auth, username batchmon, password batchmon\n"
+        f"  try    curl -u batchmon:batchmon {url}/v1/BatchTask/{ids[0]}\n"
+        "  a configuration for it:\n"
+        f'    [superoffice]\n    url = "{url}"\n'
+        '    [superoffice.auth]\n    type = "basic"\n    username = "batchmon"\n'
+        '    password = "batchmon"\n'
+        f"    [watch]\n    ids = [{', '.join(map(str, ids))}]\n"
+        "  Ctrl-C stops it.\n"
+    )
+
+
+@main.command(short_help="Watch simulated tasks: no setup needed.")
 @click.option(
     "--duration",
     callback=_duration,
@@ -301,7 +421,7 @@ def demo(
             async with Simulator(scenario) as simulator:
                 await _demo(simulator, scenario, Path(state_dir), port, speed)
 
-    _run(both, duration, f"127.0.0.1:{port}")
+    _run(both, duration, f"127.0.0.1:{port}", busy="--port 0 picks a free port")
 
 
 async def _demo(
@@ -321,8 +441,8 @@ async def _demo(
             "poll": {
                 "interval": 1 / speed,
                 "stall_after": 10 / speed,
-                "progress_min_interval": 3 / speed,
-                "progress_step": 20,
+                "progress_min_interval": 10 / speed,
+                "progress_step": 25,
                 "terminal_linger": 15 / speed,
             },
             "http": {"listen": f"127.0.0.1:{port}"},
@@ -346,33 +466,90 @@ async def _demo(
 DEFAULT_DAEMON_URL = "http://127.0.0.1:9808"
 
 
-@main.command()
-@click.option(
-    "--url",
-    default=DEFAULT_DAEMON_URL,
-    show_default=True,
-    help="Base URL of the running daemon (its [http] listen address).",
-)
-def status(url: str) -> None:
-    """Show the tasks a running daemon watches: state, progress, ETA, running time.
+def _with_exit_codes(doc: str) -> str:
+    """A command's help text followed by the exit codes of ``status`` and ``watch``."""
+    return f"{inspect.cleandoc(doc)}\n\n{_EXIT_HELP}"
 
-    Exits 1 when the daemon cannot be reached.
+
+def _fail(error: SourceError) -> NoReturn:
+    """One line on stderr and the exit code of the problem."""
+    click.echo(f"batchmon: {error}", err=True)
+    sys.exit(_PROBLEM_EXITS[error.problem])
+
+
+@main.command(
+    short_help="The running daemon's tasks as a table.",
+    help=_with_exit_codes(
+        """Show the tasks a running daemon watches: state, progress, ETA, running time.
+
+    Prints the table also when the daemon is not ready, and says why.
 
     \b
     Examples:
       batchmon status
       batchmon status --url http://monitor.example.com:9808
     """
+    ),
+)
+@click.option(
+    "--url",
+    default=DEFAULT_DAEMON_URL,
+    show_default=True,
+    help="Base URL of the running daemon (its [http] listen address).",
+)
+@_TOKEN_FILE
+def status(url: str, token_file: Path | None) -> None:
+    """``batchmon status``: the table, then exit 0 when ready, else 75."""
     try:
-        report = read_status(url)
+        report = read_status(url, _read_token(token_file))
     except SourceError as exc:
-        click.echo(f"batchmon: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc)
     Console().print(status_view(report, datetime.now(UTC)))
+    if not report.ready:
+        sys.exit(EX_TEMPFAIL)
 
 
-@main.command()
-@click.argument("task_id", metavar="ID", type=click.IntRange(min=1))
+def _read_token(path: Path | None) -> str | None:
+    """The token in ``--token-file`` (its first line), or ``None``; usage error if unreadable."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        message = f"cannot read {str(path)!r}: {exc}"
+        raise click.BadParameter(message, param_hint="--token-file") from None
+    if not token:
+        raise click.BadParameter(f"{str(path)!r} is empty", param_hint="--token-file")
+    return token
+
+
+def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """Click callback: a SuperOffice task id, 1 to 2,147,483,647, in ASCII digits."""
+    if value.isascii() and value.isdigit() and 1 <= int(value) <= 2**31 - 1:
+        return int(value)
+    message = f"expected a task id (a whole number from 1 to 2147483647), got {value!r}"
+    raise click.BadParameter(message, ctx, param)
+
+
+@main.command(
+    short_help="Follow one task live; the exit code is its outcome.",
+    help=_with_exit_codes(
+        """Follow one task with a live progress bar until it ends.
+
+    The exit code is the task's outcome, so scripts can wait on it; the last
+    line says how it ended and, when it failed, why (SuperOffice's Result, else
+    its Response).  Once a first answer came, lost connections are retried
+    until the task ends.
+
+    \b
+    Examples:
+      batchmon watch 212
+      batchmon watch 212 --config /etc/batchmon/batchmon.toml --interval 10s
+      batchmon watch 212 --url http://monitor.example.com:9808 && echo "export done"
+    """
+    ),
+)
+@click.argument("task_id", metavar="ID", callback=_task_id)
 @click.option(
     "--url",
     default=None,
@@ -392,21 +569,20 @@ def status(url: str) -> None:
     show_default=True,
     help="Time between two looks at the task.",
 )
-def watch(task_id: int, url: str | None, config_path: Path | None, interval: float) -> None:
-    """Follow one task with a live progress bar until it ends.
-
-    Exits 0 when the task succeeds and 1 when it fails, is deleted or cannot be
-    read at all, so scripts can wait on it.  Once a first answer came, lost
-    connections are retried until the task ends.
-
-    \b
-    Examples:
-      batchmon watch 212
-      batchmon watch 212 --config /etc/batchmon/batchmon.toml --interval 10s
-      batchmon watch 212 --url http://monitor.example.com:9808 && echo "export done"
-    """
+@_TOKEN_FILE
+def watch(
+    task_id: int,
+    url: str | None,
+    config_path: Path | None,
+    interval: float,
+    token_file: Path | None,
+) -> None:
+    """``batchmon watch ID``: exit 0 when the task succeeds, 1 when it fails."""
     if url is not None and config_path is not None:
         raise click.UsageError("give --url or --config, not both")
+    if token_file is not None and config_path is not None:
+        raise click.UsageError("--token-file is for the daemon (--url), not --config")
+    token = _read_token(token_file)
     if interval <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--interval")
     config = _config_or_exit(config_path) if config_path is not None else None
@@ -414,7 +590,7 @@ def watch(task_id: int, url: str | None, config_path: Path | None, interval: flo
 
     async def follow_task() -> TaskView:
         if config is None:
-            source = DaemonSource(url or DEFAULT_DAEMON_URL, task_id)
+            source = DaemonSource(url or DEFAULT_DAEMON_URL, task_id, token)
             return await follow(source, interval=interval, console=console)
         async with api_source(config.superoffice, task_id) as api:
             return await follow(api, interval=interval, console=console)
@@ -422,13 +598,12 @@ def watch(task_id: int, url: str | None, config_path: Path | None, interval: flo
     try:
         view = anyio.run(follow_task)
     except SourceError as exc:
-        click.echo(f"batchmon: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc)
     console.print(view.summary())
-    sys.exit(0 if view.succeeded else 1)
+    sys.exit(0 if view.succeeded else EX_FAILED)
 
 
-@main.command("test-sink")
+@main.command("test-sink", short_help="Send a test message through one sink.")
 @click.argument("name")
 @click.option(
     "--config",
@@ -440,9 +615,10 @@ def watch(task_id: int, url: str | None, config_path: Path | None, interval: flo
 def test_sink(name: str, config_path: Path) -> None:
     """Send a test message through the sink NAME and show what its destination answered.
 
-    The message says "task succeeded" for a fake task, id 0, named "batchmon
-    test message — please ignore".  Exits 0 when the destination took it, 1
-    when it did not, 2 when no sink is called NAME.
+    The message is a "batchmon.test" event about no task, titled "Test message
+    from batchmon" (an alertmanager sink gets a BatchmonTest alert of severity
+    "none" that ends by itself).  Exits 0 when the destination took it, 1 when
+    it did not, 2 when no sink is called NAME.
 
     \b
     Example:
@@ -472,6 +648,7 @@ def test_sink(name: str, config_path: Path) -> None:
     try:
         answer = anyio.run(send)
     except DeliveryError as exc:
-        click.echo(f"batchmon: not delivered: {exc}", err=True)
+        # The destination's answer is its text, not ours: shown, never obeyed by the terminal.
+        click.echo(f"batchmon: not delivered: {visible(str(exc))}", err=True)
         sys.exit(1)
-    click.echo(f"{name}: delivered" + (f": {answer}" if answer else ""))
+    click.echo(f"{name}: delivered" + (f": {visible(answer)}" if answer else ""))

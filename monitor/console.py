@@ -4,11 +4,14 @@ Tasks come from a running daemon's JSON API, read with the standard library
 (a one-shot command needs no connection pool), or, for ``watch --config``,
 straight from SuperOffice through the one API client.  Task text comes from
 the API and is untrusted: it is rendered as plain :class:`~rich.text.Text`,
-never as rich markup, so a task named ``[blink]`` stays just that.
+never as rich markup, so a task named ``[blink]`` stays just that, and its
+control characters are shown as escapes (:func:`~monitor.text.visible`), so a
+name holding ``ESC [ 2 J`` does not clear the screen.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import urllib.error
 import urllib.parse
@@ -39,12 +42,14 @@ from monitor.config import SuperOfficeConfig
 from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.errors import ApiError, NotFound
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
+from monitor.text import visible
 from monitor.tracking.memory import GONE, Rules
 from monitor.tracking.tracker import Tracker
 
 __all__ = [
     "ApiSource",
     "DaemonSource",
+    "Problem",
     "SourceError",
     "StatusReport",
     "TaskView",
@@ -73,8 +78,25 @@ _STYLES = {
 REQUEST_TIMEOUT = 5.0
 
 
+class Problem(enum.Enum):
+    """Why ``status`` or ``watch`` got no usable answer; each has its own exit code."""
+
+    #: No answer at all: nothing listens, the network failed, or the answer made no sense.
+    UNREACHABLE = "unreachable"
+    #: The daemon answers but does not track the task (or SuperOffice has no such task).
+    NOT_TRACKED = "not tracked"
+    #: The daemon answers but has not reached the API yet, or lost it: try again later.
+    NOT_READY = "not ready"
+    #: The daemon wants a read token (``http.read_token``), and none or a wrong one was given.
+    REFUSED = "refused"
+
+
 class SourceError(Exception):
     """The daemon or the API gave no usable answer; the message is one line for the user."""
+
+    def __init__(self, message: str, problem: Problem = Problem.UNREACHABLE) -> None:
+        super().__init__(visible(message))
+        self.problem = problem
 
 
 def duration_text(seconds: float) -> str:
@@ -97,22 +119,23 @@ class TaskView:
     eta: datetime | None = None
     elapsed: str | None = None
     stalled: bool = False
-    #: SuperOffice's ``Result`` text (only when read from the API).
+    #: Why it ended so: SuperOffice's ``Result``, else its ``Response``.
     result: str = ""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TaskView:
-        """A task as ``/api/v1/tasks`` renders it."""
+        """A task as ``/api/v1/tasks`` renders it (text made :func:`visible`)."""
         eta = data.get("eta")
         return cls(
             id=int(data["id"]),
-            name=str(data.get("name") or ""),
-            state=str(data["state"]),
+            name=visible(str(data.get("name") or "")),
+            state=visible(str(data["state"])),
             percent=data.get("percent"),
-            step=str(data.get("step") or ""),
+            step=visible(str(data.get("step") or "")),
             eta=datetime.fromisoformat(eta) if eta else None,
             elapsed=data.get("elapsed"),
             stalled=bool(data.get("stalled")),
+            result=visible(_reason(data)),
         )
 
     @classmethod
@@ -121,15 +144,15 @@ class TaskView:
         running = info.state.is_active and info.last_started is not None
         return cls(
             id=info.id,
-            name=info.name or "",
+            name=visible(info.name or ""),
             state=info.state.value,
             percent=None if info.progress_ratio is None else round(info.progress_ratio * 100),
-            step=info.progress_description or "",
+            step=visible(info.progress_description or ""),
             eta=eta,
             elapsed=duration_text((now - info.last_started).total_seconds())
             if running and info.last_started
             else None,
-            result=info.result or "",
+            result=visible(info.result or info.response or ""),
         )
 
     @property
@@ -172,16 +195,44 @@ class TaskView:
         return f"in {duration_text(left)}" if left > 0 else "due"
 
 
+def _reason(data: Mapping[str, Any]) -> str:
+    """Why the task ended so: the view's ``result``, else the last event's Result or Response.
+
+    Daemons that do not put ``result`` into the task view still carry it in each
+    event's task (``/api/v1/tasks/{id}`` lists them, oldest first).
+    """
+    if isinstance(data.get("result"), str):
+        return str(data["result"])
+    for event in reversed(data.get("events") or []):
+        task = event.get("task") if isinstance(event, Mapping) else None
+        if isinstance(task, Mapping):
+            reason = task.get("result") or task.get("response")
+            if isinstance(reason, str) and reason:
+                return reason
+    return ""
+
+
 # --- the daemon's JSON API ------------------------------------------------------------------
 
 
-def _get(url: str, *, ok: Sequence[int] = (200,)) -> Any:
-    """GET ``url`` and parse its JSON; other statuses and network errors raise."""
+class HttpError(SourceError):
+    """The daemon answered with an unexpected status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _get(url: str, token: str | None, *, ok: Sequence[int] = (200,)) -> Any:
+    """GET ``url`` (with the read token, if any) and parse its JSON; other statuses and
+    network errors raise."""
     if urllib.parse.urlsplit(url).scheme not in {"http", "https"}:
         msg = f"{url}: only http:// and https:// URLs are supported"
         raise SourceError(msg)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked above
     try:
-        with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310 - scheme checked above
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310 - scheme checked above
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:
         with exc:
@@ -190,9 +241,13 @@ def _get(url: str, *, ok: Sequence[int] = (200,)) -> Any:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         msg = f"cannot reach batchmon at {url}: {reason}"
         raise SourceError(msg) from None
+    if status == 401 and 401 not in ok:
+        given = "the token given was refused" if token else "none was given"
+        msg = f"{url}: batchmon wants its read token (http.read_token); {given}: use --token-file"
+        raise SourceError(msg, Problem.REFUSED)
     if status not in ok:
         msg = f"{url}: HTTP {status} {_error_text(body)}".rstrip()
-        raise SourceError(msg)
+        raise HttpError(msg, status)
     try:
         return json.loads(body)
     except ValueError as exc:
@@ -220,24 +275,36 @@ class StatusReport:
     problems: list[str]
 
 
-def read_status(base_url: str) -> StatusReport:
-    """The daemon's tasks (``/api/v1/tasks``) and readiness (``/readyz``)."""
+#: Tasks asked for per page of ``/api/v1/tasks`` (its maximum).
+PAGE_LIMIT = 5000
+
+
+def read_status(base_url: str, token: str | None = None) -> StatusReport:
+    """The daemon's tasks (``/api/v1/tasks``, every page) and readiness (``/readyz``)."""
     base = base_url.rstrip("/")
-    tasks = _get(f"{base}/api/v1/tasks")["tasks"]
-    ready = _get(f"{base}/readyz", ok=(200, 503))
+    tasks: list[Any] = []
+    page: str | None = f"/api/v1/tasks?limit={PAGE_LIMIT}"
+    while page is not None:
+        answer = _get(urllib.parse.urljoin(base + "/", page.lstrip("/")), token)
+        tasks += answer["tasks"]
+        page = answer.get("next")
+    ready, problems = _readiness(base, token)
     return StatusReport(
-        url=base,
-        tasks=[TaskView.from_json(t) for t in tasks],
-        ready=bool(ready.get("ready")),
-        problems=[str(p) for p in ready.get("problems", [])],
+        url=base, tasks=[TaskView.from_json(t) for t in tasks], ready=ready, problems=problems
     )
+
+
+def _readiness(base: str, token: str | None) -> tuple[bool, list[str]]:
+    """Whether the daemon is ready (``/readyz``), and if not, why (text made visible)."""
+    answer = _get(f"{base}/readyz", token, ok=(200, 503))
+    return bool(answer.get("ready")), [visible(str(p)) for p in answer.get("problems", [])]
 
 
 def _progress_cell(view: TaskView) -> ProgressBar | Text:
     if view.percent is None:
         return Text("")
     style = "red" if view.state in _FAILED else "green" if view.succeeded else "blue"
-    return ProgressBar(total=100, completed=view.percent, width=20, complete_style=style)
+    return ProgressBar(total=100, completed=view.percent, width=10, complete_style=style)
 
 
 def status_view(report: StatusReport, now: datetime) -> Group:
@@ -245,17 +312,18 @@ def status_view(report: StatusReport, now: datetime) -> Group:
     active = sum(1 for t in report.tasks if t.active)
     header = Text.assemble(
         ("batchmon", "bold"),
-        f" at {report.url} · {len(report.tasks)} tasks, {active} active · ",
+        f" at {visible(report.url)} · {len(report.tasks)} tasks, {active} active · ",
         ("ready", "green") if report.ready else ("not ready: " + "; ".join(report.problems), "red"),
     )
     table = Table(
         Column("ID", justify="right", no_wrap=True),
-        Column("Task", overflow="fold"),
-        Column("State", no_wrap=True),
+        # Wrapped at spaces; a word too long for the column is cut with "…", never split.
+        Column("Task", overflow="ellipsis", min_width=16),
+        Column("State"),
         Column("Progress", no_wrap=True),
         Column("%", justify="right", no_wrap=True),
         Column("ETA", no_wrap=True),
-        Column("Running for", no_wrap=True),
+        Column("Running", no_wrap=True),
         expand=False,
         header_style="bold",
     )
@@ -273,7 +341,8 @@ def status_view(report: StatusReport, now: datetime) -> Group:
             view.elapsed or "",
         )
     if not report.tasks:
-        table.add_row("", Text("No tasks watched yet.", style="dim"), "", "", "", "", "")
+        empty = "No tasks watched yet." if report.ready else "No tasks seen yet: not ready."
+        table.add_row("", Text(empty, style="dim"), "", "", "", "", "")
     return Group(header, table)
 
 
@@ -291,13 +360,33 @@ class TaskSource(Protocol):
 class DaemonSource:
     """A task as a running daemon sees it (``/api/v1/tasks/{id}``)."""
 
-    def __init__(self, base_url: str, task_id: int) -> None:
-        self._url = f"{base_url.rstrip('/')}/api/v1/tasks/{int(task_id)}"
+    def __init__(self, base_url: str, task_id: int, token: str | None = None) -> None:
+        self._base = base_url.rstrip("/")
+        self._task_id = int(task_id)
+        self._token = token
 
     async def read(self) -> TaskView:
         """Ask the daemon (in a worker thread: urllib blocks)."""
-        data = await anyio.to_thread.run_sync(_get, self._url)
-        return TaskView.from_json(data)
+        return await anyio.to_thread.run_sync(self._read)
+
+    def _read(self) -> TaskView:
+        try:
+            url = f"{self._base}/api/v1/tasks/{self._task_id}"
+            return TaskView.from_json(_get(url, self._token))
+        except HttpError as exc:
+            if exc.status != 404:
+                raise
+        ready, problems = _readiness(self._base, self._token)
+        if not ready:
+            msg = f"batchmon at {self._base} is not ready ({'; '.join(problems)}); try again later"
+            raise SourceError(msg, Problem.NOT_READY)
+        msg = (
+            f"batchmon at {self._base} does not track task {self._task_id} (it is not"
+            " watched, or SuperOffice does not know it yet); watch it with [watch] ids or"
+            f" PUT {self._base}/api/v1/watches/{self._task_id} (bearer http.api_token),"
+            " or ask SuperOffice directly with --config"
+        )
+        raise SourceError(msg, Problem.NOT_TRACKED)
 
 
 class ApiSource:
@@ -318,7 +407,7 @@ class ApiSource:
         except NotFound:
             if self._last is None:
                 msg = f"task {self._task_id} does not exist (404 from {self._label})"
-                raise SourceError(msg) from None
+                raise SourceError(msg, Problem.NOT_TRACKED) from None
             return replace(self._last, state=GONE, eta=None)
         except ApiError as exc:
             msg = f"SuperOffice API at {self._label}: {exc}"
@@ -356,6 +445,7 @@ class _EtaColumn(ProgressColumn):
 
 
 def _description(view: TaskView) -> str:
+    """``#212 Export · Row 400 of 1000`` (the view's text is already :func:`visible`)."""
     return f"#{view.id} {view.name or '(no name)'}" + (f" · {view.step}" if view.step else "")
 
 
@@ -379,7 +469,7 @@ async def follow(source: TaskSource, *, interval: float, console: Console) -> Ta
     """
     view = await source.read()
     progress = Progress(
-        SpinnerColumn(finished_text="•"),
+        SpinnerColumn(),
         TextColumn(
             "{task.description}",
             markup=False,
@@ -390,6 +480,8 @@ async def follow(source: TaskSource, *, interval: float, console: Console) -> Ta
         _StateColumn(),
         _EtaColumn(),
         console=console,
+        # The live bar goes when the task ends; the summary line that follows says how.
+        transient=True,
     )
     with progress:
         bar = progress.add_task(_description(view), total=100, view=view, note="")

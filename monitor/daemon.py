@@ -9,7 +9,7 @@ polling starts) and tears them down in reverse when its scope is cancelled.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -21,7 +21,7 @@ import structlog
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.metrics import BatchmonCollector, make_registry
-from monitor.poller import Poller, Shard, rule_matches, utc_now
+from monitor.polling import Poller, Shard, rule_matches, utc_now
 from monitor.sinks.base import RestorableSink
 from monitor.sinks.dispatcher import Dispatcher
 from monitor.sinks.factory import SinkContext, subscriptions_from
@@ -31,8 +31,9 @@ from monitor.superoffice.models import BatchTaskState
 from monitor.systemd import Notifier, watchdog_loop
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
+from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
-from monitor.web import WebState, make_app, serve
+from monitor.web import WatchLimitReachedError, WebState, make_app, serve
 
 __all__ = ["Daemon", "RuntimeWatches", "freeze_startup_objects", "rules_from"]
 
@@ -71,16 +72,29 @@ def rules_from(config: PollConfig, watch: WatchConfig) -> Rules:
 class RuntimeWatches:
     """Watches added and removed over the HTTP API, persisted in the store."""
 
-    def __init__(self, poller: Poller, store: Store, configured: Iterable[int]) -> None:
+    def __init__(
+        self, poller: Poller, store: Store, configured: Iterable[int], limit: int = 1000
+    ) -> None:
         self._poller = poller
         self._store = store
         self._configured = frozenset(configured)
+        self._limit = limit
+        #: One add at a time, so that concurrent requests cannot pass the limit together.
+        self._adding = anyio.Lock()
 
     async def add(self, task_id: int) -> bool:
-        """Watch a task from now on, across restarts."""
-        if task_id in self._configured or task_id in await self._store.watches():
-            return False
-        await self._store.add_watch(task_id)
+        """Watch a task from now on, across restarts, up to ``limit`` tasks."""
+        async with self._adding:
+            watched = await self._store.watches()
+            if task_id in self._configured or task_id in watched:
+                return False
+            if len(watched) >= self._limit:
+                msg = (
+                    f"{len(watched)} tasks are watched at run time, the most http.max_watches "
+                    "allows; remove some with DELETE /api/v1/watches/{id} first"
+                )
+                raise WatchLimitReachedError(msg)
+            await self._store.add_watch(task_id)
         self._poller.watch([task_id], pinned=True)
         log.info("watch_added", task_id=task_id)
         return True
@@ -120,6 +134,8 @@ class Daemon:
         self.clock = clock
         self.port: int | None = None
         self.tracker = Tracker(rules_from(config.poll, config.watch))
+        #: Progress history for the task pages; outlives a reload, as the tracker.
+        self.samples = ProgressSamples()
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
         #: Configurations swapped in so far (tests and the log read it).
@@ -215,6 +231,11 @@ class Daemon:
             log.info("state_restored", tasks=len(stored) - len(unwatched), forgotten=len(unwatched))
         return pinned, again
 
+    async def _forget(self, store: Store, task_ids: Sequence[int]) -> None:
+        """Drop forgotten tasks from the store and the task pages' progress samples."""
+        self.samples.forget(task_ids)
+        await store.forget_tasks(task_ids)
+
     async def _serve(self, store: Store, task_status: anyio.abc.TaskStatus[int]) -> None:
         config = self.config
         so = config.superoffice
@@ -236,10 +257,10 @@ class Daemon:
             poller = Poller(
                 client,
                 self.tracker,
-                dispatcher.commit,
+                self.samples.recording(dispatcher.commit, self.tracker.tasks.keys),
                 config.poll,
                 discover=config.watch.discover,
-                forget=store.forget_tasks,
+                forget=partial(self._forget, store),
                 shard=self.shard,
                 clock=self.clock,
                 workers=so.max_concurrency,
@@ -255,7 +276,7 @@ class Daemon:
                 dispatcher,
                 cycle_requests=lambda: poller.last_cycle_requests,
             )
-            token = config.http.api_token
+            token, reader = config.http.api_token, config.http.read_token
             state = WebState(
                 tracker=self.tracker,
                 poller=poller,
@@ -264,8 +285,11 @@ class Daemon:
                 clock=self.clock,
                 stale_after=max(3 * config.poll.idle_interval, 3 * so.timeout, 60.0),
                 store=store,
-                watches=RuntimeWatches(poller, store, config.watch.ids),
+                watches=RuntimeWatches(poller, store, config.watch.ids, config.http.max_watches),
                 api_token=token.get_secret_value() if token else None,
+                read_token=reader.get_secret_value() if reader else None,
+                host_names=config.http.host_names,
+                samples=self.samples,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:

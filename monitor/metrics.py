@@ -25,7 +25,7 @@ from monitor import __version__
 from monitor.sinks.dispatcher import Dispatcher
 from monitor.superoffice.client import RequestStats
 from monitor.task_metrics import STATES
-from monitor.tracking.events import EventType
+from monitor.tracking.events import EMITTED
 from monitor.tracking.health import ApiHealth
 from monitor.tracking.tracker import Tracker
 
@@ -76,7 +76,7 @@ class BatchmonCollector(Collector):
         events = CounterMetricFamily(
             "batchmon_events", "Events emitted, by event type.", labels=["type"]
         )
-        for kind in EventType:
+        for kind in EMITTED:
             events.add_metric([kind.value], self._tracker.event_counts[kind])
         yield from (tasks, transitions, events)
 

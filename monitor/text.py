@@ -1,24 +1,32 @@
-"""Text that can always be encoded: lone surrogates become U+FFFD.
+"""Text that can always be encoded, and text that is safe to show in a terminal.
 
-A lone surrogate (``"\\ud83d"``, half of an emoji's UTF-16 pair) is a valid
-Python ``str`` character but no text: UTF-8 and UTF-16 refuse to encode it.
-.NET writes them when it cuts a string in the middle of an emoji, and the
+Encoding.  A lone surrogate (``"\\ud83d"``, half of an emoji's UTF-16 pair) is a
+valid Python ``str`` character but no text: UTF-8 and UTF-16 refuse to encode
+it.  .NET writes them when it cuts a string in the middle of an emoji, and the
 standard library's ``json`` reads them back from ``"\\ud83d"`` escapes.  Every
 place that takes such text in (the API parser's fallback, events read back
 from the state database) replaces them with U+FFFD, the replacement
 character, so nothing downstream has to care.
+
+Terminals.  A task name is the API's text, and a control character in it is a
+command to the terminal (``ESC ] 52`` writes the clipboard, ``ESC [ 2 J``
+clears the screen).  :func:`visible` writes each one as its escape (``\\x1b``),
+so every terminal view shows what the text holds and obeys none of it.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["REPLACEMENT", "replace_surrogates", "without_surrogates"]
+__all__ = ["REPLACEMENT", "replace_surrogates", "visible", "without_surrogates"]
 
 #: What a lone surrogate becomes (U+FFFD REPLACEMENT CHARACTER).
 REPLACEMENT = "\ufffd"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: C0 controls but tab and newline, DEL, C1 controls, and the bidirectional overrides
+#: and isolates that reorder what follows them ("Trojan Source", CVE-2021-42574).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def replace_surrogates(text: str) -> str:
@@ -37,3 +45,18 @@ def without_surrogates(value: object) -> object:
     if isinstance(value, dict):
         return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
     return value
+
+
+def visible(text: str) -> str:
+    """``text`` with every terminal control character but tab and newline written as its escape.
+
+    ``"evil\\x1b[2J"`` becomes ``"evil\\\\x1b[2J"``: the four characters ``\\x1b``, not ESC.
+    """
+    if text.isprintable():
+        return text
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

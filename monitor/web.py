@@ -6,28 +6,65 @@ A small aiohttp shell around state other modules own: the collector renders
 
 from __future__ import annotations
 
-import hmac
 import json
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
 
 import anyio
 from aiohttp import hdrs, web
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 
-from monitor.poller import Poller
+from monitor.chart import Box, ChartInput, progress_chart
+from monitor.http_access import (
+    Access,
+    access_middleware,
+    add_security_headers,
+    bearer,
+    machine_names,
+    token_matches,
+)
+from monitor.http_listener import (
+    CONNECTIONS,
+    SERVER_LOG,
+    Connections,
+    GuardedSite,
+    Limits,
+    track_requests,
+)
+from monitor.polling import Poller
 from monitor.store import Store
+from monitor.task_list import (
+    DEFAULT_LIMIT,
+    KNOWN_STATES,
+    MAX_LIMIT,
+    QueryError,
+    TaskPage,
+    TaskQuery,
+    select,
+)
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.detect import condition
+from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import TaskMemory, state_name
+from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
 
-__all__ = ["Watches", "WebState", "make_app", "serve"]
+__all__ = [
+    "MAX_TASK_ID",
+    "WatchLimitReachedError",
+    "Watches",
+    "WebState",
+    "make_app",
+    "parse_task_id",
+    "serve",
+]
 
 _templates = Environment(
     loader=PackageLoader("monitor", "templates"),
@@ -35,11 +72,18 @@ _templates = Environment(
 )
 
 
+class WatchLimitReachedError(Exception):
+    """No more tasks may be watched at run time (``http.max_watches``); says so in a sentence."""
+
+
 class Watches(Protocol):
     """Changes the set of watched tasks at run time (persisted by the daemon)."""
 
     async def add(self, task_id: int) -> bool:
-        """Watch a task; ``False`` if it already was."""
+        """Watch a task; ``False`` if it already was.
+
+        Raises :class:`WatchLimitReachedError` when ``http.max_watches`` tasks are watched.
+        """
         ...
 
     async def remove(self, task_id: int) -> bool:
@@ -66,6 +110,12 @@ class WebState:
     watches: Watches
     #: Bearer token for changing watches; ``None`` disables PUT/DELETE.
     api_token: str | None
+    #: Token required, when set, for everything but /healthz and /readyz.
+    read_token: str | None = None
+    #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
+    host_names: frozenset[str] = frozenset()
+    #: Each task's progress history, for the task page's chart.
+    samples: ProgressSamples = field(default_factory=ProgressSamples)
 
 
 STATE = web.AppKey("state", WebState)
@@ -117,6 +167,12 @@ def _firing(memory: TaskMemory) -> str | None:
     return kind.value if kind is not None else None
 
 
+def _result(memory: TaskMemory) -> str | None:
+    """What the task said about its outcome: ``Result``, else ``Response`` (why it failed)."""
+    info = memory.info
+    return (info.result or "").strip() or (info.response or "").strip() or None
+
+
 def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, Any]:
     info = memory.info
     eta = state.tracker.eta(info.id, now)
@@ -128,6 +184,7 @@ def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, 
         "state_raw": info.state_raw,
         "percent": None if info.progress_ratio is None else round(info.progress_ratio * 100),
         "step": info.progress_description,
+        "result": _result(memory),
         "stalled": memory.stalled,
         "firing": _firing(memory),
         "eta": eta.isoformat(timespec="seconds") if eta else None,
@@ -140,13 +197,36 @@ def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, 
     }
 
 
-def _sorted_views(state: WebState) -> list[dict[str, Any]]:
-    now = state.clock()
-    memories = sorted(
-        state.tracker.tasks.values(),
-        key=lambda m: (not m.info.state.is_active, m.gone, -m.info.id),
+#: Rows on the status page unless ``limit`` asks for more (up to :data:`PAGE_MAX_ROWS`).
+PAGE_ROWS = 300
+PAGE_MAX_ROWS = 1000
+
+
+def _listing(
+    request: web.Request, default_limit: int, max_limit: int
+) -> tuple[TaskQuery, TaskPage, str | None]:
+    """The query string's ``state``, ``limit`` and ``cursor``; the page and the next one's query.
+
+    Raises :class:`~monitor.task_list.QueryError` for a bad parameter.
+    """
+    query = TaskQuery.parse(
+        request.query.getall("state", []),
+        request.query.get("limit"),
+        request.query.get("cursor"),
+        default_limit=default_limit,
+        max_limit=max_limit,
     )
-    return [_task_view(m, state, now) for m in memories]
+    page = select(request.app[STATE].tracker.tasks, query)
+    following = None
+    if page.next is not None:
+        following = "?" + request.rel_url.update_query(cursor=page.next).query_string
+    return query, page, following
+
+
+def _counts(state: WebState) -> dict[str, int]:
+    """Tracked tasks by state, in :data:`KNOWN_STATES` order, states with none left out."""
+    counts = state.tracker.state_counts
+    return {name: counts[name] for name in KNOWN_STATES if counts.get(name, 0) > 0}
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -183,33 +263,80 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if alive else 503)
 
 
+def _api_problem(poller: Poller) -> str | None:
+    """Why the API is not usable right now, as /readyz and the status page say it."""
+    health = poller.health
+    if poller.cycles == 0:
+        return "no poll cycle completed yet"
+    if health.auth_failed:
+        return f"SuperOffice rejected the credentials: {health.last_error}"
+    if not health.up:
+        return f"SuperOffice API unreachable: {health.last_error}"
+    return None
+
+
+def _api_headline(poller: Poller) -> str:
+    """The status page's few words on the API, from the same state as :func:`_api_problem`."""
+    health = poller.health
+    if poller.cycles == 0:
+        return "waiting for the first poll"
+    if health.auth_failed:
+        return "credentials rejected"
+    if health.down_since is not None:
+        return f"API down since {health.down_since:%Y-%m-%d %H:%M:%S} UTC"
+    if not health.up:
+        return "API failing"
+    return "API reachable"
+
+
 async def _readyz(request: web.Request) -> web.Response:
     """200 once a poll cycle reached the API; otherwise says what is missing."""
-    state = request.app[STATE]
-    health = state.poller.health
-    problems = []
-    if state.poller.cycles == 0:
-        problems.append("no poll cycle completed yet")
-    elif health.auth_failed:
-        problems.append(f"SuperOffice rejected the credentials: {health.last_error}")
-    elif not health.up:
-        problems.append(f"SuperOffice API unreachable: {health.last_error}")
+    problem = _api_problem(request.app[STATE].poller)
+    problems = [] if problem is None else [problem]
     body = {"ready": not problems, "problems": problems}
     return web.json_response(body, status=503 if problems else 200)
 
 
 async def _tasks(request: web.Request) -> web.Response:
-    return web.json_response({"tasks": _sorted_views(request.app[STATE])})
+    """The tracked tasks a page at a time, in :mod:`monitor.task_list`'s order."""
+    state = request.app[STATE]
+    try:
+        _, page, following = _listing(request, DEFAULT_LIMIT, MAX_LIMIT)
+    except QueryError as exc:
+        raise _problem(web.HTTPBadRequest, str(exc)) from None
+    now = state.clock()
+    next_url = None if following is None else request.path + following
+    body = {
+        "tasks": [_task_view(m, state, now) for m in page.memories],
+        "total": page.total,
+        "counts": _counts(state),
+        "cursor": page.next,
+        "next": next_url,
+    }
+    return web.json_response(body)
+
+
+#: SuperOffice ids are int32.
+MAX_TASK_ID: Final = 2**31 - 1
+
+
+def parse_task_id(text: str) -> int:
+    """A task id from a URL: ASCII digits only, 1 to 2,147,483,647; else :class:`ValueError`.
+
+    ``int()`` alone takes ``"٣"`` (Arabic-Indic three), ``"1_0"``, ``" 7"`` and numbers
+    SQLite cannot hold.
+    """
+    digits = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_TASK_ID))
+    if not digits or not 1 <= int(text) <= MAX_TASK_ID:
+        raise ValueError(f"the task id must be a number from 1 to {MAX_TASK_ID} in ASCII digits")
+    return int(text)
 
 
 def _task_id(request: web.Request) -> int:
     try:
-        task_id = int(request.match_info["task_id"])
-    except ValueError:
-        raise _problem(web.HTTPBadRequest, "the task id must be an integer") from None
-    if task_id <= 0:
-        raise _problem(web.HTTPBadRequest, "the task id must be positive")
-    return task_id
+        return parse_task_id(request.match_info["task_id"])
+    except ValueError as exc:
+        raise _problem(web.HTTPBadRequest, str(exc)) from None
 
 
 def _problem(
@@ -239,8 +366,7 @@ def _authorize(request: web.Request) -> None:
         raise _problem(
             web.HTTPForbidden, "changing watches is disabled: set http.api_token to enable it"
         )
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    if not token_matches(bearer(request.headers.get(hdrs.AUTHORIZATION)), token):
         raise _problem(
             web.HTTPUnauthorized,
             "a valid bearer token is required",
@@ -251,7 +377,10 @@ def _authorize(request: web.Request) -> None:
 async def _put_watch(request: web.Request) -> web.Response:
     _authorize(request)
     task_id = _task_id(request)
-    added = await request.app[STATE].watches.add(task_id)
+    try:
+        added = await request.app[STATE].watches.add(task_id)
+    except WatchLimitReachedError as exc:
+        raise _problem(web.HTTPConflict, str(exc)) from None
     return web.json_response({"task_id": task_id, "watched": True}, status=201 if added else 200)
 
 
@@ -267,23 +396,135 @@ async def _delete_watch(request: web.Request) -> web.Response:
     return web.json_response({"task_id": task_id, "watched": False})
 
 
+def _html(template: str, status: int = 200, **values: Any) -> web.Response:
+    html = _templates.get_template(template).render(**values)
+    return web.Response(text=html, status=status, content_type="text/html")
+
+
 async def _status_page(request: web.Request) -> web.Response:
+    """Counts by state, then a page of tasks (``?state=``, ``limit``, ``cursor`` as the API)."""
     state = request.app[STATE]
-    views = _sorted_views(state)
+    try:
+        query, page, following = _listing(request, PAGE_ROWS, PAGE_MAX_ROWS)
+    except QueryError as exc:
+        return _html("error.html", 400, title="Bad request", message=str(exc), home="./")
+    now = state.clock()
+    counts = _counts(state)
+    shown: Counter[str] = Counter(state_name(m) for m in page.memories)
     last = state.poller.health.last_success
-    html = _templates.get_template("status.html").render(
-        tasks=views,
-        active=sum(1 for v in views if v["state"] in {"New", "Aquired", "Started"}),
-        api_up=state.poller.health.up,
+    polled = state.poller.cycles
+    return _html(
+        "status.html",
+        tasks=[_task_view(m, state, now) for m in page.memories],
+        total=page.total,
+        tracked=sum(counts.values()),
+        counts=counts,
+        not_shown={
+            name: n - shown[name]
+            for name, n in counts.items()
+            if n > shown[name] and (not query.states or name in query.states)
+        },
+        states=sorted(query.states, key=KNOWN_STATES.index),
+        next=following,
+        active=sum(counts.get(name, 0) for name in ("New", "Aquired", "Started")),
+        api_tone="waiting" if polled == 0 else "up" if state.poller.health.up else "down",
+        api_headline=_api_headline(state.poller),
+        api_problem=_api_problem(state.poller) if polled else None,
         last_poll=last.isoformat(timespec="seconds") if last else None,
         refresh=5,
     )
-    return web.Response(text=html, content_type="text/html")
+
+
+#: The chart's sizes: the wide one for screens, the narrow one for phones (CSS picks).
+_WIDE = Box()
+_NARROW = Box(width=400, height=240, left=44, right=12)
+
+
+def _chart(memory: TaskMemory, state: WebState, now: datetime) -> ChartInput:
+    """What the task's progress chart shows: up to now while active, up to its end otherwise."""
+    info = memory.info
+    samples = state.samples.series(memory)
+    active = info.state.is_active and not memory.gone
+    end_label = None
+    if active:
+        end = now
+    else:
+        end = max([memory.terminal_since or memory.last_seen, *(t for t, _ in samples[-1:])])
+        end_label = f"{state_name(memory)} {end:%H:%M}"
+    return ChartInput(
+        samples=samples,
+        now=end,
+        eta=state.tracker.eta(info.id, now) if active else None,
+        stall_at=memory.last_change + state.tracker.rules.stall_after if active else None,
+        tone="stalled" if memory.stalled else state_name(memory),
+        title=f"Progress of task {info.id} over time",
+        end_label=end_label,
+    )
+
+
+def _event_row(event: Event) -> dict[str, Any]:
+    """One line of the task page's history: when, what, state, progress and what it said."""
+    task = event.task
+    details = event.message
+    if details is None and task is not None:
+        reason = (task.result or "").strip() or (task.response or "").strip()
+        failed = event.type is EventType.TASK_FAILED
+        details = reason if failed and reason else task.progress_description
+    return {
+        "time": event.time.isoformat(timespec="seconds"),
+        "type": event.type.value,
+        "state": task.state.value if task is not None else None,
+        "progress": task.progress if task is not None else None,
+        "details": details,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    """In UTC, as the page labels its times (the API may give a tenant's offset)."""
+    return None if value is None else value.astimezone(UTC).isoformat(timespec="seconds")
+
+
+async def _task_page(request: web.Request) -> web.Response:
+    """One task: its fields, its progress chart and its recorded events."""
+    state = request.app[STATE]
+    task_id = _task_id(request)
+    memory = state.tracker.tasks.get(task_id)
+    if memory is None:
+        message = f"Task {task_id} is not tracked (not watched, not found, or forgotten)."
+        return _html("error.html", 404, title="Task not found", message=message, home="../")
+    now = state.clock()
+    info = memory.info
+    events = [_event_row(e) for e in await state.store.recent_events(task_id)]
+    chart = _chart(memory, state, now)
+    return _html(
+        "task.html",
+        task=_task_view(memory, state, now),
+        info={
+            "description": info.description,
+            "request": info.request,
+            "associate_id": info.associate_id,
+            "created": _iso(info.created),
+            "last_started": _iso(info.last_started),
+            "start_count": info.start_count,
+            "first_seen": _iso(memory.first_seen),
+        },
+        # progress_chart escapes every text it writes.
+        chart_wide=Markup(progress_chart(chart, _WIDE)),  # noqa: S704
+        chart_narrow=Markup(progress_chart(chart, _NARROW)),  # noqa: S704
+        samples=len(chart.samples),
+        eta=chart.eta is not None,
+        stall=chart.stall_at is not None,
+        events=events[::-1],
+        today=now.isoformat()[:10],
+        refresh=5 if info.state.is_active and not memory.gone else None,
+    )
 
 
 def make_app(state: WebState) -> web.Application:
     """The aiohttp application with every route."""
-    app = web.Application()
+    access = Access(state.host_names | machine_names(), state.read_token, state.api_token)
+    app = web.Application(middlewares=[track_requests, access_middleware(access)])
+    app.on_response_prepare.append(add_security_headers)
     app[STATE] = state
     app[GZIPPED] = GzippedPrefix()
     app.router.add_get("/metrics", _metrics)
@@ -294,14 +535,25 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_put("/api/v1/watches/{task_id}", _put_watch)
     app.router.add_delete("/api/v1/watches/{task_id}", _delete_watch)
     app.router.add_get("/", _status_page)
+    app.router.add_get("/tasks/{task_id}", _task_page)
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Bind and start the app; the runner (to clean up) and the bound port."""
-    runner = web.AppRunner(app, access_log=None)
+async def serve(
+    app: web.Application, host: str, port: int, limits: Limits | None = None
+) -> tuple[web.AppRunner, int]:
+    """Bind and start the app; the runner (to clean up) and the bound port.
+
+    Connections are capped and timed (:mod:`monitor.http_listener`); by default the cap
+    fits the process's open-file limit.
+    """
+    limits = limits or Limits().within_open_files()
+    app[CONNECTIONS] = connections = Connections(limits)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=limits.head_timeout, logger=SERVER_LOG
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = GuardedSite(runner, host, port, connections)
     try:
         await site.start()
     except BaseException:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prometheus_client.openmetrics.exposition import generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from monitor.metrics import BatchmonCollector, make_registry
@@ -16,15 +16,20 @@ from monitor.tracking.tracker import Tracker
 
 __all__ = ["Scrape", "scrape"]
 
+#: What /metrics answers an OpenMetrics scrape with (openmetrics' own generate_latest, typed).
+generate_latest, _ = choose_encoder("application/openmetrics-text")
+
 
 class Scrape:
     """Every sample of one OpenMetrics exposition, by name and labels."""
 
     def __init__(self, text: bytes) -> None:
         self.text = text
-        self._samples = {
+        # prometheus_client's OpenMetrics parser is not annotated.
+        families = text_string_to_metric_families(text.decode())  # type: ignore[no-untyped-call]
+        self._samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {
             (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text.decode())
+            for family in families
             for sample in family.samples
         }
 

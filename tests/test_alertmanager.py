@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from monitor.config import SinkConfig
+from monitor.config.sinks import AlertmanagerSinkConfig
 from monitor.sinks.alertmanager import (
     DESCRIPTION_MAX,
     LABEL_MAX,
@@ -30,6 +31,7 @@ from monitor.sinks.alertmanager import (
 )
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.factory import SinkContext, build_sink
+from monitor.sinks.render import escape_plain
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import EndReason, Event, EventType, TaskSummary, event_id
 from tests.conftest import ManualClock, Reply, ScriptedServer
@@ -237,13 +239,31 @@ class TestAlertsFor:
         label = change.fired.labels["task_name"]
         label.encode("utf-8")
         assert LABEL_MAX == len(label)
-        assert label.startswith("x?y <!channel> [31m")
+        assert label.startswith("x?y <\u200b!channel> [31m")
         assert not any(c in label for c in "\n\x1b\x00")
         description = change.fired.annotations["description"]
         description.encode("utf-8")
         assert DESCRIPTION_MAX == len(description)
         assert "\x07" not in description
         assert "\n" in description
+
+    @pytest.mark.parametrize(
+        "mention", ["<!channel>", "<!here>", "<!everyone>", "@everyone", "@here", "<@U123>", "@ops"]
+    )
+    def test_mentions_are_broken(self, mention: str) -> None:
+        """Label, summary and description show a mention without forming one, as chat sinks do."""
+        task = _task(name=f"Export {mention}", state=BatchTaskState.FAILED, result=mention)
+        change = alerts_for(_event(EventType.TASK_FAILED, task, message=f"by {mention}"))
+
+        assert change.fired is not None
+        texts = [
+            change.fired.labels["task_name"],
+            change.fired.annotations["summary"],
+            change.fired.annotations["description"],
+        ]
+        assert all(escape_plain(mention) in text for text in texts)
+        assert not any(mention in text for text in texts)
+        assert not any(re.search(r"<[!@]|@\w", text) for text in texts)
 
 
 @dataclass
@@ -370,7 +390,7 @@ class TestRealAlertmanager:
         assert "active" == alert["status"]["state"]
         assert "Batch task 212 (Export) failed" == alert["annotations"]["summary"]
         assert "Result: Disk full" in alert["annotations"]["description"]
-        assert "https://batchmon.example.com/" == alert["generatorURL"]
+        assert "https://batchmon.example.com/tasks/212" == alert["generatorURL"]
         await _until(lambda: alertmanager.notified("firing", FAILED))
 
         succeeded = _task(state=BatchTaskState.SUCCEEDED, progress=100)
@@ -713,7 +733,7 @@ class TestFactory:
 
     async def test_build(self, session: aiohttp.ClientSession) -> None:
         """An ``alertmanager`` entry builds an AlertmanagerSink linking to the status page."""
-        config = SinkConfig.model_validate(
+        config = AlertmanagerSinkConfig.model_validate(
             {"name": "am", "type": "alertmanager", "url": "http://127.0.0.1:9093", "timeout": "3s"}
         )
 

@@ -5,16 +5,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import TypeAdapter
 
-from monitor.config import parse_config
+from monitor.config import AUTH_TYPES, ONLINE_AUTH_TYPES, AuthConfig, parse_config
 from monitor.simulator import OAuthApp, OnlineTenant, Simulator, SystemUserApp
-from monitor.superoffice.auth import JWKS_PATH, SYSTEM_USER_PATH, TOKEN_PATH
+from monitor.superoffice.auth import (
+    JWKS_PATH,
+    SYSTEM_USER_PATH,
+    TOKEN_PATH,
+    Auth,
+    BasicAuth,
+    BearerAuth,
+    TicketAuth,
+    auth_from_config,
+)
 from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.errors import AuthenticationFailed
 from tests.conftest import ManualClock
@@ -333,3 +343,42 @@ class TestStatic:
                     await client.get_task(sim.add_task().id)
 
         assert [r for r in sim.requests if "login" in r.casefold()] == []
+
+
+class TestSchemeOfEachType:
+    """Each ``[superoffice.auth]`` type has a model and a scheme (mypy's exhaustive-match
+    checks that :func:`auth_from_config` handles every model of the union)."""
+
+    STATIC: ClassVar[dict[str, tuple[dict[str, str], type[Auth]]]] = {
+        "basic": ({"username": "u", "password": "p"}, BasicAuth),
+        "ticket": ({"ticket": "7T:abc"}, TicketAuth),
+        "bearer": ({"token": "8A:abc"}, BearerAuth),
+    }
+
+    def test_every_type_is_covered_here(self) -> None:
+        """A new auth type needs a row here, or in the online tests above."""
+        assert set(AUTH_TYPES) == {*self.STATIC, *ONLINE_AUTH_TYPES}
+
+    @pytest.mark.parametrize("kind", sorted(STATIC))
+    def test_static_scheme(self, kind: str) -> None:
+        """The static types build their scheme from their own keys alone."""
+        keys, scheme = self.STATIC[kind]
+        config = TypeAdapter(AuthConfig).validate_python({"type": kind, **keys})
+
+        assert isinstance(auth_from_config(config), scheme)
+
+    @pytest.mark.parametrize("kind", ONLINE_AUTH_TYPES)
+    def test_online_scheme_needs_the_login(self, kind: str, app_key: rsa.RSAPrivateKey) -> None:
+        """The online types log in at the environment's host: without it, a clear error."""
+        keys = {
+            "oauth": {"client_id": "c", "client_secret": "s", "refresh_token": "r"},
+            "system_user": {
+                "client_secret": "s",
+                "system_user_token": "t",
+                "private_key": pem(app_key),
+            },
+        }[kind]
+        config = TypeAdapter(AuthConfig).validate_python({"type": kind, **keys})
+
+        with pytest.raises(ValueError, match=f"auth type '{kind}' logs in"):
+            auth_from_config(config)

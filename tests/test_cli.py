@@ -62,7 +62,7 @@ class TestCheckConfig:
         assert EX_CONFIG == result.exit_code
         assert "superoffice.url:" in result.output
         assert "poll.interval:" in result.output
-        assert "sinks[0].colour:" in result.output
+        assert 'sinks["ops"].colour:' in result.output
         assert "marker-secret" not in result.output
 
     def test_missing_file(self, tmp_path: Path) -> None:
@@ -84,14 +84,39 @@ class TestCheckConfig:
         assert "batchmon_started" not in result.output
 
 
+class TestShardOption:
+    """``--shard K/N`` counts from 1, as the README and prometheus.yml do."""
+
+    @pytest.mark.parametrize("shard", ["1/2", "2/2", "1/1"])
+    def test_one_to_n_accepted(self, shard: str, tmp_path: Path) -> None:
+        """A valid shard passes the option; the missing config is what stops the run."""
+        result = CliRunner().invoke(
+            main, ["run", "--config", str(tmp_path / "none.toml"), "--shard", shard]
+        )
+
+        assert EX_CONFIG == result.exit_code, result.output
+
+    @pytest.mark.parametrize("shard", ["0/2", "3/2", "two"])
+    def test_out_of_range_is_a_usage_error(self, shard: str, tmp_path: Path) -> None:
+        """``0/2`` is refused with the numbering spelt out, exit 2."""
+        result = CliRunner().invoke(
+            main, ["run", "--config", str(tmp_path / "none.toml"), "--shard", shard]
+        )
+
+        assert 2 == result.exit_code
+        assert "expected K/N with 1 <= K <= N (e.g. 1/2 and 2/2)" in result.output
+
+
 class TestRun:
     """``batchmon run`` against the simulator, as a real process."""
 
     async def test_watches_and_stops_cleanly_on_sigterm(self, tmp_path: Path) -> None:
-        """It logs events as JSON lines and exits 0 on SIGTERM."""
+        """It logs events as JSON lines and exits 0 on SIGTERM; a password file others can
+        read is a warning."""
         async with Simulator() as simulator:
             task = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=10)
             (tmp_path / "password").write_text("batchmon\n")
+            (tmp_path / "password").chmod(0o644)
             config = tmp_path / "batchmon.toml"
             config.write_text(
                 f'[superoffice]\nurl = "{simulator.url}"\n'
@@ -122,7 +147,11 @@ class TestRun:
                 code = await process.wait()
             await process.aclose()
 
-        events = [e["event"] for e in _json_lines(output.decode())]
+        lines = _json_lines(output.decode())
+        events = [e["event"] for e in lines]
+        [exposed] = [e for e in lines if e["event"] == "secret_readable_by_others"]
+        assert "warning" == exposed["level"]
+        assert "superoffice.auth.password_file:" in str(exposed["problem"])
         assert 0 == code
         assert ["batchmon_started", "task.discovered", "task.failed"] == [
             e for e in events if e in {"batchmon_started", "task.discovered", "task.failed"}
@@ -134,7 +163,8 @@ class TestDemo:
     """``batchmon demo``: the first thing a new user runs."""
 
     def test_tells_the_story_of_the_simulated_tasks(self) -> None:
-        """At three times speed, at least five tasks are seen starting, moving and ending."""
+        """At three times speed, at least five tasks are seen starting, moving and ending,
+        with a few progress lines each, not one per change."""
         result = subprocess.run(
             [
                 *BATCHMON,
@@ -169,6 +199,9 @@ class TestDemo:
         assert len(full_story) >= 5, dict(seen)
         every = set().union(*seen.values())
         assert {"task.failed", "task.stalled", "task.resumed", "task.removed"} <= every
+        # Progress every 25 % at most, and once per 10 s of the story: a few lines per task.
+        progress = [line for line in _json_lines(result.stdout) if line["event"] == "task.progress"]
+        assert len(progress) < 4 * len(seen), len(progress)
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))
@@ -181,8 +214,18 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert f"batchmon {command}" in result.output
 
 
+def test_top_level_help_shows_whole_summaries() -> None:
+    """At 80 columns every command's summary fits: none is cut with "..."."""
+    result = CliRunner().invoke(main, ["--help"], terminal_width=80)
+    commands = result.output.split("Commands:")[1].splitlines()
+
+    assert 0 == result.exit_code
+    assert sorted(main.commands) == sorted(line.split()[0] for line in commands if line.strip())
+    assert not any(line.rstrip().endswith("...") for line in commands), result.output
+
+
 def test_busy_port_is_one_clear_line() -> None:
-    """A port in use gives one line naming it and exit 1, not a traceback."""
+    """A port in use gives one line naming it and what to do, and exit 1, not a traceback."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -197,6 +240,7 @@ def test_busy_port_is_one_clear_line() -> None:
 
     assert 1 == result.returncode
     assert f"batchmon: cannot listen on 127.0.0.1:{port}:" in result.stderr
+    assert result.stderr.rstrip().endswith("; --port 0 picks a free port")
     assert "Traceback" not in result.stderr
 
 

@@ -14,8 +14,8 @@ from datetime import timedelta
 import pytest
 
 from monitor.superoffice.models import BatchTaskInfo
-from monitor.tracking.detect import condition, detect, expire, expired
-from monitor.tracking.events import EndReason, EventType
+from monitor.tracking.detect import condition, detect, detect_404, expire, expired
+from monitor.tracking.events import KINDS, EndReason, EventType
 from monitor.tracking.memory import Rules, TaskMemory
 from monitor.tracking.tracker import Tracker
 from tests.test_detect import RULES, T0, H, M, S, seen, task
@@ -41,6 +41,8 @@ CONDITIONS: list[tuple[str, TaskMemory, EventType | None]] = [
 def test_condition(memory: TaskMemory, expected: EventType | None) -> None:
     """Failed, stalled and gone-while-active are conditions; a clean-up is none."""
     assert expected is condition(memory)
+    if expected is not None:
+        assert KINDS[expected].alert is not None, "a condition fires an alert while it lasts"
 
 
 # (case, memory, time since T0, expired?, the events forgetting it gives)
@@ -128,12 +130,18 @@ ENDINGS = [
     [pytest.param(*case[1:], id=str(case[0])) for case in ENDINGS],
 )
 def test_events_that_end_a_condition_carry_why(
-    memory: TaskMemory, current: object, kind: EventType, reason: EndReason
+    memory: TaskMemory, current: BatchTaskInfo | None, kind: EventType, reason: EndReason
 ) -> None:
     """The event that ends a condition says why, in ``reason``."""
-    assert current is None or isinstance(current, BatchTaskInfo)
-    found = {e.type: e for e in detect(memory, current, T0 + M, RULES)}
+    if current is None:
+        detection = detect_404(memory, T0 + M)
+        assert detection is not None
+        events = detection.events
+    else:
+        events = detect(memory, current, T0 + M, RULES).events
+    found = {e.type: e for e in events}
     assert reason is found[kind].reason
+    assert condition(memory) in KINDS[kind].ends, "the table says this event ends it"
     assert found[kind].to_dict()["reason"] == reason.value
 
 
@@ -141,8 +149,8 @@ def test_first_seen_outcome_has_the_id_of_the_transition() -> None:
     """A failure announced at first sight is marked, and has the id it would have had if
     seen happening: a receiver that got it from another replica drops the repeat."""
     failed = task(State="Failed", Result="Failed: no quote lines")
-    late = detect(None, failed, T0 + M, RULES)
-    live = detect(seen(task()), failed, T0 + M, RULES)
+    late = detect(None, failed, T0 + M, RULES).events
+    live = detect(seen(task()), failed, T0 + M, RULES).events
 
     assert [EventType.TASK_DISCOVERED, EventType.TASK_FAILED] == [e.type for e in late]
     assert late[1].first_seen
@@ -183,6 +191,21 @@ class TestForgettingOverAMonth:
         failures = [e for e in tracker.firing() if e.type is EventType.TASK_FAILED]
         assert len(failures) <= 25, "only the last day's failures are still firing"
         assert sum(tracker.state_counts.values()) == len(tracker.tasks)
+
+    def test_changed_set_stays_bounded_without_a_reader(self) -> None:
+        """A daemon nobody scrapes never takes the changed ids: the tasks it forgot leave no
+        trace in them (a month at 240 tasks a day would otherwise keep all 7,200 ids)."""
+        tracker = Tracker(replace(RULES, forget_after=DAY))
+        for task_id in range(1, 30 * 240 + 1):
+            began = T0 + task_id * 6 * M
+            tracker.observe(task(Id=task_id, LastStarted=began.isoformat()), began)
+            tracker.observe(
+                task(Id=task_id, LastStarted=began.isoformat(), State="Succeeded"), began + M
+            )
+            if task_id % 10 == 0:
+                tracker.expire(began + M)
+
+        assert len(tracker.take_changed()) <= len(tracker.tasks) <= 250
 
     def test_forgotten_tasks_leave_the_counts_and_the_changed_set(self) -> None:
         """Forgetting drops a task from the state counts and reports it changed (metrics)."""

@@ -86,7 +86,7 @@ def instant(text: str | None) -> datetime | None:
     return datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
 
 
-def expected_state(raw: object) -> BatchTaskState:
+def expected_state(raw: str | None) -> BatchTaskState:
     """``All`` is a query wildcard and ``null`` says nothing: both read as Unknown."""
     return BatchTaskState.UNKNOWN if raw in (None, "All") else BatchTaskState(raw)
 

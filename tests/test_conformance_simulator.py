@@ -190,8 +190,8 @@ class TestGenerated:
         }
         assert set(SERVED) == driven
 
-    @REST.parametrize()
-    @REST.given(data=st.data())
+    @REST.parametrize()  # type: ignore[untyped-decorator]  # schemathesis returns a bare Callable
+    @REST.given(data=st.data())  # type: ignore[untyped-decorator]  # as above
     def test_rest(self, case: Any, data: st.DataObject, live: Live) -> None:
         """Every answer to GET BatchTask/{id} is one the spec documents, for any id."""
         # Half the ids are the scenario's: a generated int32 almost never names a task.
@@ -205,7 +205,7 @@ class TestGenerated:
             SERVED[case.operation.schema.get_operation_id(case.operation)], response
         )
 
-    @AGENT.parametrize()
+    @AGENT.parametrize()  # type: ignore[untyped-decorator]  # schemathesis returns a bare Callable
     def test_agent(self, case: Any, live: Live) -> None:
         """Every answer to an Agents/Batch list call is one the spec documents, $select honoured."""
         live.tick()
@@ -308,7 +308,7 @@ class TestSelect:
         """Selected fields (any case) keep the full answer's values; every other field is null."""
         live.at(seconds)
         select = ",".join(name.upper() if upper else name for name in names)
-        body = {"AssociateIds": []}
+        body: dict[str, list[int]] = {"AssociateIds": []}
         full = live.send(agent_case("GetBatchTaskInfosByAssociates", body)).json()
         case = agent_case("GetBatchTaskInfosByAssociates", body, select=select)
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from monitor.superoffice.models import BatchTaskInfo
-from monitor.tracking.detect import detect
-from monitor.tracking.events import EventType
-from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember, state_name
+from monitor.tracking.detect import detect, detect_404, time_may_tell
+from monitor.tracking.eta import add_sample, estimate_eta
+from monitor.tracking.events import Event, EventType
+from monitor.tracking.memory import Rules, TaskMemory, state_name
 from monitor.tracking.tracker import Tracker
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -43,7 +44,15 @@ def task(**fields: Any) -> BatchTaskInfo:
 
 def seen(info: BatchTaskInfo, **memory: Any) -> TaskMemory:
     """Memory of a task last seen (and last changed) at T0, with overrides."""
-    return replace(remember(None, info, T0, []), **memory)
+    return replace(detect(None, info, T0, RULES).memory, **memory)
+
+
+def observe(previous: TaskMemory | None, current: BatchTaskInfo | None, now: Any) -> list[Event]:
+    """The events of one observation: a snapshot, or a 404 (``None``)."""
+    if current is not None:
+        return detect(previous, current, now, RULES).events
+    detection = detect_404(previous, now)
+    return [] if detection is None else detection.events
 
 
 S = timedelta(seconds=1)
@@ -278,7 +287,7 @@ class TestDetect:
         expected: list[EventType],
     ) -> None:
         """Each row gives exactly the expected events, in order."""
-        events = detect(previous, current, T0 + after, RULES)
+        events = observe(previous, current, T0 + after)
 
         assert expected == [e.type for e in events]
         for event in events:
@@ -288,18 +297,16 @@ class TestDetect:
 
     def test_changed_fields_carry_old_values(self) -> None:
         """An event lists what changed, with the values before the change."""
-        (event,) = detect(seen(task()), task(State="Failed", Result="Disk full"), T0 + S, RULES)
+        (event,) = observe(seen(task()), task(State="Failed", Result="Disk full"), T0 + S)
 
         assert {"state": "Started", "result": None} == dict(event.previous)
         assert "Disk full" == event.task.result if event.task else None
 
     def test_ids_are_stable_and_distinct(self) -> None:
         """The same transition has the same id whenever it is seen; another has another."""
-        first = detect(seen(task()), task(State="Failed"), T0 + S, RULES)[0]
-        again = detect(seen(task()), task(State="Failed"), T0 + 5 * M, RULES)[0]
-        other_run = detect(
-            seen(task(StartCount=2)), task(State="Failed", StartCount=2), T0 + S, RULES
-        )[0]
+        first = observe(seen(task()), task(State="Failed"), T0 + S)[0]
+        again = observe(seen(task()), task(State="Failed"), T0 + 5 * M)[0]
+        other_run = observe(seen(task(StartCount=2)), task(State="Failed", StartCount=2), T0 + S)[0]
 
         assert first.id == again.id
         assert first.id != other_run.id
@@ -325,7 +332,7 @@ class TestEta:
 
     def test_from_last_started_on_first_sight(self) -> None:
         """A task first seen at 40 % ten minutes after its start finishes fifteen minutes later."""
-        eta = estimate_eta(None, task(ProgressPercent=40), T0)
+        eta = estimate_eta(add_sample((), 40, T0), task(ProgressPercent=40), T0)
 
         assert T0 + 15 * M == eta
 
@@ -350,7 +357,36 @@ class TestEta:
     )
     def test_none_without_a_rate(self, info: BatchTaskInfo) -> None:
         """No estimate when there is no rate to extrapolate."""
-        assert estimate_eta(None, info, T0) is None
+        assert estimate_eta(add_sample((), info.progress_percent, T0), info, T0) is None
+
+
+class TestTimeMayTell:
+    """When an unchanged task is worth observing again: time alone can tell something."""
+
+    @pytest.mark.parametrize(
+        ("memory", "after", "expected"),
+        [
+            (seen(task()), 14 * M, False),
+            (seen(task()), 15 * M, True),
+            (seen(task(), stalled=True), 60 * M, False),
+            (seen(task(State="Succeeded")), 60 * M, False),
+            (seen(task(), gone=True), 60 * M, False),
+            (seen(task(), announced_progress=30), S, True),
+            (seen(task(), announced_description="Loading"), S, True),
+        ],
+        ids=[
+            "quiet, not yet",
+            "quiet for stall_after",
+            "already stalled",
+            "finished",
+            "gone",
+            "progress held back",
+            "description held back",
+        ],
+    )
+    def test_table(self, memory: TaskMemory, after: Any, expected: bool) -> None:
+        """Only the stall clock and a held-back announcement change with time alone."""
+        assert expected is time_may_tell(memory, T0 + after, RULES)
 
 
 class TestTracker:

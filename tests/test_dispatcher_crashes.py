@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 from structlog.testing import capture_logs
 
-from monitor.config import SinkConfig
+from monitor.config.sinks import WebhookSinkConfig
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.sinks.base import Route, Sink
 from monitor.sinks.dispatcher import MAX_CRASHES, Dispatcher, Subscription
@@ -58,7 +58,7 @@ class Buggy:
 
 
 def _webhook(server: ScriptedServer, session: aiohttp.ClientSession) -> Sink:
-    entry = SinkConfig.model_validate({"name": "ops", "type": "webhook", "url": server.url})
+    entry = WebhookSinkConfig.model_validate({"name": "ops", "type": "webhook", "url": server.url})
     return build_sink(entry, SinkContext(session, status_url=None))
 
 

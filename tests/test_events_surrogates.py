@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -42,11 +43,13 @@ def _stored(event: Event) -> str:
 
 
 def _half_emoji_event() -> Event:
+    # Typed as make_task_event's **task: TaskSummary overrides, not its own keywords.
+    texts: dict[str, Any] = {name: f"{name} {HALF}" for name in TEXT_FIELDS}
     event = make_task_event(
         EventType.TASK_STATE_CHANGED,
         message=f"Cut at {HALF}",
         state_raw=f"Failed{HALF}",
-        **{name: f"{name} {HALF}" for name in TEXT_FIELDS},
+        **texts,
     )
     previous = MappingProxyType({"name": f"Old {HALF}", "state": "Started", "progress": 30})
     return Event(event.id, event.type, event.time, event.task, previous, event.eta, event.message)

@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitor.daemon import rules_from
-from monitor.poller import Poller, Shard
+from monitor.polling import Poller, Shard
 from monitor.ratelimit import RateLimiter
 from monitor.simulator import Scenario, SimTask, Simulator
 from monitor.superoffice.auth import auth_from_config
@@ -80,6 +80,7 @@ async def polling(
     ids: list[int],
     shard: Shard | None = None,
     superoffice: dict[str, Any] | None = None,
+    watch: dict[str, Any] | None = None,
     **poll: Any,
 ) -> AsyncIterator[tuple[Poller, Recorder]]:
     """A poller watching ``ids`` on the simulator, publishing into a recorder.
@@ -89,7 +90,7 @@ async def polling(
     """
     config = make_config(
         simulator.url,
-        watch={"ids": ids},
+        watch={"ids": ids, **(watch or {})},
         poll={"terminal_linger": "0s", "api_down_after": 2, **poll},
         superoffice=superoffice or {},
     )
@@ -124,7 +125,7 @@ class TestLifecycle:
         """New, Started, progress and Failed each give their event, in order."""
         task = simulator.add_task(name="Import contacts", state=BatchTaskState.NEW)
         async with polling(simulator, clock, [task.id]) as (poller, recorder):
-            steps = [
+            steps: list[dict[str, Any]] = [
                 {},
                 {"state": BatchTaskState.STARTED, "start_count": 1, "last_started": clock.now},
                 {"progress": 50, "progress_description": "Importing 500/1000"},
@@ -184,6 +185,27 @@ class TestLifecycle:
             await poller.poll_once()
             assert frozenset() == poller.watched
             assert task.id in poller._tracker.tasks, "still remembered until forget_after"
+
+    async def test_what_is_kept_per_task_goes_with_it(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """Unwatched or forgotten, a task leaves nothing behind in the poller (its state is
+        bounded by the tasks watched)."""
+        odd = simulator.add_task(state=BatchTaskState.STARTED, progress=150)
+        done = simulator.add_task(state=BatchTaskState.SUCCEEDED)
+        async with polling(simulator, clock, [odd.id], watch={"forget_after": "1h"}) as (poller, _):
+            poller.watch([done.id, 999])
+            await poller.poll_once()
+            simulator.fail_next(4, 200, body="<html>Login</html>")  # 3 lists, then its GET
+            await poller.poll_once()
+            kept = (poller._schedule.sizes(), poller._reports.sizes())
+            poller.unwatch([odd.id, 999])
+            clock.advance(3601)
+            forgotten = await poller.sweep()
+
+        assert ((2, 1, 1, 0, 2), (1, 1)) == kept, "malformed and anomalous"
+        assert [done.id] == forgotten
+        assert ((0, 0, 0, 0, 0), (0, 0)) == (poller._schedule.sizes(), poller._reports.sizes())
 
     async def test_first_seen_finished_needs_no_confirmation(
         self, simulator: Simulator, clock: ManualClock
@@ -580,11 +602,11 @@ class TestRequestBudget:
 
 
 class TestShard:
-    """``--shard k/N``: each task belongs to exactly one replica."""
+    """``--shard k/N`` (k = 1 … N): each task belongs to exactly one replica."""
 
     def test_shards_partition_the_tasks_evenly(self) -> None:
         """Every id is owned by exactly one of N shards, and shards get similar shares."""
-        shards = [Shard(k, 3) for k in range(3)]
+        shards = [Shard(k, 3) for k in (1, 2, 3)]
         owners = [[s.owns(task_id) for s in shards].count(True) for task_id in range(1, 3001)]
         shares = [sum(s.owns(task_id) for task_id in range(1, 3001)) for s in shards]
 
@@ -592,28 +614,42 @@ class TestShard:
         assert all(900 < share < 1100 for share in shares), shares
 
     def test_hashmod_matches_prometheus(self) -> None:
-        """The split is Prometheus's hashmod: low 64 bits of the MD5, big-endian, modulo N."""
+        """Shard k of N owns the ids whose Prometheus hashmod (low 64 bits of the MD5,
+        big-endian, modulo N) is k - 1."""
         digest = hashlib.md5(b"212").digest()
         expected = int.from_bytes(digest[8:], "big") % 4
 
-        assert [k == expected for k in range(4)] == [Shard(k, 4).owns(212) for k in range(4)]
+        assert [k == expected + 1 for k in (1, 2, 3, 4)] == [
+            Shard(k, 4).owns(212) for k in (1, 2, 3, 4)
+        ]
 
-    @pytest.mark.parametrize(("index", "count"), [(2, 2), (-1, 2), (0, 0)])
-    def test_invalid(self, index: int, count: int) -> None:
-        """K must be in 0..N-1."""
-        with pytest.raises(ValueError, match="expected k/N"):
-            Shard(index, count)
+    @pytest.mark.parametrize(
+        ("text", "number", "count"), [("1/1", 1, 1), ("1/2", 1, 2), ("2/2", 2, 2), (" 3/7 ", 3, 7)]
+    )
+    def test_parse_and_str(self, text: str, number: int, count: int) -> None:
+        """``K/N`` reads as written in the README and prometheus.yml, and prints back so."""
+        shard = Shard.parse(text)
+
+        assert (number, count) == (shard.number, shard.count)
+        assert text.strip() == str(shard)
+
+    @pytest.mark.parametrize(
+        "text", ["0/2", "3/2", "-1/2", "1/0", "0/0", "2", "a/b", "1/2/3", "٢/٢"]
+    )
+    def test_invalid(self, text: str) -> None:
+        """K must be in 1..N, both plain digits."""
+        with pytest.raises(ValueError, match=r"expected K/N with 1 <= K <= N \(e.g. 1/2 and 2/2\)"):
+            Shard.parse(text)
 
     async def test_poller_watches_only_its_shard(
         self, simulator: Simulator, clock: ManualClock
     ) -> None:
-        """A poller of shard 0/2 takes only the ids that hash to it."""
-        async with polling(simulator, clock, []) as (poller, _):
-            poller._shard = Shard(0, 2)
+        """A poller of shard 1/2 takes only the ids that hash to it."""
+        async with polling(simulator, clock, [], shard=Shard(1, 2)) as (poller, _):
             added = poller.watch(range(1, 101))
 
         assert 30 < len(added) < 70
-        assert all(Shard(0, 2).owns(task_id) for task_id in added)
+        assert all(Shard(1, 2).owns(task_id) for task_id in added)
 
 
 class TestAuthFailure:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,8 @@ class TestRedactor:
         """Text that ends in the first part of a secret (cut to length) has that part masked."""
         redact = Redactor(["0123456789abcdef"])
 
-        assert f"token is {MASK}" == redact("token is 0123456")
-        assert "token is 012" == redact("token is 012")
+        assert f"token is {MASK}" == redact("token is 01234567")
+        assert "token is 0123456" == redact("token is 0123456")
 
     def test_none_and_no_secrets(self) -> None:
         """``None`` stays ``None``; a redactor without secrets changes nothing."""
@@ -154,6 +154,90 @@ class TestRedactor:
         assert {CLIENT_SECRET, SYSTEM_USER_TOKEN} == set(configured_secrets(config.superoffice))
 
 
+#: The issue's password: characters that HTML, URL, form and base64 encodings all change.
+HOSTILE = "p@ss+w/rd&x<y>"
+#: A secret with a space and quotes, for form encoding and HTML's quote entities.
+SPACED = "o'pen se\"same"
+
+
+def _basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class TestEveryForm:
+    """Each form a peer may echo a secret in is masked; the text around it stays."""
+
+    @pytest.mark.parametrize(
+        ("secret", "echoed"),
+        [
+            (HOSTILE, HOSTILE),
+            (HOSTILE, "p@ss+w/rd&amp;x&lt;y&gt;"),
+            (SPACED, "o&#x27;pen se&quot;same"),
+            (SPACED, "o&#39;pen se&quot;same"),
+            (HOSTILE, "p%40ss%2Bw%2Frd%26x%3Cy%3E"),
+            (HOSTILE, "p%40ss%2bw%2frd%26x%3cy%3e"),
+            (HOSTILE, "p%40ss%2Bw/rd%26x%3Cy%3E"),
+            (SPACED, "o%27pen+se%22same"),
+            (SPACED, "o%27pen%20se%22same"),
+            (HOSTILE, base64.b64encode(HOSTILE.encode()).decode()),
+            (HOSTILE, base64.b64encode(HOSTILE.encode()).decode().rstrip("=")),
+            (HOSTILE, base64.urlsafe_b64encode(HOSTILE.encode()).decode()),
+            (HOSTILE, base64.urlsafe_b64encode(HOSTILE.encode()).decode().rstrip("=")),
+            (HOSTILE, json.dumps(HOSTILE)[1:-1]),
+        ],
+        ids=[
+            "plain",
+            "html",
+            "html-hex-quote",
+            "html-decimal-quote",
+            "percent-upper",
+            "percent-lower",
+            "percent-slash-kept",
+            "form",
+            "percent-space",
+            "base64",
+            "base64-unpadded",
+            "base64-urlsafe",
+            "base64-urlsafe-unpadded",
+            "json",
+        ],
+    )
+    def test_form(self, secret: str, echoed: str) -> None:
+        """The whole form is replaced by the mask."""
+        redact = Redactor([secret])
+
+        assert f"<p>login failed for {MASK} (form)</p>" == redact(
+            f"<p>login failed for {echoed} (form)</p>"
+        )
+
+    @pytest.mark.parametrize(
+        "user", ["ad", "adm", "admin"], ids=["offset-0", "offset-1", "offset-2"]
+    )
+    def test_inside_a_basic_header(self, user: str) -> None:
+        """In base64 of ``user:password`` the characters the password decides are masked."""
+        header = _basic(user, HOSTILE)
+        masked = Redactor([HOSTILE])(f"Authorization: Basic {header} refused")
+
+        assert MASK in masked
+        assert masked.startswith(f"Authorization: Basic {header[:2]}")
+        assert len(masked.replace(MASK, "")) < len(f"Authorization: Basic {header} refused") - 16
+
+    @pytest.mark.parametrize(
+        ("echoed", "expected"),
+        [
+            ("the value was p@ss+w/r", f"the value was {MASK}"),
+            ("s+w/rd&x<y> was the value", f"{MASK} was the value"),
+            ("p%40ss%2Bw%2F", MASK),
+            ("the value was p@ss+w", "the value was p@ss+w"),
+            ("d&x<y> was the value", "d&x<y> was the value"),
+        ],
+        ids=["cut-end", "cut-start", "cut-encoded", "too-short-end", "too-short-start"],
+    )
+    def test_cut_at_either_end(self, echoed: str, expected: str) -> None:
+        """A part of eight characters or more at either end of a text is masked."""
+        assert expected == Redactor([HOSTILE])(echoed)
+
+
 # --- echoing peers over loopback ------------------------------------------------------------
 
 
@@ -206,7 +290,9 @@ async def _echo(request: pytest.FixtureRequest) -> AsyncIterator[EchoServer]:
     await server.server.close()
 
 
-async def _failure(superoffice: dict[str, Any]) -> tuple[ApiError, list[dict[str, Any]]]:
+async def _failure(
+    superoffice: dict[str, Any],
+) -> tuple[ApiError, list[MutableMapping[str, Any]]]:
     """The error fetching a task raises, and the log lines written meanwhile."""
     data = {"superoffice": {"retries": 0, "max_requests_per_second": 1000, **superoffice}}
     config = parse_config(data, base_dir=Path("/nonexistent"))
@@ -217,7 +303,7 @@ async def _failure(superoffice: dict[str, Any]) -> tuple[ApiError, list[dict[str
     return info.value, logs
 
 
-def _said(error: ApiError, logs: list[dict[str, Any]]) -> str:
+def _said(error: ApiError, logs: list[MutableMapping[str, Any]]) -> str:
     """Everything the failure put into words: message, SuperOffice's fields, log lines."""
     return f"{error} {error.error_type} {error.error_message} {logs}"
 

@@ -294,7 +294,7 @@ class TestLimits:
     ) -> None:
         """Four calls at once take two answer-times at concurrency 2, three intervals at 10/s."""
         scripted.replies.extend([Reply(body=TASK, delay=delay)] * 4)
-        async with client_for(scripted.url, clock, Sleeps(clock), **limits) as client:
+        async with client_for(scripted.url, clock, Sleeps(clock), rng=None, **limits) as client:
             started = anyio.current_time()
             async with anyio.create_task_group() as group:
                 for _ in range(4):

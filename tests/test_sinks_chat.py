@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from pydantic import TypeAdapter
 from slack_sdk.models.blocks import Block
 
 from monitor.config import SinkConfig
@@ -26,6 +27,8 @@ from tests.test_sinks_render import MENTION
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 STATUS = "https://batchmon.example.com/"
+#: Where a message about task 212 links: its own page.
+TASK_PAGE = STATUS + "tasks/212"
 LONG = "Nightly export. " * 640  # about 10 kB
 ATTACK = "@everyone <!channel> <https://evil|click> **bold** <@123>"
 HTML_PARTS = ("<!channel>", "<https://evil|click>", "<@123>")
@@ -70,7 +73,9 @@ def _sink(
     **config: Any,
 ) -> Sink:
     """A sink built the way the daemon builds it, from a ``[[sinks]]`` entry."""
-    entry = SinkConfig.model_validate({"name": "ops", "type": kind, "url": url, **config})
+    entry = TypeAdapter(SinkConfig).validate_python(
+        {"name": "ops", "type": kind, "url": url, **config}
+    )
     return build_sink(entry, SinkContext(session, status_url=status_url))
 
 
@@ -139,7 +144,7 @@ class TestSlack:
             field["text"] for field in facts["fields"]
         ]
         assert (
-            "Task #212 · task.failed · <https://batchmon.example.com/|Status page>"
+            "Task #212 · task.failed · <https://batchmon.example.com/tasks/212|Status page>"
             == context["elements"][0]["text"]
         )
         assert "application/json" == scripted.seen[0].headers["Content-Type"]
@@ -191,7 +196,7 @@ class TestTeams:
         assert {"State": "Failed", "Progress": "▰▰▰▰▱▱▱▱▱▱ 40 %", "Elapsed": "12 min"} == {
             fact["title"]: fact["value"] for fact in card["body"][1]["facts"]
         }
-        assert [{"type": "Action.OpenUrl", "title": "Status page", "url": STATUS}] == card[
+        assert [{"type": "Action.OpenUrl", "title": "Status page", "url": TASK_PAGE}] == card[
             "actions"
         ]
         assert [
@@ -282,7 +287,7 @@ class TestDiscord:
         )
 
         [embed] = payload["embeds"]
-        assert (0xE01E5A, "❌ Export failed", STATUS, "2026-11-28T12:00:00+00:00") == (
+        assert (0xE01E5A, "❌ Export failed", TASK_PAGE, "2026-11-28T12:00:00+00:00") == (
             embed["color"],
             embed["title"],
             embed["url"],
@@ -333,7 +338,7 @@ class TestMattermost:
 
         assert payload["text"].startswith("**❌ Export failed**\nResult: Timeout")
         [attachment] = payload["attachments"]
-        assert ("#E01E5A", "Status page", STATUS) == (
+        assert ("#E01E5A", "Status page", TASK_PAGE) == (
             attachment["color"],
             attachment["title"],
             attachment["title_link"],
@@ -362,7 +367,8 @@ class TestGoogleChat:
         widgets = card["card"]["sections"][0]["widgets"]
         assert {"textParagraph": {"text": "<b>❌ Export failed</b>"}} == widgets[0]
         assert {"decoratedText": {"topLabel": "State", "text": "Failed"}} == widgets[1]
-        assert {"openLink": {"url": STATUS}} == widgets[-1]["buttonList"]["buttons"][0]["onClick"]
+        button = widgets[-1]["buttonList"]["buttons"][0]
+        assert {"openLink": {"url": TASK_PAGE}} == button["onClick"]
 
     async def test_monitor_events_share_a_thread(
         self, scripted: ScriptedServer, session: aiohttp.ClientSession

@@ -7,10 +7,17 @@ import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
+import anyio
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from click.testing import CliRunner
 
+from monitor.cli import main
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.http import Answer, Request, post_json
 from tests.conftest import Reply, ScriptedServer
@@ -240,3 +247,56 @@ class TestSecrecy:
         assert TOKEN not in repr(error.args)
         assert None is error.__cause__
         assert error.__context__ is None or error.__suppress_context__
+
+
+class EchoingReason:
+    """A receiver that puts the request's path and query in its reason phrase."""
+
+    def __init__(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        said = f"Not Found {request.path_qs} {quote(request.path_qs, safe='')}"
+        return web.Response(status=404, reason=said, text="nothing here")
+
+
+@pytest.fixture(name="echoing")
+async def _echoing() -> AsyncIterator[EchoingReason]:
+    echoing = EchoingReason()
+    await echoing.server.start_server()
+    yield echoing
+    await echoing.server.close()
+
+
+class TestReasonPhrase:
+    """The reason phrase is quoted like the body: without the URL's secret parts."""
+
+    async def test_error_masks_the_echoed_path(
+        self, echoing: EchoingReason, session: aiohttp.ClientSession
+    ) -> None:
+        """``404 Not Found /hooks/SECRET?token=SECRET`` keeps its words, loses the secrets."""
+        error = await _fail(session, str(echoing.server.make_url(f"/hooks/{TOKEN}?token={TOKEN}x")))
+
+        assert TOKEN not in str(error)
+        assert quote(TOKEN) not in str(error)
+        assert str(error).startswith("ops: HTTP 404 Not Found ")
+        assert str(error).endswith(": nothing here")
+
+    async def test_test_sink_output(self, echoing: EchoingReason, tmp_path: Path) -> None:
+        """``batchmon test-sink`` prints the refusal without the URL's secret parts."""
+        url = echoing.server.make_url(f"/services/{TOKEN}?token={TOKEN}x")
+        config = tmp_path / "batchmon.toml"
+        config.write_text(
+            '[superoffice]\nurl = "http://127.0.0.1:9/api"\n'
+            '[superoffice.auth]\ntype = "basic"\nusername = "u"\npassword = "p"\n'
+            f'[[sinks]]\nname = "ops"\ntype = "slack"\nurl = "{url}"\n'
+        )
+        result = await anyio.to_thread.run_sync(
+            lambda: CliRunner().invoke(main, ["test-sink", "ops", "--config", str(config)])
+        )
+
+        assert 1 == result.exit_code
+        assert "HTTP 404 Not Found" in result.output
+        assert TOKEN not in result.output

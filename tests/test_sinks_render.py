@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 
 from monitor.sinks.render import (
     ESCAPES,
-    TEST_TASK_NAME,
+    TEST_MESSAGE,
+    TEST_TITLE,
     Renderer,
     Tone,
     escape_discord,
@@ -361,18 +362,14 @@ class TestTestEvent:
     """The event ``batchmon test-sink`` sends."""
 
     def test_clearly_marked(self) -> None:
-        """A succeeded fake task, id 0, whose name says to ignore it."""
+        """A ``batchmon.test`` about no task, titled and worded as a test."""
         event = make_test_event(T0)
         message = Renderer("ops", template=None, status_url=None).render(event)
 
-        assert event.task is not None
-        assert (0, TEST_TASK_NAME, EventType.TASK_SUCCEEDED) == (
-            event.task.id,
-            event.task.name,
-            event.type,
-        )
-        assert "please ignore" in message.title
-        assert "test message" in message.text
+        assert (EventType.BATCHMON_TEST, None) == (event.type, event.task)
+        assert f"🧪 {TEST_TITLE}" == message.title
+        assert TEST_MESSAGE in message.text
+        assert "succeeded" not in f"{message.title} {message.text}".lower()
 
     def test_each_run_has_its_own_id(self) -> None:
         """Receivers deduplicate on the id, so two tests are two messages."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pydantic import TypeAdapter
 from standardwebhooks.webhooks import Webhook
 
 from monitor.config import SinkConfig
@@ -53,7 +54,9 @@ def _event(kind: EventType = EventType.TASK_FAILED) -> Event:
 
 
 def _sink(kind: str, url: str, session: aiohttp.ClientSession, **config: Any) -> Sink:
-    entry = SinkConfig.model_validate({"name": "ops", "type": kind, "url": url, **config})
+    entry = TypeAdapter(SinkConfig).validate_python(
+        {"name": "ops", "type": kind, "url": url, **config}
+    )
     return build_sink(entry, SinkContext(session, status_url=STATUS))
 
 

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from monitor.config import SinkConfig
+from monitor.config.sinks import WebhookSinkConfig
 from monitor.sinks.base import DeliveryError, Sink
 from monitor.sinks.factory import SinkContext, build_sink
 from monitor.sinks.webhook import WebhookSink
@@ -36,7 +36,7 @@ def _sink(
     status_url: str | None = None,
     **config: Any,
 ) -> Sink:
-    entry = SinkConfig.model_validate(
+    entry = WebhookSinkConfig.model_validate(
         {"name": "hooks", "type": "webhook", "url": server.url + "/in", **config}
     )
     return build_sink(entry, SinkContext(session, status_url=status_url))

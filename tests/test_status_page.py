@@ -8,6 +8,7 @@ Chromium built, checked for rows, states, progress bars and escaped task text.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -24,14 +25,21 @@ import pytest
 
 from monitor.daemon import Daemon
 from monitor.simulator import Simulator
+from monitor.sinks.dispatcher import Dispatcher
+from monitor.store import Store
 from monitor.superoffice.models import BatchTaskState
-from tests.conftest import make_config
+from monitor.tracking.memory import Rules
+from monitor.tracking.samples import ProgressSamples
+from monitor.tracking.tracker import Tracker
+from tests.conftest import ManualClock, make_config
+from tests.test_task_page import T0, Board, crawling_task, failed_task, served
 
 LONG_NAME = (
     "Mass mailing: November newsletter to all customers in the Nordic region and their "
     "primary contacts (segment 'Prospects 2026 \u2013 high value')"
 )
 HOSTILE_NAME = "Import contacts <script>alert(1)</script> & <b>more</b>"
+FAILURE = "Failed: Quote 3592 has no quote lines"
 #: The page's colours (status.html) of the states the scenario shows.
 COLOURS = {
     "Started": (0x1F, 0x6F, 0xEB),
@@ -59,6 +67,10 @@ class Page:
     url: str
     ids: dict[str, int] = field(default_factory=dict)
 
+    def task_url(self, kind: str) -> str:
+        """The page of the task of ``kind``."""
+        return f"{self.url}tasks/{self.ids[kind]}"
+
 
 @asynccontextmanager
 async def status_page() -> AsyncIterator[Page]:
@@ -83,7 +95,11 @@ async def status_page() -> AsyncIterator[Page]:
                 start_count=1,
             ),
             "failed": simulator.add_task(
-                name=HOSTILE_NAME, state=BatchTaskState.FAILED, progress=37, start_count=1
+                name=HOSTILE_NAME,
+                state=BatchTaskState.FAILED,
+                progress=37,
+                start_count=1,
+                result=FAILURE,
             ),
             "succeeded": simulator.add_task(
                 name="Quote PDF generation", state=BatchTaskState.SUCCEEDED, progress=100
@@ -220,9 +236,13 @@ class DomRows(HTMLParser):
         self.rows: dict[int, dict[str, str]] = {}
         self.bars: dict[int, str] = {}
         self.names: dict[int, str] = {}
+        self.reasons: dict[int, str] = {}
+        self.links: dict[int, str] = {}
+        self.counts: dict[str, str] = {}
         self.scripts = 0
         self._row: int | None = None
         self._in_name = False
+        self._in_reason = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = {k: v or "" for k, v in attrs}
@@ -236,14 +256,25 @@ class DomRows(HTMLParser):
         if self._row is not None and tag == "span" and found.get("class") == "name":
             self._in_name = True
             self.names[self._row] = ""
+        if self._row is not None and tag == "div" and found.get("class") == "reason":
+            self._in_reason = True
+            self.reasons[self._row] = ""
+        if self._row is not None and tag == "a" and found.get("class") == "task-link":
+            self.links[self._row] = found["href"]
+        if tag == "a" and "data-state" in found:
+            self.counts[found["data-state"]] = found["href"]
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "span":
             self._in_name = False
+        if tag == "div":
+            self._in_reason = False
 
     def handle_data(self, data: str) -> None:
         if self._in_name and self._row is not None:
             self.names[self._row] += data
+        if self._in_reason and self._row is not None:
+            self.reasons[self._row] += data
 
 
 class TestScreenshots:
@@ -297,4 +328,102 @@ class TestDom:
         assert 20 < int(parser.bars[ids["running"]])
         assert HOSTILE_NAME == parser.names[ids["failed"]]
         assert LONG_NAME == parser.names[ids["stalled"]]
+        assert {ids["failed"]: FAILURE} == parser.reasons
+        assert {task_id: f"tasks/{task_id}" for task_id in ids.values()} == parser.links
+        assert {
+            state: f"?state={state}" for state in ("New", "Started", "Succeeded", "Failed")
+        } == parser.counts
         assert 0 == parser.scripts
+
+    async def test_task_pages_of_the_daemon(self, chromium: str, tmp_path: Path) -> None:
+        """The daemon samples what it polls: the running task's chart has its run so far."""
+        async with status_page() as page:
+            running = await browse(chromium, tmp_path, "--dump-dom", page.task_url("running"))
+            failed = await browse(chromium, tmp_path, "--dump-dom", page.task_url("failed"))
+        samples = re.search(r"progress seen \((\d+) samples of this run\)", running.decode())
+
+        assert samples is not None
+        assert 3 <= int(samples.group(1))
+        assert '<path class="eta"' in running.decode()
+        assert FAILURE in failed.decode()
+        assert "Import contacts &lt;script&gt;" in failed.decode()
+
+
+#: The task page's chart colours: the stall band is amber at 12 % over white.
+CHART_COLOURS = {
+    "crawling": {"line": COLOURS["Started"], "band": (0xF3, 0xED, 0xE0)},
+    "failed": {"line": COLOURS["Failed"]},
+    "stalled": {"line": COLOURS["stalled"], "band": (0xF3, 0xED, 0xE0)},
+}
+
+
+@asynccontextmanager
+async def task_pages(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+    """Task pages of a 200-sample run, a failed run and a stalled one; their URLs by kind."""
+    store = await Store.open(tmp_path / "state.db")
+    try:
+        board = Board(
+            Tracker(Rules(stall_after=timedelta(minutes=15))),
+            ProgressSamples(),
+            Dispatcher([], store),
+            ManualClock(T0),
+        )
+        last = await crawling_task(board, 301)
+        await failed_task(board, 217)
+        for minute, percent in [(150, 10), (160, 25), (175, 45)]:
+            await board.see(
+                T0 + timedelta(minutes=minute),
+                Id=214,
+                Name="Rebuild freetext index",
+                State="Started",
+                ProgressPercent=percent,
+                ProgressDescription="Indexing documents",
+                StartCount=1,
+                LastStarted=(T0 + timedelta(minutes=149)).isoformat(),
+            )
+        await board.wait(last + timedelta(minutes=2))
+        async with served(board, store) as base:
+            yield {kind: f"{base}/tasks/{task_id}" for kind, task_id in KINDS.items()}
+    finally:
+        await store.close()
+
+
+KINDS = {"crawling": 301, "failed": 217, "stalled": 214}
+
+
+class TestTaskPageScreenshots:
+    """The task page as a person sees it: the chart's line, the failure, the stall band."""
+
+    @pytest.mark.parametrize("kind", list(KINDS))
+    @pytest.mark.parametrize(("width", "height"), [(390, 844), (1280, 900)])
+    async def test_chart_colours(
+        self, chromium: str, tmp_path: Path, kind: str, width: int, height: int
+    ) -> None:
+        """The chart's line in the state's colour, the stall band where the task stalled."""
+        shot = tmp_path / f"task-{kind}-{width}.png"
+        async with task_pages(tmp_path) as urls:
+            await browse(
+                chromium,
+                tmp_path,
+                f"--window-size={width},{height}",
+                f"--screenshot={shot}",
+                urls[kind],
+            )
+        png = decode_png(shot.read_bytes())
+
+        assert (width, height) == (png.width, png.height)
+        for part, colour in CHART_COLOURS[kind].items():
+            assert 300 <= png.count_near(colour, tolerance=6), f"no {part} on the {kind} page"
+        if kind == "failed":  # finished: no stall threshold
+            assert 100 > png.count_near(CHART_COLOURS["stalled"]["band"], tolerance=3)
+
+    async def test_dom_of_the_200_sample_page(self, chromium: str, tmp_path: Path) -> None:
+        """Chromium builds the inline SVG: 200 samples and now on one line, the ETA dashed."""
+        async with task_pages(tmp_path) as urls:
+            dom = (await browse(chromium, tmp_path, "--dump-dom", urls["crawling"])).decode()
+
+        line = re.search(r'<path class="progress" d="([^"]+)"', dom)
+        assert line is not None
+        assert 201 == len(re.findall("[ML]", line.group(1)))
+        assert '<path class="eta"' in dom
+        assert "<script" not in dom

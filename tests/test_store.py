@@ -15,7 +15,7 @@ from monitor.store import Store, StoreError
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import detect
 from monitor.tracking.events import Event, EventType
-from monitor.tracking.memory import Rules, TaskMemory, remember
+from monitor.tracking.memory import Rules, TaskMemory
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -36,6 +36,11 @@ def info(task_id: int = 7, **fields: object) -> BatchTaskInfo:
     return BatchTaskInfo.model_validate(data)
 
 
+def first_memory(snapshot: BatchTaskInfo) -> TaskMemory:
+    """The memory of a task first seen at T0."""
+    return detect(None, snapshot, T0, Rules()).memory
+
+
 def events_for(task_id: int, *steps: dict[str, object]) -> list[Event]:
     """The events of a task going through ``steps``, one minute apart."""
     memory: TaskMemory | None = None
@@ -45,8 +50,7 @@ def events_for(task_id: int, *steps: dict[str, object]) -> list[Event]:
         now = T0 + timedelta(minutes=minute)
         # forget_after 0: the first sighting is task.discovered alone (its run is older).
         rules = Rules(progress_min_interval=timedelta(0), forget_after=timedelta(0))
-        new = detect(memory, snapshot, now, rules)
-        memory = remember(memory, snapshot, now, new)
+        new, memory = detect(memory, snapshot, now, rules)
         found += new
     return found
 
@@ -57,7 +61,7 @@ class TestTasks:
     async def test_round_trip(self, store: Store) -> None:
         """A memory comes back equal, snapshot, clocks, history and anomalies included."""
         memory = replace(
-            remember(None, info(State=3, ProgressPercent=150), T0, []),
+            first_memory(info(State=3, ProgressPercent=150)),
             stalled=True,
             last_progress_event=T0,
             history=((T0, 10), (T0 + timedelta(seconds=5), 20)),
@@ -73,9 +77,7 @@ class TestTasks:
 
     async def test_forget(self, store: Store) -> None:
         """Forgotten tasks are gone from the database."""
-        await store.commit(
-            [remember(None, info(1), T0, []), remember(None, info(2), T0, [])], [], 0.0
-        )
+        await store.commit([first_memory(info(1)), first_memory(info(2))], [], 0.0)
         await store.forget_tasks([1])
 
         assert [2] == list(await store.load_tasks())
@@ -288,7 +290,7 @@ class TestDamage:
         path.write_bytes(b"this is not a database" * 100)
         with capture_logs() as logs:
             store = await Store.open(path)
-        await store.commit([remember(None, info(), T0, [])], [], 0.0)
+        await store.commit([first_memory(info())], [], 0.0)
         await store.close()
 
         (aside,) = tmp_path.glob("state.db.corrupt-*")

@@ -7,9 +7,12 @@ unmerged write-ahead log, is reopened with everything in it.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sqlite3
+import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,18 @@ from structlog.testing import capture_logs
 
 from monitor.store import Store, StoreError
 from monitor.superoffice.models import BatchTaskInfo
+from monitor.tracking.detect import detect
 from monitor.tracking.events import Event, EventType
-from monitor.tracking.memory import remember
+from monitor.tracking.memory import Rules, TaskMemory
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SIDECARS = ("-wal", "-shm", "-journal")
 OUR_META = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def first_memory(snapshot: BatchTaskInfo) -> TaskMemory:
+    """The memory of a task first seen at T0."""
+    return detect(None, snapshot, T0, Rules()).memory
 
 
 def info(task_id: int = 7) -> BatchTaskInfo:
@@ -57,7 +66,7 @@ async def open_logged(path: Path) -> tuple[Store, list[dict[str, Any]]]:
 
 async def assert_usable(store: Store) -> None:
     """The store opened works: a task memory goes in and comes back."""
-    await store.commit([remember(None, info(), T0, [])], [], 0.0)
+    await store.commit([first_memory(info())], [], 0.0)
     assert [7] == list(await store.load_tasks())
     await store.close()
 
@@ -222,7 +231,7 @@ class TestOwnDatabasesAreKept:
         """Tasks, the outbox and watches survive a close and an open."""
         path = tmp_path / "state.db"
         store = await Store.open(path)
-        await store.commit([remember(None, info(), T0, [])], [("ops", event("e1"))], 0.0)
+        await store.commit([first_memory(info())], [("ops", event("e1"))], 0.0)
         await store.add_watch(9)
         await store.close()
 
@@ -240,7 +249,7 @@ class TestOwnDatabasesAreKept:
         live, copy = tmp_path / "live", tmp_path / "copy"
         copy.mkdir()
         store = await Store.open(live / "state.db")
-        await store.commit([remember(None, info(), T0, [])], [("ops", event("e1"))], 0.0)
+        await store.commit([first_memory(info())], [("ops", event("e1"))], 0.0)
         for name in files(live):  # what a kill -9 leaves: the files as they are, still open
             shutil.copy(live / name, copy / name)
         await store.close()
@@ -262,10 +271,10 @@ class TestOwnDatabasesAreKept:
         live, copy = tmp_path / "live", tmp_path / "copy"
         copy.mkdir()
         store = await Store.open(live / "state.db")
-        await store.commit([remember(None, info(n), T0, []) for n in range(1, 200)], [], 0.0)
+        await store.commit([first_memory(info(n)) for n in range(1, 200)], [], 0.0)
         await store.close()  # checkpointed: every page is in the main file
         store = await Store.open(live / "state.db")
-        await store.commit([remember(None, info(n), T0, []) for n in range(1, 200)], [], 1.0)
+        await store.commit([first_memory(info(n)) for n in range(1, 200)], [], 1.0)
         for name in files(live):
             shutil.copy(live / name, copy / name)
         await store.close()
@@ -324,3 +333,91 @@ class TestUnreadableOutboxRow:
         assert ["ops"] == dropped
         assert ["outbox_row_unreadable"] == [line["event"] for line in logs]
         assert {"ops": 1} == await store.outbox_counts()
+
+
+@pytest.fixture(name="loose_umask")
+def _loose_umask() -> Iterator[None]:
+    """The umask of a shell outside systemd (022): new files readable by everyone."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+class TestPrivateFiles:
+    """The state database and the files beside it are readable by batchmon's user only."""
+
+    @pytest.mark.usefixtures("loose_umask")
+    async def test_created_0600_with_umask_022(self, tmp_path: Path) -> None:
+        """A new database, its write-ahead log and shared memory are 0600; its directory 0700."""
+        path = tmp_path / "state" / "state.db"
+        store = await Store.open(path)
+        await store.commit([first_memory(info())], [], 0.0)
+
+        assert {"state.db": 0o600, "state.db-wal": 0o600, "state.db-shm": 0o600} == {
+            p.name: mode(p) for p in path.parent.iterdir()
+        }
+        assert 0o700 == mode(path.parent)
+        await store.close()
+
+    @pytest.mark.usefixtures("loose_umask")
+    async def test_existing_files_lose_group_and_other(self, tmp_path: Path) -> None:
+        """A database an earlier batchmon left 0644 (log and all) is made 0600 when opened."""
+        path = tmp_path / "state.db"
+        store = await Store.open(path)
+        await store.commit([first_memory(info())], [], 0.0)
+        for file in tmp_path.iterdir():
+            file.chmod(0o644)
+        shutil.copytree(tmp_path, tmp_path / "copy")  # the files as a kill -9 leaves them
+        await store.close()
+        copy = tmp_path / "copy" / "state.db"
+
+        store = await Store.open(copy)
+
+        assert {0o600} == {mode(p) for p in copy.parent.iterdir()}
+        await assert_usable(store)
+
+
+class TestSymlinks:
+    """A ``state.path`` that is a symbolic link is refused: nothing is written where it leads."""
+
+    @pytest.mark.parametrize("target", ["database", "empty", "missing"])
+    async def test_refused(self, tmp_path: Path, target: str) -> None:
+        """Whatever the link points to, opening fails naming the link; the target is untouched."""
+        elsewhere = tmp_path / "elsewhere.db"
+        if target == "database":
+            store = await Store.open(elsewhere)
+            await store.close()
+        elif target == "empty":
+            elsewhere.touch()
+        before = files(tmp_path)
+        link = tmp_path / "state.db"
+        link.symlink_to(elsewhere)
+
+        with pytest.raises(StoreError, match=r"state\.db is a symbolic link"):
+            await Store.open(link)
+        assert {"state.db", *before} == {p.name for p in tmp_path.iterdir()}
+        assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.is_symlink()}
+
+    async def test_a_linked_write_ahead_log_is_refused(self, tmp_path: Path) -> None:
+        """A link where SQLite keeps its log would send the writes elsewhere too."""
+        (tmp_path / "state.db-wal").symlink_to(tmp_path / "elsewhere")
+
+        with pytest.raises(StoreError, match=r"state\.db-wal is a symbolic link"):
+            await Store.open(tmp_path / "state.db")
+        assert not (tmp_path / "elsewhere").exists()
+
+    async def test_a_linked_directory_is_fine(self, tmp_path: Path) -> None:
+        """The directory may be a link (systemd's DynamicUser= makes /var/lib/NAME one)."""
+        (tmp_path / "private").mkdir()
+        (tmp_path / "state").symlink_to(tmp_path / "private")
+
+        store = await Store.open(tmp_path / "state" / "state.db")
+
+        await assert_usable(store)
+        assert (tmp_path / "private" / "state.db").is_file()

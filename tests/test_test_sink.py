@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from monitor.cli import EX_CONFIG, main
-from monitor.sinks.render import TEST_TASK_NAME
+from monitor.sinks.render import TEST_MESSAGE, TEST_TITLE
 from tests.conftest import Reply, ScriptedServer
 
 TOKEN = "hook-t0ken-77ab"
@@ -52,8 +52,20 @@ class TestTestSink:
         [seen] = scripted.seen
         assert f"/api/services/{TOKEN}" == seen.path
         payload = json.loads(seen.body)
-        assert TEST_TASK_NAME in payload["text"]
+        assert TEST_TITLE in payload["text"]
+        assert TEST_MESSAGE in json.dumps(payload["blocks"], ensure_ascii=False)
         assert "batchmon.example.com" in json.dumps(payload["blocks"])
+
+    async def test_answer_escapes_are_shown_not_obeyed(
+        self, tmp_path: Path, scripted: ScriptedServer
+    ) -> None:
+        """Terminal escapes in the destination's answer reach the terminal as text."""
+        scripted.replies.append(Reply(200, "ok\x1b]0;TITLE\x07\x1b[2J"))
+        result = await _invoke("ops", "--config", str(_config(tmp_path, scripted)))
+
+        assert 0 == result.exit_code, result.output
+        assert "\x1b" not in result.output
+        assert "ok\\x1b]0;TITLE\\x07\\x1b[2J" in result.stdout
 
     async def test_refused(self, tmp_path: Path, scripted: ScriptedServer) -> None:
         """A refusal is printed with what the destination said; exit 1; no URL shown."""
@@ -73,13 +85,36 @@ class TestTestSink:
         assert "ops: no answer within 0.3 s" in result.stderr
 
     async def test_webhook(self, tmp_path: Path, scripted: ScriptedServer) -> None:
-        """Any sink type works; the webhook gets a CloudEvent for task 0."""
+        """Any sink type works; the webhook gets a ``batchmon.test`` CloudEvent about no task,
+        which no receiver automating on ``task.succeeded`` acts on."""
         scripted.replies.append(Reply(202, ""))
         result = await _invoke("hooks", "--config", str(_config(tmp_path, scripted)))
 
         assert 0 == result.exit_code, result.output
         assert "hooks: delivered: HTTP 202 Accepted" in result.stdout
-        assert "0" == json.loads(scripted.seen[0].body)["subject"]
+        cloudevent = json.loads(scripted.seen[0].body)
+        assert "com.superoffice.batchmon.batchmon.test" == cloudevent["type"]
+        assert "subject" not in cloudevent
+        assert None is cloudevent["data"]["task"]
+        assert TEST_MESSAGE == cloudevent["data"]["message"]
+
+    async def test_alertmanager(self, tmp_path: Path, scripted: ScriptedServer) -> None:
+        """An alertmanager sink gets one test alert that ends by itself, severity none."""
+        scripted.replies.append(Reply(200, ""))
+        config = _config(tmp_path, scripted)
+        config.write_text(
+            config.read_text()
+            + f'[[sinks]]\nname = "am"\ntype = "alertmanager"\nurl = "{scripted.url}"\n'
+        )
+        result = await _invoke("am", "--config", str(config))
+
+        assert 0 == result.exit_code, result.output
+        [alert] = json.loads(scripted.seen[0].body)
+        assert {"alertname": "BatchmonTest", "severity": "none", "source": "batchmon"} == (
+            alert["labels"]
+        )
+        assert "please ignore" in alert["annotations"]["summary"]
+        assert alert["endsAt"] > alert["startsAt"]
 
     async def test_log_sink(self, tmp_path: Path, scripted: ScriptedServer) -> None:
         """A sink without a destination answer just reports delivery."""
@@ -103,7 +138,7 @@ class TestTestSink:
         result = await _invoke("ops", "--config", str(config))
 
         assert EX_CONFIG == result.exit_code
-        assert "sinks[0].template: template line 1" in result.stderr
+        assert 'sinks["ops"].template: template line 1' in result.stderr
 
     @pytest.mark.parametrize("args", [["--help"], ["-h"]])
     def test_help_has_an_example(self, args: list[str]) -> None:
@@ -112,4 +147,4 @@ class TestTestSink:
 
         assert 0 == result.exit_code
         assert "batchmon test-sink ops --config" in result.output
-        assert "please ignore" in result.output
+        assert "batchmon.test" in result.output

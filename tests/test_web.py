@@ -516,3 +516,41 @@ class TestReadyzAuth:
 
         assert 503 == status
         assert body["problems"][0].startswith("SuperOffice rejected the credentials:")
+
+
+class TestFailureReasons:
+    """Why a task failed, where people look first."""
+
+    async def test_result_else_response(self) -> None:
+        """``result`` is the task's Result, else its Response; the page's row shows it."""
+        async with Simulator() as simulator:
+            by_result = simulator.add_task(
+                name="Quote PDF generation",
+                state=BatchTaskState.FAILED,
+                result="Failed: Quote 3592 has no quote lines",
+                response="ignored while there is a Result",
+            )
+            by_response = simulator.add_task(
+                name="Import", state=BatchTaskState.FAILED, response="Row 12: bad e-mail"
+            )
+            running = simulator.add_task(name="Export", state=BatchTaskState.STARTED)
+            ids = [by_result.id, by_response.id, running.id]
+            async with (
+                running_daemon(simulator, ids) as (_, base),
+                aiohttp.ClientSession() as session,
+            ):
+                async with session.get(base + "/api/v1/tasks") as response:
+                    listed = {t["id"]: t["result"] for t in (await response.json())["tasks"]}
+                async with session.get(f"{base}/api/v1/tasks/{by_response.id}") as response:
+                    detail = await response.json()
+                async with session.get(base + "/") as response:
+                    page = await response.text()
+
+        assert {
+            by_result.id: "Failed: Quote 3592 has no quote lines",
+            by_response.id: "Row 12: bad e-mail",
+            running.id: None,
+        } == listed
+        assert "Row 12: bad e-mail" == detail["result"]
+        assert '<div class="reason">Failed: Quote 3592 has no quote lines</div>' in page
+        assert '<div class="reason">Row 12: bad e-mail</div>' in page

@@ -27,7 +27,7 @@ import anyio
 from monitor.config import Config, parse_config
 from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.logs import configure_logging
-from monitor.poller import Poller
+from monitor.polling import Poller
 from monitor.store import Store
 from monitor.superoffice.models import parse_task_list
 from monitor.tracking.memory import Rules

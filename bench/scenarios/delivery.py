@@ -42,7 +42,7 @@ from bench.scenarios.common import (
     seed_state,
     simulator_process,
 )
-from monitor.poller import Poller
+from monitor.polling import Poller
 from monitor.tracking.events import Event
 
 __all__ = ["detection_to_delivery"]

@@ -3,7 +3,7 @@
 Nothing sleeps for real.  The poller and the simulator share one event loop whose clock
 jumps ahead whenever the loop has nothing to do but wait for a timer (:class:`SkippingLoop`),
 and the simulator's and the poller's wall clocks follow that loop clock.  So
-:meth:`monitor.poller.Poller.run` runs its real schedule for a simulated hour in seconds,
+:meth:`monitor.polling.Poller.run` runs its real schedule for a simulated hour in seconds,
 against real HTTP on loopback, and :attr:`Simulator.requests` counts what it sent.
 
 The tenant (:class:`TaskHour`) has 1,000 tasks, all watched by id from the start; each
@@ -24,6 +24,8 @@ import bisect
 import math
 import random
 import selectors
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +34,7 @@ import anyio
 
 from bench.scenarios.common import ROOT, Row, quiet_logging
 from monitor.config import Config, parse_config
-from monitor.poller import Poller
+from monitor.polling import Poller
 from monitor.simulator import Scenario, SimTask, Simulator
 from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.models import BatchTaskState
@@ -56,11 +58,31 @@ _SHORT_WAIT = 1.0
 _GRACE = 0.005
 
 
+#: While a worker thread runs (the state database's), the loop waits this long at a time
+#: in real time instead of skipping: the thread's work takes the time it takes.
+_THREAD_POLL = 0.001
+
+
+def _worker_busy() -> bool:
+    """Whether a thread other than this one is doing something, not waiting for work.
+
+    An idle worker (anyio's, asyncio's executor) waits on a lock in ``threading``; a busy
+    one is inside the function it was given (SQLite calls release the GIL, so their frame
+    is the caller's).
+    """
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        if ident != me and not frame.f_code.co_filename.endswith("threading.py"):
+            return True
+    return False
+
+
 class _SkippingSelector(selectors.EpollSelector):
     """Turns a wait for a timer with no I/O ready into a jump of the loop's clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace: float = _GRACE) -> None:
         super().__init__()
+        self._grace = grace
         #: Seconds the loop's clock has been moved ahead in total.
         self.skipped = 0.0
 
@@ -72,20 +94,28 @@ class _SkippingSelector(selectors.EpollSelector):
             # No timer at all: only I/O (or a thread) can wake the loop.
             blocked: list[tuple[selectors.SelectorKey, int]] = super().select(None)
             return blocked
+        if _worker_busy():
+            busy: list[tuple[selectors.SelectorKey, int]] = super().select(
+                min(timeout, _THREAD_POLL)
+            )
+            return busy
         if timeout > _SHORT_WAIT:
-            ready = super().select(_GRACE)
+            ready = super().select(self._grace)
             if ready:
                 return ready
-            timeout -= _GRACE
+            timeout -= self._grace
         self.skipped += timeout
         return []
 
 
 class SkippingLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock runs in real time but skips every idle wait for a timer."""
+    """An event loop whose clock runs in real time but skips every idle wait for a timer.
 
-    def __init__(self) -> None:
-        self._skipping = _SkippingSelector()
+    ``grace``: real seconds to listen for I/O before a long wait is skipped.
+    """
+
+    def __init__(self, grace: float = _GRACE) -> None:
+        self._skipping = _SkippingSelector(grace)
         super().__init__(self._skipping)
 
     def time(self) -> float:

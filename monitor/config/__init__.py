@@ -21,16 +21,16 @@ from monitor.config.errors import ConfigError
 from monitor.config.load import Config, load_config, parse_config, redacted
 from monitor.config.poll import DISCOVERABLE_STATES, DiscoverRule, PollConfig, WatchConfig
 from monitor.config.service import HttpConfig, LogConfig, StateConfig
-from monitor.config.sinks import CHAT_SINK_TYPES, EVENT_TYPES, URL_SINK_TYPES, SinkConfig
-from monitor.config.superoffice import ONLINE_AUTH_TYPES, AuthConfig, SuperOfficeConfig
+from monitor.config.sinks import EVENT_TYPES, SINK_TYPES, SinkConfig
+from monitor.config.superoffice import AUTH_TYPES, ONLINE_AUTH_TYPES, AuthConfig, SuperOfficeConfig
 from monitor.config.values import Duration, Rate, Secret, parse_duration, parse_rate
 
 __all__ = [
-    "CHAT_SINK_TYPES",
+    "AUTH_TYPES",
     "DISCOVERABLE_STATES",
     "EVENT_TYPES",
     "ONLINE_AUTH_TYPES",
-    "URL_SINK_TYPES",
+    "SINK_TYPES",
     "AuthConfig",
     "Config",
     "ConfigError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
@@ -18,6 +19,9 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 __all__ = ["ConfigError"]
+
+#: A name that can stand for its list entry in a message (the sink name rule).
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ConfigError(Exception):
@@ -76,10 +80,56 @@ _EXPECTED: Final = {
 }
 
 
-def _describe(error: ErrorDetails) -> str:
-    """``"sinks[1].name: duplicate sink name 'ops'"`` from one pydantic error."""
+class _Named(str):
+    """A list entry shown by its name (``sinks["ops"]``) instead of its index."""
+
+    __slots__ = ()
+
+
+def _named_entries(
+    loc: tuple[str | int, ...], names: Mapping[str, Sequence[object]]
+) -> tuple[str | int, ...]:
+    """``("sinks", 1, "url")`` → ``("sinks", _Named("ops"), "url")`` where entry 1 has a
+    usable, unique name (``names`` holds each list's raw ``name`` values)."""
+    if len(loc) < 2 or not isinstance(loc[0], str) or not isinstance(loc[1], int):
+        return loc
+    given = names.get(loc[0], ())
+    name = given[loc[1]] if 0 <= loc[1] < len(given) else None
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or given.count(name) > 1:
+        return loc
+    return (loc[0], _Named(name), *loc[2:])
+
+
+#: The fields holding a union of tables told apart by their ``type`` (``[[sinks]]`` entries
+#: and ``[superoffice.auth]``): pydantic puts the type into the location, the file does not.
+_TAGGED: Final = frozenset({"sinks", "auth"})
+#: pydantic's words for a ``type`` that names no table of the union.
+_TAG_INVALID: Final = re.compile(r"expected tags: (.*)$")
+
+
+def _untagged(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """``("sinks", 0, "slack", "url")`` → ``("sinks", 0, "url")``: the location as written."""
+    for index in range(1, len(loc) - 1):
+        before = loc[index - 1]
+        holder = loc[index - 2] if isinstance(before, int) and index >= 2 else before
+        if isinstance(holder, str) and holder in _TAGGED and isinstance(loc[index], str):
+            return (*loc[:index], *loc[index + 1 :])
+    return loc
+
+
+def _describe(error: ErrorDetails, names: Mapping[str, Sequence[object]] | None = None) -> str:
+    """``"sinks["ops"].url: expected an http(s) URL"`` from one pydantic error; entries of
+    the lists in ``names`` are named by their ``name`` where it is usable and unique."""
     kind, message, value = error["type"], error["msg"], error["input"]
-    if kind == "missing":
+    loc = _untagged(error["loc"])
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, "type")
+        value = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "union_tag_invalid":
+        match = _TAG_INVALID.search(message)
+        *tags, last = match.group(1).split(", ") if match else ("?",)
+        message = f"must be {', '.join(tags)} or {last}, got {_show(value)}"
+    elif kind in ("missing", "union_tag_not_found"):
         message = "required, but not given"
     elif kind in _EXPECTED:
         # Never the value itself: a secret given with the wrong type is still a secret.
@@ -90,15 +140,17 @@ def _describe(error: ErrorDetails) -> str:
             message += f", got {_show(value)}"
     else:
         message = message.removeprefix("Value error, ")
-    path = _path(error["loc"])
+    path = _path(_named_entries(loc, names or {}))
     return f"{path}: {message}" if path else message
 
 
 def _path(loc: tuple[str | int, ...]) -> str:
-    """``("sinks", 1, "url")`` -> ``"sinks[1].url"``."""
+    """``("sinks", 1, "url")`` -> ``"sinks[1].url"``; a :class:`_Named` entry ``sinks["ops"]``."""
     path = ""
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, _Named):
+            path += f'["{part}"]'
+        elif isinstance(part, int):
             path += f"[{part}]"
         else:
             path += f".{part}" if path else part

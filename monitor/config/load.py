@@ -22,7 +22,7 @@ from monitor.config.service import HttpConfig, LogConfig, StateConfig
 from monitor.config.sinks import SinkConfig, _default_sinks
 from monitor.config.superoffice import SuperOfficeConfig
 
-__all__ = ["Config", "load_config", "parse_config", "redacted"]
+__all__ = ["Config", "load_config", "parse_config", "read_toml", "redacted"]
 
 #: What :func:`redacted` shows instead of a secret.
 _MASK: Final = "********"
@@ -64,12 +64,19 @@ class Config(_Section):
 # --- loading --------------------------------------------------------------------------------
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, credentials_dir: Path | None = None) -> Config:
     """Read, parse and validate the TOML file at ``path``; any problem is a :class:`ConfigError`.
 
     Relative paths in the file (``*_file`` secrets, ``state.path``) are resolved against the
-    file's directory; ``*_file`` secrets against ``$CREDENTIALS_DIRECTORY`` when it is set.
+    file's directory; ``*_file`` secrets against ``credentials_dir``, else
+    ``$CREDENTIALS_DIRECTORY`` when it is set.
     """
+    data = read_toml(path)
+    return parse_config(data, base_dir=path.absolute().parent, credentials_dir=credentials_dir)
+
+
+def read_toml(path: Path) -> dict[str, object]:
+    """The TOML file at ``path`` as data; unreadable or not TOML is a :class:`ConfigError`."""
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -83,18 +90,30 @@ def load_config(path: Path) -> Config:
         raise ConfigError([f"{path}: TOML syntax error: {message}"]) from None
     except RecursionError:
         raise ConfigError([f"{path}: nested too deeply to be a batchmon configuration"]) from None
-    return parse_config(data, base_dir=path.absolute().parent)
+    return data
 
 
-def parse_config(data: Mapping[str, object], *, base_dir: Path) -> Config:
-    """Validate an already parsed configuration; relative paths resolve against ``base_dir``."""
+def parse_config(
+    data: Mapping[str, object], *, base_dir: Path, credentials_dir: Path | None = None
+) -> Config:
+    """Validate an already parsed configuration; relative paths resolve against ``base_dir``
+    (``X_file`` secrets against ``credentials_dir`` when given)."""
+    context = {"base_dir": base_dir, "credentials_dir": credentials_dir}
     try:
-        return Config.model_validate(dict(data), context={"base_dir": base_dir})
+        return Config.model_validate(dict(data), context=context)
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
+        names = {"sinks": _names(data.get("sinks"))}
+        problems = [_describe(error, names) for error in exc.errors()]
     # Raised out here so that the pydantic error, which holds the inputs (secrets among them),
     # is not even the ConfigError's __context__.
     raise ConfigError(problems)
+
+
+def _names(entries: object) -> list[object]:
+    """The raw ``name`` of each entry of a list of tables, for messages about them."""
+    if not isinstance(entries, list):
+        return []
+    return [entry.get("name") if isinstance(entry, Mapping) else None for entry in entries]
 
 
 def redacted(config: Config) -> dict[str, object]:

@@ -6,13 +6,13 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from monitor.config.base import _base_dir, _Section
-from monitor.config.values import Secret
+from monitor.config.values import Secret, _Int
 
 __all__ = ["HttpConfig", "LogConfig", "StateConfig"]
 
@@ -76,18 +76,67 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+#: Shorter tokens can be guessed online: the HTTP API answers as fast as it is asked.
+MIN_TOKEN_LENGTH: Final = 16
+
+
+def _host_name(entry: str) -> str:
+    """A host name or address as the Host check compares it: lower case, no brackets or dot.
+
+    Each ``allowed_hosts`` entry is compared with the Host header's name, so it must be one.
+    """
+    name = entry.strip().lower().removesuffix(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.fullmatch(name) or len(name) > 253:
+        raise ValueError(
+            f"expected a host name or IP address without a port, e.g. 'batchmon.example.com', "
+            f"got {entry!r}"
+        )
+    return name
+
+
 class HttpConfig(_Section):
     """The HTTP server for /metrics, health, the status page and the API."""
 
-    _secrets = ("api_token",)
+    _secrets = ("api_token", "read_token")
 
     #: ``host:port``; an IPv6 host in brackets.  Port 0 lets the OS choose.
     listen: str = "127.0.0.1:9808"
-    #: Bearer token required for PUT/DELETE on /api/v1/watches.
+    #: Bearer token required for PUT/DELETE on /api/v1/watches; it also grants reads.
     api_token: Secret | None = None
+    #: Token required, when set, for everything but /healthz and /readyz (Bearer, or Basic
+    #: with it as password, so that a browser can ask for it).
+    read_token: Secret | None = None
     #: Where people reach the status page (chat messages link to it), e.g.
     #: ``https://batchmon.example.com/``; without it, messages carry no link.
     public_url: str | None = None
+    #: Names the Host header may carry besides localhost, IP addresses, this machine's name,
+    #: the listen host and public_url's host (a DNS-rebinding page sends a name of its own,
+    #: refused with 421).
+    allowed_hosts: list[Annotated[str, AfterValidator(_host_name)]] = Field(default_factory=list)
+    #: How many tasks may be watched at run time (PUT /api/v1/watches) at once.
+    max_watches: Annotated[_Int, Field(ge=0, le=1_000_000)] = 1000
+
+    @field_validator("api_token", "read_token")
+    @classmethod
+    def _hard_to_guess(cls, token: Secret | None) -> Secret | None:
+        """A token must be long enough not to be guessed, and sendable in a header."""
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_LENGTH} characters long; "
+                "make one with 'openssl rand -hex 32'"
+            )
+        if not (value.isascii() and value.isprintable()) or " " in value:
+            raise ValueError("must be printable ASCII without spaces, to fit in a header")
+        return token
 
     @field_validator("public_url")
     @classmethod
@@ -118,6 +167,16 @@ class HttpConfig(_Section):
     def port(self) -> int:
         """The port to bind."""
         return _split_listen(self.listen)[1]
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """The names the Host header may carry (IP addresses and localhost are always fine)."""
+        names = {*self.allowed_hosts, _host_name(self.host)}
+        if self.public_url is not None:
+            hostname = urlsplit(self.public_url).hostname
+            if hostname:
+                names.add(hostname.lower().removesuffix("."))
+        return frozenset(names)
 
 
 class LogConfig(_Section):

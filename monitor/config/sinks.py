@@ -8,62 +8,53 @@ from __future__ import annotations
 import base64
 import fnmatch
 import re
-from typing import Annotated, Final, Literal, Self
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, ClassVar, Final, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from monitor.config.base import _Section
+from monitor.config.base import _Variant
 from monitor.config.errors import _did_you_mean, _invalid, _problem
 from monitor.config.values import Duration, Rate, Secret, _TaskId
-from monitor.sinks.render import compile_template
-from monitor.tracking.events import EventType
+from monitor.sinks.render import check_template
+from monitor.tracking.events import EMITTED
 
-__all__ = ["CHAT_SINK_TYPES", "EVENT_TYPES", "URL_SINK_TYPES", "SinkConfig"]
+__all__ = [
+    "EVENT_TYPES",
+    "SINK_TYPES",
+    "AlertmanagerSinkConfig",
+    "DiscordSinkConfig",
+    "GoogleChatSinkConfig",
+    "LogSinkConfig",
+    "MattermostSinkConfig",
+    "MessageSinkConfig",
+    "SinkConfig",
+    "SlackSinkConfig",
+    "TeamsSinkConfig",
+    "UrlSinkConfig",
+    "WebhookSinkConfig",
+]
 
-#: The event types a sink's ``events`` filter may name (see DESIGN.md, "Events").
-EVENT_TYPES: Final = tuple(kind.value for kind in EventType)
+#: The event types a sink's ``events`` filter may name (see DESIGN.md, "Events"); test
+#: messages go through ``batchmon test-sink`` only, past every filter.
+EVENT_TYPES: Final = tuple(kind.value for kind in EMITTED)
 
 _SINK_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-#: Sink types that post to a URL (every type but ``log``).
-URL_SINK_TYPES: Final = (
-    "webhook",
-    "slack",
-    "teams",
-    "discord",
-    "mattermost",
-    "googlechat",
-    "alertmanager",
-)
-#: Sink types that send human-readable chat messages.
-CHAT_SINK_TYPES: Final = ("slack", "teams", "discord", "mattermost", "googlechat")
-
-
-class SinkConfig(_Section):
+class _Sink(_Variant):
     """A destination for events, with optional filters (all must match)."""
 
-    _secrets = ("url", "secret")
+    _union = "sink"
 
     #: Unique across sinks; the outbox and ``batchmon test-sink`` refer to it.
     name: str
-    type: Literal[
-        "log", "webhook", "slack", "teams", "discord", "mattermost", "googlechat", "alertmanager"
-    ]
-    #: Where to post (a secret: chat webhook URLs carry their own credentials).  For
-    #: ``alertmanager`` the Alertmanager's base URL, e.g. ``http://127.0.0.1:9093``.
-    url: Secret | None = None
-    #: ``webhook`` only: the Standard Webhooks signing secret (``whsec_`` + base64).
-    secret: Secret | None = None
-    #: Chat sinks and ``webhook``: a Jinja2 template (sandboxed) for the message text.
-    template: str | None = None
     #: Deliveries per second at most; default per type (Slack 1/s, Discord 5/2s, …).
     rate: Rate | None = None
     #: Deliveries in flight at once; each task's events still go out in order.  Default
     #: per type: 4 for ``webhook``, 1 for the rest (a chat channel reads best in order).
     concurrency: Annotated[int, Field(ge=1, le=32)] | None = None
-    #: Chat sinks and ``webhook``: repeat failed and stalled tasks this often while they stay so.
-    remind_every: Annotated[Duration, Field(gt=0)] | None = None
     #: Per delivery request.
     timeout: Annotated[Duration, Field(gt=0)] = 10.0
     #: Event types or globs like ``"task.*"``; ``None`` means all.
@@ -72,47 +63,6 @@ class SinkConfig(_Section):
     names: list[Annotated[str, Field(min_length=1)]] | None = None
     #: Task ids; ``None`` means any.
     ids: list[_TaskId] | None = None
-
-    @model_validator(mode="after")
-    def _keys_of_type(self) -> Self:
-        """Require a URL where the type posts somewhere; refuse keys the type ignores."""
-        problems = []
-        if self.type in URL_SINK_TYPES:
-            if self.url is None:
-                problems.append(
-                    _problem(
-                        ("url",),
-                        f"required for sink type {self.type!r} (give url, url_file or url_env)",
-                    )
-                )
-            else:
-                scheme, _, rest = self.url.get_secret_value().partition("://")
-                if scheme not in ("http", "https") or not rest.strip("/"):
-                    # The value is not shown: webhook URLs are credentials.
-                    problems.append(_problem(("url",), "expected an http(s) URL"))
-        elif self.url is not None:
-            problems.append(_problem(("url",), f"not used by sink type {self.type!r}"))
-        if self.secret is not None:
-            if self.type != "webhook":
-                problems.append(_problem(("secret",), "only sink type 'webhook' signs messages"))
-            elif not _valid_webhook_secret(self.secret.get_secret_value()):
-                problems.append(
-                    _problem(("secret",), "expected 'whsec_' followed by base64 (24 to 64 bytes)")
-                )
-        if self.template is not None:
-            try:
-                compile_template(self.template)
-            except ValueError as exc:
-                problems.append(_problem(("template",), str(exc)))
-        readable = (*CHAT_SINK_TYPES, "webhook")
-        problems.extend(
-            _problem((key,), f"not used by sink type {self.type!r}")
-            for key in ("template", "remind_every")
-            if getattr(self, key) is not None and self.type not in readable
-        )
-        if problems:
-            raise _invalid(type(self).__name__, problems)
-        return self
 
     @field_validator("name")
     @classmethod
@@ -147,6 +97,118 @@ class SinkConfig(_Section):
         return events
 
 
+class LogSinkConfig(_Sink):
+    """Every event as one log line."""
+
+    type: Literal["log"] = "log"
+
+
+class UrlSinkConfig(_Sink):
+    """A sink that posts to a URL."""
+
+    _secrets: ClassVar[tuple[str, ...]] = ("url",)
+
+    #: Where to post (a secret: chat webhook URLs carry their own credentials).  For
+    #: ``alertmanager`` the Alertmanager's base URL, e.g. ``http://127.0.0.1:9093``.
+    url: Secret
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: Secret) -> Secret:
+        scheme, _, rest = url.get_secret_value().partition("://")
+        if scheme not in ("http", "https") or not rest.strip("/"):
+            # The value is not shown: webhook URLs are credentials.
+            raise ValueError("expected an http(s) URL")
+        return url
+
+
+class AlertmanagerSinkConfig(UrlSinkConfig):
+    """Failed, stalled and vanished tasks as Alertmanager alerts."""
+
+    type: Literal["alertmanager"] = "alertmanager"
+
+
+class MessageSinkConfig(UrlSinkConfig):
+    """A sink that posts a message a person reads: the chat sinks and ``webhook``."""
+
+    #: A Jinja2 template (sandboxed) for the message text.
+    template: str | None = None
+    #: Repeat failed and stalled tasks this often while they stay so.
+    remind_every: Annotated[Duration, Field(gt=0)] | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _valid_template(cls, template: str | None) -> str | None:
+        if template is not None:
+            check_template(template)
+        return template
+
+
+class WebhookSinkConfig(MessageSinkConfig):
+    """A CloudEvent per event, signed as Standard Webhooks when ``secret`` is given."""
+
+    _secrets = ("url", "secret")
+
+    type: Literal["webhook"] = "webhook"
+    #: The Standard Webhooks signing secret (``whsec_`` + base64).
+    secret: Secret | None = None
+
+    @field_validator("secret")
+    @classmethod
+    def _webhook_secret(cls, secret: Secret | None) -> Secret | None:
+        if secret is not None and not _valid_webhook_secret(secret.get_secret_value()):
+            raise ValueError("expected 'whsec_' followed by base64 (24 to 64 bytes)")
+        return secret
+
+
+class SlackSinkConfig(MessageSinkConfig):
+    """Slack incoming webhook."""
+
+    type: Literal["slack"] = "slack"
+
+
+class TeamsSinkConfig(MessageSinkConfig):
+    """Microsoft Teams workflow or connector webhook."""
+
+    type: Literal["teams"] = "teams"
+
+
+class DiscordSinkConfig(MessageSinkConfig):
+    """Discord webhook."""
+
+    type: Literal["discord"] = "discord"
+
+
+class MattermostSinkConfig(MessageSinkConfig):
+    """Mattermost incoming webhook."""
+
+    type: Literal["mattermost"] = "mattermost"
+
+
+class GoogleChatSinkConfig(MessageSinkConfig):
+    """Google Chat space webhook."""
+
+    type: Literal["googlechat"] = "googlechat"
+
+
+#: A ``[[sinks]]`` entry: the model its ``type`` names, holding exactly that type's keys.
+SinkConfig = Annotated[
+    LogSinkConfig
+    | WebhookSinkConfig
+    | SlackSinkConfig
+    | TeamsSinkConfig
+    | DiscordSinkConfig
+    | MattermostSinkConfig
+    | GoogleChatSinkConfig
+    | AlertmanagerSinkConfig,
+    Field(discriminator="type"),
+]
+#: Each sink type's model, by ``type``.
+SINK_TYPES: Final[Mapping[str, type[_Sink]]] = MappingProxyType(
+    {model.type_name(): model for model in get_args(get_args(SinkConfig)[0])}
+)
+
+
 def _valid_webhook_secret(secret: str) -> bool:
     """A Standard Webhooks secret: ``whsec_`` and base64 of 24 to 64 random bytes."""
     try:
@@ -158,4 +220,4 @@ def _valid_webhook_secret(secret: str) -> bool:
 
 def _default_sinks() -> list[SinkConfig]:
     """Without sinks, events still go somewhere visible: the log."""
-    return [SinkConfig(name="log", type="log")]
+    return [LogSinkConfig(name="log")]

@@ -11,7 +11,8 @@ import datetime as dt
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Final, Literal, Self
+from types import MappingProxyType
+from typing import Annotated, Final, Literal, Self, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography import x509
@@ -27,39 +28,21 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.config.base import _base_dir, _Section
+from monitor.config.base import _base_dir, _Section, _Variant
 from monitor.config.errors import _carry, _invalid, _problem
 from monitor.config.values import Duration, Secret, _Float, _http_base, _Int
 
-__all__ = ["ONLINE_AUTH_TYPES", "AuthConfig", "SuperOfficeConfig"]
-
-_AUTH_NEEDS: Final[Mapping[str, tuple[str, ...]]] = {
-    "basic": ("username", "password"),
-    "ticket": ("ticket",),
-    "bearer": ("token",),
-    "oauth": ("client_id", "client_secret", "refresh_token"),
-    "system_user": ("client_secret", "private_key", "system_user_token"),
-}
-#: Fields a type may have but does not need.
-_AUTH_OPTIONAL: Final[Mapping[str, tuple[str, ...]]] = {
-    "oauth": ("redirect_uri",),
-    "system_user": ("federation_key_file",),
-}
-_AUTH_FIELDS: Final = (
-    "username",
-    "password",
-    "ticket",
-    "token",
-    "client_id",
-    "client_secret",
-    "refresh_token",
-    "redirect_uri",
-    "private_key",
-    "system_user_token",
-    "federation_key_file",
-)
-#: The auth types that log in at the environment's login host.
-ONLINE_AUTH_TYPES: Final = ("oauth", "system_user")
+__all__ = [
+    "AUTH_TYPES",
+    "ONLINE_AUTH_TYPES",
+    "AuthConfig",
+    "BasicAuthConfig",
+    "BearerAuthConfig",
+    "OAuthConfig",
+    "SuperOfficeConfig",
+    "SystemUserAuthConfig",
+    "TicketAuthConfig",
+]
 
 #: ``<Modulus>…</Modulus>`` and its siblings in an RSA XML key (.NET's ``ToXmlString``).
 _RSA_XML_PART: Final = re.compile(r"<(\w+)>\s*([A-Za-z0-9+/=\s]+?)\s*</\1>")
@@ -114,8 +97,8 @@ def _rsa_public_key(data: bytes) -> rsa.RSAPublicKey:
     return key
 
 
-class AuthConfig(_Section):
-    """How batchmon authenticates to the WebAPI; which fields are required depends on ``type``.
+class _Auth(_Variant):
+    """How batchmon authenticates to the WebAPI; each type has its own keys.
 
     ``basic`` sends ``username`` and ``password`` (onsite), ``ticket`` sends
     ``SOTicket <ticket>``, ``bearer`` sends ``Bearer <token>``.  ``oauth`` renews a
@@ -123,36 +106,75 @@ class AuthConfig(_Section):
     user token with the app's RSA key and sends the ticket it is given.
     """
 
-    _secrets = (
-        "password",
-        "ticket",
-        "token",
-        "client_secret",
-        "refresh_token",
-        "private_key",
-        "system_user_token",
-    )
+    _union = "auth"
 
-    type: Literal["basic", "ticket", "bearer", "oauth", "system_user"]
-    username: str | None = Field(default=None, min_length=1)
-    password: Secret | None = None
-    ticket: Secret | None = None
-    token: Secret | None = None
-    #: ``oauth``: the app's client id.
-    client_id: str | None = Field(default=None, min_length=1)
-    #: ``oauth`` and ``system_user``: the app's client secret (the application token).
-    client_secret: Secret | None = None
-    #: ``oauth``: from the authorization-code flow; long-lived, valid while consent lasts.
-    refresh_token: Secret | None = None
-    #: ``oauth``: sent along when the app was registered with one.
+
+class BasicAuthConfig(_Auth):
+    """``Basic`` with a user name and password (onsite)."""
+
+    _secrets = ("password",)
+
+    type: Literal["basic"] = "basic"
+    username: str = Field(min_length=1)
+    password: Secret
+
+
+class TicketAuthConfig(_Auth):
+    """``SOTicket <ticket>``."""
+
+    _secrets = ("ticket",)
+
+    type: Literal["ticket"] = "ticket"
+    ticket: Secret
+
+
+class BearerAuthConfig(_Auth):
+    """``Bearer <token>``."""
+
+    _secrets = ("token",)
+
+    type: Literal["bearer"] = "bearer"
+    token: Secret
+
+
+class OAuthConfig(_Auth):
+    """A ``Bearer`` access token renewed with a refresh token (SuperOffice Online)."""
+
+    _secrets = ("client_secret", "refresh_token")
+
+    type: Literal["oauth"] = "oauth"
+    #: The app's client id.
+    client_id: str = Field(min_length=1)
+    #: The app's client secret (the application token).
+    client_secret: Secret
+    #: From the authorization-code flow; long-lived, valid while consent lasts.
+    refresh_token: Secret
+    #: Sent along when the app was registered with one.
     redirect_uri: str | None = Field(default=None, min_length=1)
-    #: ``system_user``: the app's RSA private key (PEM or RSA XML), usually ``private_key_file``.
-    private_key: Secret | None = None
-    #: ``system_user``: the token a tenant administrator's consent gave (``AppName-…``).
-    system_user_token: Secret | None = None
-    #: ``system_user``: SuperOffice's public certificate or key for the returned JWT;
-    #: without it the keys come from the environment's JWKS endpoint.
+
+
+class SystemUserAuthConfig(_Auth):
+    """The system user token signed with the app's RSA key, for a ticket (SuperOffice Online)."""
+
+    _secrets = ("client_secret", "private_key", "system_user_token")
+
+    type: Literal["system_user"] = "system_user"
+    #: The app's client secret (the application token).
+    client_secret: Secret
+    #: The app's RSA private key (PEM or RSA XML), usually ``private_key_file``.
+    private_key: Secret
+    #: The token a tenant administrator's consent gave (``AppName-…``).
+    system_user_token: Secret
+    #: SuperOffice's public certificate or key for the returned JWT; without it the keys
+    #: come from the environment's JWKS endpoint.
     federation_key_file: Path | None = None
+
+    @field_validator("private_key")
+    @classmethod
+    def _usable_key(cls, key: Secret) -> Secret:
+        """Refuse a key that cannot sign now, not at the first login."""
+        _rsa_private_key(key.get_secret_value())
+        return key
 
     @field_validator("federation_key_file")
     @classmethod
@@ -173,39 +195,28 @@ class AuthConfig(_Section):
             raise ValueError(f"'{path}': {exc}") from None
         return path
 
-    @model_validator(mode="after")
-    def _fields_of_type(self) -> Self:
-        """Require the fields of the chosen type and refuse the others, all in one go."""
-        needed = _AUTH_NEEDS[self.type]
-        allowed = needed + _AUTH_OPTIONAL.get(self.type, ())
-        problems = []
-        for key in _AUTH_FIELDS:
-            present = getattr(self, key) is not None
-            if key in needed and not present:
-                forms = f" (give {key}, {key}_file or {key}_env)" if key in self._secrets else ""
-                problems.append(_problem((key,), f"required for auth type {self.type!r}{forms}"))
-            elif present and key not in allowed:
-                problems.append(_problem((key,), f"not used by auth type {self.type!r}"))
-        if self.private_key is not None and "private_key" in needed:
-            try:
-                _rsa_private_key(self.private_key.get_secret_value())
-            except ValueError as exc:
-                problems.append(_problem(("private_key",), str(exc)))
-        if problems:
-            raise _invalid(type(self).__name__, problems)
-        return self
-
     def signing_key(self) -> rsa.RSAPrivateKey:
-        """``system_user``: the app's private key (checked when the configuration loaded)."""
-        if self.private_key is None:
-            raise ValueError(f"auth type {self.type!r} has no private key")
+        """The app's private key (checked when the configuration loaded)."""
         return _rsa_private_key(self.private_key.get_secret_value())
 
     def federation_key(self) -> rsa.RSAPublicKey | None:
-        """``system_user``: SuperOffice's JWT signing key from the file, if one is configured."""
+        """SuperOffice's JWT signing key from the file, if one is configured."""
         if self.federation_key_file is None:
             return None
         return _rsa_public_key(self.federation_key_file.read_bytes())
+
+
+#: ``[superoffice.auth]``: the model its ``type`` names, holding exactly that type's keys.
+AuthConfig = Annotated[
+    BasicAuthConfig | TicketAuthConfig | BearerAuthConfig | OAuthConfig | SystemUserAuthConfig,
+    Field(discriminator="type"),
+]
+#: Each auth type's model, by ``type``.
+AUTH_TYPES: Final[Mapping[str, type[_Auth]]] = MappingProxyType(
+    {model.type_name(): model for model in get_args(get_args(AuthConfig)[0])}
+)
+#: The auth types that log in at the environment's login host.
+ONLINE_AUTH_TYPES: Final = (OAuthConfig.type_name(), SystemUserAuthConfig.type_name())
 
 
 _TENANT_RE: Final = re.compile(r"Cust[0-9]+", re.IGNORECASE)

@@ -58,6 +58,11 @@ class _Script:
         index = bisect.bisect_right(self.frames, elapsed, key=lambda frame: frame.at) - 1
         return self.frames[index] if index >= 0 else None
 
+    @property
+    def started_at(self) -> float | None:
+        """When the task starts running, in scenario seconds."""
+        return next((f.started_at for f in self.frames if f.started_at is not None), None)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Job:
@@ -304,15 +309,26 @@ def _script(
     )
 
 
+#: Scenario seconds between the end of a story and the start of the next, with ``loop``.
+LOOP_PAUSE = 10.0
+
+
 class Scenario:
     """A seeded script of what each of its tasks does over time.
 
     Pure: :meth:`apply` depends only on the time it is given, so any instant can be replayed and
     the same seed always gives the same timeline.  It drives only its own tasks (ids from 212 up);
     they appear at their Created time, and hand edits to them last until the next :meth:`apply`.
+
+    With ``loop`` the story starts again :data:`LOOP_PAUSE` seconds after it ended, on the same
+    ids, so a configuration written against it keeps working: each task is queued again (New),
+    runs again with its ``StartCount`` one higher and a new ``LastStarted``, as a re-run task
+    does in SuperOffice, and a deleted task comes back when it is queued again.
     """
 
-    def __init__(self, scripts: Sequence[_Script], *, start: datetime, speed: float = 1.0) -> None:
+    def __init__(
+        self, scripts: Sequence[_Script], *, start: datetime, speed: float = 1.0, loop: bool = False
+    ) -> None:
         if start.tzinfo is None:
             msg = "start must be timezone-aware"
             raise ValueError(msg)
@@ -321,12 +337,23 @@ class Scenario:
             raise ValueError(msg)
         self.start = start
         self.speed = speed
+        self.loop = loop
         self._scripts = tuple(scripts)
         self._ids = tuple(script.task_id for script in self._scripts)
+        self._first = min((script.frames[0].at for script in self._scripts), default=0.0)
+        last = max((script.frames[-1].at for script in self._scripts), default=0.0)
+        #: Scenario seconds from one start of the story to the next (with ``loop``).
+        self.period = last - self._first + LOOP_PAUSE
 
     @classmethod
     def generate(
-        cls, *, seed: int = 1, count: int = 8, start: datetime, speed: float = 1.0
+        cls,
+        *,
+        seed: int = 1,
+        count: int = 8,
+        start: datetime,
+        speed: float = 1.0,
+        loop: bool = False,
     ) -> Scenario:
         """A realistic mix of ``count`` tasks starting around ``start``.
 
@@ -350,7 +377,7 @@ class Scenario:
             scripts.append(
                 _script(rng, task_id, jobs.pop(), roles[index], appear[index], f"{start:%B}")
             )
-        return cls(scripts, start=start, speed=speed)
+        return cls(scripts, start=start, speed=speed, loop=loop)
 
     @classmethod
     def churn(
@@ -441,8 +468,15 @@ class Scenario:
     def apply(self, tasks: dict[int, SimTask], now: datetime) -> None:
         """Advance every scenario task in ``tasks`` to its state at ``now``."""
         elapsed = (now - self.start).total_seconds() * self.speed
+        round_ = 0
+        if self.loop and elapsed >= self._first + self.period:
+            rounds, into = divmod(elapsed - self._first, self.period)
+            round_, elapsed = int(rounds), self._first + into
         for script in self._scripts:
-            frame = script.frame_at(elapsed)
+            frame, run = script.frame_at(elapsed), round_
+            if frame is None and round_ > 0:
+                # Not queued again yet: as the last round left it.
+                frame, run = script.frames[-1], round_ - 1
             if frame is None:
                 tasks.pop(script.task_id, None)
                 continue
@@ -459,11 +493,16 @@ class Scenario:
                     cancellation=script.cancellation,
                     parameters=dict(script.parameters),
                 )
+            offset = run * self.period
+            started_at = frame.started_at
+            if started_at is None and run > 0:
+                # Queued again: the last run is still the last start.
+                started_at, offset = script.started_at, offset - self.period
             task.state = frame.state
             task.progress = frame.progress
             task.progress_description = frame.progress_description
-            task.last_started = None if frame.started_at is None else self._moment(frame.started_at)
-            task.start_count = frame.start_count
+            task.last_started = None if started_at is None else self._moment(offset + started_at)
+            task.start_count = frame.start_count + run
             task.result = frame.result
             task.response = frame.response
             task.file_name = frame.file_name

@@ -53,35 +53,44 @@ import aiohttp
 import anyio
 import structlog
 
-from monitor.config import SinkConfig
+from monitor.config.sinks import AlertmanagerSinkConfig
+from monitor.links import task_url
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.http import Request, json_body, post_json
-from monitor.tracking.events import Event, EventType, TaskSummary
+from monitor.sinks.render import escape_plain
+from monitor.tracking.events import KINDS, Event, EventType, TaskSummary
 
 __all__ = ["Alert", "AlertChange", "AlertmanagerSink", "alerts_for"]
 
 log = structlog.get_logger("batchmon.sinks")
 
-FAILED = "BatchTaskFailed"
-STALLED = "BatchTaskStalled"
-GONE = "BatchTaskGone"
-API_DOWN = "BatchmonApiDown"
 
-_SEVERITY = {FAILED: "warning", STALLED: "warning", GONE: "warning", API_DOWN: "critical"}
-_FIRES = {
-    EventType.TASK_FAILED: FAILED,
-    EventType.TASK_STALLED: STALLED,
-    EventType.TASK_GONE: GONE,
-    EventType.MONITOR_API_DOWN: API_DOWN,
-}
-_RESOLVES = {
-    EventType.TASK_FAILED: (STALLED,),
-    EventType.TASK_SUCCEEDED: (FAILED, STALLED, GONE),
-    EventType.TASK_RESTARTED: (FAILED, STALLED, GONE),
-    EventType.TASK_REMOVED: (FAILED, STALLED, GONE),
-    EventType.TASK_EXPIRED: (FAILED, STALLED, GONE),
-    EventType.TASK_RESUMED: (STALLED,),
-    EventType.MONITOR_API_RECOVERED: (API_DOWN,),
+def _fired(kind: EventType) -> str:
+    alert = KINDS[kind].alert
+    if alert is None:  # pragma: no cover - a mistake in KINDS, caught at import
+        raise AssertionError(f"{kind} fires no alert")
+    return alert
+
+
+#: The alerts, named in :data:`~monitor.tracking.events.KINDS`; ``batchmon test-sink``'s
+#: alert fires once and ends by itself (nothing re-posts it).
+FAILED, STALLED, GONE, API_DOWN, TEST = (
+    _fired(kind)
+    for kind in (
+        EventType.TASK_FAILED,
+        EventType.TASK_STALLED,
+        EventType.TASK_GONE,
+        EventType.MONITOR_API_DOWN,
+        EventType.BATCHMON_TEST,
+    )
+)
+
+_SEVERITY = {
+    FAILED: "warning",
+    STALLED: "warning",
+    GONE: "warning",
+    API_DOWN: "critical",
+    TEST: "none",
 }
 _WHAT = {FAILED: "failed", STALLED: "stalled", GONE: "is gone (the API answers 404)"}
 
@@ -122,12 +131,13 @@ class AlertChange:
 
 def alerts_for(event: Event) -> AlertChange:
     """The alert an event fires and those it resolves (pure; the table above)."""
-    fires = _FIRES.get(event.type)
+    kind = KINDS[event.type]
+    fires = kind.alert
     fired = _alert(fires, event, _description(event)) if fires is not None else None
     resolved_by = f"Resolved by {event.type.value}."
     resolved = tuple(
         _alert(name, event, f"{resolved_by}\n{_description(event)}".strip(), ended=True)
-        for name in _RESOLVES.get(event.type, ())
+        for name in (_fired(ended) for ended in EventType if ended in kind.ends)
     )
     return AlertChange(fired, resolved)
 
@@ -156,6 +166,8 @@ def _summary(alertname: str, task: TaskSummary | None) -> str:
     """One line that names the condition; the same when it fires and when it resolves."""
     if alertname == API_DOWN:
         return "batchmon cannot reach the SuperOffice API"
+    if alertname == TEST:
+        return "Test alert from batchmon test-sink; please ignore"
     if task is None:
         who = "A batch task"
     else:
@@ -183,8 +195,13 @@ def _description(event: Event) -> str:
 
 def _text(value: str, limit: int) -> str:
     """Valid UTF-8 (lone surrogates from JSON escapes replaced), no control characters
-    but line breaks and tabs, at most ``limit`` characters."""
-    value = value.encode("utf-8", "replace").decode("utf-8")
+    but line breaks and tabs, no mention, at most ``limit`` characters.
+
+    Alertmanager's default Slack and other chat templates put labels and annotations
+    into messages unescaped, so ``<!channel>`` or ``@everyone`` in a task name would
+    ping: they are broken as in the chat sinks' plain text (:func:`escape_plain`).
+    """
+    value = escape_plain(value.encode("utf-8", "replace").decode("utf-8"))
     value = "".join(
         c if c in "\n\t" or unicodedata.category(c) != "Cc" else " " for c in value
     ).strip()
@@ -250,12 +267,13 @@ class AlertmanagerSink:
 
     @classmethod
     def from_config(
-        cls, config: SinkConfig, session: aiohttp.ClientSession, *, status_url: str | None
+        cls,
+        config: AlertmanagerSinkConfig,
+        session: aiohttp.ClientSession,
+        *,
+        status_url: str | None,
     ) -> AlertmanagerSink:
         """The sink a validated ``[[sinks]]`` entry of type ``alertmanager`` describes."""
-        if config.url is None:
-            msg = f"sink {config.name!r}: an alertmanager sink needs a url"
-            raise ValueError(msg)
         return cls(
             config.name,
             config.url.get_secret_value(),
@@ -362,8 +380,10 @@ class AlertmanagerSink:
             "startsAt": _rfc3339(min(alert.starts_at, ends_at)),
             "endsAt": _rfc3339(ends_at),
         }
-        if self._generator_url:
-            body["generatorURL"] = self._generator_url
+        task_id = alert.labels.get("task_id")
+        link = task_url(self._generator_url, int(task_id) if task_id else None)
+        if link:
+            body["generatorURL"] = link
         return body
 
     async def _post(self, batch: list[dict[str, object]]) -> None:

@@ -6,11 +6,25 @@ destination family, made at start-up by the daemon).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from monitor.config import SinkConfig
+from monitor.config import SINK_TYPES, SinkConfig
+from monitor.config.sinks import (
+    AlertmanagerSinkConfig,
+    DiscordSinkConfig,
+    GoogleChatSinkConfig,
+    LogSinkConfig,
+    MattermostSinkConfig,
+    MessageSinkConfig,
+    SlackSinkConfig,
+    TeamsSinkConfig,
+    WebhookSinkConfig,
+)
 from monitor.sinks.alertmanager import AlertmanagerSink
 from monitor.sinks.base import Route, Sink
 from monitor.sinks.discord import DiscordSink
@@ -22,7 +36,7 @@ from monitor.sinks.slack import SlackSink
 from monitor.sinks.teams import TeamsSink
 from monitor.sinks.webhook import WebhookSink
 
-__all__ = ["BUILDERS", "SinkContext", "build_sink", "subscriptions_from"]
+__all__ = ["BUILDERS", "Builder", "SinkContext", "build_sink", "subscriptions_from"]
 
 
 class SinkContext:
@@ -35,19 +49,46 @@ class SinkContext:
         self.status_url = status_url
 
 
-#: How to build each sink type.
-BUILDERS: dict[str, Callable[[SinkConfig, SinkContext], Sink]] = {
-    "log": lambda config, _: LogSink(config.name),
-    "alertmanager": lambda config, context: AlertmanagerSink.from_config(
-        config, context.session, status_url=context.status_url
-    ),
-    "webhook": WebhookSink.from_config,
-    "slack": SlackSink.from_config,
-    "teams": TeamsSink.from_config,
-    "discord": DiscordSink.from_config,
-    "mattermost": MattermostSink.from_config,
-    "googlechat": GoogleChatSink.from_config,
-}
+_Config = TypeVar("_Config", bound=SinkConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Builder(Generic[_Config]):
+    """How to build the sink of one sink type, from that type's config model."""
+
+    config: type[_Config]
+    build: Callable[[_Config, SinkContext], Sink]
+
+    def __call__(self, config: SinkConfig, context: SinkContext) -> Sink:
+        if not isinstance(config, self.config):
+            msg = f"sink {config.name!r}: a {config.type!r} entry, not {self.config.type_name()!r}"
+            raise TypeError(msg)
+        return self.build(config, context)
+
+
+#: How to build each sink type, keyed by the ``type`` of its config model.
+BUILDERS: Mapping[str, Builder[Any]] = MappingProxyType(
+    {
+        builder.config.type_name(): builder
+        for builder in (
+            Builder(LogSinkConfig, lambda config, _: LogSink(config.name)),
+            Builder(
+                AlertmanagerSinkConfig,
+                lambda config, context: AlertmanagerSink.from_config(
+                    config, context.session, status_url=context.status_url
+                ),
+            ),
+            Builder(WebhookSinkConfig, WebhookSink.from_webhook_config),
+            Builder(SlackSinkConfig, SlackSink.from_config),
+            Builder(TeamsSinkConfig, TeamsSink.from_config),
+            Builder(DiscordSinkConfig, DiscordSink.from_config),
+            Builder(MattermostSinkConfig, MattermostSink.from_config),
+            Builder(GoogleChatSinkConfig, GoogleChatSink.from_config),
+        )
+    }
+)
+if BUILDERS.keys() != SINK_TYPES.keys():  # pragma: no cover - fails at import, in every test
+    raise AssertionError(f"sink types without a builder: {SINK_TYPES.keys() - BUILDERS.keys()}")
 
 
 def build_sink(config: SinkConfig, context: SinkContext) -> Sink:
@@ -66,7 +107,9 @@ def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> lis
                 route=Route(events=config.events, names=config.names, ids=config.ids),
                 rate=config.rate if config.rate is not None else sink.default_rate,
                 lanes=config.concurrency or sink.default_concurrency,
-                remind_every=config.remind_every,
+                remind_every=(
+                    config.remind_every if isinstance(config, MessageSinkConfig) else None
+                ),
             )
         )
     return subscriptions

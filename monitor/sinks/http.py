@@ -18,6 +18,7 @@ the sink instead.
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import math
 import os
@@ -29,15 +30,17 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
+import anyio.to_thread
 from yarl import URL
 
 from monitor.retry import MAX_RETRY_AFTER, parse_retry_after
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.render import Renderer
+from monitor.superoffice.redact import Redactor
 from monitor.text import replace_surrogates
 
 if TYPE_CHECKING:
-    from monitor.config import SinkConfig
+    from monitor.config.sinks import MessageSinkConfig
     from monitor.sinks.factory import SinkContext
     from monitor.tracking.events import Event
 
@@ -56,6 +59,7 @@ class Answer:
     """What the destination said to a delivered request."""
 
     status: int
+    #: The reason phrase, treated like the body (servers echo the path in it too).
     reason: str
     #: The start of the answer's body, whitespace collapsed, secrets of the URL removed.
     excerpt: str
@@ -99,11 +103,19 @@ def _secret_parts(url: URL) -> list[str]:
     )
 
 
-def _excerpt(body: bytes, url: URL) -> str:
-    """A short, single-line start of an answer, with nothing of the URL in it."""
-    text = " ".join(body.decode("utf-8", "replace").split())
-    for part in _secret_parts(url):
-        text = text.replace(part, "…")
+@functools.lru_cache(maxsize=64)
+def _url_redactor(url: URL) -> Redactor:
+    """Masks the URL's secret parts in every form a server may echo them in."""
+    return Redactor(_secret_parts(url))
+
+
+def _excerpt(text: str, url: URL) -> str:
+    """A short, single-line start of what the server said, with nothing of the URL in it.
+
+    Used for the body and for the reason phrase alike: a server may put the request's
+    path in either (``404 Not Found /hook/SECRET?token=SECRET``).
+    """
+    text = _url_redactor(url)(" ".join(text.split()))
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
@@ -163,7 +175,9 @@ async def post_json(
         raise DeliveryError(f"{sink}: cannot connect: {reason}") from None
     except aiohttp.ClientError as exc:
         raise DeliveryError(f"{sink}: request failed: {type(exc).__name__}") from None
-    answer = Answer(status, reason, _excerpt(body, target))
+    answer = Answer(
+        status, _excerpt(reason, target), _excerpt(body.decode("utf-8", "replace"), target)
+    )
     if 200 <= status <= 299:
         return answer
     if _retryable(status):
@@ -207,24 +221,17 @@ class HttpSink(abc.ABC):
         self._renderer = renderer or Renderer(name, template=None, status_url=None)
 
     @classmethod
-    def from_config(cls, config: SinkConfig, context: SinkContext) -> Self:
-        """The sink a ``[[sinks]]`` entry describes (``url``, ``template``, ``timeout``)."""
-        if config.url is None:
-            raise ValueError(f"sink {config.name!r}: a URL is required")
+    def from_config(cls, config: MessageSinkConfig, context: SinkContext, **options: Any) -> Self:
+        """The sink a ``[[sinks]]`` entry describes (``url``, ``template``, ``timeout``);
+        ``options`` are the constructor's keywords only some sink types take."""
         return cls(
             config.name,
             config.url.get_secret_value(),
             context.session,
             timeout=config.timeout,
             renderer=Renderer(config.name, template=config.template, status_url=context.status_url),
-            **cls._options(config, context),
+            **options,
         )
-
-    @classmethod
-    def _options(cls, config: SinkConfig, context: SinkContext) -> dict[str, Any]:
-        """Keyword arguments of the constructor that only some sink types take."""
-        del config, context
-        return {}
 
     @property
     def host(self) -> str:
@@ -240,7 +247,13 @@ class HttpSink(abc.ABC):
         await self.deliver(event)
 
     async def deliver(self, event: Event) -> Answer:
-        """Deliver ``event`` and return the destination's answer (``batchmon test-sink``)."""
+        """Deliver ``event`` and return the destination's answer (``batchmon test-sink``).
+
+        The request is built in a worker thread: an operator's template may take its
+        whole budget (:data:`~monitor.sinks.render.TEMPLATE_SECONDS`), and the event
+        loop must keep serving /healthz and signals meanwhile.
+        """
+        request = await anyio.to_thread.run_sync(self.request, event)
         return await post_json(
-            self._session, self._url, self.request(event), sink=self.name, seconds=self._timeout
+            self._session, self._url, request, sink=self.name, seconds=self._timeout
         )

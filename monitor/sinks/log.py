@@ -1,20 +1,29 @@
 """The ``log`` sink: every event as one structlog event.
 
-Rendering (readable console on a TTY, JSON lines otherwise) is configured
-once, in the CLI; this sink only chooses the fields.
+Rendering (short console lines on a TTY, JSON lines otherwise) is configured
+once, in the CLI; this sink only chooses the fields and the level.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
 
 import structlog
 
 from monitor.text import without_surrogates
-from monitor.tracking.events import Event
+from monitor.tracking.events import KINDS, Event, EventType
 
-__all__ = ["LogSink"]
+__all__ = ["LEVELS", "LogSink"]
+
+#: The level each event is logged at (``KINDS``).  What needs a person is a warning (an error
+#: when the monitor itself cannot work), so ``journalctl -p warning`` lists exactly those;
+#: recoveries and the ordinary course of a task are info.
+LEVELS: Final[Mapping[EventType, int]] = MappingProxyType(
+    {kind: row.level for kind, row in KINDS.items()}
+)
 
 
 class LogSink:
@@ -38,7 +47,7 @@ class LogSink:
                 state=task.state.value,
                 progress=task.progress,
             )
-            if task.progress_description:
+            if task.progress_description and not task.state.is_terminal:
                 fields["step"] = task.progress_description
             if task.state.is_terminal and task.result:
                 fields["result"] = task.result
@@ -50,6 +59,8 @@ class LogSink:
             fields["message"] = event.message
         fields["event_id"] = event.id
         # A lone surrogate would fail the console renderer's write to a UTF-8 terminal.
-        self._log.info(
-            event.type.value, **{key: without_surrogates(value) for key, value in fields.items()}
+        self._log.log(
+            LEVELS[event.type],
+            event.type.value,
+            **{key: without_surrogates(value) for key, value in fields.items()},
         )

@@ -17,27 +17,39 @@ services' JavaScript clients count them; that is never less than Python's
 
 from __future__ import annotations
 
-import enum
+import functools
 import html
 import re
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
+from typing import Any, TypeVar, overload
 
 import structlog
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.runtime import Context
+from jinja2.sandbox import SandboxedEnvironment, safe_range
 
+from monitor.links import task_url
 from monitor.superoffice.models import BatchTaskState
-from monitor.tracking.events import Event, EventType, TaskSummary, event_id
+from monitor.tracking.events import KINDS, Event, EventType, TaskSummary, Tone, event_id
 
 __all__ = [
     "ESCAPES",
-    "TEST_TASK_NAME",
+    "TEMPLATE_MAX_CHARS",
+    "TEMPLATE_SECONDS",
+    "TEST_MESSAGE",
+    "TEST_TITLE",
     "Message",
     "Renderer",
+    "TemplateStopped",
     "Tone",
+    "check_template",
     "compile_template",
     "escape_discord",
     "escape_googlechat",
@@ -49,27 +61,24 @@ __all__ = [
     "fit",
     "measure",
     "progress_bar",
+    "render_within_budget",
     "test_event",
 ]
 
 log = structlog.get_logger("batchmon.sinks")
+
+_V = TypeVar("_V")
 
 ELLIPSIS = "…"
 #: Cells of the text progress bar.
 BAR_CELLS = 10
 #: Longest main text any format gets; each format cuts further to its own limits.
 MAX_TEXT = 4000
-#: The name of the task in ``batchmon test-sink``'s message.
-TEST_TASK_NAME = "batchmon test message — please ignore"
-
-
-class Tone(enum.StrEnum):
-    """How an event should look: each format maps it to its own colours."""
-
-    GOOD = "good"
-    BAD = "bad"
-    WARNING = "warning"
-    INFO = "info"
+#: The headline and the text of ``batchmon test-sink``'s message (a ``batchmon.test`` event).
+TEST_TITLE = "Test message from batchmon"
+TEST_MESSAGE = (
+    "Sent by batchmon test-sink to check this destination. No task changed; please ignore."
+)
 
 
 #: RGB colours of each tone (Slack's palette: readable in light and dark themes).
@@ -292,58 +301,16 @@ def _task_name(task: TaskSummary) -> str:
 
 
 def _title(event: Event) -> str:
-    """The headline: an emoji, the task, what happened."""
+    """The headline: an emoji, the task, what happened (see ``KINDS``)."""
     task = event.task
-    match event.type:
-        case EventType.MONITOR_API_DOWN:
-            return "🔴 SuperOffice API down"
-        case EventType.MONITOR_API_RECOVERED:
-            return "🟢 SuperOffice API recovered"
-        case EventType.MONITOR_AUTH_FAILED:
-            return "🔑 SuperOffice credentials rejected"
-    name = _task_name(task) if task is not None else "A task"
-    state = task.state.value if task is not None else BatchTaskState.UNKNOWN.value
-    match event.type:
-        case EventType.TASK_SUCCEEDED:
-            return f"✅ {name} finished"
-        case EventType.TASK_FAILED:
-            return f"❌ {name} failed"
-        case EventType.TASK_STALLED:
-            return f"⏸ {name} stalled"
-        case EventType.TASK_RESUMED:
-            return f"▶ {name} resumed"
-        case EventType.TASK_STARTED:
-            return f"▶ {name} started"
-        case EventType.TASK_RESTARTED:
-            return f"🔁 {name} ran again"
-        case EventType.TASK_GONE:
-            return f"🗑 {name} vanished before it finished"
-        case EventType.TASK_REMOVED:
-            return f"🧹 {name} cleaned up after it finished"
-        case EventType.TASK_EXPIRED:
-            return f"⌛ {name} no longer tracked"
-        case EventType.TASK_PROGRESS:
-            percent = task.progress if task is not None else None
-            if percent is None:
-                return f"📈 {name} progressing"
-            return f"📈 {name} {min(max(percent, 0), 100)} %"
-        case EventType.TASK_STATE_CHANGED:
-            return f"🔄 {name} is now {state}"
-        case _:
-            return f"👀 Watching {name} ({state})"
+    if task is None:
+        name, state, progress = "A task", BatchTaskState.UNKNOWN.value, None
+    else:
+        name, state, progress = _task_name(task), task.state.value, task.progress
+    percent = "progressing" if progress is None else f"{min(max(progress, 0), 100)} %"
+    return KINDS[event.type].title.format(name=name, state=state, progress=percent)
 
 
-_TONES: Mapping[EventType, Tone] = MappingProxyType(
-    {
-        EventType.TASK_SUCCEEDED: Tone.GOOD,
-        EventType.TASK_FAILED: Tone.BAD,
-        EventType.TASK_STALLED: Tone.WARNING,
-        EventType.TASK_GONE: Tone.WARNING,
-        EventType.MONITOR_API_DOWN: Tone.BAD,
-        EventType.MONITOR_AUTH_FAILED: Tone.BAD,
-        EventType.MONITOR_API_RECOVERED: Tone.GOOD,
-    }
-)
 _STATE_TONES: Mapping[BatchTaskState, Tone] = MappingProxyType(
     {
         BatchTaskState.SUCCEEDED: Tone.GOOD,
@@ -355,12 +322,10 @@ _STATE_TONES: Mapping[BatchTaskState, Tone] = MappingProxyType(
 
 
 def _tone(event: Event) -> Tone:
-    if event.type in _TONES:
-        return _TONES[event.type]
-    if event.task is not None and event.type in (
-        EventType.TASK_DISCOVERED,
-        EventType.TASK_STATE_CHANGED,
-    ):
+    tone = KINDS[event.type].tone
+    if tone is not None:
+        return tone
+    if event.task is not None:
         return _STATE_TONES.get(event.task.state, Tone.INFO)
     return Tone.INFO
 
@@ -406,7 +371,187 @@ def _footer(event: Event) -> str:
 
 # --- templates ---------------------------------------------------------------------------
 
-_ENVIRONMENT = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+#: CPU time one template render may take (the rendering thread's, so a busy machine does
+#: not fail a good template): far more than any message needs, little enough that a
+#: runaway template costs a delivery 50 ms, not the daemon.
+TEMPLATE_SECONDS = 0.05
+#: Most characters one render may produce: 16 times the longest text any chat format
+#: shows (:data:`MAX_TEXT`), room for a webhook's ``text``, which is not cut; beyond
+#: that a template is writing a file, not a message.
+TEMPLATE_MAX_CHARS = 64 * 1024
+#: The event a template is tried on by :func:`check_template`.
+_SAMPLE_TIME = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class TemplateStopped(Exception):
+    """A template ran out of its budget (time or size) and was stopped."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    """The deadline of the render in progress, on the renderer's clock."""
+
+    clock: Callable[[], float]
+    deadline: float
+
+    def check(self) -> None:
+        if self.clock() > self.deadline:
+            raise TemplateStopped(f"took longer than {TEMPLATE_SECONDS * 1000:g} ms")
+
+
+#: Set for the duration of one render, in the thread doing it.
+_BUDGET: ContextVar[_Budget | None] = ContextVar("template_budget", default=None)
+
+
+def _check_budget() -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.check()
+
+
+def _checked(values: Iterable[_V]) -> Iterator[_V]:
+    """``values``, with the budget checked before each: loops that write nothing stop too."""
+    for value in values:
+        _check_budget()
+        yield value
+
+
+class _Range(Sequence[int]):
+    """The sandbox's ``range`` (at most 100,000 numbers), checking the budget per number."""
+
+    def __init__(self, *args: int) -> None:
+        self._range = safe_range(*args)
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        _check_budget()
+        return self._range[index]
+
+    def __iter__(self) -> Iterator[int]:
+        return _checked(self._range)
+
+    def __reversed__(self) -> Iterator[int]:
+        return _checked(reversed(self._range))
+
+
+#: A width or precision in a ``%`` or ``{}`` format: ``%0999999999d``, ``{:>999999999}``.
+_FORMAT_WIDTH = re.compile(r"(?:%[#0 +-]*|:.?[<>^=]?[+ -]?#?0?|\.)(\d+)")
+
+
+def _wide_format(text: str) -> bool:
+    """Whether a format string asks for a field wider than the size budget."""
+    return any(int(width) > TEMPLATE_MAX_CHARS for width in _FORMAT_WIDTH.findall(text))
+
+
+def _too_big(operator: str, left: object, right: object) -> bool:
+    """Whether ``left <operator> right`` would build a value beyond the size budget."""
+    if operator == "%":
+        return isinstance(left, str) and _wide_format(left)
+    if operator == "*":
+        for sized, times in ((left, right), (right, left)):
+            if isinstance(sized, str | list | tuple) and isinstance(times, int):
+                return len(sized) * times > TEMPLATE_MAX_CHARS
+        return False
+    # "**": the bits of an integer power (a float power overflows by itself).
+    if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+        return abs(left).bit_length() * right > TEMPLATE_MAX_CHARS * 8
+    return False
+
+
+#: Built-in filters whose integer arguments say how big their result is (widths, counts).
+_SIZING_FILTERS = frozenset({"center", "indent", "wordwrap", "batch", "slice"})
+
+
+def _bounded_filter(name: str, function: Callable[..., object]) -> Callable[..., object]:
+    """A filter that checks the budget, and refuses sizes (``center(10**9)``) beyond it."""
+    skip = 2 if getattr(function, "jinja_pass_arg", None) is not None else 1
+    sizing = name in _SIZING_FILTERS
+
+    @functools.wraps(function)
+    def bounded(*args: object, **kwargs: object) -> object:
+        _check_budget()
+        if name == "format" and isinstance(args[0], str) and _wide_format(args[0]):
+            raise TemplateStopped(f"a format wider than {TEMPLATE_MAX_CHARS}")
+        if sizing and any(
+            isinstance(value, int) and abs(value) > TEMPLATE_MAX_CHARS
+            for value in (*args[skip:], *kwargs.values())
+        ):
+            raise TemplateStopped(f"a filter argument over {TEMPLATE_MAX_CHARS}")
+        return function(*args, **kwargs)
+
+    return bounded
+
+
+class _BudgetedCodeGenerator(CodeGenerator):
+    """Compiles every ``{% for %}`` to iterate through :func:`_checked`."""
+
+    def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
+        # Before the generator collects the filters a template uses.
+        for loop in node.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, _CHECKED_FILTER, [], [], None, None)
+        super().visit_Template(node, frame)
+
+
+_CHECKED_FILTER = "_budget_checked"
+
+
+class _BudgetedEnvironment(SandboxedEnvironment):
+    """The sandbox, with the budget checked at every loop step, call, lookup and operator.
+
+    A thread cannot be stopped from outside, so the render stops itself: whatever a
+    template does (loops that write nothing, recursion through macros, filters), it
+    passes through one of these points often.  One C-level operation cannot be
+    interrupted, so operators and filters that would build a value beyond the size
+    budget are refused before they run.
+    """
+
+    code_generator_class = _BudgetedCodeGenerator
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self) -> None:
+        super().__init__(autoescape=False, undefined=StrictUndefined)
+        self.globals["range"] = _Range
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
+        self.filters[_CHECKED_FILTER] = _checked
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _check_budget()
+        if _too_big(operator, left, right):
+            raise TemplateStopped(f"{operator!r} would build a value over {TEMPLATE_MAX_CHARS}")
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None and _wide_format(value.__self__):
+
+            def refused(*args: object, **kwargs: object) -> str:
+                raise TemplateStopped(f"a format wider than {TEMPLATE_MAX_CHARS}")
+
+            return refused
+        return wrapped
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _check_budget()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _check_budget()
+        return super().getitem(obj, argument)
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _check_budget()
+        return super().call(context, obj, *args, **kwargs)
+
+
+_ENVIRONMENT = _BudgetedEnvironment()
 
 
 def compile_template(source: str) -> Template:
@@ -422,13 +567,90 @@ def compile_template(source: str) -> Template:
         raise ValueError(f"template line {exc.lineno}: {exc.message}") from None
 
 
-class Renderer:
-    """Computes each event's :class:`Message` for one sink (its template, its link)."""
+def render_within_budget(
+    template: Template, clock: Callable[[], float], **variables: object
+) -> str:
+    """The template's output; :class:`TemplateStopped` once it is over time or size.
 
-    def __init__(self, sink: str, *, template: str | None, status_url: str | None) -> None:
+    ``clock`` measures the time (seconds, any origin); the output is produced piece
+    by piece and measured as it grows.
+    """
+    budget = _Budget(clock, clock() + TEMPLATE_SECONDS)
+    token = _BUDGET.set(budget)
+    try:
+        pieces: list[str] = []
+        size = 0
+        for piece in template.generate(**variables):
+            size += len(piece)
+            if size > TEMPLATE_MAX_CHARS:
+                raise TemplateStopped(f"wrote more than {TEMPLATE_MAX_CHARS} characters")
+            budget.check()
+            pieces.append(piece)
+        return "".join(pieces)
+    finally:
+        _BUDGET.reset(token)
+
+
+def check_template(source: str, clock: Callable[[], float] = time.thread_time) -> None:
+    """Compile ``source`` and try it on a sample event; :class:`ValueError` if either fails.
+
+    Only the budget counts in the trial: a template may rightly fail on the sample
+    (it names a field only some events have), but one that is stopped on it would be
+    stopped on every event.
+    """
+    template = compile_template(source)
+    event = test_event(_SAMPLE_TIME)
+    try:
+        _render_event(template, event, _title(event), status_url=None, clock=clock)
+    except TemplateStopped as exc:
+        raise ValueError(f"stopped on a sample event: {exc}") from None
+    except Exception:  # noqa: BLE001, S110 - see the docstring
+        pass
+
+
+def _render_event(
+    template: Template,
+    event: Event,
+    title: str,
+    *,
+    status_url: str | None,
+    clock: Callable[[], float],
+) -> str:
+    data = event.to_dict()
+    return render_within_budget(
+        template,
+        clock,
+        event=data,
+        task=data["task"],
+        title=title,
+        progress_bar=progress_bar(event.task.progress) if event.task else None,
+        status_url=status_url,
+    ).strip()
+
+
+class Renderer:
+    """Computes each event's :class:`Message` for one sink (its template, its link).
+
+    Rendering is CPU work: sinks call it off the event loop, and a template is
+    stopped when it exceeds its budget (:data:`TEMPLATE_SECONDS` on ``clock``, the
+    rendering thread's CPU time by default, and :data:`TEMPLATE_MAX_CHARS`).
+    """
+
+    def __init__(
+        self,
+        sink: str,
+        *,
+        template: str | None,
+        status_url: str | None,
+        clock: Callable[[], float] = time.thread_time,
+    ) -> None:
         """Compile the template now, so that a bad one stops start-up, not a delivery."""
         self.sink = sink
         self.status_url = status_url
+        self._clock = clock
+        #: The kinds of failure already logged: one line per sink, not one per event.
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
         try:
             self._template = compile_template(template) if template is not None else None
         except ValueError as exc:
@@ -447,7 +669,7 @@ class Renderer:
             facts=_facts(event),
             text=fit(text, MAX_TEXT),
             footer=_footer(event),
-            link=self.status_url,
+            link=task_url(self.status_url, task.id if task is not None else None),
             task_id=task.id if task is not None else None,
             event_id=event.id,
         )
@@ -459,50 +681,38 @@ class Renderer:
         return self._templated(self._template, event, _title(event), _default_text(event))
 
     def _templated(self, template: Template, event: Event, title: str, default: str) -> str:
-        """The template's output, or ``default`` and one warning if it fails."""
-        data = event.to_dict()
+        """The template's output, or ``default`` and a warning the first time it fails so."""
         try:
-            return template.render(
-                event=data,
-                task=data["task"],
-                title=title,
-                progress_bar=progress_bar(event.task.progress) if event.task else None,
-                status_url=self.status_url,
-            ).strip()
-        except Exception as exc:  # noqa: BLE001 - a broken template must not stop delivery
-            log.warning(
-                "template_failed",
-                sink=self.sink,
-                event_id=event.id,
-                error=f"{type(exc).__name__}: {exc}",
+            return _render_event(
+                template, event, title, status_url=self.status_url, clock=self._clock
             )
-            return default
+        except TemplateStopped as exc:
+            self._warn_once("template_stopped", event, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a broken template must not stop delivery
+            self._warn_once("template_failed", event, f"{type(exc).__name__}: {exc}")
+        return default
+
+    def _warn_once(self, what: str, event: Event, error: str) -> None:
+        """Log a failure of this kind the first time only (renders run in worker threads)."""
+        kind = what if what == "template_stopped" else error.partition(":")[0]
+        with self._lock:
+            if kind in self._logged:
+                return
+            self._logged.add(kind)
+        log.warning(
+            what,
+            sink=self.sink,
+            event_id=event.id,
+            error=error,
+            consequence="the default text is sent instead; logged once per sink",
+        )
 
 
 def test_event(now: datetime) -> Event:
-    """A ``task.succeeded`` for a fake task (id 0) that says it is a test."""
-    started = now - timedelta(minutes=3)
+    """A ``batchmon.test`` message: about no task, saying it is a test."""
     return Event(
-        id=event_id("batchmon.test", now.isoformat()),
-        type=EventType.TASK_SUCCEEDED,
+        id=event_id(EventType.BATCHMON_TEST.value, now.isoformat()),
+        type=EventType.BATCHMON_TEST,
         time=now,
-        task=TaskSummary(
-            id=0,
-            name=TEST_TASK_NAME,
-            state=BatchTaskState.SUCCEEDED,
-            state_raw=BatchTaskState.SUCCEEDED.value,
-            progress=100,
-            progress_description=None,
-            description="Sent by batchmon test-sink to check this destination.",
-            associate_id=None,
-            context=None,
-            request=None,
-            response=None,
-            result="The destination is reachable.",
-            file_name=None,
-            last_started=started,
-            created=started,
-            start_count=1,
-        ),
-        message="This is a test message from batchmon; no task changed.",
+        message=TEST_MESSAGE,
     )

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Self
 
 import aiohttp
 
@@ -27,7 +27,7 @@ from monitor.sinks.http import HttpSink, Request, json_body
 from monitor.sinks.render import Renderer
 
 if TYPE_CHECKING:
-    from monitor.config import SinkConfig
+    from monitor.config.sinks import WebhookSinkConfig
     from monitor.sinks.factory import SinkContext
     from monitor.tracking.events import Event
 
@@ -94,10 +94,11 @@ class WebhookSink(HttpSink):
         self._clock = clock
 
     @classmethod
-    def _options(cls, config: SinkConfig, context: SinkContext) -> dict[str, Any]:
-        """The signing ``secret``; the status page's URL, when public, is the ``source``."""
+    def from_webhook_config(cls, config: WebhookSinkConfig, context: SinkContext) -> Self:
+        """The sink a ``webhook`` entry describes: the signing ``secret``; the status page's
+        URL, when public, is the ``source``."""
         secret = config.secret.get_secret_value() if config.secret is not None else None
-        return {"secret": secret, "source": context.status_url}
+        return cls.from_config(config, context, secret=secret, source=context.status_url)
 
     @property
     def signed(self) -> bool:

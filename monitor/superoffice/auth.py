@@ -36,6 +36,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from monitor.config import AuthConfig
+from monitor.config.superoffice import (
+    BasicAuthConfig,
+    BearerAuthConfig,
+    OAuthConfig,
+    SystemUserAuthConfig,
+    TicketAuthConfig,
+)
 from monitor.superoffice.errors import (
     Answer,
     ApiError,
@@ -534,39 +541,37 @@ def auth_from_config(config: AuthConfig, *, login: Login | None = None) -> Auth:
     ``oauth`` and ``system_user`` need ``login``: the client provides it when it
     is built from the whole ``[superoffice]`` section.
     """
-    match config.type:
-        case "basic":
-            assert config.username is not None  # guaranteed by config validation
-            assert config.password is not None
+    match config:
+        case BasicAuthConfig():
             return BasicAuth(config.username, config.password.get_secret_value())
-        case "ticket":
-            assert config.ticket is not None
+        case TicketAuthConfig():
             return TicketAuth(config.ticket.get_secret_value())
-        case "bearer":
-            assert config.token is not None
+        case BearerAuthConfig():
             return BearerAuth(config.token.get_secret_value())
+        case OAuthConfig():
+            return OAuthAuth(
+                _login(config, login),
+                client_id=config.client_id,
+                client_secret=config.client_secret.get_secret_value(),
+                refresh_token=config.refresh_token.get_secret_value(),
+                redirect_uri=config.redirect_uri,
+            )
+        case SystemUserAuthConfig():
+            return SystemUserAuth(
+                _login(config, login),
+                client_secret=config.client_secret.get_secret_value(),
+                private_key=config.signing_key(),
+                system_user_token=config.system_user_token.get_secret_value(),
+                federation_key=config.federation_key(),
+            )
+
+
+def _login(config: OAuthConfig | SystemUserAuthConfig, login: Login | None) -> Login:
+    """The login an online auth type needs; a programming error without one."""
     if login is None:
         msg = (
             f"auth type {config.type!r} logs in at the environment's host; "
             "let SuperOfficeClient(session, config) build it"
         )
         raise ValueError(msg)
-    assert config.client_secret is not None
-    if config.type == "oauth":
-        assert config.client_id is not None
-        assert config.refresh_token is not None
-        return OAuthAuth(
-            login,
-            client_id=config.client_id,
-            client_secret=config.client_secret.get_secret_value(),
-            refresh_token=config.refresh_token.get_secret_value(),
-            redirect_uri=config.redirect_uri,
-        )
-    assert config.system_user_token is not None
-    return SystemUserAuth(
-        login,
-        client_secret=config.client_secret.get_secret_value(),
-        private_key=config.signing_key(),
-        system_user_token=config.system_user_token.get_secret_value(),
-        federation_key=config.federation_key(),
-    )
+    return login

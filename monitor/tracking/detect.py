@@ -33,30 +33,48 @@ Rules, in the order they are applied:
 Conditions: a failed task, a stalled one and one gone while active each have
 a condition that sinks with reminders and the Alertmanager sink hold while it
 lasts (:func:`condition`).  Every one ends: the events that end one carry the
-:class:`~monitor.tracking.events.EndReason` (:data:`ENDS`), and a task
+:class:`~monitor.tracking.events.EndReason` (``Kind.reason`` in ``KINDS``), and a task
 finished or gone for ``forget_after`` is forgotten (:func:`expired`), its
 condition ending with ``task.expired``.
 
-Everything that decides a transition lives in this file.
+Everything that decides a transition lives in this file: :func:`detect`
+takes one observation and returns the events and the task's next memory, and
+:func:`time_may_tell` says when time alone (no new observation) can change
+anything, so that thousands of unchanged tasks a cycle cost almost nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
+from typing import NamedTuple
 
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
-from monitor.tracking.events import EndReason, Event, EventType, TaskSummary, event_id
-from monitor.tracking.memory import (
-    Rules,
-    TaskMemory,
-    estimate_eta,
-    has_moved,
-    ran_again,
-    state_identity,
-)
+from monitor.tracking.eta import add_sample, estimate_eta
+from monitor.tracking.events import KINDS, Event, EventType, TaskSummary, event_id
+from monitor.tracking.memory import Rules, TaskMemory
 
-__all__ = ["CONDITIONS", "ENDS", "STATE_EVENTS", "condition", "detect", "expire", "expired"]
+__all__ = [
+    "STATE_EVENTS",
+    "Detection",
+    "condition",
+    "detect",
+    "detect_404",
+    "expire",
+    "expired",
+    "ran_again",
+    "state_identity",
+    "time_may_tell",
+]
+
+
+class Detection(NamedTuple):
+    """What one observation gives: the events, and the task's next memory."""
+
+    events: list[Event]
+    memory: TaskMemory
+
 
 #: The event a change *into* a state emits; any state not listed emits
 #: ``task.state_changed``.
@@ -65,18 +83,6 @@ STATE_EVENTS: dict[BatchTaskState, EventType] = {
     BatchTaskState.SUCCEEDED: EventType.TASK_SUCCEEDED,
     BatchTaskState.SUCCEEDED_MANUAL_CLEANUP: EventType.TASK_SUCCEEDED,
     BatchTaskState.FAILED: EventType.TASK_FAILED,
-}
-
-#: The event types that start a condition.
-CONDITIONS = frozenset({EventType.TASK_FAILED, EventType.TASK_STALLED, EventType.TASK_GONE})
-
-#: The events that end conditions, and why (every other event ends none).
-ENDS: dict[EventType, EndReason] = {
-    EventType.TASK_RESTARTED: EndReason.RESTARTED,
-    EventType.TASK_SUCCEEDED: EndReason.SUCCEEDED,
-    EventType.TASK_RESUMED: EndReason.RESUMED,
-    EventType.TASK_REMOVED: EndReason.REMOVED,
-    EventType.TASK_EXPIRED: EndReason.EXPIRED,
 }
 
 
@@ -105,7 +111,7 @@ def _event(
         eta=eta,
         message=message,
         first_seen=first_seen,
-        reason=ENDS.get(kind),
+        reason=KINDS[kind].reason,
     )
 
 
@@ -142,44 +148,119 @@ def _progress_due(
     return last is None or now - last >= rules.progress_min_interval
 
 
+def ran_again(old: BatchTaskInfo, new: BatchTaskInfo) -> bool:
+    """Whether the task was started again since ``old`` (StartCount or LastStarted moved)."""
+    if old.start_count is not None and new.start_count is not None:
+        if new.start_count > old.start_count and old.start_count > 0:
+            return True
+        if new.start_count != old.start_count:
+            return False
+    return (
+        old.last_started is not None
+        and new.last_started is not None
+        and new.last_started > old.last_started
+    )
+
+
+def state_identity(info: BatchTaskInfo) -> object:
+    """What makes two states the same: the interpreted state, or the raw value if unknown.
+
+    ``"Started"`` and ``3`` are the same state; ``"Paused"`` and ``"Halted"``
+    are both Unknown, yet a change between them is still a change.
+    """
+    return info.state_raw if info.state is BatchTaskState.UNKNOWN else info.state
+
+
+def _has_moved(old: BatchTaskInfo, new: BatchTaskInfo) -> bool:
+    """Whether state, progress or its description changed, or the task ran again."""
+    return (
+        state_identity(old) != state_identity(new)
+        or old.progress_percent != new.progress_percent
+        or old.progress_description != new.progress_description
+        or ran_again(old, new)
+    )
+
+
+def _stall_due(memory: TaskMemory, info: BatchTaskInfo, now: datetime, rules: Rules) -> bool:
+    """Active (as ``info`` says), not stalled yet, and nothing moved for ``stall_after``."""
+    return (
+        not memory.stalled
+        and info.state.is_active
+        and now - memory.last_change >= rules.stall_after
+    )
+
+
+def time_may_tell(memory: TaskMemory, now: datetime, rules: Rules) -> bool:
+    """Whether observing the task unchanged at ``now`` could say anything.
+
+    Only two things change with time alone: the stall clock, and a progress
+    announcement held back by its rate limit.
+    """
+    if memory.gone:
+        return False
+    info = memory.info
+    held_back = (
+        memory.announced_progress != info.progress_percent
+        or memory.announced_description != info.progress_description
+    )
+    return held_back or _stall_due(memory, info, now, rules)
+
+
 def detect(
     previous: TaskMemory | None,
-    current: BatchTaskInfo | None,
+    current: BatchTaskInfo,
     now: datetime,
     rules: Rules,
-) -> list[Event]:
-    """The events between ``previous`` and ``current``, observed at ``now``."""
-    if current is None:
-        if previous is None or previous.gone:
-            return []
-        last = previous.info
-        if last.state.is_terminal:
-            return [
-                _event(
-                    EventType.TASK_REMOVED,
-                    last,
-                    now,
-                    message="deleted after it finished (SuperOffice removes completed tasks)",
-                )
-            ]
-        return [
-            _event(
-                EventType.TASK_GONE,
-                last,
-                now,
-                message="the API answers 404: the task was deleted before it finished",
-            )
-        ]
+) -> Detection:
+    """The events between ``previous`` and ``current`` observed at ``now``, and the next memory."""
     if previous is None or previous.gone:
-        return _first_sight(current, now, rules)
+        history = add_sample((), current.progress_percent, now)
+        events = _first_sight(current, now, rules)
+        return Detection(events, _first_memory(current, now, history))
+    old = previous.info
+    again = ran_again(old, current)
+    history = add_sample(() if again else previous.history, current.progress_percent, now)
+    events = _transitions(previous, current, now, rules, again=again, history=history)
+    return Detection(events, _remember(previous, current, now, events, history))
 
+
+def detect_404(previous: TaskMemory | None, now: datetime) -> Detection | None:
+    """The API answered 404 at ``now``: ``task.gone`` for an unfinished task, ``task.removed``
+    for a finished one (rule 2); ``None`` for a task never seen or already gone."""
+    if previous is None or previous.gone:
+        return None
+    last = previous.info
+    gone = replace(previous, gone=True, gone_since=now, stalled=False)
+    if last.state.is_terminal:
+        kind, message = (
+            EventType.TASK_REMOVED,
+            "deleted after it finished (SuperOffice removes completed tasks)",
+        )
+    else:
+        kind, message = (
+            EventType.TASK_GONE,
+            "the API answers 404: the task was deleted before it finished",
+        )
+    return Detection([_event(kind, last, now, message=message)], gone)
+
+
+def _transitions(
+    previous: TaskMemory,
+    current: BatchTaskInfo,
+    now: datetime,
+    rules: Rules,
+    *,
+    again: bool,
+    history: tuple[tuple[datetime, int], ...],
+) -> list[Event]:
+    """Rules 3 to 6: a known task observed again."""
     old = previous.info
     changes = _changes(old, current)
-    eta = estimate_eta(previous, current, now)
+    eta = estimate_eta(history, current, now)
     events: list[Event] = []
     state_key = (state_identity(current),)
 
-    if ran_again(old, current):
+    if again:
         events.append(_event(EventType.TASK_RESTARTED, current, now, previous=changes, eta=eta))
         if current.state in STATE_EVENTS:
             kind = STATE_EVENTS[current.state]
@@ -208,7 +289,7 @@ def detect(
             )
         )
 
-    moved = has_moved(old, current)
+    moved = _has_moved(old, current)
     if previous.stalled and moved and not current.state.is_terminal:
         stalled_for = now - previous.last_change
         events.append(
@@ -222,12 +303,7 @@ def detect(
                 message=f"moving again after {_human(stalled_for.total_seconds())} without change",
             )
         )
-    elif (
-        not previous.stalled
-        and not moved
-        and current.state.is_active
-        and now - previous.last_change >= rules.stall_after
-    ):
+    elif not moved and _stall_due(previous, current, now, rules):
         idle = (now - previous.last_change).total_seconds()
         events.append(
             _event(
@@ -242,9 +318,60 @@ def detect(
     return events
 
 
+def _first_memory(
+    info: BatchTaskInfo, now: datetime, history: tuple[tuple[datetime, int], ...]
+) -> TaskMemory:
+    """The memory of a task seen for the first time (or again after a 404)."""
+    return TaskMemory(
+        info=info,
+        first_seen=now,
+        last_change=now,
+        last_seen=now,
+        announced_progress=info.progress_percent,
+        announced_description=info.progress_description,
+        history=history,
+        terminal_since=now if info.state.is_terminal else None,
+    )
+
+
+def _remember(
+    previous: TaskMemory,
+    info: BatchTaskInfo,
+    now: datetime,
+    events: list[Event],
+    history: tuple[tuple[datetime, int], ...],
+) -> TaskMemory:
+    """The memory after ``info`` was observed at ``now`` and ``events`` emitted."""
+    types = {e.type for e in events}
+    moved = _has_moved(previous.info, info)
+    announce = bool(types - {EventType.TASK_STALLED, EventType.TASK_RESUMED})
+    stalled = (previous.stalled or EventType.TASK_STALLED in types) and not (
+        moved or info.state.is_terminal
+    )
+    terminal_since = previous.terminal_since if info.state.is_terminal else None
+    if info.state.is_terminal and terminal_since is None:
+        terminal_since = now
+    return replace(
+        previous,
+        info=info,
+        last_change=now if moved else previous.last_change,
+        last_seen=now,
+        stalled=stalled,
+        announced_progress=info.progress_percent if announce else previous.announced_progress,
+        announced_description=(
+            info.progress_description if announce else previous.announced_description
+        ),
+        last_progress_event=(
+            now if EventType.TASK_PROGRESS in types else previous.last_progress_event
+        ),
+        history=history,
+        terminal_since=terminal_since,
+    )
+
+
 def _first_sight(current: BatchTaskInfo, now: datetime, rules: Rules) -> list[Event]:
     """``task.discovered``, and the state's own event if the run is recent (rule 1)."""
-    eta = estimate_eta(None, current, now)
+    eta = estimate_eta(add_sample((), current.progress_percent, now), current, now)
     events = [_event(EventType.TASK_DISCOVERED, current, now, eta=eta)]
     kind = STATE_EVENTS.get(current.state)
     began = current.last_started or current.created

@@ -9,6 +9,7 @@ it is the idempotency key receivers deduplicate on.
 from __future__ import annotations
 
 import enum
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,17 @@ from typing import Any
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.text import replace_surrogates, without_surrogates
 
-__all__ = ["EndReason", "Event", "EventType", "TaskSummary", "event_id"]
+__all__ = [
+    "EMITTED",
+    "KINDS",
+    "EndReason",
+    "Event",
+    "EventType",
+    "Kind",
+    "TaskSummary",
+    "Tone",
+    "event_id",
+]
 
 
 class EventType(enum.StrEnum):
@@ -56,6 +67,12 @@ class EventType(enum.StrEnum):
     MONITOR_API_RECOVERED = "monitor.api_recovered"
     #: Credentials rejected after one renewal attempt.
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
+    #: A test message sent by ``batchmon test-sink``; the tracker never emits it.
+    BATCHMON_TEST = "batchmon.test"
+
+
+#: The types the tracker emits: every type but the test message.
+EMITTED = tuple(kind for kind in EventType if kind is not EventType.BATCHMON_TEST)
 
 
 class EndReason(enum.StrEnum):
@@ -71,6 +88,128 @@ class EndReason(enum.StrEnum):
     REMOVED = "removed"
     #: batchmon forgot the task, ``forget_after`` after it ended.
     EXPIRED = "expired"
+
+
+class Tone(enum.StrEnum):
+    """How an event should look: each format maps it to its own colours."""
+
+    GOOD = "good"
+    BAD = "bad"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """Everything batchmon decides by an event's type alone, in one row per type.
+
+    Rendering, the log sink, Alertmanager, reminders, the outbox and detection
+    read these rows, so a new event type is declared here once.
+    """
+
+    #: The headline; ``{name}`` is the task's name, ``{state}`` its state and
+    #: ``{progress}`` its percentage (or "progressing").
+    title: str
+    #: The log sink's level.
+    level: int
+    #: How it looks; ``None``: as the task's state looks (see ``sinks.render``).
+    tone: Tone | None = Tone.INFO
+    #: The Alertmanager alert it fires: the condition it starts, if any.
+    alert: str | None = None
+    #: The event types whose conditions it ends (their alerts resolve).
+    ends: frozenset[EventType] = frozenset()
+    #: Why the conditions it ends ended, as the event carries it.
+    reason: EndReason | None = None
+    #: Repeated by a sink's ``remind_every`` while the condition lasts.
+    reminds: bool = False
+    #: A queued copy for the same task and sink is replaced by a newer one.
+    coalesces: bool = False
+
+
+_TASK_CONDITIONS = frozenset({EventType.TASK_FAILED, EventType.TASK_STALLED, EventType.TASK_GONE})
+
+#: One row per event type (checked below: a type without a row fails at import).
+KINDS: Mapping[EventType, Kind] = MappingProxyType(
+    {
+        EventType.TASK_DISCOVERED: Kind("👀 Watching {name} ({state})", logging.INFO, tone=None),
+        EventType.TASK_STARTED: Kind("▶ {name} started", logging.INFO),
+        EventType.TASK_PROGRESS: Kind("📈 {name} {progress}", logging.INFO, coalesces=True),
+        EventType.TASK_SUCCEEDED: Kind(
+            "✅ {name} finished",
+            logging.INFO,
+            tone=Tone.GOOD,
+            ends=_TASK_CONDITIONS,
+            reason=EndReason.SUCCEEDED,
+        ),
+        EventType.TASK_FAILED: Kind(
+            "❌ {name} failed",
+            logging.WARNING,
+            tone=Tone.BAD,
+            alert="BatchTaskFailed",
+            ends=frozenset({EventType.TASK_STALLED}),
+            reminds=True,
+        ),
+        EventType.TASK_STATE_CHANGED: Kind("🔄 {name} is now {state}", logging.INFO, tone=None),
+        EventType.TASK_RESTARTED: Kind(
+            "🔁 {name} ran again",
+            logging.INFO,
+            ends=_TASK_CONDITIONS,
+            reason=EndReason.RESTARTED,
+        ),
+        EventType.TASK_STALLED: Kind(
+            "⏸ {name} stalled",
+            logging.WARNING,
+            tone=Tone.WARNING,
+            alert="BatchTaskStalled",
+            reminds=True,
+        ),
+        EventType.TASK_RESUMED: Kind(
+            "▶ {name} resumed",
+            logging.INFO,
+            ends=frozenset({EventType.TASK_STALLED}),
+            reason=EndReason.RESUMED,
+        ),
+        EventType.TASK_GONE: Kind(
+            "🗑 {name} vanished before it finished",
+            logging.WARNING,
+            tone=Tone.WARNING,
+            alert="BatchTaskGone",
+        ),
+        EventType.TASK_REMOVED: Kind(
+            "🧹 {name} cleaned up after it finished",
+            logging.INFO,
+            ends=_TASK_CONDITIONS,
+            reason=EndReason.REMOVED,
+        ),
+        EventType.TASK_EXPIRED: Kind(
+            "⌛ {name} no longer tracked",
+            logging.INFO,
+            ends=_TASK_CONDITIONS,
+            reason=EndReason.EXPIRED,
+        ),
+        EventType.MONITOR_API_DOWN: Kind(
+            "🔴 SuperOffice API down", logging.ERROR, tone=Tone.BAD, alert="BatchmonApiDown"
+        ),
+        EventType.MONITOR_API_RECOVERED: Kind(
+            "🟢 SuperOffice API recovered",
+            logging.INFO,
+            tone=Tone.GOOD,
+            ends=frozenset({EventType.MONITOR_API_DOWN}),
+        ),
+        EventType.MONITOR_AUTH_FAILED: Kind(
+            "🔑 SuperOffice credentials rejected", logging.ERROR, tone=Tone.BAD
+        ),
+        # ``batchmon test-sink``'s alert fires once and ends by itself (nothing re-posts it).
+        EventType.BATCHMON_TEST: Kind(
+            "🧪 Test message from batchmon", logging.INFO, alert="BatchmonTest"
+        ),
+    }
+)
+if KINDS.keys() != set(EventType):  # pragma: no cover - fails at import, in every test
+    raise AssertionError(f"event types without a row in KINDS: {set(EventType) - KINDS.keys()}")
+for _kind in KINDS.values():
+    if any(KINDS[ended].alert is None for ended in _kind.ends):  # pragma: no cover
+        raise AssertionError(f"{_kind.title!r} ends a type that starts no condition")
 
 
 _ID_NAMESPACE = uuid.UUID("5d1f2a9e-6c1b-4d7e-9f3a-0b8c7e6d5a41")
@@ -123,13 +262,6 @@ class TaskSummary:
             created=info.created,
             start_count=info.start_count,
         )
-
-    @property
-    def progress_ratio(self) -> float | None:
-        """Progress as 0..1, clamped for display."""
-        if self.progress is None:
-            return None
-        return min(max(self.progress, 0), 100) / 100
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskSummary:

@@ -41,6 +41,11 @@ class ApiHealth:
             and not self.auth_failed
         )
 
+    @property
+    def down_since(self) -> datetime | None:
+        """When ``monitor.api_down`` was emitted, while the API stays down."""
+        return self._down_since
+
     def success(self, now: datetime) -> Event | None:
         """Record a successful cycle; the recovery event if the API was down."""
         self.consecutive_failures = 0

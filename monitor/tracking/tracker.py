@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
 
 from monitor.superoffice.models import BatchTaskInfo
-from monitor.tracking.detect import condition, detect, expire, expired
+from monitor.tracking.detect import (
+    condition,
+    detect,
+    detect_404,
+    expire,
+    expired,
+    time_may_tell,
+)
+from monitor.tracking.eta import estimate_eta
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
-from monitor.tracking.memory import Rules, TaskMemory, estimate_eta, remember, state_name
+from monitor.tracking.memory import Rules, TaskMemory, state_name
 
 __all__ = ["Tracker"]
 
@@ -32,6 +39,10 @@ class Tracker:
         #: State transitions seen so far, by (from, to) state name.
         self.transitions: Counter[tuple[str, str]] = Counter()
         self._changed: set[int] = set()
+        #: Ids the reader of :meth:`take_changed` was last told exist: only their forgetting
+        #: is news to it, so a tracker nobody reads (no scrapes) keeps no trace of the
+        #: tasks it forgot.
+        self._told: set[int] = set()
         self._state_counts: Counter[str] = Counter()
 
     @property
@@ -61,57 +72,48 @@ class Tracker:
         formatted lines) and wants to redo only what changed.
         """
         changed, self._changed = self._changed, set()
+        for task_id in changed:
+            if task_id in self._tasks:
+                self._told.add(task_id)
+            else:
+                self._told.discard(task_id)
         return changed
 
     def observe(self, info: BatchTaskInfo, now: datetime) -> list[Event]:
         """Take a new snapshot of a task; return what happened since the last one."""
         previous = self._tasks.get(info.id)
-        events = detect(previous, info, now, self.rules)
-        self._put(info.id, remember(previous, info, now, events))
+        events, memory = detect(previous, info, now, self.rules)
+        self._put(info.id, memory)
         if previous is not None and not previous.gone and previous.info.state != info.state:
             self.transitions[(previous.info.state.value, info.state.value)] += 1
         self._count(events)
         return events
 
     def touch(self, task_id: int, now: datetime) -> list[Event]:
-        """The task is as last seen: run only what time alone can change.
+        """The task is as last seen: observe it again only if time alone can tell something.
 
-        That is the stall clock, and a progress announcement held back by its
-        rate limit; everything else would compare equal, so it is skipped (a
-        poll cycle of thousands of unchanged tasks stays cheap).
+        A poll cycle of thousands of unchanged tasks stays cheap.
         """
         memory = self._tasks.get(task_id)
-        if memory is None or memory.gone:
+        if memory is None or not time_may_tell(memory, now, self.rules):
             return []
-        info = memory.info
-        held_back = (
-            memory.announced_progress != info.progress_percent
-            or memory.announced_description != info.progress_description
-        )
-        stalling = (
-            not memory.stalled
-            and info.state.is_active
-            and now - memory.last_change >= self.rules.stall_after
-        )
-        if not (held_back or stalling):
-            return []
-        return self.observe(info, now)
+        return self.observe(memory.info, now)
 
     def observe_gone(self, task_id: int, now: datetime) -> list[Event]:
         """Record that the API answered 404 for a task."""
-        previous = self._tasks.get(task_id)
-        events = detect(previous, None, now, self.rules)
-        if previous is not None and not previous.gone:
-            self._put(task_id, _gone(previous, now))
-        self._count(events)
-        return events
+        detection = detect_404(self._tasks.get(task_id), now)
+        if detection is None:
+            return []
+        self._put(task_id, detection.memory)
+        self._count(detection.events)
+        return detection.events
 
     def eta(self, task_id: int, now: datetime) -> datetime | None:
         """The current completion estimate for a task, if there is one."""
         memory = self._tasks.get(task_id)
         if memory is None or memory.stalled:
             return None
-        return estimate_eta(memory, memory.info, now)
+        return estimate_eta(memory.history, memory.info, now)
 
     def restore(self, memories: Iterable[TaskMemory]) -> None:
         """Start from memories stored by an earlier run (nothing is re-announced)."""
@@ -160,14 +162,14 @@ class Tracker:
         """Drop tasks that are no longer watched."""
         for task_id in task_ids:
             memory = self._tasks.pop(task_id, None)
-            if memory is not None:
-                self._state_counts[state_name(memory)] -= 1
+            if memory is None:
+                continue
+            self._state_counts[state_name(memory)] -= 1
+            if task_id in self._told:
                 self._changed.add(task_id)
+            else:  # the reader never heard of it: nothing to take back
+                self._changed.discard(task_id)
 
     def _count(self, events: list[Event]) -> None:
         for event in events:
             self.event_counts[event.type] += 1
-
-
-def _gone(memory: TaskMemory, now: datetime) -> TaskMemory:
-    return replace(memory, gone=True, gone_since=now, stalled=False)

@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -255,7 +255,7 @@ class Peers:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._closers: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._thread = threading.Thread(target=self.loop.run_forever, name="e2e-peers")
         self._thread.start()
 
@@ -440,10 +440,19 @@ class Batchmon:
     reads the log lines of every run so far, or of the current one.
     """
 
-    def __init__(self, config: Path, workdir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        open_files: int | None = None,
+    ) -> None:
         self.config = config
         self.workdir = workdir
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        #: RLIMIT_NOFILE of the process (as a unit's LimitNOFILE=); ``None``: this one's.
+        self.open_files = open_files
         self.process: subprocess.Popen[bytes] | None = None
         self.runs: list[tuple[Path, Path]] = []
 
@@ -454,9 +463,17 @@ class Batchmon:
         out, err = self.workdir / f"run{number}.out", self.workdir / f"run{number}.err"
         self.runs.append((out, err))
         command = [*BATCHMON, *(args or ("run", "--config", str(self.config)))]
+        if self.open_files is not None:
+            # prlimit (util-linux) sets the limit and execs: the pid is batchmon's.
+            prlimit = require_tool("util-linux", "prlimit")
+            command = [prlimit, f"--nofile={self.open_files}:{self.open_files}", "--", *command]
         with out.open("wb") as stdout, err.open("wb") as stderr:
             self.process = subprocess.Popen(
-                command, stdout=stdout, stderr=stderr, cwd=self.workdir, env=self.env
+                command,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=self.workdir,
+                env=self.env,
             )
         return self
 
@@ -550,6 +567,7 @@ def _launch(tmp_path: Path) -> Iterator[Callable[..., Batchmon]]:
         name: str = "batchmon",
         env: Mapping[str, str] | None = None,
         start: bool = True,
+        open_files: int | None = None,
     ) -> Batchmon:
         workdir = tmp_path / name
         workdir.mkdir(exist_ok=True)
@@ -558,7 +576,7 @@ def _launch(tmp_path: Path) -> Iterator[Callable[..., Batchmon]]:
         else:
             path = workdir / "batchmon.toml"
             path.write_text(toml_dumps(config))
-        process = Batchmon(path, workdir, env)
+        process = Batchmon(path, workdir, env, open_files=open_files)
         started.append(process)
         return process.start() if start else process
 

@@ -530,7 +530,8 @@ class TestDelivery:
                 key = next(k for k, v in chain.ids.items() if str(v) == task)
                 assert NAMES[key] in payload["text"]
             context = payload["blocks"][-1]["elements"][0]["text"]
-            assert f"<{chain.public_url}|Status page>" in context
+            link = f"{chain.public_url}tasks/{task}" if task else chain.public_url
+            assert f"<{link}|Status page>" in context
 
     def test_the_refused_slack_post_was_retried(self, chain: ChainRun) -> None:
         """The third post was answered 503; the same message went again and was taken."""

@@ -71,8 +71,8 @@ class Life:
     def last_kind(self) -> str:
         return "task.failed" if self.fails else "task.succeeded"
 
-    @property
     def done(self) -> bool:
+        """A method, not a property: it changes as ``step`` moves within one loop turn."""
         return self.step == len(STEPS)
 
 
@@ -107,11 +107,11 @@ def driver(
     async def drive() -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        while not all(life.done for life in lives):
+        while not all(life.done() for life in lives):
             now = loop.time()
             seen = deliveries.update()
             for life in lives:
-                if life.done:
+                if life.done():
                     continue
                 if life.step == -1:
                     if now - start >= life.appear_at:
@@ -125,7 +125,7 @@ def driver(
                 if not life.lockstep:
                     life.next_at = now + rng.uniform(0.3, 1.5)
                 life.step += 1
-                if life.done:
+                if life.done():
                     state = BatchTaskState.FAILED if life.fails else BatchTaskState.SUCCEEDED
                     simulator.set_task(life.task_id, state=state, progress=100, result="done")
                 else:
@@ -214,7 +214,12 @@ class TestKillNine:
         for hit in hits:
             event = hit.json()
             task = event["data"]["task"] or {}
-            key = (task.get("id"), event["type"], task.get("state"), task.get("progress"))
+            key: tuple[Any, ...] = (
+                task.get("id"),
+                event["type"],
+                task.get("state"),
+                task.get("progress"),
+            )
             if event["type"].endswith("discovered"):
                 key = (task.get("id"), event["type"])
             ids_by_transition[key].add(hit.headers["webhook-id"])

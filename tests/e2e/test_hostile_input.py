@@ -27,11 +27,12 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from monitor.cli import main
 from monitor.config import (
-    AuthConfig,
+    AUTH_TYPES,
+    SINK_TYPES,
     Config,
     ConfigError,
     DiscoverRule,
@@ -46,6 +47,7 @@ from monitor.config import (
     parse_config,
     parse_duration,
 )
+from monitor.config.sinks import WebhookSinkConfig
 from monitor.retry import MAX_RETRY_AFTER, parse_retry_after
 from monitor.sinks.alertmanager import alerts_for
 from monitor.sinks.factory import SinkContext, build_sink
@@ -134,13 +136,15 @@ task_bodies = st.fixed_dictionaries(
 MESSAGE_SINKS: list[tuple[str, HttpSink]] = []
 for _kind, _host, _escaping, _, _plain in FORMATS:
     _sink = build_sink(
-        SinkConfig.model_validate({"name": "ops", "type": _kind, "url": f"http://{_host}/hook"}),
+        TypeAdapter(SinkConfig).validate_python(
+            {"name": "ops", "type": _kind, "url": f"http://{_host}/hook"}
+        ),
         SinkContext(None, status_url="https://batchmon.example.com/"),  # type: ignore[arg-type]
     )
     assert isinstance(_sink, HttpSink)
     MESSAGE_SINKS.append((_escaping, _sink))
 _webhook = build_sink(
-    SinkConfig.model_validate(
+    WebhookSinkConfig.model_validate(
         {"name": "hook", "type": "webhook", "url": "http://127.0.0.1/h", "template": "{{ title }}"}
     ),
     SinkContext(None, status_url=None),  # type: ignore[arg-type]
@@ -214,16 +218,17 @@ class TestTaskBodies:
 
 # --- configurations -----------------------------------------------------------------------------
 
-SECTIONS: dict[str, type[BaseModel]] = {
-    "superoffice": SuperOfficeConfig,
-    "superoffice.auth": AuthConfig,
-    "watch": WatchConfig,
-    "poll": PollConfig,
-    "state": StateConfig,
-    "http": HttpConfig,
-    "log": LogConfig,
-    "sinks": SinkConfig,
-    "watch.discover": DiscoverRule,
+#: Each section's models: one, or one per ``type`` of a union.
+SECTIONS: dict[str, tuple[type[BaseModel], ...]] = {
+    "superoffice": (SuperOfficeConfig,),
+    "superoffice.auth": tuple(AUTH_TYPES.values()),
+    "watch": (WatchConfig,),
+    "poll": (PollConfig,),
+    "state": (StateConfig,),
+    "http": (HttpConfig,),
+    "log": (LogConfig,),
+    "sinks": tuple(SINK_TYPES.values()),
+    "watch.discover": (DiscoverRule,),
 }
 MINIMAL: dict[str, Any] = {
     "superoffice": {
@@ -233,10 +238,12 @@ MINIMAL: dict[str, Any] = {
 }
 
 
-def _keys(model: type[BaseModel]) -> list[str]:
-    keys = set(model.model_fields)
-    for secret in getattr(model, "_secrets", ()):
-        keys |= {f"{secret}_file", f"{secret}_env"}
+def _keys(models: tuple[type[BaseModel], ...]) -> list[str]:
+    keys: set[str] = set()
+    for model in models:
+        keys |= set(model.model_fields)
+        for secret in getattr(model, "_secrets", ()):
+            keys |= {f"{secret}_file", f"{secret}_env"}
     return sorted(keys)
 
 
@@ -298,7 +305,7 @@ def _apply(changes: list[tuple[str, str, object]]) -> dict[str, Any]:
 
     A change under a section an earlier change replaced by a non-table is left out.
     """
-    data = json.loads(json.dumps(MINIMAL))
+    data: dict[str, Any] = json.loads(json.dumps(MINIMAL))
     for section, key, value in changes:
         if section == "sinks":
             sinks = data.setdefault("sinks", [{"name": "s", "type": "log"}])

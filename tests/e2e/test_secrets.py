@@ -301,15 +301,15 @@ def _collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collected]:
         peers.call(simulator.set_task, task.id, state=BatchTaskState.FAILED, result="Failed")
         basic = processes[0]
         for sink in ("slack", "teams", "discord", "googlechat", "webhook", "am"):
-            basic.wait_for(
-                lambda line, s=sink: (
-                    line.get("sink") == s
-                    and line.get("event")
-                    in {"delivery_failed", "delivery_given_up", "alertmanager_resend_failed"}
-                ),
-                30,
-                f"a failed delivery to {sink}",
-            )
+
+            def failed(line: dict[str, Any], s: str = sink) -> bool:
+                return line.get("sink") == s and line.get("event") in {
+                    "delivery_failed",
+                    "delivery_given_up",
+                    "alertmanager_resend_failed",
+                }
+
+            basic.wait_for(failed, 30, f"a failed delivery to {sink}")
         for name in ("wrong-password", "api-echo", "oauth-echo"):
             processes[list(configs).index(name)].wait_for(
                 lambda line: line.get("event") == "monitor.auth_failed", 30, f"{name} refused"

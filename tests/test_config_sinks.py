@@ -1,0 +1,188 @@
+"""``[[sinks]]``: names, filters, each sink type and its keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import parse_config
+from monitor.config.sinks import SINK_TYPES, UrlSinkConfig, WebhookSinkConfig
+from tests.config_helpers import (
+    clean_environment,  # noqa: F401 - autouse fixture
+    problems,
+    with_,
+)
+
+
+class TestSinks:
+    """Sinks are named uniquely and filter only on things that exist."""
+
+    def test_filters(self) -> None:
+        """events, names and ids are kept as given."""
+        sink = {
+            "name": "ops.chat_1",
+            "type": "log",
+            "events": ["task.failed", "monitor.*"],
+            "names": ["Export*"],
+            "ids": [212],
+        }
+
+        (config_sink,) = parse_config(with_("sinks", [sink]), base_dir=Path()).sinks
+
+        assert config_sink.events == ["task.failed", "monitor.*"]
+        assert (config_sink.names, config_sink.ids) == (["Export*"], [212])
+
+    def test_duplicate_names(self) -> None:
+        """Every repeat of a name is reported at its own index."""
+        sinks = [{"name": name, "type": "log"} for name in ("ops", "audit", "ops", "ops")]
+
+        assert problems(with_("sinks", sinks)) == [
+            "sinks[2].name: duplicate sink name 'ops'",
+            "sinks[3].name: duplicate sink name 'ops'",
+        ]
+
+    @pytest.mark.parametrize(
+        ("sink", "expected"),
+        [
+            ({"name": "", "type": "log"}, "sinks[0].name: use only letters, digits"),
+            ({"name": "my sink", "type": "log"}, "sinks[0].name: use only letters, digits"),
+            ({"type": "log"}, "sinks[0].name: required, but not given"),
+            ({"name": "a"}, 'sinks["a"].type: required, but not given'),
+            (
+                {"name": "a", "type": "sms"},
+                (
+                    "sinks[\"a\"].type: must be 'log', 'webhook', 'slack', 'teams', 'discord', "
+                    "'mattermost', 'googlechat' or 'alertmanager', got 'sms'"
+                ),
+            ),
+            (
+                {"name": "a", "type": "log", "events": ["task.faild"]},
+                "sinks[\"a\"].events[0]: unknown event type 'task.faild' (did you mean 'task.failed'?)",
+            ),
+            (
+                {"name": "a", "type": "log", "events": ["task.*", "jobs.*"]},
+                "sinks[\"a\"].events[1]: 'jobs.*' matches no event type",
+            ),
+            ({"name": "a", "type": "log", "events": []}, 'sinks["a"].events: must not be empty'),
+            ({"name": "a", "type": "log", "names": []}, 'sinks["a"].names: must not be empty'),
+            ({"name": "a", "type": "log", "ids": []}, 'sinks["a"].ids: must not be empty'),
+            (
+                {"name": "a", "type": "log", "ids": [-1]},
+                'sinks["a"].ids[0]: must be greater than 0',
+            ),
+        ],
+    )
+    def test_refused(self, sink: dict[str, object], expected: str) -> None:
+        """A sink that could not work as written is refused at its path."""
+        (problem,) = problems(with_("sinks", [sink]))
+
+        assert problem.startswith(expected)
+
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes of base64
+
+
+class TestSinkTypes:
+    """Every sink type, its required URL and the keys only some types take."""
+
+    def test_every_type_but_log_posts_to_a_url(self) -> None:
+        """The URL types are the models under UrlSinkConfig: all but ``log``."""
+        local = {kind for kind, model in SINK_TYPES.items() if not issubclass(model, UrlSinkConfig)}
+        assert {"log"} == local
+
+    @pytest.mark.parametrize("kind", sorted(SINK_TYPES.keys() - {"log"}))
+    def test_url_types(self, kind: str) -> None:
+        """Each URL sink type loads with a URL and is refused without one."""
+        config = parse_config(
+            with_("sinks", [{"name": "a", "type": kind, "url": "https://hooks.example.com/x"}]),
+            base_dir=Path("/nonexistent"),
+        )
+
+        assert isinstance(config.sinks[0], UrlSinkConfig)
+        assert problems(with_("sinks", [{"name": "a", "type": kind}])) == [
+            f'sinks["a"].url: required for sink type {kind!r} (give url, url_file or url_env)'
+        ]
+
+    def test_bad_url_is_not_echoed(self) -> None:
+        """A malformed webhook URL is refused without showing it (it is a credential)."""
+        found = problems(with_("sinks", [{"name": "a", "type": "slack", "url": "marker-77"}]))
+
+        assert found == ['sinks["a"].url: expected an http(s) URL']
+
+    @pytest.mark.parametrize(
+        ("sink", "expected"),
+        [
+            (
+                {"type": "log", "url": "https://x.example"},
+                "sinks[\"a\"].url: not used by sink type 'log'",
+            ),
+            (
+                {"type": "slack", "url": "https://x.example", "secret": SECRET},
+                "sinks[\"a\"].secret: not used by sink type 'slack'",
+            ),
+            (
+                {"type": "webhook", "url": "https://x.example", "secret": "hunter2"},
+                "sinks[\"a\"].secret: expected 'whsec_' followed by base64 (24 to 64 bytes)",
+            ),
+            (
+                {"type": "log", "template": "x"},
+                "sinks[\"a\"].template: not used by sink type 'log'",
+            ),
+            (
+                {"type": "slack", "url": "https://x.example", "template": "{{ event.type "},
+                (
+                    'sinks["a"].template: template line 1: unexpected end of template, '
+                    "expected 'end of print statement'."
+                ),
+            ),
+            (
+                {"type": "alertmanager", "url": "http://am:9093", "remind_every": "1h"},
+                "sinks[\"a\"].remind_every: not used by sink type 'alertmanager'",
+            ),
+            (
+                {"type": "log", "rate": "fast"},
+                "sinks[\"a\"].rate: expected a rate like '1/s', '5/2s' or '30/1m', got 'fast'",
+            ),
+        ],
+    )
+    def test_refused(self, sink: dict[str, object], expected: str) -> None:
+        """Keys another type uses, and malformed values, are refused by path."""
+        assert problems(with_("sinks", [{"name": "a", **sink}])) == [expected]
+
+    @pytest.mark.parametrize(
+        ("rate", "per_second"),
+        [("1/s", 1.0), ("5/2s", 2.5), ("30/m", 0.5), ("30/1m", 0.5), (4, 4.0), ("120/1h", 1 / 30)],
+    )
+    def test_rates(self, rate: object, per_second: float) -> None:
+        """Rates are read as events per second."""
+        config = parse_config(
+            with_("sinks", [{"name": "a", "type": "log", "rate": rate}]),
+            base_dir=Path("/nonexistent"),
+        )
+
+        assert config.sinks[0].rate == pytest.approx(per_second)
+
+    def test_webhook_with_secret_and_options(self) -> None:
+        """A signed webhook with a template, rate and reminders loads."""
+        sink = {
+            "name": "hook",
+            "type": "webhook",
+            "url": "https://receiver.example/batchmon",
+            "secret": SECRET,
+            "template": "{{ event.type }}",
+            "rate": "10/s",
+            "remind_every": "4h",
+        }
+        config = parse_config(with_("sinks", [sink]), base_dir=Path("/nonexistent"))
+
+        [entry] = config.sinks
+        assert isinstance(entry, WebhookSinkConfig)
+        assert (10.0, 14400.0) == (entry.rate, entry.remind_every)
+        assert "whsec_" not in repr(config)
+
+    def test_public_url(self) -> None:
+        """http.public_url must be an absolute http(s) URL."""
+        assert problems(with_("http.public_url", "batchmon.local")) == [
+            "http.public_url: expected an absolute http(s) URL, e.g. 'https://batchmon.example.com/'"
+        ]
