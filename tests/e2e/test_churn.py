@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor.polling.schedule import SWEEP_EVERY
 from monitor.simulator import Scenario, Simulator
 from monitor.superoffice.models import BatchTaskState
 from tests.e2e.conftest import Batchmon, Peers, Receiver, base_config, http, rss_kib
@@ -49,8 +50,8 @@ DELETE_AFTER = 6.0
 #: Longer than a task's whole life (12 s), so a task is forgotten only once its deletion was
 #: seen; short enough that the forgetting comes within the run (the default is a day).
 FORGET_AFTER = 20.0
-#: The poller looks for tasks to forget this often (``monitor.poller._SWEEP_EVERY``).
-SWEEP = 60.0
+#: The poller looks for tasks to forget this often.
+SWEEP = SWEEP_EVERY
 #: The default ``[poll] interval`` and the rule's ``every``.
 INTERVAL = 5.0
 #: SQLite reuses its write-ahead log from the start after each checkpoint, so the log holds
