@@ -924,3 +924,46 @@ class TestOnline:
         """A system user without a tenant to log in to is refused at construction."""
         with pytest.raises(ValueError, match="tenant"):
             Simulator(system_user=SystemUserApp(public_key=app_key.public_key()))
+
+
+class TestChurn:
+    def test_batches_of_short_tasks_run_their_course(self) -> None:
+        """Each batch appears at its time, runs New→Started→its end, and is deleted after."""
+        scenario = Scenario.churn(
+            start=START, every=2, batch=3, until=4, fail_ratio=0.5, delete_after=6, seed=3
+        )
+        ids = scenario.task_ids
+        tasks: dict[int, SimTask] = {}
+
+        scenario.apply(tasks, START + timedelta(seconds=0.5))
+        assert sorted(tasks) == list(ids[:3])
+        assert {BatchTaskState.NEW} == {task.state for task in tasks.values()}
+        assert 9 == len(ids)
+        for task_id in ids:
+            (created, new), (started, run), (ended, end), (deleted, gone) = scenario.timeline(
+                task_id
+            )
+            assert (new, run, gone) == (BatchTaskState.NEW, BatchTaskState.STARTED, None)
+            assert end in {BatchTaskState.FAILED, BatchTaskState.SUCCEEDED}
+            assert created == 2 * (ids.index(task_id) // 3)
+            assert 1 <= started - created <= 2
+            assert 3 <= ended - started <= 8
+            assert 6 == pytest.approx(deleted - ended)
+            for at, state in scenario.timeline(task_id):
+                scenario.apply(tasks, START + timedelta(seconds=at + 0.01))
+                shown = None if tasks[task_id].deleted else tasks[task_id].state
+                assert state == shown
+        finals = [scenario.timeline(task_id)[2][1] for task_id in ids]
+        assert {BatchTaskState.FAILED, BatchTaskState.SUCCEEDED} == set(finals)
+        assert all(
+            tasks[i].result.startswith("Failed: ")
+            for i in ids
+            if tasks[i].state == BatchTaskState.FAILED
+        )
+
+    def test_refuses_a_stream_that_cannot_run(self) -> None:
+        """A batch needs a positive period and size, and a ratio within 0..1."""
+        with pytest.raises(ValueError, match="every"):
+            Scenario.churn(start=START, every=0, batch=1, until=1)
+        with pytest.raises(ValueError, match="fail_ratio"):
+            Scenario.churn(start=START, every=1, batch=1, until=1, fail_ratio=2)

@@ -339,6 +339,7 @@ class Scenario:
         self.speed = speed
         self.loop = loop
         self._scripts = tuple(scripts)
+        self._ids = tuple(script.task_id for script in self._scripts)
         self._first = min((script.frames[0].at for script in self._scripts), default=0.0)
         last = max((script.frames[-1].at for script in self._scripts), default=0.0)
         #: Scenario seconds from one start of the story to the next (with ``loop``).
@@ -378,10 +379,91 @@ class Scenario:
             )
         return cls(scripts, start=start, speed=speed, loop=loop)
 
+    @classmethod
+    def churn(
+        cls,
+        *,
+        start: datetime,
+        every: float,
+        batch: int,
+        until: float,
+        queued: tuple[float, float] = (1.0, 2.0),
+        running: tuple[float, float] = (3.0, 8.0),
+        fail_ratio: float = 0.0,
+        delete_after: float | None = None,
+        seed: int = 1,
+    ) -> Scenario:
+        """A steady stream of short tasks, as a busy tenant makes them.
+
+        ``batch`` tasks are created every ``every`` seconds from 0 until ``until``; each is
+        New for a time drawn from ``queued``, Started for one drawn from ``running``, then
+        Failed (a ``fail_ratio`` of them, seeded) or Succeeded, and deleted ``delete_after``
+        seconds after it ended (SuperOffice's clean-up; ``None``: kept).  Its
+        :meth:`timeline` says what each task did, so a test knows what it should have seen.
+        """
+        if every <= 0 or batch < 1 or until < 0:
+            msg = f"churn needs every > 0, batch >= 1, until >= 0; got {every}, {batch}, {until}"
+            raise ValueError(msg)
+        if not 0.0 <= fail_ratio <= 1.0:
+            msg = f"fail_ratio must be within 0..1, got {fail_ratio}"
+            raise ValueError(msg)
+        rng = random.Random(seed)  # noqa: S311 - a simulation: the seed must reproduce it
+        scripts = []
+        rounds = int(until // every) + 1
+        for index in range(rounds * batch):
+            job = _JOBS[index % len(_JOBS)]
+            n = _SCENARIO_FIRST_ID + index
+            appear = (index // batch) * every
+            started = appear + rng.uniform(*queued)
+            ended = started + rng.uniform(*running)
+            failed = rng.random() < fail_ratio
+            run = _Frame(
+                started,
+                BatchTaskState.STARTED,
+                0,
+                job.preparing.format(n=n),
+                started_at=started,
+                start_count=1,
+            )
+            end = replace(
+                run,
+                at=ended,
+                state=BatchTaskState.FAILED if failed else BatchTaskState.SUCCEEDED,
+                progress=run.progress if failed else 100,
+                result=job.errors[0].format(n=n) if failed else "Completed successfully",
+            )
+            frames = [_Frame(appear, BatchTaskState.NEW), run, end]
+            if delete_after is not None:
+                frames.append(replace(end, at=ended + delete_after, deleted=True))
+            scripts.append(
+                _Script(
+                    task_id=n,
+                    name=job.name.format(month=f"{start:%B}"),
+                    associate_id=0 if job.system else _USER_ASSOCIATES[index % 4],
+                    description=job.description.format(n=n),
+                    request=job.request,
+                    context=job.context,
+                    cancellation=job.cancellation,
+                    parameters={},
+                    frames=tuple(frames),
+                )
+            )
+        return cls(scripts, start=start)
+
     @property
     def task_ids(self) -> tuple[int, ...]:
         """The ids this scenario drives."""
-        return tuple(script.task_id for script in self._scripts)
+        return self._ids
+
+    def timeline(self, task_id: int) -> tuple[tuple[float, BatchTaskState | None], ...]:
+        """When a task entered each state, in seconds after the start; ``None``: deleted."""
+        script = next(script for script in self._scripts if script.task_id == task_id)
+        changes: list[tuple[float, BatchTaskState | None]] = []
+        for frame in script.frames:
+            state = None if frame.deleted else frame.state
+            if not changes or changes[-1][1] != state:
+                changes.append((frame.at / self.speed, state))
+        return tuple(changes)
 
     def apply(self, tasks: dict[int, SimTask], now: datetime) -> None:
         """Advance every scenario task in ``tasks`` to its state at ``now``."""
