@@ -8,31 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import aiohttp
-
 from monitor.config import SinkConfig
+from monitor.delivery.dispatcher import Subscription
 from monitor.sinks.alertmanager import AlertmanagerSink
-from monitor.sinks.base import Route, Sink
+from monitor.sinks.base import Route
+from monitor.sinks.context import SinkContext
 from monitor.sinks.discord import DiscordSink
-from monitor.sinks.dispatcher import Subscription
 from monitor.sinks.googlechat import GoogleChatSink
 from monitor.sinks.log import LogSink
 from monitor.sinks.mattermost import MattermostSink
 from monitor.sinks.slack import SlackSink
 from monitor.sinks.teams import TeamsSink
 from monitor.sinks.webhook import WebhookSink
+from monitor.types import Sink
 
-__all__ = ["BUILDERS", "SinkContext", "build_sink", "subscriptions_from"]
-
-
-class SinkContext:
-    """What every sink may need besides its own config."""
-
-    def __init__(self, session: aiohttp.ClientSession, *, status_url: str | None) -> None:
-        #: The one HTTP session of all sinks.
-        self.session = session
-        #: The status page's public URL, for links in messages (``http.public_url``).
-        self.status_url = status_url
+__all__ = ["BUILDERS", "build_sink", "subscriptions_from"]
 
 
 #: How to build each sink type.
