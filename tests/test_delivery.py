@@ -558,6 +558,22 @@ class TestDynamicLanes:
             ]
         assert {} == await store.pending_counts()
 
+    async def test_a_stop_mid_send_leaves_the_delivery_to_the_drain(
+        self, store: SqliteStore
+    ) -> None:
+        """Stopped while a send hangs: the shutdown drain sends it and the task's next, once."""
+        sink = Gate("ops")
+        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=2)], store)
+        events = story(1)[:2]
+        async with dispatching(dispatcher):
+            await dispatcher.commit(events)
+            await until(lambda: sink.holding == 1)
+        sink.opened.set()
+        await dispatcher.drain()
+
+        assert [e.id for e in events] == [e.id for e in sink.received]
+        assert {} == await store.pending_counts()
+
     async def test_news_reaches_an_idle_worker(self, store: SqliteStore) -> None:
         """Workers that found nothing wait; each commit wakes one, and the events go out."""
         sink = Destination("ops")

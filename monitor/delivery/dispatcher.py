@@ -256,27 +256,33 @@ class Dispatcher:
         name = subscription.sink.name
         lanes = self._lanes[name]
         done: list[int] = []
-        unsent: list[int] = []
+        claimed: Delivery | None = None  # claimed and not settled yet
+        tried = False
         try:
             while True:
                 news = lanes.news
                 claim = await self._claim(name, done)
                 done = []
-                row = claim.delivery
-                if row is None:
+                claimed, tried = claim.delivery, False
+                if claimed is None:
                     if lanes.news == news:  # else news came while the store was asked
                         await self._idle(lanes, claim.due_at)
                     continue
                 if claim.more:
                     lanes.wake()
-                unsent = [row.seq]
                 if limiter is not None:
                     await limiter.acquire()
-                unsent = []
-                if await self._attempt(subscription, row):
-                    done = [row.seq]
+                tried = True
+                if await self._attempt(subscription, claimed):
+                    done = [claimed.seq]
+                claimed = None
         finally:
-            await self._finish(done, unsent)
+            with anyio.CancelScope(shield=True):
+                await self._finish(done, [claimed.seq] if claimed and not tried else ())
+                if claimed is not None and tried:  # stopped while sending: due again at once
+                    await self._store.retry_later(
+                        claimed.seq, claimed.next_attempt, "interrupted by a stop"
+                    )
 
     async def _idle(self, lanes: Lanes, due_at: float | None) -> None:
         """Wait until woken, or until ``due_at`` (epoch seconds) when a retry is due."""
