@@ -22,10 +22,10 @@ from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.delivery.dispatcher import Dispatcher
 from monitor.delivery.sqlite import SqliteStore
+from monitor.delivery.subscriptions import subscriptions_from
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.poller import Poller, Shard, rule_matches, utc_now
 from monitor.sinks.context import SinkContext
-from monitor.sinks.factory import subscriptions_from
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
 from monitor.systemd import Notifier, watchdog_loop

@@ -6,12 +6,10 @@ destination family, made at start-up by the daemon).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from monitor.config import SinkConfig
-from monitor.delivery.dispatcher import Subscription
 from monitor.sinks.alertmanager import AlertmanagerSink
-from monitor.sinks.base import Route
 from monitor.sinks.context import SinkContext
 from monitor.sinks.discord import DiscordSink
 from monitor.sinks.googlechat import GoogleChatSink
@@ -22,7 +20,7 @@ from monitor.sinks.teams import TeamsSink
 from monitor.sinks.webhook import WebhookSink
 from monitor.types import Sink
 
-__all__ = ["BUILDERS", "build_sink", "subscriptions_from"]
+__all__ = ["BUILDERS", "build_sink"]
 
 
 #: How to build each sink type.
@@ -43,20 +41,3 @@ BUILDERS: dict[str, Callable[[SinkConfig, SinkContext], Sink]] = {
 def build_sink(config: SinkConfig, context: SinkContext) -> Sink:
     """The sink a validated ``[[sinks]]`` entry describes."""
     return BUILDERS[config.type](config, context)
-
-
-def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> list[Subscription]:
-    """A sink and its route for each ``[[sinks]]`` entry."""
-    subscriptions = []
-    for config in sinks:
-        sink = build_sink(config, context)
-        subscriptions.append(
-            Subscription(
-                sink=sink,
-                route=Route(events=config.events, names=config.names, ids=config.ids),
-                rate=config.rate if config.rate is not None else sink.default_rate,
-                lanes=config.concurrency or sink.default_concurrency,
-                remind_every=config.remind_every,
-            )
-        )
-    return subscriptions
