@@ -47,14 +47,15 @@ from monitor.console import (
     status_view,
 )
 from monitor.daemon import Daemon, freeze_startup_objects
+from monitor.delivery.outbox import StoreError
 from monitor.logs import configure_logging
 from monitor.polling import Shard
 from monitor.simulator import Scenario, Simulator
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.factory import SinkContext, build_sink
+from monitor.sinks.context import SinkContext
+from monitor.sinks.factory import build_sink
 from monitor.sinks.http import HttpSink
 from monitor.sinks.render import test_event
-from monitor.store import StoreError
 from monitor.text import visible
 
 __all__ = ["main"]

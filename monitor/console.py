@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -45,6 +45,7 @@ from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.text import visible
 from monitor.tracking.memory import GONE, Rules
 from monitor.tracking.tracker import Tracker
+from monitor.types import TaskSource
 
 __all__ = [
     "ApiSource",
@@ -347,14 +348,6 @@ def status_view(report: StatusReport, now: datetime) -> Group:
 
 
 # --- following one task ---------------------------------------------------------------------
-
-
-class TaskSource(Protocol):
-    """Where ``watch`` reads a task from."""
-
-    async def read(self) -> TaskView:
-        """The task now; :class:`SourceError` when there is no answer."""
-        ...
 
 
 class DaemonSource:

@@ -20,12 +20,12 @@ import structlog
 
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
+from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.sqlite import SqliteStore
+from monitor.delivery.subscriptions import subscriptions_from
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.polling import Poller, Shard, rule_matches, utc_now
-from monitor.sinks.base import RestorableSink
-from monitor.sinks.dispatcher import Dispatcher
-from monitor.sinks.factory import SinkContext, subscriptions_from
-from monitor.store import Store
+from monitor.sinks.context import SinkContext
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
 from monitor.systemd import Notifier, watchdog_loop
@@ -33,6 +33,7 @@ from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
 from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
+from monitor.types import DeliveryStore, RestorableSink
 from monitor.web import WatchLimitReachedError, WebState, make_app, serve
 
 __all__ = ["Daemon", "RuntimeWatches", "freeze_startup_objects", "rules_from"]
@@ -73,7 +74,7 @@ class RuntimeWatches:
     """Watches added and removed over the HTTP API, persisted in the store."""
 
     def __init__(
-        self, poller: Poller, store: Store, configured: Iterable[int], limit: int = 1000
+        self, poller: Poller, store: DeliveryStore, configured: Iterable[int], limit: int = 1000
     ) -> None:
         self._poller = poller
         self._store = store
@@ -160,7 +161,7 @@ class Daemon:
     ) -> None:
         """Run until cancelled; ``task_status.started(port)`` once polling runs."""
         path = self.config.state.resolved_path
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         try:
             started = False
             while True:
@@ -200,7 +201,7 @@ class Daemon:
             self._notifier.status(self._status())
             await anyio.sleep(STATUS_EVERY)
 
-    async def _restore(self, store: Store) -> tuple[list[int], list[int]]:
+    async def _restore(self, store: DeliveryStore) -> tuple[list[int], list[int]]:
         """The tracker's memory from the last run; the ids to watch for good, and the
         remembered tasks to poll again.
 
@@ -231,12 +232,12 @@ class Daemon:
             log.info("state_restored", tasks=len(stored) - len(unwatched), forgotten=len(unwatched))
         return pinned, again
 
-    async def _forget(self, store: Store, task_ids: Sequence[int]) -> None:
+    async def _forget(self, store: DeliveryStore, task_ids: Sequence[int]) -> None:
         """Drop forgotten tasks from the store and the task pages' progress samples."""
         self.samples.forget(task_ids)
         await store.forget_tasks(task_ids)
 
-    async def _serve(self, store: Store, task_status: anyio.abc.TaskStatus[int]) -> None:
+    async def _serve(self, store: DeliveryStore, task_status: anyio.abc.TaskStatus[int]) -> None:
         config = self.config
         so = config.superoffice
         pinned, again = await self._restore(store)

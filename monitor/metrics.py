@@ -22,7 +22,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor import __version__
-from monitor.sinks.dispatcher import Dispatcher
+from monitor.delivery.dispatcher import Dispatcher
 from monitor.superoffice.client import RequestStats
 from monitor.task_metrics import STATES
 from monitor.tracking.events import EMITTED

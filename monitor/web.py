@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import anyio
 from aiohttp import hdrs, web
@@ -39,7 +39,6 @@ from monitor.http_listener import (
     track_requests,
 )
 from monitor.polling import Poller
-from monitor.store import Store
 from monitor.task_list import (
     DEFAULT_LIMIT,
     KNOWN_STATES,
@@ -55,11 +54,11 @@ from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import TaskMemory, state_name
 from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
+from monitor.types import DeliveryStore, Watches
 
 __all__ = [
     "MAX_TASK_ID",
     "WatchLimitReachedError",
-    "Watches",
     "WebState",
     "make_app",
     "parse_task_id",
@@ -76,24 +75,6 @@ class WatchLimitReachedError(Exception):
     """No more tasks may be watched at run time (``http.max_watches``); says so in a sentence."""
 
 
-class Watches(Protocol):
-    """Changes the set of watched tasks at run time (persisted by the daemon)."""
-
-    async def add(self, task_id: int) -> bool:
-        """Watch a task; ``False`` if it already was.
-
-        Raises :class:`WatchLimitReachedError` when ``http.max_watches`` tasks are watched.
-        """
-        ...
-
-    async def remove(self, task_id: int) -> bool:
-        """Stop watching a task; ``False`` if it was not watched at run time.
-
-        Raises :class:`ValueError` for a task the configuration watches.
-        """
-        ...
-
-
 @dataclass(frozen=True, slots=True)
 class WebState:
     """What the HTTP handlers read."""
@@ -106,7 +87,7 @@ class WebState:
     clock: Callable[[], datetime]
     #: The loop is dead when no cycle ended for this long (seconds).
     stale_after: float
-    store: Store
+    store: DeliveryStore
     watches: Watches
     #: Bearer token for changing watches; ``None`` disables PUT/DELETE.
     api_token: str | None

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from monitor.config import Config, parse_config
-from monitor.store import Store
+from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 
@@ -134,9 +134,9 @@ async def _scripted() -> AsyncIterator[ScriptedServer]:
 
 
 @pytest.fixture(name="store")
-async def _store(tmp_path: Path) -> AsyncIterator[Store]:
+async def _store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     """A fresh state database in the test's temporary directory."""
-    store = await Store.open(tmp_path / "state.db")
+    store = await SqliteStore.open(tmp_path / "state.db")
     yield store
     await store.close()
 

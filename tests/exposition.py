@@ -7,8 +7,8 @@ from datetime import datetime
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from monitor.delivery.dispatcher import Dispatcher
 from monitor.metrics import BatchmonCollector, make_registry
-from monitor.sinks.dispatcher import Dispatcher
 from monitor.superoffice.client import RequestStats
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.health import ApiHealth

@@ -30,7 +30,8 @@ from monitor.sinks.alertmanager import (
     alerts_for,
 )
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.factory import SinkContext, build_sink
+from monitor.sinks.context import SinkContext
+from monitor.sinks.factory import build_sink
 from monitor.sinks.render import escape_plain
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import EndReason, Event, EventType, TaskSummary, event_id

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from monitor.sinks.dispatcher import Dispatcher
+from monitor.delivery.dispatcher import Dispatcher
 from monitor.superoffice.models import (
     BatchTaskInfo,
     BatchTaskState,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -19,11 +21,11 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from monitor.daemon import Daemon
+from monitor.delivery.dispatcher import Dispatcher, Subscription
+from monitor.delivery.sqlite import SqliteStore
 from monitor.simulator import Simulator
 from monitor.sinks.base import DeliveryError, Route
-from monitor.sinks.dispatcher import HANDED_MAX, Dispatcher, Subscription
 from monitor.sinks.webhook import WebhookSink
-from monitor.store import Store
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import Rules
@@ -55,6 +57,7 @@ class Destination:
     """A stand-in for a chat service: accepts, or refuses while ``refuse`` says so."""
 
     default_rate = math.inf
+    default_concurrency = 1
 
     def __init__(
         self, name: str, refuse: Callable[[Event], DeliveryError | None] = lambda _: None
@@ -89,6 +92,11 @@ async def until(condition: Callable[[], bool], within: float = 10) -> None:
             await anyio.sleep(0.005)
 
 
+def _cycled(daemon: Daemon, cycles: int) -> bool:
+    """Whether the daemon's poller ran ``cycles`` cycles."""
+    return daemon.poller is not None and daemon.poller.cycles >= cycles
+
+
 def story(task_id: int) -> list[Event]:
     """A task's events from discovery to failure, with progress in between."""
     return events_for(
@@ -103,7 +111,9 @@ def story(task_id: int) -> list[Event]:
 class TestOutage:
     """A destination that is away."""
 
-    async def test_sink_down_five_minutes_gets_everything_in_order(self, store: Store) -> None:
+    async def test_sink_down_five_minutes_gets_everything_in_order(
+        self, store: SqliteStore
+    ) -> None:
         """After five simulated minutes of refusals, every event arrives, in order per task."""
         time = VirtualTime()
         outage_ends = T0 + timedelta(minutes=5)
@@ -132,7 +142,7 @@ class TestOutage:
         )
         assert max(time.slept) <= 300, "backoff is capped"
 
-    async def test_retry_after_is_honoured(self, store: Store) -> None:
+    async def test_retry_after_is_honoured(self, store: SqliteStore) -> None:
         """A 429 asking for 30 s is not retried sooner."""
         time = VirtualTime()
         answers = [DeliveryError("HTTP 429", retry_after=30.0)]
@@ -144,7 +154,7 @@ class TestOutage:
 
         assert 30.0 <= sum(time.slept)
 
-    async def test_permanent_refusal_is_given_up_and_logged(self, store: Store) -> None:
+    async def test_permanent_refusal_is_given_up_and_logged(self, store: SqliteStore) -> None:
         """A 400 is not retried: counted, logged with the answer, and the next event goes out."""
         first, second = story(1)[:2]
 
@@ -168,7 +178,7 @@ class TestOutage:
         assert "HTTP 400: invalid_blocks" == given_up["error"]
         assert "rejected by the destination" == given_up["reason"]
 
-    async def test_too_old_is_given_up(self, store: Store) -> None:
+    async def test_too_old_is_given_up(self, store: SqliteStore) -> None:
         """A delivery still failing after max_age is abandoned, not kept forever."""
         time = VirtualTime()
         sink = Destination("ops", lambda _: DeliveryError("HTTP 502"))
@@ -186,7 +196,7 @@ class TestOutage:
         assert time.now - T0 > timedelta(hours=1)
         assert 0 == dispatcher.queued("ops")
 
-    async def test_a_dead_sink_delays_no_other(self, store: Store) -> None:
+    async def test_a_dead_sink_delays_no_other(self, store: SqliteStore) -> None:
         """While one sink refuses everything, another receives every event."""
         dead = Destination("dead", lambda _: DeliveryError("connection refused"))
         alive = Destination("alive")
@@ -200,7 +210,7 @@ class TestOutage:
         assert 4 == dispatcher.queued("dead")
         assert [] == dead.received
 
-    async def test_a_crashing_sink_is_retried_not_fatal(self, store: Store) -> None:
+    async def test_a_crashing_sink_is_retried_not_fatal(self, store: SqliteStore) -> None:
         """A bug in a sink (any exception) is logged and retried; the worker survives."""
         time = VirtualTime()
         crashes = [RuntimeError("bug")]
@@ -223,7 +233,7 @@ class TestOutage:
 class TestRouting:
     """Which sink gets what."""
 
-    async def test_routes_filter_deliveries(self, store: Store) -> None:
+    async def test_routes_filter_deliveries(self, store: SqliteStore) -> None:
         """A sink hears only the event types, ids and names its route names."""
         failures = Destination("failures")
         everything = Destination("everything")
@@ -244,7 +254,7 @@ class TestRouting:
 class TestShutdownAndRestart:
     """What the outbox does across a stop."""
 
-    async def test_drain_sends_what_is_due(self, store: Store) -> None:
+    async def test_drain_sends_what_is_due(self, store: SqliteStore) -> None:
         """At shutdown, due deliveries go out without waiting for the workers."""
         sink = Destination("ops")
         dispatcher = Dispatcher([Subscription(sink, Route())], store)
@@ -258,13 +268,13 @@ class TestShutdownAndRestart:
         """Events queued when the process stopped are delivered by the next one, same ids."""
         path = tmp_path / "state.db"
         events = story(1)
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         first = Dispatcher([Subscription(Destination("ops"), Route())], store)
         await first.start()
         await first.commit(events)
         await store.close()
 
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         sink = Destination("ops")
         second = Dispatcher([Subscription(sink, Route())], store)
         async with dispatching(second):
@@ -295,7 +305,7 @@ class TestDaemonRestart:
                 with capture_logs() as logs:
                     async with anyio.create_task_group() as group:
                         await group.start(daemon.run)
-                        await until(lambda d=daemon: d.poller is not None and d.poller.cycles >= 2)
+                        await until(partial(_cycled, daemon, 2))
                         group.cancel_scope.cancel()
                 runs.append([e["event"] for e in logs if str(e["event"]).startswith("task.")])
 
@@ -313,7 +323,7 @@ class TestReminders:
         time = VirtualTime()
         failed = story(1)[-1]
         conditions = [replace(failed, time=T0)]
-        store = await Store.open(tmp_path / "state.db")
+        store = await SqliteStore.open(tmp_path / "state.db")
         reminded = Destination("ops")
         quiet = Destination("quiet")
         subscriptions = [
@@ -329,7 +339,7 @@ class TestReminders:
             queued.append(dispatcher.queued("ops"))
         await store.close()
 
-        store = await Store.open(tmp_path / "state.db")
+        store = await SqliteStore.open(tmp_path / "state.db")
         again = Dispatcher(subscriptions, store, now=time, sleep=time.sleep)
         await again.start()
         time.now = T0 + timedelta(minutes=130)
@@ -351,7 +361,9 @@ class TestReminders:
         "ending",
         ["run again", "cleaned up", "forgotten"],
     )
-    async def test_reminders_stop_when_the_condition_ends(self, store: Store, ending: str) -> None:
+    async def test_reminders_stop_when_the_condition_ends(
+        self, store: SqliteStore, ending: str
+    ) -> None:
         """A failed task is reminded of hourly until its condition ends, then never again.
 
         It runs again or is cleaned up after the first reminder; or nothing happens and
@@ -383,7 +395,7 @@ class TestReminders:
         expected = [1, 1, 1, 1, 1, 1] if ending != "forgotten" else [1, 2, 2, 2, 2, 2]
         assert expected == reminded
 
-    async def test_only_failed_and_stalled(self, store: Store) -> None:
+    async def test_only_failed_and_stalled(self, store: SqliteStore) -> None:
         """Gone tasks and healthy ones are not reminded of."""
         time = VirtualTime()
         sink = Destination("ops")
@@ -404,7 +416,7 @@ class TestReminders:
 class TestStorm:
     """A real webhook receiver throttling hard."""
 
-    async def test_a_429_storm_is_waited_out(self, store: Store) -> None:
+    async def test_a_429_storm_is_waited_out(self, store: SqliteStore) -> None:
         """Under a burst of 429s with Retry-After, every event arrives once, in order, after the waits."""
         received: list[str] = []
         refusals = 6
@@ -443,7 +455,7 @@ class TestLanes:
     """Several deliveries at once, each task's in order, against a real slow receiver."""
 
     @pytest.mark.parametrize("lanes", [1, 4])
-    async def test_a_burst_goes_out_in_lanes(self, store: Store, lanes: int) -> None:
+    async def test_a_burst_goes_out_in_lanes(self, store: SqliteStore, lanes: int) -> None:
         """With N lanes up to N deliveries overlap; one task's events never do, nor reorder."""
         in_flight: dict[int, int] = {}
         most = 0
@@ -485,8 +497,8 @@ class TestLanes:
         assert lanes == most
         assert (32, 0) == (dispatcher.delivered["hook"], dispatcher.queued("hook"))
 
-    async def test_events_without_a_task_share_the_first_lane(self, store: Store) -> None:
-        """API health events (no task) are delivered, in order, by lane 0."""
+    async def test_events_without_a_task_keep_their_order(self, store: SqliteStore) -> None:
+        """API health events (no task) go out in order among themselves, as one task's do."""
         time = VirtualTime()
         sink = Destination("ops")
         dispatcher = Dispatcher(
@@ -503,91 +515,79 @@ class TestLanes:
         assert [down.id, up.id] == [e.id for e in sink.received if e.task_id is None]
 
 
-def reads_of_the_outbox(store: Store) -> list[str]:
-    """Record the statements that read a sink's next delivery from the store's database."""
-    statements: list[str] = []
-
-    def trace(statement: str) -> None:
-        if statement.startswith("SELECT seq, sink, event"):
-            statements.append(statement)
-
-    # What SQLite ran is the observable here: the connection is private to the store.
-    store._db.set_trace_callback(trace)
-    return statements
-
-
 class Gate:
-    """A destination that holds each send until the test lets it through."""
+    """A destination that holds each send of the ``held`` tasks until the test lets it through."""
 
     default_rate = math.inf
+    default_concurrency = 1
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, held: frozenset[int | None] | None = None) -> None:
         self.name = name
+        self.held = held
         self.received: list[Event] = []
         self.opened = anyio.Event()
+        self.holding = 0
 
     async def send(self, event: Event) -> None:
-        await self.opened.wait()
+        if self.held is None or event.task_id in self.held:
+            self.holding += 1
+            await self.opened.wait()
         self.received.append(event)
 
 
-class TestHandOver:
-    """A lane with nothing else queued gets new deliveries from the commit, not from a read."""
+class TestDynamicLanes:
+    """An idle worker takes the oldest delivery whose task has nothing in flight."""
 
-    async def test_an_idle_lane_is_handed_its_deliveries(self, store: Store) -> None:
-        """Once a lane ran dry, what is committed for it goes out without reading the outbox."""
-        sink = Destination("ops")
+    async def test_a_slow_task_holds_up_only_its_own_events(self, store: SqliteStore) -> None:
+        """Task 1's first event hangs: tasks 3 and 5 all go out meanwhile, task 1's after it."""
+        sink = Gate("ops", held=frozenset({1}))
         dispatcher = Dispatcher([Subscription(sink, Route(), lanes=2)], store)
-        first, *rest = story(1)
+        events = [*story(1), *story(3), *story(5)]
         async with dispatching(dispatcher):
-            await dispatcher.commit([first])
-            await until(lambda: len(sink.received) == 1)
-            await anyio.sleep(0.05)  # the worker found its lane empty and waits
-            reads = reads_of_the_outbox(store)
-            for event in rest:
-                await dispatcher.commit([event])
-            await until(lambda: len(sink.received) == 4)
-
-        assert [] == reads
-        assert [e.id for e in story(1)] == [e.id for e in sink.received]
-        assert {} == await store.outbox_counts()
-
-    async def test_a_busy_lane_keeps_its_order(self, store: Store) -> None:
-        """Deliveries handed while the lane sends go out after it, in order, with no read."""
-        sink = Gate("ops")
-        dispatcher = Dispatcher([Subscription(sink, Route())], store)
-        events = [*story(1), *story(2)]
-        async with dispatching(dispatcher):
-            await anyio.sleep(0.05)
-            reads = reads_of_the_outbox(store)
-            for event in events:
-                await dispatcher.commit([event])
-            sink.opened.set()
-            await until(lambda: len(sink.received) == 8)
-
-        assert [] == reads
-        assert [e.id for e in events] == [e.id for e in sink.received]
-
-    async def test_beyond_the_cap_the_rest_waits_in_the_store(self, store: Store) -> None:
-        """A burst bigger than a lane holds in memory is read back in turn, in order, once each."""
-        events = [e for task_id in range(1, 1 + HANDED_MAX // 2) for e in story(task_id)]
-        assert len(events) > HANDED_MAX
-        sink = Gate("ops")
-        dispatcher = Dispatcher([Subscription(sink, Route())], store)
-        async with dispatching(dispatcher):
-            await anyio.sleep(0.05)
-            reads = reads_of_the_outbox(store)
             await dispatcher.commit(events)
+            await until(lambda: len(sink.received) == 8)
+            held = (sink.holding, [e.task_id for e in sink.received])
             sink.opened.set()
-            await until(lambda: len(sink.received) == len(events))
-            await until(lambda: dispatcher.queued("ops") == 0)
+            await until(lambda: len(sink.received) == 12)
+
+        assert 1 == held[0], "one of task 1's in flight, the others wait behind it"
+        assert 1 not in held[1]
+        for task_id in (1, 3, 5):
+            assert [e.id for e in story(task_id)] == [
+                e.id for e in sink.received if e.task_id == task_id
+            ]
+        assert {} == await store.pending_counts()
+
+    async def test_a_stop_mid_send_leaves_the_delivery_to_the_drain(
+        self, store: SqliteStore
+    ) -> None:
+        """Stopped while a send hangs: the shutdown drain sends it and the task's next, once."""
+        sink = Gate("ops")
+        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=2)], store)
+        events = story(1)[:2]
+        async with dispatching(dispatcher):
+            await dispatcher.commit(events)
+            await until(lambda: sink.holding == 1)
+        sink.opened.set()
+        await dispatcher.drain()
 
         assert [e.id for e in events] == [e.id for e in sink.received]
-        assert len(reads) >= len(events) - HANDED_MAX
-        assert {} == await store.outbox_counts()
+        assert {} == await store.pending_counts()
 
-    async def test_after_a_failure_the_rest_is_released(self, store: Store) -> None:
-        """A handed delivery that fails keeps the head; those after it were never tried."""
+    async def test_news_reaches_an_idle_worker(self, store: SqliteStore) -> None:
+        """Workers that found nothing wait; each commit wakes one, and the events go out."""
+        sink = Destination("ops")
+        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=3)], store)
+        async with dispatching(dispatcher):
+            for event in [*story(1), *story(2)]:
+                await dispatcher.commit([event])
+                await until(lambda: dispatcher.queued("ops") == 0)
+
+        assert [e.id for e in [*story(1), *story(2)]] == [e.id for e in sink.received]
+        assert {} == await store.pending_counts()
+
+    async def test_a_failure_keeps_its_place(self, store: SqliteStore) -> None:
+        """A delivery that fails stays first of its task; those after it are not tried before it."""
         time = VirtualTime()
         events = story(1)
         refused: set[str] = set()
@@ -612,25 +612,22 @@ class TestHandOver:
         assert [(events[0].id, 1), (events[1].id, 1)] == failures, "no attempt counted twice"
         assert [e.id for e in events] == [e.id for e in sink.received]
 
-    async def test_handed_but_unsent_deliveries_survive_a_stop(self, tmp_path: Path) -> None:
-        """Stopped while sending the first of three handed: the next run sends all three."""
+    async def test_unsent_deliveries_survive_a_stop(self, tmp_path: Path) -> None:
+        """Stopped while sending the first of a task's three: the next run sends all three."""
         path = tmp_path / "state.db"
         events = story(1)[:3]
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         blocked = Gate("ops")
         first = Dispatcher([Subscription(blocked, Route())], store)
         async with dispatching(first):
             await anyio.sleep(0.05)
             await first.commit(events)
-            await anyio.sleep(0.05)  # the first is being sent, the others wait in memory
-        attempts = []
-        after = 0
-        while (row := await store.next_delivery("ops", from_seq=after)) is not None:
-            attempts.append(row.attempts)
-            after = row.seq + 1
+            await until(lambda: blocked.holding == 1)  # the first is being sent
         await store.close()
+        with closing(sqlite3.connect(path)) as db:
+            attempts = [n for (n,) in db.execute("SELECT attempts FROM outbox ORDER BY seq")]
 
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         sink = Destination("ops")
         second = Dispatcher([Subscription(sink, Route())], store)
         async with dispatching(second):
@@ -642,7 +639,7 @@ class TestHandOver:
 
     @pytest.mark.parametrize("seed", range(12))
     async def test_interleaved_commits_and_failures_lose_and_repeat_nothing(
-        self, store: Store, seed: int
+        self, store: SqliteStore, seed: int
     ) -> None:
         """Random commits, pauses, slow sends and refusals: every event once, each task in order."""
         rng = random.Random(seed)
@@ -675,7 +672,7 @@ class TestHandOver:
                 await dispatcher.commit(batch)
                 await anyio.sleep(rng.uniform(0, 0.003))
             await until(lambda: dispatcher.delivered["ops"] == 24)
-        counts = await store.outbox_counts()
+        counts = await store.pending_counts()
 
         for task_id, events in stories.items():
             assert [e.id for e in events] == [e.id for e in sink.received if e.task_id == task_id]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from monitor.store import Store
+from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import parse_task
 from monitor.text import REPLACEMENT, replace_surrogates, without_surrogates
 from monitor.tracking.events import Event, EventType, TaskSummary
@@ -156,18 +156,18 @@ class TestFromDict:
 
         assert f"refused {REPLACEMENT}" == Event.from_dict(data).message
 
-    async def test_outbox_row_of_an_earlier_version(self, store: Store) -> None:
+    async def test_outbox_row_of_an_earlier_version(self, store: SqliteStore) -> None:
         """A row the store hands out is clean, whatever the JSON it was stored as."""
         await store.commit([], [("ops", _half_emoji_event())], T0.timestamp())
 
-        row = await store.next_delivery("ops")
+        row = (await store.claim("ops", T0.timestamp())).delivery
 
         assert row is not None
         assert row.event.task is not None
         assert f"name {REPLACEMENT}" == row.event.task.name
         assert not _has_surrogate(json.dumps(row.event.to_dict(), ensure_ascii=False))
 
-    async def test_history_of_an_earlier_version(self, store: Store) -> None:
+    async def test_history_of_an_earlier_version(self, store: SqliteStore) -> None:
         """The events the HTTP API shows (recent_events) are clean as well."""
         event = _half_emoji_event()
         await store.commit([], [], T0.timestamp(), history=[event])

@@ -16,12 +16,14 @@ from pydantic import TypeAdapter
 from slack_sdk.models.blocks import Block
 
 from monitor.config import SinkConfig
-from monitor.sinks.base import DeliveryError, Sink
-from monitor.sinks.factory import SinkContext, build_sink
+from monitor.sinks.base import DeliveryError
+from monitor.sinks.context import SinkContext
+from monitor.sinks.factory import build_sink
 from monitor.sinks.render import ESCAPES
 from monitor.sinks.teams import TeamsSink, is_legacy_host
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType
+from monitor.types import Sink
 from tests.conftest import Reply, ScriptedServer, make_task_event
 from tests.test_sinks_render import MENTION
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from monitor.cli import main
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.http import Answer, Request, post_json
+from monitor.sinks.http import DestinationReply, Request, post_json
 from tests.conftest import Reply, ScriptedServer
 
 TOKEN = "T0KEN-5ecret-9f8e7d"
@@ -56,9 +56,9 @@ class TestDelivered:
     @pytest.mark.parametrize(
         ("status", "body", "expected"),
         [
-            (200, "ok", Answer(200, "OK", "ok")),
-            (202, "", Answer(202, "Accepted", "")),
-            (204, "", Answer(204, "No Content", "")),
+            (200, "ok", DestinationReply(200, "OK", "ok")),
+            (202, "", DestinationReply(202, "Accepted", "")),
+            (204, "", DestinationReply(204, "No Content", "")),
         ],
     )
     async def test_success(
@@ -67,7 +67,7 @@ class TestDelivered:
         session: aiohttp.ClientSession,
         status: int,
         body: str,
-        expected: Answer,
+        expected: DestinationReply,
     ) -> None:
         """The answer is returned; the body and headers arrive as given."""
         scripted.replies.append(Reply(status, body))

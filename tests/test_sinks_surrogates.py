@@ -18,14 +18,15 @@ from standardwebhooks.webhooks import Webhook
 
 from monitor.config import SinkConfig
 from monitor.logs import configure_logging
-from monitor.sinks.base import Sink
-from monitor.sinks.factory import SinkContext, build_sink
+from monitor.sinks.context import SinkContext
+from monitor.sinks.factory import build_sink
 from monitor.sinks.http import json_body
 from monitor.sinks.log import LogSink
 from monitor.sinks.render import ELLIPSIS, fit, measure
 from monitor.superoffice.models import BatchTaskState
 from monitor.text import REPLACEMENT
 from monitor.tracking.events import Event, EventType
+from monitor.types import Sink
 from tests.conftest import Reply, ScriptedServer, make_task_event
 from tests.test_sinks_chat import FORMATS, _Loopback
 from tests.test_sinks_webhook import SECRET

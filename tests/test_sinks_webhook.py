@@ -13,10 +13,12 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from monitor.config.sinks import WebhookSinkConfig
-from monitor.sinks.base import DeliveryError, Sink
-from monitor.sinks.factory import SinkContext, build_sink
+from monitor.sinks.base import DeliveryError
+from monitor.sinks.context import SinkContext
+from monitor.sinks.factory import build_sink
 from monitor.sinks.webhook import WebhookSink
 from monitor.tracking.events import Event, EventType
+from monitor.types import Sink
 from tests.conftest import Reply, ScriptedServer, make_task_event
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()

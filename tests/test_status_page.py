@@ -24,9 +24,9 @@ import anyio
 import pytest
 
 from monitor.daemon import Daemon
+from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.sqlite import SqliteStore
 from monitor.simulator import Simulator
-from monitor.sinks.dispatcher import Dispatcher
-from monitor.store import Store
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.memory import Rules
 from monitor.tracking.samples import ProgressSamples
@@ -360,7 +360,7 @@ CHART_COLOURS = {
 @asynccontextmanager
 async def task_pages(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     """Task pages of a 200-sample run, a failed run and a stalled one; their URLs by kind."""
-    store = await Store.open(tmp_path / "state.db")
+    store = await SqliteStore.open(tmp_path / "state.db")
     try:
         board = Board(
             Tracker(Rules(stall_after=timedelta(minutes=15))),

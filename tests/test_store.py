@@ -1,9 +1,10 @@
-"""The SQLite state database: round trips, the outbox's rules, damage and permissions."""
+"""The state store: round trips, the outbox's contract (for each backend), damage, permissions."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from monitor.store import Store, StoreError
+from monitor.delivery.outbox import StoreError
+from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import detect
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import Rules, TaskMemory
+from monitor.types import DeliveryStore
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -58,7 +61,7 @@ def events_for(task_id: int, *steps: dict[str, object]) -> list[Event]:
 class TestTasks:
     """Task memories survive a round trip."""
 
-    async def test_round_trip(self, store: Store) -> None:
+    async def test_round_trip(self, store: SqliteStore) -> None:
         """A memory comes back equal, snapshot, clocks, history and anomalies included."""
         memory = replace(
             first_memory(info(State=3, ProgressPercent=150)),
@@ -75,7 +78,7 @@ class TestTasks:
             "ProgressPercent 150 is outside 0..100",
         ) == loaded.info.anomalies
 
-    async def test_forget(self, store: Store) -> None:
+    async def test_forget(self, store: SqliteStore) -> None:
         """Forgotten tasks are gone from the database."""
         await store.commit([first_memory(info(1)), first_memory(info(2))], [], 0.0)
         await store.forget_tasks([1])
@@ -83,46 +86,52 @@ class TestTasks:
         assert [2] == list(await store.load_tasks())
 
 
-class TestOutbox:
-    """The outbox keeps order, deduplicates and coalesces progress."""
+#: The backends every outbox rule is checked against (PostgreSQL joins with issue 16).
+BACKENDS = ["sqlite"]
 
-    async def test_order_and_dedup(self, store: Store) -> None:
+
+@pytest.fixture(name="backend", params=BACKENDS)
+async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
+    """A fresh store of each backend, seen only through the store protocol."""
+    assert "sqlite" == request.param
+    store = await SqliteStore.open(tmp_path / "state.db")
+    yield store
+    await store.close()
+
+
+async def drain(store: DeliveryStore, sink: str, now: float = 0.0) -> list[Event]:
+    """Claim and finish the sink's deliveries one at a time, as one worker would."""
+    sent: list[Event] = []
+    done: list[int] = []
+    while (delivery := (await store.claim(sink, now, done=done)).delivery) is not None:
+        sent.append(delivery.event)
+        done = [delivery.seq]
+    return sent
+
+
+class TestOutboxContract:
+    """The rules of :class:`monitor.types.DeliveryStore` every backend keeps."""
+
+    async def test_order_and_dedup(self, backend: DeliveryStore) -> None:
         """Deliveries come out in commit order; the same event twice is queued once."""
         events = events_for(7, {"State": "New"}, {"State": "Started"}, {"State": "Failed"})
-        await store.commit([], [("ops", e) for e in events], 0.0)
-        await store.commit([], [("ops", events[1])], 0.0)
+        await backend.commit([], [("ops", e) for e in events], 0.0)
+        await backend.commit([], [("ops", events[1])], 0.0)
 
-        seen = []
-        while (row := await store.next_delivery("ops")) is not None:
-            seen.append(row.event)
-            await store.remove(row.seq)
-        assert [e.to_dict() for e in events] == [e.to_dict() for e in seen]
+        assert [e.to_dict() for e in events] == [e.to_dict() for e in await drain(backend, "ops")]
+        assert {} == await backend.pending_counts()
 
-    async def test_progress_is_coalesced_state_is_kept(self, store: Store) -> None:
+    async def test_progress_is_coalesced_state_is_kept(self, backend: DeliveryStore) -> None:
         """Queued progress of a task is replaced by the latest; state changes all stay."""
+        restarted = {"State": "Started", "StartCount": 2, "LastStarted": "2026-11-28T12:10:00Z"}
         events = events_for(
             7,
             {"ProgressPercent": 0},
             {"ProgressPercent": 20},
             {"State": "Failed", "ProgressPercent": 20},
-            {
-                "State": "Started",
-                "StartCount": 2,
-                "LastStarted": "2026-11-28T12:10:00Z",
-                "ProgressPercent": 0,
-            },
-            {
-                "State": "Started",
-                "StartCount": 2,
-                "LastStarted": "2026-11-28T12:10:00Z",
-                "ProgressPercent": 30,
-            },
-            {
-                "State": "Started",
-                "StartCount": 2,
-                "LastStarted": "2026-11-28T12:10:00Z",
-                "ProgressPercent": 60,
-            },
+            {**restarted, "ProgressPercent": 0},
+            {**restarted, "ProgressPercent": 30},
+            {**restarted, "ProgressPercent": 60},
         )
         kinds = [e.type for e in events]
         assert [
@@ -134,145 +143,121 @@ class TestOutbox:
             EventType.TASK_PROGRESS,
             EventType.TASK_PROGRESS,
         ] == kinds
-        growth = [(await store.commit([], [("ops", e)], 0.0)).growth for e in events]
+        growth = [await backend.commit([], [("ops", e)], 0.0) for e in events]
 
         assert {"ops": 0} == growth[-1], "one progress replaced by another"
-        assert {"ops": 5} == await store.outbox_counts()
-        queued = []
-        while (row := await store.next_delivery("ops")) is not None:
-            queued.append(row.event)
-            await store.remove(row.seq)
+        assert {"ops": 5} == await backend.pending_counts()
         assert [e.to_dict() for e in (events[0], events[2], events[3], events[4], events[6])] == [
-            e.to_dict() for e in queued
+            e.to_dict() for e in await drain(backend, "ops")
         ]
 
-    async def test_a_delivery_being_tried_is_not_replaced(self, store: Store) -> None:
-        """Progress already handed to a sink is not coalesced away."""
-        first, second = events_for(7, {"ProgressPercent": 0}, {"ProgressPercent": 50})[0:2]
-        await store.commit([], [("ops", second)], 0.0)
-        row = await store.next_delivery("ops", claim_until=0.0)
-        assert row is not None
-        later = events_for(
-            7, {"ProgressPercent": 0}, {"ProgressPercent": 50}, {"ProgressPercent": 80}
-        )[2]
-        await store.commit([], [("ops", later)], 0.0)
-
-        assert {"ops": 2} == await store.outbox_counts()
-        assert first.type is EventType.TASK_DISCOVERED
-
-    async def test_one_round_trip_per_delivery(self, store: Store) -> None:
-        """``done`` is deleted and the next head claimed in the same call; not a later one."""
-        first, second, third = events_for(7, {}, {"State": "Failed"}, {"State": "Started"})
-        await store.commit([], [("ops", first), ("ops", second), ("ops", third)], 100.0)
-
-        head = await store.next_delivery("ops", claim_until=100.0)
-        assert head is not None
-        following = await store.next_delivery("ops", done=[head.seq], claim_until=100.0)
-        assert following is not None
-        await store.retry_later(following.seq, 130.0, "HTTP 503")
-        early = await store.next_delivery("ops", claim_until=100.0)
-        due = await store.next_delivery("ops", claim_until=130.0)
-        assert due is not None
-        last = await store.next_delivery("ops", done=[due.seq], claim_until=130.0)
-        assert last is not None
-        unclaimed = await store.next_delivery("ops")
-
-        assert [first.id, second.id, third.id] == [head.event.id, due.event.id, last.event.id]
-        assert early is not None
-        assert (1, 1) == (early.attempts, due.attempts)
-        assert unclaimed is not None
-        assert (last.seq, 1) == (unclaimed.seq, unclaimed.attempts)
-        assert {"ops": 1} == await store.outbox_counts()
-        assert await store.next_delivery("ops", done=[last.seq]) is None
-
-    async def test_claimed_deliveries_come_back_as_read_back(self, store: Store) -> None:
-        """``claim`` queues deliveries already being tried and returns them, as if read."""
-        first, second, third = events_for(7, {}, {"State": "Failed"}, {"State": "Started"})
-        committed = await store.commit(
-            [], [("ops", first), ("ops", second), ("ops", third)], 100.0, claim={0, 2}
-        )
-
-        assert {"ops": 3} == committed.growth
-        assert [first.to_dict(), third.to_dict()] == [r.event.to_dict() for r in committed.claimed]
-        assert [(0, 0.0, 100.0, "ops")] * 2 == [
-            (r.attempts, r.next_attempt, r.created, r.sink) for r in committed.claimed
-        ]
-        stored = []
-        done: list[int] = []
-        while (row := await store.next_delivery("ops", done=done)) is not None:
-            stored.append((row.seq, row.attempts))
-            done = [row.seq]
-        assert [committed.claimed[0].seq, committed.claimed[1].seq] == [stored[0][0], stored[2][0]]
-        assert [1, 0, 1] == [attempts for _, attempts in stored], "claimed: one attempt counted"
-
-    async def test_a_claimed_progress_is_not_replaced(self, store: Store) -> None:
-        """A delivery claimed as it is queued is being tried: coalescing leaves it alone."""
+    async def test_a_delivery_being_tried_is_not_replaced(self, backend: DeliveryStore) -> None:
+        """Progress claimed by a worker is not coalesced away, nor after a failed try."""
         progress = [
             e
             for e in events_for(
-                7, {"ProgressPercent": 10}, {"ProgressPercent": 50}, {"ProgressPercent": 80}
+                7,
+                {"ProgressPercent": 10},
+                {"ProgressPercent": 50},
+                {"ProgressPercent": 80},
+                {"ProgressPercent": 95},
             )
             if e.type is EventType.TASK_PROGRESS
         ]
-        committed = await store.commit([], [("ops", progress[0])], 0.0, claim={0})
-        growth = (await store.commit([], [("ops", progress[1])], 0.0)).growth
+        assert 3 == len(progress)
+        await backend.commit([], [("ops", progress[0])], 0.0)
+        claimed = (await backend.claim("ops", 0.0)).delivery
+        assert claimed is not None
+        assert {"ops": 1} == await backend.commit([], [("ops", progress[1])], 0.0)
+        await backend.retry_later(claimed.seq, 0.0, "HTTP 503")
+        assert {"ops": 0} == await backend.commit([], [("ops", progress[2])], 0.0)
 
-        assert ({"ops": 1}, 1) == (growth, len(committed.claimed))
-        assert {"ops": 2} == await store.outbox_counts()
+        assert [progress[0].id, progress[2].id] == [e.id for e in await drain(backend, "ops")]
 
-    async def test_finished_deliveries_go_with_a_commit_or_a_removal(self, store: Store) -> None:
-        """``done`` is deleted in the commit's transaction; ``remove`` takes several at once."""
-        events = events_for(7, {}, {"State": "Failed"}, {"State": "Started"})
-        assert 3 == len(events)
-        claimed = (
-            await store.commit([], [("ops", e) for e in events], 0.0, claim={0, 1, 2})
-        ).claimed
-        await store.commit([], [], 0.0, history=events[:1], done=[claimed[0].seq])
-        assert {"ops": 2} == await store.outbox_counts()
-        await store.remove(claimed[1].seq, claimed[2].seq)
-        assert {} == await store.outbox_counts()
-
-    async def test_reads_skip_what_the_reader_finished(self, store: Store) -> None:
-        """``from_seq``: rows before it are finished, their deletion on its way."""
+    async def test_one_round_trip_per_delivery(self, backend: DeliveryStore) -> None:
+        """``done`` is finished and the next delivery claimed in the same call."""
         first, second = events_for(7, {}, {"State": "Failed"})
-        await store.commit([], [("ops", first), ("ops", second)], 0.0)
-        head = await store.next_delivery("ops")
+        await backend.commit([], [("ops", first), ("ops", second)], 100.0)
+
+        head = (await backend.claim("ops", 100.0)).delivery
         assert head is not None
-        following = await store.next_delivery("ops", from_seq=head.seq + 1)
+        following = (await backend.claim("ops", 100.0, done=[head.seq])).delivery
         assert following is not None
-        assert second.id == following.event.id
-        assert {"ops": 2} == await store.outbox_counts()
+        assert (first.id, second.id) == (head.event.id, following.event.id)
+        assert {"ops": 1} == await backend.pending_counts()
 
-    async def test_release_takes_back_a_claim(self, store: Store) -> None:
-        """A claimed delivery that was not tried after all has its attempt taken back, once."""
+    async def test_one_task_at_a_time_other_tasks_meanwhile(self, backend: DeliveryStore) -> None:
+        """While a task's delivery is claimed its later ones wait; other tasks' go out."""
+        seven = events_for(7, {}, {"State": "Failed"})
+        eight = events_for(8, {}, {"State": "Failed"})
+        await backend.commit([], [("ops", e) for e in (*seven, *eight)], 0.0)
+
+        claims = [await backend.claim("ops", 0.0) for _ in range(3)]
+
+        assert [seven[0].id, eight[0].id, None] == [
+            c.delivery.event.id if c.delivery else None for c in claims
+        ]
+        assert [True, False, False] == [c.more for c in claims]
+        assert (None, None) == (claims[2].due_at, claims[2].delivery)
+        assert claims[0].delivery is not None
+        assert claims[1].delivery is not None
+        # Task 8 finishes first: its next goes out while task 7's first is still in flight.
+        after = await backend.claim("ops", 0.0, done=[claims[1].delivery.seq])
+        assert after.delivery is not None
+        assert eight[1].id == after.delivery.event.id
+
+    async def test_a_retry_holds_its_task_back(self, backend: DeliveryStore) -> None:
+        """A delivery waiting for its retry keeps its place: the task's later ones wait too."""
+        first, second = events_for(7, {}, {"State": "Failed"})
+        (other,) = events_for(8, {})
+        await backend.commit([], [("ops", first), ("ops", second), ("ops", other)], 100.0)
+        head = (await backend.claim("ops", 100.0)).delivery
+        assert head is not None
+        await backend.retry_later(head.seq, 130.0, "HTTP 503")
+
+        meanwhile = await backend.claim("ops", 100.0)
+        assert meanwhile.delivery is not None
+        assert other.id == meanwhile.delivery.event.id
+        early = await backend.claim("ops", 100.0, done=[meanwhile.delivery.seq])
+        assert (None, 130.0) == (early.delivery, early.due_at)
+        due = (await backend.claim("ops", 130.0)).delivery
+        assert due is not None
+        assert (first.id, 1, 130.0, 100.0) == (
+            due.event.id,
+            due.attempts,
+            due.next_attempt,
+            due.created,
+        )
+        rest = (await backend.claim("ops", 130.0, done=[due.seq])).delivery
+        assert rest is not None
+        assert second.id == rest.event.id
+
+    async def test_release_takes_back_a_claim(self, backend: DeliveryStore) -> None:
+        """A claim not tried after all is given up, its attempt taken back, never below zero."""
         (event,) = events_for(7, {})
-        (claimed,) = (await store.commit([], [("ops", event)], 0.0, claim={0})).claimed
-        await store.release([claimed.seq])
-        await store.release([claimed.seq])  # never below zero
-        row = await store.next_delivery("ops")
-        assert row is not None
-        assert (claimed.seq, 0) == (row.seq, row.attempts)
-
-    async def test_retry_later_and_removed_sinks(self, store: Store) -> None:
-        """A retry keeps its place with a later time; sinks no longer configured are dropped."""
-        (event,) = events_for(7, {})
-        await store.commit([], [("ops", event), ("old", event)], 100.0)
-        row = await store.next_delivery("ops", claim_until=100.0)
-        assert row is not None
-        assert 0 == row.attempts
-        await store.retry_later(row.seq, 130.0, "HTTP 503")
-
-        again = await store.next_delivery("ops")
+        await backend.commit([], [("ops", event)], 0.0)
+        claimed = (await backend.claim("ops", 0.0)).delivery
+        assert claimed is not None
+        await backend.release([claimed.seq])
+        await backend.release([claimed.seq])
+        again = (await backend.claim("ops", 0.0)).delivery
         assert again is not None
-        assert (1, 130.0, 100.0) == (again.attempts, again.next_attempt, again.created)
-        assert {"old": 1} == await store.drop_sinks_except(["ops"])
-        assert {"ops": 1} == await store.outbox_counts()
+        assert (claimed.seq, 0) == (again.seq, again.attempts)
+
+    async def test_removed_sinks(self, backend: DeliveryStore) -> None:
+        """Sinks no longer configured lose their deliveries, counted per sink."""
+        (event,) = events_for(7, {})
+        await backend.commit([], [("ops", event), ("old", event)], 100.0)
+        assert {"old": 1} == await backend.drop_sinks_except(["ops"])
+        assert {"ops": 1} == await backend.pending_counts()
+        await backend.finish([])
+        assert {"ops": 1} == await backend.pending_counts()
 
 
 class TestWatches:
     """Watches added at run time persist."""
 
-    async def test_add_remove(self, store: Store) -> None:
+    async def test_add_remove(self, store: SqliteStore) -> None:
         """Added ids are listed until removed; adding twice is harmless."""
         for task_id in (5, 3, 5):
             await store.add_watch(task_id)
@@ -289,7 +274,7 @@ class TestDamage:
         path = tmp_path / "state.db"
         path.write_bytes(b"this is not a database" * 100)
         with capture_logs() as logs:
-            store = await Store.open(path)
+            store = await SqliteStore.open(path)
         await store.commit([first_memory(info())], [], 0.0)
         await store.close()
 
@@ -305,7 +290,7 @@ class TestDamage:
         tmp_path.chmod(0o500)
         try:
             with pytest.raises(StoreError, match=r"state\.db"):
-                await Store.open(tmp_path / "state.db")
+                await SqliteStore.open(tmp_path / "state.db")
         finally:
             tmp_path.chmod(0o700)
 
@@ -314,12 +299,12 @@ class TestDamage:
         (tmp_path / "file").write_text("x")
 
         with pytest.raises(StoreError, match="cannot create the state directory"):
-            await Store.open(tmp_path / "file" / "state.db")
+            await SqliteStore.open(tmp_path / "file" / "state.db")
 
     async def test_read_only_file(self, tmp_path: Path) -> None:
         """A database file opened read-only fails at start-up, not at the first event."""
         path = tmp_path / "state.db"
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         await store.close()
         path.chmod(0o400)
         (tmp_path / "state.db-wal").unlink(missing_ok=True)
@@ -327,6 +312,6 @@ class TestDamage:
             if os.geteuid() == 0:
                 pytest.skip("root can write read-only files")
             with pytest.raises(StoreError, match="cannot write the state database"):
-                await Store.open(path)
+                await SqliteStore.open(path)
         finally:
             path.chmod(0o600)

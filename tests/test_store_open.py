@@ -12,7 +12,7 @@ import random
 import shutil
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from monitor.store import Store, StoreError
+from monitor.delivery.outbox import StoreError
+from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import detect
 from monitor.tracking.events import Event, EventType
@@ -58,20 +59,23 @@ def asides(directory: Path) -> list[Path]:
     )
 
 
-async def open_logged(path: Path) -> tuple[Store, list[dict[str, Any]]]:
+async def open_logged(path: Path) -> tuple[SqliteStore, list[MutableMapping[str, Any]]]:
+    """Open a store, with what it logged meanwhile."""
     with capture_logs() as logs:
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
     return store, logs
 
 
-async def assert_usable(store: Store) -> None:
+async def assert_usable(store: SqliteStore) -> None:
     """The store opened works: a task memory goes in and comes back."""
     await store.commit([first_memory(info())], [], 0.0)
     assert [7] == list(await store.load_tasks())
     await store.close()
 
 
-def assert_moved_aside(path: Path, logs: list[dict[str, Any]], before: dict[str, bytes]) -> Path:
+def assert_moved_aside(
+    path: Path, logs: list[MutableMapping[str, Any]], before: dict[str, bytes]
+) -> Path:
     """One error names both paths; the copy aside has the old bytes, sidecars included."""
     [aside] = asides(path.parent)
     [error] = [line for line in logs if line["event"] == "state_database_corrupt"]
@@ -205,7 +209,7 @@ class TestBrokenFilesAreMovedAsideUntouched:
         path = tmp_path / "state.db"
         for n in range(2):
             path.write_bytes(f"broken {n}".encode() * 100)
-            store = await Store.open(path)
+            store = await SqliteStore.open(path)
             await store.close()
             for suffix in SIDECARS:
                 path.with_name(path.name + suffix).unlink(missing_ok=True)
@@ -230,7 +234,7 @@ class TestOwnDatabasesAreKept:
     async def test_reopened_with_its_data(self, tmp_path: Path) -> None:
         """Tasks, the outbox and watches survive a close and an open."""
         path = tmp_path / "state.db"
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         await store.commit([first_memory(info())], [("ops", event("e1"))], 0.0)
         await store.add_watch(9)
         await store.close()
@@ -240,7 +244,7 @@ class TestOwnDatabasesAreKept:
         assert [] == logs
         assert [] == asides(tmp_path)
         assert [7] == list(await store.load_tasks())
-        assert {"ops": 1} == await store.outbox_counts()
+        assert {"ops": 1} == await store.pending_counts()
         assert [9] == await store.watches()
         await store.close()
 
@@ -248,7 +252,7 @@ class TestOwnDatabasesAreKept:
         """What was only in the write-ahead log (never checkpointed) is there after a restart."""
         live, copy = tmp_path / "live", tmp_path / "copy"
         copy.mkdir()
-        store = await Store.open(live / "state.db")
+        store = await SqliteStore.open(live / "state.db")
         await store.commit([first_memory(info())], [("ops", event("e1"))], 0.0)
         for name in files(live):  # what a kill -9 leaves: the files as they are, still open
             shutil.copy(live / name, copy / name)
@@ -260,7 +264,7 @@ class TestOwnDatabasesAreKept:
         assert [] == logs
         assert [] == asides(copy)
         assert [7] == list(await reopened.load_tasks())
-        assert {"ops": 1} == await reopened.outbox_counts()
+        assert {"ops": 1} == await reopened.pending_counts()
         await reopened.close()
 
     async def test_main_file_half_checkpointed(self, tmp_path: Path) -> None:
@@ -270,10 +274,10 @@ class TestOwnDatabasesAreKept:
         """
         live, copy = tmp_path / "live", tmp_path / "copy"
         copy.mkdir()
-        store = await Store.open(live / "state.db")
+        store = await SqliteStore.open(live / "state.db")
         await store.commit([first_memory(info(n)) for n in range(1, 200)], [], 0.0)
         await store.close()  # checkpointed: every page is in the main file
-        store = await Store.open(live / "state.db")
+        store = await SqliteStore.open(live / "state.db")
         await store.commit([first_memory(info(n)) for n in range(1, 200)], [], 1.0)
         for name in files(live):
             shutil.copy(live / name, copy / name)
@@ -310,29 +314,27 @@ class TestOwnDatabasesAreKept:
         (tmp_path / "state.db").mkdir()
 
         with pytest.raises(StoreError, match=r"cannot write the state database .*state\.db"):
-            await Store.open(tmp_path / "state.db")
+            await SqliteStore.open(tmp_path / "state.db")
         assert [] == asides(tmp_path)
 
 
 class TestUnreadableOutboxRow:
     """A queued row that cannot be read is dropped, and whoever counts the queue is told."""
 
-    async def test_dropped_and_counted_out(self, store: Store) -> None:
-        """The next readable row comes back; ``on_drop`` hears of the one dropped."""
+    async def test_dropped_and_counted_out(self, store: SqliteStore) -> None:
+        """The next readable row comes back, and the claim counts the one dropped."""
         await store.commit([], [("ops", event("bad")), ("ops", event("good"))], 0.0)
         with sqlite3.connect(store.path) as db:
             db.execute("UPDATE outbox SET event = '{not json' WHERE event_id = 'bad'")
         db.close()
-        dropped: list[str] = []
 
         with capture_logs() as logs:
-            row = await store.next_delivery("ops", on_drop=dropped.append)
+            claim = await store.claim("ops", 0.0)
 
-        assert row is not None
-        assert "good" == row.event.id
-        assert ["ops"] == dropped
+        assert claim.delivery is not None
+        assert ("good", 1) == (claim.delivery.event.id, claim.dropped)
         assert ["outbox_row_unreadable"] == [line["event"] for line in logs]
-        assert {"ops": 1} == await store.outbox_counts()
+        assert {"ops": 1} == await store.pending_counts()
 
 
 @pytest.fixture(name="loose_umask")
@@ -356,7 +358,7 @@ class TestPrivateFiles:
     async def test_created_0600_with_umask_022(self, tmp_path: Path) -> None:
         """A new database, its write-ahead log and shared memory are 0600; its directory 0700."""
         path = tmp_path / "state" / "state.db"
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         await store.commit([first_memory(info())], [], 0.0)
 
         assert {"state.db": 0o600, "state.db-wal": 0o600, "state.db-shm": 0o600} == {
@@ -369,7 +371,7 @@ class TestPrivateFiles:
     async def test_existing_files_lose_group_and_other(self, tmp_path: Path) -> None:
         """A database an earlier batchmon left 0644 (log and all) is made 0600 when opened."""
         path = tmp_path / "state.db"
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         await store.commit([first_memory(info())], [], 0.0)
         for file in tmp_path.iterdir():
             file.chmod(0o644)
@@ -377,7 +379,7 @@ class TestPrivateFiles:
         await store.close()
         copy = tmp_path / "copy" / "state.db"
 
-        store = await Store.open(copy)
+        store = await SqliteStore.open(copy)
 
         assert {0o600} == {mode(p) for p in copy.parent.iterdir()}
         await assert_usable(store)
@@ -391,7 +393,7 @@ class TestSymlinks:
         """Whatever the link points to, opening fails naming the link; the target is untouched."""
         elsewhere = tmp_path / "elsewhere.db"
         if target == "database":
-            store = await Store.open(elsewhere)
+            store = await SqliteStore.open(elsewhere)
             await store.close()
         elif target == "empty":
             elsewhere.touch()
@@ -400,7 +402,7 @@ class TestSymlinks:
         link.symlink_to(elsewhere)
 
         with pytest.raises(StoreError, match=r"state\.db is a symbolic link"):
-            await Store.open(link)
+            await SqliteStore.open(link)
         assert {"state.db", *before} == {p.name for p in tmp_path.iterdir()}
         assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.is_symlink()}
 
@@ -409,7 +411,7 @@ class TestSymlinks:
         (tmp_path / "state.db-wal").symlink_to(tmp_path / "elsewhere")
 
         with pytest.raises(StoreError, match=r"state\.db-wal is a symbolic link"):
-            await Store.open(tmp_path / "state.db")
+            await SqliteStore.open(tmp_path / "state.db")
         assert not (tmp_path / "elsewhere").exists()
 
     async def test_a_linked_directory_is_fine(self, tmp_path: Path) -> None:
@@ -417,7 +419,7 @@ class TestSymlinks:
         (tmp_path / "private").mkdir()
         (tmp_path / "state").symlink_to(tmp_path / "private")
 
-        store = await Store.open(tmp_path / "state" / "state.db")
+        store = await SqliteStore.open(tmp_path / "state" / "state.db")
 
         await assert_usable(store)
         assert (tmp_path / "private" / "state.db").is_file()

@@ -20,10 +20,10 @@ import pytest
 from prometheus_client.registry import CollectorRegistry
 
 from monitor.daemon import Daemon, RuntimeWatches
+from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.sqlite import SqliteStore
 from monitor.polling import Poller
 from monitor.simulator import Simulator
-from monitor.sinks.dispatcher import Dispatcher
-from monitor.store import Store
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.task_metrics import TaskSeries
@@ -70,7 +70,7 @@ class Board:
 
 
 @pytest.fixture(name="board")
-def _board(store: Store) -> Board:
+def _board(store: SqliteStore) -> Board:
     return Board(
         Tracker(Rules(stall_after=timedelta(minutes=15))),
         ProgressSamples(),
@@ -80,7 +80,7 @@ def _board(store: Store) -> Board:
 
 
 @asynccontextmanager
-async def served(board: Board, store: Store) -> AsyncIterator[str]:
+async def served(board: Board, store: SqliteStore) -> AsyncIterator[str]:
     """The web app over ``board`` on loopback, after one real poll cycle; its base URL."""
     async with Simulator() as simulator:
         config = make_config(simulator.url)
@@ -204,7 +204,7 @@ async def get_json(url: str) -> tuple[int, Any]:
 class TestTasksApi:
     """/api/v1/tasks: filters, limits and cursors over thousands of tasks."""
 
-    async def test_pages_through_3000_tasks(self, board: Board, store: Store) -> None:
+    async def test_pages_through_3000_tasks(self, board: Board, store: SqliteStore) -> None:
         """500 at a time by default; ``next`` leads through every task once, active first."""
         await many_tasks(board, 3000)
         seen: list[dict[str, Any]] = []
@@ -224,7 +224,7 @@ class TestTasksApi:
         assert {"Started"} == set(states[:300])
         assert {"Gone"} == set(states[-300:])
 
-    async def test_state_and_limit(self, board: Board, store: Store) -> None:
+    async def test_state_and_limit(self, board: Board, store: SqliteStore) -> None:
         """``state`` repeated or as a list; ``limit`` up to 5,000; the failure reason is there."""
         await many_tasks(board, 2000)
         async with served(board, store) as base:
@@ -249,7 +249,9 @@ class TestTasksApi:
             ("cursor=abc", "cursor: not a cursor this server gave"),
         ],
     )
-    async def test_bad_queries(self, board: Board, store: Store, query: str, message: str) -> None:
+    async def test_bad_queries(
+        self, board: Board, store: SqliteStore, query: str, message: str
+    ) -> None:
         """A bad parameter is a 400 that names it."""
         await many_tasks(board, 5)
         async with served(board, store) as base:
@@ -261,7 +263,7 @@ class TestTasksApi:
 class TestStatusPage:
     """The main page: counts by state, a filter, and at most a few hundred rows."""
 
-    async def test_bounded_with_counts_and_links(self, board: Board, store: Store) -> None:
+    async def test_bounded_with_counts_and_links(self, board: Board, store: SqliteStore) -> None:
         """3,000 tasks: 300 rows, active first; counts link to filters; the rest is linked."""
         await many_tasks(board, 3000)
         async with served(board, store) as base:
@@ -285,7 +287,7 @@ class TestStatusPage:
         assert 300 == len(second_rows)
         assert not {i for _, i in rows} & {i for _, i in second_rows}
 
-    async def test_filter(self, board: Board, store: Store) -> None:
+    async def test_filter(self, board: Board, store: SqliteStore) -> None:
         """``?state=Failed`` lists the failed tasks with their reasons; the count is marked."""
         await many_tasks(board, 100)
         await failed_task(board, 500)
@@ -312,7 +314,7 @@ def _next_link(page: str) -> str:
 class TestTaskPage:
     """/tasks/{id}: fields, chart and history of one task."""
 
-    async def test_failed_task(self, board: Board, store: Store) -> None:
+    async def test_failed_task(self, board: Board, store: SqliteStore) -> None:
         """Fields, the reason, the chart's line ending red, and the events newest first."""
         await failed_task(board, 217)
         async with served(board, store) as base:
@@ -343,7 +345,9 @@ class TestTaskPage:
         assert 'class="eta"' not in page
         assert 'http-equiv="refresh"' not in page  # finished: nothing to refresh
 
-    async def test_200_samples_eta_and_stall_threshold(self, board: Board, store: Store) -> None:
+    async def test_200_samples_eta_and_stall_threshold(
+        self, board: Board, store: SqliteStore
+    ) -> None:
         """A long run: every sample drawn, the ETA line and the stall check ahead."""
         last = await crawling_task(board, 301)
         board.clock.now = last + timedelta(minutes=2)
@@ -357,7 +361,7 @@ class TestTaskPage:
         assert 'class="eta"' in page
         assert "stall check 12:34" in page  # the last change (12:19) + 15 minutes
 
-    async def test_stalled_task(self, board: Board, store: Store) -> None:
+    async def test_stalled_task(self, board: Board, store: SqliteStore) -> None:
         """A stalled task's chart shades the time since the stall threshold."""
         for minute, percent in [(0, 10), (1, 25), (2, 45)]:
             await board.see(T0 + timedelta(minutes=minute), **_task(9, "Started", percent))
@@ -370,7 +374,7 @@ class TestTaskPage:
         assert ">stalled</text>" in page
         assert 'data-event-type="task.stalled"' in page
 
-    async def test_unknown_and_bad_ids(self, board: Board, store: Store) -> None:
+    async def test_unknown_and_bad_ids(self, board: Board, store: SqliteStore) -> None:
         """An untracked id is a 404 page; a row links to its page."""
         await board.see(T0, **_task(5, "New", Name="<b>bold</b> & co"))
         async with served(board, store) as base:

@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor import __version__
 from monitor.daemon import Daemon
+from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.sqlite import SqliteStore
 from monitor.simulator import Simulator
-from monitor.sinks.dispatcher import Dispatcher
-from monitor.store import Store
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.task_metrics import STATES, Encoder, TaskSeries
 from monitor.tracking.memory import Rules
@@ -68,7 +68,7 @@ def _task(
 class TestCollector:
     """The collector's and the task series' families, parsed back by prometheus_client."""
 
-    def test_task_series(self, store: Store) -> None:
+    def test_task_series(self, store: SqliteStore) -> None:
         """State is one-hot, progress a ratio, info carries the name; counts per state."""
         tracker = Tracker(Rules())
         tracker.observe(_task(1, "Started", 40), T0)
@@ -99,7 +99,7 @@ class TestCollector:
             "batchmon_build_info", version=__version__, python=platform.python_version()
         )
 
-    def test_finished_tasks_age_out(self, store: Store) -> None:
+    def test_finished_tasks_age_out(self, store: SqliteStore) -> None:
         """A task that ended more than the retention ago is no longer exported."""
         tracker = Tracker(Rules())
         tracker.observe(_task(1, "Started", 40), T0)
@@ -142,7 +142,7 @@ class TestCollector:
         assert encoder(_Reference(tracker)) == ours
         assert b'Export \\"all\\"' in ours
 
-    def test_one_series_follows_the_tracker(self, store: Store) -> None:
+    def test_one_series_follows_the_tracker(self, store: SqliteStore) -> None:
         """Across scrapes: changes show, ended tasks age out, forgotten ones go, re-runs return."""
         tracker = Tracker(Rules())
         series = TaskSeries(tracker)

@@ -26,9 +26,9 @@ import anyio
 
 from monitor.config import Config, parse_config
 from monitor.daemon import Daemon, freeze_startup_objects
+from monitor.delivery.sqlite import SqliteStore
 from monitor.logs import configure_logging
 from monitor.polling import Poller
-from monitor.store import Store
 from monitor.superoffice.models import parse_task_list
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
@@ -232,7 +232,7 @@ async def seed_state(url: str, path: Path) -> int:
     now = datetime.now(UTC)
     for task in tasks:
         tracker.observe(task, now)
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     try:
         await store.commit(list(tracker.tasks.values()), [], now.timestamp())
     finally:

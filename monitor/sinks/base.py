@@ -8,14 +8,13 @@ event types, task ids and task-name globs, all optional.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Protocol, runtime_checkable
 
 from monitor.tracking.events import Event
 
-__all__ = ["BackgroundSink", "DeliveryError", "RestorableSink", "Route", "Sink"]
+__all__ = ["DeliveryError", "Route"]
 
 
 class DeliveryError(Exception):
@@ -38,43 +37,6 @@ class DeliveryError(Exception):
         self.permanent = permanent
         self.retry_after = retry_after
         self.status = status
-
-
-class Sink(Protocol):
-    """A destination for events.
-
-    A sink delivers exactly what it is given, once per call: retries, rate
-    limits, ordering and persistence belong to the dispatcher.
-    """
-
-    #: The configured name (metrics label, log field).
-    name: str
-    #: Deliveries per second the destination tolerates (``inf``: no limit).
-    default_rate: float
-    #: Deliveries in flight at once unless configured (one task's always go in order).
-    default_concurrency: int
-
-    async def send(self, event: Event) -> None:
-        """Deliver one event, or raise :class:`DeliveryError`."""
-        ...
-
-
-@runtime_checkable
-class BackgroundSink(Protocol):
-    """A sink with work of its own besides ``send`` (Alertmanager re-sends active alerts)."""
-
-    async def run(self) -> None:
-        """Work until cancelled."""
-        ...
-
-
-@runtime_checkable
-class RestorableSink(Protocol):
-    """A sink that keeps state about tasks and rebuilds it at start-up."""
-
-    def restore(self, firing: Iterable[Event]) -> None:
-        """Take the latest failed/stalled/gone event of each task still in that condition."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

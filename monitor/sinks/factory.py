@@ -6,12 +6,10 @@ destination family, made at start-up by the daemon).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
-
-import aiohttp
 
 from monitor.config import SINK_TYPES, SinkConfig
 from monitor.config.sinks import (
@@ -20,33 +18,22 @@ from monitor.config.sinks import (
     GoogleChatSinkConfig,
     LogSinkConfig,
     MattermostSinkConfig,
-    MessageSinkConfig,
     SlackSinkConfig,
     TeamsSinkConfig,
     WebhookSinkConfig,
 )
 from monitor.sinks.alertmanager import AlertmanagerSink
-from monitor.sinks.base import Route, Sink
+from monitor.sinks.context import SinkContext
 from monitor.sinks.discord import DiscordSink
-from monitor.sinks.dispatcher import Subscription
 from monitor.sinks.googlechat import GoogleChatSink
 from monitor.sinks.log import LogSink
 from monitor.sinks.mattermost import MattermostSink
 from monitor.sinks.slack import SlackSink
 from monitor.sinks.teams import TeamsSink
 from monitor.sinks.webhook import WebhookSink
+from monitor.types import Sink
 
-__all__ = ["BUILDERS", "Builder", "SinkContext", "build_sink", "subscriptions_from"]
-
-
-class SinkContext:
-    """What every sink may need besides its own config."""
-
-    def __init__(self, session: aiohttp.ClientSession, *, status_url: str | None) -> None:
-        #: The one HTTP session of all sinks.
-        self.session = session
-        #: The status page's public URL, for links in messages (``http.public_url``).
-        self.status_url = status_url
+__all__ = ["BUILDERS", "Builder", "build_sink"]
 
 
 _Config = TypeVar("_Config", bound=SinkConfig)
@@ -94,22 +81,3 @@ if BUILDERS.keys() != SINK_TYPES.keys():  # pragma: no cover - fails at import, 
 def build_sink(config: SinkConfig, context: SinkContext) -> Sink:
     """The sink a validated ``[[sinks]]`` entry describes."""
     return BUILDERS[config.type](config, context)
-
-
-def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> list[Subscription]:
-    """A sink and its route for each ``[[sinks]]`` entry."""
-    subscriptions = []
-    for config in sinks:
-        sink = build_sink(config, context)
-        subscriptions.append(
-            Subscription(
-                sink=sink,
-                route=Route(events=config.events, names=config.names, ids=config.ids),
-                rate=config.rate if config.rate is not None else sink.default_rate,
-                lanes=config.concurrency or sink.default_concurrency,
-                remind_every=(
-                    config.remind_every if isinstance(config, MessageSinkConfig) else None
-                ),
-            )
-        )
-    return subscriptions

@@ -41,10 +41,10 @@ from monitor.text import replace_surrogates
 
 if TYPE_CHECKING:
     from monitor.config.sinks import MessageSinkConfig
-    from monitor.sinks.factory import SinkContext
+    from monitor.sinks.context import SinkContext
     from monitor.tracking.events import Event
 
-__all__ = ["Answer", "HttpSink", "Request", "json_body", "post_json"]
+__all__ = ["DestinationReply", "HttpSink", "Request", "json_body", "post_json"]
 
 #: Read at most this much of an answer: a misbehaving server must not fill memory.
 MAX_ANSWER_BYTES = 64 * 1024
@@ -55,7 +55,7 @@ _SECRET_PART_CHARS = 6
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class DestinationReply:
     """What the destination said to a delivered request."""
 
     status: int
@@ -142,8 +142,8 @@ async def post_json(
     *,
     sink: str,
     seconds: float,
-) -> Answer:
-    """POST ``request`` to ``url``; the :class:`Answer` if 2xx, else :class:`DeliveryError`.
+) -> DestinationReply:
+    """POST ``request`` to ``url``; the :class:`DestinationReply` if 2xx, else :class:`DeliveryError`.
 
     ``seconds`` bounds the whole exchange.  Redirects are not followed (a webhook that moved is a configuration
     problem, and following would re-send the body elsewhere).
@@ -175,7 +175,7 @@ async def post_json(
         raise DeliveryError(f"{sink}: cannot connect: {reason}") from None
     except aiohttp.ClientError as exc:
         raise DeliveryError(f"{sink}: request failed: {type(exc).__name__}") from None
-    answer = Answer(
+    answer = DestinationReply(
         status, _excerpt(reason, target), _excerpt(body.decode("utf-8", "replace"), target)
     )
     if 200 <= status <= 299:
@@ -246,7 +246,7 @@ class HttpSink(abc.ABC):
         """Deliver ``event``, or raise :class:`DeliveryError`."""
         await self.deliver(event)
 
-    async def deliver(self, event: Event) -> Answer:
+    async def deliver(self, event: Event) -> DestinationReply:
         """Deliver ``event`` and return the destination's answer (``batchmon test-sink``).
 
         The request is built in a worker thread: an operator's template may take its

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.http import Answer, HttpSink, Request, json_body
+from monitor.sinks.http import DestinationReply, HttpSink, Request, json_body
 from monitor.sinks.render import (
     TONE_RGB,
     Message,
@@ -160,7 +160,7 @@ class TeamsSink(HttpSink):
             return Request(json_body(message_card_payload(message)))
         return Request(json_body(adaptive_card_payload(message)))
 
-    async def deliver(self, event: Event) -> Answer:
+    async def deliver(self, event: Event) -> DestinationReply:
         """Deliver; a legacy connector's "200, but HTTP error 429" is a 429."""
         answer = await super().deliver(event)
         if self.legacy and "429" in answer.excerpt:

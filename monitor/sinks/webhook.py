@@ -28,7 +28,7 @@ from monitor.sinks.render import Renderer
 
 if TYPE_CHECKING:
     from monitor.config.sinks import WebhookSinkConfig
-    from monitor.sinks.factory import SinkContext
+    from monitor.sinks.context import SinkContext
     from monitor.tracking.events import Event
 
 __all__ = ["CONTENT_TYPE", "TYPE_PREFIX", "WebhookSink", "cloudevent", "sign"]

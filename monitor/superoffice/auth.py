@@ -24,10 +24,10 @@ from __future__ import annotations
 import base64
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import anyio
 import jwt
@@ -58,21 +58,20 @@ __all__ = [
     "SYSTEM_USER_PATH",
     "TICKET_CLAIM",
     "TOKEN_PATH",
-    "Auth",
     "BasicAuth",
     "BearerAuth",
     "Login",
     "OAuthAuth",
     "SystemUserAuth",
     "TicketAuth",
-    "Transport",
     "auth_from_config",
     "sign_system_user_token",
 ]
 
+from monitor.types import Auth, Transport
+
 log = structlog.get_logger("batchmon.auth")
 
-_T = TypeVar("_T")
 
 #: On the environment's host (``https://{environment}.superoffice.com``).
 TOKEN_PATH = "/login/common/oauth/tokens"  # noqa: S105 - a URL path, not a password
@@ -103,47 +102,6 @@ _HTTP_CLIENT_ERROR = 400
 _REFUSED = (400, 401, 403)
 #: The most of a login host's own explanation quoted in an error.
 _MAX_SAID = 300
-
-
-class Transport(Protocol):
-    """Sends one request within the tenant's limits and retries (the client's)."""
-
-    async def request(
-        self,
-        method: str,
-        base: str,
-        path: str,
-        *,
-        parse: Callable[[Answer], _T],
-        headers: Mapping[str, str] | None = None,
-        json: object = None,
-        form: Mapping[str, str] | None = None,
-        params: Mapping[str, str] | None = None,
-        secrets: Collection[str] = (),
-        limit: int,
-    ) -> _T:
-        """``parse`` turns the answer into the result or raises an :class:`ApiError`.
-
-        ``secrets``: credentials in ``form`` or ``json``, masked wherever the
-        answer is quoted (:attr:`Answer.redact`), as are the credential headers.
-        """
-        ...
-
-
-class Auth(Protocol):
-    """Produces the ``Authorization`` header value, and renews it when it can."""
-
-    async def authorization(self) -> str:
-        """The header value for the next request."""
-        ...
-
-    async def renew(self, rejected: str) -> bool:
-        """Replace ``rejected`` (a value the API answered 401 to) with a fresh credential.
-
-        Returns ``False`` when the scheme cannot renew.  When another request
-        already replaced ``rejected``, returns ``True`` without logging in again.
-        """
-        ...
 
 
 @dataclass(frozen=True, kw_only=True)

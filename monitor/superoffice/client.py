@@ -48,7 +48,7 @@ from monitor.config import SuperOfficeConfig
 from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
 from monitor.retry import parse_retry_after
-from monitor.superoffice.auth import Auth, Login, auth_from_config
+from monitor.superoffice.auth import Login, auth_from_config
 from monitor.superoffice.errors import (
     Answer,
     ApiError,
@@ -70,7 +70,8 @@ from monitor.superoffice.models import (
     parse_task,
 )
 from monitor.superoffice.redact import Redactor, configured_secrets, sent_credentials
-from monitor.superoffice.tenant import FixedRoute, Route, TenantResolver
+from monitor.superoffice.tenant import FixedRoute, TenantResolver
+from monitor.types import ApiRoute, Auth
 
 __all__ = [
     "MAX_LIST_BYTES",
@@ -394,7 +395,7 @@ class SuperOfficeClient:
             rng=rng or random.Random(),  # noqa: S311 - jitter, not cryptography
         )
         environment = config.environment_base
-        self._route: Route
+        self._route: ApiRoute
         if config.tenant is not None:
             assert environment is not None  # guaranteed by config validation
             self._route = TenantResolver(

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import anyio
 import structlog
 
-from monitor.superoffice.auth import Transport
 from monitor.superoffice.errors import (
     Answer,
     ApiError,
@@ -31,8 +29,9 @@ from monitor.superoffice.errors import (
     status_error,
 )
 from monitor.superoffice.models import parse_datetime
+from monitor.types import Transport
 
-__all__ = ["MAX_RECHECK", "MIN_RECHECK", "FixedRoute", "Route", "TenantResolver"]
+__all__ = ["MAX_RECHECK", "MIN_RECHECK", "FixedRoute", "TenantResolver"]
 
 log = structlog.get_logger("batchmon.tenant")
 
@@ -58,18 +57,6 @@ _STATES = {
     11: "DeleteFailed",
     12: "MigrationPending",
 }
-
-
-class Route(Protocol):
-    """Gives the API base for the next request."""
-
-    async def api_base(self) -> str:
-        """The API base, e.g. ``https://online3.superoffice.com/Cust12345/api``."""
-        ...
-
-    def misdirected(self, base: str) -> bool:
-        """``base`` answered 421; whether asking the route again may give another one."""
-        ...
 
 
 class FixedRoute:

@@ -48,11 +48,12 @@ from monitor.config import (
     parse_duration,
 )
 from monitor.config.sinks import WebhookSinkConfig
+from monitor.delivery.serial import memory_from_json, memory_to_json
 from monitor.retry import MAX_RETRY_AFTER, parse_retry_after
 from monitor.sinks.alertmanager import alerts_for
-from monitor.sinks.factory import SinkContext, build_sink
+from monitor.sinks.context import SinkContext
+from monitor.sinks.factory import build_sink
 from monitor.sinks.http import HttpSink
-from monitor.store import memory_from_json, memory_to_json
 from monitor.superoffice.models import BatchTaskInfo, ParseError, parse_task
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import Rules

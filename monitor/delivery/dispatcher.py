@@ -1,0 +1,383 @@
+"""Delivery: from committed events to every sink that wants them, at least once.
+
+Flow: :meth:`Dispatcher.commit` routes each event to the sinks whose
+:class:`~monitor.sinks.base.Route` matches and writes the task memories and
+those deliveries to the outbox in one transaction (see
+:class:`~monitor.types.DeliveryStore`).  Then each sink's workers (its lanes,
+:mod:`monitor.delivery.lanes`) claim deliveries from the store: an idle
+worker takes the oldest delivery whose task has nothing in flight, so a slow
+or dead sink delays no other, one slow task delays only its own later events,
+and one task's events arrive in the order they happened.
+
+A sink's workers share its rate, with a second's worth allowed as a burst; on
+a failure the delivery is kept for a retry after ``max(retry_after,
+full-jitter backoff)``, and the task's later events wait behind it; a
+permanent failure (4xx) or a delivery older than ``max_age`` is given up,
+counted and logged with the destination's answer.  An exception that is not a
+:class:`~monitor.sinks.base.DeliveryError` is a bug in the sink, not the
+destination's answer: it is logged with its traceback, tried
+:data:`MAX_CRASHES` times in all, then given up, so one event a sink cannot
+handle does not hold up its task.  Queued ``task.progress`` deliveries of one
+task are coalesced by the store (latest wins); state transitions are never
+dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import structlog
+
+from monitor.delivery.lanes import Lanes
+from monitor.delivery.outbox import Claim, Delivery
+from monitor.delivery.reminders import due_reminders
+from monitor.histogram import Histogram
+from monitor.ratelimit import RateLimiter
+from monitor.sinks.base import DeliveryError, Route
+from monitor.tracking.events import Event
+from monitor.tracking.memory import TaskMemory
+from monitor.types import BackgroundSink, DeliveryStore, Sink
+
+__all__ = ["MAX_CRASHES", "Dispatcher", "Subscription"]
+
+log = structlog.get_logger("batchmon.dispatcher")
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A sink, the events it wants, and how fast it may be sent to."""
+
+    sink: Sink
+    route: Route
+    #: Deliveries per second (``inf``: as fast as it answers).
+    rate: float = math.inf
+    #: Seconds between reminders of a task that stays failed or stalled (``None``: never).
+    remind_every: float | None = None
+    #: Deliveries in flight at once (workers), each of a different task: one task's
+    #: events still go out in order, and a burst is not sent one by one.
+    lanes: int = 1
+
+
+#: Timers wake a hair early and datetimes round to microseconds: closer than this is due.
+_CLOCK_SLACK = 0.001
+
+#: Attempts at one delivery whose sink raised something other than DeliveryError (a bug)
+#: before it is given up: a bug that is not a fluke would block the task's events for good.
+MAX_CRASHES = 3
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Dispatcher:
+    """Routes events into the outbox and drains it, with each sink's own workers."""
+
+    def __init__(
+        self,
+        subscriptions: Sequence[Subscription],
+        store: DeliveryStore,
+        *,
+        now: Callable[[], datetime] = _utc_now,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        rng: random.Random | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        max_age: timedelta = timedelta(hours=24),
+    ) -> None:
+        self._subscriptions = list(subscriptions)
+        self._store = store
+        self._now = now
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._max_age = max_age
+        self._lanes = {s.sink.name: Lanes() for s in subscriptions}
+        self._queued: Counter[str] = Counter()
+        #: Unexpected exceptions of the sink at each outbox row (by seq) still queued.
+        self._crashes: Counter[int] = Counter()
+        #: Events delivered, by sink name.
+        self.delivered: Counter[str] = Counter()
+        #: Delivery attempts that failed, by sink name.
+        self.failed: Counter[str] = Counter()
+        #: Deliveries given up (permanent failure, too old, or the sink kept crashing), by sink.
+        self.given_up: Counter[str] = Counter()
+        #: Seconds from detection to delivery, by sink name.
+        self.latency = {s.sink.name: Histogram() for s in self._subscriptions}
+
+    @property
+    def sink_names(self) -> list[str]:
+        """The configured sinks, in order."""
+        return [s.sink.name for s in self._subscriptions]
+
+    @property
+    def sinks(self) -> list[Sink]:
+        """The configured sinks, in order."""
+        return [s.sink for s in self._subscriptions]
+
+    def queued(self, sink_name: str) -> int:
+        """Deliveries waiting in the outbox for a sink."""
+        return self._queued[sink_name]
+
+    async def start(self) -> None:
+        """Pick up where the last run stopped: count the outbox, drop unknown sinks."""
+        dropped = await self._store.drop_sinks_except(self.sink_names)
+        for sink, count in dropped.items():
+            log.warning("undelivered_for_removed_sink", sink=sink, events=count)
+        self._queued.update(await self._store.pending_counts())
+        pending = {name: self._queued[name] for name in self.sink_names if self._queued[name]}
+        if pending:
+            log.info("outbox_resumed", pending=pending)
+
+    async def commit(self, events: Sequence[Event], memories: Sequence[TaskMemory] = ()) -> None:
+        """Store the memories and queue each event for every sink that wants it, atomically."""
+        deliveries = [
+            (s.sink.name, event)
+            for event in events
+            for s in self._subscriptions
+            if s.route.matches(event)
+        ]
+        if not events and not memories:
+            return
+        await self._queue(memories, deliveries, self._now().timestamp(), events)
+
+    async def _queue(
+        self,
+        memories: Sequence[TaskMemory],
+        deliveries: Sequence[tuple[str, Event]],
+        now: float,
+        history: Sequence[Event] = (),
+    ) -> None:
+        """Commit, then wake an idle worker per delivery queued for its sink."""
+        try:
+            growth = await self._store.commit(memories, deliveries, now, history=history)
+        finally:  # whatever was written, the workers look
+            for sink, count in Counter(sink for sink, _ in deliveries).items():
+                self._lanes[sink].wake(count)
+        self._queued.update(growth)
+
+    async def run(self) -> None:
+        """Deliver until cancelled (and run the sinks' own background work)."""
+        async with anyio.create_task_group() as group:
+            for subscription in self._subscriptions:
+                limiter = (
+                    RateLimiter(subscription.rate, burst=max(1, int(subscription.rate)))
+                    if math.isfinite(subscription.rate)
+                    else None
+                )
+                for _ in range(subscription.lanes):
+                    group.start_soon(self._work, subscription, limiter)
+                if isinstance(subscription.sink, BackgroundSink):
+                    group.start_soon(subscription.sink.run)
+
+    async def remind(self, firing: Callable[[], Sequence[Event]]) -> None:
+        """Re-send failed and stalled tasks to sinks with ``remind_every``, until cancelled.
+
+        ``firing`` gives the current conditions (one event per failed, stalled
+        or gone task).  Reminders already recorded are skipped, so a restart
+        never repeats one.
+        """
+        periods = [s.remind_every for s in self._subscriptions if s.remind_every]
+        if not periods:
+            return
+        tick = min(max(min(periods) / 10, 1.0), 60.0)
+        while True:
+            await self._sleep(tick)
+            await self.remind_once(firing())
+
+    async def remind_once(self, conditions: Sequence[Event]) -> None:
+        """Queue the reminders that are due now."""
+        now = self._now()
+        subscribers = [(s.sink.name, s.remind_every, s.route.matches) for s in self._subscriptions]
+        due = due_reminders(subscribers, conditions, now)
+        known = await self._store.known_events([event.id for _, event in due])
+        fresh = [(sink, event) for sink, event in due if event.id not in known]
+        if not fresh:
+            return
+        await self._queue([], fresh, now.timestamp())
+        log.info("reminders_queued", count=len(fresh))
+
+    async def drain(self) -> None:
+        """Send what is due now, once each, without waiting for retries (shutdown).
+
+        The caller bounds it in time; whatever is left stays in the outbox.
+        """
+        async with anyio.create_task_group() as group:
+            for subscription in self._subscriptions:
+                for _ in range(subscription.lanes):
+                    group.start_soon(self._flush, subscription)
+
+    async def _flush(self, subscription: Subscription) -> None:
+        done: list[int] = []
+        try:
+            while True:
+                claim = await self._claim(subscription.sink.name, done)
+                done = []
+                if claim.delivery is None:
+                    return
+                if not await self._attempt(subscription, claim.delivery):
+                    return
+                done = [claim.delivery.seq]
+        finally:
+            await self._finish(done)
+
+    async def _claim(self, sink: str, done: Sequence[int]) -> Claim:
+        """Finish ``done``, then claim the sink's next due delivery: one store round trip.
+
+        Rows the store drops as unreadable are counted out of the queue.
+        """
+        claim = await self._store.claim(sink, self._now().timestamp() + _CLOCK_SLACK, done=done)
+        self._queued[sink] -= claim.dropped
+        return claim
+
+    async def _finish(self, done: Sequence[int], unsent: Sequence[int] = ()) -> None:
+        """Delete finished deliveries even while being cancelled (else they would go out twice).
+
+        ``unsent`` were claimed, then not tried: they stay queued.
+        """
+        with anyio.CancelScope(shield=True):
+            if done:
+                await self._store.finish(done)
+            if unsent:
+                await self._store.release(unsent)
+
+    async def _work(self, subscription: Subscription, limiter: RateLimiter | None) -> None:
+        """One lane: claim, send, repeat; idle until woken or until a retry is due.
+
+        A finished delivery is deleted with the next claim, in the same round trip.
+        """
+        name = subscription.sink.name
+        lanes = self._lanes[name]
+        done: list[int] = []
+        claimed: Delivery | None = None  # claimed and not settled yet
+        tried = False
+        try:
+            while True:
+                news = lanes.news
+                claim = await self._claim(name, done)
+                done = []
+                claimed, tried = claim.delivery, False
+                if claimed is None:
+                    if lanes.news == news:  # else news came while the store was asked
+                        await self._idle(lanes, claim.due_at)
+                    continue
+                if claim.more:
+                    lanes.wake()
+                if limiter is not None:
+                    await limiter.acquire()
+                tried = True
+                if await self._attempt(subscription, claimed):
+                    done = [claimed.seq]
+                claimed = None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish(done, [claimed.seq] if claimed and not tried else ())
+                if claimed is not None and tried:  # stopped while sending: due again at once
+                    await self._store.retry_later(
+                        claimed.seq, claimed.next_attempt, "interrupted by a stop"
+                    )
+
+    async def _idle(self, lanes: Lanes, due_at: float | None) -> None:
+        """Wait until woken, or until ``due_at`` (epoch seconds) when a retry is due."""
+        woken = lanes.idle()
+        try:
+            if due_at is None:
+                await woken.wait()
+                return
+            delay = due_at - self._now().timestamp()
+            if delay <= _CLOCK_SLACK:
+                return
+            async with anyio.create_task_group() as group:
+
+                async def timer() -> None:
+                    await self._sleep(delay)
+                    group.cancel_scope.cancel()
+
+                async def wake() -> None:
+                    await woken.wait()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(timer)
+                group.start_soon(wake)
+        finally:
+            lanes.busy(woken)
+
+    async def _attempt(self, subscription: Subscription, row: Delivery) -> bool:
+        """Try one claimed delivery; whether it is finished (delivered or given up).
+
+        The caller deletes a finished delivery.
+        """
+        sink, event = subscription.sink, row.event
+        try:
+            await sink.send(event)
+        except DeliveryError as exc:
+            return await self._failed(
+                sink.name, row, exc, permanent=exc.permanent, retry_after=exc.retry_after
+            )
+        except Exception as exc:  # a bug in a sink must not stop its worker
+            self._crashes[row.seq] += 1
+            crashes = self._crashes[row.seq]
+            if crashes == 1:  # the traceback once; delivery_failed says each time it failed
+                log.error("sink_crashed", sink=sink.name, event_id=event.id, exc_info=exc)
+            return await self._failed(
+                sink.name, row, exc, permanent=False, retry_after=None, crashes=crashes
+            )
+        self._crashes.pop(row.seq, None)
+        self._queued[sink.name] -= 1
+        self.delivered[sink.name] += 1
+        self.latency[sink.name].observe(max((self._now() - event.time).total_seconds(), 0.0))
+        return True
+
+    async def _failed(
+        self,
+        sink: str,
+        row: Delivery,
+        error: Exception,
+        *,
+        permanent: bool,
+        retry_after: float | None,
+        crashes: int = 0,
+    ) -> bool:
+        """Count a failed attempt; give the delivery up (``True``) or schedule the next one.
+
+        ``crashes`` is how often the sink raised something unexpected on this
+        delivery, counting this attempt (``0``: the destination's answer, a
+        :class:`DeliveryError`).
+        """
+        self.failed[sink] += 1
+        now = self._now().timestamp()
+        attempts = row.attempts + 1
+        message = f"{type(error).__name__}: {error}" if crashes else str(error)
+        fields = {
+            "sink": sink,
+            "event_id": row.event.id,
+            "event_type": row.event.type.value,
+            "task_id": row.event.task_id,
+            "attempts": attempts,
+            "error": message,
+        }
+        reason: str | None = None
+        if permanent:
+            reason = "rejected by the destination"
+        elif crashes >= MAX_CRASHES:
+            reason = f"internal error: the sink crashed {crashes} times on this event"
+        elif now - row.created > self._max_age.total_seconds():
+            reason = "too old to be worth sending"
+        if reason is not None:
+            self._crashes.pop(row.seq, None)
+            self._queued[sink] -= 1
+            self.given_up[sink] += 1
+            log.error("delivery_given_up", reason=reason, **fields)
+            return True
+        ceiling = min(self._backoff_cap, self._backoff_base * 2 ** min(attempts - 1, 30))
+        delay = max(retry_after or 0.0, self._rng.uniform(0, ceiling))
+        await self._store.retry_later(row.seq, now + delay, message)
+        log.warning("delivery_failed", retry_in=round(delay, 3), **fields)
+        return False

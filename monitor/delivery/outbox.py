@@ -1,0 +1,49 @@
+"""What the outbox holds and gives back, whatever the backend.
+
+The values here cross the store protocol (:class:`monitor.types.DeliveryStore`):
+plain data, no database handles, so a second backend returns the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monitor.tracking.events import Event
+
+__all__ = ["Claim", "Delivery", "StoreError"]
+
+
+class StoreError(Exception):
+    """The state database cannot be used (unwritable directory, disk full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One pending delivery of one event to one sink."""
+
+    #: The delivery's id in the outbox: increasing in the order deliveries were queued,
+    #: and kept across restarts (and, with a shared backend, across replicas).
+    seq: int
+    sink: str
+    event: Event
+    #: Attempts before this one (a claim counts the attempt it makes).
+    attempts: int
+    #: Wall-clock epoch seconds before which it must not be tried again.
+    next_attempt: float
+    #: Epoch seconds when it entered the outbox.
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim found: a delivery to try now, or when to ask again."""
+
+    #: The delivery claimed for the caller (``None``: none is claimable now).
+    delivery: Delivery | None = None
+    #: With no delivery: epoch seconds when a waiting delivery becomes due (``None``:
+    #: none waits; a commit or a settled claim is the next news).
+    due_at: float | None = None
+    #: With a delivery: whether another was claimable too (another worker may ask now).
+    more: bool = False
+    #: Unreadable deliveries deleted on the way (written by another version, or damaged).
+    dropped: int = 0

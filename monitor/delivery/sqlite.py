@@ -1,0 +1,346 @@
+"""The SQLite store: task memories, the outbox, history and watches in one local file.
+
+Why it exists: a restart must neither re-announce what was announced nor miss
+what happened while batchmon was down, and a chat outage must not lose a
+notification.  So the tracker's memory of a task and the deliveries its new
+events cause are written in *one* transaction, before any sink sees them; a
+delivery leaves the outbox only when it was delivered or given up.  It keeps
+the contract of :class:`monitor.types.DeliveryStore`.
+
+SQLite runs in a worker thread (one at a time, through a capacity limiter of
+one), so no query blocks the event loop.  The database is in WAL mode.  One
+process owns the file, so claims are kept in memory: a restart drops them,
+and the attempt each counted stays counted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from monitor.delivery.database import connect
+from monitor.delivery.outbox import Claim, Delivery, StoreError
+from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
+from monitor.tracking.events import KINDS, Event
+from monitor.tracking.memory import TaskMemory
+
+__all__ = ["COALESCED", "HISTORY_PER_TASK", "SqliteStore"]
+
+log = structlog.get_logger("batchmon.store")
+
+_T = TypeVar("_T")
+
+#: Events kept per task for the HTTP API (older ones are pruned).
+HISTORY_PER_TASK = 20
+
+#: Event types whose queued deliveries coalesce: a new one replaces the older ones of the
+#: same task and sink never tried (latest wins).
+COALESCED = frozenset(kind.value for kind, row in KINDS.items() if row.coalesces)
+
+
+class SqliteStore:
+    """The state database; every method runs its SQL in a worker thread."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+        self._limiter = anyio.CapacityLimiter(1)
+        #: Claimed deliveries (seq -> task key), per sink.
+        self._claims: dict[str, dict[int, int]] = {}
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        """Open (or create) the database; a corrupt one is moved aside and replaced."""
+        connection = await anyio.to_thread.run_sync(connect, path)
+        return cls(connection, path)
+
+    async def close(self) -> None:
+        """Close the database (after the last write)."""
+        await self._run(self._db.close)
+
+    async def _run(self, function: Callable[[], _T]) -> _T:
+        try:
+            return await anyio.to_thread.run_sync(function, limiter=self._limiter)
+        except (sqlite3.Error, OverflowError) as exc:  # an integer SQLite cannot hold
+            msg = f"state database {self.path}: {exc}"
+            raise StoreError(msg) from exc
+
+    # --- tasks
+
+    async def load_tasks(self) -> dict[int, TaskMemory]:
+        """Every stored task memory; unreadable rows are logged and skipped."""
+
+        def load() -> list[tuple[int, str]]:
+            return self._db.execute("SELECT id, memory FROM tasks").fetchall()
+
+        memories: dict[int, TaskMemory] = {}
+        for task_id, text in await self._run(load):
+            try:
+                memories[task_id] = memory_from_json(text)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("stored_task_unreadable", task_id=task_id, error=str(exc))
+        return memories
+
+    async def forget_tasks(self, task_ids: Iterable[int]) -> None:
+        """Drop the memory and history of tasks no longer watched."""
+        ids = [(task_id,) for task_id in task_ids]
+
+        def forget() -> None:
+            with self._db:
+                self._db.executemany("DELETE FROM tasks WHERE id = ?", ids)
+                self._db.executemany("DELETE FROM history WHERE task_id = ?", ids)
+
+        await self._run(forget)
+
+    async def commit(
+        self,
+        memories: Sequence[TaskMemory],
+        deliveries: Sequence[tuple[str, Event]],
+        now: float,
+        history: Sequence[Event] = (),
+    ) -> dict[str, int]:
+        """Store task memories, queue deliveries and record events, atomically.
+
+        Each task keeps its last :data:`HISTORY_PER_TASK` events.  A queued
+        delivery of a :data:`COALESCED` type replaces the older ones of the same
+        task and sink never tried; nothing else is ever replaced.
+        """
+        rows = [(m.info.id, memory_to_json(m)) for m in memories]
+        texts = {e.id: event_to_json(e) for _, e in deliveries}
+        queued = [(sink, e.id, e.task_id, e.type.value, texts[e.id], now) for sink, e in deliveries]
+        events = {e.id: e for _, e in deliveries}
+        events.update((e.id, e) for e in history)
+        recorded = [(e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()]
+
+        def write() -> dict[str, int]:
+            growth: dict[str, int] = {}
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO tasks (id, memory) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
+                    rows,
+                )
+                for row in queued:
+                    sink, _, task_id, kind = row[:4]
+                    if kind in COALESCED and task_id is not None:
+                        # attempts = 0: never replace one that is or was being tried.
+                        dropped = self._db.execute(
+                            "DELETE FROM outbox WHERE sink = ? AND task_id = ? AND type = ? "
+                            "AND attempts = 0",
+                            (sink, task_id, kind),
+                        ).rowcount
+                        growth[sink] = growth.get(sink, 0) - dropped
+                    cursor = self._db.execute(
+                        "INSERT OR IGNORE INTO outbox "
+                        "(sink, event_id, task_id, type, event, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        row,
+                    )
+                    growth[sink] = growth.get(sink, 0) + cursor.rowcount
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO history (event_id, task_id, event) VALUES (?, ?, ?)",
+                    recorded,
+                )
+                for task_id in {task_id for _, task_id, _ in recorded}:
+                    self._db.execute(
+                        "DELETE FROM history WHERE task_id IS ? AND seq NOT IN "
+                        "(SELECT seq FROM history WHERE task_id IS ? ORDER BY seq DESC LIMIT ?)",
+                        (task_id, task_id, HISTORY_PER_TASK),
+                    )
+            return growth
+
+        return await self._run(write)
+
+    # --- outbox
+
+    async def claim(self, sink: str, now: float, *, done: Sequence[int] = ()) -> Claim:
+        """Delete ``done``, then claim the oldest due head of a task with nothing claimed.
+
+        A task's head is its oldest delivery to the sink: a later one never
+        overtakes it, whether the head is claimed or waits for its retry.  One
+        transaction, one round trip.  A row that cannot be read is logged and
+        deleted, and counted in :attr:`Claim.dropped`.
+        """
+        claims = self._claims.setdefault(sink, {})
+
+        def step(finished: Sequence[int]) -> tuple[tuple[Any, ...] | None, float | None, bool]:
+            # Claims change only here and in the other steps: one at a time, in the thread.
+            with self._db:
+                self._delete(finished)
+                busy = set(claims.values())
+                heads = self._db.execute(
+                    "SELECT min(seq), next_attempt, coalesce(task_id, 0) AS task FROM outbox "
+                    "WHERE sink = ? GROUP BY task ORDER BY 1",
+                    (sink,),
+                ).fetchall()
+                due = [(seq, task) for seq, at, task in heads if task not in busy and at <= now]
+                if not due:
+                    waiting = [at for _, at, task in heads if task not in busy]
+                    return None, min(waiting, default=None), False
+                seq, task = due[0]
+                self._db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+                row: tuple[Any, ...] = self._db.execute(
+                    "SELECT seq, event, attempts - 1, next_attempt, created FROM outbox "
+                    "WHERE seq = ?",
+                    (seq,),
+                ).fetchone()
+                claims[seq] = task
+                return row, None, len(due) > 1
+
+        finished: Sequence[int] = done
+        dropped = 0
+        while True:
+            row, due_at, more = await self._run(partial(step, finished))
+            if row is None:
+                return Claim(None, due_at, dropped=dropped)
+            seq, text, attempts, next_attempt, created = row
+            try:
+                event = event_from_json(text)
+            except (ValueError, KeyError, TypeError) as exc:
+                # Written by another version, or damaged: it can never be sent, and keeping
+                # it at the head of its task would stop that task's deliveries for good.
+                log.error("outbox_row_unreadable", seq=seq, sink=sink, error=str(exc))
+                finished, dropped = (seq,), dropped + 1
+                continue
+            delivery = Delivery(seq, sink, event, attempts, next_attempt, created)
+            return Claim(delivery, more=more, dropped=dropped)
+
+    def _settle(self, seqs: Iterable[int]) -> None:
+        """Claims on these deliveries end, whichever sink holds them (in the worker thread)."""
+        for claims in self._claims.values():
+            for seq in seqs:
+                claims.pop(seq, None)
+
+    def _delete(self, seqs: Sequence[int]) -> None:
+        """Delete outbox rows by seq (in the worker thread, inside the caller's transaction)."""
+        self._settle(seqs)
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+
+    async def finish(self, seqs: Sequence[int]) -> None:
+        """Deliveries are done: delivered or given up."""
+
+        def delete() -> None:
+            with self._db:
+                self._delete(seqs)
+
+        await self._run(delete)
+
+    async def retry_later(self, seq: int, next_attempt: float, error: str) -> None:
+        """Keep a delivery for another try at ``next_attempt`` (epoch seconds)."""
+
+        def later() -> None:
+            with self._db:
+                self._db.execute(
+                    "UPDATE outbox SET next_attempt = ?, last_error = ? WHERE seq = ?",
+                    (next_attempt, error, seq),
+                )
+            self._settle((seq,))
+
+        await self._run(later)
+
+    async def release(self, seqs: Sequence[int]) -> None:
+        """Claimed deliveries were not tried after all: take back the attempt counted."""
+
+        def release() -> None:
+            with self._db:
+                self._db.executemany(
+                    "UPDATE outbox SET attempts = attempts - 1 WHERE seq = ? AND attempts > 0",
+                    [(s,) for s in seqs],
+                )
+            self._settle(seqs)
+
+        await self._run(release)
+
+    async def pending_counts(self) -> dict[str, int]:
+        """Pending deliveries per sink."""
+
+        def count() -> list[tuple[str, int]]:
+            return self._db.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
+
+        return dict(await self._run(count))
+
+    async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
+        """Delete deliveries for sinks no longer configured; how many, per sink."""
+        keep = sorted(set(sinks))
+
+        def drop() -> dict[str, int]:
+            marks = ",".join("?" * len(keep))
+            with self._db:
+                gone = dict(
+                    self._db.execute(
+                        f"SELECT sink, COUNT(*) FROM outbox WHERE sink NOT IN ({marks}) "  # noqa: S608 - only placeholders
+                        "GROUP BY sink",
+                        keep,
+                    ).fetchall()
+                )
+                self._db.execute(f"DELETE FROM outbox WHERE sink NOT IN ({marks})", keep)  # noqa: S608
+            return gone
+
+        return await self._run(drop)
+
+    async def known_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids were recorded already (queued or delivered)."""
+        ids = list(event_ids)
+
+        def known() -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT event_id FROM history WHERE event_id IN ({marks})",  # noqa: S608 - only placeholders
+                    chunk,
+                ).fetchall()
+                found.update(event_id for (event_id,) in rows)
+            return found
+
+        return await self._run(known) if ids else set()
+
+    async def recent_events(self, task_id: int | None) -> list[Event]:
+        """A task's last recorded events, oldest first (``None``: monitor events)."""
+
+        def load() -> list[tuple[str]]:
+            return self._db.execute(
+                "SELECT event FROM history WHERE task_id IS ? ORDER BY seq", (task_id,)
+            ).fetchall()
+
+        return [event_from_json(text) for (text,) in await self._run(load)]
+
+    # --- watches added at run time
+
+    async def watches(self) -> list[int]:
+        """Task ids watched through the HTTP API."""
+
+        def load() -> list[tuple[int]]:
+            return self._db.execute("SELECT id FROM watches ORDER BY id").fetchall()
+
+        return [task_id for (task_id,) in await self._run(load)]
+
+    async def add_watch(self, task_id: int) -> None:
+        """Persist a watch added at run time."""
+
+        def add() -> None:
+            with self._db:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO watches (id, added) VALUES (?, ?)",
+                    (task_id, time.time()),
+                )
+
+        await self._run(add)
+
+    async def remove_watch(self, task_id: int) -> None:
+        """Forget a watch added at run time."""
+
+        def remove() -> None:
+            with self._db:
+                self._db.execute("DELETE FROM watches WHERE id = ?", (task_id,))
+
+        await self._run(remove)

@@ -1,0 +1,17 @@
+"""What every sink may need besides its own config (a leaf: sinks import it, it imports none)."""
+
+from __future__ import annotations
+
+import aiohttp
+
+__all__ = ["SinkContext"]
+
+
+class SinkContext:
+    """What every sink may need besides its own config."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, status_url: str | None) -> None:
+        #: The one HTTP session of all sinks.
+        self.session = session
+        #: The status page's public URL, for links in messages (``http.public_url``).
+        self.status_url = status_url

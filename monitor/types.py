@@ -1,0 +1,271 @@
+"""Every protocol of batchmon: the seams between its parts, in one place.
+
+Each is what one side needs of the other, so that tests and a second
+implementation (a PostgreSQL store, a new sink) have one page to read.
+Only annotations refer to the modules named here, so importing this module
+imports none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+
+if TYPE_CHECKING:
+    from monitor.console import TaskView
+    from monitor.delivery.outbox import Claim
+    from monitor.superoffice.errors import Answer
+    from monitor.tracking.events import Event
+    from monitor.tracking.memory import TaskMemory
+
+__all__ = [
+    "ApiRoute",
+    "Auth",
+    "BackgroundSink",
+    "DeliveryStore",
+    "RestorableSink",
+    "Sink",
+    "TaskSource",
+    "Transport",
+    "Watches",
+]
+
+_T = TypeVar("_T")
+
+
+# --- sinks -----------------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """A destination for events.
+
+    A sink delivers exactly what it is given, once per call: retries, rate
+    limits, ordering and persistence belong to the dispatcher.
+    """
+
+    #: The configured name (metrics label, log field).
+    name: str
+    #: Deliveries per second the destination tolerates (``inf``: no limit).
+    default_rate: float
+    #: Deliveries in flight at once unless configured (one task's always go in order).
+    default_concurrency: int
+
+    async def send(self, event: Event) -> None:
+        """Deliver one event, or raise :class:`~monitor.sinks.base.DeliveryError`."""
+        ...
+
+
+@runtime_checkable
+class BackgroundSink(Protocol):
+    """A sink with work of its own besides ``send`` (Alertmanager re-sends active alerts)."""
+
+    async def run(self) -> None:
+        """Work until cancelled."""
+        ...
+
+
+@runtime_checkable
+class RestorableSink(Protocol):
+    """A sink that keeps state about tasks and rebuilds it at start-up."""
+
+    def restore(self, firing: Iterable[Event]) -> None:
+        """Take the latest failed/stalled/gone event of each task still in that condition."""
+        ...
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class DeliveryStore(Protocol):
+    """Durable state: task memories, the outbox, event history, run-time watches.
+
+    The guarantees every backend keeps (SQLite now, PostgreSQL planned):
+
+    - **One transaction per commit.**  :meth:`commit` writes task memories,
+      deliveries and history together or not at all, before any sink sees an
+      event: a crash between detection and commit re-detects the same
+      transition with the same event id, and nothing is announced twice.
+    - **Claims, one holder each.**  :meth:`claim` hands a delivery to one
+      caller at a time and counts the attempt.  A task's deliveries to one sink
+      are claimed in the order they were queued, one at a time: while one is
+      claimed, or waits for its retry, the task's later ones are not handed out,
+      while other tasks' are.  A claim is held until settled by :meth:`finish`,
+      :meth:`retry_later` or :meth:`release`.  SQLite keeps claims in the
+      process that owns the file (a restart drops them); a shared backend keeps
+      them in the database with a lease (``claimed_by``, ``claimed_until``),
+      claims with ``FOR UPDATE SKIP LOCKED`` or a conditional ``UPDATE``, and
+      lets another replica take a delivery whose lease ran out: the delivery
+      keeps its :attr:`~monitor.delivery.outbox.Delivery.seq` and event id, so
+      a receiver can drop the repeat.
+    - **At least once.**  A delivery leaves the outbox only through
+      :meth:`finish` (delivered or given up); everything else keeps it.
+    - **Coalescing.**  A queued delivery of a coalesced event type (latest
+      wins: ``task.progress``) replaces the older ones of the same task and
+      sink that were never tried.
+    - **Versioned schema.**  Opening a store creates or checks its schema; a
+      backend with migrations applies them there, before the first read.
+
+    Methods may raise :class:`~monitor.delivery.outbox.StoreError`.
+    """
+
+    async def close(self) -> None:
+        """Release the backend (after the last write)."""
+        ...
+
+    async def load_tasks(self) -> dict[int, TaskMemory]:
+        """Every stored task memory; unreadable ones are logged and skipped."""
+        ...
+
+    async def forget_tasks(self, task_ids: Iterable[int]) -> None:
+        """Drop the memory and history of tasks no longer watched."""
+        ...
+
+    async def commit(
+        self,
+        memories: Sequence[TaskMemory],
+        deliveries: Sequence[tuple[str, Event]],
+        now: float,
+        history: Sequence[Event] = (),
+    ) -> dict[str, int]:
+        """Store memories, queue ``(sink, event)`` deliveries, record events: atomically.
+
+        ``history`` are events to record even if no sink wants them (those of
+        ``deliveries`` are recorded anyway).  A delivery already queued (same
+        sink and event id) is not queued again.  Returns how the outbox grew per
+        sink (it can shrink when deliveries coalesce).
+        """
+        ...
+
+    async def claim(self, sink: str, now: float, *, done: Sequence[int] = ()) -> Claim:
+        """Finish ``done``, then claim the sink's oldest due delivery whose task has none claimed.
+
+        One round trip per delivery: a worker passes what it just finished.
+        Due means ``next_attempt <= now`` (epoch seconds).
+        """
+        ...
+
+    async def finish(self, seqs: Sequence[int]) -> None:
+        """Deliveries are done (delivered or given up): delete them, claims included."""
+        ...
+
+    async def retry_later(self, seq: int, next_attempt: float, error: str) -> None:
+        """Settle a claim by keeping its delivery for another try at ``next_attempt``."""
+        ...
+
+    async def release(self, seqs: Sequence[int]) -> None:
+        """Claims not tried after all: give them up and take back the attempts counted."""
+        ...
+
+    async def pending_counts(self) -> dict[str, int]:
+        """Deliveries in the outbox, per sink."""
+        ...
+
+    async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
+        """Delete the deliveries of sinks no longer configured; how many, per sink."""
+        ...
+
+    async def known_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids were recorded already (queued or delivered)."""
+        ...
+
+    async def recent_events(self, task_id: int | None) -> list[Event]:
+        """A task's last recorded events, oldest first (``None``: monitor events)."""
+        ...
+
+    async def watches(self) -> list[int]:
+        """Task ids watched through the HTTP API."""
+        ...
+
+    async def add_watch(self, task_id: int) -> None:
+        """Persist a watch added at run time."""
+        ...
+
+    async def remove_watch(self, task_id: int) -> None:
+        """Forget a watch added at run time."""
+        ...
+
+
+# --- the HTTP API and the CLI ----------------------------------------------------------------
+
+
+class Watches(Protocol):
+    """Changes the set of watched tasks at run time (persisted by the daemon)."""
+
+    async def add(self, task_id: int) -> bool:
+        """Watch a task; ``False`` if it already was.
+
+        Raises :class:`~monitor.web.WatchLimitReachedError` when ``http.max_watches``
+        tasks are watched.
+        """
+        ...
+
+    async def remove(self, task_id: int) -> bool:
+        """Stop watching a task; ``False`` if it was not watched at run time.
+
+        Raises :class:`ValueError` for a task the configuration watches.
+        """
+        ...
+
+
+class TaskSource(Protocol):
+    """Where ``watch`` reads a task from."""
+
+    async def read(self) -> TaskView:
+        """The task now; :class:`~monitor.console.SourceError` when there is no answer."""
+        ...
+
+
+# --- SuperOffice -----------------------------------------------------------------------------
+
+
+class Transport(Protocol):
+    """Sends one request within the tenant's limits and retries (the client's)."""
+
+    async def request(
+        self,
+        method: str,
+        base: str,
+        path: str,
+        *,
+        parse: Callable[[Answer], _T],
+        headers: Mapping[str, str] | None = None,
+        json: object = None,
+        form: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        secrets: Collection[str] = (),
+        limit: int,
+    ) -> _T:
+        """``parse`` turns the answer into the result or raises an ``ApiError``.
+
+        ``secrets``: credentials in ``form`` or ``json``, masked wherever the
+        answer is quoted (:attr:`Answer.redact`), as are the credential headers.
+        """
+        ...
+
+
+class Auth(Protocol):
+    """Produces the ``Authorization`` header value, and renews it when it can."""
+
+    async def authorization(self) -> str:
+        """The header value for the next request."""
+        ...
+
+    async def renew(self, rejected: str) -> bool:
+        """Replace ``rejected`` (a value the API answered 401 to) with a fresh credential.
+
+        Returns ``False`` when the scheme cannot renew.  When another request
+        already replaced ``rejected``, returns ``True`` without logging in again.
+        """
+        ...
+
+
+class ApiRoute(Protocol):
+    """Gives the API base for the next request."""
+
+    async def api_base(self) -> str:
+        """The API base, e.g. ``https://online3.superoffice.com/Cust12345/api``."""
+        ...
+
+    def misdirected(self, base: str) -> bool:
+        """``base`` answered 421; whether asking the route again may give another one."""
+        ...
