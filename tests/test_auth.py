@@ -19,7 +19,6 @@ from monitor.superoffice.auth import (
     JWKS_PATH,
     SYSTEM_USER_PATH,
     TOKEN_PATH,
-    Auth,
     BasicAuth,
     BearerAuth,
     TicketAuth,
@@ -27,6 +26,7 @@ from monitor.superoffice.auth import (
 )
 from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.errors import AuthenticationFailed
+from monitor.types import Auth
 from tests.conftest import ManualClock
 
 TOKEN_CALL = f"POST {TOKEN_PATH}"

@@ -388,6 +388,8 @@ class TestReminders:
                         tracker.observe(rerun, time.now)
                     case "cleaned up":
                         tracker.observe_gone(7, time.now)
+                    case _:  # "forgotten": nothing happens to it
+                        pass
             tracker.expire(time.now)
             await dispatcher.remind_once(tracker.firing())
             reminded.append(dispatcher.queued("ops"))

@@ -9,7 +9,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from monitor.config import SINK_TYPES, SinkConfig
-from monitor.sinks.factory import BUILDERS, SinkContext, build_sink
+from monitor.sinks.context import SinkContext
+from monitor.sinks.factory import BUILDERS, build_sink
 
 #: The keys each type needs to load (the URL sinks need a URL).
 REQUIRED: dict[str, dict[str, str]] = {
