@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 from monitor.config.load import Config
 from monitor.config.values import parse_duration, parse_rate
 
-__all__ = ["MASK", "config_toml", "duration_text"]
+__all__ = ["MASK", "config_toml", "duration_text", "toml_text"]
 
 #: What the echo shows instead of a secret.
 MASK: Final = "********"
@@ -30,7 +30,12 @@ _UNITS: Final = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 def config_toml(config: Config) -> str:
     """``config`` as TOML text, every secret shown as ``********``."""
-    return "\n".join(_table(_plain(config), ())).strip() + "\n"
+    return toml_text(_plain(config))
+
+
+def toml_text(table: Mapping[str, object]) -> str:
+    """Plain values (tables as mappings, arrays of tables as lists of them) as TOML text."""
+    return "\n".join(_table(table, ())).strip() + "\n"
 
 
 def duration_text(seconds: float) -> str:
@@ -131,6 +136,8 @@ def _toml(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return _string(value)
+    if isinstance(value, Path):
+        return _string(str(value))
     if isinstance(value, list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
     msg = f"no TOML form for {type(value).__name__}"

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -38,6 +37,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
+from monitor.config.echo import toml_text
 from monitor.simulator import Simulator
 
 ROOT = Path(__file__).parents[2]
@@ -164,59 +164,6 @@ def slope(samples: Sequence[tuple[float, float]]) -> float:
     if spread == 0:
         return 0.0
     return sum((t - mean_t) * (v - mean_v) for t, v in samples) / spread
-
-
-# --- TOML ---------------------------------------------------------------------------------------
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _key(name: str) -> str:
-    return name if _BARE_KEY.fullmatch(name) else _string(name)
-
-
-def _string(text: str) -> str:
-    # JSON escapes are TOML escapes, except that TOML wants DEL escaped too.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, Path):
-        return _string(str(value))
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(item) for item in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
-    msg = f"cannot write {type(value).__name__} as TOML"
-    raise TypeError(msg)
-
-
-def _is_table_list(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
-
-
-def toml_dumps(data: Mapping[str, object], prefix: str = "") -> str:
-    """A configuration as TOML text: plain keys first, then tables and arrays of tables."""
-    lines = [
-        f"{_key(k)} = {_value(v)}"
-        for k, v in data.items()
-        if not isinstance(v, Mapping) and not _is_table_list(v)
-    ]
-    for k, v in data.items():
-        name = f"{prefix}.{_key(k)}" if prefix else _key(k)
-        if isinstance(v, Mapping):
-            lines += ["", f"[{name}]", toml_dumps(v, name)]
-        elif _is_table_list(v):
-            assert isinstance(v, list)
-            for item in v:
-                lines += ["", f"[[{name}]]", toml_dumps(item, name)]
-    return "\n".join(line for line in lines if line is not None) + "\n"
 
 
 def base_config(api_url: str, state: Path, **sections: object) -> dict[str, Any]:
@@ -575,7 +522,7 @@ def _launch(tmp_path: Path) -> Iterator[Callable[..., Batchmon]]:
             path = config
         else:
             path = workdir / "batchmon.toml"
-            path.write_text(toml_dumps(config))
+            path.write_text(toml_text(config))
         process = Batchmon(path, workdir, env, open_files=open_files)
         started.append(process)
         return process.start() if start else process
@@ -650,6 +597,23 @@ class Prometheus(Peer):
         """Alerts pending or firing now."""
         alerts: list[dict[str, Any]] = self.api("/alerts")["alerts"]
         return alerts
+
+
+#: An Alertmanager configuration that sends every alert, at once and when resolved, to one
+#: webhook (``{url}``): what the e2e tests read notifications from.
+AM_ONE_HOOK = """\
+route:
+  receiver: hook
+  group_by: ['...']
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: hook
+    webhook_configs:
+      - url: {url}
+        send_resolved: true
+"""
 
 
 class Alertmanager(Peer):

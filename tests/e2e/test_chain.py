@@ -29,9 +29,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
+from monitor.config.echo import toml_text
 from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
 from tests.e2e.conftest import (
+    AM_ONE_HOOK,
     PROMETHEUS_DIR,
     WEBHOOK_SECRET,
     Alertmanager,
@@ -44,7 +46,6 @@ from tests.e2e.conftest import (
     free_port,
     http,
     require_tool,
-    toml_dumps,
     wait_until,
 )
 
@@ -54,20 +55,6 @@ AM_HOOK_PATH = "/alertmanager"
 #: Generous bounds for a busy 2-core machine; nothing here is a timing assertion.
 STEP = 30.0
 NAMES = {"A": "Import contacts from CSV", "B": "Rebuild freetext index", "C": "Email export"}
-
-AM_CONFIG = """\
-route:
-  receiver: hook
-  group_by: ['...']
-  group_wait: 0s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: hook
-    webhook_configs:
-      - url: {url}
-        send_resolved: true
-"""
 
 
 def fast_rules(text: str) -> str:
@@ -212,7 +199,7 @@ def _chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainRun]:
         port = free_port()
         public_url = f"http://127.0.0.1:{port}"
         alertmanager = Alertmanager(
-            am_binary, tmp / "alertmanager", AM_CONFIG.format(url=inbox.url(AM_HOOK_PATH))
+            am_binary, tmp / "alertmanager", AM_ONE_HOOK.format(url=inbox.url(AM_HOOK_PATH))
         )
         closers.append(alertmanager.close)
         (tmp / "prometheus").mkdir()
@@ -271,7 +258,7 @@ def _chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainRun]:
         )
         workdir = tmp / "batchmon"
         workdir.mkdir()
-        (workdir / "batchmon.toml").write_text(toml_dumps(config))
+        (workdir / "batchmon.toml").write_text(toml_text(config))
         batchmon = Batchmon(workdir / "batchmon.toml", workdir).start()
         closers.append(batchmon.close)
         sampler = Sampler(prometheus, alertmanager)

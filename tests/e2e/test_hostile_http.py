@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from monitor.config.echo import toml_text
 from monitor.http_listener import HEAD_TIMEOUT
 from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
@@ -45,7 +46,6 @@ from tests.e2e.conftest import (
     corpus,
     http,
     rss_kib,
-    toml_dumps,
     wait_until,
 )
 from tests.e2e.hostile_api import HostileApi
@@ -147,7 +147,7 @@ def _target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             poll={"interval": "0.1s", "idle_interval": "0.1s", "api_down_after": 1},
             sinks=[{"name": "log", "type": "log"}],
         )
-        (tmp / "batchmon.toml").write_text(toml_dumps(config))
+        (tmp / "batchmon.toml").write_text(toml_text(config))
         batchmon = Batchmon(tmp / "batchmon.toml", tmp).start()
         url = batchmon.wait_started()
         target = Target(peers, api, batchmon, url)
@@ -396,7 +396,7 @@ def _guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
             },
             sinks=[{"name": "log", "type": "log"}],
         )
-        (tmp / "batchmon.toml").write_text(toml_dumps(config))
+        (tmp / "batchmon.toml").write_text(toml_text(config))
         batchmon = Batchmon(tmp / "batchmon.toml", tmp, open_files=OPEN_FILES).start()
         url = batchmon.wait_started()
         wait_until(lambda: http(url + "/readyz", timeout=2).status == 200, 30, "ready")

@@ -47,6 +47,7 @@ from monitor.config import (
     parse_config,
     parse_duration,
 )
+from monitor.config.echo import toml_text
 from monitor.config.sinks import WebhookSinkConfig
 from monitor.delivery.serial import memory_from_json, memory_to_json
 from monitor.retry import MAX_RETRY_AFTER, parse_retry_after
@@ -59,7 +60,7 @@ from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from tests.conftest import make_task_event
-from tests.e2e.conftest import CORPUS, Batchmon, base_config, corpus, toml_dumps, wait_until
+from tests.e2e.conftest import CORPUS, Batchmon, base_config, corpus, wait_until
 from tests.test_sinks_chat import FORMATS
 from tests.test_sinks_render import LIVE, MENTION
 
@@ -355,7 +356,7 @@ class TestConfigurations:
         assert problems
         path = scratch / "fuzz.toml"
         try:
-            path.write_text(toml_dumps(data))
+            path.write_text(toml_text(data))
         except (TypeError, UnicodeEncodeError):
             return  # not expressible in TOML (our writer's limits, not batchmon's)
         _load_or_config_error(path)
@@ -452,7 +453,7 @@ class TestAcceptedConfigurationsRun:
         batchmon = launch(config)
         batchmon.wait_started()
         batchmon.config.write_text(
-            toml_dumps(config) + "\n[extra]\nx = " + "[" * 500 + "]" * 500 + "\n"
+            toml_text(config) + "\n[extra]\nx = " + "[" * 500 + "]" * 500 + "\n"
         )
         assert batchmon.process is not None
         batchmon.process.send_signal(signal.SIGHUP)

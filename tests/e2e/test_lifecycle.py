@@ -29,6 +29,7 @@ from standardwebhooks.webhooks import Webhook
 from monitor.simulator import Scenario, Simulator
 from monitor.superoffice.models import BatchTaskState
 from tests.e2e.conftest import (
+    AM_ONE_HOOK,
     WEBHOOK_SECRET,
     Alertmanager,
     Batchmon,
@@ -53,20 +54,6 @@ RUNNING = (3.0, 8.0)
 SETTLE = 45.0
 #: Generous bound for one step of the Alertmanager story (a few seconds on an idle machine).
 STEP = 30.0
-
-AM_CONFIG = """\
-route:
-  receiver: hook
-  group_by: ['...']
-  group_wait: 0s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: hook
-    webhook_configs:
-      - url: {url}
-        send_resolved: true
-"""
 
 
 def delivered(receiver: Receiver) -> list[dict[str, Any]]:
@@ -227,7 +214,7 @@ class TestAlertmanager:
         alertmanager = Alertmanager(
             alertmanager_binary,
             tmp_path / "alertmanager",
-            AM_CONFIG.format(url=receiver.url(AM_HOOK_PATH)),
+            AM_ONE_HOOK.format(url=receiver.url(AM_HOOK_PATH)),
         )
         peer_processes.append(alertmanager)
         rerun, removed, vanished = (

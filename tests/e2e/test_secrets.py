@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from monitor.cli import main
+from monitor.config.echo import toml_text
 from monitor.simulator import OAuthApp, OnlineTenant, Simulator, SystemUserApp
 from monitor.superoffice.models import BatchTaskState
 from tests.e2e.conftest import (
@@ -49,7 +50,6 @@ from tests.e2e.conftest import (
     base_config,
     free_port,
     http,
-    toml_dumps,
 )
 
 
@@ -182,7 +182,7 @@ def _collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collected]:
                     data["superoffice"][key] = value
             (tmp / name).mkdir()
             path = tmp / name / "batchmon.toml"
-            path.write_text(toml_dumps(data))
+            path.write_text(toml_text(data))
             return path
 
         basic_auth = {"type": "basic", "username": "batchmon"}
