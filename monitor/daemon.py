@@ -9,7 +9,7 @@ polling starts) and tears them down in reverse when its scope is cancelled.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -31,7 +31,6 @@ from monitor.superoffice.models import BatchTaskState
 from monitor.systemd import Notifier, watchdog_loop
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
-from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
 from monitor.types import DeliveryStore, RestorableSink
 from monitor.web import WatchLimitReachedError, WebState, make_app, serve
@@ -108,8 +107,7 @@ class RuntimeWatches:
         if task_id not in await self._store.watches():
             return False
         await self._store.remove_watch(task_id)
-        self._poller.unwatch([task_id])
-        await self._store.forget_tasks([task_id])
+        await self._poller.unwatch([task_id])
         log.info("watch_removed", task_id=task_id)
         return True
 
@@ -135,8 +133,6 @@ class Daemon:
         self.clock = clock
         self.port: int | None = None
         self.tracker = Tracker(rules_from(config.poll, config.watch))
-        #: Progress history for the task pages; outlives a reload, as the tracker.
-        self.samples = ProgressSamples()
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
         #: Configurations swapped in so far (tests and the log read it).
@@ -227,15 +223,12 @@ class Daemon:
         unwatched = set(stored) - kept
         if unwatched:
             await store.forget_tasks(unwatched)
+            # After a reload the tracker still holds them: no sink built now raises them.
+            self.tracker.forget(unwatched)
         self.tracker.restore(m for task_id, m in stored.items() if task_id in kept)
         if stored:
             log.info("state_restored", tasks=len(stored) - len(unwatched), forgotten=len(unwatched))
         return pinned, again
-
-    async def _forget(self, store: DeliveryStore, task_ids: Sequence[int]) -> None:
-        """Drop forgotten tasks from the store and the task pages' progress samples."""
-        self.samples.forget(task_ids)
-        await store.forget_tasks(task_ids)
 
     async def _serve(self, store: DeliveryStore, task_status: anyio.abc.TaskStatus[int]) -> None:
         config = self.config
@@ -258,10 +251,10 @@ class Daemon:
             poller = Poller(
                 client,
                 self.tracker,
-                self.samples.recording(dispatcher.commit, self.tracker.tasks.keys),
+                dispatcher.commit,
                 config.poll,
                 discover=config.watch.discover,
-                forget=partial(self._forget, store),
+                forget=store.forget_tasks,
                 shard=self.shard,
                 clock=self.clock,
                 workers=so.max_concurrency,
@@ -290,7 +283,6 @@ class Daemon:
                 api_token=token.get_secret_value() if token else None,
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
-                samples=self.samples,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:

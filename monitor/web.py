@@ -10,7 +10,7 @@ import json
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -52,7 +52,6 @@ from monitor.task_metrics import TaskSeries
 from monitor.tracking.detect import condition
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import TaskMemory, state_name
-from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
 from monitor.types import DeliveryStore, Watches
 
@@ -95,8 +94,6 @@ class WebState:
     read_token: str | None = None
     #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
     host_names: frozenset[str] = frozenset()
-    #: Each task's progress history, for the task page's chart.
-    samples: ProgressSamples = field(default_factory=ProgressSamples)
 
 
 STATE = web.AppKey("state", WebState)
@@ -424,7 +421,7 @@ _NARROW = Box(width=400, height=240, left=44, right=12)
 def _chart(memory: TaskMemory, state: WebState, now: datetime) -> ChartInput:
     """What the task's progress chart shows: up to now while active, up to its end otherwise."""
     info = memory.info
-    samples = state.samples.series(memory)
+    samples = state.tracker.samples.series(memory)
     active = info.state.is_active and not memory.gone
     end_label = None
     if active:

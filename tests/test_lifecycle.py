@@ -138,10 +138,12 @@ class TestReload:
                     await until(lambda: daemon.reloads == 2)
                     await until(lambda: daemon.poller is not None and daemon.poller.cycles > 0)
                     watched = daemon.poller.watched if daemon.poller else None
+                    tracked = set(daemon.tracker.tasks)
 
         discovered = [e["task_id"] for e in logs if e["event"] == "task.discovered"]
         assert [first.id, second.id] == discovered
         assert frozenset({first.id}) == watched
+        assert {first.id} == tracked, "the task no longer watched is no longer tracked"
         assert 2 == sum(e["event"] == "config_reloaded" for e in logs)
 
 

@@ -19,6 +19,7 @@ from monitor.simulator import Scenario, SimTask, Simulator
 from monitor.superoffice.auth import auth_from_config
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
+from monitor.tracking.detect import UNWATCHED
 from monitor.tracking.events import EndReason, Event, EventType
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
@@ -199,13 +200,33 @@ class TestLifecycle:
             simulator.fail_next(4, 200, body="<html>Login</html>")  # 3 lists, then its GET
             await poller.poll_once()
             kept = (poller._schedule.sizes(), poller._reports.sizes())
-            poller.unwatch([odd.id, 999])
+            await poller.unwatch([odd.id, 999])
             clock.advance(3601)
             forgotten = await poller.sweep()
 
         assert ((2, 1, 1, 0, 2), (1, 1)) == kept, "malformed and anomalous"
         assert [done.id] == forgotten
         assert ((0, 0, 0, 0, 0), (0, 0)) == (poller._schedule.sizes(), poller._reports.sizes())
+
+    async def test_unwatching_a_failed_task_ends_its_condition(
+        self, simulator: Simulator, clock: ManualClock
+    ) -> None:
+        """A watch removed from a failed task: it is forgotten, and its failure ends
+        (``task.expired``, saying why), so no alert or reminder outlives the watch."""
+        task = simulator.add_task(state=BatchTaskState.FAILED)
+        async with polling(simulator, clock, [task.id]) as (poller, recorder):
+            await poller.poll_once()
+            await poller.unwatch([task.id])
+
+        assert [
+            EventType.TASK_DISCOVERED,
+            EventType.TASK_FAILED,
+            EventType.TASK_EXPIRED,
+        ] == recorder.types()
+        ended = recorder.events[-1]
+        assert (EndReason.EXPIRED, UNWATCHED) == (ended.reason, ended.message)
+        assert task.id not in poller._tracker.tasks
+        assert [] == poller._tracker.firing()
 
     async def test_first_seen_finished_needs_no_confirmation(
         self, simulator: Simulator, clock: ManualClock

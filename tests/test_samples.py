@@ -144,12 +144,11 @@ class TestForget:
         samples.forget([7, 8])
         assert 0 == len(samples)
 
-    def test_prune_bounds_untracked_tasks(self) -> None:
-        """With tasks coming and going, at most twice the tracked ones (plus a few) are kept."""
-        samples, tracker = ProgressSamples(), Tracker(Rules())
+    def test_bounded_by_the_tracked_tasks(self) -> None:
+        """With tasks coming and going, the tracker's samples are of the tracked tasks only."""
+        tracker = Tracker(Rules())
         for task_id in range(1, 5001):
-            _feed(samples, tracker, [(0, 10)], task_id=task_id)
+            tracker.observe(_info(10, task_id=task_id), T0)
             tracker.forget([task_id - 100])  # a hundred tracked at a time
-            samples.prune(tracker.tasks)
-            assert len(samples) <= 2 * len(tracker.tasks) + 64 + 1
-        assert 100 == len(tracker.tasks)
+            assert len(tracker.samples) <= len(tracker.tasks)
+        assert 100 == len(tracker.tasks) == len(tracker.samples)

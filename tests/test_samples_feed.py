@@ -1,15 +1,13 @@
-"""What reaches the task page's samples: gone tasks, late or repeated snapshots, the commit hook."""
+"""What reaches the task page's samples: gone tasks, late or repeated snapshots, forgetting."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from monitor.superoffice.models import BatchTaskInfo
-from monitor.tracking.events import Event
 from monitor.tracking.memory import Rules, TaskMemory
 from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
@@ -68,25 +66,25 @@ def test_gone_task_is_not_sampled() -> None:
     assert [(T0, 40)] == samples.series(tracker.tasks[7])
 
 
-async def test_recording_samples_before_committing() -> None:
-    """The hook samples each memory, prunes untracked tasks, then hands everything on."""
-    samples = ProgressSamples()
-    committed: list[tuple[list[Event], list[int], int]] = []
+def test_the_tracker_samples_what_it_keeps_and_drops_them_with_the_task() -> None:
+    """Every memory the tracker is given is sampled; a task it forgets, in any of its three
+    ways, leaves no samples behind."""
+    tracker = Tracker(Rules(forget_after=timedelta(hours=1)))
+    for task_id in (1, 2, 3):
+        tracker.observe(_info(10, task_id), T0)
+        tracker.observe(_info(20, task_id), T0 + M)
+    assert [(T0, 10), (T0 + M, 20)] == tracker.samples.series(tracker.tasks[1])
+    finished = BatchTaskInfo.model_validate(
+        {"Id": 1, "State": "Succeeded", "ProgressPercent": 100, "StartCount": 1}
+    )
+    tracker.observe(finished, T0 + 2 * M)
 
-    async def commit(events: Sequence[Event], memories: Sequence[TaskMemory]) -> None:
-        committed.append((list(events), [m.info.id for m in memories], len(samples)))
+    tracker.drop([2], T0 + 3 * M, "its watch was removed")
+    tracker.forget([3])
+    tracker.expire(T0 + 2 * M + timedelta(hours=1))
 
-    tracked: set[int] = {1, 2}
-    hook = samples.recording(commit, lambda: tracked)
-
-    await hook([], [_memory(10, 0, task_id) for task_id in (1, 2)])
-    assert [([], [1, 2], 2)] == committed
-    assert [(T0, 10)] == samples.series(_memory(99, 5, task_id=1))
-
-    # 70 memories of tasks no longer tracked: pruned once they outnumber the tracked ones
-    tracked.clear()
-    await hook([], [_memory(10, 0, task_id) for task_id in range(100, 170)])
-    assert ([], list(range(100, 170)), 0) == committed[-1]
+    assert {} == dict(tracker.tasks)
+    assert 0 == len(tracker.samples)
 
 
 def test_memory_of_another_run_is_not_its_samples() -> None:

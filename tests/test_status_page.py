@@ -29,7 +29,6 @@ from monitor.delivery.sqlite import SqliteStore
 from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.memory import Rules
-from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
 from tests.conftest import ManualClock, make_config
 from tests.test_task_page import T0, Board, crawling_task, failed_task, served
@@ -364,7 +363,6 @@ async def task_pages(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     try:
         board = Board(
             Tracker(Rules(stall_after=timedelta(minutes=15))),
-            ProgressSamples(),
             Dispatcher([], store),
             ManualClock(T0),
         )

@@ -28,7 +28,6 @@ from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
-from monitor.tracking.samples import ProgressSamples
 from monitor.tracking.tracker import Tracker
 from monitor.web import WebState, make_app, serve
 from tests.conftest import ManualClock, make_config
@@ -40,10 +39,9 @@ FAILURE = "Failed: Quote 3592 has no quote lines"
 
 @dataclass
 class Board:
-    """A tracker, its samples and store, fed the way the daemon's poller feeds them."""
+    """A tracker (and so its samples) and store, fed the way the daemon's poller feeds them."""
 
     tracker: Tracker
-    samples: ProgressSamples
     dispatcher: Dispatcher
     clock: ManualClock
 
@@ -52,8 +50,7 @@ class Board:
         self.clock.now = max(self.clock.now, at)
         info = BatchTaskInfo.model_validate(fields)
         events = self.tracker.observe(info, at)
-        commit = self.samples.recording(self.dispatcher.commit, self.tracker.tasks.keys)
-        await commit(events, [self.tracker.tasks[info.id]])
+        await self.dispatcher.commit(events, [self.tracker.tasks[info.id]])
 
     async def gone(self, task_id: int, at: datetime) -> None:
         """The API answered 404 for the task."""
@@ -73,7 +70,6 @@ class Board:
 def _board(store: SqliteStore) -> Board:
     return Board(
         Tracker(Rules(stall_after=timedelta(minutes=15))),
-        ProgressSamples(),
         Dispatcher([], store),
         ManualClock(T0),
     )
@@ -104,7 +100,6 @@ async def served(board: Board, store: SqliteStore) -> AsyncIterator[str]:
                 store=store,
                 watches=RuntimeWatches(poller, store, []),
                 api_token=None,
-                samples=board.samples,
             )
             runner, port = await serve(make_app(state), "127.0.0.1", 0)
             try:

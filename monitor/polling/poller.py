@@ -41,6 +41,7 @@ from monitor.superoffice.errors import (
     NotFound,
 )
 from monitor.superoffice.models import BatchTaskInfo, BatchTaskState, TaskListing
+from monitor.tracking.detect import UNWATCHED
 from monitor.tracking.events import Event
 from monitor.tracking.health import ApiHealth
 from monitor.tracking.memory import TaskMemory
@@ -157,12 +158,11 @@ class Poller:
         """
         return self._schedule.watch(task_ids, anyio.current_time(), pinned=pinned)
 
-    def unwatch(self, task_ids: Iterable[int]) -> None:
-        """Stop polling these tasks and forget them."""
+    async def unwatch(self, task_ids: Iterable[int]) -> None:
+        """Stop polling these tasks and forget them; a condition still firing ends."""
         ids = list(task_ids)
         self._schedule.unwatch(ids)
-        self._drop(ids)
-        self._tracker.forget(ids)
+        await self._forget_tasks(ids, self._tracker.drop(ids, self._clock(), UNWATCHED))
 
     def _drop(self, ids: Sequence[int]) -> None:
         """Forget what the poller keeps per task (not the tracker's memory)."""
@@ -198,15 +198,20 @@ class Poller:
         events, ids = self._tracker.expire(self._clock())
         if not ids:
             return []
+        await self._forget_tasks(ids, events)
+        self.watch([task_id for task_id in ids if self._schedule.pinned(task_id)])
+        log.info("tasks_forgotten", count=len(ids), conditions_ended=len(events))
+        return ids
+
+    async def _forget_tasks(self, ids: Sequence[int], events: Sequence[Event]) -> None:
+        """The tracker forgot these tasks: drop what is kept of them here, commit the events
+        that end their conditions, then drop them from the store."""
         self._drop(ids)
         if events:
             await self._batcher.soon(events, [])
         await self._batcher.settled()
         if self._forget is not None:
             await self._forget(ids)
-        self.watch([task_id for task_id in ids if self._schedule.pinned(task_id)])
-        log.info("tasks_forgotten", count=len(ids), conditions_ended=len(events))
-        return ids
 
     async def discover(self, rule: DiscoverRule) -> list[int]:
         """Run one rule's list calls; watch the matching tasks; returns the new ids."""

@@ -56,7 +56,9 @@ from monitor.tracking.events import KINDS, Event, EventType, TaskSummary, event_
 from monitor.tracking.memory import Rules, TaskMemory
 
 __all__ = [
+    "FORGOTTEN_AFTER",
     "STATE_EVENTS",
+    "UNWATCHED",
     "Detection",
     "condition",
     "detect",
@@ -402,7 +404,12 @@ def expired(memory: TaskMemory, now: datetime, rules: Rules) -> bool:
     return ended is not None and now - ended >= rules.forget_after
 
 
-def expire(memory: TaskMemory, now: datetime) -> list[Event]:
+#: Why a task is forgotten, said in the ``task.expired`` that ends its condition.
+FORGOTTEN_AFTER = "forgotten: it ended longer ago than forget_after"
+UNWATCHED = "forgotten: it is no longer watched"
+
+
+def expire(memory: TaskMemory, now: datetime, why: str = FORGOTTEN_AFTER) -> list[Event]:
     """The events of forgetting a task: ``task.expired`` if a condition still fires."""
     if condition(memory) is None:
         return []
@@ -414,7 +421,7 @@ def expire(memory: TaskMemory, now: datetime) -> list[Event]:
             info,
             now,
             key=(ended.isoformat() if ended else None,),
-            message="forgotten: it ended longer ago than forget_after",
+            message=why,
         )
     ]
 

@@ -58,8 +58,8 @@ class EventType(enum.StrEnum):
     TASK_GONE = "task.gone"
     #: The API answered 404 for a finished task: SuperOffice's own clean-up, never an alert.
     TASK_REMOVED = "task.removed"
-    #: A finished or vanished task with a condition still firing was forgotten
-    #: (``[watch] forget_after``): the condition ends.
+    #: A task with a condition still firing was forgotten (``[watch] forget_after`` after
+    #: it ended, or its watch was removed): the condition ends.
     TASK_EXPIRED = "task.expired"
     #: N consecutive poll cycles failed.
     MONITOR_API_DOWN = "monitor.api_down"
@@ -86,7 +86,7 @@ class EndReason(enum.StrEnum):
     RESUMED = "resumed"
     #: SuperOffice deleted the task after it finished.
     REMOVED = "removed"
-    #: batchmon forgot the task, ``forget_after`` after it ended.
+    #: batchmon forgot the task: ``forget_after`` after it ended, or its watch was removed.
     EXPIRED = "expired"
 
 

@@ -12,25 +12,22 @@ samples of the current run as (time, percent), at most ``capacity`` of them:
 
 Times are stored as float seconds and percents as bytes: at most about
 9 bytes a sample, under 2 KB a task.  Pure: what it records comes from the
-memories the poller commits, with their own times.
+memories the tracker keeps (it records each one it is given, and forgets a
+task's samples with the task), with their own times.
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import ran_again
-from monitor.tracking.events import Event
 from monitor.tracking.memory import TaskMemory
 
-__all__ = ["CAPACITY", "Commit", "ProgressSamples"]
-
-#: The poller's hand-over of events and changed memories (to the store and the sinks).
-Commit = Callable[[Sequence[Event], Sequence[TaskMemory]], Awaitable[None]]
+__all__ = ["CAPACITY", "ProgressSamples"]
 
 #: Samples kept per task.
 CAPACITY = 200
@@ -106,25 +103,3 @@ class ProgressSamples:
         """Drop the samples of tasks no longer tracked."""
         for task_id in task_ids:
             self._runs.pop(task_id, None)
-
-    def recording(self, commit: Commit, tracked: Callable[[], Collection[int]]) -> Commit:
-        """``commit``, sampling each memory it is handed first (and pruning by ``tracked``)."""
-
-        async def sample_then_commit(
-            events: Sequence[Event], memories: Sequence[TaskMemory]
-        ) -> None:
-            for memory in memories:
-                self.record(memory)
-            self.prune(tracked())
-            await commit(events, memories)
-
-        return sample_then_commit
-
-    def prune(self, tracked: Collection[int]) -> None:
-        """Drop the samples of untracked tasks once they are as many as the tracked ones.
-
-        For callers that do not hear of every task the tracker forgets: amortised,
-        the samples never hold more than twice the tracked tasks (plus a few).
-        """
-        if len(self._runs) > 2 * len(tracked) + 64:
-            self.forget([task_id for task_id in self._runs if task_id not in tracked])

@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import (
+    FORGOTTEN_AFTER,
     condition,
     detect,
     detect_404,
@@ -24,16 +25,20 @@ from monitor.tracking.detect import (
 from monitor.tracking.eta import estimate_eta
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 from monitor.tracking.memory import Rules, TaskMemory, state_name
+from monitor.tracking.samples import ProgressSamples
 
 __all__ = ["Tracker"]
 
 
 class Tracker:
-    """Per-task memory plus the counters the metrics need."""
+    """Per-task memory plus the counters the metrics need, and the progress samples of the
+    task pages (recorded as memories change, dropped with them)."""
 
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self._tasks: dict[int, TaskMemory] = {}
+        #: Each task's progress over its current run, for the task page's chart.
+        self.samples = ProgressSamples()
         #: Events emitted so far, by type.
         self.event_counts: Counter[EventType] = Counter()
         #: State transitions seen so far, by (from, to) state name.
@@ -64,6 +69,7 @@ class Tracker:
         self._tasks[task_id] = memory
         self._state_counts[state_name(memory)] += 1
         self._changed.add(task_id)
+        self.samples.record(memory)
 
     def take_changed(self) -> set[int]:
         """Ids whose memory was replaced, added or dropped since the last call.
@@ -148,19 +154,28 @@ class Tracker:
 
         Returns the events that end their conditions and the forgotten ids.
         """
-        events: list[Event] = []
-        ids: list[int] = []
-        for task_id, memory in self._tasks.items():
-            if expired(memory, now, self.rules):
-                events += expire(memory, now)
-                ids.append(task_id)
+        ids = [task_id for task_id, m in self._tasks.items() if expired(m, now, self.rules)]
+        return self.drop(ids, now, FORGOTTEN_AFTER), ids
+
+    def drop(self, task_ids: Iterable[int], now: datetime, why: str) -> list[Event]:
+        """Forget these tasks; returns the ``task.expired`` events ending their conditions.
+
+        ``why`` says in those events why the tasks are forgotten.
+        """
+        ids = list(task_ids)
+        events = [e for i in ids if i in self._tasks for e in expire(self._tasks[i], now, why)]
         self.forget(ids)
         self._count(events)
-        return events, ids
+        return events
 
     def forget(self, task_ids: Iterable[int]) -> None:
-        """Drop tasks that are no longer watched."""
-        for task_id in task_ids:
+        """Drop tasks (and their samples) without a word: nothing of theirs is announced.
+
+        For what no sink has heard of yet (a reload's unwatched tasks, whose alerts the
+        new sinks never raise); :meth:`drop` ends the conditions of the others.
+        """
+        ids = list(task_ids)
+        for task_id in ids:
             memory = self._tasks.pop(task_id, None)
             if memory is None:
                 continue
@@ -169,6 +184,7 @@ class Tracker:
                 self._changed.add(task_id)
             else:  # the reader never heard of it: nothing to take back
                 self._changed.discard(task_id)
+        self.samples.forget(ids)
 
     def _count(self, events: list[Event]) -> None:
         for event in events:
