@@ -374,6 +374,23 @@ class TestCovered:
 
         assert [1, 2, 3, 4] == covered([1], listings, tasks, watched=[3], wants=wants)
 
+    def test_a_refused_row_is_not_read_again_while_unchanged(self) -> None:
+        """The rules see a row once while it stays the same; a changed row is read again,
+        and a row no list shows any more is no longer remembered."""
+        seen: list[int] = []
+
+        def wants(info: BatchTaskInfo) -> bool:
+            seen.append(info.id)
+            return False
+
+        schedule = make_schedule(wants=wants)
+        first: Listings = {STARTED: listing(row(3), row(4))}
+        changed: Listings = {STARTED: listing(row(3), row(4, ProgressPercent=50))}
+        for listings in (first, first, changed, {STARTED: listing()}, first):
+            schedule.covered(schedule.plan([], {}, 0.0), listings, {})
+
+        assert [3, 4, 4, 3, 4] == seen
+
     def test_rows_of_other_shards_are_not_wanted(self) -> None:
         """A rule wants only the tasks of this shard."""
         shard = Shard(1, 2)

@@ -170,6 +170,11 @@ class Schedule:
         #: that a backlog of GETs (thousands of first sights) never holds up the next lists.
         self._budget = max(workers, math.floor(min(max_requests_per_second * self.list_every, 1e9)))
         self._next_sweep = -math.inf
+        #: Rows the rules refused in the last cycle, by id, with their poll values: an
+        #: unchanged row is not validated again to be refused again (a tenant's other
+        #: tasks, thousands a cycle).  Rebuilt by each cycle, so it holds only what the
+        #: last lists showed.
+        self._refused: dict[int, tuple[object, ...]] = {}
 
     # Watching.
 
@@ -318,25 +323,41 @@ class Schedule:
                     covered[task_id] = None
             elif not memory.gone and memory.info.state in states:
                 covered[task_id] = None
+        refused: dict[int, tuple[object, ...]] = {}
         for listing in listings.values():
             if isinstance(listing, ApiError):
                 continue
             for task_id in listing:
                 if task_id not in covered and (
-                    task_id in self._due or task_id in tasks or self._wanted(listing, task_id)
+                    task_id in self._due
+                    or task_id in tasks
+                    or self._wanted(listing, task_id, refused)
                 ):
                     covered[task_id] = None
+        self._refused = refused
         return list(covered)
 
-    def _wanted(self, listing: TaskListing, task_id: int) -> bool:
-        """Whether a discovery rule wants a task a list shows (this shard's only)."""
+    def _wanted(
+        self, listing: TaskListing, task_id: int, refused: dict[int, tuple[object, ...]]
+    ) -> bool:
+        """Whether a discovery rule wants a task a list shows (this shard's only).
+
+        A row refused last cycle and unchanged is refused again without being read;
+        ``refused`` collects this cycle's refusals.
+        """
         if self._wants is None or not self.shard.owns(task_id):
             return False
-        try:
-            info = listing.task(task_id)
-        except ParseError:
+        values = listing.poll_values(task_id)
+        if self._refused.get(task_id) == values:
+            refused[task_id] = values
             return False
-        return self._wants(info)
+        try:
+            wanted = self._wants(listing.task(task_id))
+        except ParseError:
+            wanted = False
+        if not wanted:
+            refused[task_id] = values
+        return wanted
 
     def decide(
         self, task_id: int, listings: Listings, sent: Mapping[BatchTaskState, float], tasks: Tasks
