@@ -15,13 +15,6 @@ MARKER = "s3cr3t-MARKER-7f1c"
 TOKEN_16 = "tok-0123456789abcdef"
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The host's systemd variables must not leak into any test."""
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-
-
 def minimal() -> dict[str, Any]:
     """A fresh, valid configuration with only the required keys."""
     return {

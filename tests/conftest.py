@@ -22,6 +22,13 @@ from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 
 
 @pytest.fixture(autouse=True)
+def _no_systemd_directories(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's systemd variables must not leak into any test (config paths, children)."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
     """Each test starts with structlog's defaults."""
     structlog.reset_defaults()

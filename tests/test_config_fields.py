@@ -8,7 +8,6 @@ import pytest
 
 from monitor.config import parse_config
 from tests.config_helpers import (
-    clean_environment,  # noqa: F401 - autouse fixture
     problems,
     with_,
 )

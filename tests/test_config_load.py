@@ -16,7 +16,6 @@ from monitor.config.sinks import LogSinkConfig, MessageSinkConfig
 from monitor.config.superoffice import BasicAuthConfig
 from tests.config_helpers import (
     EXAMPLE,
-    clean_environment,  # noqa: F401 - autouse fixture
     minimal,
     problems,
     with_,

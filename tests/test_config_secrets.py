@@ -18,7 +18,6 @@ from monitor.config.superoffice import BasicAuthConfig, TicketAuthConfig
 from tests.config_helpers import (
     MARKER,
     TOKEN_16,
-    clean_environment,  # noqa: F401 - autouse fixture
     minimal,
     problems,
     with_,

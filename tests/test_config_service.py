@@ -12,7 +12,6 @@ from monitor.config import (
     parse_config,
 )
 from tests.config_helpers import (
-    clean_environment,  # noqa: F401 - autouse fixture
     problems,
     with_,
 )

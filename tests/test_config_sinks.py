@@ -9,7 +9,6 @@ import pytest
 from monitor.config import parse_config
 from monitor.config.sinks import SINK_TYPES, UrlSinkConfig, WebhookSinkConfig
 from tests.config_helpers import (
-    clean_environment,  # noqa: F401 - autouse fixture
     problems,
     with_,
 )

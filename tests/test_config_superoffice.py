@@ -20,7 +20,6 @@ from monitor.config import (
 from monitor.config.superoffice import OAuthConfig, SystemUserAuthConfig
 from tests.config_helpers import (
     MARKER,
-    clean_environment,  # noqa: F401 - autouse fixture
     minimal,
     problems,
     with_,

@@ -11,7 +11,6 @@ from monitor.config import (
     parse_duration,
 )
 from tests.config_helpers import (
-    clean_environment,  # noqa: F401 - autouse fixture
     problems,
     with_,
 )

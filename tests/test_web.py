@@ -303,7 +303,11 @@ class TestGzippedPrefix:
 async def running_daemon(
     simulator: Simulator, ids: list[int], **sections: Any
 ) -> AsyncIterator[tuple[Daemon, str]]:
-    """A real daemon polling the simulator; yields it and its base URL once a cycle ran."""
+    """A real daemon polling the simulator; yields it and its base URL once a cycle ran.
+
+    ``interval`` 0.2 s: these tests read what one or two cycles found, not when; the
+    schedule's defaults are tested in tests/test_schedule.py and tests/e2e/.
+    """
     config = make_config(simulator.url, watch={"ids": ids}, poll={"interval": "0.2s"}, **sections)
     daemon = Daemon(config)
     async with anyio.create_task_group() as group:
