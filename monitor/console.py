@@ -41,7 +41,7 @@ from rich.text import Text
 from monitor.config import SuperOfficeConfig
 from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.errors import ApiError, NotFound
-from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
+from monitor.superoffice.models import BatchTaskInfo, BatchTaskState, outcome
 from monitor.text import visible
 from monitor.tracking.memory import GONE, Rules
 from monitor.tracking.tracker import Tracker
@@ -153,7 +153,7 @@ class TaskView:
             elapsed=duration_text((now - info.last_started).total_seconds())
             if running and info.last_started
             else None,
-            result=visible(info.result or info.response or ""),
+            result=visible(info.outcome or ""),
         )
 
     @property
@@ -196,6 +196,10 @@ class TaskView:
         return f"in {duration_text(left)}" if left > 0 else "due"
 
 
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _reason(data: Mapping[str, Any]) -> str:
     """Why the task ended so: the view's ``result``, else the last event's Result or Response.
 
@@ -207,8 +211,8 @@ def _reason(data: Mapping[str, Any]) -> str:
     for event in reversed(data.get("events") or []):
         task = event.get("task") if isinstance(event, Mapping) else None
         if isinstance(task, Mapping):
-            reason = task.get("result") or task.get("response")
-            if isinstance(reason, str) and reason:
+            reason = outcome(_text_or_none(task.get("result")), _text_or_none(task.get("response")))
+            if reason:
                 return reason
     return ""
 

@@ -145,12 +145,6 @@ def _firing(memory: TaskMemory) -> str | None:
     return kind.value if kind is not None else None
 
 
-def _result(memory: TaskMemory) -> str | None:
-    """What the task said about its outcome: ``Result``, else ``Response`` (why it failed)."""
-    info = memory.info
-    return (info.result or "").strip() or (info.response or "").strip() or None
-
-
 def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, Any]:
     info = memory.info
     eta = state.tracker.eta(info.id, now)
@@ -162,7 +156,7 @@ def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, 
         "state_raw": info.state_raw,
         "percent": None if info.progress_ratio is None else round(info.progress_ratio * 100),
         "step": info.progress_description,
-        "result": _result(memory),
+        "result": memory.info.outcome,
         "stalled": memory.stalled,
         "firing": _firing(memory),
         "eta": eta.isoformat(timespec="seconds") if eta else None,
@@ -445,7 +439,7 @@ def _event_row(event: Event) -> dict[str, Any]:
     task = event.task
     details = event.message
     if details is None and task is not None:
-        reason = (task.result or "").strip() or (task.response or "").strip()
+        reason = task.outcome
         failed = event.type is EventType.TASK_FAILED
         details = reason if failed and reason else task.progress_description
     return {

@@ -45,6 +45,7 @@ __all__ = [
     "ParseError",
     "TableRight",
     "TaskListing",
+    "outcome",
     "parse_datetime",
     "parse_listing",
     "parse_task",
@@ -345,11 +346,22 @@ class BatchTaskInfo(BaseModel):
         return notes
 
     @property
+    def outcome(self) -> str | None:
+        """What the task said about how it ended (why it failed): see :func:`outcome`."""
+        return outcome(self.result, self.response)
+
+    @property
     def progress_ratio(self) -> float | None:
         """Progress as 0..1, clamped; the raw percent stays in ``progress_percent``."""
         if self.progress_percent is None:
             return None
         return min(max(self.progress_percent, 0), 100) / 100
+
+
+def outcome(result: str | None, response: str | None) -> str | None:
+    """A task's ``Result``, else its ``Response`` (some plug-ins say why they failed only
+    there), without surrounding blanks; ``None`` when neither says anything."""
+    return (result or "").strip() or (response or "").strip() or None
 
 
 def _short(value: object, limit: int = 60) -> str:

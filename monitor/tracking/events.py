@@ -17,7 +17,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
+from monitor.superoffice.models import BatchTaskInfo, BatchTaskState, outcome
 from monitor.text import replace_surrogates, without_surrogates
 
 __all__ = [
@@ -262,6 +262,11 @@ class TaskSummary:
             created=info.created,
             start_count=info.start_count,
         )
+
+    @property
+    def outcome(self) -> str | None:
+        """What the task said about how it ended: its Result, else its Response."""
+        return outcome(self.result, self.response)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskSummary:
