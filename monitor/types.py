@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from monitor.console import TaskView
-    from monitor.delivery.outbox import Claim
+    from monitor.delivery.outbox import Claim, Committed
     from monitor.superoffice.errors import Answer
     from monitor.tracking.events import Event
     from monitor.tracking.memory import TaskMemory
@@ -126,13 +126,18 @@ class DeliveryStore(Protocol):
         deliveries: Sequence[tuple[str, Event]],
         now: float,
         history: Sequence[Event] = (),
-    ) -> dict[str, int]:
+        *,
+        claim: Mapping[str, int] | None = None,
+    ) -> Committed:
         """Store memories, queue ``(sink, event)`` deliveries, record events: atomically.
 
         ``history`` are events to record even if no sink wants them (those of
         ``deliveries`` are recorded anyway).  A delivery already queued (same
-        sink and event id) is not queued again.  Returns how the outbox grew per
-        sink (it can shrink when deliveries coalesce).
+        sink and event id) is not queued again.  ``claim`` asks for up to that
+        many deliveries per sink to be claimed in the same transaction, by the
+        rules of :meth:`claim`, so that idle workers get them without another
+        round trip.  Returns how the outbox grew per sink (it can shrink when
+        deliveries coalesce) and the deliveries claimed.
         """
         ...
 

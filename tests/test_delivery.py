@@ -576,6 +576,29 @@ class TestDynamicLanes:
         assert [e.id for e in events] == [e.id for e in sink.received]
         assert {} == await store.pending_counts()
 
+    async def test_an_idle_worker_is_handed_what_a_commit_claims(self, store: SqliteStore) -> None:
+        """The commit claims for the idle worker in its own transaction: no read before the send."""
+        sink = Gate("ops")
+        dispatcher = Dispatcher([Subscription(sink, Route())], store)
+        claims: list[str] = []
+
+        def trace(statement: str) -> None:
+            if statement.startswith("SELECT min(seq)"):
+                claims.append(statement)
+
+        async with dispatching(dispatcher):
+            await until(lambda: dispatcher.queued("ops") == 0)
+            await anyio.sleep(0.05)  # the worker found nothing and waits
+            # What SQLite ran is the observable here: the connection is private to the store.
+            store._db.set_trace_callback(trace)
+            await dispatcher.commit(story(1)[:1])
+            await until(lambda: sink.holding == 1)
+            before_send = len(claims)
+            sink.opened.set()
+            await until(lambda: len(sink.received) == 1)
+
+        assert 1 == before_send, "the commit's own claim, and no other"
+
     async def test_news_reaches_an_idle_worker(self, store: SqliteStore) -> None:
         """Workers that found nothing wait; each commit wakes one, and the events go out."""
         sink = Destination("ops")

@@ -143,7 +143,7 @@ class TestOutboxContract:
             EventType.TASK_PROGRESS,
             EventType.TASK_PROGRESS,
         ] == kinds
-        growth = [await backend.commit([], [("ops", e)], 0.0) for e in events]
+        growth = [(await backend.commit([], [("ops", e)], 0.0)).growth for e in events]
 
         assert {"ops": 0} == growth[-1], "one progress replaced by another"
         assert {"ops": 5} == await backend.pending_counts()
@@ -168,9 +168,9 @@ class TestOutboxContract:
         await backend.commit([], [("ops", progress[0])], 0.0)
         claimed = (await backend.claim("ops", 0.0)).delivery
         assert claimed is not None
-        assert {"ops": 1} == await backend.commit([], [("ops", progress[1])], 0.0)
+        assert {"ops": 1} == (await backend.commit([], [("ops", progress[1])], 0.0)).growth
         await backend.retry_later(claimed.seq, 0.0, "HTTP 503")
-        assert {"ops": 0} == await backend.commit([], [("ops", progress[2])], 0.0)
+        assert {"ops": 0} == (await backend.commit([], [("ops", progress[2])], 0.0)).growth
 
         assert [progress[0].id, progress[2].id] == [e.id for e in await drain(backend, "ops")]
 
@@ -231,6 +231,23 @@ class TestOutboxContract:
         rest = (await backend.claim("ops", 130.0, done=[due.seq])).delivery
         assert rest is not None
         assert second.id == rest.event.id
+
+    async def test_a_commit_claims_for_idle_workers(self, backend: DeliveryStore) -> None:
+        """A commit claims what it is asked to, by the rules of ``claim``, in its transaction."""
+        first, second = events_for(7, {}, {"State": "Failed"})
+        (other,) = events_for(8, {})
+        queued = [("ops", first), ("ops", second), ("ops", other), ("log", other)]
+
+        committed = await backend.commit([], queued, 50.0, claim={"ops": 3, "log": 0})
+
+        assert {"ops": 3, "log": 1} == committed.growth
+        assert [(first.id, 0, 50.0), (other.id, 0, 50.0)] == [
+            (d.event.id, d.attempts, d.created) for d in committed.claimed
+        ], "one per task, the task's oldest first"
+        assert (await backend.claim("ops", 50.0)).delivery is None
+        again = await backend.claim("ops", 50.0, done=[d.seq for d in committed.claimed])
+        assert again.delivery is not None
+        assert second.id == again.delivery.event.id
 
     async def test_release_takes_back_a_claim(self, backend: DeliveryStore) -> None:
         """A claim not tried after all is given up, its attempt taken back, never below zero."""

@@ -155,27 +155,48 @@ class Dispatcher:
         now: float,
         history: Sequence[Event] = (),
     ) -> None:
-        """Commit, then wake an idle worker per delivery queued for its sink."""
+        """Commit, claiming a delivery for each idle worker, and hand those over.
+
+        The other workers of a sink something was queued for are woken to look.
+        """
+        queued = Counter(sink for sink, _ in deliveries)
+        claim = {sink: min(count, self._lanes[sink].idle_workers) for sink, count in queued.items()}
         try:
-            growth = await self._store.commit(memories, deliveries, now, history=history)
-        finally:  # whatever was written, the workers look
-            for sink, count in Counter(sink for sink, _ in deliveries).items():
+            committed = await self._store.commit(
+                memories, deliveries, now, history=history, claim=claim
+            )
+        except BaseException:  # whatever was written, the workers look
+            for sink, count in queued.items():
                 self._lanes[sink].wake(count)
-        self._queued.update(growth)
+            raise
+        self._queued.update(committed.growth)
+        handed: dict[str, list[Delivery]] = {}
+        for delivery in committed.claimed:
+            handed.setdefault(delivery.sink, []).append(delivery)
+        for sink, count in queued.items():
+            lanes = self._lanes[sink]
+            lanes.hand(handed.get(sink, []))
+            lanes.wake(count - len(handed.get(sink, [])))
 
     async def run(self) -> None:
         """Deliver until cancelled (and run the sinks' own background work)."""
-        async with anyio.create_task_group() as group:
-            for subscription in self._subscriptions:
-                limiter = (
-                    RateLimiter(subscription.rate, burst=max(1, int(subscription.rate)))
-                    if math.isfinite(subscription.rate)
-                    else None
-                )
-                for _ in range(subscription.lanes):
-                    group.start_soon(self._work, subscription, limiter)
-                if isinstance(subscription.sink, BackgroundSink):
-                    group.start_soon(subscription.sink.run)
+        try:
+            async with anyio.create_task_group() as group:
+                for subscription in self._subscriptions:
+                    limiter = (
+                        RateLimiter(subscription.rate, burst=max(1, int(subscription.rate)))
+                        if math.isfinite(subscription.rate)
+                        else None
+                    )
+                    for _ in range(subscription.lanes):
+                        group.start_soon(self._work, subscription, limiter)
+                    if isinstance(subscription.sink, BackgroundSink):
+                        group.start_soon(subscription.sink.run)
+        finally:  # handed over and never taken: they wait in the store, untried
+            unsent = [d.seq for lanes in self._lanes.values() for d in lanes.handed]
+            for lanes in self._lanes.values():
+                lanes.handed.clear()
+            await self._finish((), unsent)
 
     async def remind(self, firing: Callable[[], Sequence[Event]]) -> None:
         """Re-send failed and stalled tasks to sinks with ``remind_every``, until cancelled.
@@ -260,21 +281,23 @@ class Dispatcher:
         tried = False
         try:
             while True:
-                news = lanes.news
-                claim = await self._claim(name, done)
-                done = []
-                claimed, tried = claim.delivery, False
+                claimed, tried = lanes.take(), False
                 if claimed is None:
-                    if lanes.news == news:  # else news came while the store was asked
-                        await self._idle(lanes, claim.due_at)
-                    continue
-                if claim.more:
-                    lanes.wake()
+                    news = lanes.news
+                    claim = await self._claim(name, done)
+                    done = []
+                    claimed = claim.delivery
+                    if claimed is None:
+                        if lanes.news == news:  # else news came while the store was asked
+                            await self._idle(lanes, claim.due_at)
+                        continue
+                    if claim.more:
+                        lanes.wake()
                 if limiter is not None:
                     await limiter.acquire()
                 tried = True
                 if await self._attempt(subscription, claimed):
-                    done = [claimed.seq]
+                    done.append(claimed.seq)  # deleted with the next claim from the store
                 claimed = None
         finally:
             with anyio.CancelScope(shield=True):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from monitor.tracking.events import Event
 
-__all__ = ["Claim", "Delivery", "StoreError"]
+__all__ = ["Claim", "Committed", "Delivery", "StoreError"]
 
 
 class StoreError(Exception):
@@ -47,3 +47,13 @@ class Claim:
     more: bool = False
     #: Unreadable deliveries deleted on the way (written by another version, or damaged).
     dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a commit did to the outbox."""
+
+    #: How the outbox grew per sink (it shrinks when deliveries coalesce).
+    growth: dict[str, int]
+    #: Deliveries claimed in the commit's transaction, for workers that were idle.
+    claimed: list[Delivery]

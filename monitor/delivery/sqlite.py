@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +27,7 @@ import anyio.to_thread
 import structlog
 
 from monitor.delivery.database import connect
-from monitor.delivery.outbox import Claim, Delivery, StoreError
+from monitor.delivery.outbox import Claim, Committed, Delivery, StoreError
 from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
 from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
@@ -106,12 +106,15 @@ class SqliteStore:
         deliveries: Sequence[tuple[str, Event]],
         now: float,
         history: Sequence[Event] = (),
-    ) -> dict[str, int]:
+        *,
+        claim: Mapping[str, int] | None = None,
+    ) -> Committed:
         """Store task memories, queue deliveries and record events, atomically.
 
         Each task keeps its last :data:`HISTORY_PER_TASK` events.  A queued
         delivery of a :data:`COALESCED` type replaces the older ones of the same
-        task and sink never tried; nothing else is ever replaced.
+        task and sink never tried; nothing else is ever replaced.  ``claim``:
+        deliveries to claim per sink in the same transaction, as :meth:`claim` would.
         """
         rows = [(m.info.id, memory_to_json(m)) for m in memories]
         texts = {e.id: event_to_json(e) for _, e in deliveries}
@@ -120,44 +123,73 @@ class SqliteStore:
         events.update((e.id, e) for e in history)
         recorded = [(e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()]
 
-        def write() -> dict[str, int]:
+        def write() -> tuple[dict[str, int], dict[str, list[tuple[Any, ...]]]]:
             growth: dict[str, int] = {}
-            with self._db:
-                self._db.executemany(
-                    "INSERT INTO tasks (id, memory) VALUES (?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
-                    rows,
-                )
-                for row in queued:
-                    sink, _, task_id, kind = row[:4]
-                    if kind in COALESCED and task_id is not None:
-                        # attempts = 0: never replace one that is or was being tried.
-                        dropped = self._db.execute(
-                            "DELETE FROM outbox WHERE sink = ? AND task_id = ? AND type = ? "
-                            "AND attempts = 0",
-                            (sink, task_id, kind),
-                        ).rowcount
-                        growth[sink] = growth.get(sink, 0) - dropped
-                    cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO outbox "
-                        "(sink, event_id, task_id, type, event, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        row,
-                    )
-                    growth[sink] = growth.get(sink, 0) + cursor.rowcount
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO history (event_id, task_id, event) VALUES (?, ?, ?)",
-                    recorded,
-                )
-                for task_id in {task_id for _, task_id, _ in recorded}:
-                    self._db.execute(
-                        "DELETE FROM history WHERE task_id IS ? AND seq NOT IN "
-                        "(SELECT seq FROM history WHERE task_id IS ? ORDER BY seq DESC LIMIT ?)",
-                        (task_id, task_id, HISTORY_PER_TASK),
-                    )
-            return growth
+            taken: dict[str, list[tuple[Any, ...]]] = {}
+            try:
+                self._write(rows, queued, recorded, growth, claim or {}, now, taken)
+            except BaseException:  # rolled back: not claimed either
+                self._settle(row[0] for claimed in taken.values() for row in claimed)
+                raise
+            return growth, taken
 
-        return await self._run(write)
+        growth, taken = await self._run(write)
+        claimed: list[Delivery] = []
+        for sink, rows in taken.items():
+            readable, unreadable = self._read(sink, rows)
+            claimed += readable
+            if unreadable:
+                await self.finish(unreadable)
+                growth[sink] = growth.get(sink, 0) - len(unreadable)
+        return Committed(growth, claimed)
+
+    def _write(
+        self,
+        rows: Sequence[tuple[int, str]],
+        queued: Sequence[tuple[Any, ...]],
+        recorded: Sequence[tuple[str, int | None, str]],
+        growth: dict[str, int],
+        claim: Mapping[str, int],
+        now: float,
+        taken: dict[str, list[tuple[Any, ...]]],
+    ) -> None:
+        """A commit's transaction (in the worker thread): fills ``growth`` and ``taken``."""
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO tasks (id, memory) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
+                rows,
+            )
+            for row in queued:
+                sink, _, task_id, kind = row[:4]
+                if kind in COALESCED and task_id is not None:
+                    # attempts = 0: never replace one that is or was being tried.
+                    dropped = self._db.execute(
+                        "DELETE FROM outbox WHERE sink = ? AND task_id = ? AND type = ? "
+                        "AND attempts = 0",
+                        (sink, task_id, kind),
+                    ).rowcount
+                    growth[sink] = growth.get(sink, 0) - dropped
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO outbox "
+                    "(sink, event_id, task_id, type, event, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                growth[sink] = growth.get(sink, 0) + cursor.rowcount
+            self._db.executemany(
+                "INSERT OR IGNORE INTO history (event_id, task_id, event) VALUES (?, ?, ?)",
+                recorded,
+            )
+            for task_id in {task_id for _, task_id, _ in recorded}:
+                self._db.execute(
+                    "DELETE FROM history WHERE task_id IS ? AND seq NOT IN "
+                    "(SELECT seq FROM history WHERE task_id IS ? ORDER BY seq DESC LIMIT ?)",
+                    (task_id, task_id, HISTORY_PER_TASK),
+                )
+            for sink, count in claim.items():
+                if count > 0:
+                    taken[sink] = self._take(sink, now, count)[0]
 
     # --- outbox
 
@@ -169,49 +201,78 @@ class SqliteStore:
         transaction, one round trip.  A row that cannot be read is logged and
         deleted, and counted in :attr:`Claim.dropped`.
         """
-        claims = self._claims.setdefault(sink, {})
 
-        def step(finished: Sequence[int]) -> tuple[tuple[Any, ...] | None, float | None, bool]:
-            # Claims change only here and in the other steps: one at a time, in the thread.
-            with self._db:
-                self._delete(finished)
-                busy = set(claims.values())
-                heads = self._db.execute(
-                    "SELECT min(seq), next_attempt, coalesce(task_id, 0) AS task FROM outbox "
-                    "WHERE sink = ? GROUP BY task ORDER BY 1",
-                    (sink,),
-                ).fetchall()
-                due = [(seq, task) for seq, at, task in heads if task not in busy and at <= now]
-                if not due:
-                    waiting = [at for _, at, task in heads if task not in busy]
-                    return None, min(waiting, default=None), False
-                seq, task = due[0]
-                self._db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
-                row: tuple[Any, ...] = self._db.execute(
-                    "SELECT seq, event, attempts - 1, next_attempt, created FROM outbox "
-                    "WHERE seq = ?",
-                    (seq,),
-                ).fetchone()
-                claims[seq] = task
-                return row, None, len(due) > 1
+        def step(finished: Sequence[int]) -> tuple[list[tuple[Any, ...]], float | None, bool]:
+            taken: list[tuple[Any, ...]] = []
+            try:
+                with self._db:
+                    self._delete(finished)
+                    taken, due_at, more = self._take(sink, now, 1)
+            except BaseException:
+                self._settle(row[0] for row in taken)  # rolled back: not claimed either
+                raise
+            return taken, due_at, more
 
         finished: Sequence[int] = done
         dropped = 0
         while True:
-            row, due_at, more = await self._run(partial(step, finished))
-            if row is None:
+            rows, due_at, more = await self._run(partial(step, finished))
+            if not rows:
                 return Claim(None, due_at, dropped=dropped)
-            seq, text, attempts, next_attempt, created = row
+            deliveries, unreadable = self._read(sink, rows)
+            if deliveries:
+                return Claim(deliveries[0], more=more, dropped=dropped)
+            finished, dropped = unreadable, dropped + len(unreadable)
+
+    def _take(
+        self, sink: str, now: float, count: int
+    ) -> tuple[list[tuple[Any, ...]], float | None, bool]:
+        """Claim up to ``count`` due heads of tasks with nothing claimed (in the worker thread).
+
+        Also when the next waiting head is due (with none taken), and whether more
+        were claimable.  Claims change only here and in :meth:`_settle`: one at a
+        time, in the thread.
+        """
+        claims = self._claims.setdefault(sink, {})
+        busy = set(claims.values())
+        heads = self._db.execute(
+            "SELECT min(seq), next_attempt, coalesce(task_id, 0) AS task FROM outbox "
+            "WHERE sink = ? GROUP BY task ORDER BY 1",
+            (sink,),
+        ).fetchall()
+        due = [(seq, task) for seq, at, task in heads if task not in busy and at <= now]
+        if not due:
+            waiting = [at for _, at, task in heads if task not in busy]
+            return [], min(waiting, default=None), False
+        rows = []
+        for seq, task in due[:count]:
+            self._db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+            rows.append(
+                self._db.execute(
+                    "SELECT seq, event, attempts - 1, next_attempt, created FROM outbox "
+                    "WHERE seq = ?",
+                    (seq,),
+                ).fetchone()
+            )
+            claims[seq] = task
+        return rows, None, len(due) > count
+
+    @staticmethod
+    def _read(sink: str, rows: Iterable[tuple[Any, ...]]) -> tuple[list[Delivery], list[int]]:
+        """The claimed rows as deliveries, and the seqs of those that cannot be read."""
+        deliveries: list[Delivery] = []
+        unreadable: list[int] = []
+        for seq, text, attempts, next_attempt, created in rows:
             try:
                 event = event_from_json(text)
             except (ValueError, KeyError, TypeError) as exc:
                 # Written by another version, or damaged: it can never be sent, and keeping
                 # it at the head of its task would stop that task's deliveries for good.
                 log.error("outbox_row_unreadable", seq=seq, sink=sink, error=str(exc))
-                finished, dropped = (seq,), dropped + 1
+                unreadable.append(seq)
                 continue
-            delivery = Delivery(seq, sink, event, attempts, next_attempt, created)
-            return Claim(delivery, more=more, dropped=dropped)
+            deliveries.append(Delivery(seq, sink, event, attempts, next_attempt, created))
+        return deliveries, unreadable
 
     def _settle(self, seqs: Iterable[int]) -> None:
         """Claims on these deliveries end, whichever sink holds them (in the worker thread)."""
