@@ -24,17 +24,48 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from monitor.delivery.outbox import Queued
+from monitor.windows import Window
 
-__all__ = ["HOUR", "Batch", "Grouping", "Plan", "plan"]
+__all__ = ["HOUR", "Batch", "Grouping", "Plan", "plan", "quiet_hours"]
 
 #: The cap's period, in seconds.
 HOUR = 3600.0
 
 
+#: Quiet windows that overlap or follow each other are one quiet period, followed this far.
+_QUIET_HORIZON = 8 * 24 * HOUR
+
+
 def _never_quiet(_: float) -> float | None:
     return None
+
+
+def quiet_hours(windows: Sequence[Window]) -> Callable[[float], float | None]:
+    """For :attr:`Grouping.quiet_until`: when the quiet period around a moment ends.
+
+    Back-to-back windows (``Mon-Fri 22:00-07:00`` then ``Sat-Sun``) make one period.
+    Quiet all week long: the period is followed for 8 days, then looked at again.
+    """
+    if not windows:
+        return _never_quiet
+
+    def quiet_until(at: float) -> float | None:
+        moment = datetime.fromtimestamp(at, UTC)
+        limit = at + _QUIET_HORIZON
+        while moment.timestamp() < limit:
+            active = [w for w in windows if w.active(moment)]
+            if not active:
+                return None if moment.timestamp() == at else moment.timestamp()
+            ends = [w.next_change(moment) for w in active]
+            moment = max((end for end in ends if end is not None), default=moment)
+            if all(end is None for end in ends):
+                break
+        return limit
+
+    return quiet_until
 
 
 @dataclass(frozen=True, slots=True)
