@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from monitor.cli import EX_CONFIG, main
 from monitor.config import parse_config
 from monitor.config.sinks import SINK_TYPES, ChatSinkConfig, UrlSinkConfig, WebhookSinkConfig
 from tests.config_helpers import (
+    minimal,
     problems,
     with_,
 )
@@ -287,3 +289,23 @@ def test_check_config_exits_78_naming_the_key(tmp_path: Path) -> None:
 
     assert EX_CONFIG == result.exit_code == 78
     assert 'sinks["ops"].quiet[0]: hours' in result.stderr
+
+
+def test_readme_alerts_example_loads(tmp_path: Path) -> None:
+    """The worked example of the README's "Working with alerts" loads as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Working with alerts") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
+    for name, value in [
+        ("slack_url", "https://hooks.example.com/x"),
+        ("webhook_url", "https://receiver.example/x"),
+        ("webhook_secret", SECRET),
+    ]:
+        (tmp_path / name).write_text(value)
+    data = {**minimal(), **tomllib.loads(example)}
+
+    config = parse_config(data, base_dir=tmp_path)
+
+    assert ["oncall", "hook"] == [sink.name for sink in config.sinks]
+    assert isinstance(config.sinks[0], ChatSinkConfig)
+    assert 2 == len(config.sinks[0].quiet_windows)
