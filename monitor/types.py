@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 if TYPE_CHECKING:
     from monitor.console import TaskView
     from monitor.delivery.outbox import Claim, Committed, Delivery, Queued
+    from monitor.sinks.digest import Digest
     from monitor.superoffice.errors import Answer
     from monitor.tracking.events import Event
     from monitor.tracking.memory import TaskMemory
@@ -23,6 +24,7 @@ __all__ = [
     "Auth",
     "BackgroundSink",
     "DeliveryStore",
+    "DigestSink",
     "RestorableSink",
     "Sink",
     "TaskSource",
@@ -61,6 +63,15 @@ class BackgroundSink(Protocol):
 
     async def run(self) -> None:
         """Work until cancelled."""
+        ...
+
+
+@runtime_checkable
+class DigestSink(Protocol):
+    """A sink that can post many events as one message (the chat sinks)."""
+
+    async def send_digest(self, digest: Digest) -> None:
+        """Deliver the digest, or raise :class:`~monitor.sinks.base.DeliveryError`."""
         ...
 
 

@@ -20,7 +20,8 @@ import structlog
 
 from monitor.delivery.grouping import HOUR, Batch, Grouping, plan
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.digest import DigestSink, digest_of
+from monitor.sinks.digest import digest_of
+from monitor.types import DigestSink
 
 if TYPE_CHECKING:
     from monitor.delivery.dispatcher import Dispatcher, Subscription
@@ -49,6 +50,10 @@ class DigestWorker:
         self._dispatcher = dispatcher
         self._subscription = subscription
         self._limiter = limiter
+        if not isinstance(subscription.sink, DigestSink):
+            msg = f"sink {subscription.sink.name!r} cannot send digests"
+            raise TypeError(msg)
+        self._sink: DigestSink = subscription.sink
         self._name = subscription.sink.name
         self._rules: Grouping = subscription.grouping
         #: When this process posted the sink's messages within the last hour (for the cap).
@@ -93,8 +98,6 @@ class DigestWorker:
     async def _post_digest(self, batch: Batch, deliveries: Sequence[Delivery]) -> None:
         """Post one digest of ``deliveries``; finish them together, or keep them for a retry."""
         dispatcher = self._dispatcher
-        sink = self._subscription.sink
-        assert isinstance(sink, DigestSink)
         digest = digest_of(
             [d.event for d in deliveries],
             held_back=batch.held_back,
@@ -102,7 +105,7 @@ class DigestWorker:
         )
         fields = {"sink": self._name, "events": digest.events, "tasks": len(digest.entries)}
         try:
-            await sink.send_digest(digest)
+            await self._sink.send_digest(digest)
         except DeliveryError as exc:
             await self._failed(deliveries, str(exc), exc.permanent, exc.retry_after, fields)
             return

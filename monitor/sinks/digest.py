@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from monitor.links import task_url
@@ -25,7 +24,6 @@ from monitor.tracking.events import KINDS, Event, EventType, event_id
 __all__ = [
     "LISTED",
     "Digest",
-    "DigestSink",
     "Entry",
     "digest_message",
     "digest_of",
@@ -111,15 +109,6 @@ class Digest:
     def task_ids(self) -> list[int]:
         """The tasks it names or counts."""
         return [e.latest.task_id for e in self.entries if e.latest.task_id is not None]
-
-
-@runtime_checkable
-class DigestSink(Protocol):
-    """A sink that can post a digest as one message (the chat sinks)."""
-
-    async def send_digest(self, digest: Digest) -> None:
-        """Deliver the digest, or raise :class:`~monitor.sinks.base.DeliveryError`."""
-        ...
 
 
 def _subject(event: Event) -> int | EventType:
