@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 import pytest
 
-from monitor.delivery.grouping import HOUR, Batch, Grouping, Plan, plan
+from monitor.delivery.grouping import HOUR, Batch, Grouping, Plan, plan, quiet_hours
 from monitor.delivery.outbox import Queued
+from monitor.windows import parse_window
 
 T0 = 1_000_000.0
 
@@ -142,3 +146,35 @@ def test_rules_off_by_default() -> None:
     assert Grouping(window=1.0).active
     assert Grouping(max_per_hour=5).active
     assert quiet_between(0, 1).active
+
+
+OSLO_NIGHTS = quiet_hours(
+    [parse_window("Mon-Fri 22:00-07:00", "Europe/Oslo"), parse_window("Sat-Sun", "Europe/Oslo")]
+)
+
+
+def _oslo(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("Europe/Oslo")).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("at", "until"),
+    [
+        ("2026-12-02 12:00", None),  # a Wednesday noon: not quiet
+        ("2026-12-02 23:00", "2026-12-03 07:00"),  # a weeknight
+        ("2026-12-03 07:00", None),  # the end itself is no longer quiet
+        ("2026-12-04 23:00", "2026-12-07 00:00"),  # Friday night runs into the weekend
+        ("2026-12-05 12:00", "2026-12-07 00:00"),  # Saturday
+        ("2026-03-29 01:30", "2026-03-30 00:00"),  # the spring-forward Sunday
+    ],
+)
+def test_quiet_hours(at: str, until: str | None) -> None:
+    """Back-to-back windows are one quiet period, in the zone's wall-clock time."""
+    assert (None if until is None else _oslo(until)) == OSLO_NIGHTS(_oslo(at))
+
+
+def test_quiet_all_week_is_looked_at_again_after_eight_days() -> None:
+    """A window that never ends is followed for 8 days, then the plan wakes to look again."""
+    always = quiet_hours([parse_window("Mon-Sun", "UTC")])
+    assert T0 + 8 * 24 * HOUR == always(T0)
+    assert quiet_hours([])(T0) is None
