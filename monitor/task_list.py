@@ -88,6 +88,27 @@ def _parse_limit(value: str | None, default: int, maximum: int) -> int:
     return limit
 
 
+#: Ids one ``ids`` filter may name (a digest links its tasks as runs: ``ids=21-200``).
+MAX_IDS = 100_000
+
+
+def _parse_ids(value: str) -> frozenset[int]:
+    """``21-200,7``: task ids and runs of them, as a chat digest links its tasks."""
+    ids: set[int] = set()
+    for part in value.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            start, end = int(first), int(last if dash else first)
+        except ValueError:
+            msg = f"ids: expected ids and ranges like '7,21-200', got {part.strip()!r}"
+            raise QueryError(msg) from None
+        if not 0 < start <= end or len(ids) + end - start >= MAX_IDS:
+            msg = f"ids: expected ranges of up to {MAX_IDS} positive ids, got {part.strip()!r}"
+            raise QueryError(msg)
+        ids.update(range(start, end + 1))
+    return frozenset(ids)
+
+
 def encode_cursor(key: tuple[int, int]) -> str:
     """The opaque form of an order key (URL-safe, no padding)."""
     group, negative_id = key
@@ -111,11 +132,12 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class TaskQuery:
-    """What to list: states (empty: all), how many, after which cursor."""
+    """What to list: states (empty: all), how many, after which cursor, which ids (``None``: all)."""
 
     states: frozenset[str] = frozenset()
     limit: int = DEFAULT_LIMIT
     after: tuple[int, int] | None = None
+    ids: frozenset[int] | None = None
 
     @classmethod
     def parse(
@@ -126,12 +148,14 @@ class TaskQuery:
         *,
         default_limit: int = DEFAULT_LIMIT,
         max_limit: int = MAX_LIMIT,
+        ids: str | None = None,
     ) -> TaskQuery:
         """From query string values; :class:`QueryError` naming the bad parameter."""
         return cls(
             states=_parse_states(states),
             limit=_parse_limit(limit, default_limit, max_limit),
             after=None if cursor is None else decode_cursor(cursor),
+            ids=None if ids is None else _parse_ids(ids),
         )
 
 
@@ -153,8 +177,12 @@ def select(tasks: Mapping[int, TaskMemory], query: TaskQuery) -> TaskPage:
     One pass over the tasks and a heap of ``limit + 1``: a page of 300 out of
     10,000 tasks does not sort the other 9,700.
     """
-    states = query.states
-    matching = [m for m in tasks.values() if not states or state_name(m) in states]
+    states, ids = query.states, query.ids
+    matching = [
+        m
+        for m in tasks.values()
+        if (not states or state_name(m) in states) and (ids is None or m.info.id in ids)
+    ]
     after = query.after
     rest = matching if after is None else [m for m in matching if order_key(m) > after]
     page = heapq.nsmallest(query.limit + 1, rest, key=order_key)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from monitor.console import TaskView
-    from monitor.delivery.outbox import Claim, Committed
+    from monitor.delivery.outbox import Claim, Committed, Delivery, Queued
+    from monitor.sinks.digest import Digest
     from monitor.superoffice.errors import Answer
     from monitor.tracking.events import Event
     from monitor.tracking.memory import TaskMemory
@@ -23,6 +24,7 @@ __all__ = [
     "Auth",
     "BackgroundSink",
     "DeliveryStore",
+    "DigestSink",
     "RestorableSink",
     "Sink",
     "TaskSource",
@@ -61,6 +63,15 @@ class BackgroundSink(Protocol):
 
     async def run(self) -> None:
         """Work until cancelled."""
+        ...
+
+
+@runtime_checkable
+class DigestSink(Protocol):
+    """A sink that can post many events as one message (the chat sinks)."""
+
+    async def send_digest(self, digest: Digest) -> None:
+        """Deliver the digest, or raise :class:`~monitor.sinks.base.DeliveryError`."""
         ...
 
 
@@ -187,6 +198,19 @@ class DeliveryStore(Protocol):
 
     async def remove_watch(self, task_id: int) -> None:
         """Forget a watch added at run time."""
+        ...
+
+    # digests (monitor.delivery.digests): one worker reads a sink's queue and claims rows by seq
+
+    async def queued(self, sink: str) -> list[Queued]:
+        """The sink's deliveries that nobody holds a claim on, oldest first, without events."""
+        ...
+
+    async def claim_seqs(self, sink: str, seqs: Sequence[int]) -> list[Delivery]:
+        """Claim these deliveries of the sink (counting an attempt each), as :meth:`claim` does.
+
+        Those claimed already, or gone, are left out; unreadable ones are logged and deleted.
+        """
         ...
 
 

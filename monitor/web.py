@@ -187,6 +187,7 @@ def _listing(
         request.query.get("cursor"),
         default_limit=default_limit,
         max_limit=max_limit,
+        ids=request.query.get("ids"),
     )
     page = select(request.app[STATE].tracker.tasks, query)
     following = None

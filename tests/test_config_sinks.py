@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from monitor.cli import EX_CONFIG, main
 from monitor.config import parse_config
-from monitor.config.sinks import SINK_TYPES, UrlSinkConfig, WebhookSinkConfig
+from monitor.config.sinks import SINK_TYPES, ChatSinkConfig, UrlSinkConfig, WebhookSinkConfig
 from tests.config_helpers import (
+    minimal,
     problems,
     with_,
 )
@@ -185,3 +189,123 @@ class TestSinkTypes:
         assert problems(with_("http.public_url", "batchmon.local")) == [
             "http.public_url: expected an absolute http(s) URL, e.g. 'https://batchmon.example.com/'"
         ]
+
+
+class TestDigestQuietCap:
+    """``group_window``, ``group_min``, ``max_per_hour``, ``quiet``, ``time_zone``, ``quiet_except``."""
+
+    def test_chat_sink_with_every_key(self) -> None:
+        """A chat sink takes the keys; defaults leave them off."""
+        sink = {
+            "name": "ops",
+            "type": "slack",
+            "url": "https://hooks.example.com/x",
+            "group_window": "1m",
+            "group_min": 5,
+            "max_per_hour": 20,
+            "quiet": ["Mon-Fri 22:00-07:00", "Sat-Sun"],
+            "time_zone": "Europe/Oslo",
+            "quiet_except": ["monitor.*"],
+        }
+        [entry] = parse_config(with_("sinks", [sink]), base_dir=Path()).sinks
+        [default] = parse_config(
+            with_("sinks", [{"name": "a", "type": "teams", "url": "https://x.example"}]),
+            base_dir=Path(),
+        ).sinks
+
+        assert isinstance(entry, ChatSinkConfig)
+        assert (60.0, 5, 20) == (entry.group_window, entry.group_min, entry.max_per_hour)
+        assert ["Mon-Fri 22:00-07:00 Europe/Oslo", "Sat-Sun Europe/Oslo"] == [
+            window.description for window in entry.quiet_windows
+        ]
+        assert isinstance(default, ChatSinkConfig)
+        assert (0.0, 3, None, []) == (
+            default.group_window,
+            default.group_min,
+            default.max_per_hour,
+            default.quiet_windows,
+        )
+
+    @pytest.mark.parametrize(
+        ("keys", "expected"),
+        [
+            ({"group_window": "soon"}, 'sinks["a"].group_window: expected a duration like'),
+            ({"group_window": "-1s"}, 'sinks["a"].group_window: a duration must not be negative'),
+            ({"group_min": 0}, 'sinks["a"].group_min: must be greater than or equal to 1'),
+            ({"max_per_hour": 0}, 'sinks["a"].max_per_hour: must be greater than or equal to 1'),
+            ({"quiet": ["Sat-Sun"]}, 'sinks["a"].time_zone: required with quiet'),
+            (
+                {"quiet": ["Sat-Sun"], "time_zone": "Mars/Olympus"},
+                "sinks[\"a\"].time_zone: unknown time zone 'Mars/Olympus'",
+            ),
+            (
+                {"quiet": ["Sat-Sun", "Mon-Fri 22:00-31:00"], "time_zone": "UTC"},
+                "sinks[\"a\"].quiet[1]: time '31:00' is not HH:MM",
+            ),
+            (
+                {"quiet": ["Weekends"], "time_zone": "UTC"},
+                "sinks[\"a\"].quiet[0]: unknown day 'Weekends'",
+            ),
+            ({"quiet": [], "time_zone": "UTC"}, 'sinks["a"].quiet: must not be empty'),
+            (
+                {"quiet_except": ["monitor.api_down"]},
+                'sinks["a"].quiet_except: only applies with quiet',
+            ),
+            (
+                {"quiet": ["Sat"], "time_zone": "UTC", "quiet_except": ["monitor.api_dwn"]},
+                "sinks[\"a\"].quiet_except[0]: unknown event type 'monitor.api_dwn'",
+            ),
+        ],
+    )
+    def test_refused(self, keys: dict[str, object], expected: str) -> None:
+        """Each bad value is refused at its own key."""
+        sink = {"name": "a", "type": "discord", "url": "https://x.example", **keys}
+        (problem,) = problems(with_("sinks", [sink]))
+
+        assert problem.startswith(expected)
+
+    @pytest.mark.parametrize("kind", ["log", "webhook", "alertmanager"])
+    def test_only_chat_sinks(self, kind: str) -> None:
+        """The webhook, log and Alertmanager sinks get every event: they take none of the keys."""
+        sink = {"name": "a", "type": kind, "group_window": "30s"}
+        if kind != "log":
+            sink["url"] = "https://x.example"
+
+        assert [f'sinks["a"].group_window: not used by sink type {kind!r}'] == problems(
+            with_("sinks", [sink])
+        )
+
+
+def test_check_config_exits_78_naming_the_key(tmp_path: Path) -> None:
+    """``batchmon check-config`` refuses a bad quiet window with exit 78, naming the key."""
+    config = tmp_path / "batchmon.toml"
+    config.write_text(
+        '[superoffice]\nurl = "https://crm.example.com/api"\n'
+        '[superoffice.auth]\ntype = "basic"\nusername = "u"\npassword = "p"\n'
+        '[[sinks]]\nname = "ops"\ntype = "slack"\nurl = "https://hooks.example.com/x"\n'
+        'quiet = ["Mon-Fri 22:00"]\ntime_zone = "Europe/Oslo"\n'
+    )
+    result = CliRunner().invoke(main, ["check-config", str(config)])
+
+    assert EX_CONFIG == result.exit_code == 78
+    assert 'sinks["ops"].quiet[0]: hours' in result.stderr
+
+
+def test_readme_alerts_example_loads(tmp_path: Path) -> None:
+    """The worked example of the README's "Working with alerts" loads as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Working with alerts") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
+    for name, value in [
+        ("slack_url", "https://hooks.example.com/x"),
+        ("webhook_url", "https://receiver.example/x"),
+        ("webhook_secret", SECRET),
+    ]:
+        (tmp_path / name).write_text(value)
+    data = {**minimal(), **tomllib.loads(example)}
+
+    config = parse_config(data, base_dir=tmp_path)
+
+    assert ["oncall", "hook"] == [sink.name for sink in config.sinks]
+    assert isinstance(config.sinks[0], ChatSinkConfig)
+    assert 2 == len(config.sinks[0].quiet_windows)

@@ -314,6 +314,29 @@ class TestOutboxContract:
         await backend.finish([])
         assert {"ops": 1} == await backend.pending_counts()
 
+    async def test_queued_and_claimed_by_seq(self, backend: DeliveryStore) -> None:
+        """A digest's worker reads the queue without events and claims exactly the rows it sends."""
+        first, second = events_for(7, {}, {"State": "Failed"})
+        (other,) = events_for(8, {})
+        await backend.commit([], [("ops", first), ("ops", second), ("ops", other)], 10.0)
+        await backend.commit([], [("log", other)], 10.0)
+
+        queued = await backend.queued("ops")
+        assert [(7, first.type.value, 10.0, 0.0), (7, second.type.value, 10.0, 0.0)] == [
+            (q.task_id, q.type, q.created, q.next_attempt) for q in queued[:2]
+        ]
+        seqs = [q.seq for q in queued]
+        claimed = await backend.claim_seqs("ops", [seqs[0], seqs[2], 10**9])
+        assert [(first.id, 0), (other.id, 0)] == [(d.event.id, d.attempts) for d in claimed]
+        assert [seqs[1]] == [q.seq for q in await backend.queued("ops")], "claimed: left out"
+        assert [] == await backend.claim_seqs("ops", [seqs[0]]), "one holder at a time"
+        await backend.retry_later(seqs[0], 99.0, "503")
+        [again] = await backend.claim_seqs("ops", [seqs[0]])
+        assert (1, 99.0) == (again.attempts, again.next_attempt)
+        await backend.finish([seqs[0], seqs[2]])
+        assert [seqs[1]] == [q.seq for q in await backend.queued("ops")]
+        assert 1 == len(await backend.queued("log"))
+
 
 class TestWatches:
     """Watches added at run time persist."""

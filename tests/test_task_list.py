@@ -183,3 +183,32 @@ class TestSelect:
         """No tasks: an empty last page."""
         page = select(Tracker(Rules()).tasks, TaskQuery())
         assert ([], 0, None) == (page.memories, page.total, page.next)
+
+
+class TestIds:
+    """``ids``: the tasks a chat digest links to, as ids and runs of ids."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [("7", {7}), ("1-3,7", {1, 2, 3, 7}), (" 5 , 9-10", {5, 9, 10}), ("4-4", {4})],
+    )
+    def test_parsed(self, text: str, expected: set[int]) -> None:
+        """Ids and ranges, with spaces."""
+        assert expected == TaskQuery.parse([], None, None, ids=text).ids
+
+    @pytest.mark.parametrize("text", ["", "a", "3-1", "0", "-5", "1-1000000"])
+    def test_refused(self, text: str) -> None:
+        """Anything else is a 400 naming ``ids``."""
+        with pytest.raises(QueryError, match=r"^ids: "):
+            TaskQuery.parse([], None, None, ids=text)
+
+    def test_selects_only_those(self) -> None:
+        """Only the named tasks are listed and counted, with the state filter too."""
+        tracker = _tracker(50)
+        page = select(tracker.tasks, TaskQuery(ids=frozenset(range(1, 21))))
+        failed = select(
+            tracker.tasks, TaskQuery(states=frozenset({"Failed"}), ids=frozenset({8, 9}))
+        )
+
+        assert (20, sorted(range(1, 21))) == (page.total, sorted(m.info.id for m in page.memories))
+        assert [8] == [m.info.id for m in failed.memories]

@@ -415,6 +415,30 @@ class TestEndpoints:
         assert "task.failed" == tasks[failed.id]["firing"]
         assert tasks[running.id]["firing"] is None
 
+    async def test_ids_filter_lists_a_digests_tasks(self) -> None:
+        """``?ids=`` (a chat digest's link) lists only those tasks, in the API and on the page."""
+        async with Simulator() as simulator:
+            tasks = [
+                simulator.add_task(name=f"T{n}", state=BatchTaskState.FAILED) for n in range(3)
+            ]
+            ids = [task.id for task in tasks]
+            async with (
+                running_daemon(simulator, ids) as (_, base),
+                aiohttp.ClientSession() as session,
+            ):
+                query = f"?ids={ids[0]},{ids[2]}"
+                async with session.get(base + "/api/v1/tasks" + query) as response:
+                    listed = sorted(task["id"] for task in (await response.json())["tasks"])
+                async with session.get(base + "/" + query) as response:
+                    page = await response.text()
+                async with session.get(base + "/api/v1/tasks?ids=x") as response:
+                    refused = (response.status, (await response.json())["error"])
+
+        assert [ids[0], ids[2]] == listed
+        assert f'data-task-id="{ids[1]}"' not in page
+        assert f'data-task-id="{ids[2]}"' in page
+        assert (400, "ids: expected ids and ranges like '7,21-200', got 'x'") == refused
+
     async def test_readyz_says_why(self) -> None:
         """With the API failing, /readyz answers 503 and names the failure."""
         async with Simulator() as simulator:

@@ -10,20 +10,22 @@ import fnmatch
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, ClassVar, Final, Literal, get_args
+from typing import Annotated, ClassVar, Final, Literal, Self, get_args
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from monitor.config.base import _Variant
 from monitor.config.errors import _did_you_mean, _invalid, _problem
 from monitor.config.values import Duration, Rate, Secret, _TaskId
 from monitor.sinks.render import check_template
 from monitor.tracking.events import EMITTED
+from monitor.windows import Window, parse_window, zone
 
 __all__ = [
     "EVENT_TYPES",
     "SINK_TYPES",
     "AlertmanagerSinkConfig",
+    "ChatSinkConfig",
     "DiscordSinkConfig",
     "GoogleChatSinkConfig",
     "LogSinkConfig",
@@ -84,17 +86,22 @@ class _Sink(_Variant):
     @classmethod
     def _known_events(cls, events: list[str] | None) -> list[str] | None:
         """Refuse a misspelt event type: the sink would silently never hear of it."""
-        problems = []
-        for index, event in enumerate(events or ()):
-            if any(char in event for char in "*?["):
-                if not fnmatch.filter(EVENT_TYPES, event):
-                    problems.append(_problem((index,), f"{event!r} matches no event type"))
-            elif event not in EVENT_TYPES:
-                hint = _did_you_mean(event, EVENT_TYPES)
-                problems.append(_problem((index,), f"unknown event type {event!r}{hint}"))
-        if problems:
-            raise _invalid(cls.__name__, problems)
-        return events
+        return _event_patterns(cls.__name__, events)
+
+
+def _event_patterns(model: str, events: list[str] | None) -> list[str] | None:
+    """Event types or globs, each naming at least one event type (else a problem per entry)."""
+    problems = []
+    for index, event in enumerate(events or ()):
+        if any(char in event for char in "*?["):
+            if not fnmatch.filter(EVENT_TYPES, event):
+                problems.append(_problem((index,), f"{event!r} matches no event type"))
+        elif event not in EVENT_TYPES:
+            hint = _did_you_mean(event, EVENT_TYPES)
+            problems.append(_problem((index,), f"unknown event type {event!r}{hint}"))
+    if problems:
+        raise _invalid(model, problems)
+    return events
 
 
 class LogSinkConfig(_Sink):
@@ -161,31 +168,101 @@ class WebhookSinkConfig(MessageSinkConfig):
         return secret
 
 
-class SlackSinkConfig(MessageSinkConfig):
+class ChatSinkConfig(MessageSinkConfig):
+    """A chat sink: people read it, so storms become digests, nights stay quiet, hours capped.
+
+    See :mod:`monitor.delivery.grouping` for what each key does.
+    """
+
+    #: Events of more than ``group_min`` tasks within this go out as one digest (``0``: off);
+    #: every event waits up to this long.
+    group_window: Duration = 0.0
+    #: More tasks than this in one window make a digest.
+    group_min: Annotated[int, Field(ge=1, le=1000)] = 3
+    #: Messages per hour at most; the rest wait and go as one digest (``None``: no cap).
+    max_per_hour: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    #: Weekly windows (``"Mon-Fri 22:00-07:00"``, ``"Sat-Sun"``) in ``time_zone`` when
+    #: deliveries wait, to go as one digest when the window ends.
+    quiet: list[str] | None = None
+    #: The IANA zone of ``quiet`` (required with it).
+    time_zone: str | None = None
+    #: Event types (or globs) sent during quiet hours anyway.
+    quiet_except: list[str] | None = None
+
+    @field_validator("quiet", "quiet_except")
+    @classmethod
+    def _not_empty_list(cls, values: list[str] | None) -> list[str] | None:
+        """An empty list is a typo for leaving the key out."""
+        if values is not None and not values:
+            raise ValueError("must not be empty; leave it out for none")
+        return values
+
+    @field_validator("quiet_except")
+    @classmethod
+    def _known_exceptions(cls, events: list[str] | None) -> list[str] | None:
+        return _event_patterns(cls.__name__, events)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            zone(name)
+        return name
+
+    @model_validator(mode="after")
+    def _quiet_windows(self) -> Self:
+        """Each quiet window parses in the zone; a zone is given (no silent UTC)."""
+        if self.quiet is None:
+            if self.quiet_except is not None:
+                message = "only applies with quiet"
+                raise _invalid(type(self).__name__, [_problem(("quiet_except",), message)])
+            return self
+        if self.time_zone is None:
+            message = "required with quiet (an IANA name such as 'Europe/Oslo' or 'UTC')"
+            raise _invalid(type(self).__name__, [_problem(("time_zone",), message)])
+        problems = []
+        for index, text in enumerate(self.quiet):
+            try:
+                parse_window(text, self.time_zone)
+            except ValueError as exc:
+                problems.append(_problem(("quiet", index), str(exc)))
+        if problems:
+            raise _invalid(type(self).__name__, problems)
+        return self
+
+    @property
+    def quiet_windows(self) -> list[Window]:
+        """The parsed ``quiet`` windows (none without ``quiet``)."""
+        if self.quiet is None or self.time_zone is None:
+            return []
+        return [parse_window(text, self.time_zone, name=text) for text in self.quiet]
+
+
+class SlackSinkConfig(ChatSinkConfig):
     """Slack incoming webhook."""
 
     type: Literal["slack"] = "slack"
 
 
-class TeamsSinkConfig(MessageSinkConfig):
+class TeamsSinkConfig(ChatSinkConfig):
     """Microsoft Teams workflow or connector webhook."""
 
     type: Literal["teams"] = "teams"
 
 
-class DiscordSinkConfig(MessageSinkConfig):
+class DiscordSinkConfig(ChatSinkConfig):
     """Discord webhook."""
 
     type: Literal["discord"] = "discord"
 
 
-class MattermostSinkConfig(MessageSinkConfig):
+class MattermostSinkConfig(ChatSinkConfig):
     """Mattermost incoming webhook."""
 
     type: Literal["mattermost"] = "mattermost"
 
 
-class GoogleChatSinkConfig(MessageSinkConfig):
+class GoogleChatSinkConfig(ChatSinkConfig):
     """Google Chat space webhook."""
 
     type: Literal["googlechat"] = "googlechat"

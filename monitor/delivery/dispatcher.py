@@ -28,12 +28,14 @@ import math
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import anyio
 import structlog
 
+from monitor.delivery.digests import DigestWorker, groups
+from monitor.delivery.grouping import Grouping
 from monitor.delivery.lanes import Lanes
 from monitor.delivery.outbox import Claim, Delivery
 from monitor.delivery.reminders import due_reminders
@@ -62,6 +64,9 @@ class Subscription:
     #: Deliveries in flight at once (workers), each of a different task: one task's
     #: events still go out in order, and a burst is not sent one by one.
     lanes: int = 1
+    #: Digests, quiet hours and a cap (a chat sink with any of them has one worker,
+    #: :class:`~monitor.delivery.digests.DigestWorker`).
+    grouping: Grouping = field(default_factory=Grouping)
 
 
 #: Timers wake a hair early and datetimes round to microseconds: closer than this is due.
@@ -78,6 +83,9 @@ def _utc_now() -> datetime:
 
 class Dispatcher:
     """Routes events into the outbox and drains it, with each sink's own workers."""
+
+    #: Attempts at a delivery whose sink keeps crashing before it is given up.
+    max_crashes = MAX_CRASHES
 
     def __init__(
         self,
@@ -100,6 +108,8 @@ class Dispatcher:
         self._backoff_cap = backoff_cap
         self._max_age = max_age
         self._lanes = {s.sink.name: Lanes() for s in subscriptions}
+        #: Sinks served by a DigestWorker: commits claim nothing for them, only wake it.
+        self._grouped = frozenset(s.sink.name for s in subscriptions if groups(s))
         self._queued: Counter[str] = Counter()
         #: Unexpected exceptions of the sink at each outbox row (by seq) still queued.
         self._crashes: Counter[int] = Counter()
@@ -160,7 +170,11 @@ class Dispatcher:
         The other workers of a sink something was queued for are woken to look.
         """
         queued = Counter(sink for sink, _ in deliveries)
-        claim = {sink: min(count, self._lanes[sink].idle_workers) for sink, count in queued.items()}
+        claim = {
+            sink: min(count, self._lanes[sink].idle_workers)
+            for sink, count in queued.items()
+            if sink not in self._grouped
+        }
         try:
             committed = await self._store.commit(
                 memories, deliveries, now, history=history, claim=claim
@@ -188,8 +202,11 @@ class Dispatcher:
                         if math.isfinite(subscription.rate)
                         else None
                     )
-                    for _ in range(subscription.lanes):
-                        group.start_soon(self._work, subscription, limiter)
+                    if subscription.sink.name in self._grouped:
+                        group.start_soon(DigestWorker(self, subscription, limiter).run)
+                    else:
+                        for _ in range(subscription.lanes):
+                            group.start_soon(self._work, subscription, limiter)
                     if isinstance(subscription.sink, BackgroundSink):
                         group.start_soon(subscription.sink.run)
         finally:  # handed over and never taken: they wait in the store, untried
@@ -232,6 +249,8 @@ class Dispatcher:
         """
         async with anyio.create_task_group() as group:
             for subscription in self._subscriptions:
+                if subscription.sink.name in self._grouped:
+                    continue  # held for a digest: the next run sends it
                 for _ in range(subscription.lanes):
                     group.start_soon(self._flush, subscription)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from monitor.tracking.events import Event
 
-__all__ = ["Claim", "Committed", "Delivery", "StoreError"]
+__all__ = ["Claim", "Committed", "Delivery", "Queued", "StoreError"]
 
 
 class StoreError(Exception):
@@ -57,3 +57,21 @@ class Committed:
     growth: dict[str, int]
     #: Deliveries claimed in the commit's transaction, for workers that were idle.
     claimed: list[Delivery]
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A pending delivery as the outbox's columns describe it, without its event.
+
+    Enough to decide whether it goes out now, alone or in a digest
+    (:mod:`monitor.delivery.grouping`), without parsing every queued event.
+    """
+
+    seq: int
+    task_id: int | None
+    #: The event type's dotted name.
+    type: str
+    #: Epoch seconds when it entered the outbox.
+    created: float
+    #: Epoch seconds before which it must not be tried (again).
+    next_attempt: float

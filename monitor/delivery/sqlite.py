@@ -27,7 +27,7 @@ import anyio.to_thread
 import structlog
 
 from monitor.delivery.database import connect, reclaim
-from monitor.delivery.outbox import Claim, Committed, Delivery, StoreError
+from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError
 from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
 from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
@@ -375,6 +375,51 @@ class SqliteStore:
             ).fetchall()
 
         return [event_from_json(text) for (text,) in await self._run(load)]
+
+    # --- digests: one worker reads a sink's queue and claims rows by seq
+
+    async def queued(self, sink: str) -> list[Queued]:
+        """The sink's deliveries nobody holds a claim on, oldest first, without events."""
+
+        def load() -> list[tuple[int, int | None, str, float, float]]:
+            return self._db.execute(
+                "SELECT seq, task_id, type, created, next_attempt FROM outbox "
+                "WHERE sink = ? ORDER BY seq",
+                (sink,),
+            ).fetchall()
+
+        rows = await self._run(load)
+        claimed = self._claims.get(sink, {})
+        return [Queued(*row) for row in rows if row[0] not in claimed]
+
+    async def claim_seqs(self, sink: str, seqs: Sequence[int]) -> list[Delivery]:
+        """Claim these deliveries (an attempt each); claimed or gone ones are left out."""
+
+        def take() -> list[tuple[Any, ...]]:
+            claims = self._claims.setdefault(sink, {})
+            rows = []
+            with self._db:
+                for seq in seqs:
+                    if seq in claims:
+                        continue
+                    self._db.execute(
+                        "UPDATE outbox SET attempts = attempts + 1 WHERE seq = ? AND sink = ?",
+                        (seq, sink),
+                    )
+                    row = self._db.execute(
+                        "SELECT seq, event, attempts - 1, next_attempt, created, "
+                        "coalesce(task_id, 0) FROM outbox WHERE seq = ? AND sink = ?",
+                        (seq, sink),
+                    ).fetchone()
+                    if row is not None:
+                        rows.append(row[:5])
+                        claims[seq] = row[5]
+            return rows
+
+        deliveries, unreadable = self._read(sink, await self._run(take))
+        if unreadable:
+            await self.finish(unreadable)
+        return deliveries
 
     # --- watches added at run time
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
 from monitor.config import SinkConfig
-from monitor.config.sinks import MessageSinkConfig
+from monitor.config.sinks import EVENT_TYPES, ChatSinkConfig, MessageSinkConfig
 from monitor.delivery.dispatcher import Subscription
+from monitor.delivery.grouping import Grouping, quiet_hours
 from monitor.sinks.base import Route
 from monitor.sinks.context import SinkContext
 from monitor.sinks.factory import build_sink
@@ -28,6 +30,24 @@ def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> lis
                 remind_every=(
                     config.remind_every if isinstance(config, MessageSinkConfig) else None
                 ),
+                grouping=_grouping(config),
             )
         )
     return subscriptions
+
+
+def _grouping(config: SinkConfig) -> Grouping:
+    """A chat sink's digest, quiet-hours and cap rules (none for the other sink types)."""
+    if not isinstance(config, ChatSinkConfig):
+        return Grouping()
+    return Grouping(
+        window=config.group_window,
+        group_min=config.group_min,
+        max_per_hour=config.max_per_hour,
+        quiet_until=quiet_hours(config.quiet_windows),
+        quiet_except=frozenset(
+            kind
+            for kind in EVENT_TYPES
+            if any(fnmatchcase(kind, pattern) for pattern in config.quiet_except or ())
+        ),
+    )

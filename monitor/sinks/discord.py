@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from monitor.sinks.http import HttpSink, Request, json_body
+from monitor.sinks.http import ChatSink, Request, json_body
 from monitor.sinks.render import TONE_RGB, Message, escape_discord, escape_plain, fit, measure
 
 if TYPE_CHECKING:
-    from monitor.tracking.events import Event
+    from datetime import datetime
 
 __all__ = ["DiscordSink", "discord_payload", "embed_size"]
 
@@ -72,12 +72,11 @@ def discord_payload(message: Message, *, timestamp: str) -> dict[str, object]:
     return {"embeds": [embed], "allowed_mentions": {"parse": []}}
 
 
-class DiscordSink(HttpSink):
+class DiscordSink(ChatSink):
     """Posts to a Discord webhook (5 requests per 2 seconds)."""
 
     default_rate = 2.5
 
-    def request(self, event: Event) -> Request:
-        """One embed for ``event``."""
-        message = self._renderer.render(event)
-        return Request(json_body(discord_payload(message, timestamp=event.time.isoformat())))
+    def message_request(self, message: Message, time: datetime) -> Request:
+        """One embed for ``message``."""
+        return Request(json_body(discord_payload(message, timestamp=time.isoformat())))

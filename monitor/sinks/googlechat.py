@@ -15,11 +15,11 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from monitor.sinks.http import HttpSink, Request, json_body
+from monitor.sinks.http import ChatSink, Request, json_body
 from monitor.sinks.render import Message, escape_googlechat, escape_plain, fit
 
 if TYPE_CHECKING:
-    from monitor.tracking.events import Event
+    from datetime import datetime
 
 __all__ = ["GoogleChatSink", "googlechat_payload", "thread_key"]
 
@@ -70,12 +70,11 @@ def googlechat_payload(message: Message) -> dict[str, object]:
     }
 
 
-class GoogleChatSink(HttpSink):
+class GoogleChatSink(ChatSink):
     """Posts to a Google Chat space's incoming webhook."""
 
     default_rate = 1.0
 
-    def request(self, event: Event) -> Request:
-        """A card in the task's thread."""
-        message = self._renderer.render(event)
+    def message_request(self, message: Message, time: datetime) -> Request:
+        """A card in the task's thread (a digest: in the monitor's)."""
         return Request(json_body(googlechat_payload(message)), params=REPLY_OPTION)

@@ -35,7 +35,8 @@ from yarl import URL
 
 from monitor.retry import MAX_RETRY_AFTER, parse_retry_after
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.render import Renderer
+from monitor.sinks.digest import Digest, digest_message
+from monitor.sinks.render import Message, Renderer
 from monitor.superoffice.redact import Redactor
 from monitor.text import replace_surrogates
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from monitor.sinks.context import SinkContext
     from monitor.tracking.events import Event
 
-__all__ = ["DestinationReply", "HttpSink", "Request", "json_body", "post_json"]
+__all__ = ["ChatSink", "DestinationReply", "HttpSink", "Request", "json_body", "post_json"]
 
 #: Read at most this much of an answer: a misbehaving server must not fill memory.
 MAX_ANSWER_BYTES = 64 * 1024
@@ -254,6 +255,33 @@ class HttpSink(abc.ABC):
         loop must keep serving /healthz and signals meanwhile.
         """
         request = await anyio.to_thread.run_sync(self.request, event)
+        return await self._post(request)
+
+    async def _post(self, request: Request) -> DestinationReply:
+        """Post one request to the sink's URL (a subclass may judge the answer further)."""
         return await post_json(
             self._session, self._url, request, sink=self.name, seconds=self._timeout
         )
+
+
+class ChatSink(HttpSink):
+    """A sink whose messages people read: one per event, or one per digest of many.
+
+    Subclasses say how a :class:`~monitor.sinks.render.Message` looks in their
+    format (:meth:`message_request`); an event's message and a digest's go
+    through the same escaping and limits.
+    """
+
+    @abc.abstractmethod
+    def message_request(self, message: Message, time: datetime) -> Request:
+        """What to POST for ``message`` (``time``: when what it says happened)."""
+
+    def request(self, event: Event) -> Request:
+        """The message of ``event``."""
+        return self.message_request(self._renderer.render(event), event.time)
+
+    async def send_digest(self, digest: Digest) -> None:
+        """Post one message for all of ``digest``'s events, or raise :class:`DeliveryError`."""
+        message = digest_message(digest, self._renderer.status_url)
+        request = await anyio.to_thread.run_sync(self.message_request, message, digest.time)
+        await self._post(request)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from monitor.sinks.http import HttpSink, Request, json_body
+from monitor.sinks.http import ChatSink, Request, json_body
 from monitor.sinks.render import TONE_RGB, Message, escape_mattermost, escape_plain, fit
 
 if TYPE_CHECKING:
-    from monitor.tracking.events import Event
+    from datetime import datetime
 
 __all__ = ["MattermostSink", "mattermost_payload"]
 
@@ -45,11 +45,11 @@ def mattermost_payload(message: Message) -> dict[str, object]:
     return {"text": text, "attachments": [attachment]}
 
 
-class MattermostSink(HttpSink):
+class MattermostSink(ChatSink):
     """Posts to a Mattermost incoming webhook."""
 
     default_rate = 1.0
 
-    def request(self, event: Event) -> Request:
-        """Markdown text and one attachment for ``event``."""
-        return Request(json_body(mattermost_payload(self._renderer.render(event))))
+    def message_request(self, message: Message, time: datetime) -> Request:
+        """Markdown text and one attachment for ``message``."""
+        return Request(json_body(mattermost_payload(message)))

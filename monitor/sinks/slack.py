@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from monitor.sinks.http import HttpSink, Request, json_body
+from monitor.sinks.http import ChatSink, Request, json_body
 from monitor.sinks.render import Message, escape_slack, fit
 
 if TYPE_CHECKING:
-    from monitor.tracking.events import Event
+    from datetime import datetime
 
 __all__ = ["SlackSink", "slack_payload"]
 
@@ -62,11 +62,11 @@ def slack_payload(message: Message) -> dict[str, object]:
     return {"text": fit(message.title, FALLBACK_TEXT_MAX, escape_slack), "blocks": blocks}
 
 
-class SlackSink(HttpSink):
+class SlackSink(ChatSink):
     """Posts to a Slack incoming webhook."""
 
     default_rate = 1.0
 
-    def request(self, event: Event) -> Request:
-        """Text and blocks for ``event``."""
-        return Request(json_body(slack_payload(self._renderer.render(event))))
+    def message_request(self, message: Message, time: datetime) -> Request:
+        """Text and blocks for ``message``."""
+        return Request(json_body(slack_payload(message)))

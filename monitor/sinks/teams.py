@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.http import DestinationReply, HttpSink, Request, json_body
+from monitor.sinks.http import ChatSink, DestinationReply, Request, json_body
 from monitor.sinks.render import (
     TONE_RGB,
     Message,
@@ -33,7 +33,7 @@ from monitor.sinks.render import (
 )
 
 if TYPE_CHECKING:
-    from monitor.tracking.events import Event
+    from datetime import datetime
 
 __all__ = ["TeamsSink", "adaptive_card_payload", "is_legacy_host", "message_card_payload"]
 
@@ -135,7 +135,7 @@ def message_card_payload(message: Message) -> dict[str, object]:
     return card
 
 
-class TeamsSink(HttpSink):
+class TeamsSink(ChatSink):
     """Posts to a Teams Workflows webhook (or a legacy connector, by its host)."""
 
     default_rate = 4.0
@@ -153,16 +153,15 @@ class TeamsSink(HttpSink):
         #: Whether this URL is a legacy Office 365 connector (MessageCard).
         self.legacy = is_legacy_host(self.host)
 
-    def request(self, event: Event) -> Request:
+    def message_request(self, message: Message, time: datetime) -> Request:
         """An Adaptive Card, or a MessageCard for a legacy connector."""
-        message = self._renderer.render(event)
         if self.legacy:
             return Request(json_body(message_card_payload(message)))
         return Request(json_body(adaptive_card_payload(message)))
 
-    async def deliver(self, event: Event) -> DestinationReply:
-        """Deliver; a legacy connector's "200, but HTTP error 429" is a 429."""
-        answer = await super().deliver(event)
+    async def _post(self, request: Request) -> DestinationReply:
+        """Post; a legacy connector's "200, but HTTP error 429" is a 429."""
+        answer = await super()._post(request)
         if self.legacy and "429" in answer.excerpt:
             raise DeliveryError(f"{self.name}: throttled: {answer}", status=429)
         return answer
