@@ -466,13 +466,15 @@ async def _post_ack(request: web.Request) -> web.Response:
 
 
 async def _delete_ack(request: web.Request) -> web.Response:
-    """Give a task back: its condition fires again; 404 when it had no acknowledgement."""
+    """Give a task back: its condition fires again; 409 when nobody had it."""
     _authorize(request)
     task_id = _task_id(request)
     body = await _json_body(request, _UnackBody)
+    if task_id not in request.app[STATE].tracker.tasks:
+        raise _problem(web.HTTPNotFound, f"task {task_id} is not tracked")
     withdrawn = await _acks(request).withdraw(task_id, body.by if body else None)
     if withdrawn is None:
-        raise _problem(web.HTTPNotFound, f"task {task_id} has no acknowledgement")
+        raise _problem(web.HTTPConflict, f"task {task_id} has no acknowledgement to take back")
     return web.json_response({"task_id": task_id, "ack": None, "withdrawn": withdrawn.to_dict()})
 
 
