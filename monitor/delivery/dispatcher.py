@@ -270,7 +270,12 @@ class Dispatcher:
                 fresh.append((sink, event))
         for s in escalating:
             told = self.escalations.reminding(s.sink.name, conditions)
-            reminders = due_reminders([(s.sink.name, s.remind_every, s.route.matches)], told, now)
+            reminders = due_reminders(
+                [(s.sink.name, s.remind_every, s.route.matches)],
+                [c.event for c in conditions if c.event.id in told],
+                now,
+                starts=told,
+            )
             seen = await self._store.known_events([event.id for _, event in reminders])
             fresh += [(sink, event) for sink, event in reminders if event.id not in seen]
         if not fresh:

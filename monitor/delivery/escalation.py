@@ -95,11 +95,12 @@ class Escalations:
             return True
         return False
 
-    def reminding(self, sink: str, conditions: Iterable[Condition]) -> list[Event]:
-        """The conditions the sink was told of, timed from their escalation (for reminders)."""
-        found = []
+    def reminding(self, sink: str, conditions: Iterable[Condition]) -> dict[str, datetime]:
+        """The conditions the sink was told of, by event id: when their escalation was due
+        (their reminders count from then)."""
+        found = {}
         for condition in conditions:
             told = self._told.get((sink, condition.event.task_id or 0))
             if told is not None and told[0] == condition.key:
-                found.append(replace(condition.event, time=told[1]))
+                found[condition.event.id] = told[1]
         return found
