@@ -420,17 +420,23 @@ class _UnackBody(BaseModel):
 
 
 async def _json_body(request: web.Request, model: type[_B]) -> _B | None:
-    """The request's JSON body as ``model`` (``None`` when empty); 400/413/415 saying what is
-    wrong."""
-    if request.content_length is not None and request.content_length > _ACK_BODY_MAX:
-        raise _problem(web.HTTPRequestEntityTooLarge, f"at most {_ACK_BODY_MAX} bytes")
-    raw = await request.content.read(_ACK_BODY_MAX + 1)
-    if len(raw) > _ACK_BODY_MAX:
-        raise _problem(web.HTTPRequestEntityTooLarge, f"at most {_ACK_BODY_MAX} bytes")
+    """The request's body, read as JSON whatever its content type says (``curl -d`` says a
+    form), as ``model``: ``None`` when empty; 400 or 413 saying what is wrong."""
+    size = request.content_length
+    raw = (
+        b""
+        if size is not None and size > _ACK_BODY_MAX
+        else await request.content.read(_ACK_BODY_MAX + 1)
+    )
+    if len(raw) > _ACK_BODY_MAX or (size is not None and size > _ACK_BODY_MAX):
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=_ACK_BODY_MAX,
+            actual_size=size or len(raw),
+            text=json.dumps({"error": f"the body may have at most {_ACK_BODY_MAX} bytes"}),
+            content_type="application/json",
+        )
     if not raw.strip():
         return None
-    if request.content_type not in ("application/json", "application/octet-stream"):
-        raise _problem(web.HTTPUnsupportedMediaType, "send the body as application/json")
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

@@ -104,12 +104,13 @@ class TestCondition:
         """The same type again later is another condition: an acknowledgement does not carry."""
         tracker = Tracker(RULES)
         for step in then:
-            minute, state, starts, *percent = step
+            minute, state, starts, *rest = step
+            percent = rest[0] if rest else 40
             at = T0 + timedelta(minutes=minute)
             if state is None:
                 tracker.observe_gone(7, at)
             else:
-                tracker.observe(_info(state, *percent, starts=starts), at)
+                tracker.observe(_info(state, percent, starts=starts), at)
         assert condition_key(_history(*first)) != condition_key(tracker.tasks[7])
 
     def test_a_task_never_started(self) -> None:
