@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from monitor.sinks.alertmanager import alerts_for
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.acks import (
     BY_MAX,
@@ -312,3 +313,15 @@ class TestEvents:
 def test_text_problem(text: str, problem: str | None) -> None:
     """Names and comments are text a person reads: bounded, no control characters."""
     assert problem == text_problem(text, BY_MAX)
+
+
+def test_alertmanager_resolves_saying_who() -> None:
+    """The acknowledgement resolves every condition's alert, its annotations naming who."""
+    memory = _history(*FAILED)
+    change = alerts_for(acknowledged_event(memory, _ack(memory, comment="rerunning")))
+    assert change.fired is None
+    resolved = {alert.labels["alertname"]: alert.annotations for alert in change.resolved}
+    assert {"BatchTaskFailed", "BatchTaskStalled", "BatchTaskGone"} == set(resolved)
+    annotations = resolved["BatchTaskFailed"]
+    assert "acknowledged" == annotations["ended"]
+    assert "Acknowledged by alice: rerunning" in annotations["description"]
