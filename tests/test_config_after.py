@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import aiohttp
@@ -73,3 +74,18 @@ def test_check_config_exits_78(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check-config", str(config)])
     assert EX_CONFIG == result.exit_code
     assert 'sinks["boss"].after' in result.output
+
+
+def test_the_readme_example_loads(tmp_path: Path) -> None:
+    """The worked example under "### Escalation" is a valid [http] and [[sinks]]."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Escalation", 1)[1].split("\n## ", 1)[0]
+    example = tomllib.loads(section.split("```toml\n", 1)[1].split("```", 1)[0])
+    for name in ("api_token", "slack_oncall_url", "slack_lead_url"):
+        secret = "tok-0123456789abcdef" if name == "api_token" else "https://hooks.example/x"
+        (tmp_path / name).write_text(secret + "\n")
+    config = parse_config(
+        with_("sinks", example["sinks"]) | {"http": example["http"]}, base_dir=tmp_path
+    )
+    after = {sink.name: getattr(sink, "after", None) for sink in config.sinks}
+    assert {"on-call": None, "team-lead": 1800.0, "alerts": None} == after
