@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from monitor.sinks.alertmanager import alerts_for
+from monitor.sinks.render import Renderer
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.acks import (
     BY_MAX,
@@ -325,3 +326,12 @@ def test_alertmanager_resolves_saying_who() -> None:
     annotations = resolved["BatchTaskFailed"]
     assert "acknowledged" == annotations["ended"]
     assert "Acknowledged by alice: rerunning" in annotations["description"]
+
+
+def test_chat_says_who_took_it() -> None:
+    """A chat message of the acknowledgement names the task and the person, and their comment."""
+    memory = _history(*FAILED)
+    event = acknowledged_event(memory, _ack(memory, comment="rerunning"))
+    message = Renderer("ops", template=None, status_url=None).render(event)
+    assert "🙋 Export acknowledged" == message.title
+    assert "Acknowledged by alice: rerunning" in message.text

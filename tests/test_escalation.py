@@ -293,6 +293,7 @@ class TestAcknowledgements:
         assert first == second
         assert ("bob", desk.time.now) == (third.by, third.at)
         assert [third] == await store.acks()
+        assert 2 == desk.tracker.event_counts[EventType.TASK_ACKNOWLEDGED]
         assert ["Acknowledged by alice: looking", "Acknowledged by bob"] == [
             e.message for e in ops.received
         ]

@@ -104,13 +104,18 @@ class Acknowledgements:
             if fresh and memory is not None:
                 event = acknowledged_event(memory, decided)
                 if not await self._store.known_events([event.id]):
-                    await self._commit([event])
+                    await self._announce(event)
             if decided != held:
                 await self._store.put_ack(decided)
                 self._held[task_id] = decided
             if fresh:
                 log.info("task_acknowledged", task_id=task_id, by=by)
             return decided, fresh
+
+    async def _announce(self, event: Event) -> None:
+        """Queue the event for the sinks; counted with the tracker's (``batchmon_events_total``)."""
+        await self._commit([event])
+        self._tracker.event_counts[event.type] += 1
 
     async def sweep(self) -> None:
         """Drop the acknowledgements whose condition ended (they no longer hold)."""
@@ -137,7 +142,7 @@ class Acknowledgements:
                 return None
             event = withdrawn_event(memory, held, by, self._clock())
             if event is not None:
-                await self._commit([event])
+                await self._announce(event)
             await self._store.drop_acks([task_id])
             del self._held[task_id]
             log.info("task_unacknowledged", task_id=task_id, by=by)

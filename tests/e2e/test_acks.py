@@ -105,7 +105,8 @@ class TestAcknowledge:
         peer_processes: list[Peer],
     ) -> None:
         """Reminded of, firing; acknowledged with ``batchmon ack``: resolved, never reminded of
-        again, while the other failed task is reminded of twice more."""
+        again, while the other failed task is reminded of twice more; after a restart, still
+        acknowledged and not firing."""
         simulator = peers.simulator(Simulator())
         receiver = peers.receiver(Receiver())
         alertmanager = Alertmanager(
@@ -181,6 +182,21 @@ class TestAcknowledge:
         )
         page = http(f"{url}/api/v1/tasks").json()
 
+        # A restart keeps the acknowledgement: the alerts it re-posts at once (the other task's,
+        # seen updated in Alertmanager) do not include the acknowledged task's.
+        assert 0 == batchmon.stop()
+
+        def updated() -> str:
+            (alert,) = alertmanager.alerts(f'task_id="{other}"')
+            return str(alert["updatedAt"])
+
+        before_restart = updated()
+        batchmon.start()
+        url = batchmon.wait_started()
+        wait_until(lambda: updated() != before_restart, STEP, "the alerts re-posted", every=0.2)
+        restarted_page = http(f"{url}/api/v1/tasks").json()
+        restarted_alerts = active_alerts(alertmanager)
+
         annotations = notified(receiver, "resolved")[("BatchTaskFailed", taken)]
         assert "acknowledged" == annotations["ended"]
         assert (
@@ -190,9 +206,11 @@ class TestAcknowledge:
         (ack_event,) = acknowledged()
         assert int(ack_event["subject"]) == taken
         assert reminded_before == len(_reminders(receiver, taken))
-        assert {taken: "alice", other: None} == {
-            t["id"]: (t["ack"] or {}).get("by") for t in page["tasks"]
-        }
+        for listing in (page, restarted_page):
+            assert {taken: "alice", other: None} == {
+                t["id"]: (t["ack"] or {}).get("by") for t in listing["tasks"]
+            }
+        assert {("BatchTaskFailed", other)} == restarted_alerts
 
 
 class TestEscalation:
