@@ -383,6 +383,15 @@ async def _delete_watch(request: web.Request) -> web.Response:
 _ACK_BODY_MAX = 16 * 1024
 
 
+def _person(by: str) -> str:
+    """A name as people read it in chat: one line, bounded, no control characters."""
+    by = " ".join(by.split())
+    problem = text_problem(by, BY_MAX) if by else "must not be blank"
+    if problem is not None:
+        raise ValueError(problem)
+    return by
+
+
 class _AckBody(BaseModel):
     """``{"by": "...", "comment": "..."}``: who takes the task, and what they say."""
 
@@ -394,11 +403,7 @@ class _AckBody(BaseModel):
     @field_validator("by")
     @classmethod
     def _plain_by(cls, by: str) -> str:
-        by = " ".join(by.split())
-        problem = text_problem(by, BY_MAX) if by else "must not be blank"
-        if problem is not None:
-            raise ValueError(problem)
-        return by
+        return _person(by)
 
     @field_validator("comment")
     @classmethod
@@ -417,6 +422,11 @@ class _UnackBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     by: str | None = None
+
+    @field_validator("by")
+    @classmethod
+    def _plain_by(cls, by: str | None) -> str | None:
+        return None if by is None else _person(by)
 
 
 async def _json_body(request: web.Request, model: type[_B]) -> _B | None:

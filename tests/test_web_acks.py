@@ -249,6 +249,19 @@ class TestAck:
         assert 413 == big
         assert 201 == curl
 
+    async def test_taking_back_checks_the_name(self, store: SqliteStore) -> None:
+        """The name given when taking a task back is held to the same rules: 400, still held."""
+        async with served(store) as app:
+            await app.see(7, "Failed")
+            ack_url = f"{app.url}/api/v1/tasks/7/ack"
+            await _call("POST", ack_url, {"by": "alice"})
+            status, problem = await _call("DELETE", ack_url, {"by": "\x07bell"})
+        assert (400, "by: Value error, control characters are not allowed") == (
+            status,
+            problem["error"],
+        )
+        assert ["alice"] == [ack.by for ack in await store.acks()]
+
     async def test_without_an_api_token(self, store: SqliteStore) -> None:
         """Without http.api_token nothing can be acknowledged (403, as changing watches)."""
         async with served(store, token=None) as app:
