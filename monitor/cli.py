@@ -10,7 +10,9 @@ does not answer and 75 (EX_TEMPFAIL) for one that is not ready yet.
 from __future__ import annotations
 
 import errno
+import getpass
 import inspect
+import os
 import signal
 import sys
 import tempfile
@@ -44,6 +46,7 @@ from monitor.console import (
     api_source,
     follow,
     read_status,
+    send_json,
     status_view,
 )
 from monitor.daemon import Daemon, freeze_startup_objects
@@ -653,3 +656,84 @@ def test_sink(name: str, config_path: Path) -> None:
         click.echo(f"batchmon: not delivered: {visible(str(exc))}", err=True)
         sys.exit(1)
     click.echo(f"{name}: delivered" + (f": {visible(answer)}" if answer else ""))
+
+
+#: ``ack``'s exit codes besides 0 (done) and 2 (usage).
+_ACK_EXITS = {
+    401: EX_NOPERM,
+    403: EX_NOPERM,
+    404: EX_NOT_TRACKED,
+    409: EX_FAILED,
+}
+
+
+def _api_token(path: Path | None) -> str | None:
+    """The API token: ``--token-file``, else ``$BATCHMON_API_TOKEN``."""
+    return _read_token(path) if path is not None else os.environ.get("BATCHMON_API_TOKEN")
+
+
+@main.command(short_help="Take a failed, stalled or gone task (or give it back).")
+@click.argument("task_id", metavar="ID", callback=_task_id)
+@click.option(
+    "--by",
+    default=None,
+    help="Who takes it, as chat messages and the status page show it [default: your login].",
+)
+@click.option("--comment", default=None, help="What you are doing about it.")
+@click.option("--undo", is_flag=True, help="Give the task back: its alert fires again.")
+@click.option(
+    "--url",
+    default=DEFAULT_DAEMON_URL,
+    show_default=True,
+    help="Base URL of the running daemon (its [http] listen address).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.api_token [default: $BATCHMON_API_TOKEN].",
+)
+def ack(
+    task_id: int,
+    by: str | None,
+    comment: str | None,
+    undo: bool,
+    url: str,
+    token_file: Path | None,
+) -> None:
+    """Acknowledge task ID: you are on it.  Its alert resolves, its reminders and escalation
+    stop, and chat sinks say who took it, until the condition ends (a rerun, success, removal)
+    or you give it back with --undo.  A new failure needs a new acknowledgement.
+
+    \b
+    Exit codes:
+      0   acknowledged (or given back with --undo)
+      1   the task is not failed, stalled or gone (--undo: nobody had it)
+      2   usage error
+      3   the daemon does not track the task
+      69  the daemon cannot be reached, or answered with another error (EX_UNAVAILABLE)
+      77  no token, or a wrong one (http.api_token; --token-file or
+          BATCHMON_API_TOKEN) (EX_NOPERM)
+
+    \b
+    Examples:
+      batchmon ack 212 --comment "rerunning after the import fix"
+      batchmon ack 212 --undo
+    """
+    token = _api_token(token_file)
+    if comment is not None and undo:
+        raise click.UsageError("--comment is for taking a task, not for --undo")
+    who = by if by is not None else getpass.getuser()
+    endpoint = f"{url.rstrip('/')}/api/v1/tasks/{task_id}/ack"
+    body: dict[str, object] = {"by": who}
+    if comment is not None:
+        body["comment"] = comment
+    try:
+        status, error = send_json("DELETE" if undo else "POST", endpoint, token, body)
+    except SourceError as exc:
+        _fail(exc)
+    if status < 300:
+        click.echo(f"task {task_id}: " + ("given back" if undo else f"acknowledged by {who}"))
+        return
+    click.echo(f"batchmon: {endpoint}: HTTP {status}: {error}", err=True)
+    sys.exit(_ACK_EXITS.get(status, EX_UNAVAILABLE))

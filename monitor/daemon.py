@@ -20,6 +20,7 @@ import structlog
 
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
+from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher
 from monitor.delivery.sqlite import SqliteStore
 from monitor.delivery.subscriptions import subscriptions_from
@@ -243,7 +244,9 @@ class Daemon:
             dispatcher = Dispatcher(subscriptions_from(config.sinks, context), store)
             self.dispatcher = dispatcher
             await dispatcher.start()
-            firing = self.tracker.firing()
+            acks = Acknowledgements(self.tracker, store, dispatcher.commit, self.clock)
+            await acks.load()
+            firing = acks.firing()  # an acknowledged task's alert stays resolved
             for sink in dispatcher.sinks:
                 if isinstance(sink, RestorableSink):
                     sink.restore(firing)
@@ -283,12 +286,15 @@ class Daemon:
                 api_token=token.get_secret_value() if token else None,
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
+                acks=acks,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(dispatcher.run)
-                    group.start_soon(dispatcher.remind, self.tracker.firing)
+                    group.start_soon(dispatcher.remind, acks.firing)
+                    group.start_soon(dispatcher.escalate, acks.open_conditions)
+                    group.start_soon(acks.run)
                     await group.start(poller.run)
                     log.info(
                         "batchmon_started",

@@ -16,10 +16,12 @@ if TYPE_CHECKING:
     from monitor.delivery.outbox import Claim, Committed, Delivery, Queued
     from monitor.sinks.digest import Digest
     from monitor.superoffice.errors import Answer
+    from monitor.tracking.acks import Ack
     from monitor.tracking.events import Event
     from monitor.tracking.memory import TaskMemory
 
 __all__ = [
+    "Acknowledger",
     "ApiRoute",
     "Auth",
     "BackgroundSink",
@@ -128,7 +130,7 @@ class DeliveryStore(Protocol):
         ...
 
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
-        """Drop the memory and history of tasks no longer watched."""
+        """Drop the memory, history and acknowledgements of tasks no longer watched."""
         ...
 
     async def commit(
@@ -213,6 +215,18 @@ class DeliveryStore(Protocol):
         """
         ...
 
+    async def acks(self) -> list[Ack]:
+        """Every stored acknowledgement, lapsed ones too (the caller judges them)."""
+        ...
+
+    async def put_ack(self, ack: Ack) -> None:
+        """Store a task's acknowledgement, replacing the one it had."""
+        ...
+
+    async def drop_acks(self, task_ids: Iterable[int]) -> None:
+        """Delete these tasks' acknowledgements; :meth:`forget_tasks` deletes them too."""
+        ...
+
 
 # --- the HTTP API and the CLI ----------------------------------------------------------------
 
@@ -233,6 +247,23 @@ class Watches(Protocol):
 
         Raises :class:`ValueError` for a task the configuration watches.
         """
+        ...
+
+
+class Acknowledger(Protocol):
+    """Takes and gives back acknowledgements of failed, stalled and gone tasks."""
+
+    def current(self, task_id: int) -> Ack | None:
+        """The task's acknowledgement, if one holds (its condition still fires)."""
+        ...
+
+    async def acknowledge(self, task_id: int, by: str, comment: str | None) -> tuple[Ack, bool]:
+        """Take the task's condition; the acknowledgement and whether it is new (or changed
+        hands).  Raises :class:`~monitor.tracking.acks.AckRefusedError`."""
+        ...
+
+    async def withdraw(self, task_id: int, by: str | None) -> Ack | None:
+        """Give the acknowledgement back; the one given back, ``None`` if none held."""
         ...
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 from aiohttp import hdrs, web
@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from monitor.chart import Box, ChartInput, progress_chart
 from monitor.http_access import (
@@ -49,11 +50,12 @@ from monitor.task_list import (
     select,
 )
 from monitor.task_metrics import TaskSeries
+from monitor.tracking.acks import BY_MAX, COMMENT_MAX, AckRefusedError, Refusal, text_problem
 from monitor.tracking.detect import condition
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import TaskMemory, state_name
 from monitor.tracking.tracker import Tracker
-from monitor.types import DeliveryStore, Watches
+from monitor.types import Acknowledger, DeliveryStore, Watches
 
 __all__ = [
     "MAX_TASK_ID",
@@ -94,9 +96,12 @@ class WebState:
     read_token: str | None = None
     #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
     host_names: frozenset[str] = frozenset()
+    #: Acknowledgements of failed, stalled and gone tasks (``None``: not offered).
+    acks: Acknowledger | None = None
 
 
 STATE = web.AppKey("state", WebState)
+_B = TypeVar("_B", bound=BaseModel)
 #: zlib's window bits for a gzip wrapper (header and CRC) around the deflate stream.
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
@@ -166,7 +171,13 @@ def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, 
         "last_change": memory.last_change.isoformat(timespec="seconds"),
         "last_seen": memory.last_seen.isoformat(timespec="seconds"),
         "anomalies": list(info.anomalies),
+        "ack": _ack_view(state, info.id),
     }
+
+
+def _ack_view(state: WebState, task_id: int) -> dict[str, object] | None:
+    ack = state.acks.current(task_id) if state.acks is not None else None
+    return ack.to_dict() if ack is not None else None
 
 
 #: Rows on the status page unless ``limit`` asks for more (up to :data:`PAGE_MAX_ROWS`).
@@ -369,6 +380,121 @@ async def _delete_watch(request: web.Request) -> web.Response:
     return web.json_response({"task_id": task_id, "watched": False})
 
 
+#: Bytes an acknowledgement's body may have: a name and a comment, with room for escapes.
+_ACK_BODY_MAX = 16 * 1024
+
+
+def _person(by: str) -> str:
+    """A name as people read it in chat: one line, bounded, no control characters."""
+    by = " ".join(by.split())
+    problem = text_problem(by, BY_MAX) if by else "must not be blank"
+    if problem is not None:
+        raise ValueError(problem)
+    return by
+
+
+class _AckBody(BaseModel):
+    """``{"by": "...", "comment": "..."}``: who takes the task, and what they say."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    by: str = Field(min_length=1)
+    comment: str | None = None
+
+    @field_validator("by")
+    @classmethod
+    def _plain_by(cls, by: str) -> str:
+        return _person(by)
+
+    @field_validator("comment")
+    @classmethod
+    def _plain_comment(cls, comment: str | None) -> str | None:
+        if comment is None or not comment.strip():
+            return None
+        problem = text_problem(comment.strip(), COMMENT_MAX)
+        if problem is not None:
+            raise ValueError(problem)
+        return comment.strip()
+
+
+class _UnackBody(BaseModel):
+    """``{"by": "..."}`` (optional): who gives the task back."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    by: str | None = None
+
+    @field_validator("by")
+    @classmethod
+    def _plain_by(cls, by: str | None) -> str | None:
+        return None if by is None else _person(by)
+
+
+async def _json_body(request: web.Request, model: type[_B]) -> _B | None:
+    """The request's body, read as JSON whatever its content type says (``curl -d`` says a
+    form), as ``model``: ``None`` when empty; 400 or 413 saying what is wrong."""
+    size = request.content_length
+    raw = (
+        b""
+        if size is not None and size > _ACK_BODY_MAX
+        else await request.content.read(_ACK_BODY_MAX + 1)
+    )
+    if len(raw) > _ACK_BODY_MAX or (size is not None and size > _ACK_BODY_MAX):
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=_ACK_BODY_MAX,
+            actual_size=size or len(raw),
+            text=json.dumps({"error": f"the body may have at most {_ACK_BODY_MAX} bytes"}),
+            content_type="application/json",
+        )
+    if not raw.strip():
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise _problem(web.HTTPBadRequest, problems) from None
+
+
+def _acks(request: web.Request) -> Acknowledger:
+    acks = request.app[STATE].acks
+    if acks is None:
+        raise _problem(web.HTTPNotFound, "acknowledgements are not offered here")
+    return acks
+
+
+async def _post_ack(request: web.Request) -> web.Response:
+    """Take a failed, stalled or gone task: 201 (200 when the same person had it already)."""
+    _authorize(request)
+    task_id = _task_id(request)
+    body = await _json_body(request, _AckBody)
+    if body is None:
+        raise _problem(web.HTTPBadRequest, 'a JSON body is required: {"by": "your name"}')
+    try:
+        ack, fresh = await _acks(request).acknowledge(task_id, body.by, body.comment)
+    except AckRefusedError as exc:
+        kind = web.HTTPNotFound if exc.refusal is Refusal.UNKNOWN_TASK else web.HTTPConflict
+        raise _problem(kind, str(exc)) from None
+    return web.json_response(
+        {"task_id": task_id, "ack": ack.to_dict()}, status=201 if fresh else 200
+    )
+
+
+async def _delete_ack(request: web.Request) -> web.Response:
+    """Give a task back: its condition fires again; 409 when nobody had it."""
+    _authorize(request)
+    task_id = _task_id(request)
+    body = await _json_body(request, _UnackBody)
+    if task_id not in request.app[STATE].tracker.tasks:
+        raise _problem(web.HTTPNotFound, f"task {task_id} is not tracked")
+    withdrawn = await _acks(request).withdraw(task_id, body.by if body else None)
+    if withdrawn is None:
+        raise _problem(web.HTTPConflict, f"task {task_id} has no acknowledgement to take back")
+    return web.json_response({"task_id": task_id, "ack": None, "withdrawn": withdrawn.to_dict()})
+
+
 def _html(template: str, status: int = 200, **values: Any) -> web.Response:
     html = _templates.get_template(template).render(**values)
     return web.Response(text=html, status=status, content_type="text/html")
@@ -507,6 +633,8 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_get("/api/v1/tasks/{task_id}", _task)
     app.router.add_put("/api/v1/watches/{task_id}", _put_watch)
     app.router.add_delete("/api/v1/watches/{task_id}", _delete_watch)
+    app.router.add_post("/api/v1/tasks/{task_id}/ack", _post_ack)
+    app.router.add_delete("/api/v1/tasks/{task_id}/ack", _delete_ack)
     app.router.add_get("/", _status_page)
     app.router.add_get("/tasks/{task_id}", _task_page)
     return app

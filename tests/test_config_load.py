@@ -133,13 +133,22 @@ class TestExampleFile:
         assert config.watch.ids == [212, 213]
         assert config.poll.stall_after == 900.0
         assert config.state.resolved_path == Path("/var/lib/batchmon/state.db")
-        assert [sink.name for sink in config.sinks] == ["ops", "chat", "hook", "alerts"]
+        assert [sink.name for sink in config.sinks] == [
+            "ops",
+            "chat",
+            "hook",
+            "team-lead",
+            "alerts",
+        ]
         assert [rule.name for rule in config.watch.discover] == ["Export*"]
         chat = config.sinks[1]
         assert isinstance(chat, MessageSinkConfig)
         assert chat.remind_every == 14400.0
         assert config.sinks[0].events is not None
         assert "monitor.*" in config.sinks[0].events
+        lead = config.sinks[3]
+        assert isinstance(lead, MessageSinkConfig)
+        assert (1800.0, 7200.0) == (lead.after, lead.remind_every)
 
 
 class TestUnknownKeys:

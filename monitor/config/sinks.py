@@ -142,6 +142,9 @@ class MessageSinkConfig(UrlSinkConfig):
     template: str | None = None
     #: Repeat failed and stalled tasks this often while they stay so.
     remind_every: Annotated[Duration, Field(gt=0)] | None = None
+    #: Escalation: failed, stalled and gone tasks reach this sink only once they have fired
+    #: this long without anyone acknowledging them (``None``: at once).
+    after: Annotated[Duration, Field(gt=0)] | None = None
 
     @field_validator("template")
     @classmethod

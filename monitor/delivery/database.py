@@ -12,7 +12,7 @@ import structlog
 
 from monitor.delivery.outbox import StoreError
 from monitor.delivery.recovery import SIDECARS, examine, move_aside
-from monitor.delivery.schema import SCHEMA, SCHEMA_VERSION
+from monitor.delivery.schema import SCHEMA, SCHEMA_VERSION, migrate
 
 __all__ = ["WAL_LIMIT", "connect", "reclaim"]
 
@@ -96,6 +96,15 @@ def _make_private(path: Path) -> None:
             sidecar.chmod(stat.S_IMODE(sidecar.stat().st_mode) & 0o700)
 
 
+def _version(connection: sqlite3.Connection) -> int | None:
+    """The schema version stored in the database (``None``: a new one)."""
+    tables = connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+    if tables is None:
+        return None
+    row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else int(row[0])
+
+
 def _prepare(path: Path) -> sqlite3.Connection:
     """Open the examined database for writing: private, WAL mode, schema, and a probe write."""
     _make_private(path)
@@ -109,6 +118,10 @@ def _prepare(path: Path) -> sqlite3.Connection:
         connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         connection.isolation_level = "DEFERRED"
         with connection:
+            found = _version(connection)
+            if found is not None and found < SCHEMA_VERSION:
+                migrate(connection, found)
+                log.info("state_database_migrated", path=str(path), version=SCHEMA_VERSION)
             connection.executescript(SCHEMA)
             connection.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",

@@ -35,6 +35,7 @@ import anyio
 import structlog
 
 from monitor.delivery.digests import DigestWorker, groups
+from monitor.delivery.escalation import Escalations, due_escalations
 from monitor.delivery.grouping import Grouping
 from monitor.delivery.lanes import Lanes
 from monitor.delivery.outbox import Claim, Delivery
@@ -42,6 +43,7 @@ from monitor.delivery.reminders import due_reminders
 from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
 from monitor.sinks.base import DeliveryError, Route
+from monitor.tracking.acks import Condition
 from monitor.tracking.events import Event
 from monitor.tracking.memory import TaskMemory
 from monitor.types import BackgroundSink, DeliveryStore, Sink
@@ -67,6 +69,9 @@ class Subscription:
     #: Digests, quiet hours and a cap (a chat sink with any of them has one worker,
     #: :class:`~monitor.delivery.digests.DigestWorker`).
     grouping: Grouping = field(default_factory=Grouping)
+    #: Seconds a failed, stalled or gone task must fire unacknowledged before this sink
+    #: hears of it (``None``: at once); see :mod:`monitor.delivery.escalation`.
+    after: float | None = None
 
 
 #: Timers wake a hair early and datetimes round to microseconds: closer than this is due.
@@ -121,6 +126,8 @@ class Dispatcher:
         self.given_up: Counter[str] = Counter()
         #: Seconds from detection to delivery, by sink name.
         self.latency = {s.sink.name: Histogram() for s in self._subscriptions}
+        #: What the escalation sinks (``after``) were told of.
+        self.escalations = Escalations()
 
     @property
     def sink_names(self) -> list[str]:
@@ -153,6 +160,7 @@ class Dispatcher:
             for event in events
             for s in self._subscriptions
             if s.route.matches(event)
+            and (s.after is None or self.escalations.passes(s.sink.name, event))
         ]
         if not events and not memories:
             return
@@ -233,7 +241,11 @@ class Dispatcher:
     async def remind_once(self, conditions: Sequence[Event]) -> None:
         """Queue the reminders that are due now."""
         now = self._now()
-        subscribers = [(s.sink.name, s.remind_every, s.route.matches) for s in self._subscriptions]
+        subscribers = [
+            (s.sink.name, s.remind_every, s.route.matches)
+            for s in self._subscriptions
+            if s.after is None  # theirs start with the escalation: see escalate_once
+        ]
         due = due_reminders(subscribers, conditions, now)
         known = await self._store.known_events([event.id for _, event in due])
         fresh = [(sink, event) for sink, event in due if event.id not in known]
@@ -241,6 +253,52 @@ class Dispatcher:
             return
         await self._queue([], fresh, now.timestamp())
         log.info("reminders_queued", count=len(fresh))
+
+    async def escalate(self, conditions: Callable[[], Sequence[Condition]]) -> None:
+        """Send unacknowledged conditions to sinks with ``after`` when due, until cancelled.
+
+        ``conditions`` gives the unacknowledged conditions firing now.  The first
+        look is at once, so that what was escalated before a restart is known
+        before the poller routes what ends it.
+        """
+        periods = [s.after for s in self._subscriptions if s.after is not None]
+        if not periods:
+            return
+        tick = min(max(min(periods) / 10, 1.0), 60.0)
+        while True:
+            await self.escalate_once(conditions())
+            await self._sleep(tick)
+
+    async def escalate_once(self, conditions: Sequence[Condition]) -> None:
+        """Queue the escalations due now, and the reminders of those sent.
+
+        Escalations already recorded (before a restart) are not queued again.
+        """
+        now = self._now()
+        escalating = [s for s in self._subscriptions if s.after is not None]
+        sinks = [(s.sink.name, s.after, s.route.matches) for s in escalating if s.after]
+        due = due_escalations(sinks, conditions, now)
+        known = await self._store.known_events([event.id for _, event, _ in due])
+        after = {s.sink.name: s.after or 0.0 for s in escalating}
+        fresh = []
+        for sink, event, condition in due:
+            self.escalations.mark(sink, condition, condition.since + timedelta(seconds=after[sink]))
+            if event.id not in known:
+                fresh.append((sink, event))
+        for s in escalating:
+            told = self.escalations.reminding(s.sink.name, conditions)
+            reminders = due_reminders(
+                [(s.sink.name, s.remind_every, s.route.matches)],
+                [c.event for c in conditions if c.event.id in told],
+                now,
+                starts=told,
+            )
+            seen = await self._store.known_events([event.id for _, event in reminders])
+            fresh += [(sink, event) for sink, event in reminders if event.id not in seen]
+        if not fresh:
+            return
+        await self._queue([], fresh, now.timestamp())
+        log.info("escalations_queued", count=len(fresh))
 
     async def drain(self) -> None:
         """Send what is due now, once each, without waiting for retries (shutdown).

@@ -109,7 +109,7 @@ def _not_ours(connection: sqlite3.Connection) -> str | None:
         return f"not batchmon's state database (not batchmon's: {', '.join(foreign)})"
     if "meta" in found:
         row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and row[0] != str(SCHEMA_VERSION):
+        if row is not None and not (row[0].isdigit() and int(row[0]) <= SCHEMA_VERSION):
             return f"schema version {row[0]}, this batchmon knows version {SCHEMA_VERSION}"
     return None
 

@@ -7,7 +7,7 @@ restart never repeats one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -29,11 +29,14 @@ def due_reminders(
     subscribers: Sequence[tuple[str, float | None, Callable[[Event], bool]]],
     conditions: Sequence[Event],
     now: datetime,
+    *,
+    starts: Mapping[str, datetime] | None = None,
 ) -> list[tuple[str, Event]]:
     """The reminder due now for each (sink, ``remind_every``, wants) and each condition.
 
     ``conditions`` are the current ones (one event per failed, stalled or gone
-    task); the n-th reminder is due once the condition lasted n periods.
+    task); the n-th reminder is due once the condition lasted n periods, counted
+    from its time or, when ``starts`` has its id, from then (its escalation).
     """
     due: list[tuple[str, Event]] = []
     for sink, every, wants in subscribers:
@@ -43,7 +46,8 @@ def due_reminders(
             if condition.type not in REMINDED or not wants(condition):
                 continue
             lasting = (now - condition.time).total_seconds()
-            count = int(lasting // every)
+            start = (starts or {}).get(condition.id, condition.time)
+            count = int((now - start).total_seconds() // every)
             if count < 1:
                 continue
             state = "failed" if condition.type is EventType.TASK_FAILED else "stalled"

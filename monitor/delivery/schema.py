@@ -5,12 +5,28 @@ from __future__ import annotations
 import sqlite3
 from functools import cache
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "layout", "schema_layout"]
+__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "layout", "migrate", "schema_layout"]
 
-#: Stored in ``meta``; a database of another version is not opened as it is.
-SCHEMA_VERSION = 1
+#: Stored in ``meta``; an older database is migrated when opened, a newer one is not opened.
+SCHEMA_VERSION = 2
 
-SCHEMA = """
+#: What each version adds to the one before, statement by statement: applied in order, in
+#: one transaction, to a database of an older version when it is opened.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # Acknowledgements: one per task, for the condition it was given for (issue 14).
+    2: (
+        (
+            "CREATE TABLE IF NOT EXISTS acks ("
+            " task_id INTEGER PRIMARY KEY,"
+            " condition TEXT NOT NULL,"
+            " taken_by TEXT NOT NULL,"
+            " comment TEXT,"
+            " taken_at TEXT NOT NULL)"
+        ),
+    ),
+}
+
+_VERSION_1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY,
@@ -39,6 +55,22 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, seq);
 """
+
+#: The whole schema of a new database.
+SCHEMA = _VERSION_1 + "".join(
+    f"{statement};\n" for version in sorted(MIGRATIONS) for statement in MIGRATIONS[version]
+)
+
+
+def migrate(connection: sqlite3.Connection, found: int) -> None:
+    """Bring a database of version ``found`` to :data:`SCHEMA_VERSION` (inside the caller's
+    transaction)."""
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS[version]:
+            connection.execute(statement)
+    connection.execute(
+        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+    )
 
 
 def layout(connection: sqlite3.Connection) -> dict[str, tuple[str, ...]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ import structlog
 from monitor.delivery.database import connect, reclaim
 from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError
 from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
+from monitor.tracking.acks import Ack
 from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
 
@@ -90,13 +92,15 @@ class SqliteStore:
         return memories
 
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
-        """Drop the memory and history of tasks no longer watched, and give the space back."""
+        """Drop the memory, history and acknowledgements of tasks no longer watched, and give
+        the space back."""
         ids = [(task_id,) for task_id in task_ids]
 
         def forget() -> None:
             with self._db:
                 self._db.executemany("DELETE FROM tasks WHERE id = ?", ids)
                 self._db.executemany("DELETE FROM history WHERE task_id = ?", ids)
+                self._db.executemany("DELETE FROM acks WHERE task_id = ?", ids)
             reclaim(self._db)
 
         await self._run(forget)
@@ -451,3 +455,44 @@ class SqliteStore:
                 self._db.execute("DELETE FROM watches WHERE id = ?", (task_id,))
 
         await self._run(remove)
+
+    # --- acknowledgements
+
+    async def acks(self) -> list[Ack]:
+        """Every stored acknowledgement (lapsed ones too: the caller judges)."""
+
+        def load() -> list[tuple[int, str, str, str | None, str]]:
+            return self._db.execute(
+                "SELECT task_id, condition, taken_by, comment, taken_at FROM acks ORDER BY task_id"
+            ).fetchall()
+
+        return [
+            Ack(task_id, condition, by, comment, datetime.fromisoformat(at))
+            for task_id, condition, by, comment, at in await self._run(load)
+        ]
+
+    async def put_ack(self, ack: Ack) -> None:
+        """Store a task's acknowledgement, replacing the one it had."""
+        row = (ack.task_id, ack.condition, ack.by, ack.comment, ack.at.isoformat())
+
+        def put() -> None:
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO acks (task_id, condition, taken_by, comment, taken_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET "
+                    "condition = excluded.condition, taken_by = excluded.taken_by, "
+                    "comment = excluded.comment, taken_at = excluded.taken_at",
+                    row,
+                )
+
+        await self._run(put)
+
+    async def drop_acks(self, task_ids: Iterable[int]) -> None:
+        """Delete these tasks' acknowledgements (taken back, or lapsed)."""
+        ids = [(task_id,) for task_id in task_ids]
+
+        def drop() -> None:
+            with self._db:
+                self._db.executemany("DELETE FROM acks WHERE task_id = ?", ids)
+
+        await self._run(drop)

@@ -31,6 +31,7 @@ def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> lis
                     config.remind_every if isinstance(config, MessageSinkConfig) else None
                 ),
                 grouping=_grouping(config),
+                after=config.after if isinstance(config, MessageSinkConfig) else None,
             )
         )
     return subscriptions

@@ -69,6 +69,9 @@ class EventType(enum.StrEnum):
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
     #: A test message sent by ``batchmon test-sink``; the tracker never emits it.
     BATCHMON_TEST = "batchmon.test"
+    #: A person took a failed, stalled or gone task (``POST /api/v1/tasks/{id}/ack``): its
+    #: alert, reminders and escalation end, though the task stays as it is.
+    TASK_ACKNOWLEDGED = "task.acknowledged"
 
 
 #: The types the tracker emits: every type but the test message.
@@ -88,6 +91,8 @@ class EndReason(enum.StrEnum):
     REMOVED = "removed"
     #: batchmon forgot the task: ``forget_after`` after it ended, or its watch was removed.
     EXPIRED = "expired"
+    #: A person took it (``task.acknowledged``).
+    ACKNOWLEDGED = "acknowledged"
 
 
 class Tone(enum.StrEnum):
@@ -202,6 +207,14 @@ KINDS: Mapping[EventType, Kind] = MappingProxyType(
         # ``batchmon test-sink``'s alert fires once and ends by itself (nothing re-posts it).
         EventType.BATCHMON_TEST: Kind(
             "🧪 Test message from batchmon", logging.INFO, alert="BatchmonTest"
+        ),
+        # Ends the conditions for the people being alerted (alerts resolve, reminders and
+        # escalation stop); the task stays failed, stalled or gone for everything else.
+        EventType.TASK_ACKNOWLEDGED: Kind(
+            "🙋 {name} acknowledged",
+            logging.INFO,
+            ends=_TASK_CONDITIONS,
+            reason=EndReason.ACKNOWLEDGED,
         ),
     }
 )

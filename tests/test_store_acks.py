@@ -1,0 +1,69 @@
+"""Acknowledgements in the SQLite store, and the migration that brought their table."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+from monitor.delivery.schema import _VERSION_1, SCHEMA_VERSION
+from monitor.delivery.sqlite import SqliteStore
+from monitor.tracking.acks import Ack
+
+AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+def _ack(task_id: int, by: str = "alice", comment: str | None = "on it") -> Ack:
+    return Ack(task_id, f"task.failed|{task_id}|1|-|{AT.isoformat()}", by, comment, AT)
+
+
+class TestAcks:
+    """Stored, replaced, dropped; forgotten with their task."""
+
+    async def test_round_trip(self, tmp_path: Path) -> None:
+        """What is put comes back after a reopen, one per task, the last one winning."""
+        path = tmp_path / "state.db"
+        store = await SqliteStore.open(path)
+        await store.put_ack(_ack(1))
+        await store.put_ack(_ack(2, comment=None))
+        await store.put_ack(_ack(1, by="bob", comment="mine now"))
+        await store.close()
+
+        store = await SqliteStore.open(path)
+        stored = await store.acks()
+        await store.close()
+        assert [_ack(1, by="bob", comment="mine now"), _ack(2, comment=None)] == stored
+
+    async def test_dropped_and_forgotten(self, store: SqliteStore) -> None:
+        """Taken back or lapsed: dropped; a forgotten task takes its acknowledgement along."""
+        for task_id in (1, 2, 3):
+            await store.put_ack(_ack(task_id))
+        await store.drop_acks([1])
+        await store.forget_tasks([2])
+        assert [3] == [ack.task_id for ack in await store.acks()]
+
+
+class TestMigration:
+    """A state database of version 1 is brought to the current version in place."""
+
+    async def test_version_1_gains_the_acks_table(self, tmp_path: Path) -> None:
+        """Tasks and watches kept, the acks table added, the version raised."""
+        path = tmp_path / "state.db"
+        with closing(sqlite3.connect(path)) as db, db:
+            db.executescript(_VERSION_1)
+            db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+            db.execute("INSERT INTO watches VALUES (212, 0)")
+
+        store = await SqliteStore.open(path)
+        await store.put_ack(_ack(212))
+        watches, acks = await store.watches(), await store.acks()
+        await store.close()
+
+        with closing(sqlite3.connect(path)) as db:
+            (version,) = db.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+        assert not list(tmp_path.glob("*.corrupt-*"))  # not moved aside
+        assert ([212], [_ack(212)], str(SCHEMA_VERSION)) == (watches, acks, version)
+        assert "2" == str(SCHEMA_VERSION)
