@@ -292,9 +292,9 @@ def test_check_config_exits_78_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_readme_alerts_example_loads(tmp_path: Path) -> None:
-    """The worked example of the README's "Working with alerts" loads as written."""
+    """The worked example of the README's "Digests instead of storms" loads as written."""
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Working with alerts") :]
+    section = readme[readme.index("### Digests instead of storms") :]
     example = section[section.index("```toml\n") + 8 : section.index("```\n", 8)]
     for name, value in [
         ("slack_url", "https://hooks.example.com/x"),
