@@ -69,6 +69,9 @@ class EventType(enum.StrEnum):
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
     #: A test message sent by ``batchmon test-sink``; the tracker never emits it.
     BATCHMON_TEST = "batchmon.test"
+    #: Someone (a person, or ``[poll] stop_stalled_after``) asked SuperOffice to stop the
+    #: task; ``message`` says who and what SuperOffice answered.
+    TASK_STOP_REQUESTED = "task.stop_requested"
 
 
 #: The types the tracker emits: every type but the test message.
@@ -202,6 +205,9 @@ KINDS: Mapping[EventType, Kind] = MappingProxyType(
         # ``batchmon test-sink``'s alert fires once and ends by itself (nothing re-posts it).
         EventType.BATCHMON_TEST: Kind(
             "🧪 Test message from batchmon", logging.INFO, alert="BatchmonTest"
+        ),
+        EventType.TASK_STOP_REQUESTED: Kind(
+            "⏹ Stop requested for {name}", logging.WARNING, tone=Tone.WARNING
         ),
     }
 )
