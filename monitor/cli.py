@@ -10,8 +10,10 @@ does not answer and 75 (EX_TEMPFAIL) for one that is not ready yet.
 from __future__ import annotations
 
 import errno
+import getpass
 import inspect
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,6 +52,8 @@ from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.delivery.outbox import StoreError
 from monitor.logs import configure_logging
 from monitor.polling import Shard
+from monitor.polling.stop import StopFailedError, StopOutcome, stop_directly
+from monitor.remote import RemoteError, call
 from monitor.simulator import Scenario, Simulator
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.context import SinkContext
@@ -653,3 +657,97 @@ def test_sink(name: str, config_path: Path) -> None:
         click.echo(f"batchmon: not delivered: {visible(str(exc))}", err=True)
         sys.exit(1)
     click.echo(f"{name}: delivered" + (f": {visible(answer)}" if answer else ""))
+
+
+def _operator() -> str:
+    """Who asks, as the event names them: the user and the machine."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "someone"
+    return f"{user}@{socket.gethostname()} (batchmon stop)"
+
+
+@main.command(short_help="Ask SuperOffice to stop a task.")
+@click.argument("task_id", metavar="ID", callback=_task_id)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Stop a task SuperOffice marks CancelWithWarning (its UI warns before stopping it).",
+)
+@click.option(
+    "--url",
+    default=None,
+    help=f"Ask through a running daemon, which records the stop [default: {DEFAULT_DAEMON_URL}].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ask SuperOffice directly, with this configuration's [superoffice] section.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.api_token (with --url).",
+)
+def stop(
+    task_id: int, force: bool, url: str | None, config_path: Path | None, token_file: Path | None
+) -> None:
+    """Ask SuperOffice to stop task ID (StopBatchJob), if it may be stopped.
+
+    The task is read first: a task SuperOffice marks CannotCancel is refused,
+    one marked CancelWithWarning needs --force.  SuperOffice may answer that it
+    did not stop the task; the line printed says so.  Through the daemon (--url)
+    the stop is also announced as a task.stop_requested event.
+
+    \b
+    Exit codes:
+      0   SuperOffice stopped the task (it fails with a "stopped" result)
+      1   refused (CannotCancel, or CancelWithWarning without --force),
+          or SuperOffice answered that it did not stop it
+      2   usage error
+      3   SuperOffice has no such task
+      69  the daemon or SuperOffice cannot be reached
+      77  the daemon wants its api_token (--token-file), or has none
+      78  the --config file was refused
+
+    \b
+    Examples:
+      batchmon stop 212 --token-file /etc/batchmon/api_token
+      batchmon stop 212 --force --url http://monitor.example.com:9808 --token-file api_token
+      batchmon stop 212 --config /etc/batchmon/batchmon.toml
+    """
+    if url is not None and config_path is not None:
+        raise click.UsageError("give --url or --config, not both")
+    if token_file is not None and config_path is not None:
+        raise click.UsageError("--token-file is for the daemon (--url), not --config")
+    if config_path is not None:
+        config = _config_or_exit(config_path)
+
+        async def direct() -> StopOutcome:
+            return await stop_directly(
+                config.superoffice, task_id, force=force, by=_operator(), now=datetime.now(UTC)
+            )
+
+        try:
+            outcome = anyio.run(direct)
+        except StopFailedError as exc:
+            click.echo(f"batchmon: {visible(str(exc))}", err=True)
+            sys.exit(EX_NOT_TRACKED if exc.not_found else EX_UNAVAILABLE)
+        stopped, message = outcome.stopped, outcome.to_dict()["message"]
+    else:
+        base = (url or DEFAULT_DAEMON_URL).rstrip("/")
+        body = {"force": force, "by": _operator()}
+        try:
+            answer = call(
+                "POST", f"{base}/api/v1/tasks/{task_id}/stop", _read_token(token_file), body
+            )
+        except RemoteError as exc:
+            click.echo(f"batchmon: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        stopped, message = answer.data.get("stopped"), answer.data.get("message")
+    click.echo(visible(str(message)), err=stopped is not True)
+    sys.exit(0 if stopped is True else EX_FAILED)

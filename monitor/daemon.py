@@ -25,6 +25,7 @@ from monitor.delivery.sqlite import SqliteStore
 from monitor.delivery.subscriptions import subscriptions_from
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.polling import Poller, Shard, rule_matches, utc_now
+from monitor.polling.stop import AutoStopper, TaskStopper
 from monitor.sinks.context import SinkContext
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
@@ -283,12 +284,23 @@ class Daemon:
                 api_token=token.get_secret_value() if token else None,
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
+                stopper=TaskStopper(client, dispatcher.commit, self.clock),
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(dispatcher.run)
                     group.start_soon(dispatcher.remind, self.tracker.firing)
+                    if config.poll.stop_stalled_after is not None:
+                        auto = AutoStopper(
+                            client,
+                            dispatcher.commit,
+                            store.known_events,
+                            stall_after=lambda: self.tracker.rules.stall_after,
+                            stop_after=timedelta(seconds=config.poll.stop_stalled_after),
+                            clock=self.clock,
+                        )
+                        group.start_soon(auto.run, self.tracker.tasks.values, config.poll.interval)
                     await group.start(poller.run)
                     log.info(
                         "batchmon_started",

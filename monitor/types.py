@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 if TYPE_CHECKING:
     from monitor.console import TaskView
     from monitor.delivery.outbox import Claim, Committed
+    from monitor.polling.stop import StopOutcome
     from monitor.superoffice.errors import Answer
     from monitor.tracking.events import Event
     from monitor.tracking.memory import TaskMemory
@@ -25,6 +26,7 @@ __all__ = [
     "DeliveryStore",
     "RestorableSink",
     "Sink",
+    "Stopper",
     "TaskSource",
     "Transport",
     "Watches",
@@ -208,6 +210,17 @@ class Watches(Protocol):
         """Stop watching a task; ``False`` if it was not watched at run time.
 
         Raises :class:`ValueError` for a task the configuration watches.
+        """
+        ...
+
+
+class Stopper(Protocol):
+    """Asks SuperOffice to stop a task, for the HTTP API."""
+
+    async def stop(self, task_id: int, *, force: bool, by: str) -> StopOutcome:
+        """Read the task, stop it if it may be, record ``task.stop_requested``.
+
+        Raises :class:`~monitor.polling.stop.StopFailedError` when SuperOffice cannot be asked.
         """
         ...
 

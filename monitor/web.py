@@ -39,6 +39,7 @@ from monitor.http_listener import (
     track_requests,
 )
 from monitor.polling import Poller
+from monitor.polling.stop import StopFailedError
 from monitor.task_list import (
     DEFAULT_LIMIT,
     KNOWN_STATES,
@@ -53,7 +54,7 @@ from monitor.tracking.detect import condition
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import TaskMemory, state_name
 from monitor.tracking.tracker import Tracker
-from monitor.types import DeliveryStore, Watches
+from monitor.types import DeliveryStore, Stopper, Watches
 
 __all__ = [
     "MAX_TASK_ID",
@@ -94,6 +95,8 @@ class WebState:
     read_token: str | None = None
     #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
     host_names: frozenset[str] = frozenset()
+    #: Stops tasks (``POST /api/v1/tasks/{id}/stop``); ``None``: not offered.
+    stopper: Stopper | None = None
 
 
 STATE = web.AppKey("state", WebState)
@@ -332,11 +335,12 @@ async def _task(request: web.Request) -> web.Response:
 
 
 def _authorize(request: web.Request) -> None:
-    """Changing watches needs ``Authorization: Bearer <http.api_token>``."""
+    """Changes (watches, stops, silences) need ``Authorization: Bearer <http.api_token>``."""
     token = request.app[STATE].api_token
     if token is None:
         raise _problem(
-            web.HTTPForbidden, "changing watches is disabled: set http.api_token to enable it"
+            web.HTTPForbidden,
+            "changes over the API are disabled: set http.api_token to enable them",
         )
     if not token_matches(bearer(request.headers.get(hdrs.AUTHORIZATION)), token):
         raise _problem(
@@ -366,6 +370,42 @@ async def _delete_watch(request: web.Request) -> web.Response:
     if not removed:
         raise _problem(web.HTTPNotFound, f"task {task_id} is not watched at run time")
     return web.json_response({"task_id": task_id, "watched": False})
+
+
+async def _stop_task(request: web.Request) -> web.Response:
+    """Ask SuperOffice to stop a task: 409 with the reason when it may not be (or not without
+    ``force``), 200 with SuperOffice's answer otherwise (``stopped: false`` happens)."""
+    _authorize(request)
+    task_id = _task_id(request)
+    stopper = request.app[STATE].stopper
+    if stopper is None:
+        raise _problem(web.HTTPServiceUnavailable, "stopping tasks is not available")
+    force, by = await _stop_body(request)
+    try:
+        outcome = await stopper.stop(task_id, force=force, by=by)
+    except StopFailedError as exc:
+        kind = web.HTTPNotFound if exc.not_found else web.HTTPBadGateway
+        raise _problem(kind, str(exc)) from None
+    if outcome.stopped is None:
+        raise _problem(web.HTTPConflict, outcome.decision.reason)
+    return web.json_response(outcome.to_dict())
+
+
+async def _stop_body(request: web.Request) -> tuple[bool, str]:
+    """``{"force": true, "by": "who"}``, both optional; an empty body is ``{}``."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise _problem(web.HTTPBadRequest, "the body must be a JSON object") from None
+    if not isinstance(body, dict) or set(body) - {"force", "by"}:
+        raise _problem(web.HTTPBadRequest, 'the body takes only "force" and "by"')
+    force, by = body.get("force", False), body.get("by")
+    if not isinstance(force, bool):
+        raise _problem(web.HTTPBadRequest, '"force" must be true or false')
+    if by is not None and (not isinstance(by, str) or not 0 < len(by) <= 200):
+        raise _problem(web.HTTPBadRequest, '"by" must be a text of 1 to 200 characters')
+    return force, by or f"the HTTP API ({request.remote})"
 
 
 def _html(template: str, status: int = 200, **values: Any) -> web.Response:
@@ -506,6 +546,7 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_get("/api/v1/tasks/{task_id}", _task)
     app.router.add_put("/api/v1/watches/{task_id}", _put_watch)
     app.router.add_delete("/api/v1/watches/{task_id}", _delete_watch)
+    app.router.add_post("/api/v1/tasks/{task_id}/stop", _stop_task)
     app.router.add_get("/", _status_page)
     app.router.add_get("/tasks/{task_id}", _task_page)
     return app
