@@ -4,19 +4,23 @@ real processes, all on loopback."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from monitor.polling.stop import request_stop
+from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.sqlite import SqliteStore
+from monitor.polling.stop import AutoStopper, request_stop
 from monitor.simulator import Simulator
 from monitor.superoffice.auth import auth_from_config
-from monitor.superoffice.client import SuperOfficeClient, open_session
-from monitor.superoffice.models import BatchTaskState, CancellationBehaviour
-from tests.conftest import Reply, ScriptedServer, make_config
+from monitor.superoffice.client import SuperOfficeClient, open_client, open_session
+from monitor.superoffice.models import BatchTaskInfo, BatchTaskState, CancellationBehaviour
+from monitor.tracking.memory import Rules
+from monitor.tracking.tracker import Tracker
+from tests.conftest import ManualClock, Reply, ScriptedServer, make_config
 from tests.test_cli_status import batchmon, closed_port
 from tests.test_web import running_daemon
 
@@ -201,3 +205,74 @@ class TestCli:
         """Nothing listens: 69."""
         result = await batchmon("stop", "212", "--url", f"http://127.0.0.1:{closed_port()}")
         assert 69 == result.returncode
+
+
+class TestAutoStop:
+    """``[poll] stop_stalled_after``: a long-stalled CanCancel task is stopped once, for good."""
+
+    async def test_once_even_after_a_restart(self, tmp_path: Path, clock: ManualClock) -> None:
+        """The second stopper (a restart, same state file) finds the stop recorded."""
+        async with Simulator(clock=clock) as simulator:
+            task_id = running(simulator, CancellationBehaviour.CAN_CANCEL)
+            config = make_config(simulator.url).superoffice
+            tracker = Tracker(Rules(stall_after=timedelta(minutes=15)))
+            async with open_client(config) as client:
+                tracker.observe(await client.get_task(task_id), clock())
+                clock.advance(16 * 60)
+                tracker.observe(await client.get_task(task_id), clock())  # stalled now
+                clock.advance(60 * 60)
+                outcomes = []
+                for _ in range(2):  # two runs of the daemon on the same state
+                    store = await SqliteStore.open(tmp_path / "state.db")
+                    try:
+                        stopper = AutoStopper(
+                            client,
+                            Dispatcher([], store).commit,
+                            store.known_events,
+                            stall_after=lambda: timedelta(minutes=15),
+                            stop_after=timedelta(hours=1),
+                            clock=clock,
+                        )
+                        outcomes.append(await stopper.once(tracker.tasks.values()))
+                    finally:
+                        await store.close()
+
+        first, second = outcomes
+        assert [True] == [outcome.stopped for outcome in first]
+        assert first[0].event is not None
+        assert "[poll] stop_stalled_after" in (first[0].event.message or "")
+        assert [] == second
+        assert 1 == len(simulator.stop_requests)
+
+    async def test_cannot_cancel_is_left_alone(self, tmp_path: Path, clock: ManualClock) -> None:
+        """A task that may not be stopped is read, refused, and not asked again."""
+        async with Simulator(clock=clock) as simulator:
+            task_id = running(simulator, CancellationBehaviour.CANCEL_WITH_WARNING)
+            config = make_config(simulator.url).superoffice
+            tracker = Tracker(Rules(stall_after=timedelta(minutes=15)))
+            store = await SqliteStore.open(tmp_path / "state.db")
+            try:
+                async with open_client(config) as client:
+                    # A bulk poll does not select CancellationBehaviour: unknown until read.
+                    polled = {**simulator.tasks[task_id].to_json(), "CancellationBehaviour": None}
+                    info = BatchTaskInfo.model_validate(polled)
+                    tracker.observe(info, clock())
+                    clock.advance(16 * 60)
+                    tracker.observe(info, clock())
+                    clock.advance(60 * 60)
+                    stopper = AutoStopper(
+                        client,
+                        Dispatcher([], store).commit,
+                        store.known_events,
+                        stall_after=lambda: timedelta(minutes=15),
+                        stop_after=timedelta(hours=1),
+                        clock=clock,
+                    )
+                    first = await stopper.once(tracker.tasks.values())
+                    again = await stopper.once(tracker.tasks.values())
+            finally:
+                await store.close()
+
+        assert [None] == [outcome.stopped for outcome in first]
+        assert [] == again
+        assert [] == simulator.stop_requests
