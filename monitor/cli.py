@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -659,13 +660,20 @@ def test_sink(name: str, config_path: Path) -> None:
     click.echo(f"{name}: delivered" + (f": {visible(answer)}" if answer else ""))
 
 
-def _operator() -> str:
+def _operator(command: str = "stop") -> str:
     """Who asks, as the event names them: the user and the machine."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "someone"
-    return f"{user}@{socket.gethostname()} (batchmon stop)"
+    return f"{user}@{socket.gethostname()} (batchmon {command})"
+
+
+def _task_ids(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[int, ...]:
+    """Click callback: each ``--id`` a task id."""
+    return tuple(_task_id(ctx, param, one) for one in value)
 
 
 @main.command(short_help="Ask SuperOffice to stop a task.")
@@ -751,3 +759,91 @@ def stop(
         stopped, message = answer.data.get("stopped"), answer.data.get("message")
     click.echo(visible(str(message)), err=stopped is not True)
     sys.exit(0 if stopped is True else EX_FAILED)
+
+
+@main.command(short_help="Silence tasks for a while; list or end silences.")
+@click.option("--for", "duration", default=None, help="How long, e.g. 30m, 2h, 1d (at most 7d).")
+@click.option("--reason", default=None, help="Why: shown on the status page and in the log.")
+@click.option("--id", "ids", multiple=True, callback=_task_ids, help="A task id (repeatable).")
+@click.option(
+    "--name", "names", multiple=True, help="A task-name glob, e.g. 'Export*' (repeatable)."
+)
+@click.option("--all", "everything", is_flag=True, help="Every task, and the monitor's own events.")
+@click.option("--list", "listing", is_flag=True, help="List the silences in force.")
+@click.option("--end", "end", default=None, metavar="SID", help="End the silence SID now.")
+@click.option(
+    "--url",
+    default=DEFAULT_DAEMON_URL,
+    show_default=True,
+    help="Base URL of the running daemon.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.api_token.",
+)
+def silence(
+    duration: str | None,
+    reason: str | None,
+    ids: tuple[int, ...],
+    names: tuple[str, ...],
+    everything: bool,
+    listing: bool,
+    end: str | None,
+    url: str,
+    token_file: Path | None,
+) -> None:
+    """Keep tasks' events out of chat and alerts for a while: they still reach the log and the
+    metrics.  A silence ends by itself; whatever it kept quiet that still fails or stalls then is
+    announced at once.  Silences are kept across restarts of the daemon.
+
+    \b
+    Examples:
+      batchmon silence --for 2h --reason "CRM upgrade" --name 'Export*' --token-file api_token
+      batchmon silence --for 30m --reason "rerunning by hand" --id 212 --id 213
+      batchmon silence --list
+      batchmon silence --end 3f2a9c1b7d4e --token-file api_token
+
+    \b
+    Exit codes: 0 done, 1 refused (the daemon says why), 2 usage error,
+    3 no such silence, 69 the daemon cannot be reached, 77 token missing or wrong.
+    """
+    selectors = sum(1 for chosen in (ids, names, everything) if chosen)
+    making = duration is not None or reason is not None or selectors > 0
+    if sum(1 for mode in (making, listing, end is not None) if mode) != 1:
+        raise click.UsageError(
+            "give --for/--reason with --id, --name or --all; or --list; or --end SID"
+        )
+    base, token = url.rstrip("/"), _read_token(token_file)
+    try:
+        if listing:
+            answer = call("GET", f"{base}/api/v1/silences", token)
+            for item in answer.data["silences"]:
+                click.echo(_silence_line(item))
+            if not answer.data["silences"]:
+                click.echo("no silences", err=True)
+            return
+        if end is not None:
+            answer = call(
+                "DELETE", f"{base}/api/v1/silences/{urllib.parse.quote(end, safe='')}", token
+            )
+            click.echo(f"ended: {_silence_line(answer.data)}")
+            return
+        if duration is None or reason is None or selectors != 1:
+            raise click.UsageError("a silence needs --for, --reason and one of --id, --name, --all")
+        body: dict[str, object] = {"for": duration, "reason": reason, "by": _operator("silence")}
+        body.update(
+            {"ids": list(ids)} if ids else {"names": list(names)} if names else {"all": True}
+        )
+        answer = call("POST", f"{base}/api/v1/silences", token, body)
+        click.echo(_silence_line(answer.data))
+    except RemoteError as exc:
+        click.echo(f"batchmon: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _silence_line(item: dict[str, object]) -> str:
+    """One silence: its id, its end, what it covers, why and who."""
+    by = f" ({item['by']})" if item.get("by") else ""
+    return visible(f"{item['id']}  until {item['ends']}  {item['covers']}: {item['reason']}{by}")

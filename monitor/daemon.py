@@ -21,6 +21,7 @@ import structlog
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.silences import Silencer
 from monitor.delivery.sqlite import SqliteStore
 from monitor.delivery.subscriptions import subscriptions_from
 from monitor.metrics import BatchmonCollector, make_registry
@@ -241,7 +242,12 @@ class Daemon:
             aiohttp.ClientSession(timeout=sink_timeout) as sink_session,
         ):
             context = SinkContext(sink_session, status_url=config.http.public_url)
-            dispatcher = Dispatcher(subscriptions_from(config.sinks, context), store)
+            silencer = Silencer(store, clock=self.clock, firing=self.tracker.firing)
+            await silencer.load()
+            dispatcher = Dispatcher(
+                subscriptions_from(config.sinks, context), store, silenced=silencer.mutes
+            )
+            silencer.announce = dispatcher.commit
             self.dispatcher = dispatcher
             await dispatcher.start()
             firing = self.tracker.firing()
@@ -285,12 +291,14 @@ class Daemon:
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
                 stopper=TaskStopper(client, dispatcher.commit, self.clock),
+                silences=silencer,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(dispatcher.run)
                     group.start_soon(dispatcher.remind, self.tracker.firing)
+                    group.start_soon(silencer.run)
                     if config.poll.stop_stalled_after is not None:
                         auto = AutoStopper(
                             client,

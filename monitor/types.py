@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from monitor.superoffice.errors import Answer
     from monitor.tracking.events import Event
     from monitor.tracking.memory import TaskMemory
+    from monitor.tracking.silences import Silence
 
 __all__ = [
     "ApiRoute",
@@ -25,6 +26,7 @@ __all__ = [
     "BackgroundSink",
     "DeliveryStore",
     "RestorableSink",
+    "Silences",
     "Sink",
     "Stopper",
     "TaskSource",
@@ -79,7 +81,7 @@ class RestorableSink(Protocol):
 
 
 class DeliveryStore(Protocol):
-    """Durable state: task memories, the outbox, event history, run-time watches.
+    """Durable state: task memories, the outbox, event history, run-time watches, silences.
 
     The guarantees every backend keeps (SQLite now, PostgreSQL planned):
 
@@ -191,6 +193,18 @@ class DeliveryStore(Protocol):
         """Forget a watch added at run time."""
         ...
 
+    async def silences(self) -> list[Silence]:
+        """Every stored silence (ended ones not yet swept included), by end time."""
+        ...
+
+    async def add_silence(self, silence: Silence) -> None:
+        """Persist a new silence."""
+        ...
+
+    async def remove_silences(self, silence_ids: Sequence[str]) -> set[str]:
+        """Delete silences (ended early, or swept after their end); which were stored."""
+        ...
+
 
 # --- the HTTP API and the CLI ----------------------------------------------------------------
 
@@ -211,6 +225,26 @@ class Watches(Protocol):
 
         Raises :class:`ValueError` for a task the configuration watches.
         """
+        ...
+
+
+class Silences(Protocol):
+    """The silences, for the HTTP API and the status page (persisted by the daemon)."""
+
+    def active(self) -> list[Silence]:
+        """The silences in force now, soonest end first."""
+        ...
+
+    def covering(self, task_id: int, name: str | None) -> Silence | None:
+        """The active silence covering a task, if any."""
+        ...
+
+    async def add(self, body: object, *, by: str) -> Silence:
+        """Silence what a ``POST /api/v1/silences`` body says; :class:`ValueError` saying why not."""
+        ...
+
+    async def end(self, silence_id: str) -> Silence | None:
+        """End an active silence now (announcing what still fires); ``None``: no such silence."""
         ...
 
 

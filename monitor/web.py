@@ -53,8 +53,9 @@ from monitor.task_metrics import TaskSeries
 from monitor.tracking.detect import condition
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import TaskMemory, state_name
+from monitor.tracking.silences import Silence
 from monitor.tracking.tracker import Tracker
-from monitor.types import DeliveryStore, Stopper, Watches
+from monitor.types import DeliveryStore, Silences, Stopper, Watches
 
 __all__ = [
     "MAX_TASK_ID",
@@ -97,6 +98,8 @@ class WebState:
     host_names: frozenset[str] = frozenset()
     #: Stops tasks (``POST /api/v1/tasks/{id}/stop``); ``None``: not offered.
     stopper: Stopper | None = None
+    #: The silences (``/api/v1/silences``); ``None``: not offered.
+    silences: Silences | None = None
 
 
 STATE = web.AppKey("state", WebState)
@@ -169,7 +172,14 @@ def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, 
         "last_change": memory.last_change.isoformat(timespec="seconds"),
         "last_seen": memory.last_seen.isoformat(timespec="seconds"),
         "anomalies": list(info.anomalies),
+        "silenced": _silenced_by(state, info.id, info.name),
     }
+
+
+def _silenced_by(state: WebState, task_id: int, name: str | None) -> str | None:
+    """The id of the silence keeping the task's events from chat and alerts, if any."""
+    found = state.silences.covering(task_id, name) if state.silences is not None else None
+    return found.id if found is not None else None
 
 
 #: Rows on the status page unless ``limit`` asks for more (up to :data:`PAGE_MAX_ROWS`).
@@ -408,6 +418,48 @@ async def _stop_body(request: web.Request) -> tuple[bool, str]:
     return force, by or f"the HTTP API ({request.remote})"
 
 
+def _silences(request: web.Request) -> Silences:
+    silences = request.app[STATE].silences
+    if silences is None:
+        raise _problem(web.HTTPServiceUnavailable, "silences are not available")
+    return silences
+
+
+def _silence_view(silence: Silence) -> dict[str, Any]:
+    return {**silence.to_dict(), "covers": silence.scope}
+
+
+async def _list_silences(request: web.Request) -> web.Response:
+    """The silences in force now, soonest end first."""
+    return web.json_response({"silences": [_silence_view(s) for s in _silences(request).active()]})
+
+
+async def _add_silence(request: web.Request) -> web.Response:
+    """Silence tasks for a while: 201 with the silence, its id and its end; 400 saying why not."""
+    _authorize(request)
+    silences = _silences(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _problem(web.HTTPBadRequest, "the body must be a JSON object") from None
+    try:
+        silence = await silences.add(body, by=f"the HTTP API ({request.remote})")
+    except ValueError as exc:
+        raise _problem(web.HTTPBadRequest, str(exc)) from None
+    return web.json_response(_silence_view(silence), status=201)
+
+
+async def _end_silence(request: web.Request) -> web.Response:
+    """End a silence now; what it kept quiet and still fires is announced."""
+    _authorize(request)
+    silence_id = request.match_info["silence_id"]
+    ended = await _silences(request).end(silence_id)
+    if ended is None:
+        raise _problem(web.HTTPNotFound, f"no active silence {silence_id}")
+    now = request.app[STATE].clock()
+    return web.json_response({**_silence_view(ended), "ended": now.isoformat()})
+
+
 def _html(template: str, status: int = 200, **values: Any) -> web.Response:
     html = _templates.get_template(template).render(**values)
     return web.Response(text=html, status=status, content_type="text/html")
@@ -444,6 +496,10 @@ async def _status_page(request: web.Request) -> web.Response:
         api_problem=_api_problem(state.poller) if polled else None,
         last_poll=last.isoformat(timespec="seconds") if last else None,
         refresh=5,
+        silences=[
+            {**_silence_view(s), "ends": s.ends.isoformat(timespec="seconds")}
+            for s in (state.silences.active() if state.silences is not None else [])
+        ],
     )
 
 
@@ -547,6 +603,9 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_put("/api/v1/watches/{task_id}", _put_watch)
     app.router.add_delete("/api/v1/watches/{task_id}", _delete_watch)
     app.router.add_post("/api/v1/tasks/{task_id}/stop", _stop_task)
+    app.router.add_get("/api/v1/silences", _list_silences)
+    app.router.add_post("/api/v1/silences", _add_silence)
+    app.router.add_delete("/api/v1/silences/{silence_id}", _end_silence)
     app.router.add_get("/", _status_page)
     app.router.add_get("/tasks/{task_id}", _task_page)
     return app

@@ -12,7 +12,7 @@ import structlog
 
 from monitor.delivery.outbox import StoreError
 from monitor.delivery.recovery import SIDECARS, examine, move_aside
-from monitor.delivery.schema import SCHEMA, SCHEMA_VERSION
+from monitor.delivery.schema import migrate
 
 __all__ = ["connect"]
 
@@ -101,11 +101,7 @@ def _prepare(path: Path) -> sqlite3.Connection:
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.isolation_level = "DEFERRED"
         with connection:
-            connection.executescript(SCHEMA)
-            connection.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            migrate(connection)
         # A probe write: a read-only file or directory must fail now, not at the first event.
         with connection:
             connection.execute(

@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import anyio
 import structlog
@@ -40,6 +41,7 @@ from monitor.delivery.reminders import due_reminders
 from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
 from monitor.sinks.base import DeliveryError, Route
+from monitor.sinks.log import LogSink
 from monitor.tracking.events import Event
 from monitor.tracking.memory import TaskMemory
 from monitor.types import BackgroundSink, DeliveryStore, Sink
@@ -90,8 +92,11 @@ class Dispatcher:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         max_age: timedelta = timedelta(hours=24),
+        silenced: Callable[[Event], bool] | None = None,
     ) -> None:
         self._subscriptions = list(subscriptions)
+        #: Whether a silence keeps an event from every sink but the log (decided at fan-out).
+        self._silenced = silenced
         self._store = store
         self._now = now
         self._sleep = sleep
@@ -142,11 +147,20 @@ class Dispatcher:
             (s.sink.name, event)
             for event in events
             for s in self._subscriptions
-            if s.route.matches(event)
+            if s.route.matches(event) and self._admits(s, event)
         ]
         if not events and not memories:
             return
         await self._queue(memories, deliveries, self._now().timestamp(), events)
+
+    def _wants(self, subscription: Subscription, event: Event) -> bool:
+        return subscription.route.matches(event) and self._admits(subscription, event)
+
+    def _admits(self, subscription: Subscription, event: Event) -> bool:
+        """Whether nothing holds the event back from this sink (silences spare the log)."""
+        if isinstance(subscription.sink, LogSink):
+            return True
+        return self._silenced is None or not self._silenced(event)
 
     async def _queue(
         self,
@@ -216,7 +230,9 @@ class Dispatcher:
     async def remind_once(self, conditions: Sequence[Event]) -> None:
         """Queue the reminders that are due now."""
         now = self._now()
-        subscribers = [(s.sink.name, s.remind_every, s.route.matches) for s in self._subscriptions]
+        subscribers = [
+            (s.sink.name, s.remind_every, partial(self._wants, s)) for s in self._subscriptions
+        ]
         due = due_reminders(subscribers, conditions, now)
         known = await self._store.known_events([event.id for _, event in due])
         fresh = [(sink, event) for sink, event in due if event.id not in known]

@@ -109,7 +109,8 @@ def _not_ours(connection: sqlite3.Connection) -> str | None:
         return f"not batchmon's state database (not batchmon's: {', '.join(foreign)})"
     if "meta" in found:
         row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and row[0] != str(SCHEMA_VERSION):
+        known = {str(version) for version in range(1, SCHEMA_VERSION + 1)}
+        if row is not None and row[0] not in known:  # older ones are migrated when opened
             return f"schema version {row[0]}, this batchmon knows version {SCHEMA_VERSION}"
     return None
 

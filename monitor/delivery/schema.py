@@ -5,11 +5,9 @@ from __future__ import annotations
 import sqlite3
 from functools import cache
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "layout", "schema_layout"]
+__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "layout", "migrate", "schema_layout"]
 
-#: Stored in ``meta``; a database of another version is not opened as it is.
-SCHEMA_VERSION = 1
-
+#: Version 1, as the first release made it.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -40,6 +38,35 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, seq);
 """
 
+#: Each step takes a database of version N (its index + 1) to N + 1.  A new table, index or
+#: column is a new step at the end; :data:`SCHEMA` and the steps before stay as they were, so
+#: that every older database has a way up.
+MIGRATIONS: tuple[str, ...] = (
+    # 2: silences (one JSON row each, kept until they end).
+    """
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY,
+    ends REAL NOT NULL,
+    silence TEXT NOT NULL
+);
+""",
+)
+
+#: Stored in ``meta``; an older database is migrated, a newer one is not opened as it is.
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Create the schema or bring it up to :data:`SCHEMA_VERSION`, in the caller's transaction."""
+    connection.executescript(SCHEMA)
+    connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
+    (stored,) = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    for step in MIGRATIONS[int(stored) - 1 :]:
+        connection.executescript(step)
+    connection.execute(
+        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+    )
+
 
 def layout(connection: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     """The objects of a database: tables with their columns, other objects with their table."""
@@ -63,7 +90,7 @@ def schema_layout() -> dict[str, tuple[str, ...]]:
     """The layout :data:`SCHEMA` creates."""
     connection = sqlite3.connect(":memory:")
     try:
-        connection.executescript(SCHEMA)
+        connection.executescript(SCHEMA + "".join(MIGRATIONS))
         return layout(connection)
     finally:
         connection.close()
