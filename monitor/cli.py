@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import getpass
 import inspect
+import secrets
 import signal
 import socket
 import sys
@@ -434,6 +435,7 @@ async def _demo(
     simulator: Simulator, scenario: Scenario, state_dir: Path, port: int, speed: float
 ) -> None:
     """The monitor against the simulator, with a fresh state of its own."""
+    token = secrets.token_hex(16)
     config = parse_config(
         {
             "superoffice": {
@@ -451,7 +453,8 @@ async def _demo(
                 "progress_step": 25,
                 "terminal_linger": 15 / speed,
             },
-            "http": {"listen": f"127.0.0.1:{port}"},
+            # The demo stops one task through the API, as an operator would.
+            "http": {"listen": f"127.0.0.1:{port}", "api_token": token},
             "state": {"path": str(state_dir / "state.db")},
         },
         base_dir=Path.cwd(),
@@ -466,6 +469,19 @@ async def _demo(
             f"  Ctrl-C stops it.\n",
             err=True,
         )
+        point = scenario.stop_point()
+        if point is not None:
+            group.start_soon(_demo_stop, scenario.start, bound, token, *point)
+
+
+async def _demo_stop(start: datetime, port: int, token: str, task_id: int, at: float) -> None:
+    """Stop one task halfway through its run, as an operator would: through the daemon's API."""
+    await anyio.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds() + at))
+    url = f"http://127.0.0.1:{port}/api/v1/tasks/{task_id}/stop"
+    try:
+        await anyio.to_thread.run_sync(call, "POST", url, token, {"by": "batchmon demo"})
+    except RemoteError as exc:
+        log.warning("demo_stop_failed", task_id=task_id, error=str(exc))
 
 
 #: Where ``status`` and ``watch`` look for the daemon: ``[http] listen``'s default.

@@ -171,3 +171,14 @@ class TestScenario:
             assert await client.stop_batch_job(task_id) is True
             clock.advance(120)
             assert BatchTaskState.FAILED is (await client.get_task(task_id)).state
+
+    def test_stop_point(self) -> None:
+        """The demo's stop: a CanCancel task that would succeed, halfway through its run."""
+        scenario = Scenario.generate(start=START)
+        point = scenario.stop_point()
+        assert point is not None
+        task_id, at = point
+        changes = {state: t for t, state in scenario.timeline(task_id)}
+        assert changes[BatchTaskState.STARTED] < at < changes[BatchTaskState.SUCCEEDED]
+        none_cancel = {i: CancellationBehaviour.CANNOT_CANCEL for i in scenario.task_ids}
+        assert Scenario.generate(start=START, cancellation=none_cancel).stop_point() is None

@@ -109,7 +109,6 @@ async def request_stop(
         task=TaskSummary.of(info),
         message=stop_answer(by, stopped),
     )
-    log.warning("stop_requested", task_id=task_id, by=by, stopped=stopped)
     return StopOutcome(info, decision, stopped, event)
 
 

@@ -468,6 +468,18 @@ class Scenario:
                 changes.append((frame.at / self.speed, state))
         return tuple(changes)
 
+    def stop_point(self) -> tuple[int, float] | None:
+        """A task worth stopping to show how, and when: the first CanCancel task that would
+        run and succeed, halfway through its run (seconds after the start); ``None``: none."""
+        for script in self._scripts:
+            if script.cancellation is not CancellationBehaviour.CAN_CANCEL:
+                continue
+            changes = self.timeline(script.task_id)
+            started = next((t for t, state in changes if state is BatchTaskState.STARTED), None)
+            if started is not None and changes[-1][1] is BatchTaskState.SUCCEEDED:
+                return script.task_id, (started + changes[-1][0]) / 2
+        return None
+
     def apply(self, tasks: dict[int, SimTask], now: datetime) -> None:
         """Advance every scenario task in ``tasks`` to its state at ``now``."""
         elapsed = (now - self.start).total_seconds() * self.speed

@@ -41,6 +41,8 @@ class PendingStop:
     start_count: int
     #: Whether it took effect (the task was still queued or running at ``at``).
     applied: bool = False
+    #: Where the task's progress stood then: a stopped task moves no further.
+    progress: int = 0
 
 
 def accept_stop(task: SimTask) -> bool:
@@ -70,7 +72,8 @@ def apply_stops(tasks: dict[int, SimTask], stops: dict[int, PendingStop], now: d
             if not task.state.is_active:
                 del stops[task_id]
                 continue
-            stop.applied = True
+            stop.applied, stop.progress = True, task.progress
         task.state = BatchTaskState.FAILED
+        task.progress = stop.progress
         task.result = STOPPED_RESULT
-        task.response = f"Stopped at {task.progress} %"
+        task.response = f"Stopped at {stop.progress} %"
