@@ -275,3 +275,30 @@ class TestMigration:
         reopened.close()
         assert str(SCHEMA_VERSION) == version
         assert [] == [p.name for p in tmp_path.iterdir() if ".corrupt" in p.name]
+
+
+class TestReminders:
+    """Reminders of a silenced task are held back, and not sent late when the silence ends."""
+
+    async def test_held_reminder_is_not_sent_after_the_end(
+        self, store: SqliteStore, clock: ManualClock
+    ) -> None:
+        """A reminder due during the silence counts as given; the next period's goes out."""
+        silencer = Silencer(store, clock=clock, firing=list)
+        chat = Recording("chat")
+        dispatcher = Dispatcher(
+            [Subscription(chat, Route(), remind_every=3600)],
+            store,
+            now=clock,
+            silenced=silencer.mutes,
+        )
+        await silencer.add({"for": "90m", "reason": "r", "all": True}, by="ann")
+        conditions = [replace(FAILED, time=clock())]
+        queued = []
+        for minutes in (61, 30, 30):  # 1h01 (silenced), 1h31 (ended), 2h01
+            clock.advance(minutes * 60)
+            await silencer.sweep()
+            await dispatcher.remind_once(conditions)
+            queued.append(await store.pending_counts())
+
+        assert [{}, {}, {"chat": 1}] == queued

@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 import anyio
 import structlog
@@ -153,9 +152,6 @@ class Dispatcher:
             return
         await self._queue(memories, deliveries, self._now().timestamp(), events)
 
-    def _wants(self, subscription: Subscription, event: Event) -> bool:
-        return subscription.route.matches(event) and self._admits(subscription, event)
-
     def _admits(self, subscription: Subscription, event: Event) -> bool:
         """Whether nothing holds the event back from this sink (silences spare the log)."""
         if isinstance(subscription.sink, LogSink):
@@ -228,18 +224,23 @@ class Dispatcher:
             await self.remind_once(firing())
 
     async def remind_once(self, conditions: Sequence[Event]) -> None:
-        """Queue the reminders that are due now."""
+        """Queue the reminders that are due now.
+
+        One a silence holds back is recorded as given: the silence's end says what still
+        fires, and a held-back reminder must not follow it.
+        """
         now = self._now()
-        subscribers = [
-            (s.sink.name, s.remind_every, partial(self._wants, s)) for s in self._subscriptions
-        ]
+        subscribers = [(s.sink.name, s.remind_every, s.route.matches) for s in self._subscriptions]
         due = due_reminders(subscribers, conditions, now)
         known = await self._store.known_events([event.id for _, event in due])
         fresh = [(sink, event) for sink, event in due if event.id not in known]
         if not fresh:
             return
-        await self._queue([], fresh, now.timestamp())
-        log.info("reminders_queued", count=len(fresh))
+        by_name = {s.sink.name: s for s in self._subscriptions}
+        sent = [(sink, event) for sink, event in fresh if self._admits(by_name[sink], event)]
+        held = [event for sink, event in fresh if not self._admits(by_name[sink], event)]
+        await self._queue([], sent, now.timestamp(), held)
+        log.info("reminders_queued", count=len(sent), held=len(held))
 
     async def drain(self) -> None:
         """Send what is due now, once each, without waiting for retries (shutdown).
