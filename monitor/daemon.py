@@ -9,7 +9,7 @@ polling starts) and tears them down in reverse when its scope is cancelled.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -32,6 +32,7 @@ from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
 from monitor.systemd import Notifier, watchdog_loop
 from monitor.task_metrics import TaskSeries
+from monitor.tracking.events import Event
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from monitor.types import DeliveryStore, RestorableSink
@@ -249,6 +250,12 @@ class Daemon:
             )
             silencer.announce = dispatcher.commit
             self.dispatcher = dispatcher
+
+            async def record(events: Sequence[Event]) -> None:
+                """Commit events made outside the tracker (stops), counted as its own are."""
+                self.tracker.event_counts.update(event.type for event in events)
+                await dispatcher.commit(events)
+
             await dispatcher.start()
             firing = self.tracker.firing()
             for sink in dispatcher.sinks:
@@ -290,7 +297,7 @@ class Daemon:
                 api_token=token.get_secret_value() if token else None,
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
-                stopper=TaskStopper(client, dispatcher.commit, self.clock),
+                stopper=TaskStopper(client, record, self.clock),
                 silences=silencer,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
@@ -302,7 +309,7 @@ class Daemon:
                     if config.poll.stop_stalled_after is not None:
                         auto = AutoStopper(
                             client,
-                            dispatcher.commit,
+                            record,
                             store.known_events,
                             stall_after=lambda: self.tracker.rules.stall_after,
                             stop_after=timedelta(seconds=config.poll.stop_stalled_after),

@@ -63,14 +63,17 @@ class TestApi:
                 async with (
                     aiohttp.ClientSession() as session,
                     session.get(f"{base}/api/v1/tasks/{task_id}") as answer,
+                    session.get(f"{base}/metrics") as metrics,
                 ):
                     events = (await answer.json())["events"]
+                    exposition = await metrics.text()
 
         assert (200, True, True) == (status, body["stopped"], body["asked"])
         assert "Stop requested by ann; SuperOffice stopping it" == body["message"]
         assert 1 == len(simulator.stop_requests)
         (stop,) = [e for e in events if e["type"] == "task.stop_requested"]
         assert body["message"] == stop["message"]
+        assert 'batchmon_events_total{type="task.stop_requested"} 1.0' in exposition
 
     async def test_cannot_cancel_is_refused_without_a_request(self) -> None:
         """409 saying why; SuperOffice is not asked."""
