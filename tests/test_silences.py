@@ -175,6 +175,13 @@ class Recording:
         self.sent.append(event)
 
 
+class Holding(Recording):
+    """A sink that keeps conditions, as Alertmanager's does."""
+
+    def restore(self, firing: object) -> None:
+        """Nothing to rebuild here."""
+
+
 @pytest.fixture(name="silencer")
 async def _silencer(store: SqliteStore, clock: ManualClock) -> Silencer:
     silencer = Silencer(store, clock=clock, firing=list)
@@ -196,6 +203,21 @@ class TestSilencer:
         await dispatcher.commit([task_event(212), task_event(213)])
 
         assert {"log": 2, "chat": 1} == await store.pending_counts()
+
+    async def test_ends_reach_a_sink_that_keeps_conditions(
+        self, store: SqliteStore, clock: ManualClock
+    ) -> None:
+        """Alertmanager still hears a condition end (else it fires it for good); chat does not."""
+        silencer = Silencer(store, clock=clock, firing=list)
+        chat, alerts = Recording("chat"), Holding("am")
+        subscriptions = [Subscription(chat, Route()), Subscription(alerts, Route())]
+        dispatcher = Dispatcher(subscriptions, store, now=clock, silenced=silencer.mutes)
+        await silencer.add({"for": "1h", "reason": "r", "ids": [212]}, by="ann")
+        succeeded = replace(task_event(212), type=EventType.TASK_SUCCEEDED)
+
+        await dispatcher.commit([task_event(212), succeeded])
+
+        assert {"am": 1} == await store.pending_counts()
 
     async def test_durable_and_ends_on_time(self, tmp_path: Path, clock: ManualClock) -> None:
         """A silence survives a restart; at its end it is swept from the store, and the

@@ -41,9 +41,9 @@ from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
 from monitor.sinks.base import DeliveryError, Route
 from monitor.sinks.log import LogSink
-from monitor.tracking.events import Event
+from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
-from monitor.types import BackgroundSink, DeliveryStore, Sink
+from monitor.types import BackgroundSink, DeliveryStore, RestorableSink, Sink
 
 __all__ = ["MAX_CRASHES", "Dispatcher", "Subscription"]
 
@@ -153,10 +153,15 @@ class Dispatcher:
         await self._queue(memories, deliveries, self._now().timestamp(), events)
 
     def _admits(self, subscription: Subscription, event: Event) -> bool:
-        """Whether nothing holds the event back from this sink (silences spare the log)."""
-        if isinstance(subscription.sink, LogSink):
+        """Whether nothing holds the event back from this sink.
+
+        Silences spare the log, and the end of a condition still reaches a sink that
+        keeps conditions (Alertmanager), which would otherwise fire an ended one for good.
+        """
+        sink = subscription.sink
+        if isinstance(sink, LogSink) or self._silenced is None or not self._silenced(event):
             return True
-        return self._silenced is None or not self._silenced(event)
+        return isinstance(sink, RestorableSink) and bool(KINDS[event.type].ends)
 
     async def _queue(
         self,
