@@ -261,6 +261,16 @@ class TestSilencer:
         assert [] == silencer.active()
         assert [] == await store.silences()
 
+    async def test_limit(self, store: SqliteStore, clock: ManualClock) -> None:
+        """Past the limit a new silence is refused, saying so; an ended one makes room."""
+        silencer = Silencer(store, clock=clock, firing=list, limit=2)
+        first = await silencer.add({"for": "1h", "reason": "r", "ids": [1]}, by="ann")
+        await silencer.add({"for": "2h", "reason": "r", "ids": [2]}, by="ann")
+        with pytest.raises(SilenceRequestError, match="2 silences are in force"):
+            await silencer.add({"for": "1h", "reason": "r", "ids": [3]}, by="ann")
+        await silencer.end(first.id)
+        await silencer.add({"for": "1h", "reason": "r", "ids": [3]}, by="ann")
+
     async def test_by_and_covering(self, silencer: Silencer) -> None:
         """Who asked is kept; the covering silence of a task is found by id or name."""
         made = await silencer.add(

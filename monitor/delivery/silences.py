@@ -24,13 +24,15 @@ from monitor.tracking.events import Event
 from monitor.tracking.silences import Silence, end_announcements, muting, split_ended
 from monitor.types import DeliveryStore
 
-__all__ = ["MAX_SILENCE", "SilenceRequest", "SilenceRequestError", "Silencer"]
+__all__ = ["MAX_SILENCE", "MAX_SILENCES", "SilenceRequest", "SilenceRequestError", "Silencer"]
 
 log = structlog.get_logger("batchmon.silences")
 
 #: The longest silence: a week covers a holiday; anything longer is forgotten, not silenced.
 MAX_SILENCE: Final = timedelta(days=7)
 _INT32_MAX = 2**31 - 1
+#: Silences in force at once: enough for any team, few enough to check for every event.
+MAX_SILENCES: Final = 1000
 #: How often :meth:`Silencer.run` looks for silences whose time is up.
 SWEEP_EVERY = 1.0
 
@@ -113,8 +115,10 @@ class Silencer:
         *,
         clock: Callable[[], datetime],
         firing: Callable[[], Sequence[Event]],
+        limit: int = MAX_SILENCES,
     ) -> None:
         self._store = store
+        self._limit = limit
         self._clock = clock
         self._firing = firing
         self._silences: list[Silence] = []
@@ -144,6 +148,9 @@ class Silencer:
     async def add(self, body: object, *, by: str) -> Silence:
         """Silence what ``body`` says (a :class:`SilenceRequest`); :class:`SilenceRequestError`."""
         request = SilenceRequest.parse(body)
+        if len(self.active()) >= self._limit:
+            msg = f"{self._limit} silences are in force, the most allowed; end some first"
+            raise SilenceRequestError(msg)
         now = self._clock()
         silence = Silence(
             id=uuid.uuid4().hex[:12],
