@@ -13,9 +13,12 @@ import errno
 import getpass
 import inspect
 import os
+import secrets
 import signal
+import socket
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +56,8 @@ from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.delivery.outbox import StoreError
 from monitor.logs import configure_logging
 from monitor.polling import Shard
+from monitor.polling.stop import StopFailedError, StopOutcome, stop_directly
+from monitor.remote import RemoteError, call
 from monitor.simulator import Scenario, Simulator
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.context import SinkContext
@@ -432,6 +437,7 @@ async def _demo(
     simulator: Simulator, scenario: Scenario, state_dir: Path, port: int, speed: float
 ) -> None:
     """The monitor against the simulator, with a fresh state of its own."""
+    token = secrets.token_hex(16)
     config = parse_config(
         {
             "superoffice": {
@@ -449,7 +455,8 @@ async def _demo(
                 "progress_step": 25,
                 "terminal_linger": 15 / speed,
             },
-            "http": {"listen": f"127.0.0.1:{port}"},
+            # The demo stops one task through the API, as an operator would.
+            "http": {"listen": f"127.0.0.1:{port}", "api_token": token},
             "state": {"path": str(state_dir / "state.db")},
         },
         base_dir=Path.cwd(),
@@ -464,6 +471,19 @@ async def _demo(
             f"  Ctrl-C stops it.\n",
             err=True,
         )
+        point = scenario.stop_point()
+        if point is not None:
+            group.start_soon(_demo_stop, scenario.start, bound, token, *point)
+
+
+async def _demo_stop(start: datetime, port: int, token: str, task_id: int, at: float) -> None:
+    """Stop one task halfway through its run, as an operator would: through the daemon's API."""
+    await anyio.sleep(max(0.0, (start - datetime.now(UTC)).total_seconds() + at))
+    url = f"http://127.0.0.1:{port}/api/v1/tasks/{task_id}/stop"
+    try:
+        await anyio.to_thread.run_sync(call, "POST", url, token, {"by": "batchmon demo"})
+    except RemoteError as exc:
+        log.warning("demo_stop_failed", task_id=task_id, error=str(exc))
 
 
 #: Where ``status`` and ``watch`` look for the daemon: ``[http] listen``'s default.
@@ -737,3 +757,192 @@ def ack(
         return
     click.echo(f"batchmon: {endpoint}: HTTP {status}: {error}", err=True)
     sys.exit(_ACK_EXITS.get(status, EX_UNAVAILABLE))
+
+
+def _operator(command: str = "stop") -> str:
+    """Who asks, as the event names them: the user and the machine."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "someone"
+    return f"{user}@{socket.gethostname()} (batchmon {command})"
+
+
+def _task_ids(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[int, ...]:
+    """Click callback: each ``--id`` a task id."""
+    return tuple(_task_id(ctx, param, one) for one in value)
+
+
+@main.command(short_help="Ask SuperOffice to stop a task.")
+@click.argument("task_id", metavar="ID", callback=_task_id)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Stop a task SuperOffice marks CancelWithWarning (its UI warns before stopping it).",
+)
+@click.option(
+    "--url",
+    default=None,
+    help=f"Ask through a running daemon, which records the stop [default: {DEFAULT_DAEMON_URL}].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ask SuperOffice directly, with this configuration's [superoffice] section.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.api_token (with --url).",
+)
+def stop(
+    task_id: int, force: bool, url: str | None, config_path: Path | None, token_file: Path | None
+) -> None:
+    """Ask SuperOffice to stop task ID (StopBatchJob), if it may be stopped.
+
+    The task is read first: a task SuperOffice marks CannotCancel is refused,
+    one marked CancelWithWarning needs --force.  SuperOffice may answer that it
+    did not stop the task; the line printed says so.  Through the daemon (--url)
+    the stop is also announced as a task.stop_requested event.
+
+    \b
+    Exit codes:
+      0   SuperOffice stopped the task (it fails with a "stopped" result)
+      1   refused (CannotCancel, or CancelWithWarning without --force),
+          or SuperOffice answered that it did not stop it
+      2   usage error
+      3   SuperOffice has no such task
+      69  the daemon or SuperOffice cannot be reached
+      77  the daemon wants its api_token (--token-file), or has none
+      78  the --config file was refused
+
+    \b
+    Examples:
+      batchmon stop 212 --token-file /etc/batchmon/api_token
+      batchmon stop 212 --force --url http://monitor.example.com:9808 --token-file api_token
+      batchmon stop 212 --config /etc/batchmon/batchmon.toml
+    """
+    if url is not None and config_path is not None:
+        raise click.UsageError("give --url or --config, not both")
+    if token_file is not None and config_path is not None:
+        raise click.UsageError("--token-file is for the daemon (--url), not --config")
+    if config_path is not None:
+        config = _config_or_exit(config_path)
+
+        async def direct() -> StopOutcome:
+            return await stop_directly(
+                config.superoffice, task_id, force=force, by=_operator(), now=datetime.now(UTC)
+            )
+
+        try:
+            outcome = anyio.run(direct)
+        except StopFailedError as exc:
+            click.echo(f"batchmon: {visible(str(exc))}", err=True)
+            sys.exit(EX_NOT_TRACKED if exc.not_found else EX_UNAVAILABLE)
+        stopped, message = outcome.stopped, outcome.to_dict()["message"]
+    else:
+        base = (url or DEFAULT_DAEMON_URL).rstrip("/")
+        body = {"force": force, "by": _operator()}
+        try:
+            answer = call(
+                "POST", f"{base}/api/v1/tasks/{task_id}/stop", _read_token(token_file), body
+            )
+        except RemoteError as exc:
+            click.echo(f"batchmon: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        stopped, message = answer.data.get("stopped"), answer.data.get("message")
+    click.echo(visible(str(message)), err=stopped is not True)
+    sys.exit(0 if stopped is True else EX_FAILED)
+
+
+@main.command(short_help="Silence tasks for a while; list or end silences.")
+@click.option("--for", "duration", default=None, help="How long, e.g. 30m, 2h, 1d (at most 7d).")
+@click.option("--reason", default=None, help="Why: shown on the status page and in the log.")
+@click.option("--id", "ids", multiple=True, callback=_task_ids, help="A task id (repeatable).")
+@click.option(
+    "--name", "names", multiple=True, help="A task-name glob, e.g. 'Export*' (repeatable)."
+)
+@click.option("--all", "everything", is_flag=True, help="Every task, and the monitor's own events.")
+@click.option("--list", "listing", is_flag=True, help="List the silences in force.")
+@click.option("--end", "end", default=None, metavar="SID", help="End the silence SID now.")
+@click.option(
+    "--url",
+    default=DEFAULT_DAEMON_URL,
+    show_default=True,
+    help="Base URL of the running daemon.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.api_token.",
+)
+def silence(
+    duration: str | None,
+    reason: str | None,
+    ids: tuple[int, ...],
+    names: tuple[str, ...],
+    everything: bool,
+    listing: bool,
+    end: str | None,
+    url: str,
+    token_file: Path | None,
+) -> None:
+    """Keep tasks' events out of chat and alerts for a while: they still reach the log and the
+    metrics.  A silence ends by itself; whatever it kept quiet that still fails or stalls then is
+    announced at once.  Silences are kept across restarts of the daemon.
+
+    \b
+    Examples:
+      batchmon silence --for 2h --reason "CRM upgrade" --name 'Export*' --token-file api_token
+      batchmon silence --for 30m --reason "rerunning by hand" --id 212 --id 213
+      batchmon silence --list
+      batchmon silence --end 3f2a9c1b7d4e --token-file api_token
+
+    \b
+    Exit codes: 0 done, 1 refused (the daemon says why), 2 usage error,
+    3 no such silence, 69 the daemon cannot be reached, 77 token missing or wrong.
+    """
+    selectors = sum(1 for chosen in (ids, names, everything) if chosen)
+    making = duration is not None or reason is not None or selectors > 0
+    if sum(1 for mode in (making, listing, end is not None) if mode) != 1:
+        raise click.UsageError(
+            "give --for/--reason with --id, --name or --all; or --list; or --end SID"
+        )
+    base, token = url.rstrip("/"), _read_token(token_file)
+    try:
+        if listing:
+            answer = call("GET", f"{base}/api/v1/silences", token)
+            for item in answer.data["silences"]:
+                click.echo(_silence_line(item))
+            if not answer.data["silences"]:
+                click.echo("no silences", err=True)
+            return
+        if end is not None:
+            answer = call(
+                "DELETE", f"{base}/api/v1/silences/{urllib.parse.quote(end, safe='')}", token
+            )
+            click.echo(f"ended: {_silence_line(answer.data)}")
+            return
+        if duration is None or reason is None or selectors != 1:
+            raise click.UsageError("a silence needs --for, --reason and one of --id, --name, --all")
+        body: dict[str, object] = {"for": duration, "reason": reason, "by": _operator("silence")}
+        body.update(
+            {"ids": list(ids)} if ids else {"names": list(names)} if names else {"all": True}
+        )
+        answer = call("POST", f"{base}/api/v1/silences", token, body)
+        click.echo(_silence_line(answer.data))
+    except RemoteError as exc:
+        click.echo(f"batchmon: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _silence_line(item: dict[str, object]) -> str:
+    """One silence: its id, its end, what it covers, why and who."""
+    by = f" ({item['by']})" if item.get("by") else ""
+    return visible(f"{item['id']}  until {item['ends']}  {item['covers']}: {item['reason']}{by}")

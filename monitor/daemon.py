@@ -9,7 +9,7 @@ polling starts) and tears them down in reverse when its scope is cancelled.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -22,15 +22,18 @@ from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.silences import Silencer
 from monitor.delivery.sqlite import SqliteStore
 from monitor.delivery.subscriptions import subscriptions_from
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.polling import Poller, Shard, rule_matches, utc_now
+from monitor.polling.stop import AutoStopper, TaskStopper
 from monitor.sinks.context import SinkContext
 from monitor.superoffice.client import SuperOfficeClient, open_session
 from monitor.superoffice.models import BatchTaskState
 from monitor.systemd import Notifier, watchdog_loop
 from monitor.task_metrics import TaskSeries
+from monitor.tracking.events import Event
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from monitor.types import DeliveryStore, RestorableSink
@@ -241,8 +244,19 @@ class Daemon:
             aiohttp.ClientSession(timeout=sink_timeout) as sink_session,
         ):
             context = SinkContext(sink_session, status_url=config.http.public_url)
-            dispatcher = Dispatcher(subscriptions_from(config.sinks, context), store)
+            silencer = Silencer(store, clock=self.clock, firing=self.tracker.firing)
+            await silencer.load()
+            dispatcher = Dispatcher(
+                subscriptions_from(config.sinks, context), store, silenced=silencer.mutes
+            )
+            silencer.announce = dispatcher.commit
             self.dispatcher = dispatcher
+
+            async def record(events: Sequence[Event]) -> None:
+                """Commit events made outside the tracker (stops), counted as its own are."""
+                self.tracker.event_counts.update(event.type for event in events)
+                await dispatcher.commit(events)
+
             await dispatcher.start()
             acks = Acknowledgements(self.tracker, store, dispatcher.commit, self.clock)
             await acks.load()
@@ -287,6 +301,8 @@ class Daemon:
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
                 acks=acks,
+                stopper=TaskStopper(client, record, self.clock),
+                silences=silencer,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:
@@ -295,6 +311,17 @@ class Daemon:
                     group.start_soon(dispatcher.remind, acks.firing)
                     group.start_soon(dispatcher.escalate, acks.open_conditions)
                     group.start_soon(acks.run)
+                    group.start_soon(silencer.run)
+                    if config.poll.stop_stalled_after is not None:
+                        auto = AutoStopper(
+                            client,
+                            record,
+                            store.known_events,
+                            stall_after=lambda: self.tracker.rules.stall_after,
+                            stop_after=timedelta(seconds=config.poll.stop_stalled_after),
+                            clock=self.clock,
+                        )
+                        group.start_soon(auto.run, self.tracker.tasks.values, config.poll.interval)
                     await group.start(poller.run)
                     log.info(
                         "batchmon_started",

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 if TYPE_CHECKING:
     from monitor.console import TaskView
     from monitor.delivery.outbox import Claim, Committed, Delivery, Queued
+    from monitor.polling.stop import StopOutcome
     from monitor.sinks.digest import Digest
     from monitor.superoffice.errors import Answer
     from monitor.tracking.acks import Ack
     from monitor.tracking.events import Event
     from monitor.tracking.memory import TaskMemory
+    from monitor.tracking.silences import Silence
 
 __all__ = [
     "Acknowledger",
@@ -28,7 +30,9 @@ __all__ = [
     "DeliveryStore",
     "DigestSink",
     "RestorableSink",
+    "Silences",
     "Sink",
+    "Stopper",
     "TaskSource",
     "Transport",
     "Watches",
@@ -90,7 +94,7 @@ class RestorableSink(Protocol):
 
 
 class DeliveryStore(Protocol):
-    """Durable state: task memories, the outbox, event history, run-time watches.
+    """Durable state: task memories, the outbox, event history, run-time watches, silences.
 
     The guarantees every backend keeps (SQLite now, PostgreSQL planned):
 
@@ -227,6 +231,18 @@ class DeliveryStore(Protocol):
         """Delete these tasks' acknowledgements; :meth:`forget_tasks` deletes them too."""
         ...
 
+    async def silences(self) -> list[Silence]:
+        """Every stored silence (ended ones not yet swept included), by end time."""
+        ...
+
+    async def add_silence(self, silence: Silence) -> None:
+        """Persist a new silence."""
+        ...
+
+    async def remove_silences(self, silence_ids: Sequence[str]) -> set[str]:
+        """Delete silences (ended early, or swept after their end); which were stored."""
+        ...
+
 
 # --- the HTTP API and the CLI ----------------------------------------------------------------
 
@@ -264,6 +280,37 @@ class Acknowledger(Protocol):
 
     async def withdraw(self, task_id: int, by: str | None) -> Ack | None:
         """Give the acknowledgement back; the one given back, ``None`` if none held."""
+        ...
+
+
+class Silences(Protocol):
+    """The silences, for the HTTP API and the status page (persisted by the daemon)."""
+
+    def active(self) -> list[Silence]:
+        """The silences in force now, soonest end first."""
+        ...
+
+    def covering(self, task_id: int, name: str | None) -> Silence | None:
+        """The active silence covering a task, if any."""
+        ...
+
+    async def add(self, body: object, *, by: str) -> Silence:
+        """Silence what a ``POST /api/v1/silences`` body says; :class:`ValueError` saying why not."""
+        ...
+
+    async def end(self, silence_id: str) -> Silence | None:
+        """End an active silence now (announcing what still fires); ``None``: no such silence."""
+        ...
+
+
+class Stopper(Protocol):
+    """Asks SuperOffice to stop a task, for the HTTP API."""
+
+    async def stop(self, task_id: int, *, force: bool, by: str) -> StopOutcome:
+        """Read the task, stop it if it may be, record ``task.stop_requested``.
+
+        Raises :class:`~monitor.polling.stop.StopFailedError` when SuperOffice cannot be asked.
+        """
         ...
 
 

@@ -40,6 +40,7 @@ from monitor.http_listener import (
     track_requests,
 )
 from monitor.polling import Poller
+from monitor.polling.stop import StopFailedError
 from monitor.task_list import (
     DEFAULT_LIMIT,
     KNOWN_STATES,
@@ -54,8 +55,9 @@ from monitor.tracking.acks import BY_MAX, COMMENT_MAX, AckRefusedError, Refusal,
 from monitor.tracking.detect import condition
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import TaskMemory, state_name
+from monitor.tracking.silences import Silence
 from monitor.tracking.tracker import Tracker
-from monitor.types import Acknowledger, DeliveryStore, Watches
+from monitor.types import Acknowledger, DeliveryStore, Silences, Stopper, Watches
 
 __all__ = [
     "MAX_TASK_ID",
@@ -98,6 +100,10 @@ class WebState:
     host_names: frozenset[str] = frozenset()
     #: Acknowledgements of failed, stalled and gone tasks (``None``: not offered).
     acks: Acknowledger | None = None
+    #: Stops tasks (``POST /api/v1/tasks/{id}/stop``); ``None``: not offered.
+    stopper: Stopper | None = None
+    #: The silences (``/api/v1/silences``); ``None``: not offered.
+    silences: Silences | None = None
 
 
 STATE = web.AppKey("state", WebState)
@@ -172,12 +178,19 @@ def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, 
         "last_seen": memory.last_seen.isoformat(timespec="seconds"),
         "anomalies": list(info.anomalies),
         "ack": _ack_view(state, info.id),
+        "silenced": _silenced_by(state, info.id, info.name),
     }
 
 
 def _ack_view(state: WebState, task_id: int) -> dict[str, object] | None:
     ack = state.acks.current(task_id) if state.acks is not None else None
     return ack.to_dict() if ack is not None else None
+
+
+def _silenced_by(state: WebState, task_id: int, name: str | None) -> str | None:
+    """The id of the silence keeping the task's events from chat and alerts, if any."""
+    found = state.silences.covering(task_id, name) if state.silences is not None else None
+    return found.id if found is not None else None
 
 
 #: Rows on the status page unless ``limit`` asks for more (up to :data:`PAGE_MAX_ROWS`).
@@ -344,11 +357,12 @@ async def _task(request: web.Request) -> web.Response:
 
 
 def _authorize(request: web.Request) -> None:
-    """Changing watches needs ``Authorization: Bearer <http.api_token>``."""
+    """Changes (watches, stops, silences) need ``Authorization: Bearer <http.api_token>``."""
     token = request.app[STATE].api_token
     if token is None:
         raise _problem(
-            web.HTTPForbidden, "changing watches is disabled: set http.api_token to enable it"
+            web.HTTPForbidden,
+            "changes over the API are disabled: set http.api_token to enable them",
         )
     if not token_matches(bearer(request.headers.get(hdrs.AUTHORIZATION)), token):
         raise _problem(
@@ -495,6 +509,84 @@ async def _delete_ack(request: web.Request) -> web.Response:
     return web.json_response({"task_id": task_id, "ack": None, "withdrawn": withdrawn.to_dict()})
 
 
+async def _stop_task(request: web.Request) -> web.Response:
+    """Ask SuperOffice to stop a task: 409 with the reason when it may not be (or not without
+    ``force``), 200 with SuperOffice's answer otherwise (``stopped: false`` happens)."""
+    _authorize(request)
+    task_id = _task_id(request)
+    stopper = request.app[STATE].stopper
+    if stopper is None:
+        raise _problem(web.HTTPServiceUnavailable, "stopping tasks is not available")
+    force, by = await _stop_body(request)
+    try:
+        outcome = await stopper.stop(task_id, force=force, by=by)
+    except StopFailedError as exc:
+        kind = web.HTTPNotFound if exc.not_found else web.HTTPBadGateway
+        raise _problem(kind, str(exc)) from None
+    if outcome.stopped is None:
+        raise _problem(web.HTTPConflict, outcome.decision.reason)
+    return web.json_response(outcome.to_dict())
+
+
+async def _stop_body(request: web.Request) -> tuple[bool, str]:
+    """``{"force": true, "by": "who"}``, both optional; an empty body is ``{}``."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise _problem(web.HTTPBadRequest, "the body must be a JSON object") from None
+    if not isinstance(body, dict) or set(body) - {"force", "by"}:
+        raise _problem(web.HTTPBadRequest, 'the body takes only "force" and "by"')
+    force, by = body.get("force", False), body.get("by")
+    if not isinstance(force, bool):
+        raise _problem(web.HTTPBadRequest, '"force" must be true or false')
+    if by is not None and (not isinstance(by, str) or not 0 < len(by) <= 200):
+        raise _problem(web.HTTPBadRequest, '"by" must be a text of 1 to 200 characters')
+    return force, by or f"the HTTP API ({request.remote})"
+
+
+def _silences(request: web.Request) -> Silences:
+    silences = request.app[STATE].silences
+    if silences is None:
+        raise _problem(web.HTTPServiceUnavailable, "silences are not available")
+    return silences
+
+
+def _silence_view(silence: Silence) -> dict[str, Any]:
+    return {**silence.to_dict(), "covers": silence.scope}
+
+
+async def _list_silences(request: web.Request) -> web.Response:
+    """The silences in force now, soonest end first."""
+    return web.json_response({"silences": [_silence_view(s) for s in _silences(request).active()]})
+
+
+async def _add_silence(request: web.Request) -> web.Response:
+    """Silence tasks for a while: 201 with the silence, its id and its end; 400 saying why not."""
+    _authorize(request)
+    silences = _silences(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _problem(web.HTTPBadRequest, "the body must be a JSON object") from None
+    try:
+        silence = await silences.add(body, by=f"the HTTP API ({request.remote})")
+    except ValueError as exc:
+        raise _problem(web.HTTPBadRequest, str(exc)) from None
+    return web.json_response(_silence_view(silence), status=201)
+
+
+async def _end_silence(request: web.Request) -> web.Response:
+    """End a silence now; what it kept quiet and still fires is announced."""
+    _authorize(request)
+    silence_id = request.match_info["silence_id"]
+    ended = await _silences(request).end(silence_id)
+    if ended is None:
+        raise _problem(web.HTTPNotFound, f"no active silence {silence_id}")
+    now = request.app[STATE].clock()
+    return web.json_response({**_silence_view(ended), "ended": now.isoformat()})
+
+
 def _html(template: str, status: int = 200, **values: Any) -> web.Response:
     html = _templates.get_template(template).render(**values)
     return web.Response(text=html, status=status, content_type="text/html")
@@ -531,6 +623,10 @@ async def _status_page(request: web.Request) -> web.Response:
         api_problem=_api_problem(state.poller) if polled else None,
         last_poll=last.isoformat(timespec="seconds") if last else None,
         refresh=5,
+        silences=[
+            {**_silence_view(s), "ends": s.ends.isoformat(timespec="seconds")}
+            for s in (state.silences.active() if state.silences is not None else [])
+        ],
     )
 
 
@@ -635,6 +731,10 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_delete("/api/v1/watches/{task_id}", _delete_watch)
     app.router.add_post("/api/v1/tasks/{task_id}/ack", _post_ack)
     app.router.add_delete("/api/v1/tasks/{task_id}/ack", _delete_ack)
+    app.router.add_post("/api/v1/tasks/{task_id}/stop", _stop_task)
+    app.router.add_get("/api/v1/silences", _list_silences)
+    app.router.add_post("/api/v1/silences", _add_silence)
+    app.router.add_delete("/api/v1/silences/{silence_id}", _end_silence)
     app.router.add_get("/", _status_page)
     app.router.add_get("/tasks/{task_id}", _task_page)
     return app

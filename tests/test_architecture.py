@@ -30,6 +30,7 @@ LEAVES = frozenset(
         "chart",
         "http_access",
         "windows",
+        "remote",
     }
 )
 #: What each part may import (besides leaves, which every part may use).

@@ -199,6 +199,11 @@ class TestDemo:
         assert len(full_story) >= 5, dict(seen)
         every = set().union(*seen.values())
         assert {"task.failed", "task.stalled", "task.resumed", "task.removed"} <= every
+        # One task is stopped through the daemon's API, and fails for it.
+        (stop,) = [
+            line for line in _json_lines(result.stdout) if line["event"] == "task.stop_requested"
+        ]
+        assert "task.failed" in seen[stop["task_id"]]
         # Progress every 25 % at most, and once per 10 s of the story: a few lines per task.
         progress = [line for line in _json_lines(result.stdout) if line["event"] == "task.progress"]
         assert len(progress) < 4 * len(seen), len(progress)

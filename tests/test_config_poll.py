@@ -83,3 +83,28 @@ class TestDiscovery:
         found = problems(with_("watch", {"discover": [rule]}))
 
         assert [expected] == [p for p in found if p.startswith("watch.")]
+
+
+class TestStopStalledAfter:
+    """``[poll] stop_stalled_after``: off unless given, a positive duration."""
+
+    def test_off_by_default_and_read(self) -> None:
+        """Absent: ``None``; given: seconds."""
+        default = parse_config(with_("poll", {}), base_dir=Path("/nonexistent"))
+        given = parse_config(
+            with_("poll", {"stop_stalled_after": "1h30m"}), base_dir=Path("/nonexistent")
+        )
+        assert (None, 5400.0) == (default.poll.stop_stalled_after, given.poll.stop_stalled_after)
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ("0s", "poll.stop_stalled_after: must be greater than 0"),
+            ("-5m", "poll.stop_stalled_after: a duration must not be negative, got '-5m'"),
+            (True, "poll.stop_stalled_after: "),
+        ],
+    )
+    def test_refused(self, value: object, expected: str) -> None:
+        """Zero, negative and non-durations are refused by key."""
+        found = problems(with_("poll", {"stop_stalled_after": value}))
+        assert [p for p in found if p.startswith(expected)], found

@@ -75,6 +75,14 @@ CALLS: dict[str, tuple[str, str, list[tuple[str, Call]]]] = {
             ("some", lambda c: c.list_tasks_in_state([0, 113, INT32_MAX], "All")),
         ],
     ),
+    "stop_batch_job": (
+        "v1BatchAgent_StopBatchJob",
+        "true",
+        [
+            ("id-212", lambda c: c.stop_batch_job(212)),
+            ("id-int32-max", lambda c: c.stop_batch_job(INT32_MAX)),
+        ],
+    ),
 }
 CASES = [
     pytest.param(method, operation_id, reply, call, id=f"{method}-{name}")

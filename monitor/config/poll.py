@@ -103,6 +103,9 @@ class PollConfig(_Section):
     bulk_threshold: Annotated[_Int, Field(ge=2)] = 3
     #: Consecutive failed poll cycles before ``monitor.api_down``.
     api_down_after: Annotated[_Int, Field(ge=1)] = 3
+    #: A task stalled this long more (after ``stall_after``) is stopped, once, when
+    #: SuperOffice marks it CanCancel (``StopBatchJob``); ``None``: never.
+    stop_stalled_after: Annotated[Duration, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _interval_within_idle(self) -> Self:

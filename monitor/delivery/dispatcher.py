@@ -43,10 +43,11 @@ from monitor.delivery.reminders import due_reminders
 from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
 from monitor.sinks.base import DeliveryError, Route
+from monitor.sinks.log import LogSink
 from monitor.tracking.acks import Condition
-from monitor.tracking.events import Event
+from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
-from monitor.types import BackgroundSink, DeliveryStore, Sink
+from monitor.types import BackgroundSink, DeliveryStore, RestorableSink, Sink
 
 __all__ = ["MAX_CRASHES", "Dispatcher", "Subscription"]
 
@@ -103,8 +104,11 @@ class Dispatcher:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         max_age: timedelta = timedelta(hours=24),
+        silenced: Callable[[Event], bool] | None = None,
     ) -> None:
         self._subscriptions = list(subscriptions)
+        #: Whether a silence keeps an event from every sink but the log (decided at fan-out).
+        self._silenced = silenced
         self._store = store
         self._now = now
         self._sleep = sleep
@@ -160,11 +164,23 @@ class Dispatcher:
             for event in events
             for s in self._subscriptions
             if s.route.matches(event)
+            and self._admits(s, event)
             and (s.after is None or self.escalations.passes(s.sink.name, event))
         ]
         if not events and not memories:
             return
         await self._queue(memories, deliveries, self._now().timestamp(), events)
+
+    def _admits(self, subscription: Subscription, event: Event) -> bool:
+        """Whether nothing holds the event back from this sink.
+
+        Silences spare the log, and the end of a condition still reaches a sink that
+        keeps conditions (Alertmanager), which would otherwise fire an ended one for good.
+        """
+        sink = subscription.sink
+        if isinstance(sink, LogSink) or self._silenced is None or not self._silenced(event):
+            return True
+        return isinstance(sink, RestorableSink) and bool(KINDS[event.type].ends)
 
     async def _queue(
         self,
@@ -239,7 +255,11 @@ class Dispatcher:
             await self.remind_once(firing())
 
     async def remind_once(self, conditions: Sequence[Event]) -> None:
-        """Queue the reminders that are due now."""
+        """Queue the reminders that are due now.
+
+        One a silence holds back is recorded as given: the silence's end says what still
+        fires, and a held-back reminder must not follow it.
+        """
         now = self._now()
         subscribers = [
             (s.sink.name, s.remind_every, s.route.matches)
@@ -251,8 +271,11 @@ class Dispatcher:
         fresh = [(sink, event) for sink, event in due if event.id not in known]
         if not fresh:
             return
-        await self._queue([], fresh, now.timestamp())
-        log.info("reminders_queued", count=len(fresh))
+        by_name = {s.sink.name: s for s in self._subscriptions}
+        sent = [(sink, event) for sink, event in fresh if self._admits(by_name[sink], event)]
+        held = [event for sink, event in fresh if not self._admits(by_name[sink], event)]
+        await self._queue([], sent, now.timestamp(), held)
+        log.info("reminders_queued", count=len(sent), held=len(held))
 
     async def escalate(self, conditions: Callable[[], Sequence[Condition]]) -> None:
         """Send unacknowledged conditions to sinks with ``after`` when due, until cancelled.

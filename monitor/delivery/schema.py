@@ -8,10 +8,12 @@ from functools import cache
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "layout", "migrate", "schema_layout"]
 
 #: Stored in ``meta``; an older database is migrated when opened, a newer one is not opened.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: What each version adds to the one before, statement by statement: applied in order, in
-#: one transaction, to a database of an older version when it is opened.
+#: one transaction, to a database of an older version when it is opened.  A new table, index
+#: or column is a new version at the end; the versions before stay as they were, so that every
+#: older database has a way up.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # Acknowledgements: one per task, for the condition it was given for (issue 14).
     2: (
@@ -24,8 +26,21 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             " taken_at TEXT NOT NULL)"
         ),
     ),
+    # Silences: one JSON row each, kept until they end (issue 15).
+    3: (
+        (
+            "CREATE TABLE IF NOT EXISTS silences ("
+            " id TEXT PRIMARY KEY,"
+            " ends REAL NOT NULL,"
+            " silence TEXT NOT NULL)"
+        ),
+    ),
 }
 
+if sorted(MIGRATIONS) != list(range(2, SCHEMA_VERSION + 1)):  # one step per version, no gap
+    raise RuntimeError(f"MIGRATIONS {sorted(MIGRATIONS)} do not lead to version {SCHEMA_VERSION}")
+
+#: Version 1, as the first release made it.
 _VERSION_1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (

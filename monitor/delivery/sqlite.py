@@ -15,6 +15,7 @@ and the attempt each counted stays counted.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,6 +34,7 @@ from monitor.delivery.serial import event_from_json, event_to_json, memory_from_
 from monitor.tracking.acks import Ack
 from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
+from monitor.tracking.silences import Silence
 
 __all__ = ["COALESCED", "HISTORY_PER_TASK", "SqliteStore"]
 
@@ -496,3 +498,37 @@ class SqliteStore:
                 self._db.executemany("DELETE FROM acks WHERE task_id = ?", ids)
 
         await self._run(drop)
+
+    async def silences(self) -> list[Silence]:
+        """Every stored silence, ended ones not yet swept included, by end time."""
+
+        def load() -> list[tuple[str]]:
+            return self._db.execute("SELECT silence FROM silences ORDER BY ends, id").fetchall()
+
+        return [Silence.from_dict(json.loads(text)) for (text,) in await self._run(load)]
+
+    async def add_silence(self, silence: Silence) -> None:
+        """Persist a new silence."""
+
+        def add() -> None:
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO silences (id, ends, silence) VALUES (?, ?, ?)",
+                    (silence.id, silence.ends.timestamp(), json.dumps(silence.to_dict())),
+                )
+
+        await self._run(add)
+
+    async def remove_silences(self, silence_ids: Sequence[str]) -> set[str]:
+        """Delete silences (ended or swept); which of them were stored."""
+
+        def remove() -> set[str]:
+            removed = set()
+            with self._db:
+                for silence_id in silence_ids:
+                    cursor = self._db.execute("DELETE FROM silences WHERE id = ?", (silence_id,))
+                    if cursor.rowcount:
+                        removed.add(silence_id)
+            return removed
+
+        return await self._run(remove) if silence_ids else set()

@@ -354,6 +354,7 @@ class Scenario:
         start: datetime,
         speed: float = 1.0,
         loop: bool = False,
+        cancellation: Mapping[int, CancellationBehaviour] | None = None,
     ) -> Scenario:
         """A realistic mix of ``count`` tasks starting around ``start``.
 
@@ -361,6 +362,7 @@ class Scenario:
         task but the stalled one ends within 55 s; one fails, one stalls for ~20 s mid-run, one
         ends SucceededManualCleanup, one is deleted 5-10 s after it succeeds; two are system
         tasks and one cannot be cancelled.  ``speed`` 2 runs the same timeline twice as fast.
+        ``cancellation`` overrides the ``CancellationBehaviour`` of tasks by id.
         """
         # A simulation, not cryptography: the seed must reproduce the timeline.
         rng = random.Random(seed)  # noqa: S311
@@ -374,9 +376,10 @@ class Scenario:
             if not jobs:
                 jobs = rng.sample(_JOBS, len(_JOBS))
             task_id = _SCENARIO_FIRST_ID + index
-            scripts.append(
-                _script(rng, task_id, jobs.pop(), roles[index], appear[index], f"{start:%B}")
-            )
+            script = _script(rng, task_id, jobs.pop(), roles[index], appear[index], f"{start:%B}")
+            if cancellation and task_id in cancellation:
+                script = replace(script, cancellation=cancellation[task_id])
+            scripts.append(script)
         return cls(scripts, start=start, speed=speed, loop=loop)
 
     @classmethod
@@ -464,6 +467,18 @@ class Scenario:
             if not changes or changes[-1][1] != state:
                 changes.append((frame.at / self.speed, state))
         return tuple(changes)
+
+    def stop_point(self) -> tuple[int, float] | None:
+        """A task worth stopping to show how, and when: the first CanCancel task that would
+        run and succeed, halfway through its run (seconds after the start); ``None``: none."""
+        for script in self._scripts:
+            if script.cancellation is not CancellationBehaviour.CAN_CANCEL:
+                continue
+            changes = self.timeline(script.task_id)
+            started = next((t for t, state in changes if state is BatchTaskState.STARTED), None)
+            if started is not None and changes[-1][1] is BatchTaskState.SUCCEEDED:
+                return script.task_id, (started + changes[-1][0]) / 2
+        return None
 
     def apply(self, tasks: dict[int, SimTask], now: datetime) -> None:
         """Advance every scenario task in ``tasks`` to its state at ``now``."""

@@ -11,7 +11,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
 
@@ -31,6 +31,7 @@ from monitor.simulator.auth import (
 )
 from monitor.simulator.responses import Fault, bad_request, dumps, error_response, json_object
 from monitor.simulator.scenario import Scenario
+from monitor.simulator.stopping import PendingStop, RecordedRequest, accept_stop, apply_stops
 from monitor.simulator.tasks import (
     SimTask,
     apply_select,
@@ -59,6 +60,7 @@ _API_ROUTES = (
     ("GET", "/v1/BatchTask/{id}", "_get_task"),
     ("POST", "/v1/Agents/Batch/GetBatchTaskInfosByAssociates", "_by_associates"),
     ("POST", "/v1/Agents/Batch/GetBatchTaskInfosByAssociatesAndState", "_by_associates_and_state"),
+    ("POST", "/v1/Agents/Batch/StopBatchJob", "_stop_batch_job"),
 )
 
 
@@ -66,7 +68,10 @@ class Simulator:
     """A SuperOffice WebAPI tenant on loopback, scriptable from tests.
 
     Serves ``GET /api/v1/BatchTask/{id}`` and the ``Agents/Batch`` list calls
-    ``GetBatchTaskInfosByAssociates`` and ``GetBatchTaskInfosByAssociatesAndState``.  Each
+    ``GetBatchTaskInfosByAssociates`` and ``GetBatchTaskInfosByAssociatesAndState``, and
+    ``StopBatchJob`` (:mod:`~monitor.simulator.stopping`: a task that may be stopped shows
+    ``Failed`` ``stop_delay`` after it was; each such request is kept in
+    :attr:`stop_requests`).  Each
     request is recorded in :attr:`requests`, may be answered by a fault queued with
     :meth:`fail_next`, :meth:`hang_next` or :meth:`truncate_next`, must authenticate, and
     advances the scenario to ``clock()``.
@@ -94,6 +99,7 @@ class Simulator:
         tenant: OnlineTenant | None = None,
         oauth: OAuthApp | None = None,
         system_user: SystemUserApp | None = None,
+        stop_delay: timedelta = timedelta(seconds=1),
     ) -> None:
         date_forms(tz_style)  # refuse an unknown style now, not at the first request
         if system_user is not None and tenant is None:
@@ -102,6 +108,10 @@ class Simulator:
         self.scenario = scenario
         self.tasks: dict[int, SimTask] = {}
         self.requests: list[str] = []
+        #: Every ``StopBatchJob`` request, whole, in the order they came.
+        self.stop_requests: list[RecordedRequest] = []
+        self.stop_delay = stop_delay
+        self._stops: dict[int, PendingStop] = {}
         self.tenant = tenant
         self.oauth = oauth
         self.system_user = system_user
@@ -313,8 +323,12 @@ class Simulator:
                 "Authentication failed: invalid or missing credentials",
                 headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="SuperOffice"'},
             )
+        # Before the scenario moves on: whether a stop found its task still running is
+        # decided on the task as last seen; after it: a stopped task stays stopped.
+        apply_stops(self.tasks, self._stops, self._clock())
         if self.scenario is not None:
             self.scenario.apply(self.tasks, self._clock())
+            apply_stops(self.tasks, self._stops, self._clock())
         return await handler(request)
 
     # The login and tenant-status hosts: auth and tenant answer, with the pieces as they are now.
@@ -381,3 +395,26 @@ class Simulator:
             and (states is None or task.state in states)
         ]
         return web.json_response(answer, dumps=dumps)
+
+    async def _stop_batch_job(self, request: web.Request) -> web.Response:
+        """``StopBatchJob``: ``true`` and a stop ``stop_delay`` from now, or ``false``.
+
+        An unknown task is ``false`` too: the reference documents no other answer.
+        """
+        body = await request.read()
+        self.stop_requests.append(
+            RecordedRequest(
+                request.method, request.path, dict(request.query), dict(request.headers), body
+            )
+        )
+        carrier = await json_object(request)
+        if isinstance(carrier, web.Response):
+            return carrier
+        task_id = {str(key).casefold(): value for key, value in carrier.items()}.get("id")
+        if not isinstance(task_id, int) or isinstance(task_id, bool):
+            return bad_request("Id must be an integer")
+        task = self.tasks.get(task_id)
+        stopped = task is not None and accept_stop(task)
+        if task is not None and stopped and task_id not in self._stops:
+            self._stops[task_id] = PendingStop(self._clock() + self.stop_delay, task.start_count)
+        return web.json_response(stopped, dumps=dumps)

@@ -468,6 +468,21 @@ class SuperOfficeClient:
             parse=lambda body: parse_listing(body, tz=self._tz),
         )
 
+    async def stop_batch_job(self, task_id: int) -> bool:
+        """``Agents/Batch/StopBatchJob``: ask the batch service to stop a task.
+
+        ``True`` if it was stopped; ``False`` happens (the reference's own sample
+        answer): the task was not stopped.  An answer that is not a boolean is a
+        :class:`MalformedResponse`.
+        """
+        return await self._call(
+            "POST",
+            "/v1/Agents/Batch/StopBatchJob",
+            json={"Id": int(task_id)},
+            limit=MAX_TASK_BYTES,
+            parse=_parse_bool,
+        )
+
     async def _call(
         self,
         method: str,
@@ -508,6 +523,18 @@ class SuperOfficeClient:
                 if moved or not self._route.misdirected(base):
                     raise
                 moved = True
+
+
+def _parse_bool(body: bytes) -> bool:
+    """A JSON ``true`` or ``false``; anything else is a :class:`ParseError`."""
+    try:
+        value = jsonlib.loads(body)
+    except ValueError:
+        value = None
+    if not isinstance(value, bool):
+        msg = f"expected true or false, got {body[:60]!r}"
+        raise ParseError(msg)
+    return value
 
 
 def _read(answer: Answer, parse: Callable[[bytes], _T]) -> _T:

@@ -72,6 +72,9 @@ class EventType(enum.StrEnum):
     #: A person took a failed, stalled or gone task (``POST /api/v1/tasks/{id}/ack``): its
     #: alert, reminders and escalation end, though the task stays as it is.
     TASK_ACKNOWLEDGED = "task.acknowledged"
+    #: Someone (a person, or ``[poll] stop_stalled_after``) asked SuperOffice to stop the
+    #: task; ``message`` says who and what SuperOffice answered.
+    TASK_STOP_REQUESTED = "task.stop_requested"
 
 
 #: The types the tracker emits: every type but the test message.
@@ -215,6 +218,9 @@ KINDS: Mapping[EventType, Kind] = MappingProxyType(
             logging.INFO,
             ends=_TASK_CONDITIONS,
             reason=EndReason.ACKNOWLEDGED,
+        ),
+        EventType.TASK_STOP_REQUESTED: Kind(
+            "⏹ Stop requested for {name}", logging.WARNING, tone=Tone.WARNING
         ),
     }
 )
