@@ -21,7 +21,7 @@ import structlog
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.delivery.dispatcher import Dispatcher
-from monitor.delivery.sqlite import SqliteStore
+from monitor.delivery.stores import open_store
 from monitor.delivery.subscriptions import subscriptions_from
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.polling import Poller, Shard, rule_matches, utc_now
@@ -143,11 +143,11 @@ class Daemon:
 
     def reload(self, config: Config) -> None:
         """Swap in a new, already validated configuration."""
-        if config.state.resolved_path != self.config.state.resolved_path:
+        if config.state.location != self.config.state.location:
             log.warning(
                 "reload_ignores_state_path",
                 reason="the state database moves only with a restart",
-                kept=str(self.config.state.resolved_path),
+                kept=self.config.state.location,
             )
         self._pending = config
         self._reload.set()
@@ -156,8 +156,7 @@ class Daemon:
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until cancelled; ``task_status.started(port)`` once polling runs."""
-        path = self.config.state.resolved_path
-        store = await SqliteStore.open(path)
+        store = await open_store(self.config.state)
         try:
             started = False
             while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from monitor.config import Config, parse_config
 from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
+from tests.pgcluster import Cluster, find_bindir, running_cluster
 
 
 @pytest.fixture(autouse=True)
@@ -146,6 +149,28 @@ async def _store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     store = await SqliteStore.open(tmp_path / "state.db")
     yield store
     await store.close()
+
+
+@pytest.fixture(name="pg_cluster", scope="session")
+def _pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session; skipped without Debian's binaries."""
+    bindir = find_bindir()
+    if bindir is None:
+        message = "PostgreSQL's initdb and pg_ctl not installed (Debian package 'postgresql')"
+        if os.environ.get("BATCHMON_REQUIRE_TOOLS"):
+            pytest.fail(f"{message}, but BATCHMON_REQUIRE_TOOLS is set")
+        pytest.skip(message)
+    with running_cluster(bindir) as cluster:
+        yield cluster
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(name="pg_url")
+def _pg_url(pg_cluster: Cluster) -> str:
+    """The URL (with its password) of a fresh, empty database for this test."""
+    return pg_cluster.create_database(f"test_{next(_databases)}")
 
 
 def make_task_event(

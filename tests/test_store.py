@@ -1,4 +1,5 @@
-"""The state store: round trips, the outbox's contract (for each backend), damage, permissions."""
+"""The state store: round trips, watches and the outbox's contract for each backend; SQLite's damage
+and permissions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitor.delivery.outbox import StoreError
+from monitor.delivery.postgres import PostgresStore
 from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import detect
@@ -61,7 +63,7 @@ def events_for(task_id: int, *steps: dict[str, object]) -> list[Event]:
 class TestTasks:
     """Task memories survive a round trip."""
 
-    async def test_round_trip(self, store: SqliteStore) -> None:
+    async def test_round_trip(self, backend: DeliveryStore) -> None:
         """A memory comes back equal, snapshot, clocks, history and anomalies included."""
         memory = replace(
             first_memory(info(State=3, ProgressPercent=150)),
@@ -69,32 +71,35 @@ class TestTasks:
             last_progress_event=T0,
             history=((T0, 10), (T0 + timedelta(seconds=5), 20)),
         )
-        await store.commit([memory], [], 0.0)
+        await backend.commit([memory], [], 0.0)
 
-        (loaded,) = (await store.load_tasks()).values()
+        (loaded,) = (await backend.load_tasks()).values()
         assert memory == loaded
         assert (
             "State sent as number 3",
             "ProgressPercent 150 is outside 0..100",
         ) == loaded.info.anomalies
 
-    async def test_forget(self, store: SqliteStore) -> None:
+    async def test_forget(self, backend: DeliveryStore) -> None:
         """Forgotten tasks are gone from the database."""
-        await store.commit([first_memory(info(1)), first_memory(info(2))], [], 0.0)
-        await store.forget_tasks([1])
+        await backend.commit([first_memory(info(1)), first_memory(info(2))], [], 0.0)
+        await backend.forget_tasks([1])
 
-        assert [2] == list(await store.load_tasks())
+        assert [2] == list(await backend.load_tasks())
 
 
-#: The backends every outbox rule is checked against (PostgreSQL joins with issue 16).
-BACKENDS = ["sqlite"]
+#: The backends every rule of the store protocol is checked against.
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(name="backend", params=BACKENDS)
 async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
     """A fresh store of each backend, seen only through the store protocol."""
-    assert "sqlite" == request.param
-    store = await SqliteStore.open(tmp_path / "state.db")
+    store: DeliveryStore
+    if request.param == "postgres":
+        store = await PostgresStore.open(request.getfixturevalue("pg_url"))
+    else:
+        store = await SqliteStore.open(tmp_path / "state.db")
     yield store
     await store.close()
 
@@ -274,13 +279,13 @@ class TestOutboxContract:
 class TestWatches:
     """Watches added at run time persist."""
 
-    async def test_add_remove(self, store: SqliteStore) -> None:
+    async def test_add_remove(self, backend: DeliveryStore) -> None:
         """Added ids are listed until removed; adding twice is harmless."""
         for task_id in (5, 3, 5):
-            await store.add_watch(task_id)
-        await store.remove_watch(5)
+            await backend.add_watch(task_id)
+        await backend.remove_watch(5)
 
-        assert [3] == await store.watches()
+        assert [3] == await backend.watches()
 
 
 class TestDamage:
