@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from monitor.delivery.outbox import StoreError
-from monitor.delivery.postgres import PostgresStore
 from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.detect import detect
@@ -86,22 +84,6 @@ class TestTasks:
         await backend.forget_tasks([1])
 
         assert [2] == list(await backend.load_tasks())
-
-
-#: The backends every rule of the store protocol is checked against.
-BACKENDS = ["sqlite", "postgres"]
-
-
-@pytest.fixture(name="backend", params=BACKENDS)
-async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
-    """A fresh store of each backend, seen only through the store protocol."""
-    store: DeliveryStore
-    if request.param == "postgres":
-        store = await PostgresStore.open(request.getfixturevalue("pg_url"))
-    else:
-        store = await SqliteStore.open(tmp_path / "state.db")
-    yield store
-    await store.close()
 
 
 async def drain(store: DeliveryStore, sink: str, now: float = 0.0) -> list[Event]:
