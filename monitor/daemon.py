@@ -296,6 +296,7 @@ class Daemon:
                         watching=len(poller.watched),
                         api=so.url or f"{so.tenant} ({so.environment})",
                         shard=str(self.shard),
+                        state=config.state.location,
                     )
                     self._notifier.ready(self._status())
                     group.start_soon(self._report_status)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager, closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -304,6 +306,7 @@ class TestDaemonRestart:
                 simulator.url, watch={"ids": [task.id]}, poll={"interval": "0.1s"}, state=state
             )
             runs = []
+            logged: list[MutableMapping[str, Any]] = []
             for run in range(2):
                 if run == 1 and change_while_down:
                     simulator.set_task(task.id, state=BatchTaskState.SUCCEEDED, progress=100)
@@ -314,9 +317,17 @@ class TestDaemonRestart:
                         await until(partial(_cycled, daemon, 2))
                         group.cancel_scope.cancel()
                 runs.append([e["event"] for e in logs if str(e["event"]).startswith("task.")])
+                logged += logs
 
         assert ["task.discovered", "task.started"] == runs[0]
         assert (["task.succeeded"] if change_while_down else []) == runs[1]
+        started = [e["state"] for e in logged if e["event"] == "batchmon_started"]
+        assert [config.state.location] * 2 == started
+        if backend == "postgres":
+            password = urlsplit(state["url"]).password
+            assert password
+            assert password not in repr(logged)
+            assert password not in config.state.location
 
 
 class TestReminders:

@@ -176,3 +176,28 @@ class TestErrors:
             await PostgresStore.open(url)
 
         assert "secret-password-x2" not in str(caught.value)
+
+
+class TestUnreadableOutboxRow:
+    """A queued row that cannot be read is dropped, and whoever counts the queue is told."""
+
+    async def test_dropped_and_counted_out(self, pg_url: str) -> None:
+        """The next readable row comes back, and the claim counts the one dropped."""
+        bad, good = events_for(7, {}, {"State": "Failed"})
+        store = await PostgresStore.open(pg_url)
+        try:
+            await store.commit([], [("ops", bad), ("ops", good)], 0.0)
+            async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as db:
+                await db.execute(
+                    "UPDATE outbox SET event = '{not json' WHERE event_id = %s", [bad.id]
+                )
+
+            with capture_logs() as logs:
+                claim = await store.claim("ops", 0.0)
+
+            assert claim.delivery is not None
+            assert (good.id, 1) == (claim.delivery.event.id, claim.dropped)
+            assert ["outbox_row_unreadable"] == [line["event"] for line in logs]
+            assert {"ops": 1} == await store.pending_counts()
+        finally:
+            await store.close()
