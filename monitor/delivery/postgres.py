@@ -14,9 +14,9 @@ database needs besides:
   can drop the repeat.  A clean :meth:`close` gives this store's claims back.
 - **Migrations** (:mod:`monitor.delivery.postgres_schema`) run at :meth:`open`,
   under an advisory lock, before the first read.
-- **Round trips.**  A commit and a claim are each one transaction sent in pipeline
-  mode; array parameters go in binary (``%b``), which ``bench/pg_drivers.py`` found
-  twice as fast as text for JSON payloads.
+- **Round trips.**  A claim (with the deliveries it finishes) is one statement; a
+  commit is one transaction sent in pipeline mode.  Array parameters go in binary
+  (``%b``), which ``bench/pg_drivers.py`` found twice as fast as text for JSON.
 
 The URL is a secret: messages name the database by :func:`redacted_url`, and
 whatever the server or libpq says is passed through a redactor that knows the
@@ -86,31 +86,38 @@ _PRUNE = (
     "FROM history WHERE task_id = ANY(%(tasks)b::bigint[]) OR (%(monitor)b AND task_id IS NULL)"
     ") AS ranked WHERE r > %(keep)b)"
 )
-#: A head is a task's oldest delivery to the sink: a later one never overtakes it.
+#: A head is a task's oldest delivery to the sink, ``done`` (deleted by the same statement)
+#: left out: a later one never overtakes it.
 _HEAD = (
     "NOT EXISTS (SELECT FROM outbox e WHERE e.sink = o.sink "
-    "AND coalesce(e.task_id, 0) = coalesce(o.task_id, 0) AND e.seq < o.seq)"
+    "AND coalesce(e.task_id, 0) = coalesce(o.task_id, 0) AND e.seq < o.seq "
+    "AND e.seq <> ALL(%(done)b::bigint[]))"
 )
 #: Free: not claimed, or claimed by another process whose claim ran out.
 _FREE = "(o.claimed_by IS NULL OR (o.claimed_by <> %(me)b AND o.claimed_until <= %(now)b))"
-_CLAIM = (  # Composed of the constants above; every value is a parameter.
-    "WITH candidates AS ("  # noqa: S608
-    f"SELECT o.seq FROM outbox o WHERE o.sink = %(sink)b AND o.next_attempt <= %(now)b "
-    f"AND {_FREE} AND {_HEAD} "
+#: One statement, so one round trip and its own transaction: delete ``done``, claim up to
+#: ``limit`` due free heads (rows: the deliveries, and whether more were claimable); with
+#: none claimed, one row saying when a head not held by this process becomes claimable.
+#: Composed of the constants above; every value is a parameter.
+_CLAIM = (
+    "WITH finished AS (DELETE FROM outbox WHERE seq = ANY(%(done)b::bigint[])), "  # noqa: S608
+    "candidates AS ("
+    "SELECT o.seq FROM outbox o WHERE o.sink = %(sink)b AND o.next_attempt <= %(now)b "
+    f"AND o.seq <> ALL(%(done)b::bigint[]) AND {_FREE} AND {_HEAD} "
     "ORDER BY o.seq LIMIT %(limit)b + 1 FOR UPDATE OF o SKIP LOCKED"
     "), chosen AS (SELECT seq FROM candidates ORDER BY seq LIMIT %(limit)b), "
     "claimed AS (UPDATE outbox SET attempts = attempts + 1, claimed_by = %(me)b, "
     "claimed_until = %(until)b FROM chosen WHERE outbox.seq = chosen.seq "
-    "RETURNING outbox.seq, outbox.event, outbox.attempts - 1, outbox.next_attempt, "
-    "outbox.created) "
-    "SELECT claimed.*, (SELECT count(*) FROM candidates) > %(limit)b FROM claimed ORDER BY seq"
-)
-#: When a head not held by this process becomes claimable (its retry, or another's claim).
-_DUE = (
-    "SELECT min("  # noqa: S608
-    "CASE WHEN o.claimed_by IS NULL THEN o.next_attempt "
+    "RETURNING outbox.seq, outbox.event, outbox.attempts - 1 AS attempts, "
+    "outbox.next_attempt, outbox.created) "
+    "SELECT seq, event, attempts, next_attempt, created, "
+    "(SELECT count(*) FROM candidates) > %(limit)b, NULL::float8 FROM claimed "
+    "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, false, ("
+    "SELECT min(CASE WHEN o.claimed_by IS NULL THEN o.next_attempt "
     "ELSE greatest(o.next_attempt, o.claimed_until) END) FROM outbox o "
-    f"WHERE o.sink = %(sink)b AND o.claimed_by IS DISTINCT FROM %(me)b AND {_HEAD}"
+    "WHERE o.sink = %(sink)b AND o.claimed_by IS DISTINCT FROM %(me)b "
+    f"AND o.seq <> ALL(%(done)b::bigint[]) AND {_HEAD}"
+    ") WHERE NOT EXISTS (SELECT FROM claimed) ORDER BY 1"
 )
 _FINISH = "DELETE FROM outbox WHERE seq = ANY(%b::bigint[])"
 
@@ -264,7 +271,7 @@ class PostgresStore:
                 prune = {"tasks": ids, "monitor": monitor, "keep": HISTORY_PER_TASK}
                 await db.execute(_PRUNE, prune)
             claims = {
-                sink: await db.execute(_CLAIM, self._claim_params(sink, now, count))
+                sink: await db.execute(_CLAIM, self._claim_params(sink, now, count, ()))
                 for sink, count in (claim or {}).items()
                 if count > 0
             }
@@ -272,7 +279,7 @@ class PostgresStore:
                 for (sink,) in await cursor.fetchall() if cursor is not None else ():
                     growth[sink] = growth.get(sink, 0) + sign
             for sink, cursor in claims.items():
-                claimed[sink] = [row[:5] for row in await cursor.fetchall()]
+                claimed[sink] = [row[:5] for row in await cursor.fetchall() if row[0] is not None]
         for sink in {sink for sink, _ in deliveries}:
             growth.setdefault(sink, 0)
         taken: list[Delivery] = []
@@ -284,13 +291,16 @@ class PostgresStore:
                 growth[sink] = growth.get(sink, 0) - len(unreadable)
         return Committed(growth, taken)
 
-    def _claim_params(self, sink: str, now: float, count: int) -> dict[str, Any]:
+    def _claim_params(
+        self, sink: str, now: float, count: int, done: Sequence[int]
+    ) -> dict[str, Any]:
         return {
             "sink": sink,
             "now": now,
             "me": self.claimer,
             "until": now + self._claim_ttl,
             "limit": count,
+            "done": list(done),
         }
 
     # --- outbox
@@ -298,22 +308,17 @@ class PostgresStore:
     async def claim(self, sink: str, now: float, *, done: Sequence[int] = ()) -> Claim:
         """Delete ``done``, then claim the oldest due head of a task with nothing claimed.
 
-        One transaction, one round trip.  A row that cannot be read is logged and
+        One statement, one round trip.  A row that cannot be read is logged and
         deleted, and counted in :attr:`Claim.dropped`.
         """
-        finished = list(done)
+        finished: Sequence[int] = done
         dropped = 0
-        params = self._claim_params(sink, now, 1)
         while True:
-            async with self._connection() as db, db.pipeline(), db.transaction():
-                if finished:
-                    await db.execute(_FINISH, [finished])
-                claiming = await db.execute(_CLAIM, params)
-                due = await db.execute(_DUE, params)
-                rows = await claiming.fetchall()
-                (due_at,) = await due.fetchone() or (None,)
-            if not rows:
-                return Claim(None, due_at, dropped=dropped)
+            async with self._connection() as db:
+                cursor = await db.execute(_CLAIM, self._claim_params(sink, now, 1, finished))
+                rows = await cursor.fetchall()
+            if rows[0][0] is None:
+                return Claim(None, rows[0][6], dropped=dropped)
             deliveries, unreadable = _deliveries(sink, [row[:5] for row in rows])
             if deliveries:
                 return Claim(deliveries[0], more=bool(rows[0][5]), dropped=dropped)
