@@ -70,7 +70,7 @@ _COALESCE = (
 )
 _QUEUE = (
     "INSERT INTO outbox (sink, event_id, task_id, type, event, created) "
-    "SELECT sink, event_id, task_id, type, event, %b FROM unnest("
+    "SELECT sink, event_id, task_id, type, event, %b::float8 FROM unnest("
     "%b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[]) "
     "WITH ORDINALITY AS n(sink, event_id, task_id, type, event, i) ORDER BY i "
     "ON CONFLICT (sink, event_id) DO NOTHING RETURNING sink"
