@@ -19,6 +19,7 @@ from monitor.tracking.detect import detect
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import Rules, TaskMemory
 from monitor.types import DeliveryStore
+from tests.conftest import make_task_event
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -247,6 +248,20 @@ class TestOutboxContract:
         again = (await backend.claim("ops", 0.0)).delivery
         assert again is not None
         assert (claimed.seq, 0) == (again.seq, again.attempts)
+
+    async def test_a_failed_commit_stores_nothing(self, backend: DeliveryStore) -> None:
+        """One transaction: a commit the database refuses leaves nothing, and the store works on."""
+        (event,) = events_for(7, {})
+        huge = make_task_event(id=2**64)
+
+        with pytest.raises(StoreError):
+            await backend.commit([first_memory(info(7))], [("ops", event), ("ops", huge)], 0.0)
+        assert ({}, {}) == (await backend.load_tasks(), await backend.pending_counts())
+        await backend.commit([first_memory(info(7))], [("ops", event)], 0.0)
+        assert ([7], {"ops": 1}) == (
+            list(await backend.load_tasks()),
+            await backend.pending_counts(),
+        )
 
     async def test_removed_sinks(self, backend: DeliveryStore) -> None:
         """Sinks no longer configured lose their deliveries, counted per sink."""

@@ -15,7 +15,7 @@ database needs besides:
 - **Migrations** (:mod:`monitor.delivery.postgres_schema`) run at :meth:`open`,
   under an advisory lock, before the first read.
 - **Round trips.**  A claim (with the deliveries it finishes) is one statement; a
-  commit is one transaction sent in pipeline mode.  Array parameters go in binary
+  commit is one transaction sent at once in pipeline mode: one round trip each.  Array parameters go in binary
   (``%b``), which ``bench/pg_drivers.py`` found twice as fast as text for JSON.
 
 The URL is a secret: messages name the database by :func:`redacted_url`, and
@@ -34,6 +34,7 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.config.service import redacted_url
@@ -220,9 +221,14 @@ class PostgresStore:
         ids = list(task_ids)
         if not ids:
             return
-        async with self._connection() as db, db.pipeline(), db.transaction():
-            await db.execute("DELETE FROM tasks WHERE task_id = ANY(%b::bigint[])", [ids])
-            await db.execute("DELETE FROM history WHERE task_id = ANY(%b::bigint[])", [ids])
+        async with self._connection() as db:
+            await _one_round_trip(
+                db,
+                [
+                    ("DELETE FROM tasks WHERE task_id = ANY(%b::bigint[])", [ids]),
+                    ("DELETE FROM history WHERE task_id = ANY(%b::bigint[])", [ids]),
+                ],
+            )
 
     async def commit(
         self,
@@ -246,40 +252,46 @@ class PostgresStore:
         queued = _coalesced_in_batch(deliveries)
         events = {e.id: e for _, e in deliveries}
         events.update((e.id, e) for e in history)
-        growth: dict[str, int] = {}
-        claimed: dict[str, list[tuple[Any, ...]]] = {}
-        async with self._connection() as db, db.pipeline(), db.transaction():
-            if tasks:
-                await db.execute(_UPSERT_TASKS, [list(tasks), list(tasks.values())])
-            replacing = [
-                (sink, e.task_id, e.type.value, e.id)
-                for sink, e in queued
-                if e.type.value in COALESCED and e.task_id is not None
+        statements: list[tuple[str, Any]] = []
+        if tasks:
+            statements.append((_UPSERT_TASKS, [list(tasks), list(tasks.values())]))
+        replacing = [
+            (sink, e.task_id, e.type.value, e.id)
+            for sink, e in queued
+            if e.type.value in COALESCED and e.task_id is not None
+        ]
+        if replacing:
+            statements.append((_COALESCE, _columns(replacing, 4)))
+        if queued:
+            outbox = [(s, e.id, e.task_id, e.type.value, texts[e.id]) for s, e in queued]
+            statements.append((_QUEUE, [now, *_columns(outbox, 5)]))
+        if events:
+            recorded = [
+                (e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()
             ]
-            dropped = await db.execute(_COALESCE, _columns(replacing, 4)) if replacing else None
-            added = None
-            if queued:
-                rows = [(s, e.id, e.task_id, e.type.value, texts[e.id]) for s, e in queued]
-                added = await db.execute(_QUEUE, [now, *_columns(rows, 5)])
-            if events:
-                recorded = [
-                    (e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()
-                ]
-                await db.execute(_RECORD, _columns(recorded, 3))
-                ids = sorted({e.task_id for e in events.values() if e.task_id is not None})
-                monitor = any(e.task_id is None for e in events.values())
-                prune = {"tasks": ids, "monitor": monitor, "keep": HISTORY_PER_TASK}
-                await db.execute(_PRUNE, prune)
-            claims = {
-                sink: await db.execute(_CLAIM, self._claim_params(sink, now, count, ()))
-                for sink, count in (claim or {}).items()
-                if count > 0
-            }
-            for cursor, sign in ((dropped, -1), (added, 1)):
-                for (sink,) in await cursor.fetchall() if cursor is not None else ():
-                    growth[sink] = growth.get(sink, 0) + sign
-            for sink, cursor in claims.items():
-                claimed[sink] = [row[:5] for row in await cursor.fetchall() if row[0] is not None]
+            ids = sorted({e.task_id for e in events.values() if e.task_id is not None})
+            monitor = any(e.task_id is None for e in events.values())
+            statements.append((_RECORD, _columns(recorded, 3)))
+            statements.append(
+                (_PRUNE, {"tasks": ids, "monitor": monitor, "keep": HISTORY_PER_TASK})
+            )
+        claiming = [(sink, count) for sink, count in (claim or {}).items() if count > 0]
+        statements += [
+            (_CLAIM, self._claim_params(sink, now, count, ())) for sink, count in claiming
+        ]
+        async with self._connection() as db:
+            results = await _one_round_trip(db, statements)
+        growth: dict[str, int] = {}
+        for (sql, _), rows in zip(statements, results, strict=True):
+            if sql in (_COALESCE, _QUEUE):
+                for (sink,) in rows:
+                    growth[sink] = growth.get(sink, 0) + (1 if sql == _QUEUE else -1)
+        claimed = {
+            sink: [row[:5] for row in rows if row[0] is not None]
+            for (sink, _), rows in zip(
+                claiming, results[len(results) - len(claiming) :], strict=True
+            )
+        }
         for sink in {sink for sink, _ in deliveries}:
             growth.setdefault(sink, 0)
         taken: list[Delivery] = []
@@ -411,6 +423,29 @@ class PostgresStore:
         """Forget a watch added at run time."""
         async with self._connection() as db:
             await db.execute("DELETE FROM watches WHERE task_id = %b", [task_id])
+
+
+async def _one_round_trip(
+    db: psycopg.AsyncConnection[Any], statements: Sequence[tuple[str, Any]]
+) -> list[list[tuple[Any, ...]]]:
+    """Run ``statements`` in one transaction, all sent at once; the rows of each.
+
+    BEGIN and COMMIT go as statements of the pipeline: psycopg's ``transaction()``
+    waits for the server when it opens and closes one, which took four round trips
+    instead of one (``bench/pg_drivers.py --latency-ms``).  A statement that fails
+    makes the server skip the rest, COMMIT included; the transaction is rolled back.
+    """
+    cursors = []
+    try:
+        async with db.pipeline():
+            await db.execute("BEGIN")
+            cursors = [await db.execute(sql, params) for sql, params in statements]
+            await db.execute("COMMIT")
+    except psycopg.Error:
+        if db.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            await db.execute("ROLLBACK")
+        raise
+    return [await c.fetchall() if c.description is not None else [] for c in cursors]
 
 
 async def _migrate(connection: psycopg.AsyncConnection[Any], name: str) -> list[int]:
