@@ -12,8 +12,9 @@ machine's noise falls on all alike:
   head (a sink worker's round trip).
 
 psycopg runs three ways: parameters in text (its default for ``str``: every element of
-an array is escaped in Python), in binary (``%b``), and binary in pipeline mode
-(statements sent without waiting for each answer: the store's way).  asyncpg is
+an array is escaped in Python), in binary (``%b``) with ``transaction()``, and binary
+with the whole transaction sent at once in pipeline mode (the store's way, its
+``_one_round_trip``).  asyncpg is
 imported by name, not a dependency of batchmon (``pip install asyncpg`` to compare).
 ``fsync`` is off in the throwaway cluster: the figures are the drivers' and the round
 trips', not the disk's.  ``--latency-ms`` puts a proxy in between that holds every
@@ -35,7 +36,14 @@ from typing import Any
 import anyio
 import psycopg
 
-from monitor.delivery.postgres import _CLAIM, _PRUNE, _QUEUE, _RECORD, _UPSERT_TASKS
+from monitor.delivery.postgres import (
+    _CLAIM,
+    _PRUNE,
+    _QUEUE,
+    _RECORD,
+    _UPSERT_TASKS,
+    _one_round_trip,
+)
 from monitor.delivery.postgres_schema import MIGRATIONS
 from tests.pgcluster import find_bindir, running_cluster
 
@@ -94,9 +102,7 @@ class Psycopg:
 
     async def commit(self, start: int, size: int) -> None:
         if self._pipeline:
-            async with self.db.pipeline(), self.db.transaction():
-                for sql, args in batch(start, size, 0.0):
-                    await self.db.execute(self._sql(sql), args)
+            await _one_round_trip(self.db, batch(start, size, 0.0))
         else:
             async with self.db.transaction():
                 for sql, args in batch(start, size, 0.0):
