@@ -193,7 +193,12 @@ async def median_of(action: Callable[[], Awaitable[object]], times: int) -> floa
 
 async def measure(rounds: int, size: int, claims: int, latency: float) -> None:
     """Run every driver against one throwaway cluster and print the table."""
-    asyncpg: Any = importlib.import_module("asyncpg")
+    try:
+        asyncpg: Any = importlib.import_module("asyncpg")
+    except ModuleNotFoundError:
+        raise SystemExit(
+            "asyncpg is not installed (not a dependency): pip install asyncpg"
+        ) from None
     bindir = find_bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL's initdb and pg_ctl not found (apt-get install postgresql)")
