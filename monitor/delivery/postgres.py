@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict
@@ -56,6 +57,8 @@ CLAIM_TTL = 30.0
 CONNECT_TIMEOUT = 10.0
 #: Connections kept open: the poller's commits, each sink worker's claims, the web pages.
 POOL_SIZE = 8
+#: Seconds the database has to answer one store call (a connection included).
+ANSWER_TIMEOUT = 60.0
 
 _UPSERT_TASKS = (
     "INSERT INTO tasks (task_id, memory) SELECT * FROM unnest(%b::bigint[], %b::text[]) "
@@ -181,7 +184,10 @@ class PostgresStore:
         return cls(pool, name, redact, claim_ttl=claim_ttl)
 
     async def close(self) -> None:
-        """Give this store's claims back (their attempts stay counted), then disconnect."""
+        """Give this store's claims back (their attempts stay counted), then disconnect.
+
+        A database gone by then keeps them until they run out (``claim_ttl``).
+        """
         try:
             async with self._connection() as db:
                 await db.execute(
@@ -189,15 +195,26 @@ class PostgresStore:
                     "WHERE claimed_by = %b",
                     [self.claimer],
                 )
+        except StoreError as exc:
+            log.warning("claims_not_given_back", error=str(exc), held_for=self._claim_ttl)
         finally:
             await self._pool.close()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection; a database error becomes a :class:`StoreError` naming it."""
+        """A pooled connection; a database error becomes a :class:`StoreError` naming it.
+
+        What runs on it is shielded from cancellation, within :data:`ANSWER_TIMEOUT`:
+        a claim the database made must reach its caller (a dispatcher stopped for a
+        reload settles what it holds), as SQLite's worker thread always answers.
+        """
         try:
-            async with self._pool.connection() as connection:
-                yield connection
+            with anyio.CancelScope(shield=True), anyio.fail_after(ANSWER_TIMEOUT):
+                async with self._pool.connection() as connection:
+                    yield connection
+        except TimeoutError:
+            msg = f"state database {self.name}: no answer within {ANSWER_TIMEOUT:g} s"
+            raise StoreError(msg) from None
         except (psycopg.Error, OverflowError) as exc:
             msg = f"state database {self.name}: {self._redact(str(exc)).strip()}"
             raise StoreError(msg) from exc
