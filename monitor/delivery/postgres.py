@@ -15,8 +15,11 @@ database needs besides:
 - **Migrations** (:mod:`monitor.delivery.postgres_schema`) run at :meth:`open`,
   under an advisory lock, before the first read.
 - **Round trips.**  A claim (with the deliveries it finishes) is one statement; a
-  commit is one transaction sent at once in pipeline mode: one round trip each.  Array parameters go in binary
-  (``%b``), which ``bench/pg_drivers.py`` found twice as fast as text for JSON.
+  commit is one transaction sent at once in pipeline mode: one round trip each.
+  Array parameters go in binary (``%b``), which ``bench/pg_drivers.py`` found twice
+  as fast as text for JSON.
+- **Cancellation.**  Each call runs shielded (within :data:`ANSWER_TIMEOUT`), so
+  what the database did reaches the caller, as SQLite's worker thread's answer does.
 
 The URL is a secret: messages name the database by :func:`redacted_url`, and
 whatever the server or libpq says is passed through a redactor that knows the
