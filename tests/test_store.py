@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from monitor.delivery.database import WAL_LIMIT
 from monitor.delivery.outbox import StoreError
 from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import BatchTaskInfo
@@ -85,6 +86,49 @@ class TestTasks:
         await backend.forget_tasks([1])
 
         assert [2] == list(await backend.load_tasks())
+
+    async def test_forgetting_a_burst_shrinks_the_file(self, tmp_path: Path) -> None:
+        """After a burst is forgotten, the file and its write-ahead log shrink again.
+
+        SQLite keeps freed pages for reuse and a grown log at its size; a daemon that
+        once saw thousands of tasks at once would carry that size for months.
+        """
+        path = tmp_path / "state.db"
+        wal = path.with_name(path.name + "-wal")
+        store = await SqliteStore.open(path)
+        await store.commit([first_memory(info(1))], [], 0.0)
+        await store.close()
+        empty = path.stat().st_size
+        store = await SqliteStore.open(path)
+        burst = range(100, 3100)
+        history = [e for i in burst for e in events_for(i, {"State": 3}, {"State": 5})]
+        await store.commit([first_memory(info(i)) for i in burst], [], 0.0, history)
+        grown = wal.stat().st_size
+        await store.forget_tasks(burst)
+        await store.commit([first_memory(info(2))], [], 0.0)  # the log starts over
+        await store.commit([first_memory(info(3))], [], 0.0)
+
+        assert grown > WAL_LIMIT
+        assert wal.stat().st_size <= WAL_LIMIT
+        await store.close()
+        assert path.stat().st_size <= 2 * empty
+        store = await SqliteStore.open(path)
+        assert [1, 2, 3] == sorted(await store.load_tasks())
+        await store.close()
+
+    async def test_a_file_made_before_is_converted(self, tmp_path: Path) -> None:
+        """A state file without incremental vacuum (batchmon before 0.x) gets it at open."""
+        path = tmp_path / "state.db"
+        old = sqlite3.connect(path)
+        old.execute("CREATE TABLE unrelated_probe (x)")
+        old.execute("DROP TABLE unrelated_probe")
+        old.close()
+        store = await SqliteStore.open(path)
+        await store.close()
+
+        connection = sqlite3.connect(path)
+        assert (2,) == connection.execute("PRAGMA auto_vacuum").fetchone()
+        connection.close()
 
 
 async def drain(store: DeliveryStore, sink: str, now: float = 0.0) -> list[Event]:

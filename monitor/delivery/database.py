@@ -14,9 +14,15 @@ from monitor.delivery.outbox import StoreError
 from monitor.delivery.recovery import SIDECARS, examine, move_aside
 from monitor.delivery.schema import SCHEMA, SCHEMA_VERSION
 
-__all__ = ["connect"]
+__all__ = ["WAL_LIMIT", "connect", "reclaim"]
 
 log = structlog.get_logger("batchmon.store")
+
+#: What the write-ahead log is cut back to after a checkpoint: a burst (thousands of tasks
+#: found at once) grows it, and without a limit it keeps that size for good.
+WAL_LIMIT = 4 * 1024 * 1024
+#: Free pages are given back once they are more than this share of the file.
+_FREE_SHARE = 0.25
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -97,8 +103,10 @@ def _prepare(path: Path) -> sqlite3.Connection:
     try:
         # isolation_level=None leaves transactions to "with connection:" blocks below,
         # which need the default mode; set it after the pragmas.
+        _incremental_vacuum(connection)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         connection.isolation_level = "DEFERRED"
         with connection:
             connection.executescript(SCHEMA)
@@ -117,3 +125,30 @@ def _prepare(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _incremental_vacuum(connection: sqlite3.Connection) -> None:
+    """Let the file shrink when tasks are forgotten (``reclaim``).
+
+    A new file takes the mode before its first table; a file made before it
+    (auto-vacuum off, SQLite's default) is rebuilt once by ``VACUUM``.
+    """
+    connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    (mode,) = connection.execute("PRAGMA auto_vacuum").fetchone()
+    if mode != 2:
+        connection.execute("VACUUM")
+
+
+def reclaim(connection: sqlite3.Connection) -> int:
+    """Give free pages back to the file system when they are many; the number given back.
+
+    Forgetting tasks after a burst frees most of the file; SQLite would keep the
+    pages for reuse forever.  ``executescript`` because the pragma frees one page
+    per step and only a script steps it to the end.
+    """
+    (free,) = connection.execute("PRAGMA freelist_count").fetchone()
+    (pages,) = connection.execute("PRAGMA page_count").fetchone()
+    if free <= pages * _FREE_SHARE:
+        return 0
+    connection.executescript("PRAGMA incremental_vacuum;")
+    return int(free)

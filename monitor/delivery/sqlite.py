@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from monitor.delivery.database import connect
+from monitor.delivery.database import connect, reclaim
 from monitor.delivery.outbox import Claim, Committed, Delivery, StoreError
 from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
 from monitor.tracking.events import KINDS, Event
@@ -90,13 +90,14 @@ class SqliteStore:
         return memories
 
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
-        """Drop the memory and history of tasks no longer watched."""
+        """Drop the memory and history of tasks no longer watched, and give the space back."""
         ids = [(task_id,) for task_id in task_ids]
 
         def forget() -> None:
             with self._db:
                 self._db.executemany("DELETE FROM tasks WHERE id = ?", ids)
                 self._db.executemany("DELETE FROM history WHERE task_id = ?", ids)
+            reclaim(self._db)
 
         await self._run(forget)
 

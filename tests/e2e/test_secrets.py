@@ -69,6 +69,7 @@ NAMES = [
     "su-client-secret",
     "su-token",
     "api-token",
+    "read-token",
     "slack-url",
     "teams-url",
     "discord-url",
@@ -194,7 +195,7 @@ def _collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collected]:
                     "auth": {**basic_auth, "password_file": str(files / "so_password")},
                     "app_token_env": "E2E_APP_TOKEN",
                 },
-                http={"api_token": m["api-token"]},
+                http={"api_token": m["api-token"], "read_token": m["read-token"]},
                 sinks=[
                     {
                         "name": "slack",
@@ -315,12 +316,22 @@ def _collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collected]:
                 lambda line: line.get("event") == "monitor.auth_failed", 30, f"{name} refused"
             )
 
+        # The basic daemon has a read token: its pages are read without it, with a wrong one
+        # and with the right one, and none of the answers may hold it.
+        readers: dict[str, dict[str, str]] = {
+            "": {},
+            " wrong": {"Authorization": "Bearer wrong"},
+            " read-token": {"Authorization": f"Bearer {m['read-token']}"},
+        }
         for name, url in urls.items():
-            for page in ("/", "/metrics", "/healthz", "/readyz", "/api/v1/tasks"):
-                reply = http(url + page)
-                collected.add(f"{name} GET {page}", f"{reply.headers}\n{reply.body!r}")
-            reply = http(f"{url}/api/v1/tasks/{task.id}")
-            collected.add(f"{name} GET /api/v1/tasks/id", reply.body)
+            for who, headers in readers.items() if name == "basic" else [("", {})]:
+                for page in ("/", "/metrics", "/healthz", "/readyz", "/api/v1/tasks"):
+                    reply = http(url + page, headers=headers)
+                    if name == "basic" and page == "/api/v1/tasks":
+                        assert reply.status == (200 if who == " read-token" else 401), who
+                    collected.add(f"{name}{who} GET {page}", f"{reply.headers}\n{reply.body!r}")
+                reply = http(f"{url}/api/v1/tasks/{task.id}", headers=headers)
+                collected.add(f"{name}{who} GET /api/v1/tasks/id", reply.body)
         base = urls["basic"]
         for token in ("wrong", m["api-token"]):
             for method in ("PUT", "DELETE", "DELETE"):
@@ -330,10 +341,17 @@ def _collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collected]:
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 collected.add(f"basic {method} /api/v1/watches", f"{reply.headers}{reply.body!r}")
-        status = subprocess.run(
-            [*BATCHMON, "status", "--url", base], capture_output=True, check=False, timeout=30
-        )
-        collected.add("batchmon status", status.stdout + status.stderr)
+        read_token = tmp / "read_token"
+        read_token.write_text(m["read-token"] + "\n")
+        for options in ([], ["--token-file", str(read_token)]):
+            status = subprocess.run(
+                [*BATCHMON, "status", "--url", base, *options],
+                capture_output=True,
+                check=False,
+                timeout=30,
+            )
+            assert status.returncode == (0 if options else 77), status.stderr
+            collected.add(f"batchmon status {options}", status.stdout + status.stderr)
 
         runner = CliRunner()
         with _environment(env):
