@@ -23,7 +23,7 @@ from monitor.config import Config, PollConfig, WatchConfig
 from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher
 from monitor.delivery.silences import Silencer
-from monitor.delivery.sqlite import SqliteStore
+from monitor.delivery.stores import open_store
 from monitor.delivery.subscriptions import subscriptions_from
 from monitor.metrics import BatchmonCollector, make_registry
 from monitor.polling import Poller, Shard, rule_matches, utc_now
@@ -147,11 +147,11 @@ class Daemon:
 
     def reload(self, config: Config) -> None:
         """Swap in a new, already validated configuration."""
-        if config.state.resolved_path != self.config.state.resolved_path:
+        if config.state.location != self.config.state.location:
             log.warning(
                 "reload_ignores_state_path",
                 reason="the state database moves only with a restart",
-                kept=str(self.config.state.resolved_path),
+                kept=self.config.state.location,
             )
         self._pending = config
         self._reload.set()
@@ -160,8 +160,7 @@ class Daemon:
         self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until cancelled; ``task_status.started(port)`` once polling runs."""
-        path = self.config.state.resolved_path
-        store = await SqliteStore.open(path)
+        store = await open_store(self.config.state)
         try:
             started = False
             while True:
@@ -330,6 +329,7 @@ class Daemon:
                         watching=len(poller.watched),
                         api=so.url or f"{so.tenant} ({so.environment})",
                         shard=str(self.shard),
+                        state=config.state.location,
                     )
                     self._notifier.ready(self._status())
                     group.start_soon(self._report_status)

@@ -96,7 +96,7 @@ class RestorableSink(Protocol):
 class DeliveryStore(Protocol):
     """Durable state: task memories, the outbox, event history, run-time watches, silences.
 
-    The guarantees every backend keeps (SQLite now, PostgreSQL planned):
+    The guarantees every backend keeps (SQLite, PostgreSQL):
 
     - **One transaction per commit.**  :meth:`commit` writes task memories,
       deliveries and history together or not at all, before any sink sees an

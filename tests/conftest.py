@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,9 +18,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from monitor.config import Config, parse_config
+from monitor.delivery.postgres import PostgresStore
 from monitor.delivery.sqlite import SqliteStore
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
+from monitor.types import DeliveryStore
+from tests.pgcluster import Cluster, find_bindir, running_cluster
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +62,8 @@ def _clock() -> ManualClock:
 def make_config(url: str, **sections: Any) -> Config:
     """A valid config for ``url`` (basic auth batchmon/batchmon), sections overridable.
 
-    The state database goes to a fresh temporary directory unless ``state`` says otherwise.
+    The state database goes to a fresh temporary directory unless ``state`` says otherwise
+    (``state={"url": pg_url}``: PostgreSQL).
     """
     data: dict[str, Any] = {
         "state": {"path": str(Path(tempfile.mkdtemp(prefix="batchmon-test-")) / "state.db")},
@@ -72,7 +78,8 @@ def make_config(url: str, **sections: Any) -> Config:
         "http": {"listen": "127.0.0.1:0"},
     }
     for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values}
+        # A given [state] replaces the temporary file: path and url exclude each other.
+        data[name] = {**({} if name == "state" else data.get(name, {})), **values}
     return parse_config(data, base_dir=Path.cwd())
 
 
@@ -144,6 +151,57 @@ async def _scripted() -> AsyncIterator[ScriptedServer]:
 async def _store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     """A fresh state database in the test's temporary directory."""
     store = await SqliteStore.open(tmp_path / "state.db")
+    yield store
+    await store.close()
+
+
+@pytest.fixture(name="pg_cluster", scope="session")
+def _pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session; skipped without Debian's binaries."""
+    bindir = find_bindir()
+    if bindir is None:
+        message = "PostgreSQL's initdb and pg_ctl not installed (Debian package 'postgresql')"
+        if os.environ.get("BATCHMON_REQUIRE_TOOLS"):
+            pytest.fail(f"{message}, but BATCHMON_REQUIRE_TOOLS is set")
+        pytest.skip(message)
+    with running_cluster(bindir) as cluster:
+        yield cluster
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(name="pg_url")
+def _pg_url(pg_cluster: Cluster) -> str:
+    """The URL (with its password) of a fresh, empty database for this test."""
+    return pg_cluster.create_database(f"test_{next(_databases)}")
+
+
+#: Opens a store on the same database each time it is called (a restart).
+StoreOpener = Callable[[], Awaitable[DeliveryStore]]
+
+
+@pytest.fixture(name="open_backend", params=["sqlite", "postgres"])
+def _open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreOpener:
+    """For tests of the store protocol: each backend in turn, on one database per test."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+
+        async def postgres() -> DeliveryStore:
+            return await PostgresStore.open(url)
+
+        return postgres
+
+    async def sqlite() -> DeliveryStore:
+        return await SqliteStore.open(tmp_path / "state.db")
+
+    return sqlite
+
+
+@pytest.fixture(name="backend")
+async def _backend(open_backend: StoreOpener) -> AsyncIterator[DeliveryStore]:
+    """A fresh store of each backend, seen only through the store protocol."""
+    store = await open_backend()
     yield store
     await store.close()
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager, closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -30,7 +32,8 @@ from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
-from tests.conftest import make_config
+from monitor.types import DeliveryStore
+from tests.conftest import StoreOpener, make_config
 from tests.test_store import events_for
 from tests.test_store import info as task_info
 
@@ -112,7 +115,7 @@ class TestOutage:
     """A destination that is away."""
 
     async def test_sink_down_five_minutes_gets_everything_in_order(
-        self, store: SqliteStore
+        self, backend: DeliveryStore
     ) -> None:
         """After five simulated minutes of refusals, every event arrives, in order per task."""
         time = VirtualTime()
@@ -123,7 +126,7 @@ class TestOutage:
             return DeliveryError("HTTP 503", retry_after=None) if down else None
 
         sink = Destination("ops", refuse)
-        dispatcher = Dispatcher([Subscription(sink, Route())], store, now=time, sleep=time.sleep)
+        dispatcher = Dispatcher([Subscription(sink, Route())], backend, now=time, sleep=time.sleep)
         expected = {task_id: story(task_id) for task_id in (1, 2, 3)}
         async with dispatching(dispatcher):
             for step in range(4):
@@ -264,17 +267,16 @@ class TestShutdownAndRestart:
 
         assert 4 == len(sink.received)
 
-    async def test_undelivered_events_survive_a_restart(self, tmp_path: Path) -> None:
+    async def test_undelivered_events_survive_a_restart(self, open_backend: StoreOpener) -> None:
         """Events queued when the process stopped are delivered by the next one, same ids."""
-        path = tmp_path / "state.db"
         events = story(1)
-        store = await SqliteStore.open(path)
+        store = await open_backend()
         first = Dispatcher([Subscription(Destination("ops"), Route())], store)
         await first.start()
         await first.commit(events)
         await store.close()
 
-        store = await SqliteStore.open(path)
+        store = await open_backend()
         sink = Destination("ops")
         second = Dispatcher([Subscription(sink, Route())], store)
         async with dispatching(second):
@@ -288,16 +290,23 @@ class TestShutdownAndRestart:
 class TestDaemonRestart:
     """A daemon restart neither re-announces nor misses (compare with the stored snapshot)."""
 
+    @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
     @pytest.mark.parametrize("change_while_down", [False, True])
-    async def test_restart(self, tmp_path: Path, change_while_down: bool) -> None:
+    async def test_restart(
+        self, request: pytest.FixtureRequest, change_while_down: bool, backend: str
+    ) -> None:
         """The second run announces only what changed while the first was down."""
-        state = {"path": str(tmp_path / "state.db")}
+        if backend == "postgres":
+            state = {"url": request.getfixturevalue("pg_url")}
+        else:
+            state = {"path": str(request.getfixturevalue("tmp_path") / "state.db")}
         async with Simulator() as simulator:
             task = simulator.add_task(name="Export", state=BatchTaskState.STARTED, progress=40)
             config = make_config(
                 simulator.url, watch={"ids": [task.id]}, poll={"interval": "0.1s"}, state=state
             )
             runs = []
+            logged: list[MutableMapping[str, Any]] = []
             for run in range(2):
                 if run == 1 and change_while_down:
                     simulator.set_task(task.id, state=BatchTaskState.SUCCEEDED, progress=100)
@@ -308,9 +317,17 @@ class TestDaemonRestart:
                         await until(partial(_cycled, daemon, 2))
                         group.cancel_scope.cancel()
                 runs.append([e["event"] for e in logs if str(e["event"]).startswith("task.")])
+                logged += logs
 
         assert ["task.discovered", "task.started"] == runs[0]
         assert (["task.succeeded"] if change_while_down else []) == runs[1]
+        started = [e["state"] for e in logged if e["event"] == "batchmon_started"]
+        assert [config.state.location] * 2 == started
+        if backend == "postgres":
+            password = urlsplit(state["url"]).password
+            assert password
+            assert password not in repr(logged)
+            assert password not in config.state.location
 
 
 class TestReminders:
@@ -457,7 +474,7 @@ class TestLanes:
     """Several deliveries at once, each task's in order, against a real slow receiver."""
 
     @pytest.mark.parametrize("lanes", [1, 4])
-    async def test_a_burst_goes_out_in_lanes(self, store: SqliteStore, lanes: int) -> None:
+    async def test_a_burst_goes_out_in_lanes(self, backend: DeliveryStore, lanes: int) -> None:
         """With N lanes up to N deliveries overlap; one task's events never do, nor reorder."""
         in_flight: dict[int, int] = {}
         most = 0
@@ -486,7 +503,7 @@ class TestLanes:
             async with aiohttp.ClientSession() as session:
                 sink = WebhookSink("hook", str(server.make_url("/hook")), session)
                 subscription = Subscription(sink, Route(), lanes=lanes)
-                dispatcher = Dispatcher([subscription], store)
+                dispatcher = Dispatcher([subscription], backend)
                 async with dispatching(dispatcher):
                     await dispatcher.commit([e for events in expected.values() for e in events])
                     await until(lambda: dispatcher.delivered["hook"] == 32)
@@ -499,12 +516,12 @@ class TestLanes:
         assert lanes == most
         assert (32, 0) == (dispatcher.delivered["hook"], dispatcher.queued("hook"))
 
-    async def test_events_without_a_task_keep_their_order(self, store: SqliteStore) -> None:
+    async def test_events_without_a_task_keep_their_order(self, backend: DeliveryStore) -> None:
         """API health events (no task) go out in order among themselves, as one task's do."""
         time = VirtualTime()
         sink = Destination("ops")
         dispatcher = Dispatcher(
-            [Subscription(sink, Route(), lanes=3)], store, now=time, sleep=time.sleep
+            [Subscription(sink, Route(), lanes=3)], backend, now=time, sleep=time.sleep
         )
         down, up = (
             Event(id=f"health-{kind.value}", type=kind, time=T0, message=kind.value)
@@ -540,10 +557,10 @@ class Gate:
 class TestDynamicLanes:
     """An idle worker takes the oldest delivery whose task has nothing in flight."""
 
-    async def test_a_slow_task_holds_up_only_its_own_events(self, store: SqliteStore) -> None:
+    async def test_a_slow_task_holds_up_only_its_own_events(self, backend: DeliveryStore) -> None:
         """Task 1's first event hangs: tasks 3 and 5 all go out meanwhile, task 1's after it."""
         sink = Gate("ops", held=frozenset({1}))
-        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=2)], store)
+        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=2)], backend)
         events = [*story(1), *story(3), *story(5)]
         async with dispatching(dispatcher):
             await dispatcher.commit(events)
@@ -558,14 +575,14 @@ class TestDynamicLanes:
             assert [e.id for e in story(task_id)] == [
                 e.id for e in sink.received if e.task_id == task_id
             ]
-        assert {} == await store.pending_counts()
+        assert {} == await backend.pending_counts()
 
     async def test_a_stop_mid_send_leaves_the_delivery_to_the_drain(
-        self, store: SqliteStore
+        self, backend: DeliveryStore
     ) -> None:
         """Stopped while a send hangs: the shutdown drain sends it and the task's next, once."""
         sink = Gate("ops")
-        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=2)], store)
+        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=2)], backend)
         events = story(1)[:2]
         async with dispatching(dispatcher):
             await dispatcher.commit(events)
@@ -574,7 +591,7 @@ class TestDynamicLanes:
         await dispatcher.drain()
 
         assert [e.id for e in events] == [e.id for e in sink.received]
-        assert {} == await store.pending_counts()
+        assert {} == await backend.pending_counts()
 
     async def test_an_idle_worker_is_handed_what_a_commit_claims(self, store: SqliteStore) -> None:
         """The commit claims for the idle worker in its own transaction: no read before the send."""
@@ -599,19 +616,19 @@ class TestDynamicLanes:
 
         assert 1 == before_send, "the commit's own claim, and no other"
 
-    async def test_news_reaches_an_idle_worker(self, store: SqliteStore) -> None:
+    async def test_news_reaches_an_idle_worker(self, backend: DeliveryStore) -> None:
         """Workers that found nothing wait; each commit wakes one, and the events go out."""
         sink = Destination("ops")
-        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=3)], store)
+        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=3)], backend)
         async with dispatching(dispatcher):
             for event in [*story(1), *story(2)]:
                 await dispatcher.commit([event])
                 await until(lambda: dispatcher.queued("ops") == 0)
 
         assert [e.id for e in [*story(1), *story(2)]] == [e.id for e in sink.received]
-        assert {} == await store.pending_counts()
+        assert {} == await backend.pending_counts()
 
-    async def test_a_failure_keeps_its_place(self, store: SqliteStore) -> None:
+    async def test_a_failure_keeps_its_place(self, backend: DeliveryStore) -> None:
         """A delivery that fails stays first of its task; those after it are not tried before it."""
         time = VirtualTime()
         events = story(1)
@@ -624,7 +641,7 @@ class TestDynamicLanes:
             return None
 
         sink = Destination("ops", refuse_once)
-        dispatcher = Dispatcher([Subscription(sink, Route())], store, now=time, sleep=time.sleep)
+        dispatcher = Dispatcher([Subscription(sink, Route())], backend, now=time, sleep=time.sleep)
         with capture_logs() as logs:
             async with dispatching(dispatcher):
                 await anyio.sleep(0.05)
@@ -662,9 +679,33 @@ class TestDynamicLanes:
         assert [1, 0, 0] == attempts, "only the one being sent counts as tried"
         assert [e.id for e in events] == [e.id for e in sink.received]
 
+    @pytest.mark.parametrize("seed", range(3))
+    async def test_stops_at_any_moment_lose_nothing(
+        self, backend: DeliveryStore, seed: int
+    ) -> None:
+        """Workers stopped at random moments (a reload) and started again on the same store:
+        every event goes out, each task's in order, none held back by a claim left behind."""
+        rng = random.Random(seed)
+        stories = {task_id: story(task_id) for task_id in range(1, 9)}
+        wanted = {e.id for events in stories.values() for e in events}
+        sink = Destination("ops")
+        for _ in range(12):
+            dispatcher = Dispatcher([Subscription(sink, Route(), lanes=3)], backend)
+            async with dispatching(dispatcher):
+                await dispatcher.commit([events.pop(0) for events in stories.values() if events])
+                await anyio.sleep(rng.uniform(0, 0.003))
+        dispatcher = Dispatcher([Subscription(sink, Route(), lanes=3)], backend)
+        async with dispatching(dispatcher):
+            await until(lambda: {e.id for e in sink.received} >= wanted)
+
+        for task_id in stories:
+            sent = [e.id for e in sink.received if e.task_id == task_id]
+            assert [e.id for e in story(task_id)] == list(dict.fromkeys(sent))
+        assert {} == await backend.pending_counts()
+
     @pytest.mark.parametrize("seed", range(12))
     async def test_interleaved_commits_and_failures_lose_and_repeat_nothing(
-        self, store: SqliteStore, seed: int
+        self, backend: DeliveryStore, seed: int
     ) -> None:
         """Random commits, pauses, slow sends and refusals: every event once, each task in order."""
         rng = random.Random(seed)
@@ -682,7 +723,7 @@ class TestDynamicLanes:
         sink = Slow("ops", refuse)
         dispatcher = Dispatcher(
             [Subscription(sink, Route(), lanes=rng.choice([1, 2, 3]))],
-            store,
+            backend,
             now=time,
             sleep=time.sleep,
         )
@@ -697,7 +738,7 @@ class TestDynamicLanes:
                 await dispatcher.commit(batch)
                 await anyio.sleep(rng.uniform(0, 0.003))
             await until(lambda: dispatcher.delivered["ops"] == 24)
-        counts = await store.pending_counts()
+        counts = await backend.pending_counts()
 
         for task_id, events in stories.items():
             assert [e.id for e in events] == [e.id for e in sink.received if e.task_id == task_id]

@@ -1,10 +1,10 @@
-"""The state store: round trips, the outbox's contract (for each backend), damage, permissions."""
+"""The state store: round trips, watches and the outbox's contract for each backend; SQLite's damage
+and permissions."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ from monitor.tracking.detect import detect
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import Rules, TaskMemory
 from monitor.types import DeliveryStore
+from tests.conftest import make_task_event
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -62,7 +63,7 @@ def events_for(task_id: int, *steps: dict[str, object]) -> list[Event]:
 class TestTasks:
     """Task memories survive a round trip."""
 
-    async def test_round_trip(self, store: SqliteStore) -> None:
+    async def test_round_trip(self, backend: DeliveryStore) -> None:
         """A memory comes back equal, snapshot, clocks, history and anomalies included."""
         memory = replace(
             first_memory(info(State=3, ProgressPercent=150)),
@@ -70,21 +71,21 @@ class TestTasks:
             last_progress_event=T0,
             history=((T0, 10), (T0 + timedelta(seconds=5), 20)),
         )
-        await store.commit([memory], [], 0.0)
+        await backend.commit([memory], [], 0.0)
 
-        (loaded,) = (await store.load_tasks()).values()
+        (loaded,) = (await backend.load_tasks()).values()
         assert memory == loaded
         assert (
             "State sent as number 3",
             "ProgressPercent 150 is outside 0..100",
         ) == loaded.info.anomalies
 
-    async def test_forget(self, store: SqliteStore) -> None:
+    async def test_forget(self, backend: DeliveryStore) -> None:
         """Forgotten tasks are gone from the database."""
-        await store.commit([first_memory(info(1)), first_memory(info(2))], [], 0.0)
-        await store.forget_tasks([1])
+        await backend.commit([first_memory(info(1)), first_memory(info(2))], [], 0.0)
+        await backend.forget_tasks([1])
 
-        assert [2] == list(await store.load_tasks())
+        assert [2] == list(await backend.load_tasks())
 
     async def test_forgetting_a_burst_shrinks_the_file(self, tmp_path: Path) -> None:
         """After a burst is forgotten, the file and its write-ahead log shrink again.
@@ -128,19 +129,6 @@ class TestTasks:
         connection = sqlite3.connect(path)
         assert (2,) == connection.execute("PRAGMA auto_vacuum").fetchone()
         connection.close()
-
-
-#: The backends every outbox rule is checked against (PostgreSQL joins with issue 16).
-BACKENDS = ["sqlite"]
-
-
-@pytest.fixture(name="backend", params=BACKENDS)
-async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
-    """A fresh store of each backend, seen only through the store protocol."""
-    assert "sqlite" == request.param
-    store = await SqliteStore.open(tmp_path / "state.db")
-    yield store
-    await store.close()
 
 
 async def drain(store: DeliveryStore, sink: str, now: float = 0.0) -> list[Event]:
@@ -305,6 +293,20 @@ class TestOutboxContract:
         assert again is not None
         assert (claimed.seq, 0) == (again.seq, again.attempts)
 
+    async def test_a_failed_commit_stores_nothing(self, backend: DeliveryStore) -> None:
+        """One transaction: a commit the database refuses leaves nothing, and the store works on."""
+        (event,) = events_for(7, {})
+        huge = make_task_event(id=2**64)
+
+        with pytest.raises(StoreError):
+            await backend.commit([first_memory(info(7))], [("ops", event), ("ops", huge)], 0.0)
+        assert ({}, {}) == (await backend.load_tasks(), await backend.pending_counts())
+        await backend.commit([first_memory(info(7))], [("ops", event)], 0.0)
+        assert ([7], {"ops": 1}) == (
+            list(await backend.load_tasks()),
+            await backend.pending_counts(),
+        )
+
     async def test_removed_sinks(self, backend: DeliveryStore) -> None:
         """Sinks no longer configured lose their deliveries, counted per sink."""
         (event,) = events_for(7, {})
@@ -341,13 +343,13 @@ class TestOutboxContract:
 class TestWatches:
     """Watches added at run time persist."""
 
-    async def test_add_remove(self, store: SqliteStore) -> None:
+    async def test_add_remove(self, backend: DeliveryStore) -> None:
         """Added ids are listed until removed; adding twice is harmless."""
         for task_id in (5, 3, 5):
-            await store.add_watch(task_id)
-        await store.remove_watch(5)
+            await backend.add_watch(task_id)
+        await backend.remove_watch(5)
 
-        assert [3] == await store.watches()
+        assert [3] == await backend.watches()
 
 
 class TestDamage:

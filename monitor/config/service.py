@@ -6,22 +6,84 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Final, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Final, Literal, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from monitor.config.base import _base_dir, _Section
+from monitor.config.errors import _invalid, _problem
 from monitor.config.values import Secret, _Int
 
-__all__ = ["HttpConfig", "LogConfig", "StateConfig"]
+__all__ = ["HttpConfig", "LogConfig", "StateConfig", "redacted_url"]
+
+
+def redacted_url(url: str) -> str:
+    """A PostgreSQL URL as messages show it: user, hosts, database; no password.
+
+    Of the query only ``host`` and ``port`` are kept (a socket directory is given
+    so): libpq takes ``password=`` and key files there too.
+    """
+    scheme, _, rest = url.partition("://")
+    rest, _, query = rest.partition("#")[0].partition("?")
+    authority, _, database = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    user = userinfo.partition(":")[0]
+    kept = [(k, v) for k, v in parse_qsl(query) if k in ("host", "port")]
+    return f"{scheme}://{user}{at}{hosts}/{database}" + (
+        f"?{urlencode(kept, safe='/')}" if kept else ""
+    )
 
 
 class StateConfig(_Section):
-    """Where the SQLite state (snapshots, tracker memory, outbox) lives."""
+    """Where the state (task memories, the outbox, history, watches) lives.
+
+    ``path``: a SQLite file (the default); ``url``: a PostgreSQL database.
+    """
+
+    _secrets = ("url",)
 
     #: A relative path is resolved against the config file's directory.
     path: Path | None = None
+    #: ``postgresql://user@host:5432/batchmon`` (a secret: it may carry the password).
+    url: Secret | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, url: Secret | None) -> Secret | None:
+        """A URL libpq reads; the value is never shown (it may hold the password)."""
+        if url is None:
+            return None
+        # Only configurations with a url load the driver (libpq's own parser judges it).
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+
+        example = "expected a URL like 'postgresql://batchmon@db.example.com/batchmon'"
+        value = url.get_secret_value()
+        scheme, separator, _ = value.partition("://")
+        if not separator or scheme not in ("postgresql", "postgres"):
+            raise ValueError(example)
+        try:
+            conninfo_to_dict(value)
+        except ProgrammingError:
+            # libpq's message quotes the URL: not shown.
+            raise ValueError(f"libpq cannot read this URL; {example}") from None
+        return url
+
+    @model_validator(mode="after")
+    def _one_store(self) -> Self:
+        """SQLite or PostgreSQL, not both."""
+        if self.path is not None and self.url is not None:
+            message = "give either state.path (SQLite) or state.url (PostgreSQL), not both"
+            raise _invalid(type(self).__name__, [_problem(("url",), message)])
+        return self
+
+    @property
+    def location(self) -> str:
+        """The store as messages name it: the SQLite file, or the URL without secrets."""
+        if self.url is not None:
+            return redacted_url(self.url.get_secret_value())
+        return str(self.resolved_path)
 
     @field_validator("path")
     @classmethod

@@ -1,0 +1,533 @@
+"""The PostgreSQL store: the SQLite store's contract, in a database several processes share.
+
+It keeps the contract of :class:`monitor.types.DeliveryStore` as
+:mod:`monitor.delivery.sqlite` does (one transaction per commit, before any sink
+sees an event; at least once; a task's deliveries in order), with what a shared
+database needs besides:
+
+- **Claims live in the rows.**  A claim sets ``claimed_by`` (this store's id, new
+  at each start) and ``claimed_until`` (``now`` + ``claim_ttl``), chosen with
+  ``FOR UPDATE SKIP LOCKED`` so that two workers, of this process or another,
+  never take the same delivery.  This store's own claims hold until settled, as in
+  SQLite; another's are taken over once ``claimed_until`` has passed (a process
+  killed while sending), keeping the delivery's ``seq`` and event id, so a receiver
+  can drop the repeat.  A clean :meth:`close` gives this store's claims back.
+- **Migrations** (:mod:`monitor.delivery.postgres_schema`) run at :meth:`open`,
+  under an advisory lock, before the first read.
+- **Round trips.**  A claim (with the deliveries it finishes) is one statement; a
+  commit is one transaction sent at once in pipeline mode: one round trip each.
+  Array parameters go in binary (``%b``), which ``bench/pg_drivers.py`` found twice
+  as fast as text for JSON.
+- **Cancellation.**  Each call runs shielded (within :data:`ANSWER_TIMEOUT`), so
+  what the database did reaches the caller, as SQLite's worker thread's answer does.
+
+The URL is a secret: messages name the database by :func:`redacted_url`, and
+whatever the server or libpq says is passed through a redactor that knows the
+password.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import psycopg
+import structlog
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
+
+from monitor.config.service import redacted_url
+from monitor.delivery.outbox import Claim, Committed, Delivery, StoreError
+from monitor.delivery.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
+from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
+from monitor.delivery.sqlite import COALESCED, HISTORY_PER_TASK
+from monitor.superoffice.redact import Redactor
+from monitor.tracking.events import Event
+from monitor.tracking.memory import TaskMemory
+
+__all__ = ["CLAIM_TTL", "PostgresStore"]
+
+log = structlog.get_logger("batchmon.store")
+
+#: Seconds another process's claim holds before this one may take the delivery over.
+CLAIM_TTL = 30.0
+#: Seconds to wait for the server at start-up, and for a free connection later.
+CONNECT_TIMEOUT = 10.0
+#: Connections kept open: the poller's commits, each sink worker's claims, the web pages.
+POOL_SIZE = 8
+#: Seconds the database has to answer one store call (a connection included).
+ANSWER_TIMEOUT = 60.0
+
+_UPSERT_TASKS = (
+    "INSERT INTO tasks (task_id, memory) SELECT * FROM unnest(%b::bigint[], %b::text[]) "
+    "ON CONFLICT (task_id) DO UPDATE SET memory = excluded.memory"
+)
+# attempts = 0: never replace one that is or was being tried.
+_COALESCE = (
+    "DELETE FROM outbox o "
+    "USING unnest(%b::text[], %b::bigint[], %b::text[], %b::text[]) AS n(sink, task_id, type, id) "
+    "WHERE o.sink = n.sink AND o.task_id = n.task_id AND o.type = n.type "
+    "AND o.event_id <> n.id AND o.attempts = 0 "
+    "RETURNING o.sink"
+)
+_QUEUE = (
+    "INSERT INTO outbox (sink, event_id, task_id, type, event, created) "
+    "SELECT sink, event_id, task_id, type, event, %b::float8 FROM unnest("
+    "%b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[]) "
+    "WITH ORDINALITY AS n(sink, event_id, task_id, type, event, i) ORDER BY i "
+    "ON CONFLICT (sink, event_id) DO NOTHING RETURNING sink"
+)
+_RECORD = (
+    "INSERT INTO history (event_id, task_id, event) "
+    "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[]) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+_PRUNE = (
+    "DELETE FROM history WHERE seq IN (SELECT seq FROM ("
+    "SELECT seq, row_number() OVER (PARTITION BY task_id ORDER BY seq DESC) AS r "
+    "FROM history WHERE task_id = ANY(%(tasks)b::bigint[]) OR (%(monitor)b AND task_id IS NULL)"
+    ") AS ranked WHERE r > %(keep)b)"
+)
+#: A head is a task's oldest delivery to the sink, ``done`` (deleted by the same statement)
+#: left out: a later one never overtakes it.
+_HEAD = (
+    "NOT EXISTS (SELECT FROM outbox e WHERE e.sink = o.sink "
+    "AND coalesce(e.task_id, 0) = coalesce(o.task_id, 0) AND e.seq < o.seq "
+    "AND e.seq <> ALL(%(done)b::bigint[]))"
+)
+#: Free: not claimed, or claimed by another process whose claim ran out.
+_FREE = "(o.claimed_by IS NULL OR (o.claimed_by <> %(me)b AND o.claimed_until <= %(now)b))"
+#: One statement, so one round trip and its own transaction: delete ``done``, claim up to
+#: ``limit`` due free heads (rows: the deliveries, and whether more were claimable); with
+#: none claimed, one row saying when a head not held by this process becomes claimable.
+#: Composed of the constants above; every value is a parameter.
+_CLAIM = (
+    "WITH finished AS (DELETE FROM outbox WHERE seq = ANY(%(done)b::bigint[])), "  # noqa: S608
+    "candidates AS ("
+    "SELECT o.seq FROM outbox o WHERE o.sink = %(sink)b AND o.next_attempt <= %(now)b "
+    f"AND o.seq <> ALL(%(done)b::bigint[]) AND {_FREE} AND {_HEAD} "
+    "ORDER BY o.seq LIMIT %(limit)b + 1 FOR UPDATE OF o SKIP LOCKED"
+    "), chosen AS (SELECT seq FROM candidates ORDER BY seq LIMIT %(limit)b), "
+    "claimed AS (UPDATE outbox SET attempts = attempts + 1, claimed_by = %(me)b, "
+    "claimed_until = %(until)b FROM chosen WHERE outbox.seq = chosen.seq "
+    "RETURNING outbox.seq, outbox.event, outbox.attempts - 1 AS attempts, "
+    "outbox.next_attempt, outbox.created) "
+    "SELECT seq, event, attempts, next_attempt, created, "
+    "(SELECT count(*) FROM candidates) > %(limit)b, NULL::float8 FROM claimed "
+    "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, false, ("
+    "SELECT min(CASE WHEN o.claimed_by IS NULL THEN o.next_attempt "
+    "ELSE greatest(o.next_attempt, o.claimed_until) END) FROM outbox o "
+    "WHERE o.sink = %(sink)b AND o.claimed_by IS DISTINCT FROM %(me)b "
+    f"AND o.seq <> ALL(%(done)b::bigint[]) AND {_HEAD}"
+    ") WHERE NOT EXISTS (SELECT FROM claimed) ORDER BY 1"
+)
+_FINISH = "DELETE FROM outbox WHERE seq = ANY(%b::bigint[])"
+
+
+class PostgresStore:
+    """The state database in PostgreSQL, through a small pool of connections."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool, name: str, redact: Redactor, *, claim_ttl: float
+    ) -> None:
+        self._pool = pool
+        #: The database as messages name it (no password, no query).
+        self.name = name
+        self._redact = redact
+        self._claim_ttl = claim_ttl
+        #: ``claimed_by`` of this store's claims.
+        self.claimer = uuid.uuid4().hex
+
+    @classmethod
+    async def open(cls, url: str, *, claim_ttl: float = CLAIM_TTL) -> PostgresStore:
+        """Connect, migrate the schema, and keep a pool; :class:`StoreError` saying why not."""
+        name = redacted_url(url)
+        try:
+            password = conninfo_to_dict(url).get("password")
+        except psycopg.ProgrammingError:
+            msg = f"state.url {name}: not a PostgreSQL URL libpq can read"
+            raise StoreError(msg) from None
+        redact = Redactor([url, *([str(password)] if password else [])])
+        try:
+            connection = await psycopg.AsyncConnection.connect(
+                url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
+            )
+        except psycopg.Error as exc:
+            msg = f"cannot connect to the state database {name}: {redact(str(exc)).strip()}"
+            raise StoreError(msg) from None
+        try:
+            applied = await _migrate(connection, name)
+        except psycopg.Error as exc:
+            msg = f"cannot prepare the state database {name}: {redact(str(exc)).strip()}"
+            raise StoreError(msg) from None
+        finally:
+            await connection.close()
+        if applied:
+            log.info("state_database_migrated", database=name, versions=applied)
+        pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=POOL_SIZE,
+            timeout=CONNECT_TIMEOUT,
+            kwargs={"autocommit": True},
+            open=False,
+            name="batchmon-state",
+        )
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        except psycopg.Error as exc:
+            await pool.close()
+            msg = f"cannot connect to the state database {name}: {redact(str(exc)).strip()}"
+            raise StoreError(msg) from None
+        return cls(pool, name, redact, claim_ttl=claim_ttl)
+
+    async def close(self) -> None:
+        """Give this store's claims back (their attempts stay counted), then disconnect.
+
+        A database gone by then keeps them until they run out (``claim_ttl``).
+        """
+        try:
+            async with self._connection() as db:
+                await db.execute(
+                    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+                    "WHERE claimed_by = %b",
+                    [self.claimer],
+                )
+        except StoreError as exc:
+            log.warning("claims_not_given_back", error=str(exc), held_for=self._claim_ttl)
+        finally:
+            await self._pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; a database error becomes a :class:`StoreError` naming it.
+
+        What runs on it is shielded from cancellation, within :data:`ANSWER_TIMEOUT`:
+        a claim the database made must reach its caller (a dispatcher stopped for a
+        reload settles what it holds), as SQLite's worker thread always answers.
+        """
+        try:
+            with anyio.CancelScope(shield=True), anyio.fail_after(ANSWER_TIMEOUT):
+                async with self._pool.connection() as connection:
+                    yield connection
+        except TimeoutError:
+            msg = f"state database {self.name}: no answer within {ANSWER_TIMEOUT:g} s"
+            raise StoreError(msg) from None
+        except (psycopg.Error, OverflowError) as exc:
+            msg = f"state database {self.name}: {self._redact(str(exc)).strip()}"
+            raise StoreError(msg) from exc
+
+    # --- tasks
+
+    async def load_tasks(self) -> dict[int, TaskMemory]:
+        """Every stored task memory; unreadable rows are logged and skipped."""
+        async with self._connection() as db:
+            rows = await (await db.execute("SELECT task_id, memory FROM tasks")).fetchall()
+        memories: dict[int, TaskMemory] = {}
+        for task_id, text in rows:
+            try:
+                memories[task_id] = memory_from_json(text)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("stored_task_unreadable", task_id=task_id, error=str(exc))
+        return memories
+
+    async def forget_tasks(self, task_ids: Iterable[int]) -> None:
+        """Drop the memory and history of tasks no longer watched."""
+        ids = list(task_ids)
+        if not ids:
+            return
+        async with self._connection() as db:
+            await _one_round_trip(
+                db,
+                [
+                    ("DELETE FROM tasks WHERE task_id = ANY(%b::bigint[])", [ids]),
+                    ("DELETE FROM history WHERE task_id = ANY(%b::bigint[])", [ids]),
+                ],
+            )
+
+    async def commit(
+        self,
+        memories: Sequence[TaskMemory],
+        deliveries: Sequence[tuple[str, Event]],
+        now: float,
+        history: Sequence[Event] = (),
+        *,
+        claim: Mapping[str, int] | None = None,
+    ) -> Committed:
+        """Store task memories, queue deliveries and record events, in one transaction.
+
+        Each task keeps its last :data:`HISTORY_PER_TASK` events.  A queued
+        delivery of a :data:`COALESCED` type replaces the older ones of the same
+        task and sink never tried (in this commit too); nothing else is ever
+        replaced.  ``claim``: deliveries to claim per sink in the same
+        transaction, as :meth:`claim` would.
+        """
+        tasks = {m.info.id: memory_to_json(m) for m in memories}
+        texts = {e.id: event_to_json(e) for _, e in deliveries}
+        queued = _coalesced_in_batch(deliveries)
+        events = {e.id: e for _, e in deliveries}
+        events.update((e.id, e) for e in history)
+        statements: list[tuple[str, Any]] = []
+        if tasks:
+            statements.append((_UPSERT_TASKS, [list(tasks), list(tasks.values())]))
+        replacing = [
+            (sink, e.task_id, e.type.value, e.id)
+            for sink, e in queued
+            if e.type.value in COALESCED and e.task_id is not None
+        ]
+        if replacing:
+            statements.append((_COALESCE, _columns(replacing, 4)))
+        if queued:
+            outbox = [(s, e.id, e.task_id, e.type.value, texts[e.id]) for s, e in queued]
+            statements.append((_QUEUE, [now, *_columns(outbox, 5)]))
+        if events:
+            recorded = [
+                (e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()
+            ]
+            ids = sorted({e.task_id for e in events.values() if e.task_id is not None})
+            monitor = any(e.task_id is None for e in events.values())
+            statements.append((_RECORD, _columns(recorded, 3)))
+            statements.append(
+                (_PRUNE, {"tasks": ids, "monitor": monitor, "keep": HISTORY_PER_TASK})
+            )
+        claiming = [(sink, count) for sink, count in (claim or {}).items() if count > 0]
+        statements += [
+            (_CLAIM, self._claim_params(sink, now, count, ())) for sink, count in claiming
+        ]
+        async with self._connection() as db:
+            results = await _one_round_trip(db, statements)
+        growth: dict[str, int] = {}
+        for (sql, _), rows in zip(statements, results, strict=True):
+            if sql in (_COALESCE, _QUEUE):
+                for (sink,) in rows:
+                    growth[sink] = growth.get(sink, 0) + (1 if sql == _QUEUE else -1)
+        claimed = {
+            sink: [row[:5] for row in rows if row[0] is not None]
+            for (sink, _), rows in zip(
+                claiming, results[len(results) - len(claiming) :], strict=True
+            )
+        }
+        for sink in {sink for sink, _ in deliveries}:
+            growth.setdefault(sink, 0)
+        taken: list[Delivery] = []
+        for sink, rows in claimed.items():
+            readable, unreadable = _deliveries(sink, rows)
+            taken += readable
+            if unreadable:
+                await self.finish(unreadable)
+                growth[sink] = growth.get(sink, 0) - len(unreadable)
+        return Committed(growth, taken)
+
+    def _claim_params(
+        self, sink: str, now: float, count: int, done: Sequence[int]
+    ) -> dict[str, Any]:
+        return {
+            "sink": sink,
+            "now": now,
+            "me": self.claimer,
+            "until": now + self._claim_ttl,
+            "limit": count,
+            "done": list(done),
+        }
+
+    # --- outbox
+
+    async def claim(self, sink: str, now: float, *, done: Sequence[int] = ()) -> Claim:
+        """Delete ``done``, then claim the oldest due head of a task with nothing claimed.
+
+        One statement, one round trip.  A row that cannot be read is logged and
+        deleted, and counted in :attr:`Claim.dropped`.
+        """
+        finished: Sequence[int] = done
+        dropped = 0
+        while True:
+            async with self._connection() as db:
+                cursor = await db.execute(_CLAIM, self._claim_params(sink, now, 1, finished))
+                rows = await cursor.fetchall()
+            if rows[0][0] is None:
+                return Claim(None, rows[0][6], dropped=dropped)
+            deliveries, unreadable = _deliveries(sink, [row[:5] for row in rows])
+            if deliveries:
+                return Claim(deliveries[0], more=bool(rows[0][5]), dropped=dropped)
+            finished, dropped = unreadable, dropped + len(unreadable)
+
+    async def finish(self, seqs: Sequence[int]) -> None:
+        """Deliveries are done: delivered or given up."""
+        if seqs:
+            async with self._connection() as db:
+                await db.execute(_FINISH, [list(seqs)])
+
+    async def retry_later(self, seq: int, next_attempt: float, error: str) -> None:
+        """Keep a delivery (claimed by this store) for another try at ``next_attempt``."""
+        async with self._connection() as db:
+            await db.execute(
+                "UPDATE outbox SET next_attempt = %b, last_error = %b, claimed_by = NULL, "
+                "claimed_until = NULL WHERE seq = %b AND claimed_by = %b",
+                [next_attempt, error, seq, self.claimer],
+            )
+
+    async def release(self, seqs: Sequence[int]) -> None:
+        """Claimed deliveries were not tried after all: take back the attempt counted."""
+        if seqs:
+            async with self._connection() as db:
+                await db.execute(
+                    "UPDATE outbox SET attempts = attempts - 1, claimed_by = NULL, "
+                    "claimed_until = NULL "
+                    "WHERE seq = ANY(%b::bigint[]) AND claimed_by = %b AND attempts > 0",
+                    [list(seqs), self.claimer],
+                )
+
+    async def pending_counts(self) -> dict[str, int]:
+        """Pending deliveries per sink."""
+        async with self._connection() as db:
+            cursor = await db.execute("SELECT sink, count(*) FROM outbox GROUP BY sink")
+            return {sink: count for sink, count in await cursor.fetchall()}
+
+    async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
+        """Delete deliveries for sinks no longer configured; how many, per sink."""
+        async with self._connection() as db:
+            cursor = await db.execute(
+                "DELETE FROM outbox WHERE sink <> ALL(%b::text[]) RETURNING sink",
+                [sorted(set(sinks))],
+            )
+            gone: dict[str, int] = {}
+            for (sink,) in await cursor.fetchall():
+                gone[sink] = gone.get(sink, 0) + 1
+            return gone
+
+    async def known_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids were recorded already (queued or delivered)."""
+        if not event_ids:
+            return set()
+        async with self._connection() as db:
+            cursor = await db.execute(
+                "SELECT event_id FROM history WHERE event_id = ANY(%b::text[])", [list(event_ids)]
+            )
+            return {event_id for (event_id,) in await cursor.fetchall()}
+
+    async def recent_events(self, task_id: int | None) -> list[Event]:
+        """A task's last recorded events, oldest first (``None``: monitor events)."""
+        async with self._connection() as db:
+            if task_id is None:
+                cursor = await db.execute(
+                    "SELECT event FROM history WHERE task_id IS NULL ORDER BY seq"
+                )
+            else:
+                cursor = await db.execute(
+                    "SELECT event FROM history WHERE task_id = %b ORDER BY seq", [task_id]
+                )
+            return [event_from_json(text) for (text,) in await cursor.fetchall()]
+
+    # --- watches added at run time
+
+    async def watches(self) -> list[int]:
+        """Task ids watched through the HTTP API."""
+        async with self._connection() as db:
+            cursor = await db.execute("SELECT task_id FROM watches ORDER BY task_id")
+            return [task_id for (task_id,) in await cursor.fetchall()]
+
+    async def add_watch(self, task_id: int) -> None:
+        """Persist a watch added at run time."""
+        async with self._connection() as db:
+            await db.execute(
+                "INSERT INTO watches (task_id, added) VALUES (%b, %b) ON CONFLICT DO NOTHING",
+                [task_id, time.time()],
+            )
+
+    async def remove_watch(self, task_id: int) -> None:
+        """Forget a watch added at run time."""
+        async with self._connection() as db:
+            await db.execute("DELETE FROM watches WHERE task_id = %b", [task_id])
+
+
+async def _one_round_trip(
+    db: psycopg.AsyncConnection[Any], statements: Sequence[tuple[str, Any]]
+) -> list[list[tuple[Any, ...]]]:
+    """Run ``statements`` in one transaction, all sent at once; the rows of each.
+
+    BEGIN and COMMIT go as statements of the pipeline: psycopg's ``transaction()``
+    waits for the server when it opens and closes one, which took four round trips
+    instead of one (``bench/pg_drivers.py --latency-ms``).  A statement that fails
+    makes the server skip the rest, COMMIT included; the transaction is rolled back.
+    """
+    cursors = []
+    try:
+        async with db.pipeline():
+            await db.execute("BEGIN")
+            cursors = [await db.execute(sql, params) for sql, params in statements]
+            await db.execute("COMMIT")
+    except psycopg.Error:
+        if db.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            await db.execute("ROLLBACK")
+        raise
+    return [await c.fetchall() if c.description is not None else [] for c in cursors]
+
+
+async def _migrate(connection: psycopg.AsyncConnection[Any], name: str) -> list[int]:
+    """Apply the migrations this database lacks, in one transaction; their numbers.
+
+    A database a newer batchmon migrated is refused, not used as it is.
+    """
+    applied: list[int] = []
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock(%b)", [MIGRATION_LOCK])
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor = await connection.execute("SELECT max(version) FROM schema_version")
+        (current,) = await cursor.fetchone() or (None,)
+        current = current or 0
+        if current > SCHEMA_VERSION:
+            msg = (
+                f"the state database {name} has schema version {current}, "
+                f"this batchmon knows version {SCHEMA_VERSION}"
+            )
+            raise StoreError(msg)
+        for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+            await connection.execute(migration.encode())
+            await connection.execute("INSERT INTO schema_version (version) VALUES (%b)", [version])
+            applied.append(version)
+    return applied
+
+
+def _coalesced_in_batch(deliveries: Sequence[tuple[str, Event]]) -> list[tuple[str, Event]]:
+    """The deliveries, less those a later one of the same batch replaces (latest wins)."""
+    last: dict[tuple[str, int, str], int] = {}
+    for index, (sink, event) in enumerate(deliveries):
+        if event.type.value in COALESCED and event.task_id is not None:
+            last[(sink, event.task_id, event.type.value)] = index
+    return [
+        (sink, event)
+        for index, (sink, event) in enumerate(deliveries)
+        if event.type.value not in COALESCED
+        or event.task_id is None
+        or last[(sink, event.task_id, event.type.value)] == index
+    ]
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as columns, one array parameter each (for ``unnest``)."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+def _deliveries(sink: str, rows: Iterable[tuple[Any, ...]]) -> tuple[list[Delivery], list[int]]:
+    """The claimed rows as deliveries, and the seqs of those that cannot be read."""
+    deliveries: list[Delivery] = []
+    unreadable: list[int] = []
+    for seq, text, attempts, next_attempt, created in rows:
+        try:
+            event = event_from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            # Written by another version, or damaged: it can never be sent, and keeping
+            # it at the head of its task would stop that task's deliveries for good.
+            log.error("outbox_row_unreadable", seq=seq, sink=sink, error=str(exc))
+            unreadable.append(seq)
+            continue
+        deliveries.append(Delivery(seq, sink, event, attempts, next_attempt, created))
+    return deliveries, unreadable

@@ -1,0 +1,59 @@
+"""The PostgreSQL schema of the state database, as numbered migrations.
+
+Each migration runs once, in order, in the transaction that records its number in
+``schema_version``; a database whose highest number is above this batchmon's is
+refused (a newer batchmon wrote it).  The tables are SQLite's (schema version 1),
+with the claims kept in the outbox rows (``claimed_by``, ``claimed_until``) so that
+more than one process can share the outbox.  A migration is never edited once
+released: a change is a new one appended here.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "SCHEMA_VERSION"]
+
+#: ``pg_advisory_xact_lock`` key held while migrating: two processes starting at once
+#: migrate one after the other (``b"batchmon"`` as a big-endian integer).
+MIGRATION_LOCK = int.from_bytes(b"batchmon", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: task memories, watches, the outbox with its claims, the history.
+    """
+    CREATE TABLE tasks (
+        task_id bigint PRIMARY KEY,
+        memory text NOT NULL
+    );
+    CREATE TABLE watches (
+        task_id bigint PRIMARY KEY,
+        added double precision NOT NULL
+    );
+    CREATE TABLE outbox (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        sink text NOT NULL,
+        event_id text NOT NULL,
+        task_id bigint,
+        type text NOT NULL,
+        event text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt double precision NOT NULL DEFAULT 0,
+        created double precision NOT NULL,
+        last_error text,
+        claimed_by text,
+        claimed_until double precision,
+        UNIQUE (sink, event_id)
+    );
+    -- A sink's deliveries in order, and a task's head (its oldest to a sink).
+    CREATE INDEX outbox_by_sink ON outbox (sink, seq);
+    CREATE INDEX outbox_by_task ON outbox (sink, (coalesce(task_id, 0)), seq);
+    CREATE TABLE history (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        event_id text NOT NULL UNIQUE,
+        task_id bigint,
+        event text NOT NULL
+    );
+    CREATE INDEX history_by_task ON history (task_id, seq);
+    """,
+)
+
+#: The version a database has once every migration ran.
+SCHEMA_VERSION = len(MIGRATIONS)
