@@ -3,7 +3,8 @@ and errors that name the database without its password."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
@@ -13,8 +14,10 @@ from structlog.testing import capture_logs
 
 from monitor.delivery.outbox import StoreError
 from monitor.delivery.postgres import PostgresStore
-from monitor.delivery.postgres_schema import SCHEMA_VERSION
+from monitor.delivery.postgres_schema import MIGRATIONS, SCHEMA_VERSION
+from monitor.tracking.acks import Ack
 from monitor.tracking.events import Event
+from monitor.tracking.silences import Silence
 from tests.pgcluster import Cluster
 from tests.test_store import events_for
 
@@ -68,6 +71,37 @@ class TestMigrations:
             StoreError, match=f"schema version 99, this batchmon knows version {SCHEMA_VERSION}"
         ):
             await PostgresStore.open(pg_url)
+
+    @pytest.mark.parametrize("found", range(1, SCHEMA_VERSION))
+    async def test_an_older_database_is_migrated(self, pg_url: str, found: int) -> None:
+        """A database an older batchmon made keeps its rows and gains the later tables
+        (acknowledgements: 2, silences: 3)."""
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as db:
+            await db.execute(
+                "CREATE TABLE schema_version ("
+                "version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, migration in enumerate(MIGRATIONS[:found], start=1):
+                await db.execute(migration.encode())
+                await db.execute("INSERT INTO schema_version (version) VALUES (%s)", [version])
+            await db.execute("INSERT INTO watches (task_id, added) VALUES (212, 0)")
+        at = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+        ack = Ack(212, "task.failed|212|1|-|2026-12-03T12:00:00+00:00", "ann", None, at)
+        quiet = Silence(id="s1", reason="upgrade", created=at, ends=at, all=True)
+
+        with capture_logs() as logs:
+            store = await PostgresStore.open(pg_url)
+        try:
+            await store.put_ack(ack)
+            await store.add_silence(quiet)
+            kept = (await store.watches(), await store.acks(), await store.silences())
+        finally:
+            await store.close()
+
+        assert ([212], [ack], [quiet]) == kept
+        assert list(range(1, SCHEMA_VERSION + 1)) == await versions(pg_url)
+        migrated = [e["versions"] for e in logs if e["event"] == "state_database_migrated"]
+        assert [list(range(found + 1, SCHEMA_VERSION + 1))] == migrated
 
 
 class TestSharedClaims:
@@ -151,6 +185,74 @@ class TestSharedClaims:
         for _, event in queued:
             by_task[event.task_id].append(event.id)
         assert by_task == sent
+
+
+class TestSharedDigestClaims:
+    """A digest worker's reads and claims by seq keep one holder per row across processes."""
+
+    async def test_a_live_claim_is_left_out_a_lapsed_one_taken_over(self, pg_url: str) -> None:
+        """Another process's live claim hides its rows; once run out, they are claimable again,
+        keeping their seq and attempts counted; a store's own claims hold until settled."""
+        first, second = events_for(7, {}, {"State": "Failed"})
+        (other,) = events_for(8, {})
+        a = await PostgresStore.open(pg_url, claim_ttl=30.0)
+        b = await PostgresStore.open(pg_url, claim_ttl=30.0)
+        lapsing = await PostgresStore.open(pg_url, claim_ttl=0.0)  # runs out at once
+        try:
+            await a.commit([], [("chat", first), ("chat", second), ("chat", other)], 0.0)
+            seqs = [q.seq for q in await a.queued("chat")]
+            held = await a.claim_seqs("chat", seqs[:2])
+            assert [first.id, second.id] == [d.event.id for d in held]
+            assert [seqs[2]] == [q.seq for q in await b.queued("chat")], "a's rows left out"
+            assert [] == await b.claim_seqs("chat", seqs[:2])
+
+            assert 1 == len(await lapsing.claim_seqs("chat", [seqs[2]]))
+            assert [] == await lapsing.queued("chat"), "its own claim holds for itself"
+            assert [seqs[2]] == [q.seq for q in await b.queued("chat")]
+            (taken,) = await b.claim_seqs("chat", [seqs[2]])
+            assert (seqs[2], other.id, 1) == (taken.seq, taken.event.id, taken.attempts)
+            assert [] == await lapsing.claim_seqs("chat", [seqs[2]]), "b holds it now"
+            assert [] == await a.queued("chat")
+        finally:
+            for store in (a, b, lapsing):
+                await store.close()
+
+    async def test_digest_workers_of_two_processes_never_share_a_row(self, pg_url: str) -> None:
+        """Eight workers over two stores read the queue and claim it in small batches:
+        every row is claimed once, at its first attempt."""
+        queued: list[tuple[str, Event]] = []
+        for task_id in range(1, 31):
+            steps: list[dict[str, object]] = [{"ProgressPercent": 10}, {"State": "Failed"}]
+            queued += [("chat", e) for e in events_for(task_id, {}, *steps)]
+        stores = [await PostgresStore.open(pg_url) for _ in range(2)]
+        taken: Counter[int] = Counter()
+        attempts: set[int] = set()
+
+        async def worker(store: PostgresStore, index: int) -> None:
+            while rows := await store.queued("chat"):
+                seqs = [row.seq for row in rows]
+                seqs = seqs[index % len(seqs) :] + seqs[: index % len(seqs)]
+                for start in range(0, len(seqs), 4):
+                    claimed = await store.claim_seqs("chat", seqs[start : start + 4])
+                    taken.update(d.seq for d in claimed)
+                    attempts.update(d.attempts for d in claimed)
+                    await anyio.lowlevel.checkpoint()
+                    await store.finish([d.seq for d in claimed])
+
+        try:
+            await stores[0].commit([], queued, 0.0)
+            everything = {q.seq for q in await stores[0].queued("chat")}
+            async with anyio.create_task_group() as group:
+                for index in range(8):
+                    group.start_soon(worker, stores[index % 2], index)
+            assert {} == await stores[0].pending_counts()
+        finally:
+            for store in stores:
+                await store.close()
+
+        assert len(queued) == len(everything)
+        assert everything == set(taken)
+        assert ({1}, {0}) == (set(taken.values()), attempts)
 
 
 class TestErrors:

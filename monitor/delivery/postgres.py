@@ -28,10 +28,12 @@ password.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -42,13 +44,15 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.config.service import redacted_url
-from monitor.delivery.outbox import Claim, Committed, Delivery, StoreError
+from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError
 from monitor.delivery.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
 from monitor.delivery.sqlite import COALESCED, HISTORY_PER_TASK
 from monitor.superoffice.redact import Redactor
+from monitor.tracking.acks import Ack
 from monitor.tracking.events import Event
 from monitor.tracking.memory import TaskMemory
+from monitor.tracking.silences import Silence
 
 __all__ = ["CLAIM_TTL", "PostgresStore"]
 
@@ -127,6 +131,22 @@ _CLAIM = (
     ") WHERE NOT EXISTS (SELECT FROM claimed) ORDER BY 1"
 )
 _FINISH = "DELETE FROM outbox WHERE seq = ANY(%b::bigint[])"
+#: A digest's rows by seq, those free only (as :data:`_CLAIM` takes them), heads or not: the
+#: digest worker's plan chose them.  One statement.
+_CLAIM_SEQS = (
+    "WITH chosen AS ("  # noqa: S608
+    "SELECT o.seq FROM outbox o WHERE o.sink = %(sink)b AND o.seq = ANY(%(seqs)b::bigint[]) "
+    f"AND {_FREE} FOR UPDATE OF o SKIP LOCKED) "
+    "UPDATE outbox SET attempts = attempts + 1, claimed_by = %(me)b, "
+    "claimed_until = %(until)b FROM chosen WHERE outbox.seq = chosen.seq "
+    "RETURNING outbox.seq, outbox.event, outbox.attempts - 1, outbox.next_attempt, "
+    "outbox.created"
+)
+#: A sink's queue for its digest worker: the rows nobody holds a live claim on.
+_QUEUED = (
+    "SELECT o.seq, o.task_id, o.type, o.created, o.next_attempt FROM outbox o "  # noqa: S608
+    f"WHERE o.sink = %(sink)b AND {_FREE} ORDER BY o.seq"
+)
 
 
 class PostgresStore:
@@ -237,7 +257,7 @@ class PostgresStore:
         return memories
 
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
-        """Drop the memory and history of tasks no longer watched."""
+        """Drop the memory, history and acknowledgements of tasks no longer watched."""
         ids = list(task_ids)
         if not ids:
             return
@@ -247,6 +267,7 @@ class PostgresStore:
                 [
                     ("DELETE FROM tasks WHERE task_id = ANY(%b::bigint[])", [ids]),
                     ("DELETE FROM history WHERE task_id = ANY(%b::bigint[])", [ids]),
+                    ("DELETE FROM acks WHERE task_id = ANY(%b::bigint[])", [ids]),
                 ],
             )
 
@@ -423,6 +444,40 @@ class PostgresStore:
                 )
             return [event_from_json(text) for (text,) in await cursor.fetchall()]
 
+    # --- digests: one worker reads a sink's queue and claims rows by seq
+    #
+    # The protocol gives these calls no time: a claim's lease runs on the wall clock, as the
+    # dispatcher's does (its ``now`` is the wall clock's outside tests).
+
+    async def queued(self, sink: str) -> list[Queued]:
+        """The sink's deliveries nobody holds a live claim on, oldest first, without events."""
+        async with self._connection() as db:
+            cursor = await db.execute(
+                _QUEUED, {"sink": sink, "me": self.claimer, "now": time.time()}
+            )
+            return [Queued(*row) for row in await cursor.fetchall()]
+
+    async def claim_seqs(self, sink: str, seqs: Sequence[int]) -> list[Delivery]:
+        """Claim these deliveries (an attempt each), in the order given; held or gone ones
+        are left out, unreadable ones logged and deleted."""
+        if not seqs:
+            return []
+        now = time.time()
+        params = {
+            "sink": sink,
+            "seqs": list(seqs),
+            "me": self.claimer,
+            "now": now,
+            "until": now + self._claim_ttl,
+        }
+        async with self._connection() as db:
+            rows = await (await db.execute(_CLAIM_SEQS, params)).fetchall()
+        order = {seq: index for index, seq in enumerate(seqs)}
+        deliveries, unreadable = _deliveries(sink, sorted(rows, key=lambda row: order[row[0]]))
+        if unreadable:
+            await self.finish(unreadable)
+        return deliveries
+
     # --- watches added at run time
 
     async def watches(self) -> list[int]:
@@ -443,6 +498,65 @@ class PostgresStore:
         """Forget a watch added at run time."""
         async with self._connection() as db:
             await db.execute("DELETE FROM watches WHERE task_id = %b", [task_id])
+
+    # --- acknowledgements
+
+    async def acks(self) -> list[Ack]:
+        """Every stored acknowledgement (lapsed ones too: the caller judges)."""
+        async with self._connection() as db:
+            cursor = await db.execute(
+                "SELECT task_id, condition, taken_by, comment, taken_at FROM acks ORDER BY task_id"
+            )
+            rows = await cursor.fetchall()
+        return [
+            Ack(task_id, condition, by, comment, datetime.fromisoformat(at))
+            for task_id, condition, by, comment, at in rows
+        ]
+
+    async def put_ack(self, ack: Ack) -> None:
+        """Store a task's acknowledgement, replacing the one it had."""
+        async with self._connection() as db:
+            await db.execute(
+                "INSERT INTO acks (task_id, condition, taken_by, comment, taken_at) "
+                "VALUES (%b, %b, %b, %b, %b) ON CONFLICT (task_id) DO UPDATE SET "
+                "condition = excluded.condition, taken_by = excluded.taken_by, "
+                "comment = excluded.comment, taken_at = excluded.taken_at",
+                [ack.task_id, ack.condition, ack.by, ack.comment, ack.at.isoformat()],
+            )
+
+    async def drop_acks(self, task_ids: Iterable[int]) -> None:
+        """Delete these tasks' acknowledgements (taken back, or lapsed)."""
+        ids = list(task_ids)
+        if ids:
+            async with self._connection() as db:
+                await db.execute("DELETE FROM acks WHERE task_id = ANY(%b::bigint[])", [ids])
+
+    # --- silences
+
+    async def silences(self) -> list[Silence]:
+        """Every stored silence, ended ones not yet swept included, by end time."""
+        async with self._connection() as db:
+            cursor = await db.execute("SELECT silence FROM silences ORDER BY ends, id")
+            rows = await cursor.fetchall()
+        return [Silence.from_dict(json.loads(text)) for (text,) in rows]
+
+    async def add_silence(self, silence: Silence) -> None:
+        """Persist a new silence."""
+        async with self._connection() as db:
+            await db.execute(
+                "INSERT INTO silences (id, ends, silence) VALUES (%b, %b, %b)",
+                [silence.id, silence.ends.timestamp(), json.dumps(silence.to_dict())],
+            )
+
+    async def remove_silences(self, silence_ids: Sequence[str]) -> set[str]:
+        """Delete silences (ended or swept); which of them were stored."""
+        if not silence_ids:
+            return set()
+        async with self._connection() as db:
+            cursor = await db.execute(
+                "DELETE FROM silences WHERE id = ANY(%b::text[]) RETURNING id", [list(silence_ids)]
+            )
+            return {silence_id for (silence_id,) in await cursor.fetchall()}
 
 
 async def _one_round_trip(

@@ -2,10 +2,11 @@
 
 Each migration runs once, in order, in the transaction that records its number in
 ``schema_version``; a database whose highest number is above this batchmon's is
-refused (a newer batchmon wrote it).  The tables are SQLite's (schema version 1),
-with the claims kept in the outbox rows (``claimed_by``, ``claimed_until``) so that
-more than one process can share the outbox.  A migration is never edited once
-released: a change is a new one appended here.
+refused (a newer batchmon wrote it).  The tables are SQLite's, version for version
+(an acknowledgement's ``taken_at`` is ISO text there too), with the claims kept in
+the outbox rows (``claimed_by``, ``claimed_until``) so that more than one process
+can share the outbox.  A migration is never edited once released: a change is a
+new one appended here.
 """
 
 from __future__ import annotations
@@ -52,6 +53,24 @@ MIGRATIONS: tuple[str, ...] = (
         event text NOT NULL
     );
     CREATE INDEX history_by_task ON history (task_id, seq);
+    """,
+    # 2: acknowledgements, one per task, for the condition it was given for (issue 14).
+    """
+    CREATE TABLE acks (
+        task_id bigint PRIMARY KEY,
+        condition text NOT NULL,
+        taken_by text NOT NULL,
+        comment text,
+        taken_at text NOT NULL
+    );
+    """,
+    # 3: silences, one JSON row each, kept until they end (issue 15).
+    """
+    CREATE TABLE silences (
+        id text PRIMARY KEY,
+        ends double precision NOT NULL,
+        silence text NOT NULL
+    );
     """,
 )
 
