@@ -20,7 +20,8 @@ from monitor.sinks.base import Route
 from monitor.sinks.log import LogSink
 from monitor.tracking.events import Event, EventType
 from monitor.tracking.silences import Silence, end_announcements, muting, split_ended
-from tests.conftest import ManualClock, make_task_event
+from monitor.types import DeliveryStore
+from tests.conftest import ManualClock, StoreOpener, make_task_event
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -183,8 +184,8 @@ class Holding(Recording):
 
 
 @pytest.fixture(name="silencer")
-async def _silencer(store: SqliteStore, clock: ManualClock) -> Silencer:
-    silencer = Silencer(store, clock=clock, firing=list)
+async def _silencer(backend: DeliveryStore, clock: ManualClock) -> Silencer:
+    silencer = Silencer(backend, clock=clock, firing=list)
     await silencer.load()
     return silencer
 
@@ -192,51 +193,52 @@ async def _silencer(store: SqliteStore, clock: ManualClock) -> Silencer:
 class TestSilencer:
     """Silences in the store and at fan-out, on a manual clock."""
 
-    async def test_fan_out_spares_the_log(self, store: SqliteStore, clock: ManualClock) -> None:
+    async def test_fan_out_spares_the_log(self, backend: DeliveryStore, clock: ManualClock) -> None:
         """A silenced task's events are queued for log sinks only; others' for everyone."""
-        silencer = Silencer(store, clock=clock, firing=list)
+        silencer = Silencer(backend, clock=clock, firing=list)
         chat, log = Recording("chat"), LogSink("log")
         subscriptions = [Subscription(chat, Route()), Subscription(log, Route())]
-        dispatcher = Dispatcher(subscriptions, store, now=clock, silenced=silencer.mutes)
+        dispatcher = Dispatcher(subscriptions, backend, now=clock, silenced=silencer.mutes)
         await silencer.add({"for": "1h", "reason": "r", "ids": [212]}, by="ann")
 
         await dispatcher.commit([task_event(212), task_event(213)])
 
-        assert {"log": 2, "chat": 1} == await store.pending_counts()
+        assert {"log": 2, "chat": 1} == await backend.pending_counts()
 
     async def test_ends_reach_a_sink_that_keeps_conditions(
-        self, store: SqliteStore, clock: ManualClock
+        self, backend: DeliveryStore, clock: ManualClock
     ) -> None:
         """Alertmanager still hears a condition end (else it fires it for good); chat does not."""
-        silencer = Silencer(store, clock=clock, firing=list)
+        silencer = Silencer(backend, clock=clock, firing=list)
         chat, alerts = Recording("chat"), Holding("am")
         subscriptions = [Subscription(chat, Route()), Subscription(alerts, Route())]
-        dispatcher = Dispatcher(subscriptions, store, now=clock, silenced=silencer.mutes)
+        dispatcher = Dispatcher(subscriptions, backend, now=clock, silenced=silencer.mutes)
         await silencer.add({"for": "1h", "reason": "r", "ids": [212]}, by="ann")
         succeeded = replace(task_event(212), type=EventType.TASK_SUCCEEDED)
 
         await dispatcher.commit([task_event(212), succeeded])
 
-        assert {"am": 1} == await store.pending_counts()
+        assert {"am": 1} == await backend.pending_counts()
 
-    async def test_durable_and_ends_on_time(self, tmp_path: Path, clock: ManualClock) -> None:
+    async def test_durable_and_ends_on_time(
+        self, open_backend: StoreOpener, clock: ManualClock
+    ) -> None:
         """A silence survives a restart; at its end it is swept from the store, and the
         failure it kept quiet is announced."""
-        path = tmp_path / "state.db"
-        store = await SqliteStore.open(path)
-        first = Silencer(store, clock=clock, firing=list)
+        backend = await open_backend()
+        first = Silencer(backend, clock=clock, firing=list)
         made = await first.add({"for": "2h", "reason": "upgrade", "names": ["Exp*"]}, by="ann")
-        await store.close()
+        await backend.close()
         assert T0.replace(day=28, month=11) + 2 * H == made.ends  # the clock's start + 2h
 
-        store = await SqliteStore.open(path)
+        backend = await open_backend()
         try:
             announced: list[Event] = []
 
             async def announce(events: Any) -> None:
                 announced.extend(events)
 
-            again = Silencer(store, clock=clock, firing=lambda: [FAILED])
+            again = Silencer(backend, clock=clock, firing=lambda: [FAILED])
             again.announce = announce
             await again.load()
             assert [made] == again.active()
@@ -246,24 +248,24 @@ class TestSilencer:
             clock.advance(1)
             assert [made] == await again.sweep()
             assert not again.mutes(FAILED)
-            assert [] == await store.silences()
+            assert [] == await backend.silences()
             assert ["Silence " + made.id + " ended (upgrade): still failed"] == [
                 e.message for e in announced
             ]
         finally:
-            await store.close()
+            await backend.close()
 
-    async def test_ended_early(self, silencer: Silencer, store: SqliteStore) -> None:
+    async def test_ended_early(self, silencer: Silencer, backend: DeliveryStore) -> None:
         """DELETE ends it at once; ending it twice finds nothing."""
         made = await silencer.add({"for": "1h", "reason": "r", "all": True}, by="ann")
         assert made == await silencer.end(made.id)
         assert await silencer.end(made.id) is None
         assert [] == silencer.active()
-        assert [] == await store.silences()
+        assert [] == await backend.silences()
 
-    async def test_limit(self, store: SqliteStore, clock: ManualClock) -> None:
+    async def test_limit(self, backend: DeliveryStore, clock: ManualClock) -> None:
         """Past the limit a new silence is refused, saying so; an ended one makes room."""
-        silencer = Silencer(store, clock=clock, firing=list, limit=2)
+        silencer = Silencer(backend, clock=clock, firing=list, limit=2)
         first = await silencer.add({"for": "1h", "reason": "r", "ids": [1]}, by="ann")
         await silencer.add({"for": "2h", "reason": "r", "ids": [2]}, by="ann")
         with pytest.raises(SilenceRequestError, match="2 silences are in force"):
@@ -281,8 +283,26 @@ class TestSilencer:
         assert silencer.covering(5, "Export") is None
 
 
+class TestStoredSilences:
+    """Each store keeps silences until they are removed, and says which it removed."""
+
+    async def test_by_end_and_removed(self, backend: DeliveryStore) -> None:
+        """Listed soonest end first, ended ones too; removing names what was stored."""
+        late = silence(id="late", ends=T0 + 3 * H, names=("Exp*",), by="ann")
+        ended = silence(id="ended", ends=T0 - H, all=True)
+        soon = silence(id="soon", ids=(1, 2))
+        for rule in (late, ended, soon):
+            await backend.add_silence(rule)
+
+        assert [ended, soon, late] == await backend.silences()
+        assert {"ended", "late"} == await backend.remove_silences(["ended", "late", "gone"])
+        assert set() == await backend.remove_silences([])
+        assert [soon] == await backend.silences()
+
+
 class TestMigration:
-    """A state database of version 1 gains the silences table; nothing is lost."""
+    """A SQLite file of version 1 gains the silences table; nothing is lost (PostgreSQL's
+    migrations: tests/test_store_postgres.py)."""
 
     async def test_version_1_is_migrated(self, tmp_path: Path) -> None:
         """Opened, it is not moved aside: its task stays and silences can be stored."""
@@ -313,14 +333,14 @@ class TestReminders:
     """Reminders of a silenced task are held back, and not sent late when the silence ends."""
 
     async def test_held_reminder_is_not_sent_after_the_end(
-        self, store: SqliteStore, clock: ManualClock
+        self, backend: DeliveryStore, clock: ManualClock
     ) -> None:
         """A reminder due during the silence counts as given; the next period's goes out."""
-        silencer = Silencer(store, clock=clock, firing=list)
+        silencer = Silencer(backend, clock=clock, firing=list)
         chat = Recording("chat")
         dispatcher = Dispatcher(
             [Subscription(chat, Route(), remind_every=3600)],
-            store,
+            backend,
             now=clock,
             silenced=silencer.mutes,
         )
@@ -331,6 +351,6 @@ class TestReminders:
             clock.advance(minutes * 60)
             await silencer.sweep()
             await dispatcher.remind_once(conditions)
-            queued.append(await store.pending_counts())
+            queued.append(await backend.pending_counts())
 
         assert [{}, {}, {"chat": 1}] == queued

@@ -1,4 +1,5 @@
-"""Acknowledgements in the SQLite store, and the migration that brought their table."""
+"""Acknowledgements in each store, and the SQLite migration that brought their table (PostgreSQL's:
+tests/test_store_postgres.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from monitor.delivery.schema import _VERSION_1, SCHEMA_VERSION
 from monitor.delivery.sqlite import SqliteStore
 from monitor.tracking.acks import Ack
+from monitor.types import DeliveryStore
+from tests.conftest import StoreOpener
 
 AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -21,27 +24,28 @@ def _ack(task_id: int, by: str = "alice", comment: str | None = "on it") -> Ack:
 class TestAcks:
     """Stored, replaced, dropped; forgotten with their task."""
 
-    async def test_round_trip(self, tmp_path: Path) -> None:
+    async def test_round_trip(self, open_backend: StoreOpener) -> None:
         """What is put comes back after a reopen, one per task, the last one winning."""
-        path = tmp_path / "state.db"
-        store = await SqliteStore.open(path)
+        store = await open_backend()
         await store.put_ack(_ack(1))
         await store.put_ack(_ack(2, comment=None))
         await store.put_ack(_ack(1, by="bob", comment="mine now"))
         await store.close()
 
-        store = await SqliteStore.open(path)
+        store = await open_backend()
         stored = await store.acks()
         await store.close()
         assert [_ack(1, by="bob", comment="mine now"), _ack(2, comment=None)] == stored
+        assert ["2026-12-03T12:00:00+00:00"] * 2 == [ack.at.isoformat() for ack in stored]
 
-    async def test_dropped_and_forgotten(self, store: SqliteStore) -> None:
+    async def test_dropped_and_forgotten(self, backend: DeliveryStore) -> None:
         """Taken back or lapsed: dropped; a forgotten task takes its acknowledgement along."""
-        for task_id in (1, 2, 3):
-            await store.put_ack(_ack(task_id))
-        await store.drop_acks([1])
-        await store.forget_tasks([2])
-        assert [3] == [ack.task_id for ack in await store.acks()]
+        for task_id in (1, 2, 3, 4):
+            await backend.put_ack(_ack(task_id))
+        await backend.drop_acks([1])
+        await backend.drop_acks([])
+        await backend.forget_tasks([2, 4])
+        assert [3] == [ack.task_id for ack in await backend.acks()]
 
 
 class TestMigration:
