@@ -29,6 +29,7 @@ LEAVES = frozenset(
         "systemd",
         "chart",
         "http_access",
+        "windows",
     }
 )
 #: What each part may import (besides leaves, which every part may use).
