@@ -156,7 +156,7 @@ def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name`` (``Europe/Oslo``), or a ValueError that names it."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
         msg = f"unknown time zone {name!r}: use an IANA name such as 'Europe/Oslo' or 'UTC'"
         raise ValueError(msg) from None
 

@@ -163,6 +163,7 @@ class TestParseWindow:
             ("Mo 10:00-12:00", "UTC", "unknown day 'Mo'"),
             ("Mon", "Europe/Olso", "unknown time zone 'Europe/Olso'"),
             ("Mon", "../etc", "unknown time zone '../etc'"),
+            ("Mon", "Europe", "unknown time zone 'Europe'"),
         ],
     )
     def test_refuses(self, text: str, tz: str, message: str) -> None:
