@@ -21,6 +21,7 @@ import structlog
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.maintenance import Maintenance
 from monitor.delivery.sqlite import SqliteStore
 from monitor.delivery.subscriptions import subscriptions_from
 from monitor.metrics import BatchmonCollector, make_registry
@@ -135,6 +136,9 @@ class Daemon:
         self.tracker = Tracker(rules_from(config.poll, config.watch))
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
+        #: Maintenance windows and the tenant state; what a maintenance held back outlives a
+        #: reload.
+        self.maintenance = Maintenance(config.maintenance.all_windows, clock=clock)
         #: Configurations swapped in so far (tests and the log read it).
         self.reloads = 0
         self._notifier = notifier if notifier is not None else Notifier()
@@ -239,15 +243,23 @@ class Daemon:
             open_session(so) as session,
             aiohttp.ClientSession(timeout=sink_timeout) as sink_session,
         ):
-            context = SinkContext(sink_session, status_url=config.http.public_url)
-            dispatcher = Dispatcher(subscriptions_from(config.sinks, context), store)
+            client = SuperOfficeClient(session, so)
+            maintenance = self.maintenance
+            maintenance.windows, maintenance.tenant = config.maintenance.all_windows, client.tenant
+            context = SinkContext(
+                sink_session,
+                status_url=config.http.public_url,
+                in_maintenance=maintenance.in_maintenance,
+            )
+            dispatcher = Dispatcher(
+                subscriptions_from(config.sinks, context), store, gate=maintenance
+            )
             self.dispatcher = dispatcher
             await dispatcher.start()
             firing = self.tracker.firing()
             for sink in dispatcher.sinks:
                 if isinstance(sink, RestorableSink):
                     sink.restore(firing)
-            client = SuperOfficeClient(session, so)
             poller = Poller(
                 client,
                 self.tracker,
@@ -290,6 +302,14 @@ class Daemon:
                     group.start_soon(dispatcher.run)
                     group.start_soon(dispatcher.remind, self.tracker.firing)
                     await group.start(poller.run)
+                    group.start_soon(
+                        partial(
+                            maintenance.run,
+                            dispatcher.commit,
+                            settle=poller.next_cycle,
+                            slow=poller.slow,
+                        )
+                    )
                     log.info(
                         "batchmon_started",
                         version=__version__,

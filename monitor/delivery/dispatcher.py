@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import anyio
 import structlog
@@ -44,7 +45,7 @@ from monitor.tracking.events import Event
 from monitor.tracking.memory import TaskMemory
 from monitor.types import BackgroundSink, DeliveryStore, Sink
 
-__all__ = ["MAX_CRASHES", "Dispatcher", "Subscription"]
+__all__ = ["MAX_CRASHES", "Dispatcher", "Gate", "Subscription"]
 
 log = structlog.get_logger("batchmon.dispatcher")
 
@@ -62,6 +63,20 @@ class Subscription:
     #: Deliveries in flight at once (workers), each of a different task: one task's
     #: events still go out in order, and a burst is not sent one by one.
     lanes: int = 1
+    #: The sink's type (``log``, ``slack``, …): a gate restricts events by it.
+    kind: str = ""
+
+
+class Gate(Protocol):
+    """Holds some events back from some sinks (maintenance: :mod:`monitor.delivery.maintenance`)."""
+
+    def admit(self, events: Sequence[Event]) -> Mapping[str, frozenset[str]]:
+        """Take note of a commit's events; those restricted, by id, to the sink types they reach."""
+        ...
+
+    def held(self, event: Event) -> bool:
+        """Whether a condition is held back from people now (its reminders wait too)."""
+        ...
 
 
 #: Timers wake a hair early and datetimes round to microseconds: closer than this is due.
@@ -90,8 +105,10 @@ class Dispatcher:
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         max_age: timedelta = timedelta(hours=24),
+        gate: Gate | None = None,
     ) -> None:
         self._subscriptions = list(subscriptions)
+        self._gate = gate
         self._store = store
         self._now = now
         self._sleep = sleep
@@ -138,11 +155,12 @@ class Dispatcher:
 
     async def commit(self, events: Sequence[Event], memories: Sequence[TaskMemory] = ()) -> None:
         """Store the memories and queue each event for every sink that wants it, atomically."""
+        reach = self._gate.admit(events) if self._gate is not None else {}
         deliveries = [
             (s.sink.name, event)
             for event in events
             for s in self._subscriptions
-            if s.route.matches(event)
+            if s.route.matches(event) and (event.id not in reach or s.kind in reach[event.id])
         ]
         if not events and not memories:
             return
@@ -214,7 +232,9 @@ class Dispatcher:
             await self.remind_once(firing())
 
     async def remind_once(self, conditions: Sequence[Event]) -> None:
-        """Queue the reminders that are due now."""
+        """Queue the reminders that are due now (none of conditions the gate holds back)."""
+        if self._gate is not None:
+            conditions = [event for event in conditions if not self._gate.held(event)]
         now = self._now()
         subscribers = [(s.sink.name, s.remind_every, s.route.matches) for s in self._subscriptions]
         due = due_reminders(subscribers, conditions, now)

@@ -28,6 +28,7 @@ def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> lis
                 remind_every=(
                     config.remind_every if isinstance(config, MessageSinkConfig) else None
                 ),
+                kind=config.type,
             )
         )
     return subscriptions

@@ -13,6 +13,7 @@ again until ``ValidUntil`` (within :data:`MIN_RECHECK`..:data:`MAX_RECHECK`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import quote, urlsplit
@@ -96,6 +97,8 @@ class TenantResolver:
         #: Why there is no base: the tenant is not running, or the lookup failed.
         self._unavailable: TenantUnavailable | None = None
         self._failure: ApiError | None = None
+        #: The tenant's state as the status API last named it (``None``: not asked yet).
+        self.state: str | None = None
 
     async def api_base(self) -> str:
         """The cached base, looked up first when there is none or it expired."""
@@ -109,6 +112,15 @@ class TenantResolver:
             raise self._failure.with_traceback(None)
         assert self._base is not None  # a lookup without failure gives a base
         return self._base
+
+    async def current_state(self) -> tuple[str | None, datetime | None]:
+        """The tenant's state, asked again once ``ValidUntil`` passed, and until when it holds.
+
+        A status API that fails leaves the last state known.
+        """
+        with contextlib.suppress(ApiError):
+            await self.api_base()
+        return self.state, self._valid_until
 
     def misdirected(self, base: str) -> bool:
         """Forget ``base`` so the next request looks the tenant up again."""
@@ -155,7 +167,7 @@ class TenantResolver:
             raise status_error(answer)
         data = json_object(answer)
         until = _valid_until(data.get("ValidUntil"), now)
-        state = answer.redact(_state_name(data.get("State")))
+        state = self.state = answer.redact(_state_name(data.get("State")))
         if data.get("IsRunning") is not True:
             seconds = (until - now).total_seconds()
             msg = f"tenant {self._tenant} is {state}, not running; asked again in {seconds:.0f} s"

@@ -69,6 +69,14 @@ class EventType(enum.StrEnum):
     MONITOR_AUTH_FAILED = "monitor.auth_failed"
     #: A test message sent by ``batchmon test-sink``; the tracker never emits it.
     BATCHMON_TEST = "batchmon.test"
+    #: A maintenance window began (configured, or the tenant state says so).
+    MONITOR_MAINTENANCE_STARTED = "monitor.maintenance_started"
+    #: A maintenance window ended: what failed, stalled or went down during it.
+    MONITOR_MAINTENANCE_ENDED = "monitor.maintenance_ended"
+    #: The tenant state says the tenant is not running (Suspended, Deleted, …).
+    MONITOR_TENANT_UNAVAILABLE = "monitor.tenant_unavailable"
+    #: The tenant runs again after ``monitor.tenant_unavailable``.
+    MONITOR_TENANT_AVAILABLE = "monitor.tenant_available"
 
 
 #: The types the tracker emits: every type but the test message.
@@ -202,6 +210,22 @@ KINDS: Mapping[EventType, Kind] = MappingProxyType(
         # ``batchmon test-sink``'s alert fires once and ends by itself (nothing re-posts it).
         EventType.BATCHMON_TEST: Kind(
             "🧪 Test message from batchmon", logging.INFO, alert="BatchmonTest"
+        ),
+        EventType.MONITOR_MAINTENANCE_STARTED: Kind(
+            "🛠 SuperOffice maintenance began", logging.INFO
+        ),
+        EventType.MONITOR_MAINTENANCE_ENDED: Kind("🛠 SuperOffice maintenance ended", logging.INFO),
+        EventType.MONITOR_TENANT_UNAVAILABLE: Kind(
+            "⛔ SuperOffice tenant unavailable",
+            logging.ERROR,
+            tone=Tone.BAD,
+            alert="BatchmonTenantUnavailable",
+        ),
+        EventType.MONITOR_TENANT_AVAILABLE: Kind(
+            "🟢 SuperOffice tenant available again",
+            logging.INFO,
+            tone=Tone.GOOD,
+            ends=frozenset({EventType.MONITOR_TENANT_UNAVAILABLE}),
         ),
     }
 )
