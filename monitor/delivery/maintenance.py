@@ -144,12 +144,12 @@ class Maintenance:
     ) -> None:
         while True:
             state, until = await tenant.current_state()
-            await self._tenant_is(state, commit, settle, slow)
+            await self.take_tenant_state(state, commit, settle, slow)
             now = self._clock()
             wait = max(until - now if until is not None else self._tenant_every, self._tenant_every)
             await anyio.sleep(wait.total_seconds())
 
-    async def _tenant_is(
+    async def take_tenant_state(
         self,
         state: str | None,
         commit: Commit,

@@ -93,22 +93,19 @@ class Hold:
     unannounced: Mapping[Condition, Event] = field(default_factory=dict)
 
 
-def _condition(event: Event, kind: EventType) -> Condition:
-    return kind, event.task_id
-
-
 def admit(hold: Hold, event: Event) -> tuple[Hold, frozenset[str] | None]:
     """The next state, and the sink types ``event`` is restricted to (``None``: all)."""
     ledger = hold.ledger
     if ledger is not None:
         ledger = _record(ledger, event)
     unannounced = dict(hold.unannounced)
-    ended = [key for key in unannounced if key[0] in KINDS[event.type].ends and _same(key, event)]
+    ends = KINDS[event.type].ends
+    ended = [key for key in unannounced if key[0] in ends and key[1] == event.task_id]
     for key in ended:
         del unannounced[key]
     reach: frozenset[str] | None = None
     if event.type in HELD and (hold.ledger is not None or _quiet_api(hold, event)):
-        unannounced[_condition(event, event.type)] = event
+        unannounced[event.type, event.task_id] = event
         reach = RECORDING if _quiet_api(hold, event) else RECORDING | MARKING
     elif ended and event.type in _QUIET_ENDS:
         # Only the end of something people were never told of: as quiet as its start.
@@ -118,10 +115,6 @@ def admit(hold: Hold, event: Event) -> tuple[Hold, frozenset[str] | None]:
 
 #: Events that only end a held condition (others, a failure say, are news of their own).
 _QUIET_ENDS = frozenset({EventType.TASK_RESUMED, EventType.MONITOR_API_RECOVERED})
-
-
-def _same(key: Condition, event: Event) -> bool:
-    return key[1] == event.task_id
 
 
 def _quiet_api(hold: Hold, event: Event) -> bool:
