@@ -50,7 +50,7 @@ from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.delivery.outbox import StoreError
 from monitor.logs import configure_logging
 from monitor.polling import Shard
-from monitor.simulator import Scenario, Simulator
+from monitor.simulator import OnlineTenant, Scenario, Simulator
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.context import SinkContext
 from monitor.sinks.factory import build_sink
@@ -320,7 +320,16 @@ def check_config(path: Path, credentials_dir: Path | None) -> None:
     is_flag=True,
     help="Tell the story again and again, on the same task ids (the tasks re-run).",
 )
-def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bool) -> None:
+@click.option(
+    "--tenant",
+    metavar="CONTEXT",
+    default=None,
+    help="Serve an online tenant (e.g. Cust12345) behind a tenant-status API, whose state "
+    "PUT /simulator/tenant sets.",
+)
+def simulate(
+    host: str, port: int, seed: int, count: int, speed: float, loop: bool, tenant: str | None
+) -> None:
     """Run only the fake SuperOffice WebAPI (basic auth batchmon/batchmon).
 
     Its tasks have ids from 212 up (212-219 by default) and go through their
@@ -334,6 +343,13 @@ def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bo
       batchmon simulate --loop
       curl -u batchmon:batchmon http://127.0.0.1:8765/api/v1/BatchTask/212
       batchmon run --config batchmon.toml   # with [superoffice] url = "http://127.0.0.1:8765/api"
+
+    With --tenant, the API moves under /online1/CONTEXT/api, found through the
+    tenant-status API (GET /api/state/CONTEXT), and the tenant's state can be set:
+
+    \b
+      batchmon simulate --loop --tenant Cust12345
+      curl -X PUT http://127.0.0.1:8765/simulator/tenant -d '{"state": "OfflineMaintenance"}'
     """
     configure_logging("auto", "info", sys.stderr)
 
@@ -341,10 +357,11 @@ def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bo
         scenario = Scenario.generate(
             seed=seed, count=count, start=datetime.now(UTC), speed=speed, loop=loop
         )
-        simulator = Simulator(scenario)
-        url = await simulator.start(host, port)
+        online = OnlineTenant(context_id=tenant) if tenant is not None else None
+        simulator = Simulator(scenario, tenant=online)
+        await simulator.start(host, port)
         try:
-            click.echo(_simulator_banner(url, scenario), err=True)
+            click.echo(_simulator_banner(simulator, scenario), err=True)
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
@@ -353,8 +370,21 @@ def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bo
     _run(serve, None, f"{host}:{port}", busy="--port 0 picks a free port")
 
 
-def _simulator_banner(url: str, scenario: Scenario) -> str:
+def _simulator_banner(simulator: Simulator, scenario: Scenario) -> str:
     """What ``simulate`` prints first: where, which ids, how to log in, a config to start from."""
+    url = simulator.url if simulator.tenant is None else simulator.tenant_url
+    where = f'    url = "{url}"\n'
+    control = ""
+    if simulator.tenant is not None:
+        where = (
+            f'    environment_url = "{simulator.environment_url}"\n'
+            f'    tenant = "{simulator.tenant.context_id}"\n'
+        )
+        control = (
+            "  tenant state (Running, OnlineMaintenance, OfflineMaintenance, Suspended, ...):\n"
+            f"    curl -X PUT {simulator.environment_url}/simulator/tenant "
+            """-d '{"state": "OfflineMaintenance"}'\n"""
+        )
     ids = scenario.task_ids
     story = f"{scenario.period / scenario.speed:.0f} s"
     repeats = (
@@ -366,10 +396,11 @@ def _simulator_banner(url: str, scenario: Scenario) -> str:
         "  login  basic auth, username batchmon, password batchmon\n"
         f"  try    curl -u batchmon:batchmon {url}/v1/BatchTask/{ids[0]}\n"
         "  a configuration for it:\n"
-        f'    [superoffice]\n    url = "{url}"\n'
+        f"    [superoffice]\n{where}"
         '    [superoffice.auth]\n    type = "basic"\n    username = "batchmon"\n'
         '    password = "batchmon"\n'
         f"    [watch]\n    ids = [{', '.join(map(str, ids))}]\n"
+        f"{control}"
         "  Ctrl-C stops it.\n"
     )
 

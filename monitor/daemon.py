@@ -281,6 +281,7 @@ class Daemon:
                 client.stats,
                 dispatcher,
                 cycle_requests=lambda: poller.last_cycle_requests,
+                maintenance=maintenance,
             )
             token, reader = config.http.api_token, config.http.read_token
             state = WebState(
@@ -295,6 +296,7 @@ class Daemon:
                 api_token=token.get_secret_value() if token else None,
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
+                maintenance=lambda: (maintenance.active(self.clock()), maintenance.tenant_state),
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:

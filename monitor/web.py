@@ -94,6 +94,8 @@ class WebState:
     read_token: str | None = None
     #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
     host_names: frozenset[str] = frozenset()
+    #: What makes now a maintenance (window names, the tenant state), and the tenant's state.
+    maintenance: Callable[[], tuple[Sequence[str], str | None]] = lambda: ((), None)
 
 
 STATE = web.AppKey("state", WebState)
@@ -385,6 +387,7 @@ async def _status_page(request: web.Request) -> web.Response:
     shown: Counter[str] = Counter(state_name(m) for m in page.memories)
     last = state.poller.health.last_success
     polled = state.poller.cycles
+    maintenance, tenant_state = state.maintenance()
     return _html(
         "status.html",
         tasks=[_task_view(m, state, now) for m in page.memories],
@@ -404,6 +407,8 @@ async def _status_page(request: web.Request) -> web.Response:
         api_problem=_api_problem(state.poller) if polled else None,
         last_poll=last.isoformat(timespec="seconds") if last else None,
         refresh=5,
+        maintenance=list(maintenance),
+        tenant_state=tenant_state,
     )
 
 

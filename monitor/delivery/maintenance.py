@@ -87,6 +87,15 @@ class Maintenance:
             names.append(f"{decide.TENANT} {self.tenant_state}")
         return names
 
+    def openings(self) -> list[tuple[str, bool]]:
+        """Each window's name, and whether it is open now; the tenant state's maintenance
+        too when the tenant is found through the status API."""
+        now = self._clock()
+        openings = [(window.name, window.active(now)) for window in self.windows]
+        if self.tenant is not None:
+            openings.append((decide.TENANT, decide.tenant_maintenance(self.tenant_state)))
+        return openings
+
     # --- the loop -----------------------------------------------------------------------
 
     async def run(

@@ -32,7 +32,7 @@ from monitor.superoffice.errors import (
 from monitor.superoffice.models import parse_datetime
 from monitor.types import Transport
 
-__all__ = ["MAX_RECHECK", "MIN_RECHECK", "FixedRoute", "TenantResolver"]
+__all__ = ["MAX_RECHECK", "MIN_RECHECK", "TENANT_STATES", "FixedRoute", "TenantResolver"]
 
 log = structlog.get_logger("batchmon.tenant")
 
@@ -58,6 +58,8 @@ _STATES = {
     11: "DeleteFailed",
     12: "MigrationPending",
 }
+#: Every tenant state the status API names.
+TENANT_STATES = tuple(_STATES.values())
 
 
 class FixedRoute:
