@@ -207,6 +207,14 @@ class TestBegin:
         assert unknown.message is not None
         assert "OfflineMaintenance: API" in unknown.message
 
+    def test_an_outage_held_before_the_start_counts(self) -> None:
+        """The tenant went down (the outage held) before its maintenance was known: the
+        maintenance's summary still says the API was down."""
+        hold, _ = _run(Hold(tenant_down=True), _api(EventType.MONITOR_API_DOWN))
+        hold, _ = decide.begin(hold, ["SuperOffice tenant state OfflineMaintenance"], T0, None)
+        assert hold.ledger is not None
+        assert hold.ledger.api_down
+
     def test_also(self) -> None:
         """Overlapping reasons join the one maintenance; outside one, nothing happens."""
         hold = decide.also(_in_window(), ["Saturday", "Nightly"])

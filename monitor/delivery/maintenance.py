@@ -35,6 +35,9 @@ Commit = Callable[[Sequence[Event]], Awaitable[None]]
 class TenantState(Protocol):
     """The tenant-status API's view (:class:`~monitor.superoffice.tenant.TenantResolver`)."""
 
+    #: Told each state the status API names, whoever asked (the poller, most often).
+    on_state: Callable[[str], None] | None
+
     async def current_state(self) -> tuple[str | None, datetime | None]:
         """The state (``None``: unknown) and until when it holds."""
         ...
@@ -60,6 +63,8 @@ class Maintenance:
         #: The tenant's state as last asked (``None``: not asked, or no tenant configured).
         self.tenant_state: str | None = None
         self._changed = anyio.Event()
+        #: Set when the status API named a state, whoever asked.
+        self._tenant_news = anyio.Event()
 
     # --- the gate -----------------------------------------------------------------------
 
@@ -113,6 +118,7 @@ class Maintenance:
         """
         async with anyio.create_task_group() as group:
             if self.tenant is not None:
+                self.tenant.on_state = self._noticed
                 group.start_soon(self._follow_tenant, self.tenant, commit, settle, slow)
             while True:
                 self._changed = anyio.Event()
@@ -144,6 +150,14 @@ class Maintenance:
             log.info("maintenance_ended", conditions_announced=len(events) - 1)
             await commit(events)
 
+    def _noticed(self, state: str) -> None:
+        """The status API named a state (the poller asked, most often): a tenant gone down
+        holds the API's outage back at once, before the poll cycles that fail count."""
+        if decide.tenant_down(state):
+            self._hold = replace(self._hold, tenant_down=True)
+        if state != self.tenant_state:
+            self._tenant_news.set()
+
     async def _follow_tenant(
         self,
         tenant: TenantState,
@@ -151,12 +165,15 @@ class Maintenance:
         settle: Callable[[], Awaitable[None]],
         slow: Callable[[bool], None],
     ) -> None:
+        """Ask at ``ValidUntil`` (at most once a minute), and take what others' asking found."""
         while True:
+            self._tenant_news = anyio.Event()
             state, until = await tenant.current_state()
             await self.take_tenant_state(state, commit, settle, slow)
             now = self._clock()
             wait = max(until - now if until is not None else self._tenant_every, self._tenant_every)
-            await anyio.sleep(wait.total_seconds())
+            with anyio.move_on_after(wait.total_seconds()):
+                await self._tenant_news.wait()
 
     async def take_tenant_state(
         self,
@@ -173,7 +190,7 @@ class Maintenance:
         self.tenant_state = state
         down = decide.tenant_down(state)
         slow(down)
-        came_back = self._hold.tenant_down and not down
+        came_back = decide.tenant_down(previous) and not down
         self._hold = replace(self._hold, tenant_down=down)
         change = decide.tenant_change(previous, state, self._clock())
         if change is not None:

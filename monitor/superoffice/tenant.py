@@ -101,6 +101,8 @@ class TenantResolver:
         self._failure: ApiError | None = None
         #: The tenant's state as the status API last named it (``None``: not asked yet).
         self.state: str | None = None
+        #: Told each state the status API names, as it answers (the maintenance gate).
+        self.on_state: Callable[[str], None] | None = None
 
     async def api_base(self) -> str:
         """The cached base, looked up first when there is none or it expired."""
@@ -170,6 +172,8 @@ class TenantResolver:
         data = json_object(answer)
         until = _valid_until(data.get("ValidUntil"), now)
         state = self.state = answer.redact(_state_name(data.get("State")))
+        if self.on_state is not None:
+            self.on_state(state)
         if data.get("IsRunning") is not True:
             seconds = (until - now).total_seconds()
             msg = f"tenant {self._tenant} is {state}, not running; asked again in {seconds:.0f} s"

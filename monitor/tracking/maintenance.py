@@ -143,7 +143,9 @@ def begin(
         time=at,
         message=f"{_names(names)}{expected}: API outages and stalls go to the log only.",
     )
-    return replace(hold, ledger=Ledger(started=at, names=tuple(names))), event
+    # An outage held back already (the tenant went down before its maintenance was known).
+    down = (EventType.MONITOR_API_DOWN, None) in hold.unannounced
+    return replace(hold, ledger=Ledger(started=at, names=tuple(names), api_down=down)), event
 
 
 def also(hold: Hold, names: Iterable[str]) -> Hold:
