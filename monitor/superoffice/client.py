@@ -510,6 +510,9 @@ class SuperOfficeClient:
                 if moved or not self._route.misdirected(base):
                     raise
                 moved = True
+            except (ServerError, NetworkError):
+                self._route.suspect()
+                raise
 
 
 def _read(answer: Answer, parse: Callable[[bytes], _T]) -> _T:

@@ -40,6 +40,10 @@ log = structlog.get_logger("batchmon.tenant")
 MIN_RECHECK = timedelta(seconds=30)
 #: Never trust an answer longer than this, whatever ``ValidUntil`` says.
 MAX_RECHECK = timedelta(minutes=10)
+#: After the API failed, the status API is asked again at once, but not more often than this:
+#: an offline maintenance shows as the host's 503 before ``ValidUntil`` passes, and its
+#: outage must be known as such before the poll cycles that fail make it ``api_down``.
+SUSPECT_EVERY = timedelta(seconds=5)
 #: A status answer is a few hundred bytes.
 MAX_STATUS_BYTES = 64 << 10
 _HTTP_CLIENT_ERROR = 400
@@ -76,6 +80,9 @@ class FixedRoute:
         """A fixed URL cannot be looked up again."""
         return False
 
+    def suspect(self) -> None:
+        """A fixed URL has no state to ask for."""
+
 
 class TenantResolver:
     """The tenant's current API base, from the tenant-status API, cached until ``ValidUntil``."""
@@ -103,6 +110,8 @@ class TenantResolver:
         self.state: str | None = None
         #: Told each state the status API names, as it answers (the maintenance gate).
         self.on_state: Callable[[str], None] | None = None
+        #: When a failure of the API last made the status API be asked early.
+        self._suspected: datetime | None = None
 
     async def api_base(self) -> str:
         """The cached base, looked up first when there is none or it expired."""
@@ -125,6 +134,14 @@ class TenantResolver:
         with contextlib.suppress(ApiError):
             await self.api_base()
         return self.state, self._valid_until
+
+    def suspect(self) -> None:
+        """The API failed: ask the status API at the next request (once per
+        :data:`SUSPECT_EVERY`), in case the tenant went into maintenance."""
+        now = self._clock()
+        if self._suspected is None or now - self._suspected >= SUSPECT_EVERY:
+            self._suspected = now
+            self._valid_until = None
 
     def misdirected(self, base: str) -> bool:
         """Forget ``base`` so the next request looks the tenant up again."""
