@@ -15,12 +15,16 @@ event                      fires                 severity   resolves
 ``task.stalled``           ``BatchTaskStalled``  warning
 ``task.gone``              ``BatchTaskGone``     warning
 ``monitor.api_down``       ``BatchmonApiDown``   critical
+``monitor.tenant_          ``BatchmonTenant      critical
+unavailable``              Unavailable``
 ``task.succeeded``                                          Failed, Stalled and Gone
 ``task.restarted``                                          Failed, Stalled and Gone
 ``task.removed``                                            Failed, Stalled and Gone
 ``task.expired``                                            Failed, Stalled and Gone
 ``task.resumed``                                            ``BatchTaskStalled``
 ``monitor.api_recovered``                                   ``BatchmonApiDown``
+``monitor.tenant_                                           ``BatchmonTenantUnavailable``
+available``
 =========================  ====================  =========  ================================
 
 Severity: a failed, stalled or vanished task needs a look in working hours
