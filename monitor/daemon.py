@@ -303,6 +303,10 @@ class Daemon:
                 async with anyio.create_task_group() as group:
                     group.start_soon(dispatcher.run)
                     group.start_soon(dispatcher.remind, self.tracker.firing)
+                    # A window open now holds back what the first cycles find (outside one, the
+                    # check never waits for a cycle).
+                    if not maintenance.in_maintenance():
+                        await maintenance.check(dispatcher.commit, poller.next_cycle)
                     await group.start(poller.run)
                     group.start_soon(
                         partial(
