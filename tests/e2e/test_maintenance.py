@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +17,15 @@ import pytest
 
 from monitor.simulator import OnlineTenant, Simulator
 from monitor.superoffice.models import BatchTaskState
-from tests.e2e.conftest import Batchmon, Peers, Receiver, base_config, http, wait_until
+from tests.e2e.conftest import (
+    Batchmon,
+    Peers,
+    Receiver,
+    base_config,
+    http,
+    require_tool,
+    wait_until,
+)
 
 SLACK_PATH = "/services/T0000/B0000/chat"
 AM_PATH = "/am"
@@ -39,6 +48,14 @@ def _chat(receiver: Receiver) -> list[tuple[str, str]]:
 def _alerts(receiver: Receiver) -> list[dict[str, Any]]:
     """Every alert posted to the fake Alertmanager."""
     return [alert for hit in receiver.taken(AM_PATH) for alert in hit.json()]
+
+
+def _promtool_passes(metrics: str) -> None:
+    promtool = require_tool("prometheus", "promtool")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=metrics, capture_output=True, text=True, check=False
+    )
+    assert ("", 0) == (check.stdout + check.stderr, check.returncode)
 
 
 def _logged(batchmon: Batchmon, event: str) -> bool:
@@ -109,6 +126,7 @@ def test_outage_in_a_window(peers: Peers, launch: Any, tmp_path: Any) -> None:
     wait_until(lambda: _logged(batchmon, "monitor.maintenance_started"), 30, "the start")
     metrics = http(url + "/metrics").body.decode()
     assert 'batchmon_maintenance{name="Test window"} 1.0' in metrics
+    _promtool_passes(metrics)
 
     peers.call(simulator.fail_next, 10, 503)
     wait_until(lambda: _logged(batchmon, "monitor.api_down"), 30, "api_down in the log")
@@ -145,7 +163,10 @@ def test_tenant_offline_maintenance(peers: Peers, launch: Any, tmp_path: Any) ->
     batchmon: Batchmon = launch(config)
     url = batchmon.wait_started()
     wait_until(lambda: _logged(batchmon, "tenant_state"), 30, "the tenant state")
-    assert 'batchmon_tenant_state{state="Running"} 1.0' in http(url + "/metrics").body.decode()
+    metrics = http(url + "/metrics").body.decode()
+    assert 'batchmon_tenant_state{state="Running"} 1.0' in metrics
+    assert 'batchmon_maintenance{name="SuperOffice tenant state"} 0.0' in metrics
+    _promtool_passes(metrics)
 
     status = http(
         simulator.environment_url + "/simulator/tenant",
