@@ -450,7 +450,10 @@ def demo(
     async def both() -> None:
         scenario = Scenario.generate(seed=seed, count=count, start=datetime.now(UTC), speed=speed)
         with tempfile.TemporaryDirectory(prefix="batchmon-demo-") as state_dir:
-            async with Simulator(scenario) as simulator:
+            # An Online tenant, so that PUT /simulator/tenant can show a maintenance; its
+            # status answers hold 30 s, so a new state shows within that.
+            tenant = OnlineTenant(valid_for=30)
+            async with Simulator(scenario, tenant=tenant) as simulator:
                 await _demo(simulator, scenario, Path(state_dir), port, speed)
 
     _run(both, duration, f"127.0.0.1:{port}", busy="--port 0 picks a free port")
@@ -463,7 +466,8 @@ async def _demo(
     config = parse_config(
         {
             "superoffice": {
-                "url": simulator.url,
+                "environment_url": simulator.environment_url,
+                "tenant": simulator.tenant.context_id if simulator.tenant else None,
                 "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
                 "max_requests_per_second": 50,
             },
@@ -489,6 +493,8 @@ async def _demo(
             f"\n  batchmon demo: {len(scenario.task_ids)} simulated tasks, found by discovery\n"
             f"  status page  http://127.0.0.1:{bound}/\n"
             f"  metrics      http://127.0.0.1:{bound}/metrics\n"
+            f"  maintenance  curl -X PUT {simulator.environment_url}/simulator/tenant "
+            """-d '{"state": "OfflineMaintenance"}'   (then "Running")\n"""
             f"  Ctrl-C stops it.\n",
             err=True,
         )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import signal
 import sys
@@ -113,3 +114,62 @@ async def test_simulate_with_a_tenant() -> None:
     assert 'tenant = "Cust777"' in banner
     assert 200 == status
     assert ("Suspended", False) == (state["State"], state["IsRunning"])
+
+
+@pytest.mark.timeout(180)
+async def test_demo_shows_a_maintenance() -> None:
+    """``batchmon demo`` prints how to put its tenant into maintenance; doing so starts one,
+    and setting it running again ends it with a summary."""
+    process = await anyio.open_process(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "demo",
+            "--duration",
+            "120s",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+        ]
+    )
+    events: list[str] = []
+
+    async def read_events() -> None:
+        assert process.stdout is not None
+        buffered = ""
+        async for chunk in process.stdout:
+            buffered += chunk.decode()
+            *lines, buffered = buffered.split("\n")
+            events.extend(json.loads(line)["event"] for line in lines if line.startswith("{"))
+
+    async def logged(event: str) -> None:
+        while event not in events:  # noqa: ASYNC110 - another task reads the lines
+            await anyio.sleep(0.05)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(read_events)
+            assert process.stderr is not None
+            banner = ""
+            with anyio.fail_after(20):
+                async for chunk in process.stderr:
+                    banner += chunk.decode()
+                    if "Ctrl-C" in banner:
+                        break
+            [control] = re.findall(r"curl -X PUT (\S+) ", banner)
+            # The demo's tenant-status answers hold 30 s: a state shows within that.
+            with anyio.fail_after(90):
+                await _put(control, {"state": "OfflineMaintenance"})
+                await logged("monitor.maintenance_started")
+                await _put(control, {"state": "Running"})
+                await logged("monitor.maintenance_ended")
+            group.cancel_scope.cancel()
+    finally:
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(10):
+            await process.wait()
+        await process.aclose()
+
+    assert events.index("monitor.maintenance_started") < events.index("monitor.maintenance_ended")
