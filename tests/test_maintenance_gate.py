@@ -147,14 +147,14 @@ class TestWindow:
     async def test_the_loop_wakes_at_the_window_edges(
         self, store: SqliteStore, sinks: Sinks
     ) -> None:
-        """run() sleeps until a window opens or closes: a one-second window on the wall clock
-        gives a start and an end."""
+        """run() sleeps until a window opens or closes: a three-second window on the wall
+        clock, opening in a second or two, gives a start and an end."""
         now = datetime.now().astimezone()
-        start = (now + timedelta(seconds=1)).replace(microsecond=0)
+        start = (now + timedelta(seconds=2)).replace(microsecond=0)
         window = Window(
             frozenset({start.weekday()}),
             start.time(),
-            (start + timedelta(seconds=1)).time(),
+            (start + timedelta(seconds=3)).time(),
             start.tzinfo,  # type: ignore[arg-type]
             "Blink",
         )
@@ -162,7 +162,7 @@ class TestWindow:
         dispatcher = Dispatcher(sinks.subscriptions(), store, gate=gate)
         async with dispatching(dispatcher), anyio.create_task_group() as group:
             group.start_soon(lambda: gate.run(dispatcher.commit, settle=_no_wait, slow=_not_slowed))
-            await until(lambda: len(sinks.chat.received) == 2)
+            await until(lambda: len(sinks.chat.received) == 2, within=20)
             group.cancel_scope.cancel()
 
         assert [
