@@ -211,10 +211,8 @@ KINDS: Mapping[EventType, Kind] = MappingProxyType(
         EventType.BATCHMON_TEST: Kind(
             "🧪 Test message from batchmon", logging.INFO, alert="BatchmonTest"
         ),
-        EventType.MONITOR_MAINTENANCE_STARTED: Kind(
-            "🛠 SuperOffice maintenance began", logging.INFO
-        ),
-        EventType.MONITOR_MAINTENANCE_ENDED: Kind("🛠 SuperOffice maintenance ended", logging.INFO),
+        EventType.MONITOR_MAINTENANCE_STARTED: Kind("🛠 Maintenance began", logging.INFO),
+        EventType.MONITOR_MAINTENANCE_ENDED: Kind("🛠 Maintenance ended", logging.INFO),
         EventType.MONITOR_TENANT_UNAVAILABLE: Kind(
             "⛔ SuperOffice tenant unavailable",
             logging.ERROR,
