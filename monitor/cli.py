@@ -58,7 +58,7 @@ from monitor.logs import configure_logging
 from monitor.polling import Shard
 from monitor.polling.stop import StopFailedError, StopOutcome, stop_directly
 from monitor.remote import RemoteError, call
-from monitor.simulator import Scenario, Simulator
+from monitor.simulator import OnlineTenant, Scenario, Simulator
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.context import SinkContext
 from monitor.sinks.factory import build_sink
@@ -328,7 +328,16 @@ def check_config(path: Path, credentials_dir: Path | None) -> None:
     is_flag=True,
     help="Tell the story again and again, on the same task ids (the tasks re-run).",
 )
-def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bool) -> None:
+@click.option(
+    "--tenant",
+    metavar="CONTEXT",
+    default=None,
+    help="Serve an online tenant (e.g. Cust12345) behind a tenant-status API, whose state "
+    "PUT /simulator/tenant sets.",
+)
+def simulate(
+    host: str, port: int, seed: int, count: int, speed: float, loop: bool, tenant: str | None
+) -> None:
     """Run only the fake SuperOffice WebAPI (basic auth batchmon/batchmon).
 
     Its tasks have ids from 212 up (212-219 by default) and go through their
@@ -342,6 +351,13 @@ def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bo
       batchmon simulate --loop
       curl -u batchmon:batchmon http://127.0.0.1:8765/api/v1/BatchTask/212
       batchmon run --config batchmon.toml   # with [superoffice] url = "http://127.0.0.1:8765/api"
+
+    With --tenant, the API moves under /online1/CONTEXT/api, found through the
+    tenant-status API (GET /api/state/CONTEXT), and the tenant's state can be set:
+
+    \b
+      batchmon simulate --loop --tenant Cust12345
+      curl -X PUT http://127.0.0.1:8765/simulator/tenant -d '{"state": "OfflineMaintenance"}'
     """
     configure_logging("auto", "info", sys.stderr)
 
@@ -349,10 +365,11 @@ def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bo
         scenario = Scenario.generate(
             seed=seed, count=count, start=datetime.now(UTC), speed=speed, loop=loop
         )
-        simulator = Simulator(scenario)
-        url = await simulator.start(host, port)
+        online = OnlineTenant(context_id=tenant) if tenant is not None else None
+        simulator = Simulator(scenario, tenant=online)
+        await simulator.start(host, port)
         try:
-            click.echo(_simulator_banner(url, scenario), err=True)
+            click.echo(_simulator_banner(simulator, scenario), err=True)
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
@@ -361,8 +378,21 @@ def simulate(host: str, port: int, seed: int, count: int, speed: float, loop: bo
     _run(serve, None, f"{host}:{port}", busy="--port 0 picks a free port")
 
 
-def _simulator_banner(url: str, scenario: Scenario) -> str:
+def _simulator_banner(simulator: Simulator, scenario: Scenario) -> str:
     """What ``simulate`` prints first: where, which ids, how to log in, a config to start from."""
+    url = simulator.url if simulator.tenant is None else simulator.tenant_url
+    where = f'    url = "{url}"\n'
+    control = ""
+    if simulator.tenant is not None:
+        where = (
+            f'    environment_url = "{simulator.environment_url}"\n'
+            f'    tenant = "{simulator.tenant.context_id}"\n'
+        )
+        control = (
+            "  tenant state (Running, OnlineMaintenance, OfflineMaintenance, Suspended, ...):\n"
+            f"    curl -X PUT {simulator.environment_url}/simulator/tenant "
+            """-d '{"state": "OfflineMaintenance"}'\n"""
+        )
     ids = scenario.task_ids
     story = f"{scenario.period / scenario.speed:.0f} s"
     repeats = (
@@ -374,10 +404,11 @@ def _simulator_banner(url: str, scenario: Scenario) -> str:
         "  login  basic auth, username batchmon, password batchmon\n"
         f"  try    curl -u batchmon:batchmon {url}/v1/BatchTask/{ids[0]}\n"
         "  a configuration for it:\n"
-        f'    [superoffice]\n    url = "{url}"\n'
+        f"    [superoffice]\n{where}"
         '    [superoffice.auth]\n    type = "basic"\n    username = "batchmon"\n'
         '    password = "batchmon"\n'
         f"    [watch]\n    ids = [{', '.join(map(str, ids))}]\n"
+        f"{control}"
         "  Ctrl-C stops it.\n"
     )
 
@@ -427,7 +458,10 @@ def demo(
     async def both() -> None:
         scenario = Scenario.generate(seed=seed, count=count, start=datetime.now(UTC), speed=speed)
         with tempfile.TemporaryDirectory(prefix="batchmon-demo-") as state_dir:
-            async with Simulator(scenario) as simulator:
+            # An Online tenant, so that PUT /simulator/tenant can show a maintenance; its
+            # status answers hold 30 s, so a new state shows within that.
+            tenant = OnlineTenant(valid_for=30)
+            async with Simulator(scenario, tenant=tenant) as simulator:
                 await _demo(simulator, scenario, Path(state_dir), port, speed)
 
     _run(both, duration, f"127.0.0.1:{port}", busy="--port 0 picks a free port")
@@ -441,7 +475,8 @@ async def _demo(
     config = parse_config(
         {
             "superoffice": {
-                "url": simulator.url,
+                "environment_url": simulator.environment_url,
+                "tenant": simulator.tenant.context_id if simulator.tenant else None,
                 "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
                 "max_requests_per_second": 50,
             },
@@ -468,6 +503,8 @@ async def _demo(
             f"\n  batchmon demo: {len(scenario.task_ids)} simulated tasks, found by discovery\n"
             f"  status page  http://127.0.0.1:{bound}/\n"
             f"  metrics      http://127.0.0.1:{bound}/metrics\n"
+            f"  maintenance  curl -X PUT {simulator.environment_url}/simulator/tenant "
+            """-d '{"state": "OfflineMaintenance"}'   (then "Running")\n"""
             f"  Ctrl-C stops it.\n",
             err=True,
         )

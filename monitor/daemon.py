@@ -22,6 +22,7 @@ from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.maintenance import Maintenance
 from monitor.delivery.silences import Silencer
 from monitor.delivery.stores import open_store
 from monitor.delivery.subscriptions import subscriptions_from
@@ -139,6 +140,9 @@ class Daemon:
         self.tracker = Tracker(rules_from(config.poll, config.watch))
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
+        #: Maintenance windows and the tenant state; what a maintenance held back outlives a
+        #: reload.
+        self.maintenance = Maintenance(config.maintenance.all_windows, clock=clock)
         #: Configurations swapped in so far (tests and the log read it).
         self.reloads = 0
         self._notifier = notifier if notifier is not None else Notifier()
@@ -242,11 +246,21 @@ class Daemon:
             open_session(so) as session,
             aiohttp.ClientSession(timeout=sink_timeout) as sink_session,
         ):
-            context = SinkContext(sink_session, status_url=config.http.public_url)
+            client = SuperOfficeClient(session, so)
+            maintenance = self.maintenance
+            maintenance.windows, maintenance.tenant = config.maintenance.all_windows, client.tenant
+            context = SinkContext(
+                sink_session,
+                status_url=config.http.public_url,
+                in_maintenance=maintenance.in_maintenance,
+            )
             silencer = Silencer(store, clock=self.clock, firing=self.tracker.firing)
             await silencer.load()
             dispatcher = Dispatcher(
-                subscriptions_from(config.sinks, context), store, silenced=silencer.mutes
+                subscriptions_from(config.sinks, context),
+                store,
+                silenced=silencer.mutes,
+                gate=maintenance,
             )
             silencer.announce = dispatcher.commit
             self.dispatcher = dispatcher
@@ -263,7 +277,6 @@ class Daemon:
             for sink in dispatcher.sinks:
                 if isinstance(sink, RestorableSink):
                     sink.restore(firing)
-            client = SuperOfficeClient(session, so)
             poller = Poller(
                 client,
                 self.tracker,
@@ -285,6 +298,7 @@ class Daemon:
                 client.stats,
                 dispatcher,
                 cycle_requests=lambda: poller.last_cycle_requests,
+                maintenance=maintenance,
             )
             token, reader = config.http.api_token, config.http.read_token
             state = WebState(
@@ -302,6 +316,7 @@ class Daemon:
                 acks=acks,
                 stopper=TaskStopper(client, record, self.clock),
                 silences=silencer,
+                maintenance=lambda: (maintenance.active(self.clock()), maintenance.tenant_state),
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:
@@ -321,7 +336,19 @@ class Daemon:
                             clock=self.clock,
                         )
                         group.start_soon(auto.run, self.tracker.tasks.values, config.poll.interval)
+                    # A window open now holds back what the first cycles find (outside one, the
+                    # check never waits for a cycle).
+                    if not maintenance.in_maintenance():
+                        await maintenance.check(dispatcher.commit, poller.next_cycle)
                     await group.start(poller.run)
+                    group.start_soon(
+                        partial(
+                            maintenance.run,
+                            dispatcher.commit,
+                            settle=poller.next_cycle,
+                            slow=poller.slow,
+                        )
+                    )
                     log.info(
                         "batchmon_started",
                         version=__version__,

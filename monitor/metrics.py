@@ -23,7 +23,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor import __version__
 from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.maintenance import Maintenance
 from monitor.superoffice.client import RequestStats
+from monitor.superoffice.tenant import TENANT_STATES
 from monitor.task_metrics import STATES
 from monitor.tracking.events import EMITTED
 from monitor.tracking.health import ApiHealth
@@ -43,8 +45,10 @@ class BatchmonCollector(Collector):
         dispatcher: Dispatcher,
         *,
         cycle_requests: Callable[[], int] | None = None,
+        maintenance: Maintenance | None = None,
     ) -> None:
         self._cycle_requests = cycle_requests
+        self._maintenance = maintenance
         self._tracker = tracker
         self._health = health
         self._requests = requests
@@ -55,6 +59,8 @@ class BatchmonCollector(Collector):
         yield from self._aggregate_families()
         yield from self._api_families()
         yield from self._delivery_families()
+        if self._maintenance is not None:
+            yield from self._maintenance_families(self._maintenance)
         build = InfoMetricFamily("batchmon_build", "batchmon version and Python runtime.")
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield build
@@ -147,6 +153,30 @@ class BatchmonCollector(Collector):
             histogram = dispatcher.latency[name]
             latency.add_metric([name], histogram.cumulative(), histogram.sum)
         yield from (delivered, failed, given_up, queued, latency)
+
+    @staticmethod
+    def _maintenance_families(maintenance: Maintenance) -> Iterator[Metric]:
+        windows = GaugeMetricFamily(
+            "batchmon_maintenance",
+            "1 while a maintenance window (or the tenant state's maintenance) is open, by name.",
+            labels=["name"],
+        )
+        for name, open_now in maintenance.openings():
+            windows.add_metric([name], 1.0 if open_now else 0.0)
+        yield windows
+        if maintenance.tenant is not None:
+            current = maintenance.tenant_state
+            states = GaugeMetricFamily(
+                "batchmon_tenant_state",
+                "1 for the tenant's state as the tenant-status API last named it.",
+                labels=["state"],
+            )
+            names = list(TENANT_STATES)
+            if current is not None and current not in names:
+                names.append(current)
+            for state in names:
+                states.add_metric([state], 1.0 if state == current else 0.0)
+            yield states
 
 
 def make_registry(collector: BatchmonCollector) -> CollectorRegistry:

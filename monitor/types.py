@@ -376,3 +376,7 @@ class ApiRoute(Protocol):
     def misdirected(self, base: str) -> bool:
         """``base`` answered 421; whether asking the route again may give another one."""
         ...
+
+    def suspect(self) -> None:
+        """The API failed (5xx, unreachable): the tenant's state may have changed."""
+        ...

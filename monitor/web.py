@@ -104,6 +104,8 @@ class WebState:
     stopper: Stopper | None = None
     #: The silences (``/api/v1/silences``); ``None``: not offered.
     silences: Silences | None = None
+    #: What makes now a maintenance (window names, the tenant state), and the tenant's state.
+    maintenance: Callable[[], tuple[Sequence[str], str | None]] = lambda: ((), None)
 
 
 STATE = web.AppKey("state", WebState)
@@ -604,6 +606,7 @@ async def _status_page(request: web.Request) -> web.Response:
     shown: Counter[str] = Counter(state_name(m) for m in page.memories)
     last = state.poller.health.last_success
     polled = state.poller.cycles
+    maintenance, tenant_state = state.maintenance()
     return _html(
         "status.html",
         tasks=[_task_view(m, state, now) for m in page.memories],
@@ -627,6 +630,8 @@ async def _status_page(request: web.Request) -> web.Response:
             {**_silence_view(s), "ends": s.ends.isoformat(timespec="seconds")}
             for s in (state.silences.active() if state.silences is not None else [])
         ],
+        maintenance=list(maintenance),
+        tenant_state=tenant_state,
     )
 
 

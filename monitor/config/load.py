@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 
 from monitor.config.base import _Section
 from monitor.config.errors import ConfigError, _describe, _invalid, _problem
+from monitor.config.maintenance import MaintenanceConfig
 from monitor.config.poll import PollConfig, WatchConfig
 from monitor.config.service import HttpConfig, LogConfig, StateConfig
 from monitor.config.sinks import SinkConfig, _default_sinks
@@ -42,6 +43,7 @@ class Config(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     sinks: list[SinkConfig] = Field(default_factory=_default_sinks)
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
 
     @field_validator("sinks")
     @classmethod

@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import anyio
 import structlog
@@ -49,7 +50,7 @@ from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
 from monitor.types import BackgroundSink, DeliveryStore, RestorableSink, Sink
 
-__all__ = ["MAX_CRASHES", "Dispatcher", "Subscription"]
+__all__ = ["MAX_CRASHES", "Dispatcher", "Gate", "Subscription"]
 
 log = structlog.get_logger("batchmon.dispatcher")
 
@@ -73,6 +74,20 @@ class Subscription:
     #: Seconds a failed, stalled or gone task must fire unacknowledged before this sink
     #: hears of it (``None``: at once); see :mod:`monitor.delivery.escalation`.
     after: float | None = None
+    #: The sink's type (``log``, ``slack``, …): a gate restricts events by it.
+    kind: str = ""
+
+
+class Gate(Protocol):
+    """Holds some events back from some sinks (maintenance: :mod:`monitor.delivery.maintenance`)."""
+
+    def admit(self, events: Sequence[Event]) -> Mapping[str, frozenset[str]]:
+        """Take note of a commit's events; those restricted, by id, to the sink types they reach."""
+        ...
+
+    def held(self, event: Event) -> bool:
+        """Whether a condition is held back from people now (its reminders wait too)."""
+        ...
 
 
 #: Timers wake a hair early and datetimes round to microseconds: closer than this is due.
@@ -105,10 +120,12 @@ class Dispatcher:
         backoff_cap: float = 300.0,
         max_age: timedelta = timedelta(hours=24),
         silenced: Callable[[Event], bool] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self._subscriptions = list(subscriptions)
         #: Whether a silence keeps an event from every sink but the log (decided at fan-out).
         self._silenced = silenced
+        self._gate = gate
         self._store = store
         self._now = now
         self._sleep = sleep
@@ -159,11 +176,13 @@ class Dispatcher:
 
     async def commit(self, events: Sequence[Event], memories: Sequence[TaskMemory] = ()) -> None:
         """Store the memories and queue each event for every sink that wants it, atomically."""
+        reach = self._gate.admit(events) if self._gate is not None else {}
         deliveries = [
             (s.sink.name, event)
             for event in events
             for s in self._subscriptions
             if s.route.matches(event)
+            and (event.id not in reach or s.kind in reach[event.id])
             and self._admits(s, event)
             and (s.after is None or self.escalations.passes(s.sink.name, event))
         ]
@@ -258,8 +277,11 @@ class Dispatcher:
         """Queue the reminders that are due now.
 
         One a silence holds back is recorded as given: the silence's end says what still
-        fires, and a held-back reminder must not follow it.
+        fires, and a held-back reminder must not follow it.  Conditions a maintenance holds
+        back get none: the end of the window announces what still fires.
         """
+        if self._gate is not None:
+            conditions = [event for event in conditions if not self._gate.held(event)]
         now = self._now()
         subscribers = [
             (s.sink.name, s.remind_every, s.route.matches)

@@ -32,6 +32,7 @@ def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> lis
                 ),
                 grouping=_grouping(config),
                 after=config.after if isinstance(config, MessageSinkConfig) else None,
+                kind=config.type,
             )
         )
     return subscriptions

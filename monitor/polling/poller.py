@@ -131,6 +131,10 @@ class Poller:
         #: API requests the last cycle made (GETs and list calls).
         self.last_cycle_requests = 0
         self._last_activity: float | None = None
+        #: Set when the cycle under way ends (:meth:`next_cycle`).
+        self._cycle_ended = anyio.Event()
+        #: Cycles at least ``idle_interval`` apart: the tenant is known to be down.
+        self._slow = False
 
     @property
     def watched(self) -> frozenset[int]:
@@ -144,6 +148,14 @@ class Poller:
         """
         last = self._last_activity
         return last is not None and anyio.current_time() - last < within
+
+    async def next_cycle(self) -> None:
+        """Wait until the next poll cycle has ended."""
+        await self._cycle_ended.wait()
+
+    def slow(self, slow: bool) -> None:
+        """Poll at most every ``idle_interval`` (the tenant is down), or as scheduled again."""
+        self._slow = slow
 
     def due_in(self, task_id: int) -> float | None:
         """Seconds until a task's next poll (``None``: not polled any more)."""
@@ -187,6 +199,8 @@ class Poller:
                 if due:
                     await self.poll(due)
                 wake = self._schedule.wake_at(now)
+                if self._slow:
+                    wake = max(wake, now + self._idle_interval)
                 await anyio.sleep(max(wake - anyio.current_time(), 0.05))
 
     async def sweep(self) -> list[int]:
@@ -351,6 +365,8 @@ class Poller:
         await self._batcher.settled()
         self.cycles += 1
         self.last_cycle_end = anyio.current_time()
+        self._cycle_ended.set()
+        self._cycle_ended = anyio.Event()
 
     async def _request(self, cycle: _Cycle, call: Callable[[], Awaitable[_R]]) -> _R | ApiError:
         """One API request; its outcome counts for the cycle's health."""

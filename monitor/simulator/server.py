@@ -41,7 +41,7 @@ from monitor.simulator.tasks import (
     state_filter,
     update_task,
 )
-from monitor.simulator.tenant import OnlineTenant, tenant_refusal, tenant_status
+from monitor.simulator.tenant import OnlineTenant, set_tenant_state, tenant_refusal, tenant_status
 from monitor.superoffice.models import BatchTaskState
 
 __all__ = ["Simulator"]
@@ -55,7 +55,9 @@ def _utc_now() -> datetime:
 
 
 #: Routes that take no API credentials: the login and tenant-status hosts.
-_PUBLIC_ROUTES = frozenset({"oauth-tokens", "system-user", "jwks", "tenant-state"})
+_PUBLIC_ROUTES = frozenset(
+    {"oauth-tokens", "system-user", "jwks", "tenant-state", "tenant-control"}
+)
 _API_ROUTES = (
     ("GET", "/v1/BatchTask/{id}", "_get_task"),
     ("POST", "/v1/Agents/Batch/GetBatchTaskInfosByAssociates", "_by_associates"),
@@ -136,6 +138,8 @@ class Simulator:
         )
         router.add_get("/login/.well-known/jwks", self._jwks, name="jwks")
         router.add_get("/api/state/{context}", self._tenant_state, name="tenant-state")
+        # The simulator's own control: set the tenant's state (maintenance, suspended, ...).
+        router.add_put("/simulator/tenant", self._set_tenant_state, name="tenant-control")
 
     # --- lifecycle
 
@@ -347,6 +351,9 @@ class Simulator:
         origin = f"{request.scheme}://{request.host}"
         status = tenant_status(self.tenant, request.match_info["context"], self._clock(), origin)
         return web.json_response(status, dumps=dumps)
+
+    async def _set_tenant_state(self, request: web.Request) -> web.Response:
+        return await set_tenant_state(request, self.tenant, self._clock())
 
     async def _get_task(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]

@@ -14,8 +14,9 @@ from aiohttp import web
 
 from monitor.simulator.responses import error_response
 from monitor.simulator.tasks import DateForm
+from monitor.superoffice.tenant import TENANT_STATES
 
-__all__ = ["RUNNING_STATES", "OnlineTenant", "tenant_refusal", "tenant_status"]
+__all__ = ["RUNNING_STATES", "OnlineTenant", "set_tenant_state", "tenant_refusal", "tenant_status"]
 
 #: Tenant states in which the API answers (the status API's ``IsRunning``).
 RUNNING_STATES = frozenset({"Running", "OnlineMaintenance"})
@@ -88,3 +89,32 @@ def tenant_status(
         "Api": endpoint + "/api",
         "Version": _VERSION,
     }
+
+
+async def set_tenant_state(
+    request: web.Request, tenant: OnlineTenant | None, now: datetime
+) -> web.Response:
+    """``PUT /simulator/tenant`` ``{"state": "OfflineMaintenance", "valid_for": 60}``: the
+    simulator's control of its tenant, for tests and demos; answers the new status."""
+    if tenant is None:
+        return error_response(404, "NoTenant", "The simulator serves no online tenant")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    state = body.get("state") if isinstance(body, dict) else None
+    valid_for = body.get("valid_for", tenant.valid_for) if isinstance(body, dict) else None
+    if (
+        state not in TENANT_STATES
+        or not isinstance(valid_for, int | float)
+        or isinstance(valid_for, bool)
+        or valid_for <= 0
+    ):
+        message = (
+            'Expected {"state": ..., "valid_for": seconds (optional)} with state one of '
+            + ", ".join(TENANT_STATES)
+        )
+        return error_response(400, "BadRequest", message)
+    tenant.state, tenant.valid_for = state, float(valid_for)
+    origin = f"{request.scheme}://{request.host}"
+    return web.json_response(tenant_status(tenant, tenant.context_id, now, origin))

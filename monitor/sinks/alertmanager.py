@@ -15,12 +15,16 @@ event                      fires                 severity   resolves
 ``task.stalled``           ``BatchTaskStalled``  warning
 ``task.gone``              ``BatchTaskGone``     warning
 ``monitor.api_down``       ``BatchmonApiDown``   critical
+``monitor.tenant_          ``BatchmonTenant      critical
+unavailable``              Unavailable``
 ``task.succeeded``                                          Failed, Stalled and Gone
 ``task.restarted``                                          Failed, Stalled and Gone
 ``task.removed``                                            Failed, Stalled and Gone
 ``task.expired``                                            Failed, Stalled and Gone
 ``task.resumed``                                            ``BatchTaskStalled``
 ``monitor.api_recovered``                                   ``BatchmonApiDown``
+``monitor.tenant_                                           ``BatchmonTenantUnavailable``
+available``
 =========================  ====================  =========  ================================
 
 Severity: a failed, stalled or vanished task needs a look in working hours
@@ -29,7 +33,10 @@ leaves batchmon blind to every task, so that no other alert can fire
 (``critical``).
 
 Labels are ``alertname``, ``task_id``, ``task_name``, ``severity`` and
-``source="batchmon"`` (monitor alerts have no task labels).  No host or
+``source="batchmon"`` (monitor alerts have no task labels).  During a maintenance (see
+:mod:`monitor.tracking.maintenance`) an API outage or a stall fires with
+``maintenance="true"`` too, so a route can mute it; when the maintenance ends and it still
+fires, it is fired again without, which resolves the marked one.  No host or
 replica label: two replicas send the same alert and Alertmanager dedups it.
 
 Times: ``startsAt`` is when the condition was detected.  A firing alert is
@@ -59,6 +66,7 @@ from monitor.sinks.base import DeliveryError
 from monitor.sinks.http import Request, json_body, post_json
 from monitor.sinks.render import escape_plain
 from monitor.tracking.events import KINDS, Event, EventType, TaskSummary
+from monitor.tracking.maintenance import HELD
 
 __all__ = ["Alert", "AlertChange", "AlertmanagerSink", "alerts_for"]
 
@@ -85,12 +93,16 @@ FAILED, STALLED, GONE, API_DOWN, TEST = (
     )
 )
 
+#: The tenant state says the tenant is not running: every task is out of reach (critical).
+TENANT_DOWN = _fired(EventType.MONITOR_TENANT_UNAVAILABLE)
+
 _SEVERITY = {
     FAILED: "warning",
     STALLED: "warning",
     GONE: "warning",
     API_DOWN: "critical",
     TEST: "none",
+    TENANT_DOWN: "critical",
 }
 _WHAT = {FAILED: "failed", STALLED: "stalled", GONE: "is gone (the API answers 404)"}
 
@@ -129,11 +141,16 @@ class AlertChange:
     resolved: tuple[Alert, ...]
 
 
-def alerts_for(event: Event) -> AlertChange:
-    """The alert an event fires and those it resolves (pure; the table above)."""
+def alerts_for(event: Event, *, maintenance: bool = False) -> AlertChange:
+    """The alert an event fires and those it resolves (pure; the table above).
+
+    ``maintenance``: one is under way, and an outage or a stall fires marked.
+    """
     kind = KINDS[event.type]
     fires = kind.alert
     fired = _alert(fires, event, _description(event)) if fires is not None else None
+    if fired is not None and maintenance and event.type in HELD:
+        fired = replace(fired, labels={**fired.labels, "maintenance": "true"})
     resolved_by = f"Resolved by {event.type.value}."
     resolved = tuple(
         _alert(name, event, f"{resolved_by}\n{_description(event)}".strip(), ended=True)
@@ -168,6 +185,8 @@ def _summary(alertname: str, task: TaskSummary | None) -> str:
         return "batchmon cannot reach the SuperOffice API"
     if alertname == TEST:
         return "Test alert from batchmon test-sink; please ignore"
+    if alertname == TENANT_DOWN:
+        return "The SuperOffice tenant is not running"
     if task is None:
         who = "A batch task"
     else:
@@ -248,6 +267,7 @@ class AlertmanagerSink:
         resend_every: float = 60.0,
         resolved_for: float = 300.0,
         clock: Callable[[], datetime] = _utcnow,
+        in_maintenance: Callable[[], bool] = lambda: False,
     ) -> None:
         self.name = name
         # The URL may carry credentials: it stays here and in no message.
@@ -259,6 +279,7 @@ class AlertmanagerSink:
         self._lifetime = timedelta(seconds=_LIFETIMES * resend_every)
         self._resolved_for = timedelta(seconds=resolved_for)
         self._clock = clock
+        self._in_maintenance = in_maintenance
         self._lock = anyio.Lock()
         #: What this sink considers firing, by condition and task.
         self._firing: dict[AlertKey, Alert] = {}
@@ -272,6 +293,7 @@ class AlertmanagerSink:
         session: aiohttp.ClientSession,
         *,
         status_url: str | None,
+        in_maintenance: Callable[[], bool] = lambda: False,
     ) -> AlertmanagerSink:
         """The sink a validated ``[[sinks]]`` entry of type ``alertmanager`` describes."""
         return cls(
@@ -280,6 +302,7 @@ class AlertmanagerSink:
             session,
             timeout=config.timeout,
             generator_url=status_url,
+            in_maintenance=in_maintenance,
         )
 
     @property
@@ -299,7 +322,7 @@ class AlertmanagerSink:
 
     async def send(self, event: Event) -> None:
         """Post the alerts the event fires or resolves; events that do neither are ignored."""
-        change = alerts_for(event)
+        change = alerts_for(event, maintenance=self._in_maintenance())
         if change.fired is None and not change.resolved:
             return
         async with self._lock:

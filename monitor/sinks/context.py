@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 
 __all__ = ["SinkContext"]
@@ -10,8 +12,16 @@ __all__ = ["SinkContext"]
 class SinkContext:
     """What every sink may need besides its own config."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, status_url: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        status_url: str | None,
+        in_maintenance: Callable[[], bool] = lambda: False,
+    ) -> None:
         #: The one HTTP session of all sinks.
         self.session = session
         #: The status page's public URL, for links in messages (``http.public_url``).
         self.status_url = status_url
+        #: Whether a maintenance is under way (Alertmanager marks the alerts it holds back).
+        self.in_maintenance = in_maintenance

@@ -62,7 +62,10 @@ BUILDERS: Mapping[str, Builder[Any]] = MappingProxyType(
             Builder(
                 AlertmanagerSinkConfig,
                 lambda config, context: AlertmanagerSink.from_config(
-                    config, context.session, status_url=context.status_url
+                    config,
+                    context.session,
+                    status_url=context.status_url,
+                    in_maintenance=context.in_maintenance,
                 ),
             ),
             Builder(WebhookSinkConfig, WebhookSink.from_webhook_config),

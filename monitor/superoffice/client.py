@@ -404,6 +404,8 @@ class SuperOfficeClient:
         else:
             assert config.url is not None
             self._route = FixedRoute(config.url)
+        #: The tenant-status API's view of the tenant (``None``: a fixed ``url``).
+        self.tenant = self._route if isinstance(self._route, TenantResolver) else None
         login = None
         if environment is not None:
             login = Login(
@@ -523,6 +525,9 @@ class SuperOfficeClient:
                 if moved or not self._route.misdirected(base):
                     raise
                 moved = True
+            except (ServerError, NetworkError):
+                self._route.suspect()
+                raise
 
 
 def _parse_bool(body: bytes) -> bool:

@@ -13,6 +13,7 @@ again until ``ValidUntil`` (within :data:`MIN_RECHECK`..:data:`MAX_RECHECK`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import quote, urlsplit
@@ -31,7 +32,7 @@ from monitor.superoffice.errors import (
 from monitor.superoffice.models import parse_datetime
 from monitor.types import Transport
 
-__all__ = ["MAX_RECHECK", "MIN_RECHECK", "FixedRoute", "TenantResolver"]
+__all__ = ["MAX_RECHECK", "MIN_RECHECK", "TENANT_STATES", "FixedRoute", "TenantResolver"]
 
 log = structlog.get_logger("batchmon.tenant")
 
@@ -39,6 +40,10 @@ log = structlog.get_logger("batchmon.tenant")
 MIN_RECHECK = timedelta(seconds=30)
 #: Never trust an answer longer than this, whatever ``ValidUntil`` says.
 MAX_RECHECK = timedelta(minutes=10)
+#: After the API failed, the status API is asked again at once, but not more often than this:
+#: an offline maintenance shows as the host's 503 before ``ValidUntil`` passes, and its
+#: outage must be known as such before the poll cycles that fail make it ``api_down``.
+SUSPECT_EVERY = timedelta(seconds=5)
 #: A status answer is a few hundred bytes.
 MAX_STATUS_BYTES = 64 << 10
 _HTTP_CLIENT_ERROR = 400
@@ -57,6 +62,8 @@ _STATES = {
     11: "DeleteFailed",
     12: "MigrationPending",
 }
+#: Every tenant state the status API names.
+TENANT_STATES = tuple(_STATES.values())
 
 
 class FixedRoute:
@@ -72,6 +79,9 @@ class FixedRoute:
     def misdirected(self, base: str) -> bool:
         """A fixed URL cannot be looked up again."""
         return False
+
+    def suspect(self) -> None:
+        """A fixed URL has no state to ask for."""
 
 
 class TenantResolver:
@@ -96,6 +106,12 @@ class TenantResolver:
         #: Why there is no base: the tenant is not running, or the lookup failed.
         self._unavailable: TenantUnavailable | None = None
         self._failure: ApiError | None = None
+        #: The tenant's state as the status API last named it (``None``: not asked yet).
+        self.state: str | None = None
+        #: Told each state the status API names, as it answers (the maintenance gate).
+        self.on_state: Callable[[str], None] | None = None
+        #: When a failure of the API last made the status API be asked early.
+        self._suspected: datetime | None = None
 
     async def api_base(self) -> str:
         """The cached base, looked up first when there is none or it expired."""
@@ -109,6 +125,23 @@ class TenantResolver:
             raise self._failure.with_traceback(None)
         assert self._base is not None  # a lookup without failure gives a base
         return self._base
+
+    async def current_state(self) -> tuple[str | None, datetime | None]:
+        """The tenant's state, asked again once ``ValidUntil`` passed, and until when it holds.
+
+        A status API that fails leaves the last state known.
+        """
+        with contextlib.suppress(ApiError):
+            await self.api_base()
+        return self.state, self._valid_until
+
+    def suspect(self) -> None:
+        """The API failed: ask the status API at the next request (once per
+        :data:`SUSPECT_EVERY`), in case the tenant went into maintenance."""
+        now = self._clock()
+        if self._suspected is None or now - self._suspected >= SUSPECT_EVERY:
+            self._suspected = now
+            self._valid_until = None
 
     def misdirected(self, base: str) -> bool:
         """Forget ``base`` so the next request looks the tenant up again."""
@@ -155,7 +188,9 @@ class TenantResolver:
             raise status_error(answer)
         data = json_object(answer)
         until = _valid_until(data.get("ValidUntil"), now)
-        state = answer.redact(_state_name(data.get("State")))
+        state = self.state = answer.redact(_state_name(data.get("State")))
+        if self.on_state is not None:
+            self.on_state(state)
         if data.get("IsRunning") is not True:
             seconds = (until - now).total_seconds()
             msg = f"tenant {self._tenant} is {state}, not running; asked again in {seconds:.0f} s"

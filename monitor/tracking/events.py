@@ -75,6 +75,14 @@ class EventType(enum.StrEnum):
     #: Someone (a person, or ``[poll] stop_stalled_after``) asked SuperOffice to stop the
     #: task; ``message`` says who and what SuperOffice answered.
     TASK_STOP_REQUESTED = "task.stop_requested"
+    #: A maintenance window began (configured, or the tenant state says so).
+    MONITOR_MAINTENANCE_STARTED = "monitor.maintenance_started"
+    #: A maintenance window ended: what failed, stalled or went down during it.
+    MONITOR_MAINTENANCE_ENDED = "monitor.maintenance_ended"
+    #: The tenant state says the tenant is not running (Suspended, Deleted, …).
+    MONITOR_TENANT_UNAVAILABLE = "monitor.tenant_unavailable"
+    #: The tenant runs again after ``monitor.tenant_unavailable``.
+    MONITOR_TENANT_AVAILABLE = "monitor.tenant_available"
 
 
 #: The types the tracker emits: every type but the test message.
@@ -221,6 +229,20 @@ KINDS: Mapping[EventType, Kind] = MappingProxyType(
         ),
         EventType.TASK_STOP_REQUESTED: Kind(
             "⏹ Stop requested for {name}", logging.WARNING, tone=Tone.WARNING
+        ),
+        EventType.MONITOR_MAINTENANCE_STARTED: Kind("🛠 Maintenance began", logging.INFO),
+        EventType.MONITOR_MAINTENANCE_ENDED: Kind("🛠 Maintenance ended", logging.INFO),
+        EventType.MONITOR_TENANT_UNAVAILABLE: Kind(
+            "⛔ SuperOffice tenant unavailable",
+            logging.ERROR,
+            tone=Tone.BAD,
+            alert="BatchmonTenantUnavailable",
+        ),
+        EventType.MONITOR_TENANT_AVAILABLE: Kind(
+            "🟢 SuperOffice tenant available again",
+            logging.INFO,
+            tone=Tone.GOOD,
+            ends=frozenset({EventType.MONITOR_TENANT_UNAVAILABLE}),
         ),
     }
 )

@@ -1,0 +1,204 @@
+"""The maintenance windows and the tenant state, watched: the dispatcher's gate.
+
+:class:`Maintenance` keeps the decision's state (:class:`~monitor.tracking.maintenance.Hold`)
+and applies it to every commit (:meth:`Maintenance.admit`).  Its :meth:`~Maintenance.run`
+wakes when a window opens or closes and asks the tenant-status API at its ``ValidUntil``
+(at most once a minute), and commits what that means: ``monitor.maintenance_started``,
+the summary at the end, the conditions still firing, ``monitor.tenant_unavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import anyio
+import structlog
+
+from monitor.tracking import maintenance as decide
+from monitor.tracking.events import Event
+from monitor.windows import Window
+
+__all__ = ["TENANT_EVERY", "Maintenance", "TenantState"]
+
+log = structlog.get_logger("batchmon.maintenance")
+
+#: The tenant-status API is asked at its ``ValidUntil``, but never more often than this.
+TENANT_EVERY = timedelta(minutes=1)
+
+#: Queues events for delivery (the dispatcher's ``commit``).
+Commit = Callable[[Sequence[Event]], Awaitable[None]]
+
+
+class TenantState(Protocol):
+    """The tenant-status API's view (:class:`~monitor.superoffice.tenant.TenantResolver`)."""
+
+    #: Told each state the status API names, whoever asked (the poller, most often).
+    on_state: Callable[[str], None] | None
+
+    async def current_state(self) -> tuple[str | None, datetime | None]:
+        """The state (``None``: unknown) and until when it holds."""
+        ...
+
+
+class Maintenance:
+    """Which maintenance is under way, what it holds back, and what is said when it ends."""
+
+    def __init__(
+        self,
+        windows: Sequence[Window],
+        *,
+        clock: Callable[[], datetime],
+        tenant: TenantState | None = None,
+        tenant_every: timedelta = TENANT_EVERY,
+    ) -> None:
+        self.windows = list(windows)
+        self._clock = clock
+        #: The tenant-status API, when the tenant is found through it.
+        self.tenant = tenant
+        self._tenant_every = tenant_every
+        self._hold = decide.Hold()
+        #: The tenant's state as last asked (``None``: not asked, or no tenant configured).
+        self.tenant_state: str | None = None
+        self._changed = anyio.Event()
+        #: Set when the status API named a state, whoever asked.
+        self._tenant_news = anyio.Event()
+
+    # --- the gate -----------------------------------------------------------------------
+
+    def admit(self, events: Sequence[Event]) -> Mapping[str, frozenset[str]]:
+        """Note each event; those held back, by id, with the sink types they still reach."""
+        reach = {}
+        for event in events:
+            self._hold, restricted = decide.admit(self._hold, event)
+            if restricted is not None:
+                reach[event.id] = restricted
+        return reach
+
+    def held(self, event: Event) -> bool:
+        """Whether people were not told of this condition (its reminders wait)."""
+        return decide.held(self._hold, event)
+
+    def in_maintenance(self) -> bool:
+        """Whether a maintenance is under way (Alertmanager marks what it holds back)."""
+        return self._hold.ledger is not None
+
+    def active(self, at: datetime) -> list[str]:
+        """What makes ``at`` a maintenance: the windows open then, and the tenant state."""
+        names = [window.name for window in self.windows if window.active(at)]
+        if decide.tenant_maintenance(self.tenant_state):
+            names.append(f"{decide.TENANT} {self.tenant_state}")
+        return names
+
+    def openings(self) -> list[tuple[str, bool]]:
+        """Each window's name, and whether it is open now; the tenant state's maintenance
+        too when the tenant is found through the status API."""
+        now = self._clock()
+        openings = [(window.name, window.active(now)) for window in self.windows]
+        if self.tenant is not None:
+            openings.append((decide.TENANT, decide.tenant_maintenance(self.tenant_state)))
+        return openings
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def run(
+        self,
+        commit: Commit,
+        *,
+        settle: Callable[[], Awaitable[None]],
+        slow: Callable[[bool], None],
+    ) -> None:
+        """Follow the windows and the tenant state until cancelled.
+
+        ``settle`` waits for the poller's next cycle: before a held API outage is announced,
+        the API gets one cycle to show that it is back.  ``slow`` slows polling down while
+        the tenant is known to be down (offline maintenance, suspended).
+        """
+        async with anyio.create_task_group() as group:
+            if self.tenant is not None:
+                self.tenant.on_state = self._noticed
+                group.start_soon(self._follow_tenant, self.tenant, commit, settle, slow)
+            while True:
+                self._changed = anyio.Event()
+                await self.check(commit, settle)
+                changes = [w.next_change(self._clock()) for w in self.windows]
+                upcoming = [change for change in changes if change is not None]
+                wait = (min(upcoming) - self._clock()).total_seconds() if upcoming else None
+                with anyio.move_on_after(max(wait, 0.0) if wait is not None else float("inf")):
+                    await self._changed.wait()
+
+    async def check(self, commit: Commit, settle: Callable[[], Awaitable[None]]) -> None:
+        """Start, extend or end the maintenance as the windows and the tenant say now."""
+        names = self.active(self._clock())
+        if names and self._hold.ledger is None:
+            now = self._clock()
+            tenant = decide.tenant_maintenance(self.tenant_state)
+            until = None if tenant else decide.windows_end(self.windows, now)
+            self._hold, started = decide.begin(self._hold, names, now, until)
+            log.info("maintenance_started", names=names)
+            await commit([started])
+        elif names:
+            self._hold = decide.also(self._hold, names)
+        elif self._hold.ledger is not None:
+            if self._hold.unannounced:
+                await settle()
+                if self.active(self._clock()):
+                    return
+            self._hold, events = decide.end(self._hold, self._clock())
+            log.info("maintenance_ended", conditions_announced=len(events) - 1)
+            await commit(events)
+
+    def _noticed(self, state: str) -> None:
+        """The status API named a state (the poller asked, most often): a tenant gone down
+        holds the API's outage back at once, before the poll cycles that fail count."""
+        if decide.tenant_down(state):
+            self._hold = replace(self._hold, tenant_down=True)
+        if state != self.tenant_state:
+            self._tenant_news.set()
+
+    async def _follow_tenant(
+        self,
+        tenant: TenantState,
+        commit: Commit,
+        settle: Callable[[], Awaitable[None]],
+        slow: Callable[[bool], None],
+    ) -> None:
+        """Ask at ``ValidUntil`` (at most once a minute), and take what others' asking found."""
+        while True:
+            self._tenant_news = anyio.Event()
+            state, until = await tenant.current_state()
+            await self.take_tenant_state(state, commit, settle, slow)
+            now = self._clock()
+            wait = max(until - now if until is not None else self._tenant_every, self._tenant_every)
+            with anyio.move_on_after(wait.total_seconds()):
+                await self._tenant_news.wait()
+
+    async def take_tenant_state(
+        self,
+        state: str | None,
+        commit: Commit,
+        settle: Callable[[], Awaitable[None]],
+        slow: Callable[[bool], None],
+    ) -> None:
+        """What a state the status API named means, when it differs from the last one."""
+        previous = self.tenant_state
+        if state is None or state == previous:
+            return
+        log.info("tenant_state", state=state, was=previous)
+        self.tenant_state = state
+        down = decide.tenant_down(state)
+        slow(down)
+        came_back = decide.tenant_down(previous) and not down
+        self._hold = replace(self._hold, tenant_down=down)
+        change = decide.tenant_change(previous, state, self._clock())
+        if change is not None:
+            await commit([change])
+        if came_back and self._hold.ledger is None and self._hold.unannounced:
+            await settle()
+            self._hold, again = decide.reannounced(
+                self._hold, self._clock(), "Still so when the tenant came back."
+            )
+            await commit(again)
+        self._changed.set()
