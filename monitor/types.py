@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from monitor.console import TaskView
-    from monitor.delivery.outbox import Claim, Committed, Delivery, Queued
+    from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, Told
     from monitor.polling.stop import StopOutcome
     from monitor.sinks.digest import Digest
     from monitor.superoffice.errors import Answer
@@ -134,7 +134,8 @@ class DeliveryStore(Protocol):
         ...
 
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
-        """Drop the memory, history and acknowledgements of tasks no longer watched."""
+        """Drop the memory, history, acknowledgements and escalation records of tasks no
+        longer watched."""
         ...
 
     async def commit(
@@ -145,6 +146,8 @@ class DeliveryStore(Protocol):
         history: Sequence[Event] = (),
         *,
         claim: Mapping[str, int] | None = None,
+        told: Sequence[Told] = (),
+        untold: Sequence[tuple[str, int]] = (),
     ) -> Committed:
         """Store memories, queue ``(sink, event)`` deliveries, record events: atomically.
 
@@ -153,8 +156,10 @@ class DeliveryStore(Protocol):
         sink and event id) is not queued again.  ``claim`` asks for up to that
         many deliveries per sink to be claimed in the same transaction, by the
         rules of :meth:`claim`, so that idle workers get them without another
-        round trip.  Returns how the outbox grew per sink (it can shrink when
-        deliveries coalesce) and the deliveries claimed.
+        round trip.  ``told`` records the escalations among the deliveries (replacing
+        the sink's record of the task), ``untold`` drops the records of ``(sink, task
+        id)`` whose condition ended (see :meth:`told`).  Returns how the outbox grew
+        per sink (it can shrink when deliveries coalesce) and the deliveries claimed.
         """
         ...
 
@@ -183,7 +188,8 @@ class DeliveryStore(Protocol):
         ...
 
     async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
-        """Delete the deliveries of sinks no longer configured; how many, per sink."""
+        """Delete the deliveries (and escalation and post records) of sinks no longer
+        configured; how many deliveries, per sink."""
         ...
 
     async def known_events(self, event_ids: Sequence[str]) -> set[str]:
@@ -217,6 +223,19 @@ class DeliveryStore(Protocol):
 
         Those claimed already, or gone, are left out; unreadable ones are logged and deleted.
         """
+        ...
+
+    async def told(self) -> list[Told]:
+        """What escalation sinks were told of: one per sink and task, kept apart from the
+        history (which keeps a task's last events only), dropped with the task."""
+        ...
+
+    async def record_post(self, sink: str, at: float, *, keep_after: float) -> None:
+        """A capped sink posted a message at ``at``; its posts up to ``keep_after`` go."""
+        ...
+
+    async def posts(self, sink: str, since: float) -> list[float]:
+        """When a capped sink posted messages after ``since``, oldest first."""
         ...
 
     async def acks(self) -> list[Ack]:

@@ -114,7 +114,29 @@ class TestPasses:
             escalations.mark("boss", _condition(7, T0), T0)
         assert passes == escalations.passes("boss", _event(kind))
         if passes:  # the end is told once
+            assert [("boss", 7)] == escalations.end([_event(kind)])
             assert not escalations.passes("boss", _event(EventType.TASK_SUCCEEDED))
+
+    def test_marked_once(self) -> None:
+        """A condition is recorded once per sink; a later one of the task replaces it."""
+        escalations = Escalations()
+        first, later = _condition(7, T0), _condition(7, T0 + timedelta(hours=1))
+        record = escalations.mark("boss", first, T0)
+        assert record is not None
+        assert ("boss", 7, first.key, T0.timestamp()) == (
+            record.sink,
+            record.task_id,
+            record.condition,
+            record.due,
+        )
+        assert escalations.mark("boss", first, T0) is None
+        assert escalations.mark("ops", first, T0) is not None
+        assert escalations.mark("boss", later, T0) is not None
+        restored = Escalations()
+        restored.load([record])
+        assert restored.told("boss", first)
+        assert not restored.told("boss", later)
+        assert not restored.told("ops", first)
 
     def test_monitor_events_pass(self) -> None:
         """The API being down is not a task's condition: it goes as to any sink."""
@@ -247,6 +269,57 @@ class TestEscalationSink:
         await store.close()
 
         assert [(1, "task.failed"), (2, "task.failed"), (1, "task.restarted")] == _said(boss)
+
+    async def test_not_repeated_after_a_long_condition(self, tmp_path: Path) -> None:
+        """Escalated, then 30 hours of hourly reminders on another sink (more events than the
+        history keeps per task), then a restart: the escalation is not sent again."""
+        path = tmp_path / "state.db"
+        ops, boss = Destination("ops"), Destination("boss")
+        subscriptions = [
+            Subscription(ops, Route(), remind_every=HOUR),
+            Subscription(boss, Route(), after=1800),
+        ]
+        store = await SqliteStore.open(path)
+        desk = Desk(store, subscriptions)
+        await desk.start()
+        await desk.see(0, 1, State="Failed")
+        for minute in (31, *(hour * 60 + 1 for hour in range(1, 31))):
+            await desk.tick(minute)
+            await desk.dispatcher.drain()
+        memories = dict(desk.tracker.tasks)
+        await store.close()
+
+        store = await SqliteStore.open(path)
+        again = Desk(store, subscriptions)
+        again.tracker.restore(memories.values())
+        await again.start()
+        await again.tick(30 * 60 + 10)
+        await again.see(30 * 60 + 20, 1, State="Succeeded", StartCount=2, LastStarted=T0)
+        await again.dispatcher.drain()
+        await store.close()
+
+        assert 30 == sum("Reminder" in (e.message or "") for e in ops.received)
+        assert [(1, "task.failed"), (1, "task.restarted")] == _said(boss)
+
+    async def test_records_end_with_their_condition(self, store: SqliteStore) -> None:
+        """A task failing and recovering again and again leaves no record of its past
+        escalations: one at most per sink and task, none once the condition ended."""
+        boss = Destination("boss")
+        desk = Desk(store, [Subscription(boss, Route(), after=1800)])
+        await desk.start()
+        sizes = []
+        for run in range(5):
+            start = run * 120
+            started = T0 + timedelta(minutes=start)
+            await desk.see(start, 1, State="Started", StartCount=run + 1, LastStarted=started)
+            await desk.see(start + 1, 1, State="Failed", StartCount=run + 1, LastStarted=started)
+            await desk.tick(start + 40)
+            sizes.append(len(await store.told()))
+        await desk.see(600, 1, State="Started", StartCount=6, LastStarted=T0 + timedelta(hours=10))
+        await desk.dispatcher.drain()
+        assert [1] * 5 == sizes
+        assert [] == await store.told()
+        assert 5 == sum("Escalated" in (e.message or "") for e in boss.received)
 
     async def test_monitor_events_go_at_once(self, store: SqliteStore) -> None:
         """The API being down reaches an escalation sink like any other."""

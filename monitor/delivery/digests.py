@@ -6,8 +6,9 @@ what goes out now, claims exactly those rows, posts one message for each
 batch (a single event, or a digest of many), and finishes the rows of a
 message together.  The rows stay in the outbox until then, so a kill -9
 loses nothing; a digest posted but not yet finished is posted again after a
-restart (the one in flight), never more.  The cap counts this process's
-messages: a restart starts a fresh hour.
+restart (the one in flight), never more.  The cap counts the messages of the
+last hour whoever posted them: each is recorded in the store as it goes out
+(kept an hour), and a restart starts from that record, not from a fresh hour.
 """
 
 from __future__ import annotations
@@ -56,13 +57,16 @@ class DigestWorker:
         self._sink: DigestSink = subscription.sink
         self._name = subscription.sink.name
         self._rules: Grouping = subscription.grouping
-        #: When this process posted the sink's messages within the last hour (for the cap).
+        #: When the sink's messages of the last hour were posted (for the cap).
         self._sent: deque[float] = deque()
 
     async def run(self) -> None:
         """Plan, send what is due, and wait for news or the plan's next moment."""
         dispatcher = self._dispatcher
         lanes = dispatcher._lanes[self._name]
+        if self._rules.max_per_hour is not None:  # posted before a restart: still counted
+            since = dispatcher._now().timestamp() - HOUR
+            self._sent.extend(await dispatcher._store.posts(self._name, since))
         while True:
             news = lanes.news
             now = dispatcher._now().timestamp()
@@ -92,7 +96,10 @@ class DigestWorker:
         else:
             await self._post_digest(batch, deliveries)
         if dispatcher.delivered[self._name] > delivered:  # posted: it counts for the cap
-            self._sent.append(dispatcher._now().timestamp())
+            at = dispatcher._now().timestamp()
+            self._sent.append(at)
+            if self._rules.max_per_hour is not None:
+                await dispatcher._store.record_post(self._name, at, keep_after=at - HOUR)
         return True
 
     async def _post_digest(self, batch: Batch, deliveries: Sequence[Delivery]) -> None:

@@ -39,7 +39,7 @@ from monitor.delivery.digests import DigestWorker, groups
 from monitor.delivery.escalation import Escalations, due_escalations
 from monitor.delivery.grouping import Grouping
 from monitor.delivery.lanes import Lanes
-from monitor.delivery.outbox import Claim, Delivery
+from monitor.delivery.outbox import Claim, Delivery, Told
 from monitor.delivery.reminders import due_reminders
 from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
@@ -165,8 +165,10 @@ class Dispatcher:
         return self._queued[sink_name]
 
     async def start(self) -> None:
-        """Pick up where the last run stopped: count the outbox, drop unknown sinks."""
+        """Pick up where the last run stopped: count the outbox, drop unknown sinks, recall
+        what escalation sinks were told of (before the first commit routes what ends it)."""
         dropped = await self._store.drop_sinks_except(self.sink_names)
+        self.escalations.load(await self._store.told())
         for sink, count in dropped.items():
             log.warning("undelivered_for_removed_sink", sink=sink, events=count)
         self._queued.update(await self._store.pending_counts())
@@ -188,7 +190,8 @@ class Dispatcher:
         ]
         if not events and not memories:
             return
-        await self._queue(memories, deliveries, self._now().timestamp(), events)
+        untold = self.escalations.end(events)
+        await self._queue(memories, deliveries, self._now().timestamp(), events, untold=untold)
 
     def _admits(self, subscription: Subscription, event: Event) -> bool:
         """Whether nothing holds the event back from this sink.
@@ -207,6 +210,9 @@ class Dispatcher:
         deliveries: Sequence[tuple[str, Event]],
         now: float,
         history: Sequence[Event] = (),
+        *,
+        told: Sequence[Told] = (),
+        untold: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Commit, claiming a delivery for each idle worker, and hand those over.
 
@@ -220,7 +226,7 @@ class Dispatcher:
         }
         try:
             committed = await self._store.commit(
-                memories, deliveries, now, history=history, claim=claim
+                memories, deliveries, now, history=history, claim=claim, told=told, untold=untold
             )
         except BaseException:  # whatever was written, the workers look
             for sink, count in queued.items():
@@ -317,18 +323,22 @@ class Dispatcher:
     async def escalate_once(self, conditions: Sequence[Condition]) -> None:
         """Queue the escalations due now, and the reminders of those sent.
 
-        Escalations already recorded (before a restart) are not queued again.
+        An escalation is sent once per sink and condition: each is recorded as told
+        with its delivery, so a restart (its records loaded at start) does not send
+        it again, however long the condition has lasted.
         """
         now = self._now()
         escalating = [s for s in self._subscriptions if s.after is not None]
         sinks = [(s.sink.name, s.after, s.route.matches) for s in escalating if s.after]
-        due = due_escalations(sinks, conditions, now)
-        known = await self._store.known_events([event.id for _, event, _ in due])
         after = {s.sink.name: s.after or 0.0 for s in escalating}
         fresh = []
-        for sink, event, condition in due:
-            self.escalations.mark(sink, condition, condition.since + timedelta(seconds=after[sink]))
-            if event.id not in known:
+        records = []
+        for sink, event, condition in due_escalations(sinks, conditions, now):
+            record = self.escalations.mark(
+                sink, condition, condition.since + timedelta(seconds=after[sink])
+            )
+            if record is not None:
+                records.append(record)
                 fresh.append((sink, event))
         for s in escalating:
             told = self.escalations.reminding(s.sink.name, conditions)
@@ -342,7 +352,7 @@ class Dispatcher:
             fresh += [(sink, event) for sink, event in reminders if event.id not in seen]
         if not fresh:
             return
-        await self._queue([], fresh, now.timestamp())
+        await self._queue([], fresh, now.timestamp(), told=records)
         log.info("escalations_queued", count=len(fresh))
 
     async def drain(self) -> None:

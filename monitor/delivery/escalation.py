@@ -2,9 +2,12 @@
 
 Such a sink gets a failed, stalled or gone task once the condition has fired,
 unacknowledged, for ``after`` (:func:`due_escalations`, pure, time as an
-argument).  The escalation of a condition has a fixed id, so the caller skips
-one already recorded: a restart neither loses a due escalation (the condition's
-start is in the stored task memory) nor repeats one.
+argument).  Which sink was told of which condition is stored with the
+escalation's delivery (:class:`~monitor.delivery.outbox.Told`, one per sink and
+task, dropped when the condition ends or the task is forgotten) and loaded
+before the first commit: a restart neither loses a due escalation (the
+condition's start is in the stored task memory) nor repeats one, however long
+the condition has lasted.
 
 What else such a sink hears (:class:`Escalations`): the events that end a
 condition it was told of (the task succeeded, ran again, was acknowledged, …),
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from monitor.delivery.outbox import Told
 from monitor.tracking.acks import Condition
 from monitor.tracking.events import KINDS, Event, event_id
 
@@ -67,19 +71,35 @@ def due_escalations(
 class Escalations:
     """Which conditions each escalation sink was told of, and when; the routing that follows.
 
-    Kept in memory: the escalation loop marks what it sends (and, after a
-    restart, what was recorded as sent) before anything else is routed.
+    A copy of the store's records (:meth:`load` at start, before the first
+    commit); the dispatcher writes each change with the commit that causes it.
     """
 
     def __init__(self) -> None:
         #: (sink, task id) → the key of the condition it was told of, and when that was due.
         self._told: dict[tuple[str, int], tuple[str, datetime]] = {}
+        #: Ended by :meth:`passes` since the last :meth:`end`.
+        self._ended: list[tuple[str, int]] = []
 
-    def mark(self, sink: str, condition: Condition, at: datetime) -> None:
-        """The sink was told of a condition (its escalation due at ``at``)."""
+    def load(self, records: Iterable[Told]) -> None:
+        """What the store says the sinks were told of (at start)."""
+        for record in records:
+            due = datetime.fromtimestamp(record.due, UTC)
+            self._told[record.sink, record.task_id] = (record.condition, due)
+
+    def told(self, sink: str, condition: Condition) -> bool:
+        """Whether the sink was told of this condition already."""
+        told = self._told.get((sink, condition.event.task_id or 0))
+        return told is not None and told[0] == condition.key
+
+    def mark(self, sink: str, condition: Condition, at: datetime) -> Told | None:
+        """The sink is told of a condition (its escalation due at ``at``): the record to store,
+        ``None`` if it was told already."""
         task_id = condition.event.task_id
-        if task_id is not None and self._told.get((sink, task_id), ("",))[0] != condition.key:
-            self._told[sink, task_id] = (condition.key, at)
+        if task_id is None or self.told(sink, condition):
+            return None
+        self._told[sink, task_id] = (condition.key, at)
+        return Told(sink, task_id, condition.key, at.timestamp())
 
     def passes(self, sink: str, event: Event) -> bool:
         """Whether an event the poller (or a person) caused goes to an escalation sink.
@@ -92,8 +112,20 @@ class Escalations:
             return True
         if KINDS[event.type].ends and (sink, task_id) in self._told:
             del self._told[sink, task_id]
+            self._ended.append((sink, task_id))
             return True
         return False
+
+    def end(self, events: Iterable[Event]) -> list[tuple[str, int]]:
+        """Forget the conditions these events end, whichever sink was told of them (routed
+        there or not): the (sink, task id) records to drop, with those :meth:`passes` ended."""
+        ended = {e.task_id for e in events if e.task_id is not None and KINDS[e.type].ends}
+        gone = [key for key in self._told if key[1] in ended]
+        for key in gone:
+            del self._told[key]
+        gone += self._ended
+        self._ended = []
+        return gone
 
     def reminding(self, sink: str, conditions: Iterable[Condition]) -> dict[str, datetime]:
         """The conditions the sink was told of, by event id: when their escalation was due

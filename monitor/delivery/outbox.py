@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from monitor.tracking.events import Event
 
-__all__ = ["Claim", "Committed", "Delivery", "Queued", "StoreError"]
+__all__ = ["Claim", "Committed", "Delivery", "Queued", "StoreError", "Told"]
 
 
 class StoreError(Exception):
@@ -75,3 +75,19 @@ class Queued:
     created: float
     #: Epoch seconds before which it must not be tried (again).
     next_attempt: float
+
+
+@dataclass(frozen=True, slots=True)
+class Told:
+    """An escalation sink was sent a task's condition (:mod:`monitor.delivery.escalation`).
+
+    Stored with the escalation's delivery, one per sink and task, so that a restart
+    neither sends it again nor forgets where the condition's end must go.
+    """
+
+    sink: str
+    task_id: int
+    #: The condition's key.
+    condition: str
+    #: Epoch seconds when its escalation was due: its reminders count from then.
+    due: float

@@ -44,7 +44,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.config.service import redacted_url
-from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError
+from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError, Told
 from monitor.delivery.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
 from monitor.delivery.sqlite import COALESCED, HISTORY_PER_TASK
@@ -96,6 +96,15 @@ _PRUNE = (
     "SELECT seq, row_number() OVER (PARTITION BY task_id ORDER BY seq DESC) AS r "
     "FROM history WHERE task_id = ANY(%(tasks)b::bigint[]) OR (%(monitor)b AND task_id IS NULL)"
     ") AS ranked WHERE r > %(keep)b)"
+)
+_UNTOLD = (
+    "DELETE FROM escalations e USING unnest(%b::text[], %b::bigint[]) AS n(sink, task_id) "
+    "WHERE e.sink = n.sink AND e.task_id = n.task_id"
+)
+_TOLD = (
+    "INSERT INTO escalations (sink, task_id, condition, due) "
+    "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::float8[]) "
+    "ON CONFLICT (sink, task_id) DO UPDATE SET condition = excluded.condition, due = excluded.due"
 )
 #: A head is a task's oldest delivery to the sink, ``done`` (deleted by the same statement)
 #: left out: a later one never overtakes it.
@@ -257,7 +266,8 @@ class PostgresStore:
         return memories
 
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
-        """Drop the memory, history and acknowledgements of tasks no longer watched."""
+        """Drop the memory, history, acknowledgements and escalation records of tasks no
+        longer watched."""
         ids = list(task_ids)
         if not ids:
             return
@@ -268,6 +278,7 @@ class PostgresStore:
                     ("DELETE FROM tasks WHERE task_id = ANY(%b::bigint[])", [ids]),
                     ("DELETE FROM history WHERE task_id = ANY(%b::bigint[])", [ids]),
                     ("DELETE FROM acks WHERE task_id = ANY(%b::bigint[])", [ids]),
+                    ("DELETE FROM escalations WHERE task_id = ANY(%b::bigint[])", [ids]),
                 ],
             )
 
@@ -279,6 +290,8 @@ class PostgresStore:
         history: Sequence[Event] = (),
         *,
         claim: Mapping[str, int] | None = None,
+        told: Sequence[Told] = (),
+        untold: Sequence[tuple[str, int]] = (),
     ) -> Committed:
         """Store task memories, queue deliveries and record events, in one transaction.
 
@@ -286,7 +299,8 @@ class PostgresStore:
         delivery of a :data:`COALESCED` type replaces the older ones of the same
         task and sink never tried (in this commit too); nothing else is ever
         replaced.  ``claim``: deliveries to claim per sink in the same
-        transaction, as :meth:`claim` would.
+        transaction, as :meth:`claim` would.  ``told`` and ``untold``: escalation
+        records written and dropped with them.
         """
         tasks = {m.info.id: memory_to_json(m) for m in memories}
         texts = {e.id: event_to_json(e) for _, e in deliveries}
@@ -316,6 +330,11 @@ class PostgresStore:
             statements.append(
                 (_PRUNE, {"tasks": ids, "monitor": monitor, "keep": HISTORY_PER_TASK})
             )
+        if untold:
+            statements.append((_UNTOLD, _columns(untold, 2)))
+        if told:
+            records = {(t.sink, t.task_id): (t.sink, t.task_id, t.condition, t.due) for t in told}
+            statements.append((_TOLD, _columns(list(records.values()), 4)))
         claiming = [(sink, count) for sink, count in (claim or {}).items() if count > 0]
         statements += [
             (_CLAIM, self._claim_params(sink, now, count, ())) for sink, count in claiming
@@ -411,13 +430,18 @@ class PostgresStore:
 
     async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
         """Delete deliveries for sinks no longer configured; how many, per sink."""
+        keep = [sorted(set(sinks))]
         async with self._connection() as db:
-            cursor = await db.execute(
-                "DELETE FROM outbox WHERE sink <> ALL(%b::text[]) RETURNING sink",
-                [sorted(set(sinks))],
+            dropped, _, _ = await _one_round_trip(
+                db,
+                [
+                    ("DELETE FROM outbox WHERE sink <> ALL(%b::text[]) RETURNING sink", keep),
+                    ("DELETE FROM escalations WHERE sink <> ALL(%b::text[])", keep),
+                    ("DELETE FROM posts WHERE sink <> ALL(%b::text[])", keep),
+                ],
             )
             gone: dict[str, int] = {}
-            for (sink,) in await cursor.fetchall():
+            for (sink,) in dropped:
                 gone[sink] = gone.get(sink, 0) + 1
             return gone
 
@@ -500,6 +524,33 @@ class PostgresStore:
             await db.execute("DELETE FROM watches WHERE task_id = %b", [task_id])
 
     # --- acknowledgements
+
+    async def told(self) -> list[Told]:
+        """What escalation sinks were told of, one per sink and task."""
+        async with self._connection() as db:
+            cursor = await db.execute(
+                "SELECT sink, task_id, condition, due FROM escalations ORDER BY sink, task_id"
+            )
+            return [Told(*row) for row in await cursor.fetchall()]
+
+    async def record_post(self, sink: str, at: float, *, keep_after: float) -> None:
+        """A capped sink posted at ``at``; its posts up to ``keep_after`` are dropped."""
+        async with self._connection() as db:
+            await _one_round_trip(
+                db,
+                [
+                    ("INSERT INTO posts (sink, at) VALUES (%b, %b)", [sink, at]),
+                    ("DELETE FROM posts WHERE sink = %b AND at <= %b", [sink, keep_after]),
+                ],
+            )
+
+    async def posts(self, sink: str, since: float) -> list[float]:
+        """When a capped sink posted after ``since``, oldest first."""
+        async with self._connection() as db:
+            cursor = await db.execute(
+                "SELECT at FROM posts WHERE sink = %b AND at > %b ORDER BY at", [sink, since]
+            )
+            return [at for (at,) in await cursor.fetchall()]
 
     async def acks(self) -> list[Ack]:
         """Every stored acknowledgement (lapsed ones too: the caller judges)."""

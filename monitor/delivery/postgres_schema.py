@@ -72,6 +72,22 @@ MIGRATIONS: tuple[str, ...] = (
         silence text NOT NULL
     );
     """,
+    # 4: what escalation sinks were told of, one row per sink and task (issue 14); when
+    # capped sinks posted, kept for an hour.
+    """
+    CREATE TABLE escalations (
+        sink text NOT NULL,
+        task_id bigint NOT NULL,
+        condition text NOT NULL,
+        due double precision NOT NULL,
+        PRIMARY KEY (sink, task_id)
+    );
+    CREATE TABLE posts (
+        sink text NOT NULL,
+        at double precision NOT NULL
+    );
+    CREATE INDEX posts_by_sink ON posts (sink, at);
+    """,
 )
 
 #: The version a database has once every migration ran.

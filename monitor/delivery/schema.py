@@ -8,7 +8,7 @@ from functools import cache
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "layout", "migrate", "schema_layout"]
 
 #: Stored in ``meta``; an older database is migrated when opened, a newer one is not opened.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: What each version adds to the one before, statement by statement: applied in order, in
 #: one transaction, to a database of an older version when it is opened.  A new table, index
@@ -34,6 +34,20 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             " ends REAL NOT NULL,"
             " silence TEXT NOT NULL)"
         ),
+    ),
+    # What escalation sinks were told of, one row per sink and task (issue 14); when capped
+    # sinks posted, kept for an hour: both outlive a restart, neither grows with time.
+    4: (
+        (
+            "CREATE TABLE IF NOT EXISTS escalations ("
+            " sink TEXT NOT NULL,"
+            " task_id INTEGER NOT NULL,"
+            " condition TEXT NOT NULL,"
+            " due REAL NOT NULL,"
+            " PRIMARY KEY (sink, task_id))"
+        ),
+        "CREATE TABLE IF NOT EXISTS posts (sink TEXT NOT NULL, at REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS posts_by_sink ON posts (sink, at)",
     ),
 }
 

@@ -29,7 +29,7 @@ import anyio.to_thread
 import structlog
 
 from monitor.delivery.database import connect, reclaim
-from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError
+from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError, Told
 from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
 from monitor.tracking.acks import Ack
 from monitor.tracking.events import KINDS, Event
@@ -94,8 +94,8 @@ class SqliteStore:
         return memories
 
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
-        """Drop the memory, history and acknowledgements of tasks no longer watched, and give
-        the space back."""
+        """Drop the memory, history, acknowledgements and escalation records of tasks no
+        longer watched, and give the space back."""
         ids = [(task_id,) for task_id in task_ids]
 
         def forget() -> None:
@@ -103,6 +103,7 @@ class SqliteStore:
                 self._db.executemany("DELETE FROM tasks WHERE id = ?", ids)
                 self._db.executemany("DELETE FROM history WHERE task_id = ?", ids)
                 self._db.executemany("DELETE FROM acks WHERE task_id = ?", ids)
+                self._db.executemany("DELETE FROM escalations WHERE task_id = ?", ids)
             reclaim(self._db)
 
         await self._run(forget)
@@ -115,6 +116,8 @@ class SqliteStore:
         history: Sequence[Event] = (),
         *,
         claim: Mapping[str, int] | None = None,
+        told: Sequence[Told] = (),
+        untold: Sequence[tuple[str, int]] = (),
     ) -> Committed:
         """Store task memories, queue deliveries and record events, atomically.
 
@@ -122,6 +125,7 @@ class SqliteStore:
         delivery of a :data:`COALESCED` type replaces the older ones of the same
         task and sink never tried; nothing else is ever replaced.  ``claim``:
         deliveries to claim per sink in the same transaction, as :meth:`claim` would.
+        ``told`` and ``untold``: escalation records written and dropped with them.
         """
         rows = [(m.info.id, memory_to_json(m)) for m in memories]
         texts = {e.id: event_to_json(e) for _, e in deliveries}
@@ -129,12 +133,13 @@ class SqliteStore:
         events = {e.id: e for _, e in deliveries}
         events.update((e.id, e) for e in history)
         recorded = [(e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()]
+        escalations = (list(untold), [(t.sink, t.task_id, t.condition, t.due) for t in told])
 
         def write() -> tuple[dict[str, int], dict[str, list[tuple[Any, ...]]]]:
             growth: dict[str, int] = {}
             taken: dict[str, list[tuple[Any, ...]]] = {}
             try:
-                self._write(rows, queued, recorded, growth, claim or {}, now, taken)
+                self._write(rows, queued, recorded, growth, claim or {}, now, taken, escalations)
             except BaseException:  # rolled back: not claimed either
                 self._settle(row[0] for claimed in taken.values() for row in claimed)
                 raise
@@ -159,9 +164,17 @@ class SqliteStore:
         claim: Mapping[str, int],
         now: float,
         taken: dict[str, list[tuple[Any, ...]]],
+        escalations: tuple[list[tuple[str, int]], list[tuple[str, int, str, float]]],
     ) -> None:
         """A commit's transaction (in the worker thread): fills ``growth`` and ``taken``."""
+        untold, told = escalations
         with self._db:
+            self._db.executemany("DELETE FROM escalations WHERE sink = ? AND task_id = ?", untold)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO escalations (sink, task_id, condition, due) "
+                "VALUES (?, ?, ?, ?)",
+                told,
+            )
             self._db.executemany(
                 "INSERT INTO tasks (id, memory) VALUES (?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
@@ -349,7 +362,8 @@ class SqliteStore:
                         keep,
                     ).fetchall()
                 )
-                self._db.execute(f"DELETE FROM outbox WHERE sink NOT IN ({marks})", keep)  # noqa: S608
+                for table in ("outbox", "escalations", "posts"):
+                    self._db.execute(f"DELETE FROM {table} WHERE sink NOT IN ({marks})", keep)  # noqa: S608
             return gone
 
         return await self._run(drop)
@@ -457,6 +471,38 @@ class SqliteStore:
                 self._db.execute("DELETE FROM watches WHERE id = ?", (task_id,))
 
         await self._run(remove)
+
+    # --- what escalation sinks were told of, and when capped sinks posted
+
+    async def told(self) -> list[Told]:
+        """What escalation sinks were told of, one per sink and task."""
+
+        def load() -> list[tuple[str, int, str, float]]:
+            return self._db.execute(
+                "SELECT sink, task_id, condition, due FROM escalations ORDER BY sink, task_id"
+            ).fetchall()
+
+        return [Told(*row) for row in await self._run(load)]
+
+    async def record_post(self, sink: str, at: float, *, keep_after: float) -> None:
+        """A capped sink posted at ``at``; its posts up to ``keep_after`` are dropped."""
+
+        def record() -> None:
+            with self._db:
+                self._db.execute("INSERT INTO posts (sink, at) VALUES (?, ?)", (sink, at))
+                self._db.execute("DELETE FROM posts WHERE sink = ? AND at <= ?", (sink, keep_after))
+
+        await self._run(record)
+
+    async def posts(self, sink: str, since: float) -> list[float]:
+        """When a capped sink posted after ``since``, oldest first."""
+
+        def load() -> list[tuple[float]]:
+            return self._db.execute(
+                "SELECT at FROM posts WHERE sink = ? AND at > ? ORDER BY at", (sink, since)
+            ).fetchall()
+
+        return [at for (at,) in await self._run(load)]
 
     # --- acknowledgements
 
