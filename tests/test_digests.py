@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from monitor.delivery.dispatcher import Dispatcher, Subscription
@@ -233,6 +234,48 @@ class TestDispatching:
         assert ["❌ Export 1 failed", "📋 4 failed"] == texts(scripted)
         held = json.loads(scripted.seen[1].body)["blocks"][1]["fields"]
         assert "4 more events held back by the hourly cap" in json.dumps(held)
+
+    async def test_the_cap_outlives_a_restart(
+        self, scripted: ScriptedServer, session: aiohttp.ClientSession, tmp_path: Path
+    ) -> None:
+        """``max_per_hour = 2``, two messages sent 20 minutes apart, a restart: what comes
+        within the hour waits for room and goes as one held-back digest, not out alone in a
+        fresh hour."""
+        path = tmp_path / "state.db"
+        clock = VirtualTime()
+        grouping = Grouping(max_per_hour=2)
+        scripted.replies.extend(Reply(200, "ok") for _ in range(5))
+        first = await SqliteStore.open(path)
+        dispatcher = Dispatcher(
+            [Subscription(slack(scripted, session), Route(), grouping=grouping)],
+            first,
+            now=clock,
+            sleep=clock.sleep,
+        )
+        async with dispatching(dispatcher):
+            for sent, event in enumerate(STORM[:2], start=1):
+                clock.now = T0 + timedelta(minutes=20 * (sent - 1))
+                await dispatcher.commit([event])
+                with anyio.fail_after(10):  # the post recorded, not only seen by the receiver
+                    while len(await first.posts("chat", 0.0)) < sent:  # noqa: ASYNC110 - the worker's write
+                        await anyio.sleep(0.005)
+        await first.close()
+
+        clock.now = T0 + timedelta(minutes=30)
+        second = await SqliteStore.open(path)
+        again = Dispatcher(
+            [Subscription(slack(scripted, session), Route(), grouping=grouping)],
+            second,
+            now=clock,
+            sleep=clock.sleep,
+        )
+        await run_until(again, scripted, 3, STORM[2:5])
+        await second.close()
+
+        assert ["❌ Export 1 failed", "❌ Export 2 failed", "📋 3 failed"] == texts(scripted)
+        held = json.loads(scripted.seen[2].body)["blocks"][1]["fields"]
+        assert "3 more events held back by the hourly cap" in json.dumps(held)
+        assert clock.now >= T0 + timedelta(hours=1)
 
     async def test_a_failed_digest_is_kept_whole_and_sent_once(
         self, scripted: ScriptedServer, session: aiohttp.ClientSession, store: SqliteStore

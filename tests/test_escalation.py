@@ -301,6 +301,33 @@ class TestEscalationSink:
         assert 30 == sum("Reminder" in (e.message or "") for e in ops.received)
         assert [(1, "task.failed"), (1, "task.restarted")] == _said(boss)
 
+    async def test_known_before_the_first_commit(self, tmp_path: Path) -> None:
+        """Escalated before a restart, ended in the first commit after it (before the
+        escalation loop's first look): the sink hears of the end."""
+        path = tmp_path / "state.db"
+        boss = Destination("boss")
+        subscriptions = [Subscription(boss, Route(), after=1800)]
+        store = await SqliteStore.open(path)
+        desk = Desk(store, subscriptions)
+        await desk.start()
+        await desk.see(0, 1, State="Failed")
+        await desk.tick(31)
+        await desk.dispatcher.drain()
+        memories = dict(desk.tracker.tasks)
+        await store.close()
+
+        store = await SqliteStore.open(path)
+        again = Desk(store, subscriptions)
+        again.tracker.restore(memories.values())
+        await again.start()
+        await again.see(40, 1, State="Succeeded", StartCount=2, LastStarted=T0)
+        await again.dispatcher.drain()
+        told = await store.told()
+        await store.close()
+
+        assert [(1, "task.failed"), (1, "task.restarted")] == _said(boss)
+        assert [] == told
+
     async def test_records_end_with_their_condition(self, store: SqliteStore) -> None:
         """A task failing and recovering again and again leaves no record of its past
         escalations: one at most per sink and task, none once the condition ended."""
