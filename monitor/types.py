@@ -148,6 +148,8 @@ class DeliveryStore(Protocol):
         claim: Mapping[str, int] | None = None,
         told: Sequence[Told] = (),
         untold: Sequence[tuple[str, int]] = (),
+        acks: Sequence[Ack] = (),
+        unacked: Sequence[int] = (),
     ) -> Committed:
         """Store memories, queue ``(sink, event)`` deliveries, record events: atomically.
 
@@ -158,7 +160,9 @@ class DeliveryStore(Protocol):
         rules of :meth:`claim`, so that idle workers get them without another
         round trip.  ``told`` records the escalations among the deliveries (replacing
         the sink's record of the task), ``untold`` drops the records of ``(sink, task
-        id)`` whose condition ended (see :meth:`told`).  Returns how the outbox grew
+        id)`` whose condition ended (see :meth:`told`).  ``acks`` are stored as
+        :meth:`put_ack` stores them and ``unacked`` tasks' dropped, with the event
+        that announces them.  Returns how the outbox grew
         per sink (it can shrink when deliveries coalesce) and the deliveries claimed.
         """
         ...

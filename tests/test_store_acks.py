@@ -8,11 +8,15 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from monitor.delivery.outbox import StoreError
 from monitor.delivery.schema import _VERSION_1, SCHEMA_VERSION
 from monitor.delivery.sqlite import SqliteStore
 from monitor.tracking.acks import Ack
+from monitor.tracking.events import EventType
 from monitor.types import DeliveryStore
-from tests.conftest import StoreOpener
+from tests.conftest import StoreOpener, make_task_event
 
 AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -70,3 +74,30 @@ class TestMigration:
             ).fetchone()
         assert not list(tmp_path.glob("*.corrupt-*"))  # not moved aside
         assert ([212], [_ack(212)], str(SCHEMA_VERSION)) == (watches, acks, version)
+
+
+class TestWithTheirEvent:
+    """An acknowledgement is stored (or dropped) in the commit that announces it."""
+
+    async def test_stored_and_dropped_with_the_event(self, open_backend: StoreOpener) -> None:
+        """Committed with its event: both there after a reopen; taken back: gone with its own."""
+        store = await open_backend()
+        taken = make_task_event(EventType.TASK_ACKNOWLEDGED, id=1)
+        await store.commit([], [("ops", taken)], 0.0, acks=[_ack(1), _ack(2)])
+        await store.close()
+
+        store = await open_backend()
+        found = (await store.acks(), await store.pending_counts())
+        back = make_task_event(EventType.TASK_FAILED, id=1, message="Acknowledgement taken back")
+        await store.commit([], [("ops", back)], 0.0, unacked=[1])
+        left = (await store.acks(), await store.pending_counts())
+        await store.close()
+        assert ([_ack(1), _ack(2)], {"ops": 1}) == found
+        assert ([_ack(2)], {"ops": 2}) == left
+
+    async def test_neither_when_the_commit_fails(self, backend: DeliveryStore) -> None:
+        """A commit that fails (a task id no column can hold) stores no acknowledgement."""
+        unstorable = make_task_event(EventType.TASK_ACKNOWLEDGED, id=2**70)
+        with pytest.raises(StoreError):
+            await backend.commit([], [("ops", unstorable)], 0.0, acks=[_ack(1)])
+        assert ([], {}) == (await backend.acks(), await backend.pending_counts())

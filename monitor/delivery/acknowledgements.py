@@ -1,16 +1,16 @@
 """Acknowledgements at run time: kept in the store, announced through the outbox.
 
 The rules are :mod:`monitor.tracking.acks`'s; this is the shell that applies
-them to the tracker's memory, stores the result and queues the event.  The
-event is queued before the acknowledgement is stored: a crash in between
-leaves an announcement without a stored acknowledgement, which the person's
-retry stores (at least once, as every delivery), never the reverse.
+them to the tracker's memory, stores the result and queues the event, in one
+commit: a crash leaves both or neither, so the person's retry neither finds an
+acknowledgement nobody was told of nor announces one twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 import anyio
 import structlog
@@ -27,12 +27,27 @@ from monitor.tracking.acks import (
     withdrawn_event,
 )
 from monitor.tracking.events import Event
+from monitor.tracking.memory import TaskMemory
 from monitor.tracking.tracker import Tracker
 from monitor.types import DeliveryStore
 
-__all__ = ["Acknowledgements"]
+__all__ = ["Acknowledgements", "Commit"]
 
 log = structlog.get_logger("batchmon.acks")
+
+
+class Commit(Protocol):
+    """:meth:`~monitor.delivery.dispatcher.Dispatcher.commit`: events queued, acknowledgements
+    stored (``acks``) and dropped (``unacked``), in one transaction."""
+
+    async def __call__(
+        self,
+        events: Sequence[Event],
+        memories: Sequence[TaskMemory] = (),
+        *,
+        acks: Sequence[Ack] = (),
+        unacked: Sequence[int] = (),
+    ) -> None: ...
 
 
 class Acknowledgements:
@@ -42,7 +57,7 @@ class Acknowledgements:
         self,
         tracker: Tracker,
         store: DeliveryStore,
-        commit: Callable[[Sequence[Event]], Awaitable[None]],
+        commit: Commit,
         clock: Callable[[], datetime],
     ) -> None:
         self._tracker = tracker
@@ -101,21 +116,25 @@ class Acknowledgements:
             if isinstance(decided, Refusal):
                 raise AckRefusedError(task_id, decided)
             fresh = held is None or held.by != decided.by
+            events = []
             if fresh and memory is not None:
                 event = acknowledged_event(memory, decided)
                 if not await self._store.known_events([event.id]):
-                    await self._announce(event)
-            if decided != held:
-                await self._store.put_ack(decided)
+                    events.append(event)
+            if decided != held or events:
+                await self._announce(events, acks=[decided] if decided != held else [])
                 self._held[task_id] = decided
             if fresh:
                 log.info("task_acknowledged", task_id=task_id, by=by)
             return decided, fresh
 
-    async def _announce(self, event: Event) -> None:
-        """Queue the event for the sinks; counted with the tracker's (``batchmon_events_total``)."""
-        await self._commit([event])
-        self._tracker.event_counts[event.type] += 1
+    async def _announce(
+        self, events: Sequence[Event], *, acks: Sequence[Ack] = (), unacked: Sequence[int] = ()
+    ) -> None:
+        """Queue the events for the sinks with the change to the acknowledgements; counted
+        with the tracker's (``batchmon_events_total``)."""
+        await self._commit(events, acks=acks, unacked=unacked)
+        self._tracker.event_counts.update(event.type for event in events)
 
     async def sweep(self) -> None:
         """Drop the acknowledgements whose condition ended (they no longer hold)."""
@@ -141,9 +160,7 @@ class Acknowledgements:
             if held is None or memory is None:
                 return None
             event = withdrawn_event(memory, held, by, self._clock())
-            if event is not None:
-                await self._announce(event)
-            await self._store.drop_acks([task_id])
+            await self._announce([event] if event is not None else [], unacked=[task_id])
             del self._held[task_id]
             log.info("task_unacknowledged", task_id=task_id, by=by)
             return held

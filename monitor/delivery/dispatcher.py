@@ -45,7 +45,7 @@ from monitor.histogram import Histogram
 from monitor.ratelimit import RateLimiter
 from monitor.sinks.base import DeliveryError, Route
 from monitor.sinks.log import LogSink
-from monitor.tracking.acks import Condition
+from monitor.tracking.acks import Ack, Condition
 from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
 from monitor.types import BackgroundSink, DeliveryStore, RestorableSink, Sink
@@ -176,8 +176,17 @@ class Dispatcher:
         if pending:
             log.info("outbox_resumed", pending=pending)
 
-    async def commit(self, events: Sequence[Event], memories: Sequence[TaskMemory] = ()) -> None:
-        """Store the memories and queue each event for every sink that wants it, atomically."""
+    async def commit(
+        self,
+        events: Sequence[Event],
+        memories: Sequence[TaskMemory] = (),
+        *,
+        acks: Sequence[Ack] = (),
+        unacked: Sequence[int] = (),
+    ) -> None:
+        """Store the memories and queue each event for every sink that wants it, atomically
+        (with ``acks`` stored and ``unacked`` tasks' dropped: a person's acknowledgement
+        and its announcement)."""
         reach = self._gate.admit(events) if self._gate is not None else {}
         deliveries = [
             (s.sink.name, event)
@@ -188,10 +197,18 @@ class Dispatcher:
             and self._admits(s, event)
             and (s.after is None or self.escalations.passes(s.sink.name, event))
         ]
-        if not events and not memories:
+        if not events and not memories and not acks and not unacked:
             return
         untold = self.escalations.end(events)
-        await self._queue(memories, deliveries, self._now().timestamp(), events, untold=untold)
+        await self._queue(
+            memories,
+            deliveries,
+            self._now().timestamp(),
+            events,
+            untold=untold,
+            acks=acks,
+            unacked=unacked,
+        )
 
     def _admits(self, subscription: Subscription, event: Event) -> bool:
         """Whether nothing holds the event back from this sink.
@@ -213,6 +230,8 @@ class Dispatcher:
         *,
         told: Sequence[Told] = (),
         untold: Sequence[tuple[str, int]] = (),
+        acks: Sequence[Ack] = (),
+        unacked: Sequence[int] = (),
     ) -> None:
         """Commit, claiming a delivery for each idle worker, and hand those over.
 
@@ -226,7 +245,15 @@ class Dispatcher:
         }
         try:
             committed = await self._store.commit(
-                memories, deliveries, now, history=history, claim=claim, told=told, untold=untold
+                memories,
+                deliveries,
+                now,
+                history=history,
+                claim=claim,
+                told=told,
+                untold=untold,
+                acks=acks,
+                unacked=unacked,
             )
         except BaseException:  # whatever was written, the workers look
             for sink, count in queued.items():

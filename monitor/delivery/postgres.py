@@ -106,6 +106,14 @@ _TOLD = (
     "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::float8[]) "
     "ON CONFLICT (sink, task_id) DO UPDATE SET condition = excluded.condition, due = excluded.due"
 )
+_PUT_ACKS = (
+    "INSERT INTO acks (task_id, condition, taken_by, comment, taken_at) "
+    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[]) "
+    "ON CONFLICT (task_id) DO UPDATE SET "
+    "condition = excluded.condition, taken_by = excluded.taken_by, "
+    "comment = excluded.comment, taken_at = excluded.taken_at"
+)
+_DROP_ACKS = "DELETE FROM acks WHERE task_id = ANY(%b::bigint[])"
 #: A head is a task's oldest delivery to the sink, ``done`` (deleted by the same statement)
 #: left out: a later one never overtakes it.
 _HEAD = (
@@ -292,6 +300,8 @@ class PostgresStore:
         claim: Mapping[str, int] | None = None,
         told: Sequence[Told] = (),
         untold: Sequence[tuple[str, int]] = (),
+        acks: Sequence[Ack] = (),
+        unacked: Sequence[int] = (),
     ) -> Committed:
         """Store task memories, queue deliveries and record events, in one transaction.
 
@@ -300,7 +310,8 @@ class PostgresStore:
         task and sink never tried (in this commit too); nothing else is ever
         replaced.  ``claim``: deliveries to claim per sink in the same
         transaction, as :meth:`claim` would.  ``told`` and ``untold``: escalation
-        records written and dropped with them.
+        records written and dropped with them; ``acks`` and ``unacked``:
+        acknowledgements stored and dropped with them.
         """
         tasks = {m.info.id: memory_to_json(m) for m in memories}
         texts = {e.id: event_to_json(e) for _, e in deliveries}
@@ -335,6 +346,11 @@ class PostgresStore:
         if told:
             records = {(t.sink, t.task_id): (t.sink, t.task_id, t.condition, t.due) for t in told}
             statements.append((_TOLD, _columns(list(records.values()), 4)))
+        if unacked:
+            statements.append((_DROP_ACKS, [list(unacked)]))
+        if acks:
+            latest = {ack.task_id: _ack_row(ack) for ack in acks}
+            statements.append((_PUT_ACKS, _columns(list(latest.values()), 5)))
         claiming = [(sink, count) for sink, count in (claim or {}).items() if count > 0]
         statements += [
             (_CLAIM, self._claim_params(sink, now, count, ())) for sink, count in claiming
@@ -567,20 +583,14 @@ class PostgresStore:
     async def put_ack(self, ack: Ack) -> None:
         """Store a task's acknowledgement, replacing the one it had."""
         async with self._connection() as db:
-            await db.execute(
-                "INSERT INTO acks (task_id, condition, taken_by, comment, taken_at) "
-                "VALUES (%b, %b, %b, %b, %b) ON CONFLICT (task_id) DO UPDATE SET "
-                "condition = excluded.condition, taken_by = excluded.taken_by, "
-                "comment = excluded.comment, taken_at = excluded.taken_at",
-                [ack.task_id, ack.condition, ack.by, ack.comment, ack.at.isoformat()],
-            )
+            await db.execute(_PUT_ACKS, [[value] for value in _ack_row(ack)])
 
     async def drop_acks(self, task_ids: Iterable[int]) -> None:
         """Delete these tasks' acknowledgements (taken back, or lapsed)."""
         ids = list(task_ids)
         if ids:
             async with self._connection() as db:
-                await db.execute("DELETE FROM acks WHERE task_id = ANY(%b::bigint[])", [ids])
+                await db.execute(_DROP_ACKS, [ids])
 
     # --- silences
 
@@ -674,6 +684,11 @@ def _coalesced_in_batch(deliveries: Sequence[tuple[str, Event]]) -> list[tuple[s
         or event.task_id is None
         or last[(sink, event.task_id, event.type.value)] == index
     ]
+
+
+def _ack_row(ack: Ack) -> tuple[int, str, str, str | None, str]:
+    """An acknowledgement's columns (``taken_at`` as ISO text, as SQLite keeps it)."""
+    return (ack.task_id, ack.condition, ack.by, ack.comment, ack.at.isoformat())
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

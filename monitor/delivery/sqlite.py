@@ -50,6 +50,21 @@ HISTORY_PER_TASK = 20
 COALESCED = frozenset(kind.value for kind, row in KINDS.items() if row.coalesces)
 
 
+_PUT_ACK = (
+    "INSERT INTO acks (task_id, condition, taken_by, comment, taken_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET "
+    "condition = excluded.condition, taken_by = excluded.taken_by, "
+    "comment = excluded.comment, taken_at = excluded.taken_at"
+)
+_DROP_ACK = "DELETE FROM acks WHERE task_id = ?"
+_TOLD = "INSERT OR REPLACE INTO escalations (sink, task_id, condition, due) VALUES (?, ?, ?, ?)"
+_UNTOLD = "DELETE FROM escalations WHERE sink = ? AND task_id = ?"
+
+
+def _ack_row(ack: Ack) -> tuple[int, str, str, str | None, str]:
+    return (ack.task_id, ack.condition, ack.by, ack.comment, ack.at.isoformat())
+
+
 class SqliteStore:
     """The state database; every method runs its SQL in a worker thread."""
 
@@ -118,6 +133,8 @@ class SqliteStore:
         claim: Mapping[str, int] | None = None,
         told: Sequence[Told] = (),
         untold: Sequence[tuple[str, int]] = (),
+        acks: Sequence[Ack] = (),
+        unacked: Sequence[int] = (),
     ) -> Committed:
         """Store task memories, queue deliveries and record events, atomically.
 
@@ -125,7 +142,8 @@ class SqliteStore:
         delivery of a :data:`COALESCED` type replaces the older ones of the same
         task and sink never tried; nothing else is ever replaced.  ``claim``:
         deliveries to claim per sink in the same transaction, as :meth:`claim` would.
-        ``told`` and ``untold``: escalation records written and dropped with them.
+        ``told`` and ``untold``: escalation records written and dropped with them;
+        ``acks`` and ``unacked``: acknowledgements stored and dropped with them.
         """
         rows = [(m.info.id, memory_to_json(m)) for m in memories]
         texts = {e.id: event_to_json(e) for _, e in deliveries}
@@ -133,13 +151,18 @@ class SqliteStore:
         events = {e.id: e for _, e in deliveries}
         events.update((e.id, e) for e in history)
         recorded = [(e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()]
-        escalations = (list(untold), [(t.sink, t.task_id, t.condition, t.due) for t in told])
+        also: list[tuple[str, Sequence[tuple[Any, ...]]]] = [
+            (_UNTOLD, untold),
+            (_TOLD, [(t.sink, t.task_id, t.condition, t.due) for t in told]),
+            (_DROP_ACK, [(task_id,) for task_id in unacked]),
+            (_PUT_ACK, [_ack_row(ack) for ack in acks]),
+        ]
 
         def write() -> tuple[dict[str, int], dict[str, list[tuple[Any, ...]]]]:
             growth: dict[str, int] = {}
             taken: dict[str, list[tuple[Any, ...]]] = {}
             try:
-                self._write(rows, queued, recorded, growth, claim or {}, now, taken, escalations)
+                self._write(rows, queued, recorded, growth, claim or {}, now, taken, also)
             except BaseException:  # rolled back: not claimed either
                 self._settle(row[0] for claimed in taken.values() for row in claimed)
                 raise
@@ -164,17 +187,15 @@ class SqliteStore:
         claim: Mapping[str, int],
         now: float,
         taken: dict[str, list[tuple[Any, ...]]],
-        escalations: tuple[list[tuple[str, int]], list[tuple[str, int, str, float]]],
+        also: Sequence[tuple[str, Sequence[tuple[Any, ...]]]],
     ) -> None:
-        """A commit's transaction (in the worker thread): fills ``growth`` and ``taken``."""
-        untold, told = escalations
+        """A commit's transaction (in the worker thread): fills ``growth`` and ``taken``.
+
+        ``also``: further statements with their rows (escalation records, acknowledgements).
+        """
         with self._db:
-            self._db.executemany("DELETE FROM escalations WHERE sink = ? AND task_id = ?", untold)
-            self._db.executemany(
-                "INSERT OR REPLACE INTO escalations (sink, task_id, condition, due) "
-                "VALUES (?, ?, ?, ?)",
-                told,
-            )
+            for statement, params in also:
+                self._db.executemany(statement, params)
             self._db.executemany(
                 "INSERT INTO tasks (id, memory) VALUES (?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
@@ -521,17 +542,11 @@ class SqliteStore:
 
     async def put_ack(self, ack: Ack) -> None:
         """Store a task's acknowledgement, replacing the one it had."""
-        row = (ack.task_id, ack.condition, ack.by, ack.comment, ack.at.isoformat())
+        row = _ack_row(ack)
 
         def put() -> None:
             with self._db:
-                self._db.execute(
-                    "INSERT INTO acks (task_id, condition, taken_by, comment, taken_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET "
-                    "condition = excluded.condition, taken_by = excluded.taken_by, "
-                    "comment = excluded.comment, taken_at = excluded.taken_at",
-                    row,
-                )
+                self._db.execute(_PUT_ACK, row)
 
         await self._run(put)
 
@@ -541,7 +556,7 @@ class SqliteStore:
 
         def drop() -> None:
             with self._db:
-                self._db.executemany("DELETE FROM acks WHERE task_id = ?", ids)
+                self._db.executemany(_DROP_ACK, ids)
 
         await self._run(drop)
 
