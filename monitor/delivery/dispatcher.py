@@ -336,8 +336,8 @@ class Dispatcher:
         """Send unacknowledged conditions to sinks with ``after`` when due, until cancelled.
 
         ``conditions`` gives the unacknowledged conditions firing now.  The first
-        look is at once, so that what was escalated before a restart is known
-        before the poller routes what ends it.
+        look is at once: what fell due while batchmon was down goes at start (what
+        was escalated before a restart is known from :meth:`start` on).
         """
         periods = [s.after for s in self._subscriptions if s.after is not None]
         if not periods:
