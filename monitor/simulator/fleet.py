@@ -229,13 +229,16 @@ class Fleet:
 
     # --- scripting
 
-    def set_task(self, name: str, task_id: int, **fields: object) -> SimTask:
+    def set_task(self, tenant: str, task_id: int, /, **fields: object) -> SimTask:
         """Pin fields of one tenant's task over its story, e.g. ``state=BatchTaskState.FAILED``.
 
         A task the tenant does not have yet is added (New, created now).  The pinned fields
-        stay whatever the scenario says later; the other fields move on with it.
+        stay whatever the scenario says later; the other fields move on with it.  A task given
+        a state stays listed too (``deleted=False``) unless ``deleted`` says otherwise.
         """
-        space = self.tenant(name).space
+        if "state" in fields:
+            fields.setdefault("deleted", False)
+        space = self.tenant(tenant).space
         now = self._clock()
         space.advance(now)
         if task_id not in space.tasks:

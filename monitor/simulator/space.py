@@ -46,17 +46,19 @@ class TaskSpace:
     pins: dict[int, dict[str, object]] = field(default_factory=dict)
 
     def advance(self, now: datetime) -> None:
-        """Move the tasks to ``now``: stops, the scenario, stops again, then the pins."""
+        """Move the tasks to ``now``: stops, the scenario and the pins, stops again."""
         # Before the scenario moves on: whether a stop found its task still running is
         # decided on the task as last seen; after it: a stopped task stays stopped.
         apply_stops(self.tasks, self.stops, now)
+        if self.scenario is None and not self.pins:
+            return
         if self.scenario is not None:
             self.scenario.apply(self.tasks, now)
-            apply_stops(self.tasks, self.stops, now)
         for task_id, fields_ in self.pins.items():
             task = self.tasks.get(task_id)
             if task is not None:
                 update_task(task, fields_)
+        apply_stops(self.tasks, self.stops, now)
 
     def owns(self, task_id: int) -> bool:
         """Whether the task exists or the scenario will make it."""
