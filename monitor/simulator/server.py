@@ -132,6 +132,11 @@ class Simulator:
         """The scenario moving the tasks, if any."""
         return self._space.scenario
 
+    @scenario.setter
+    def scenario(self, scenario: Scenario | None) -> None:
+        """A new scenario takes over from the next request."""
+        self._space.scenario = scenario
+
     @property
     def tasks(self) -> dict[int, SimTask]:
         """The tasks by id, as the API shows them after the last request."""
