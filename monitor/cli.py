@@ -58,7 +58,8 @@ from monitor.logs import configure_logging
 from monitor.polling import Shard
 from monitor.polling.stop import StopFailedError, StopOutcome, stop_directly
 from monitor.remote import RemoteError, call
-from monitor.simulator import OnlineTenant, Scenario, Simulator
+from monitor.simulator import Fleet, OnlineTenant, Scenario, Simulator
+from monitor.simulator.fleet import MAX_TENANTS
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.context import SinkContext
 from monitor.sinks.factory import build_sink
@@ -335,8 +336,22 @@ def check_config(path: Path, credentials_dir: Path | None) -> None:
     help="Serve an online tenant (e.g. Cust12345) behind a tenant-status API, whose state "
     "PUT /simulator/tenant sets.",
 )
+@click.option(
+    "--tenants",
+    "tenants",
+    type=click.IntRange(1, MAX_TENANTS),
+    default=None,
+    help="Serve this many online tenants, each under /CONTEXT/api with --tasks tasks of its own.",
+)
 def simulate(
-    host: str, port: int, seed: int, count: int, speed: float, loop: bool, tenant: str | None
+    host: str,
+    port: int,
+    seed: int,
+    count: int,
+    speed: float,
+    loop: bool,
+    tenant: str | None,
+    tenants: int | None,
 ) -> None:
     """Run only the fake SuperOffice WebAPI (basic auth batchmon/batchmon).
 
@@ -358,8 +373,32 @@ def simulate(
     \b
       batchmon simulate --loop --tenant Cust12345
       curl -X PUT http://127.0.0.1:8765/simulator/tenant -d '{"state": "OfflineMaintenance"}'
+
+    With --tenants N, N such tenants (names from --seed), each under its own
+    /CONTEXT/api with its own tasks, and steered under /simulator/tenants:
+
+    \b
+      batchmon simulate --loop --tenants 50
+      curl http://127.0.0.1:8765/simulator/tenants
     """
     configure_logging("auto", "info", sys.stderr)
+    if tenants is not None:
+        if tenant is not None:
+            msg = "--tenant serves one tenant, --tenants many: give one of them"
+            raise click.UsageError(msg)
+        fleet = Fleet(tenants, seed=seed, tasks=count, speed=speed, loop=loop)
+
+        async def serve_fleet() -> None:
+            await fleet.start(host, port)
+            try:
+                click.echo(_fleet_banner(fleet), err=True)
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await fleet.stop()
+
+        _run(serve_fleet, None, f"{host}:{port}", busy="--port 0 picks a free port")
+        return
 
     async def serve() -> None:
         scenario = Scenario.generate(
@@ -376,6 +415,39 @@ def simulate(
                 await simulator.stop()
 
     _run(serve, None, f"{host}:{port}", busy="--port 0 picks a free port")
+
+
+def _fleet_banner(fleet: Fleet, shown: int = 3) -> str:
+    """What ``simulate --tenants`` prints first: the first tenants' bases, the status API, how
+    to log in and to steer a tenant."""
+    names = list(fleet.tenants)
+    bases = "".join(f"    {fleet.url(name)}\n" for name in names[:shown])
+    if len(names) > shown:
+        bases += f"    ... and {len(names) - shown} more: curl {fleet.environment_url}/simulator/tenants\n"
+    first = fleet.tenants[names[0]]
+    ids = sorted(first.space.scenario.task_ids) if first.space.scenario else []
+    tasks = f"  tasks  {ids[0]}-{ids[-1]} in each tenant, each its own story\n" if ids else ""
+    control = f"{fleet.environment_url}/simulator/tenants/{names[0]}"
+    try_ = f"{fleet.url(names[0])}/v1/BatchTask/{ids[0]}" if ids else fleet.state_url
+    return (
+        f"\n  {len(names)} simulated SuperOffice Online tenants at {fleet.environment_url}\n"
+        f"{bases}"
+        f"  tenant state  GET {fleet.state_url}/{{ContextIdentifier}}\n"
+        f"{tasks}"
+        "  login  basic auth, username batchmon, password batchmon (every tenant)\n"
+        f"  try    curl -u batchmon:batchmon {try_}\n"
+        "  one tenant's configuration:\n"
+        f'    [superoffice]\n    environment_url = "{fleet.environment_url}"\n'
+        f'    tenant = "{names[0]}"\n'
+        "  control (tenant state, a task's fields):\n"
+        f"""    curl -X PUT {control} -d '{{"state": "OfflineMaintenance"}}'\n"""
+        + (
+            f"""    curl -X PUT {control}/tasks/{ids[0]} -d '{{"state": "Failed"}}'\n"""
+            if ids
+            else ""
+        )
+        + "  Ctrl-C stops it.\n"
+    )
 
 
 def _simulator_banner(simulator: Simulator, scenario: Scenario) -> str:

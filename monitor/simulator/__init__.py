@@ -11,11 +11,13 @@ simulator's clock, so a test with a manual clock replays a timeline exactly.
 
 SuperOffice Online is opt-in (:class:`OnlineTenant`, :class:`OAuthApp`, :class:`SystemUserApp`):
 the tenant-status API and numbered hosts that move, the OAuth token endpoint and the system user
-login, with tokens and tickets that expire on the same clock.  Faults are scripted per request:
+login, with tokens and tickets that expire on the same clock.  :class:`Fleet` serves many such
+tenants at once, each under ``/{context}/api`` with tasks of its own.  Faults are scripted per request:
 error statuses and bodies, 429/503 with ``Retry-After``, hangs and truncated bodies.
 """
 
 from monitor.simulator.auth import OAuthApp, SystemUserApp
+from monitor.simulator.fleet import Fleet, FleetTenant
 from monitor.simulator.scenario import Scenario
 from monitor.simulator.server import Simulator
 from monitor.simulator.tasks import TENANT_TZ, SimTask
@@ -24,6 +26,8 @@ from monitor.simulator.tenant import RUNNING_STATES, OnlineTenant
 __all__ = [
     "RUNNING_STATES",
     "TENANT_TZ",
+    "Fleet",
+    "FleetTenant",
     "OAuthApp",
     "OnlineTenant",
     "Scenario",

@@ -453,6 +453,11 @@ class Scenario:
             )
         return cls(scripts, start=start)
 
+    def starting_at(self, start: datetime) -> Scenario:
+        """The same story from ``start``: its scripts are shared, not copied, so many tenants
+        can tell a few stories each on a timeline of its own for the memory of a few."""
+        return Scenario(self._scripts, start=start, speed=self.speed, loop=self.loop)
+
     @property
     def task_ids(self) -> tuple[int, ...]:
         """The ids this scenario drives."""

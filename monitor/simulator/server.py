@@ -7,7 +7,6 @@ tenant and credentials, the BatchTask handlers, and the server's lifecycle.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,25 +28,16 @@ from monitor.simulator.auth import (
     oauth_token,
     system_user_login,
 )
-from monitor.simulator.responses import Fault, bad_request, dumps, error_response, json_object
+from monitor.simulator.responses import Fault, dumps, error_response
 from monitor.simulator.scenario import Scenario
-from monitor.simulator.stopping import PendingStop, RecordedRequest, accept_stop, apply_stops
-from monitor.simulator.tasks import (
-    SimTask,
-    apply_select,
-    date_forms,
-    owned_by,
-    selected_keys,
-    state_filter,
-    update_task,
-)
+from monitor.simulator.space import TaskSpace, get_task, list_tasks, stop_batch_job
+from monitor.simulator.stopping import RecordedRequest
+from monitor.simulator.tasks import SimTask, date_forms, update_task
 from monitor.simulator.tenant import OnlineTenant, set_tenant_state, tenant_refusal, tenant_status
-from monitor.superoffice.models import BatchTaskState
 
 __all__ = ["Simulator"]
 
 _JSON_TYPE = "application/json; charset=utf-8"
-_INTEGER = re.compile(r"-?[0-9]{1,10}")
 
 
 def _utc_now() -> datetime:
@@ -107,13 +97,9 @@ class Simulator:
         if system_user is not None and tenant is None:
             msg = "a system user logs in to a tenant: give tenant= too"
             raise ValueError(msg)
-        self.scenario = scenario
-        self.tasks: dict[int, SimTask] = {}
+        self._space = TaskSpace(scenario)
         self.requests: list[str] = []
-        #: Every ``StopBatchJob`` request, whole, in the order they came.
-        self.stop_requests: list[RecordedRequest] = []
         self.stop_delay = stop_delay
-        self._stops: dict[int, PendingStop] = {}
         self.tenant = tenant
         self.oauth = oauth
         self.system_user = system_user
@@ -140,6 +126,26 @@ class Simulator:
         router.add_get("/api/state/{context}", self._tenant_state, name="tenant-state")
         # The simulator's own control: set the tenant's state (maintenance, suspended, ...).
         router.add_put("/simulator/tenant", self._set_tenant_state, name="tenant-control")
+
+    @property
+    def scenario(self) -> Scenario | None:
+        """The scenario moving the tasks, if any."""
+        return self._space.scenario
+
+    @scenario.setter
+    def scenario(self, scenario: Scenario | None) -> None:
+        """A new scenario takes over from the next request."""
+        self._space.scenario = scenario
+
+    @property
+    def tasks(self) -> dict[int, SimTask]:
+        """The tasks by id, as the API shows them after the last request."""
+        return self._space.tasks
+
+    @property
+    def stop_requests(self) -> list[RecordedRequest]:
+        """Every ``StopBatchJob`` request, whole, in the order they came."""
+        return self._space.stop_requests
 
     # --- lifecycle
 
@@ -225,7 +231,7 @@ class Simulator:
         elif not isinstance(task_id, int):
             msg = f"id must be an int, got {task_id!r}"
             raise TypeError(msg)
-        elif task_id in self.tasks or self._scenario_owns(task_id):
+        elif self._space.owns(task_id):
             msg = f"task {task_id} already exists"
             raise ValueError(msg)
         task = SimTask(id=task_id, created=self._clock())
@@ -295,13 +301,10 @@ class Simulator:
         return Fault(status, payload, merged)
 
     def _free_id(self) -> int:
-        while self._next_id in self.tasks or self._scenario_owns(self._next_id):
+        while self._space.owns(self._next_id):
             self._next_id += 1
         self._next_id += 1
         return self._next_id - 1
-
-    def _scenario_owns(self, task_id: int) -> bool:
-        return self.scenario is not None and task_id in self.scenario.task_ids
 
     # --- request handling
 
@@ -327,12 +330,7 @@ class Simulator:
                 "Authentication failed: invalid or missing credentials",
                 headers={hdrs.WWW_AUTHENTICATE: 'Basic realm="SuperOffice"'},
             )
-        # Before the scenario moves on: whether a stop found its task still running is
-        # decided on the task as last seen; after it: a stopped task stays stopped.
-        apply_stops(self.tasks, self._stops, self._clock())
-        if self.scenario is not None:
-            self.scenario.apply(self.tasks, self._clock())
-            apply_stops(self.tasks, self._stops, self._clock())
+        self._space.advance(self._clock())
         return await handler(request)
 
     # The login and tenant-status hosts: auth and tenant answer, with the pieces as they are now.
@@ -356,72 +354,14 @@ class Simulator:
         return await set_tenant_state(request, self.tenant, self._clock())
 
     async def _get_task(self, request: web.Request) -> web.Response:
-        raw = request.match_info["id"]
-        if not _INTEGER.fullmatch(raw):
-            return bad_request(f"The value '{raw}' is not a valid BatchTask id")
-        task = self.tasks.get(int(raw))
-        if task is None or task.deleted:
-            return error_response(
-                404,
-                "SoNotFoundException",
-                f"BatchTask id {int(raw)} not found",
-                source="SuperOffice.Services.Implementation",
-            )
-        return web.json_response(task.to_json(self._tz_style), dumps=dumps)
+        return get_task(request, self._space, self._tz_style)
 
     async def _by_associates(self, request: web.Request) -> web.Response:
-        return await self._list(request, with_state=False)
+        return await list_tasks(request, self._space, self._tz_style, with_state=False)
 
     async def _by_associates_and_state(self, request: web.Request) -> web.Response:
-        return await self._list(request, with_state=True)
-
-    async def _list(self, request: web.Request, *, with_state: bool) -> web.Response:
-        """Answer an ``Agents/Batch`` list call, honouring ``$select``."""
-        body = await json_object(request)
-        if isinstance(body, web.Response):
-            return body
-        # ASP.NET binds carrier properties case-insensitively.
-        carrier = {str(key).casefold(): value for key, value in body.items()}
-        associate_ids = carrier.get("associateids")
-        if not isinstance(associate_ids, list) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in associate_ids
-        ):
-            return bad_request("AssociateIds must be an array of integers")
-        states: frozenset[BatchTaskState] | None = None
-        if with_state:
-            states = state_filter(carrier.get("state"))
-            if states is None:
-                return bad_request(f"State {carrier.get('state')!r} is not a BatchTaskState")
-        query = request.query.get("$select", "")
-        select = selected_keys(query) if query.strip() else None
-        answer = [
-            apply_select(task.to_json(self._tz_style), select)
-            for task in sorted(self.tasks.values(), key=lambda task: task.id)
-            if not task.deleted
-            and owned_by(task, associate_ids)
-            and (states is None or task.state in states)
-        ]
-        return web.json_response(answer, dumps=dumps)
+        return await list_tasks(request, self._space, self._tz_style, with_state=True)
 
     async def _stop_batch_job(self, request: web.Request) -> web.Response:
-        """``StopBatchJob``: ``true`` and a stop ``stop_delay`` from now, or ``false``.
-
-        An unknown task is ``false`` too: the reference documents no other answer.
-        """
-        body = await request.read()
-        self.stop_requests.append(
-            RecordedRequest(
-                request.method, request.path, dict(request.query), dict(request.headers), body
-            )
-        )
-        carrier = await json_object(request)
-        if isinstance(carrier, web.Response):
-            return carrier
-        task_id = {str(key).casefold(): value for key, value in carrier.items()}.get("id")
-        if not isinstance(task_id, int) or isinstance(task_id, bool):
-            return bad_request("Id must be an integer")
-        task = self.tasks.get(task_id)
-        stopped = task is not None and accept_stop(task)
-        if task is not None and stopped and task_id not in self._stops:
-            self._stops[task_id] = PendingStop(self._clock() + self.stop_delay, task.start_count)
-        return web.json_response(stopped, dumps=dumps)
+        """``StopBatchJob``: ``true`` and a stop ``stop_delay`` from now, or ``false``."""
+        return await stop_batch_job(request, self._space, self._clock(), self.stop_delay)

@@ -35,7 +35,8 @@ class OnlineTenant:
     """
 
     context_id: str = "Cust12345"
-    #: The numbered host the tenant lives on.
+    #: The numbered host the tenant lives on; "": right under the environment's host
+    #: (``/{context_id}/api``), as the many-tenant simulator serves its tenants.
     node: str = "online1"
     #: As the status API names it; the API answers in :data:`RUNNING_STATES` only.
     state: str = "Running"
@@ -79,7 +80,7 @@ def tenant_status(
             "Api": None,
             "Version": None,
         }
-    endpoint = f"{origin}/{tenant.node}/{tenant.context_id}"
+    endpoint = "/".join(part for part in (origin, tenant.node, tenant.context_id) if part)
     return {
         "ContextIdentifier": tenant.context_id,
         "Endpoint": endpoint,
