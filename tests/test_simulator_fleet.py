@@ -283,7 +283,7 @@ class TestConformance:
         """GET by id, both list calls and StopBatchJob validate against the spec's schemas."""
         a = next(iter(fleet.tenants))
         base = fleet.url(a)
-        calls = [
+        calls: list[tuple[str, str, dict[str, object] | None]] = [
             ("GET", "/v1/BatchTask/212", None),
             ("POST", LIST, {"AssociateIds": []}),
             (
