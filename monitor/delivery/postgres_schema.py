@@ -72,6 +72,13 @@ MIGRATIONS: tuple[str, ...] = (
         silence text NOT NULL
     );
     """,
+    # 4: the maintenance under way and what it held back, one row at most.
+    """
+    CREATE TABLE maintenance (
+        id integer PRIMARY KEY,
+        hold text NOT NULL
+    );
+    """,
 )
 
 #: The version a database has once every migration ran.

@@ -8,7 +8,7 @@ from functools import cache
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "layout", "migrate", "schema_layout"]
 
 #: Stored in ``meta``; an older database is migrated when opened, a newer one is not opened.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: What each version adds to the one before, statement by statement: applied in order, in
 #: one transaction, to a database of an older version when it is opened.  A new table, index
@@ -35,6 +35,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             " silence TEXT NOT NULL)"
         ),
     ),
+    # The maintenance under way and what it held back: one row at most, so that a restart
+    # neither says it started twice nor loses what its summary tells.
+    4: ("CREATE TABLE IF NOT EXISTS maintenance (id INTEGER PRIMARY KEY, hold TEXT NOT NULL)",),
 }
 
 if sorted(MIGRATIONS) != list(range(2, SCHEMA_VERSION + 1)):  # one step per version, no gap
