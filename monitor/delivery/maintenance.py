@@ -69,6 +69,8 @@ class Maintenance:
         self._store: DeliveryStore | None = None
         self._stored = decide.Hold()
         self._storing = anyio.Lock()
+        #: A summary is being committed: the maintenance it ends stays stored until then.
+        self._ending = False
         #: The tenant's state as last asked (``None``: not asked, or no tenant configured).
         self.tenant_state: str | None = None
         self._changed = anyio.Event()
@@ -97,7 +99,7 @@ class Maintenance:
 
     async def _store_hold(self) -> None:
         """Store the state as it is now, if it changed (one write at a time, the latest)."""
-        if self._store is None:
+        if self._store is None or self._ending:
             return
         async with self._storing:
             hold = self._hold
@@ -198,9 +200,15 @@ class Maintenance:
                     return
             self._hold, events = decide.end(self._hold, self._clock())
             log.info("maintenance_ended", conditions_announced=len(events) - 1)
-            # Committed with the summary, and the summary's id is the maintenance's.
-            if events and not await self._committed(events[0]):
-                await commit(events)
+            # The maintenance stays stored until its summary is committed (another commit
+            # meanwhile stores nothing); the summary's id is the maintenance's, so a restart
+            # in between finds it committed.
+            self._ending = True
+            try:
+                if events and not await self._committed(events[0]):
+                    await commit(events)
+            finally:
+                self._ending = False
             await self._store_hold()
 
     async def _announce(self, commit: Commit) -> None:
