@@ -256,6 +256,7 @@ class Daemon:
             )
             silencer = Silencer(store, clock=self.clock, firing=self.tracker.firing)
             await silencer.load()
+            await maintenance.load(store)
             dispatcher = Dispatcher(
                 subscriptions_from(config.sinks, context),
                 store,

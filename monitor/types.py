@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from monitor.superoffice.errors import Answer
     from monitor.tracking.acks import Ack
     from monitor.tracking.events import Event
+    from monitor.tracking.maintenance import Hold
     from monitor.tracking.memory import TaskMemory
     from monitor.tracking.silences import Silence
 
@@ -264,6 +265,14 @@ class DeliveryStore(Protocol):
 
     async def remove_silences(self, silence_ids: Sequence[str]) -> set[str]:
         """Delete silences (ended early, or swept after their end); which were stored."""
+        ...
+
+    async def hold(self) -> Hold:
+        """The maintenance under way and the conditions it held back, as last stored."""
+        ...
+
+    async def put_hold(self, hold: Hold) -> None:
+        """Store the maintenance's state, replacing the last; an empty one is deleted."""
         ...
 
 

@@ -202,7 +202,7 @@ class TestBegin:
         assert (
             "Saturday, Nightly until Sun 05:00 UTC: API outages and stalls go to the log only."
         ) == event.message
-        assert Ledger(started=T0, names=("Saturday", "Nightly")) == hold.ledger
+        assert Ledger(started=T0, names=("Saturday", "Nightly"), until=until) == hold.ledger
         _, unknown = decide.begin(Hold(), ["SuperOffice tenant state OfflineMaintenance"], T0, None)
         assert unknown.message is not None
         assert "OfflineMaintenance: API" in unknown.message

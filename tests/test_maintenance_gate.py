@@ -6,7 +6,8 @@ clock is moved by hand; the tenant state comes from the simulator's status API.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -19,8 +20,10 @@ from monitor.simulator import OnlineTenant, Simulator
 from monitor.sinks.alertmanager import alerts_for
 from monitor.sinks.base import Route
 from monitor.tracking.events import Event, EventType, event_id
+from monitor.tracking.maintenance import Hold
+from monitor.types import DeliveryStore
 from monitor.windows import Window
-from tests.conftest import ManualClock, make_task_event
+from tests.conftest import ManualClock, StoreOpener, make_task_event
 from tests.test_delivery import Destination, dispatching, until
 from tests.test_tenant import client_for
 
@@ -36,6 +39,10 @@ def _window_around(clock: ManualClock, minutes: int = 60) -> Window:
     start = clock() - timedelta(minutes=1)
     end = start + timedelta(minutes=minutes)
     return Window(frozenset({start.weekday()}), start.time(), end.time(), UTC, "Test")
+
+
+#: One step of a run, with its gate, dispatcher and store.
+Step = Callable[[Maintenance, Dispatcher, DeliveryStore], Awaitable[None]]
 
 
 async def _no_wait() -> None:
@@ -169,6 +176,131 @@ class TestWindow:
             EventType.MONITOR_MAINTENANCE_STARTED,
             EventType.MONITOR_MAINTENANCE_ENDED,
         ] == sinks.types(sinks.chat)
+
+
+class TestRestart:
+    """The maintenance outlives a restart: a new gate and dispatcher over the same database."""
+
+    @staticmethod
+    async def _run(
+        open_backend: StoreOpener, window: Window, clock: ManualClock, sinks: Sinks, *steps: Step
+    ) -> DeliveryStore:
+        """One run: load the gate, check, take each step; the store, closed, is returned."""
+        store = await open_backend()
+        gate = Maintenance([window], clock=clock)
+        await gate.load(store)
+        dispatcher = Dispatcher(sinks.subscriptions(), store, gate=gate)
+        async with dispatching(dispatcher):
+            await gate.check(dispatcher.commit, _no_wait)
+            for step in steps:
+                await step(gate, dispatcher, store)
+            await until(lambda: not dispatcher.queued("chat") and not dispatcher.queued("log"))
+        await store.close()
+        return store
+
+    async def test_one_start_and_one_summary_of_the_whole_window(
+        self, open_backend: StoreOpener, clock: ManualClock, sinks: Sinks
+    ) -> None:
+        """An outage and a stall before the restart, a stall after: one start in all, and the
+        summary at the end names them all; each held condition is announced once."""
+        window = _window_around(clock)
+
+        async def before(gate: Maintenance, dispatcher: Dispatcher, store: DeliveryStore) -> None:
+            await dispatcher.commit(
+                [
+                    _api_down(clock()),
+                    make_task_event(EventType.TASK_STALLED, id=212, name="Export", time=clock()),
+                    make_task_event(EventType.TASK_FAILED, id=213, name="Import", time=clock()),
+                ]
+            )
+
+        async def after(gate: Maintenance, dispatcher: Dispatcher, store: DeliveryStore) -> None:
+            assert gate.in_maintenance()
+            stall = make_task_event(EventType.TASK_STALLED, id=214, name="Sync", time=clock())
+            await dispatcher.commit([stall])
+            clock.advance(3000)
+            await gate.check(dispatcher.commit, _no_wait)
+
+        await self._run(open_backend, window, clock, sinks, before)
+        clock.advance(600)
+        store = await self._run(open_backend, window, clock, sinks, after)
+
+        started, ended = EventType.MONITOR_MAINTENANCE_STARTED, EventType.MONITOR_MAINTENANCE_ENDED
+        down, stalled = EventType.MONITOR_API_DOWN, EventType.TASK_STALLED
+        assert [started, EventType.TASK_FAILED, ended, down, stalled, stalled] == sinks.types(
+            sinks.chat
+        )
+        assert {212, 214} == {event.task_id for event in sinks.chat.received[4:]}
+        summary = sinks.chat.received[2].message
+        assert summary is not None
+        assert "Failed: Import (#213).\nStalled: Export (#212), Sync (#214).\n" in summary
+        assert summary.endswith("The API was down, and still is.")
+        assert "12:00 UTC to 13:00 UTC (1 h 0 min)" in summary  # from the start, not the restart
+        store = await open_backend()
+        assert Hold() == await store.hold()  # nothing kept once the summary went out
+        await store.close()
+
+    async def test_a_window_that_ended_while_down_is_summarised_once(
+        self, open_backend: StoreOpener, clock: ManualClock, sinks: Sinks
+    ) -> None:
+        """Stopped inside a window, started after its end: the summary and what still fires,
+        once; a further restart says nothing more."""
+        window = _window_around(clock)
+
+        async def held(gate: Maintenance, dispatcher: Dispatcher, store: DeliveryStore) -> None:
+            stall = make_task_event(EventType.TASK_STALLED, id=212, name="Export", time=clock())
+            await dispatcher.commit([_api_down(clock()), stall])
+
+        await self._run(open_backend, window, clock, sinks, held)
+        clock.advance(2 * 3600)
+        await self._run(open_backend, window, clock, sinks)
+        await self._run(open_backend, window, clock, sinks)
+
+        assert [
+            EventType.MONITOR_MAINTENANCE_STARTED,
+            EventType.MONITOR_MAINTENANCE_ENDED,
+            EventType.MONITOR_API_DOWN,
+            EventType.TASK_STALLED,
+        ] == sinks.types(sinks.chat)
+        summary = sinks.chat.received[1].message
+        assert summary is not None
+        assert "Stalled: Export (#212).\nStill stalled: Export (#212)." in summary
+
+    async def test_a_stop_between_sending_and_storing_repeats_nothing(
+        self, open_backend: StoreOpener, clock: ManualClock, sinks: Sinks
+    ) -> None:
+        """Stopped after the start, or the summary, was queued but before the state saying so
+        was stored: neither goes out twice (their ids are the maintenance's)."""
+        window = _window_around(clock)
+        kept: list[Hold] = []
+
+        async def unannounced(
+            gate: Maintenance, dispatcher: Dispatcher, store: DeliveryStore
+        ) -> None:
+            hold = await store.hold()
+            assert hold.ledger is not None
+            await store.put_hold(Hold(ledger=replace(hold.ledger, announced=False)))
+
+        async def remember(gate: Maintenance, dispatcher: Dispatcher, store: DeliveryStore) -> None:
+            kept.append(await store.hold())
+
+        async def ended(gate: Maintenance, dispatcher: Dispatcher, store: DeliveryStore) -> None:
+            await gate.check(dispatcher.commit, _no_wait)
+            await store.put_hold(kept[0])
+
+        await self._run(open_backend, window, clock, sinks, unannounced)
+        await self._run(open_backend, window, clock, sinks, remember)
+        clock.advance(3600)
+        await self._run(open_backend, window, clock, sinks, ended)
+        await self._run(open_backend, window, clock, sinks)
+
+        assert [
+            EventType.MONITOR_MAINTENANCE_STARTED,
+            EventType.MONITOR_MAINTENANCE_ENDED,
+        ] == sinks.types(sinks.chat)
+        store = await open_backend()
+        assert Hold() == await store.hold()
+        await store.close()
 
 
 class TestAlertmanagerLabel:

@@ -81,8 +81,9 @@ class Subscription:
 class Gate(Protocol):
     """Holds some events back from some sinks (maintenance: :mod:`monitor.delivery.maintenance`)."""
 
-    def admit(self, events: Sequence[Event]) -> Mapping[str, frozenset[str]]:
-        """Take note of a commit's events; those restricted, by id, to the sink types they reach."""
+    async def admit(self, events: Sequence[Event]) -> Mapping[str, frozenset[str]]:
+        """Take note of a commit's events (durably, before they are queued); those restricted,
+        by id, to the sink types they reach."""
         ...
 
     def held(self, event: Event) -> bool:
@@ -187,7 +188,7 @@ class Dispatcher:
         """Store the memories and queue each event for every sink that wants it, atomically
         (with ``acks`` stored and ``unacked`` tasks' dropped: a person's acknowledgement
         and its announcement)."""
-        reach = self._gate.admit(events) if self._gate is not None else {}
+        reach = await self._gate.admit(events) if self._gate is not None else {}
         deliveries = [
             (s.sink.name, event)
             for event in events

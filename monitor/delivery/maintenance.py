@@ -5,6 +5,10 @@ and applies it to every commit (:meth:`Maintenance.admit`).  Its :meth:`~Mainten
 wakes when a window opens or closes and asks the tenant-status API at its ``ValidUntil``
 (at most once a minute), and commits what that means: ``monitor.maintenance_started``,
 the summary at the end, the conditions still firing, ``monitor.tenant_unavailable``.
+
+Its state is stored (:meth:`~monitor.types.DeliveryStore.put_hold`) before the events that
+change it are queued, so a restart picks the maintenance up where it was: no second start,
+a summary of the whole maintenance, each held condition announced once at its end.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import structlog
 
 from monitor.tracking import maintenance as decide
 from monitor.tracking.events import Event
+from monitor.types import DeliveryStore
 from monitor.windows import Window
 
 __all__ = ["TENANT_EVERY", "Maintenance", "TenantState"]
@@ -60,21 +65,65 @@ class Maintenance:
         self.tenant = tenant
         self._tenant_every = tenant_every
         self._hold = decide.Hold()
+        #: Where the state is kept (:meth:`load`), and the state as last stored there.
+        self._store: DeliveryStore | None = None
+        self._stored = decide.Hold()
+        self._storing = anyio.Lock()
+        #: A summary is being committed: the maintenance it ends stays stored until then.
+        self._ending = False
         #: The tenant's state as last asked (``None``: not asked, or no tenant configured).
         self.tenant_state: str | None = None
         self._changed = anyio.Event()
         #: Set when the status API named a state, whoever asked.
         self._tenant_news = anyio.Event()
 
+    # --- the state, stored ---------------------------------------------------------------
+
+    async def load(self, store: DeliveryStore) -> None:
+        """Take up the maintenance stored by the last run, and keep the state in ``store``.
+
+        A reload passes the same store: what this run holds is already there.
+        """
+        if store is self._store:
+            return
+        self._store = store
+        self._hold = self._stored = await store.hold()
+        ledger = self._hold.ledger
+        if ledger is not None or self._hold.unannounced:
+            log.info(
+                "maintenance_restored",
+                names=list(ledger.names) if ledger is not None else [],
+                since=ledger.started.isoformat() if ledger is not None else None,
+                held=len(self._hold.unannounced),
+            )
+
+    async def _store_hold(self) -> None:
+        """Store the state as it is now, if it changed (one write at a time, the latest)."""
+        if self._store is None or self._ending:
+            return
+        async with self._storing:
+            hold = self._hold
+            if hold != self._stored:
+                await self._store.put_hold(hold)
+                self._stored = hold
+
+    async def _committed(self, event: Event) -> bool:
+        """Whether ``event`` was committed already (by a run that stopped before it stored so)."""
+        if self._store is None:
+            return False
+        return event.id in await self._store.known_events([event.id])
+
     # --- the gate -----------------------------------------------------------------------
 
-    def admit(self, events: Sequence[Event]) -> Mapping[str, frozenset[str]]:
-        """Note each event; those held back, by id, with the sink types they still reach."""
+    async def admit(self, events: Sequence[Event]) -> Mapping[str, frozenset[str]]:
+        """Note each event (stored before they are queued); those held back, by id, with
+        the sink types they still reach."""
         reach = {}
         for event in events:
             self._hold, restricted = decide.admit(self._hold, event)
             if restricted is not None:
                 reach[event.id] = restricted
+        await self._store_hold()
         return reach
 
     def held(self, event: Event) -> bool:
@@ -136,11 +185,14 @@ class Maintenance:
             now = self._clock()
             tenant = decide.tenant_maintenance(self.tenant_state)
             until = None if tenant else decide.windows_end(self.windows, now)
-            self._hold, started = decide.begin(self._hold, names, now, until)
+            self._hold, _ = decide.begin(self._hold, names, now, until)
             log.info("maintenance_started", names=names)
-            await commit([started])
+            await self._store_hold()
+            await self._announce(commit)
         elif names:
             self._hold = decide.also(self._hold, names)
+            await self._store_hold()
+            await self._announce(commit)
         elif self._hold.ledger is not None:
             if self._hold.unannounced:
                 await settle()
@@ -148,7 +200,27 @@ class Maintenance:
                     return
             self._hold, events = decide.end(self._hold, self._clock())
             log.info("maintenance_ended", conditions_announced=len(events) - 1)
-            await commit(events)
+            # The maintenance stays stored until its summary is committed (another commit
+            # meanwhile stores nothing); the summary's id is the maintenance's, so a restart
+            # in between finds it committed.
+            self._ending = True
+            try:
+                if events and not await self._committed(events[0]):
+                    await commit(events)
+            finally:
+                self._ending = False
+            await self._store_hold()
+
+    async def _announce(self, commit: Commit) -> None:
+        """``monitor.maintenance_started``, unless it went out (before a restart, say)."""
+        ledger = self._hold.ledger
+        if ledger is None or ledger.announced:
+            return
+        started = decide.started(ledger)
+        if not await self._committed(started):
+            await commit([started])
+        self._hold = decide.announced(self._hold)
+        await self._store_hold()
 
     def _noticed(self, state: str) -> None:
         """The status API named a state (the poller asked, most often): a tenant gone down
@@ -201,4 +273,5 @@ class Maintenance:
                 self._hold, self._clock(), "Still so when the tenant came back."
             )
             await commit(again)
+        await self._store_hold()
         self._changed.set()

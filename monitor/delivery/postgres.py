@@ -46,11 +46,19 @@ from psycopg_pool import AsyncConnectionPool
 from monitor.config.service import redacted_url
 from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError, Told
 from monitor.delivery.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
-from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
+from monitor.delivery.serial import (
+    event_from_json,
+    event_to_json,
+    hold_from_json,
+    hold_to_json,
+    memory_from_json,
+    memory_to_json,
+)
 from monitor.delivery.sqlite import COALESCED, HISTORY_PER_TASK
 from monitor.superoffice.redact import Redactor
 from monitor.tracking.acks import Ack
 from monitor.tracking.events import Event
+from monitor.tracking.maintenance import Hold
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.silences import Silence
 
@@ -618,6 +626,27 @@ class PostgresStore:
                 "DELETE FROM silences WHERE id = ANY(%b::text[]) RETURNING id", [list(silence_ids)]
             )
             return {silence_id for (silence_id,) in await cursor.fetchall()}
+
+    # --- maintenance
+
+    async def hold(self) -> Hold:
+        """The maintenance under way and the conditions it held back, as last stored."""
+        async with self._connection() as db:
+            cursor = await db.execute("SELECT hold FROM maintenance WHERE id = 1")
+            row = await cursor.fetchone()
+        return hold_from_json(row[0]) if row is not None else Hold()
+
+    async def put_hold(self, hold: Hold) -> None:
+        """Store the maintenance's state; an empty one (nothing under way) is deleted."""
+        async with self._connection() as db:
+            if hold == Hold():
+                await db.execute("DELETE FROM maintenance WHERE id = 1")
+            else:
+                await db.execute(
+                    "INSERT INTO maintenance (id, hold) VALUES (1, %b) "
+                    "ON CONFLICT (id) DO UPDATE SET hold = excluded.hold",
+                    [hold_to_json(hold)],
+                )
 
 
 async def _one_round_trip(

@@ -88,6 +88,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX posts_by_sink ON posts (sink, at);
     """,
+    # 5: the maintenance under way and what it held back, one row at most.
+    """
+    CREATE TABLE maintenance (
+        id integer PRIMARY KEY,
+        hold text NOT NULL
+    );
+    """,
 )
 
 #: The version a database has once every migration ran.

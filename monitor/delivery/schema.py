@@ -8,7 +8,7 @@ from functools import cache
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "layout", "migrate", "schema_layout"]
 
 #: Stored in ``meta``; an older database is migrated when opened, a newer one is not opened.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: What each version adds to the one before, statement by statement: applied in order, in
 #: one transaction, to a database of an older version when it is opened.  A new table, index
@@ -49,6 +49,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE IF NOT EXISTS posts (sink TEXT NOT NULL, at REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS posts_by_sink ON posts (sink, at)",
     ),
+    # The maintenance under way and what it held back: one row at most, so that a restart
+    # neither says it started twice nor loses what its summary tells.
+    5: ("CREATE TABLE IF NOT EXISTS maintenance (id INTEGER PRIMARY KEY, hold TEXT NOT NULL)",),
 }
 
 if sorted(MIGRATIONS) != list(range(2, SCHEMA_VERSION + 1)):  # one step per version, no gap

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from monitor.superoffice.models import BatchTaskInfo
 from monitor.tracking.events import Event
+from monitor.tracking.maintenance import Hold, Ledger
 from monitor.tracking.memory import TaskMemory
 
-__all__ = ["event_from_json", "event_to_json", "memory_from_json", "memory_to_json"]
+__all__ = [
+    "event_from_json",
+    "event_to_json",
+    "hold_from_json",
+    "hold_to_json",
+    "memory_from_json",
+    "memory_to_json",
+]
 
 
 def event_to_json(event: Event) -> str:
@@ -67,4 +76,51 @@ def memory_from_json(text: str) -> TaskMemory:
         terminal_since=_date(data["terminal_since"]),
         gone=data["gone"],
         gone_since=_date(data.get("gone_since")),
+    )
+
+
+def hold_to_json(hold: Hold) -> str:
+    """Serialise a maintenance's state: the one under way, and the conditions held back."""
+    ledger = hold.ledger
+    return json.dumps(
+        {
+            "ledger": None
+            if ledger is None
+            else {
+                "started": ledger.started.isoformat(),
+                "names": list(ledger.names),
+                "failed": [[task_id, name] for task_id, name in ledger.failed.items()],
+                "stalled": [[task_id, name] for task_id, name in ledger.stalled.items()],
+                "api_down": ledger.api_down,
+                "announced": ledger.announced,
+                "until": _iso(ledger.until),
+            },
+            "tenant_down": hold.tenant_down,
+            "unannounced": [event.to_dict() for event in hold.unannounced.values()],
+        }
+    )
+
+
+def hold_from_json(text: str) -> Hold:
+    """The inverse of :func:`hold_to_json`."""
+    data: dict[str, Any] = json.loads(text)
+    kept = data["ledger"]
+    ledger = (
+        None
+        if kept is None
+        else Ledger(
+            started=datetime.fromisoformat(kept["started"]),
+            names=tuple(kept["names"]),
+            failed=MappingProxyType({int(i): name for i, name in kept["failed"]}),
+            stalled=MappingProxyType({int(i): name for i, name in kept["stalled"]}),
+            api_down=bool(kept["api_down"]),
+            announced=bool(kept["announced"]),
+            until=_date(kept["until"]),
+        )
+    )
+    events = [Event.from_dict(event) for event in data["unannounced"]]
+    return Hold(
+        ledger=ledger,
+        tenant_down=bool(data["tenant_down"]),
+        unannounced=MappingProxyType({(e.type, e.task_id): e for e in events}),
     )

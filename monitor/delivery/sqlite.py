@@ -30,9 +30,17 @@ import structlog
 
 from monitor.delivery.database import connect, reclaim
 from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError, Told
-from monitor.delivery.serial import event_from_json, event_to_json, memory_from_json, memory_to_json
+from monitor.delivery.serial import (
+    event_from_json,
+    event_to_json,
+    hold_from_json,
+    hold_to_json,
+    memory_from_json,
+    memory_to_json,
+)
 from monitor.tracking.acks import Ack
 from monitor.tracking.events import KINDS, Event
+from monitor.tracking.maintenance import Hold
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.silences import Silence
 
@@ -593,3 +601,34 @@ class SqliteStore:
             return removed
 
         return await self._run(remove) if silence_ids else set()
+
+    # --- maintenance
+
+    async def hold(self) -> Hold:
+        """The maintenance under way and the conditions it held back, as last stored."""
+
+        def load() -> tuple[str] | None:
+            row: tuple[str] | None = self._db.execute(
+                "SELECT hold FROM maintenance WHERE id = 1"
+            ).fetchone()
+            return row
+
+        row = await self._run(load)
+        return hold_from_json(row[0]) if row is not None else Hold()
+
+    async def put_hold(self, hold: Hold) -> None:
+        """Store the maintenance's state; an empty one (nothing under way) is deleted."""
+        text = None if hold == Hold() else hold_to_json(hold)
+
+        def put() -> None:
+            with self._db:
+                if text is None:
+                    self._db.execute("DELETE FROM maintenance WHERE id = 1")
+                else:
+                    self._db.execute(
+                        "INSERT INTO maintenance (id, hold) VALUES (1, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET hold = excluded.hold",
+                        (text,),
+                    )
+
+        await self._run(put)

@@ -37,10 +37,12 @@ __all__ = [
     "Ledger",
     "admit",
     "also",
+    "announced",
     "begin",
     "end",
     "held",
     "reannounced",
+    "started",
     "summary",
     "tenant_change",
     "tenant_down",
@@ -79,6 +81,10 @@ class Ledger:
     stalled: Mapping[int, str | None] = field(default_factory=dict)
     #: Whether ``monitor.api_down`` fired during it.
     api_down: bool = False
+    #: Whether ``monitor.maintenance_started`` was committed (a restart in between says it).
+    announced: bool = False
+    #: When the windows open at its start were expected to end (``None``: unknown).
+    until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,16 +142,29 @@ def begin(
     hold: Hold, names: Sequence[str], at: datetime, until: datetime | None
 ) -> tuple[Hold, Event]:
     """A maintenance starts at ``at`` (expected to end at ``until``, if known)."""
-    expected = f" until {until:%a %H:%M %Z}" if until is not None else ""
-    event = Event(
-        id=event_id(EventType.MONITOR_MAINTENANCE_STARTED.value, at.isoformat()),
-        type=EventType.MONITOR_MAINTENANCE_STARTED,
-        time=at,
-        message=f"{_names(names)}{expected}: API outages and stalls go to the log only.",
-    )
     # An outage held back already (the tenant went down before its maintenance was known).
     down = (EventType.MONITOR_API_DOWN, None) in hold.unannounced
-    return replace(hold, ledger=Ledger(started=at, names=tuple(names), api_down=down)), event
+    ledger = Ledger(started=at, names=tuple(names), api_down=down, until=until)
+    return replace(hold, ledger=ledger), started(ledger)
+
+
+def started(ledger: Ledger) -> Event:
+    """``monitor.maintenance_started``; its id is the maintenance's, so a restart that says it
+    again (it was not known to be committed) makes no second one."""
+    until = ledger.until
+    expected = f" until {until:%a %H:%M %Z}" if until is not None else ""
+    return Event(
+        id=event_id(EventType.MONITOR_MAINTENANCE_STARTED.value, ledger.started.isoformat()),
+        type=EventType.MONITOR_MAINTENANCE_STARTED,
+        time=ledger.started,
+        message=f"{_names(ledger.names)}{expected}: API outages and stalls go to the log only.",
+    )
+
+
+def announced(hold: Hold) -> Hold:
+    """``monitor.maintenance_started`` was committed."""
+    ledger = hold.ledger
+    return replace(hold, ledger=replace(ledger, announced=True)) if ledger is not None else hold
 
 
 def also(hold: Hold, names: Iterable[str]) -> Hold:

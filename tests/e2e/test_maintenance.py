@@ -90,12 +90,12 @@ def _watched_task(peers: Peers, simulator: Simulator) -> int:
     return int(task.id)
 
 
-def _window_around_now() -> tuple[dict[str, str], datetime]:
-    """A window that opened this minute and closes at a minute boundary 30 s to 90 s away,
-    in UTC (minutes are the windows' resolution)."""
+def _window_around_now(at_least: float = 30) -> tuple[dict[str, str], datetime]:
+    """A window that opened this minute and closes at a minute boundary ``at_least`` seconds
+    to a minute more away, in UTC (minutes are the windows' resolution)."""
     now = datetime.now(UTC)
     start = now.replace(second=0, microsecond=0)
-    end = (now + timedelta(seconds=30 + 59)).replace(second=0, microsecond=0)
+    end = (now + timedelta(seconds=at_least + 59)).replace(second=0, microsecond=0)
     window = {
         "name": "Test window",
         "days": start.strftime("%a"),
@@ -143,6 +143,44 @@ def test_outage_in_a_window(peers: Peers, launch: Any, tmp_path: Any) -> None:
     assert "The API was down." in chat[1][1]
     [down, *_] = [a for a in _alerts(inbox) if a["labels"]["alertname"] == "BatchmonApiDown"]
     assert "true" == down["labels"]["maintenance"]
+
+
+@pytest.mark.timeout(300)
+def test_a_restart_inside_a_window(peers: Peers, launch: Any, tmp_path: Any) -> None:
+    """An outage in a window, then a restart (SIGTERM) before its end: no second start, and
+    the one summary at the end tells of the outage before the restart."""
+    simulator = peers.simulator(Simulator())
+    inbox = peers.receiver(Receiver())
+    task_id = _watched_task(peers, simulator)
+    window, end = _window_around_now(at_least=60)
+    config = base_config(
+        simulator.url,
+        tmp_path / "state.db",
+        watch={"ids": [task_id]},
+        maintenance={"windows": [window]},
+        sinks=_sinks(inbox),
+    )
+    batchmon: Batchmon = launch(config)
+    batchmon.wait_started()
+    wait_until(lambda: _logged(batchmon, "monitor.maintenance_started"), 30, "the start")
+    peers.call(simulator.fail_next, 10, 503)
+    wait_until(lambda: _logged(batchmon, "monitor.api_down"), 30, "api_down in the log")
+    wait_until(lambda: _logged(batchmon, "monitor.api_recovered"), 30, "the API back")
+    wait_until(lambda: len(_chat(inbox)) >= 1, 30, "the start in the chat")
+    assert 0 == batchmon.stop()
+    assert datetime.now(UTC) < end, "the restart came after the window: the test is too slow"
+
+    batchmon.start()
+    batchmon.wait_started()
+    assert _logged(batchmon, "maintenance_restored")
+    wait_until(lambda: _logged(batchmon, "monitor.maintenance_ended"), STEP, "the end")
+    wait_until(lambda: len(_chat(inbox)) >= 2, 30, "the summary in the chat")
+    assert 0 == batchmon.stop()
+
+    assert not batchmon.events("monitor.maintenance_started")  # not in the second run
+    chat = _chat(inbox)
+    assert ["monitor.maintenance_started", "monitor.maintenance_ended"] == [t for t, _ in chat]
+    assert "The API was down." in chat[1][1]
 
 
 @pytest.mark.timeout(300)
