@@ -317,8 +317,10 @@ class Dispatcher:
     async def escalate_once(self, conditions: Sequence[Condition]) -> None:
         """Queue the escalations due now, and the reminders of those sent.
 
-        Escalations already recorded (before a restart) are not queued again.
+        Escalations already recorded (before a restart) are not queued again.  A condition a
+        silence or a maintenance holds back is not escalated (nor reminded) while it is held.
         """
+        conditions = [c for c in conditions if not self._withheld(c.event)]
         now = self._now()
         escalating = [s for s in self._subscriptions if s.after is not None]
         sinks = [(s.sink.name, s.after, s.route.matches) for s in escalating if s.after]
@@ -344,6 +346,11 @@ class Dispatcher:
             return
         await self._queue([], fresh, now.timestamp())
         log.info("escalations_queued", count=len(fresh))
+
+    def _withheld(self, condition: Event) -> bool:
+        """Whether a silence or a maintenance holds a condition back from people now."""
+        silenced = self._silenced is not None and self._silenced(condition)
+        return silenced or (self._gate is not None and self._gate.held(condition))
 
     async def drain(self) -> None:
         """Send what is due now, once each, without waiting for retries (shutdown).
