@@ -835,7 +835,7 @@ def _task_ids(
     "--token-file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="A file holding the daemon's http.api_token (with --url).",
+    help="A file holding the daemon's http.api_token (with --url) [default: $BATCHMON_API_TOKEN].",
 )
 def stop(
     task_id: int, force: bool, url: str | None, config_path: Path | None, token_file: Path | None
@@ -855,7 +855,8 @@ def stop(
       2   usage error
       3   SuperOffice has no such task
       69  the daemon or SuperOffice cannot be reached
-      77  the daemon wants its api_token (--token-file), or has none
+      77  the daemon wants its api_token (--token-file or BATCHMON_API_TOKEN),
+          or has none
       78  the --config file was refused
 
     \b
@@ -887,7 +888,7 @@ def stop(
         body = {"force": force, "by": _operator()}
         try:
             answer = call(
-                "POST", f"{base}/api/v1/tasks/{task_id}/stop", _read_token(token_file), body
+                "POST", f"{base}/api/v1/tasks/{task_id}/stop", _api_token(token_file), body
             )
         except RemoteError as exc:
             click.echo(f"batchmon: {exc}", err=True)
@@ -917,7 +918,7 @@ def stop(
     "--token-file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="A file holding the daemon's http.api_token.",
+    help="A file holding the daemon's http.api_token [default: $BATCHMON_API_TOKEN].",
 )
 def silence(
     duration: str | None,
@@ -951,7 +952,7 @@ def silence(
         raise click.UsageError(
             "give --for/--reason with --id, --name or --all; or --list; or --end SID"
         )
-    base, token = url.rstrip("/"), _read_token(token_file)
+    base, token = url.rstrip("/"), _api_token(token_file)
     try:
         if listing:
             answer = call("GET", f"{base}/api/v1/silences", token)

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 
 from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
-from tests.test_cli_status import batchmon
+from tests.test_cli_status import BATCHMON, ENV, batchmon
 from tests.test_web import running_daemon
 
 TOKEN = "silence-token-0123456789abcdef"
@@ -131,3 +132,21 @@ class TestCli:
         assert 77 == anonymous.returncode
         assert (1, True) == (bad.returncode, "at most 7d" in bad.stderr.decode())
         assert 2 == usage.returncode
+
+    async def test_the_token_from_the_environment(self) -> None:
+        """BATCHMON_API_TOKEN serves ``silence`` and ``stop`` as it serves ``ack``."""
+        env = {**ENV, "BATCHMON_API_TOKEN": TOKEN}
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Export", state=BatchTaskState.STARTED)
+            async with running_daemon(simulator, [task.id], http={"api_token": TOKEN}) as (_, base):
+                made = await anyio.run_process(
+                    [*BATCHMON, "silence", "--for", "1h", "--reason", "x", "--all", "--url", base],
+                    check=False,
+                    env=env,
+                )
+                stopped = await anyio.run_process(
+                    [*BATCHMON, "stop", str(task.id), "--url", base], check=False, env=env
+                )
+
+        assert 0 == made.returncode, made.stderr.decode()
+        assert 0 == stopped.returncode, stopped.stderr.decode()
