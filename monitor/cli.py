@@ -365,7 +365,8 @@ def simulate(
         scenario = Scenario.generate(
             seed=seed, count=count, start=datetime.now(UTC), speed=speed, loop=loop
         )
-        online = OnlineTenant(context_id=tenant) if tenant is not None else None
+        # Status answers hold 30 s (as the demo's): a state PUT shows within that, not in 10 min.
+        online = OnlineTenant(context_id=tenant, valid_for=30) if tenant is not None else None
         simulator = Simulator(scenario, tenant=online)
         await simulator.start(host, port)
         try:

@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -104,6 +105,7 @@ async def test_simulate_with_a_tenant() -> None:
         [environment] = re.findall(r'environment_url = "(\S+)"', banner)
         [control] = re.findall(r"curl -X PUT (\S+) ", banner)
         status, _ = await _put(control, {"state": "Suspended"})
+        asked = datetime.now(UTC)
         _, state = await _get(f"{environment}/api/state/Cust777")
     finally:
         process.send_signal(signal.SIGTERM)
@@ -114,6 +116,9 @@ async def test_simulate_with_a_tenant() -> None:
     assert 'tenant = "Cust777"' in banner
     assert 200 == status
     assert ("Suspended", False) == (state["State"], state["IsRunning"])
+    # A monitor asks again at ValidUntil: a state set next shows within half a minute.
+    valid_until = datetime.fromisoformat(state["ValidUntil"][:19]).replace(tzinfo=UTC)
+    assert valid_until <= asked + timedelta(seconds=31)
 
 
 @pytest.mark.timeout(180)
