@@ -263,6 +263,23 @@ class TestSilencer:
         assert [] == silencer.active()
         assert [] == await backend.silences()
 
+    async def test_ended_early_announces_to_chat(
+        self, backend: DeliveryStore, clock: ManualClock
+    ) -> None:
+        """``--end``: what the silence kept quiet and still fails reaches chat, not only the log."""
+        silencer = Silencer(backend, clock=clock, firing=lambda: [FAILED])
+        chat = Recording("chat")
+        dispatcher = Dispatcher(
+            [Subscription(chat, Route())], backend, now=clock, silenced=silencer.mutes
+        )
+        silencer.announce = dispatcher.commit
+        made = await silencer.add({"for": "2h", "reason": "upgrade", "all": True}, by="ann")
+        clock.advance(600)
+
+        await silencer.end(made.id)
+
+        assert {"chat": 1} == await backend.pending_counts()
+
     async def test_limit(self, backend: DeliveryStore, clock: ManualClock) -> None:
         """Past the limit a new silence is refused, saying so; an ended one makes room."""
         silencer = Silencer(backend, clock=clock, firing=list, limit=2)

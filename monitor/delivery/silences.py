@@ -203,10 +203,11 @@ class Silencer:
         gone = {s.id for s in ended}
         remaining = [s for s in self._silences if s.id not in gone]
         announcements = end_announcements(ended, remaining, self._firing(), now)
+        # Forgotten before the announcement, which a silence ended early would otherwise mute.
+        self._silences = [s for s in self._silences if s.id not in gone]  # added meanwhile: kept
         if announcements and self.announce is not None:
             await self.announce(announcements)
         await self._store.remove_silences(sorted(gone))
-        self._silences = [s for s in self._silences if s.id not in gone]  # added meanwhile: kept
         for silence in ended:
             log.info(
                 "silence_ended",
