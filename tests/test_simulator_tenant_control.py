@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -178,3 +179,35 @@ async def test_demo_shows_a_maintenance() -> None:
         await process.aclose()
 
     assert events.index("monitor.maintenance_started") < events.index("monitor.maintenance_ended")
+
+
+async def test_the_start_line_names_the_tenant_and_its_environment(tmp_path: Path) -> None:
+    """``batchmon_started`` with ``environment_url`` + ``tenant`` says where, not "(None)"."""
+    async with Simulator(tenant=OnlineTenant(context_id="Cust777")) as sim:
+        environment = sim.environment_url
+        config = tmp_path / "batchmon.toml"
+        config.write_text(
+            f'[superoffice]\nenvironment_url = "{environment}"\ntenant = "Cust777"\n'
+            '[superoffice.auth]\ntype = "basic"\nusername = "batchmon"\npassword = "batchmon"\n'
+            f'[http]\nlisten = "127.0.0.1:0"\n[state]\npath = "{tmp_path / "state.db"}"\n'
+        )
+        config.chmod(0o600)
+        process = await anyio.open_process(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config)]
+        )
+        try:
+            assert process.stdout is not None
+            output = ""
+            with anyio.fail_after(20):
+                async for chunk in process.stdout:
+                    output += chunk.decode()
+                    if "batchmon_started" in output:
+                        break
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):
+                await process.wait()
+            await process.aclose()
+
+    [started] = [json.loads(line) for line in output.splitlines() if "batchmon_started" in line]
+    assert f"Cust777 at {environment}" == started["api"]
