@@ -86,7 +86,7 @@ class TestApi:
                 )
 
         assert 401 == anonymous[0]
-        assert (400, "for: for must be more than 0 and at most 7d, got '8d'") == (
+        assert (400, "for: must be more than 0 and at most 7d, got '8d'") == (
             too_long[0],
             too_long[1]["error"],
         )

@@ -82,7 +82,7 @@ class SilenceRequest(BaseModel):
         """``for`` in seconds, within (0, :data:`MAX_SILENCE`]; else :class:`ValueError`."""
         seconds = parse_duration(self.duration)
         if not 0 < seconds <= MAX_SILENCE.total_seconds():
-            msg = f"for must be more than 0 and at most 7d, got {self.duration!r}"
+            msg = f"must be more than 0 and at most 7d, got {self.duration!r}"
             raise ValueError(msg)
         return seconds
 
