@@ -648,6 +648,8 @@ def watch(
     if interval <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--interval")
     config = _config_or_exit(config_path) if config_path is not None else None
+    if config is not None:
+        configure_logging(config.log.format, "warning", sys.stderr)  # retries are no news here
     console = Console()
 
     async def follow_task() -> TaskView:
@@ -872,6 +874,7 @@ def stop(
         raise click.UsageError("--token-file is for the daemon (--url), not --config")
     if config_path is not None:
         config = _config_or_exit(config_path)
+        configure_logging(config.log.format, "warning", sys.stderr)  # retries are no news here
 
         async def direct() -> StopOutcome:
             return await stop_directly(
