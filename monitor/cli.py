@@ -986,5 +986,8 @@ def silence(
 
 def _silence_line(item: dict[str, object]) -> str:
     """One silence: its id, its end, what it covers, why and who."""
-    by = f" ({item['by']})" if item.get("by") else ""
-    return visible(f"{item['id']}  until {item['ends']}  {item['covers']}: {item['reason']}{by}")
+    by = f", by {item['by']}" if item.get("by") else ""
+    until = (
+        datetime.fromisoformat(str(item["ends"])).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
+    return visible(f"{item['id']}  until {until}  {item['covers']}: {item['reason']}{by}")

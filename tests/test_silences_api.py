@@ -3,6 +3,7 @@ real processes on loopback."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,8 @@ class TestCli:
                 usage = await batchmon("silence", "--list", "--all", "--url", base)
 
         assert 0 == made.returncode, made.stderr.decode()
-        assert f"task {task.id}: by hand" in made.stdout.decode()
+        assert f"task {task.id}: by hand, by " in made.stdout.decode()
+        assert re.search(r"until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", made.stdout.decode())
         assert sid in listed.stdout.decode()
         assert 0 == ended.returncode
         assert ended.stdout.decode().startswith(f"ended: {sid}")
