@@ -404,7 +404,8 @@ def simulate(
         scenario = Scenario.generate(
             seed=seed, count=count, start=datetime.now(UTC), speed=speed, loop=loop
         )
-        online = OnlineTenant(context_id=tenant) if tenant is not None else None
+        # Status answers hold 30 s (as the demo's): a state PUT shows within that, not in 10 min.
+        online = OnlineTenant(context_id=tenant, valid_for=30) if tenant is not None else None
         simulator = Simulator(scenario, tenant=online)
         await simulator.start(host, port)
         try:
@@ -719,6 +720,8 @@ def watch(
     if interval <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--interval")
     config = _config_or_exit(config_path) if config_path is not None else None
+    if config is not None:
+        configure_logging(config.log.format, "warning", sys.stderr)  # retries are no news here
     console = Console()
 
     async def follow_task() -> TaskView:
@@ -907,7 +910,7 @@ def _task_ids(
     "--token-file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="A file holding the daemon's http.api_token (with --url).",
+    help="A file holding the daemon's http.api_token (with --url) [default: $BATCHMON_API_TOKEN].",
 )
 def stop(
     task_id: int, force: bool, url: str | None, config_path: Path | None, token_file: Path | None
@@ -927,7 +930,8 @@ def stop(
       2   usage error
       3   SuperOffice has no such task
       69  the daemon or SuperOffice cannot be reached
-      77  the daemon wants its api_token (--token-file), or has none
+      77  the daemon wants its api_token (--token-file or BATCHMON_API_TOKEN),
+          or has none
       78  the --config file was refused
 
     \b
@@ -942,6 +946,7 @@ def stop(
         raise click.UsageError("--token-file is for the daemon (--url), not --config")
     if config_path is not None:
         config = _config_or_exit(config_path)
+        configure_logging(config.log.format, "warning", sys.stderr)  # retries are no news here
 
         async def direct() -> StopOutcome:
             return await stop_directly(
@@ -959,7 +964,7 @@ def stop(
         body = {"force": force, "by": _operator()}
         try:
             answer = call(
-                "POST", f"{base}/api/v1/tasks/{task_id}/stop", _read_token(token_file), body
+                "POST", f"{base}/api/v1/tasks/{task_id}/stop", _api_token(token_file), body
             )
         except RemoteError as exc:
             click.echo(f"batchmon: {exc}", err=True)
@@ -989,7 +994,7 @@ def stop(
     "--token-file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="A file holding the daemon's http.api_token.",
+    help="A file holding the daemon's http.api_token [default: $BATCHMON_API_TOKEN].",
 )
 def silence(
     duration: str | None,
@@ -1023,7 +1028,7 @@ def silence(
         raise click.UsageError(
             "give --for/--reason with --id, --name or --all; or --list; or --end SID"
         )
-    base, token = url.rstrip("/"), _read_token(token_file)
+    base, token = url.rstrip("/"), _api_token(token_file)
     try:
         if listing:
             answer = call("GET", f"{base}/api/v1/silences", token)
@@ -1053,5 +1058,8 @@ def silence(
 
 def _silence_line(item: dict[str, object]) -> str:
     """One silence: its id, its end, what it covers, why and who."""
-    by = f" ({item['by']})" if item.get("by") else ""
-    return visible(f"{item['id']}  until {item['ends']}  {item['covers']}: {item['reason']}{by}")
+    by = f", by {item['by']}" if item.get("by") else ""
+    until = (
+        datetime.fromisoformat(str(item["ends"])).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
+    return visible(f"{item['id']}  until {until}  {item['covers']}: {item['reason']}{by}")

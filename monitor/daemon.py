@@ -355,7 +355,7 @@ class Daemon:
                         version=__version__,
                         url=f"http://{config.http.host}:{port}/",
                         watching=len(poller.watched),
-                        api=so.url or f"{so.tenant} ({so.environment})",
+                        api=so.url or f"{so.tenant} at {so.environment_base}",
                         shard=str(self.shard),
                         state=config.state.location,
                     )

@@ -75,6 +75,6 @@ def call(method: str, url: str, token: str | None, body: object = None) -> Remot
         error = parsed.get("error") if isinstance(parsed, dict) else None
         text = error if isinstance(error, str) else raw.decode(errors="replace").strip()
         if status == 401:
-            text += " (give http.api_token with --token-file)"
+            text += " (give http.api_token with --token-file or BATCHMON_API_TOKEN)"
         raise RemoteError(text or f"HTTP {status}", _EXITS.get(status, 1))
     return RemoteAnswer(status, parsed)

@@ -159,3 +159,15 @@ def test_superoffice_online_preset(at: datetime, expected: list[str]) -> None:
     windows = _config({"superoffice_online": True}).all_windows
     assert [name for name, *_ in SUPEROFFICE_ONLINE] == [w.name for w in windows]
     assert expected == [w.name for w in windows if w.active(at)]
+
+
+def test_the_readme_example_loads() -> None:
+    """The example under "### Maintenance windows" loads as written: the preset and two windows."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Maintenance windows", 1)[1].split("\n### ", 1)[0]
+    example = tomllib.loads(section.split("```toml\n", 1)[1].split("```", 1)[0])
+
+    config = _config(example["maintenance"])
+
+    assert config.superoffice_online
+    assert ["ERP import", "Weekend"] == [window.name for window in config.windows]

@@ -437,6 +437,16 @@ class TestTracker:
         assert T0 + 3 * S == tracker.tasks[212].gone_since
         assert [] == tracker.observe_gone(212, T0 + 4 * S)
 
+    def test_a_rerun_seen_only_once_failed_again_ended_then(self) -> None:
+        """A failed task that ran and failed again between two polls ended at the second:
+        its new condition is not as old as the first failure (escalation counts from it)."""
+        tracker = Tracker(RULES)
+        tracker.observe(task(State="Failed"), T0)
+        rerun = task(State="Failed", StartCount=2, LastStarted="2026-11-28T12:05:00+00:00")
+        tracker.observe(rerun, T0 + 10 * M)
+
+        assert T0 + 10 * M == tracker.tasks[212].terminal_since
+
     def test_stall_then_resume_over_time(self) -> None:
         """A quiet task stalls once, and resumes once when it moves."""
         tracker = Tracker(RULES)

@@ -129,8 +129,8 @@ REQUESTS: list[tuple[str, object, str | None]] = [
     ("names", {"for": "30m", "reason": "r", "names": ["Export*"]}, None),
     ("all", {"for": 60, "reason": "r", "all": True}, None),
     ("a week", {"for": "7d", "reason": "r", "all": True}, None),
-    ("more than a week", {"for": "7d1s", "reason": "r", "all": True}, "for: for must be"),
-    ("zero", {"for": "0s", "reason": "r", "all": True}, "for: for must be"),
+    ("more than a week", {"for": "7d1s", "reason": "r", "all": True}, "for: must be more than 0"),
+    ("zero", {"for": "0s", "reason": "r", "all": True}, "for: must be more than 0"),
     ("not a duration", {"for": "soon", "reason": "r", "all": True}, "for: expected a duration"),
     ("no selector", {"for": "1h", "reason": "r"}, 'give exactly one of "ids"'),
     ("two selectors", {"for": "1h", "reason": "r", "ids": [1], "all": True}, "give exactly one"),
@@ -262,6 +262,23 @@ class TestSilencer:
         assert await silencer.end(made.id) is None
         assert [] == silencer.active()
         assert [] == await backend.silences()
+
+    async def test_ended_early_announces_to_chat(
+        self, backend: DeliveryStore, clock: ManualClock
+    ) -> None:
+        """``--end``: what the silence kept quiet and still fails reaches chat, not only the log."""
+        silencer = Silencer(backend, clock=clock, firing=lambda: [FAILED])
+        chat = Recording("chat")
+        dispatcher = Dispatcher(
+            [Subscription(chat, Route())], backend, now=clock, silenced=silencer.mutes
+        )
+        silencer.announce = dispatcher.commit
+        made = await silencer.add({"for": "2h", "reason": "upgrade", "all": True}, by="ann")
+        clock.advance(600)
+
+        await silencer.end(made.id)
+
+        assert {"chat": 1} == await backend.pending_counts()
 
     async def test_limit(self, backend: DeliveryStore, clock: ManualClock) -> None:
         """Past the limit a new silence is refused, saying so; an ended one makes room."""

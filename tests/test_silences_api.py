@@ -3,14 +3,16 @@ real processes on loopback."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 
 from monitor.simulator import Simulator
 from monitor.superoffice.models import BatchTaskState
-from tests.test_cli_status import batchmon
+from tests.test_cli_status import BATCHMON, ENV, batchmon
 from tests.test_web import running_daemon
 
 TOKEN = "silence-token-0123456789abcdef"
@@ -85,7 +87,7 @@ class TestApi:
                 )
 
         assert 401 == anonymous[0]
-        assert (400, "for: for must be more than 0 and at most 7d, got '8d'") == (
+        assert (400, "for: must be more than 0 and at most 7d, got '8d'") == (
             too_long[0],
             too_long[1]["error"],
         )
@@ -123,7 +125,8 @@ class TestCli:
                 usage = await batchmon("silence", "--list", "--all", "--url", base)
 
         assert 0 == made.returncode, made.stderr.decode()
-        assert f"task {task.id}: by hand" in made.stdout.decode()
+        assert f"task {task.id}: by hand, by " in made.stdout.decode()
+        assert re.search(r"until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC  ", made.stdout.decode())
         assert sid in listed.stdout.decode()
         assert 0 == ended.returncode
         assert ended.stdout.decode().startswith(f"ended: {sid}")
@@ -131,3 +134,21 @@ class TestCli:
         assert 77 == anonymous.returncode
         assert (1, True) == (bad.returncode, "at most 7d" in bad.stderr.decode())
         assert 2 == usage.returncode
+
+    async def test_the_token_from_the_environment(self) -> None:
+        """BATCHMON_API_TOKEN serves ``silence`` and ``stop`` as it serves ``ack``."""
+        env = {**ENV, "BATCHMON_API_TOKEN": TOKEN}
+        async with Simulator() as simulator:
+            task = simulator.add_task(name="Export", state=BatchTaskState.STARTED)
+            async with running_daemon(simulator, [task.id], http={"api_token": TOKEN}) as (_, base):
+                made = await anyio.run_process(
+                    [*BATCHMON, "silence", "--for", "1h", "--reason", "x", "--all", "--url", base],
+                    check=False,
+                    env=env,
+                )
+                stopped = await anyio.run_process(
+                    [*BATCHMON, "stop", str(task.id), "--url", base], check=False, env=env
+                )
+
+        assert 0 == made.returncode, made.stderr.decode()
+        assert 0 == stopped.returncode, stopped.stderr.decode()

@@ -8,6 +8,8 @@ import json
 import re
 import signal
 import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -104,6 +106,7 @@ async def test_simulate_with_a_tenant() -> None:
         [environment] = re.findall(r'environment_url = "(\S+)"', banner)
         [control] = re.findall(r"curl -X PUT (\S+) ", banner)
         status, _ = await _put(control, {"state": "Suspended"})
+        asked = datetime.now(UTC)
         _, state = await _get(f"{environment}/api/state/Cust777")
     finally:
         process.send_signal(signal.SIGTERM)
@@ -114,6 +117,9 @@ async def test_simulate_with_a_tenant() -> None:
     assert 'tenant = "Cust777"' in banner
     assert 200 == status
     assert ("Suspended", False) == (state["State"], state["IsRunning"])
+    # A monitor asks again at ValidUntil: a state set next shows within half a minute.
+    valid_until = datetime.fromisoformat(state["ValidUntil"][:19]).replace(tzinfo=UTC)
+    assert valid_until <= asked + timedelta(seconds=31)
 
 
 @pytest.mark.timeout(180)
@@ -173,3 +179,35 @@ async def test_demo_shows_a_maintenance() -> None:
         await process.aclose()
 
     assert events.index("monitor.maintenance_started") < events.index("monitor.maintenance_ended")
+
+
+async def test_the_start_line_names_the_tenant_and_its_environment(tmp_path: Path) -> None:
+    """``batchmon_started`` with ``environment_url`` + ``tenant`` says where, not "(None)"."""
+    async with Simulator(tenant=OnlineTenant(context_id="Cust777")) as sim:
+        environment = sim.environment_url
+        config = tmp_path / "batchmon.toml"
+        config.write_text(
+            f'[superoffice]\nenvironment_url = "{environment}"\ntenant = "Cust777"\n'
+            '[superoffice.auth]\ntype = "basic"\nusername = "batchmon"\npassword = "batchmon"\n'
+            f'[http]\nlisten = "127.0.0.1:0"\n[state]\npath = "{tmp_path / "state.db"}"\n'
+        )
+        config.chmod(0o600)
+        process = await anyio.open_process(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config)]
+        )
+        try:
+            assert process.stdout is not None
+            output = ""
+            with anyio.fail_after(20):
+                async for chunk in process.stdout:
+                    output += chunk.decode()
+                    if "batchmon_started" in output:
+                        break
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):
+                await process.wait()
+            await process.aclose()
+
+    [started] = [json.loads(line) for line in output.splitlines() if "batchmon_started" in line]
+    assert f"Cust777 at {environment}" == started["api"]

@@ -181,6 +181,22 @@ class TestCli:
         assert 1 == len(simulator.stop_requests)
         assert b'"Id": %d' % can in simulator.stop_requests[0].body
 
+    async def test_unreachable_directly(self, tmp_path: Path) -> None:
+        """--config, SuperOffice down: exit 69 with one line saying so, no retry chatter."""
+        config = tmp_path / "batchmon.toml"
+        config.write_text(
+            f'[superoffice]\nurl = "http://127.0.0.1:{closed_port()}/api"\n'
+            '[superoffice.auth]\ntype = "basic"\nusername = "batchmon"\npassword = "batchmon"\n'
+        )
+        config.chmod(0o600)
+
+        done = await batchmon("stop", "212", "--config", str(config))
+
+        assert 69 == done.returncode
+        [line] = done.stderr.decode().splitlines()
+        assert line.startswith("batchmon: SuperOffice could not be asked")
+        assert b"" == done.stdout
+
     async def test_warning_needs_force_directly(self, tmp_path: Path) -> None:
         """--config: CancelWithWarning exits 1 saying to add --force; with it, 0."""
         async with Simulator() as simulator:

@@ -354,7 +354,10 @@ class Dispatcher:
         An escalation is sent once per sink and condition: each is recorded as told
         with its delivery, so a restart (its records loaded at start) does not send
         it again, however long the condition has lasted.
+        A condition a silence or a maintenance holds back is not escalated (nor reminded)
+        while it is held.
         """
+        conditions = [c for c in conditions if not self._withheld(c.event)]
         now = self._now()
         escalating = [s for s in self._subscriptions if s.after is not None]
         sinks = [(s.sink.name, s.after, s.route.matches) for s in escalating if s.after]
@@ -382,6 +385,11 @@ class Dispatcher:
             return
         await self._queue([], fresh, now.timestamp(), told=records)
         log.info("escalations_queued", count=len(fresh))
+
+    def _withheld(self, condition: Event) -> bool:
+        """Whether a silence or a maintenance holds a condition back from people now."""
+        silenced = self._silenced is not None and self._silenced(condition)
+        return silenced or (self._gate is not None and self._gate.held(condition))
 
     async def drain(self) -> None:
         """Send what is due now, once each, without waiting for retries (shutdown).

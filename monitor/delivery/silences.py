@@ -82,7 +82,7 @@ class SilenceRequest(BaseModel):
         """``for`` in seconds, within (0, :data:`MAX_SILENCE`]; else :class:`ValueError`."""
         seconds = parse_duration(self.duration)
         if not 0 < seconds <= MAX_SILENCE.total_seconds():
-            msg = f"for must be more than 0 and at most 7d, got {self.duration!r}"
+            msg = f"must be more than 0 and at most 7d, got {self.duration!r}"
             raise ValueError(msg)
         return seconds
 
@@ -203,10 +203,11 @@ class Silencer:
         gone = {s.id for s in ended}
         remaining = [s for s in self._silences if s.id not in gone]
         announcements = end_announcements(ended, remaining, self._firing(), now)
+        # Forgotten before the announcement, which a silence ended early would otherwise mute.
+        self._silences = [s for s in self._silences if s.id not in gone]  # added meanwhile: kept
         if announcements and self.announce is not None:
             await self.announce(announcements)
         await self._store.remove_silences(sorted(gone))
-        self._silences = [s for s in self._silences if s.id not in gone]  # added meanwhile: kept
         for silence in ended:
             log.info(
                 "silence_ended",

@@ -350,7 +350,9 @@ def _remember(
     stalled = (previous.stalled or EventType.TASK_STALLED in types) and not (
         moved or info.state.is_terminal
     )
-    terminal_since = previous.terminal_since if info.state.is_terminal else None
+    # A run that ended again (a rerun seen only once finished) ended now, not with the last one.
+    kept = info.state.is_terminal and not ran_again(previous.info, info)
+    terminal_since = previous.terminal_since if kept else None
     if info.state.is_terminal and terminal_since is None:
         terminal_since = now
     return replace(
