@@ -49,7 +49,6 @@ from monitor.console import (
     api_source,
     follow,
     read_status,
-    send_json,
     status_view,
 )
 from monitor.daemon import Daemon, freeze_startup_objects
@@ -790,15 +789,6 @@ def test_sink(name: str, config_path: Path) -> None:
     click.echo(f"{name}: delivered" + (f": {visible(answer)}" if answer else ""))
 
 
-#: ``ack``'s exit codes besides 0 (done) and 2 (usage).
-_ACK_EXITS = {
-    401: EX_NOPERM,
-    403: EX_NOPERM,
-    404: EX_NOT_TRACKED,
-    409: EX_FAILED,
-}
-
-
 def _api_token(path: Path | None) -> str | None:
     """The API token: ``--token-file``, else ``$BATCHMON_API_TOKEN``."""
     return _read_token(path) if path is not None else os.environ.get("BATCHMON_API_TOKEN")
@@ -861,14 +851,11 @@ def ack(
     if comment is not None:
         body["comment"] = comment
     try:
-        status, error = send_json("DELETE" if undo else "POST", endpoint, token, body)
-    except SourceError as exc:
-        _fail(exc)
-    if status < 300:
-        click.echo(f"task {task_id}: " + ("given back" if undo else f"acknowledged by {who}"))
-        return
-    click.echo(f"batchmon: {endpoint}: HTTP {status}: {error}", err=True)
-    sys.exit(_ACK_EXITS.get(status, EX_UNAVAILABLE))
+        call("DELETE" if undo else "POST", endpoint, token, body)
+    except RemoteError as exc:
+        click.echo(f"batchmon: {endpoint}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(f"task {task_id}: " + ("given back" if undo else f"acknowledged by {who}"))
 
 
 def _operator(command: str = "stop") -> str:

@@ -57,7 +57,6 @@ __all__ = [
     "api_source",
     "follow",
     "read_status",
-    "send_json",
     "status_view",
 ]
 
@@ -494,29 +493,3 @@ async def follow(source: TaskSource, *, interval: float, console: Console) -> Ta
             _update(progress, bar, view)
         progress.stop_task(bar)
     return view
-
-
-def send_json(method: str, url: str, token: str | None, body: object) -> tuple[int, str | None]:
-    """Send ``body`` as JSON with the API token; the status and the answer's ``error`` (if any).
-
-    Network errors raise :class:`SourceError`; every HTTP status is the caller's to judge.
-    """
-    if urllib.parse.urlsplit(url).scheme not in {"http", "https"}:
-        msg = f"{url}: only http:// and https:// URLs are supported"
-        raise SourceError(msg)
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        url, data=json.dumps(body).encode(), headers=headers, method=method
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310 - scheme checked above
-            return response.status, None
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, visible(_error_text(exc.read()))
-    except OSError as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        msg = f"cannot reach batchmon at {url}: {reason}"
-        raise SourceError(msg) from None

@@ -1,4 +1,4 @@
-"""The daemon's write API as the CLI calls it: ``batchmon stop --url`` and ``batchmon silence``.
+"""The daemon's write API as the CLI calls it: ``batchmon ack``, ``stop --url`` and ``silence``.
 
 One request, one answer: the standard library suffices (as for ``status``), and
 what the daemon says goes to the terminal as its text, made visible (never
@@ -26,7 +26,7 @@ EX_NOPERM = 77
 #: No such task (SuperOffice's answer), or no such silence.
 EX_NOT_FOUND = 3
 _TIMEOUT = 30.0
-_EXITS = {401: EX_NOPERM, 403: EX_NOPERM, 404: EX_NOT_FOUND, 502: EX_UNAVAILABLE}
+_EXITS = {401: EX_NOPERM, 403: EX_NOPERM, 404: EX_NOT_FOUND}
 
 
 class RemoteError(Exception):
@@ -48,7 +48,7 @@ class RemoteAnswer:
 def call(method: str, url: str, token: str | None, body: object = None) -> RemoteAnswer:
     """Send one request with ``Authorization: Bearer <token>``; any non-2xx is a :class:`RemoteError`.
 
-    A 409 (the daemon refuses, and says why) exits 1; 401/403 77; 404 3; 502 69.
+    A 409 (the daemon refuses, and says why) exits 1; 401/403 77; 404 3; 5xx 69.
     """
     if urllib.parse.urlsplit(url).scheme not in {"http", "https"}:
         raise RemoteError(f"{url}: only http:// and https:// URLs are supported", 2)
@@ -76,5 +76,7 @@ def call(method: str, url: str, token: str | None, body: object = None) -> Remot
         text = error if isinstance(error, str) else raw.decode(errors="replace").strip()
         if status == 401:
             text += " (give http.api_token with --token-file or BATCHMON_API_TOKEN)"
-        raise RemoteError(text or f"HTTP {status}", _EXITS.get(status, 1))
+        # 5xx: the daemon (or SuperOffice behind it) failed; any other refusal says why: 1.
+        code = EX_UNAVAILABLE if status >= 500 else _EXITS.get(status, 1)
+        raise RemoteError(text or f"HTTP {status}", code)
     return RemoteAnswer(status, parsed)
