@@ -146,7 +146,7 @@ class TestEnd:
         hold, events = decide.end(_in_window(), T0 + timedelta(minutes=30))
         expected = (
             "Saturday: 2026-12-05 19:00 UTC to 19:30 UTC (30 min).\n"
-            "Nothing failed or stalled, and the API stayed up."
+            "Nothing failed or stalled, and no API outage was seen."
         )
         assert [expected] == [event.message for event in events]
         assert Hold() == hold

@@ -230,7 +230,7 @@ def summary(ledger: Ledger, still: Mapping[Condition, Event], at: datetime) -> E
         down = (EventType.MONITOR_API_DOWN, None) in still
         lines.append("The API was down, and still is." if down else "The API was down.")
     if len(lines) == 1:
-        lines.append("Nothing failed or stalled, and the API stayed up.")
+        lines.append("Nothing failed or stalled, and no API outage was seen.")
     return Event(
         id=event_id(EventType.MONITOR_MAINTENANCE_ENDED.value, ledger.started.isoformat()),
         type=EventType.MONITOR_MAINTENANCE_ENDED,
