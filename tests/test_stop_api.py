@@ -96,7 +96,8 @@ class TestApi:
                 forced = await post(base, f"/api/v1/tasks/{task_id}/stop", {"force": True})
 
         assert 409 == refused[0]
-        assert "force" in refused[1]["error"]
+        assert "batchmon stop --force" in refused[1]["error"]
+        assert '{"force": true}' in refused[1]["error"]
         assert (200, True) == (forced[0], forced[1]["stopped"])
 
     @pytest.mark.parametrize(

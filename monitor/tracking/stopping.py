@@ -69,7 +69,10 @@ def may_stop(info: BatchTaskInfo, *, force: bool) -> Decision:
             if behaviour is CancellationBehaviour.CANCEL_WITH_WARNING
             else "its CancellationBehaviour is unknown"
         )
-        return Decision(Verdict.NEEDS_FORCE, f"{label} is stopped only with force: {why}")
+        return Decision(
+            Verdict.NEEDS_FORCE,
+            f'{label} is stopped only when forced (batchmon stop --force, or {{"force": true}}): {why}',
+        )
     return Decision(Verdict.STOP, f"{label} may be stopped")
 
 
