@@ -4,7 +4,6 @@ last across restarts and end, on a manual clock."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from monitor.delivery.dispatcher import Dispatcher, Subscription
-from monitor.delivery.schema import _VERSION_1, SCHEMA_VERSION
+from monitor.delivery.schema import SCHEMA_VERSION
 from monitor.delivery.silences import Silencer, SilenceRequest, SilenceRequestError
 from monitor.delivery.sqlite import SqliteStore
 from monitor.sinks.base import Route
@@ -22,6 +21,7 @@ from monitor.tracking.events import Event, EventType
 from monitor.tracking.silences import Silence, end_announcements, muting, split_ended
 from monitor.types import DeliveryStore
 from tests.conftest import ManualClock, StoreOpener, make_task_event
+from tests.state_files import older_database, stored_version
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -324,11 +324,7 @@ class TestMigration:
     async def test_version_1_is_migrated(self, tmp_path: Path) -> None:
         """Opened, it is not moved aside: its task stays and silences can be stored."""
         path = tmp_path / "state.db"
-        with sqlite3.connect(path) as old:
-            old.executescript(_VERSION_1)
-            old.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-            old.execute("INSERT INTO watches VALUES (212, 0)")
-        old.close()
+        older_database(path, 1)
 
         store = await SqliteStore.open(path)
         try:
@@ -337,12 +333,7 @@ class TestMigration:
             assert [silence()] == await store.silences()
         finally:
             await store.close()
-        with sqlite3.connect(path) as reopened:
-            (version,) = reopened.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
-        reopened.close()
-        assert str(SCHEMA_VERSION) == version
+        assert str(SCHEMA_VERSION) == stored_version(path)
         assert [] == [p.name for p in tmp_path.iterdir() if ".corrupt" in p.name]
 
 

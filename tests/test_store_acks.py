@@ -3,20 +3,19 @@ tests/test_store_postgres.py)."""
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from monitor.delivery.outbox import StoreError
-from monitor.delivery.schema import _VERSION_1, SCHEMA_VERSION
+from monitor.delivery.schema import SCHEMA_VERSION
 from monitor.delivery.sqlite import SqliteStore
 from monitor.tracking.acks import Ack
 from monitor.tracking.events import EventType
 from monitor.types import DeliveryStore
 from tests.conftest import StoreOpener, make_task_event
+from tests.state_files import older_database, stored_version
 
 AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
@@ -58,22 +57,15 @@ class TestMigration:
     async def test_version_1_gains_the_acks_table(self, tmp_path: Path) -> None:
         """Tasks and watches kept, the acks table added, the version raised."""
         path = tmp_path / "state.db"
-        with closing(sqlite3.connect(path)) as db, db:
-            db.executescript(_VERSION_1)
-            db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-            db.execute("INSERT INTO watches VALUES (212, 0)")
+        older_database(path, 1)
 
         store = await SqliteStore.open(path)
         await store.put_ack(_ack(212))
         watches, acks = await store.watches(), await store.acks()
         await store.close()
 
-        with closing(sqlite3.connect(path)) as db:
-            (version,) = db.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
         assert not list(tmp_path.glob("*.corrupt-*"))  # not moved aside
-        assert ([212], [_ack(212)], str(SCHEMA_VERSION)) == (watches, acks, version)
+        assert ([212], [_ack(212)], str(SCHEMA_VERSION)) == (watches, acks, stored_version(path))
 
 
 class TestWithTheirEvent:

@@ -4,16 +4,15 @@ that brought their tables (PostgreSQL's: tests/test_store_postgres.py)."""
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 from monitor.delivery.outbox import Told
-from monitor.delivery.schema import _VERSION_1, MIGRATIONS, SCHEMA_VERSION
+from monitor.delivery.schema import SCHEMA_VERSION
 from monitor.delivery.sqlite import SqliteStore
 from monitor.tracking.events import EventType
 from monitor.types import DeliveryStore
 from tests.conftest import StoreOpener, make_task_event
+from tests.state_files import older_database, stored_version
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
@@ -97,13 +96,7 @@ class TestMigration:
     async def test_version_3_is_migrated(self, tmp_path: Path) -> None:
         """Its watches stay; records and posts can be stored; the version is raised."""
         path = tmp_path / "state.db"
-        with closing(sqlite3.connect(path)) as db, db:
-            db.executescript(_VERSION_1)
-            for version in (2, 3):
-                for statement in MIGRATIONS[version]:
-                    db.execute(statement)
-            db.execute("INSERT INTO meta VALUES ('schema_version', '3')")
-            db.execute("INSERT INTO watches VALUES (212, 0)")
+        older_database(path, 3)
 
         store = await SqliteStore.open(path)
         await store.commit([], [], NOW, told=[_told(212)])
@@ -111,10 +104,6 @@ class TestMigration:
         found = (await store.watches(), await store.told(), await store.posts("chat", 0.0))
         await store.close()
 
-        with closing(sqlite3.connect(path)) as db:
-            (version,) = db.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
         assert not list(tmp_path.glob("*.corrupt-*"))
         assert ([212], [_told(212)], [NOW]) == found
-        assert str(SCHEMA_VERSION) == version
+        assert str(SCHEMA_VERSION) == stored_version(path)

@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 
-from monitor.delivery.schema import _VERSION_1, MIGRATIONS, SCHEMA_VERSION
+from monitor.delivery.schema import SCHEMA_VERSION
 from monitor.delivery.sqlite import SqliteStore
 from monitor.tracking.events import EventType
 from monitor.tracking.maintenance import Hold, Ledger
 from monitor.types import DeliveryStore
 from tests.conftest import StoreOpener, make_task_event
+from tests.state_files import older_database, stored_version
 
 AT = datetime(2026, 12, 5, 20, 0, tzinfo=UTC)
 
@@ -68,22 +67,12 @@ class TestMigration:
     async def test_version_3_gains_the_maintenance_table(self, tmp_path: Path) -> None:
         """Silences kept, the table added, the version raised."""
         path = tmp_path / "state.db"
-        with closing(sqlite3.connect(path)) as db, db:
-            db.executescript(_VERSION_1)
-            for version in (2, 3):
-                for statement in MIGRATIONS[version]:
-                    db.execute(statement)
-            db.execute("INSERT INTO meta VALUES ('schema_version', '3')")
-            db.execute("INSERT INTO watches VALUES (212, 0)")
+        older_database(path, 3)
 
         store = await SqliteStore.open(path)
         await store.put_hold(_hold())
         watches, hold = await store.watches(), await store.hold()
         await store.close()
 
-        with closing(sqlite3.connect(path)) as db:
-            (version,) = db.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
         assert not list(tmp_path.glob("*.corrupt-*"))  # not moved aside
-        assert ([212], _hold(), str(SCHEMA_VERSION)) == (watches, hold, version)
+        assert ([212], _hold(), str(SCHEMA_VERSION)) == (watches, hold, stored_version(path))
