@@ -112,6 +112,13 @@ _TOKEN_FILE = click.option(
     default=None,
     help="A file holding the daemon's http.read_token (or its api_token), when it has one.",
 )
+#: ``--token-file`` of the commands that change something through the daemon.
+_API_TOKEN_FILE = click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A file holding the daemon's http.api_token [default: $BATCHMON_API_TOKEN].",
+)
 
 log = structlog.get_logger("batchmon.cli")
 
@@ -809,12 +816,7 @@ def _api_token(path: Path | None) -> str | None:
     show_default=True,
     help="Base URL of the running daemon (its [http] listen address).",
 )
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="A file holding the daemon's http.api_token [default: $BATCHMON_API_TOKEN].",
-)
+@_API_TOKEN_FILE
 def ack(
     task_id: int,
     by: str | None,
@@ -893,12 +895,7 @@ def _task_ids(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Ask SuperOffice directly, with this configuration's [superoffice] section.",
 )
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="A file holding the daemon's http.api_token (with --url) [default: $BATCHMON_API_TOKEN].",
-)
+@_API_TOKEN_FILE
 def stop(
     task_id: int, force: bool, url: str | None, config_path: Path | None, token_file: Path | None
 ) -> None:
@@ -977,12 +974,7 @@ def stop(
     show_default=True,
     help="Base URL of the running daemon.",
 )
-@click.option(
-    "--token-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="A file holding the daemon's http.api_token [default: $BATCHMON_API_TOKEN].",
-)
+@_API_TOKEN_FILE
 def silence(
     duration: str | None,
     reason: str | None,
