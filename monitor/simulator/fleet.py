@@ -23,9 +23,9 @@ from typing import Self
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from yarl import URL
 
 from monitor.simulator.auth import Credentials
+from monitor.simulator.listen import listen
 from monitor.simulator.responses import bad_request, dumps, error_response
 from monitor.simulator.scenario import Scenario
 from monitor.simulator.space import TaskSpace, get_task, list_tasks, stop_batch_job
@@ -197,16 +197,7 @@ class Fleet:
         if self._runner is not None:
             msg = "the simulator is already started"
             raise RuntimeError(msg)
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        bound_port: int = runner.addresses[0][1]
-        self._runner = runner
-        self._origin = str(URL.build(scheme="http", host=host, port=bound_port))
+        self._runner, self._origin = await listen(self.app, host, port)
         return self._origin
 
     async def stop(self) -> None:

@@ -19,7 +19,6 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives import serialization
 from multidict import CIMultiDict
-from yarl import URL
 
 from monitor.simulator.auth import (
     Credentials,
@@ -28,6 +27,7 @@ from monitor.simulator.auth import (
     oauth_token,
     system_user_login,
 )
+from monitor.simulator.listen import listen
 from monitor.simulator.responses import Fault, dumps, error_response
 from monitor.simulator.scenario import Scenario
 from monitor.simulator.space import TaskSpace, get_task, list_tasks, stop_batch_job
@@ -189,16 +189,7 @@ class Simulator:
         if self.system_user is not None:
             self._credentials.ensure_signing_key()
         self._released = anyio.Event()
-        runner = web.AppRunner(self.app, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        bound_port: int = runner.addresses[0][1]
-        self._runner = runner
-        self._origin = str(URL.build(scheme="http", host=host, port=bound_port))
+        self._runner, self._origin = await listen(self.app, host, port)
         return self.url
 
     async def stop(self) -> None:
