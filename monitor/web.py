@@ -530,21 +530,24 @@ async def _stop_task(request: web.Request) -> web.Response:
     return web.json_response(outcome.to_dict())
 
 
+class _StopBody(BaseModel):
+    """``{"force": true, "by": "who"}``, both optional."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    force: bool = False
+    by: str | None = None
+
+    @field_validator("by")
+    @classmethod
+    def _plain_by(cls, by: str | None) -> str | None:
+        return None if by is None else _person(by)
+
+
 async def _stop_body(request: web.Request) -> tuple[bool, str]:
-    """``{"force": true, "by": "who"}``, both optional; an empty body is ``{}``."""
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        raise _problem(web.HTTPBadRequest, "the body must be a JSON object") from None
-    if not isinstance(body, dict) or set(body) - {"force", "by"}:
-        raise _problem(web.HTTPBadRequest, 'the body takes only "force" and "by"')
-    force, by = body.get("force", False), body.get("by")
-    if not isinstance(force, bool):
-        raise _problem(web.HTTPBadRequest, '"force" must be true or false')
-    if by is not None and (not isinstance(by, str) or not 0 < len(by) <= 200):
-        raise _problem(web.HTTPBadRequest, '"by" must be a text of 1 to 200 characters')
-    return force, by or f"the HTTP API ({request.remote})"
+    """What a stop request asks, read as every write body is (:func:`_json_body`)."""
+    body = await _json_body(request, _StopBody) or _StopBody()
+    return body.force, body.by or f"the HTTP API ({request.remote})"
 
 
 def _silences(request: web.Request) -> Silences:
