@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import base64
 import re
-import signal
-import sys
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-import anyio
 import pytest
 
 from monitor.simulator import Scenario
 from monitor.simulator.tasks import SimTask
 from monitor.superoffice.models import BatchTaskState
+from tests.simulate_process import simulate
 
 LOGIN = base64.b64encode(b"batchmon:batchmon").decode()
 START = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
@@ -87,28 +85,15 @@ class TestCommand:
 
     async def test_banner_names_the_ids_the_login_and_a_working_url(self) -> None:
         """The banner lists 212-219, the credentials and a URL that answers with them."""
-        process = await anyio.open_process(
-            [sys.executable, "-m", "monitor", "simulate", "--port", "0", "--loop"]
-        )
-        try:
-            assert process.stderr is not None
-            banner = ""
-            with anyio.fail_after(20):
-                async for chunk in process.stderr:
-                    banner += chunk.decode()
-                    if "Ctrl-C" in banner:
-                        break
+        async with simulate("--loop") as simulating:
+            banner = simulating.banner
             [url] = re.findall(r"curl -u batchmon:batchmon (\S+)", banner)
             async with (
                 aiohttp.ClientSession() as session,
                 session.get(url, headers={"Authorization": f"Basic {LOGIN}"}) as response,
             ):
                 task = await response.json()
-        finally:
-            process.send_signal(signal.SIGTERM)
-            with anyio.fail_after(10):
-                code = await process.wait()
-            await process.aclose()
+        code = simulating.code
 
         assert "tasks  212-219 (the story repeats every" in banner
         assert "login  basic auth, username batchmon, password batchmon" in banner

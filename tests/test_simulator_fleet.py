@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import re
-import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import anyio
 import pytest
 from click.testing import CliRunner
 
@@ -31,6 +28,7 @@ from monitor.superoffice.client import SuperOfficeClient, open_client
 from monitor.superoffice.models import BatchTaskState
 from tests import openapi
 from tests.conftest import ManualClock
+from tests.simulate_process import simulate
 
 LOGIN = {"Authorization": "Basic " + base64.b64encode(b"batchmon:batchmon").decode()}
 LIST = "/v1/Agents/Batch/GetBatchTaskInfosByAssociates"
@@ -314,17 +312,8 @@ class TestCommand:
 
     async def test_prints_tenant_bases_that_answer(self) -> None:
         """The banner lists the first tenants' bases and the status API; both answer."""
-        process = await anyio.open_process(
-            [sys.executable, "-m", "monitor", "simulate", "--port", "0", "--tenants", "3"]
-        )
-        try:
-            assert process.stderr is not None
-            banner = ""
-            with anyio.fail_after(20):
-                async for chunk in process.stderr:
-                    banner += chunk.decode()
-                    if "Ctrl-C" in banner:
-                        break
+        async with simulate("--tenants", "3") as simulating:
+            banner = simulating.banner
             bases = re.findall(r"^    (http://\S+/(Cust[0-9]+)/api)$", banner, re.MULTILINE)
             [state_url] = re.findall(r"tenant state  GET (\S+)/\{ContextIdentifier\}", banner)
             [try_url] = re.findall(r"curl -u batchmon:batchmon (\S+)", banner)
@@ -333,11 +322,7 @@ class TestCommand:
             for base, name in bases:
                 entries.append(await _call("GET", f"{state_url}/{name}", headers={}))
                 tasks.append(await _call("POST", base + LIST, {"AssociateIds": []}))
-        finally:
-            process.send_signal(signal.SIGTERM)
-            with anyio.fail_after(10):
-                code = await process.wait()
-            await process.aclose()
+        code = simulating.code
 
         assert "3 simulated SuperOffice Online tenants" in banner
         assert 3 == len(bases)

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from monitor.simulator import OnlineTenant, Simulator
+from tests.simulate_process import simulate
 
 LOGIN = base64.b64encode(b"batchmon:batchmon").decode()
 
@@ -92,27 +93,13 @@ class TestControl:
 async def test_simulate_with_a_tenant() -> None:
     """``batchmon simulate --tenant``: the banner's configuration finds the tenant, and its
     control command works."""
-    process = await anyio.open_process(
-        [sys.executable, "-m", "monitor", "simulate", "--port", "0", "--tenant", "Cust777"]
-    )
-    try:
-        assert process.stderr is not None
-        banner = ""
-        with anyio.fail_after(20):
-            async for chunk in process.stderr:
-                banner += chunk.decode()
-                if "Ctrl-C" in banner:
-                    break
+    async with simulate("--tenant", "Cust777") as simulating:
+        banner = simulating.banner
         [environment] = re.findall(r'environment_url = "(\S+)"', banner)
         [control] = re.findall(r"curl -X PUT (\S+) ", banner)
         status, _ = await _put(control, {"state": "Suspended"})
         asked = datetime.now(UTC)
         _, state = await _get(f"{environment}/api/state/Cust777")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(10):
-            await process.wait()
-        await process.aclose()
 
     assert 'tenant = "Cust777"' in banner
     assert 200 == status
