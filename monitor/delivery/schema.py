@@ -7,9 +7,6 @@ from functools import cache
 
 __all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "layout", "migrate", "schema_layout"]
 
-#: Stored in ``meta``; an older database is migrated when opened, a newer one is not opened.
-SCHEMA_VERSION = 5
-
 #: What each version adds to the one before, statement by statement: applied in order, in
 #: one transaction, to a database of an older version when it is opened.  A new table, index
 #: or column is a new version at the end; the versions before stay as they were, so that every
@@ -54,8 +51,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: ("CREATE TABLE IF NOT EXISTS maintenance (id INTEGER PRIMARY KEY, hold TEXT NOT NULL)",),
 }
 
+#: Stored in ``meta``; an older database is migrated when opened, a newer one is not opened.
+SCHEMA_VERSION = max(MIGRATIONS)
 if sorted(MIGRATIONS) != list(range(2, SCHEMA_VERSION + 1)):  # one step per version, no gap
-    raise RuntimeError(f"MIGRATIONS {sorted(MIGRATIONS)} do not lead to version {SCHEMA_VERSION}")
+    raise RuntimeError(f"MIGRATIONS {sorted(MIGRATIONS)} have a gap before {SCHEMA_VERSION}")
 
 #: Version 1, as the first release made it.
 _VERSION_1 = """
