@@ -72,4 +72,6 @@ class TestFields:
 
     def test_missing_section(self) -> None:
         """[superoffice] is required."""
-        assert problems({}) == ["superoffice: required, but not given"]
+        assert problems({}) == [
+            "superoffice: required, but not given (or give [[tenants]] entries)"
+        ]

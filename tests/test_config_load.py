@@ -289,6 +289,6 @@ class TestLoadConfig:
             load_config(path)
 
         assert info.value.problems == [
-            "superoffice: required, but not given",
+            "superoffice: required, but not given (or give [[tenants]] entries)",
             "poll.interval: expected a duration like '90s', '5m' or '1h30m', got 'soon'",
         ]

@@ -48,7 +48,8 @@ class _Section(BaseModel):
         """
         if not isinstance(data, Mapping):
             return handler(data)
-        given = {key: value for key, value in data.items() if key in cls.model_fields}
+        fields = cls._field_keys()
+        given = {key: value for key, value in data.items() if key in fields}
         problems = list(cls._unknown_keys(data))
         unresolved: set[tuple[str | int, ...]] = set()
         for name in cls._secrets:
@@ -77,9 +78,14 @@ class _Section(BaseModel):
         return []
 
     @classmethod
+    def _field_keys(cls) -> set[str]:
+        """The keys of the fields as the file writes them (an alias where a field has one)."""
+        return {field.alias or name for name, field in cls.model_fields.items()}
+
+    @classmethod
     def _keys(cls) -> set[str]:
         """The keys a table of this section may hold: its fields and their secret forms."""
-        known = set(cls.model_fields)
+        known = cls._field_keys()
         known.update(f"{name}{suffix}" for name in cls._secrets for suffix in ("_file", "_env"))
         return known
 

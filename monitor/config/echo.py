@@ -30,7 +30,10 @@ _UNITS: Final = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 def config_toml(config: Config) -> str:
     """``config`` as TOML text, every secret shown as ``********``."""
-    return toml_text(_plain(config))
+    plain = _plain(config)
+    if not config.tenants:  # the single form: [superoffice] and [watch], as it was written
+        del plain["tenants"]
+    return toml_text(plain)
 
 
 def toml_text(table: Mapping[str, object]) -> str:
@@ -60,7 +63,7 @@ def _plain(model: BaseModel) -> dict[str, object]:
     for name, field in type(model).model_fields.items():
         value = _value(getattr(model, name), _validators(field))
         if value is not None:
-            plain[name] = value
+            plain[field.alias or name] = value
     return plain
 
 

@@ -81,7 +81,7 @@ def secret_exposure(
 
 def section_path(path: str, name: str, index: int, item: object) -> str:
     """``sinks["ops"]`` for a named list entry, ``watch.discover[0]`` for the rest."""
-    label = getattr(item, "name", None) if name == "sinks" else None
+    label = getattr(item, "name", None) if name in ("sinks", "tenants") else None
     return f'{path}{name}["{label}"]' if isinstance(label, str) else f"{path}{name}[{index}]"
 
 
@@ -106,13 +106,14 @@ def _secret_keys(
             yield f"{path}{name}", "inline", data[name]
         if f"{name}_file" in data:
             yield f"{path}{name}_file", "file", data[f"{name}_file"]
-    for name in type(model).model_fields:
-        value, raw = getattr(model, name), data.get(name)
+    for name, field in type(model).model_fields.items():
+        key = field.alias or name
+        value, raw = getattr(model, name), data.get(key)
         if isinstance(value, BaseModel) and isinstance(raw, Mapping):
-            yield from _secret_keys(value, raw, f"{path}{name}.")
+            yield from _secret_keys(value, raw, f"{path}{key}.")
         elif isinstance(value, list) and isinstance(raw, list):
             for index, (item, raw_item) in enumerate(zip(value, raw, strict=False)):
                 if isinstance(item, BaseModel) and isinstance(raw_item, Mapping):
                     yield from _secret_keys(
-                        item, raw_item, section_path(path, name, index, item) + "."
+                        item, raw_item, section_path(path, key, index, item) + "."
                     )

@@ -11,9 +11,10 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, Self
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from monitor.config.base import _Section
 from monitor.config.errors import ConfigError, _describe, _invalid, _problem
@@ -22,6 +23,7 @@ from monitor.config.poll import PollConfig, WatchConfig
 from monitor.config.service import HttpConfig, LogConfig, StateConfig
 from monitor.config.sinks import SinkConfig, _default_sinks
 from monitor.config.superoffice import SuperOfficeConfig
+from monitor.config.tenants import DEFAULT_TENANT, TenantConfig
 
 __all__ = ["Config", "load_config", "parse_config", "read_toml", "redacted"]
 
@@ -36,14 +38,87 @@ class Config(_Section):
     ``log`` sink named ``"log"`` receives every event.
     """
 
-    superoffice: SuperOfficeConfig
-    watch: WatchConfig = Field(default_factory=WatchConfig)
+    #: The single tenant's API (``[superoffice]``), when no ``[[tenants]]`` are given.
+    given_superoffice: SuperOfficeConfig | None = Field(default=None, alias="superoffice")
+    #: The single tenant's tasks (``[watch]``).
+    given_watch: WatchConfig | None = Field(default=None, alias="watch")
+    #: ``[[tenants]]``: several tenants, each with its own API and tasks.
+    tenants: list[TenantConfig] = Field(default_factory=list)
     poll: PollConfig = Field(default_factory=PollConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     sinks: list[SinkConfig] = Field(default_factory=_default_sinks)
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenants_named_uniquely(cls, tenants: list[TenantConfig]) -> list[TenantConfig]:
+        """A tenant's name keys its tasks, leases and labels, so two must not share one."""
+        seen: set[str] = set()
+        problems = []
+        for index, tenant in enumerate(tenants):
+            if tenant.name in seen:
+                problems.append(_problem((index, "name"), f"duplicate tenant name {tenant.name!r}"))
+            seen.add(tenant.name)
+        if problems:
+            raise _invalid(cls.__name__, problems)
+        return tenants
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Self:
+        """``[superoffice]`` + ``[watch]`` (one tenant) or ``[[tenants]]``, never both."""
+        if self.tenants and (self.given_superoffice or self.given_watch):
+            key = "superoffice" if self.given_superoffice else "watch"
+            message = (
+                "give either [superoffice] and [watch] (one tenant) or [[tenants]] entries "
+                "with their own [tenants.superoffice] and [tenants.watch], not both"
+            )
+            raise _invalid(type(self).__name__, [_problem((key,), message)])
+        return self
+
+    @classmethod
+    def _missing_keys(
+        cls, given: Mapping[str, object], unresolved: set[tuple[str | int, ...]]
+    ) -> list[InitErrorDetails]:
+        """No tenant at all: said with the other problems of the file, not after them."""
+        if "superoffice" in given or given.get("tenants"):
+            return []
+        return [_problem(("superoffice",), "required, but not given (or give [[tenants]] entries)")]
+
+    @property
+    def tenant_list(self) -> list[TenantConfig]:
+        """The tenants to watch: ``[[tenants]]``, or the one named ``default``."""
+        if self.tenants:
+            return self.tenants
+        assert self.given_superoffice is not None  # by _one_form
+        watch = self.given_watch or WatchConfig()
+        return [TenantConfig(name=DEFAULT_TENANT, superoffice=self.given_superoffice, watch=watch)]
+
+    def tenant(self, name: str | None) -> TenantConfig:
+        """The tenant called ``name``; ``None`` means the only one (:class:`LookupError` if
+        there are several, or none of that name)."""
+        tenants = self.tenant_list
+        if name is None:
+            if len(tenants) == 1:
+                return tenants[0]
+            names = ", ".join(t.name for t in tenants)
+            raise LookupError(f"this configuration watches several tenants; name one of {names}")
+        for tenant in tenants:
+            if tenant.name == name:
+                return tenant
+        names = ", ".join(t.name for t in tenants)
+        raise LookupError(f"no tenant {name!r} in this configuration (it has {names})")
+
+    @property
+    def superoffice(self) -> SuperOfficeConfig:
+        """The first (in the single form: the only) tenant's API."""
+        return self.tenant_list[0].superoffice
+
+    @property
+    def watch(self) -> WatchConfig:
+        """The first (in the single form: the only) tenant's tasks."""
+        return self.tenant_list[0].watch
 
     @field_validator("sinks")
     @classmethod
@@ -104,7 +179,7 @@ def parse_config(
     try:
         return Config.model_validate(dict(data), context=context)
     except ValidationError as exc:
-        names = {"sinks": _names(data.get("sinks"))}
+        names = {"sinks": _names(data.get("sinks")), "tenants": _names(data.get("tenants"))}
         problems = [_describe(error, names) for error in exc.errors()]
     # Raised out here so that the pydantic error, which holds the inputs (secrets among them),
     # is not even the ConfigError's __context__.
@@ -120,7 +195,10 @@ def _names(entries: object) -> list[object]:
 
 def redacted(config: Config) -> dict[str, object]:
     """``config`` as JSON-able data for ``batchmon check-config``, every secret masked."""
-    return {name: _redact(getattr(config, name)) for name in Config.model_fields}
+    return {
+        field.alias or name: _redact(getattr(config, name))
+        for name, field in Config.model_fields.items()
+    }
 
 
 def _redact(value: object) -> object:

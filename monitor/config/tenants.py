@@ -1,0 +1,47 @@
+"""``[[tenants]]``: the SuperOffice tenants one batchmon watches, each with its own API and tasks.
+
+A configuration gives either ``[[tenants]]`` entries or the single ``[superoffice]`` +
+``[watch]`` pair, which is one tenant named ``default``.  A tenant's name is a label value
+(metrics, Alertmanager, CloudEvents ``source``, URLs), so it is kept to what those all accept.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final
+
+from pydantic import AfterValidator, Field
+
+from monitor.config.base import _Section
+from monitor.config.poll import WatchConfig
+from monitor.config.superoffice import SuperOfficeConfig
+
+__all__ = ["DEFAULT_TENANT", "TenantConfig", "TenantName"]
+
+#: The name of the one tenant of a configuration without ``[[tenants]]``.
+DEFAULT_TENANT: Final = "default"
+
+_TENANT_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def _label_safe(name: str) -> str:
+    """Lower-case letters, digits, ``-`` and ``_``, 1 to 63 characters, starting alphanumeric."""
+    if not _TENANT_NAME_RE.fullmatch(name):
+        message = (
+            f"{name!r} is not a usable tenant name: 1-63 characters of a-z, 0-9, '-' and '_', "
+            "starting with a letter or digit (it becomes a label and part of URLs)"
+        )
+        raise ValueError(message)
+    return name
+
+
+#: A tenant's name as configured: safe in labels, URLs and file names.
+TenantName = Annotated[str, AfterValidator(_label_safe)]
+
+
+class TenantConfig(_Section):
+    """One tenant: its API (``[tenants.superoffice]``) and its tasks (``[tenants.watch]``)."""
+
+    name: TenantName
+    superoffice: SuperOfficeConfig
+    watch: WatchConfig = Field(default_factory=WatchConfig)
