@@ -19,7 +19,7 @@ import socket
 import sys
 import tempfile
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -35,6 +35,7 @@ from monitor import __version__
 from monitor.config import (
     Config,
     ConfigError,
+    SuperOfficeConfig,
     load_config,
     parse_config,
     parse_duration,
@@ -50,6 +51,7 @@ from monitor.console import (
     follow,
     read_status,
     status_view,
+    tenant_query,
 )
 from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.delivery.outbox import StoreError
@@ -120,7 +122,22 @@ _API_TOKEN_FILE = click.option(
     help="A file holding the daemon's http.api_token [default: $BATCHMON_API_TOKEN].",
 )
 
+#: ``--tenant``: which tenant of several ([[tenants]]) a command is about.
+_TENANT = click.option(
+    "--tenant",
+    default=None,
+    help="The tenant ([[tenants]] name) when the daemon or the configuration has several.",
+)
+
 log = structlog.get_logger("batchmon.cli")
+
+
+def _api_of(config: Config, tenant: str | None) -> SuperOfficeConfig:
+    """The ``[superoffice]`` of the tenant ``--tenant`` names (the only one without it)."""
+    try:
+        return config.tenant(tenant).superoffice
+    except LookupError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant") from None
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -521,18 +538,42 @@ def _simulator_banner(simulator: Simulator, scenario: Scenario) -> str:
     show_default=True,
     help="Console lines or JSON lines (auto: console on a terminal).",
 )
+@click.option(
+    "--tenants",
+    "tenants",
+    type=click.IntRange(2, 50),
+    default=None,
+    help="Watch this many simulated tenants at once, each with its own tasks.",
+)
 def demo(
-    duration: float | None, port: int, seed: int, count: int, speed: float, log_format: str
+    duration: float | None,
+    port: int,
+    seed: int,
+    count: int,
+    speed: float,
+    log_format: str,
+    tenants: int | None,
 ) -> None:
     """Watch simulated batch tasks: the built-in simulator plus the monitor, no setup.
 
     Prints each event as it happens and serves the status page and /metrics.
 
     \b
-    Example:
+    Examples:
       batchmon demo --duration 60s
+      batchmon demo --tenants 3     (the status page then lists the tenants)
     """
     configure_logging(log_format, "info")
+
+    async def fleet() -> None:
+        assert tenants is not None
+        with tempfile.TemporaryDirectory(prefix="batchmon-demo-") as state_dir:
+            async with Fleet(tenants, seed=seed, tasks=count, speed=speed) as simulated:
+                await _demo_tenants(simulated, Path(state_dir), port, speed)
+
+    if tenants is not None:
+        _run(fleet, duration, f"127.0.0.1:{port}", busy="--port 0 picks a free port")
+        return
 
     async def both() -> None:
         scenario = Scenario.generate(seed=seed, count=count, start=datetime.now(UTC), speed=speed)
@@ -546,36 +587,57 @@ def demo(
     _run(both, duration, f"127.0.0.1:{port}", busy="--port 0 picks a free port")
 
 
+def _demo_config(
+    tenants: Mapping[str, tuple[str, str | None]],
+    state_dir: Path,
+    port: int,
+    speed: float,
+    token: str,
+) -> Config:
+    """The demo's configuration: each tenant (name: environment URL, context id) found by
+    discovery, the scenario's minute watched closely, a fresh state of its own."""
+
+    def api(environment_url: str, context: str | None) -> dict[str, object]:
+        return {
+            "environment_url": environment_url,
+            "tenant": context,
+            "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
+            "max_requests_per_second": 50,
+        }
+
+    # Found the way a real deployment would: by discovery, not by listed ids.
+    watch = {"discover": [{"every": 2 / speed}]}
+    data: dict[str, object] = {
+        # The scenario's minute, watched closely: stalls show after 10 s.
+        "poll": {
+            "interval": 1 / speed,
+            "stall_after": 10 / speed,
+            "progress_min_interval": 10 / speed,
+            "progress_step": 25,
+            "terminal_linger": 15 / speed,
+        },
+        # The demo stops one task through the API, as an operator would.
+        "http": {"listen": f"127.0.0.1:{port}", "api_token": token},
+        "state": {"path": str(state_dir / "state.db")},
+    }
+    if list(tenants) == ["default"]:
+        data.update(superoffice=api(*tenants["default"]), watch=watch)
+    else:
+        data["tenants"] = [
+            {"name": name, "superoffice": api(*where), "watch": watch}
+            for name, where in tenants.items()
+        ]
+    return parse_config(data, base_dir=Path.cwd())
+
+
 async def _demo(
     simulator: Simulator, scenario: Scenario, state_dir: Path, port: int, speed: float
 ) -> None:
     """The monitor against the simulator, with a fresh state of its own."""
     token = secrets.token_hex(16)
-    config = parse_config(
-        {
-            "superoffice": {
-                "environment_url": simulator.environment_url,
-                "tenant": simulator.tenant.context_id if simulator.tenant else None,
-                "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
-                "max_requests_per_second": 50,
-            },
-            # Found the way a real deployment would: by discovery, not by listed ids.
-            "watch": {"discover": [{"every": 2 / speed}]},
-            # The scenario's minute, watched closely: stalls show after 10 s.
-            "poll": {
-                "interval": 1 / speed,
-                "stall_after": 10 / speed,
-                "progress_min_interval": 10 / speed,
-                "progress_step": 25,
-                "terminal_linger": 15 / speed,
-            },
-            # The demo stops one task through the API, as an operator would.
-            "http": {"listen": f"127.0.0.1:{port}", "api_token": token},
-            "state": {"path": str(state_dir / "state.db")},
-        },
-        base_dir=Path.cwd(),
-    )
-    daemon = Daemon(config)
+    context = simulator.tenant.context_id if simulator.tenant else None
+    where = {"default": (simulator.environment_url, context)}
+    daemon = Daemon(_demo_config(where, state_dir, port, speed, token))
     async with anyio.create_task_group() as group:
         bound = await group.start(daemon.run)
         click.echo(
@@ -590,6 +652,27 @@ async def _demo(
         point = scenario.stop_point()
         if point is not None:
             group.start_soon(_demo_stop, scenario.start, bound, token, *point)
+
+
+async def _demo_tenants(fleet: Fleet, state_dir: Path, port: int, speed: float) -> None:
+    """The monitor against several simulated tenants: one pipeline each, one status page."""
+    token = secrets.token_hex(16)
+    where = {name.lower(): (fleet.environment_url, name) for name in fleet.tenants}
+    daemon = Daemon(_demo_config(where, state_dir, port, speed, token))
+    async with anyio.create_task_group() as group:
+        bound = await group.start(daemon.run)
+        first = next(iter(fleet.tenants))
+        click.echo(
+            f"\n  batchmon demo: {len(where)} simulated tenants ({', '.join(where)}),"
+            " each with its own tasks, found by discovery\n"
+            f"  status page  http://127.0.0.1:{bound}/   (one line per tenant)\n"
+            f"  one tenant   http://127.0.0.1:{bound}/?tenant={first.lower()}\n"
+            f"  metrics      http://127.0.0.1:{bound}/metrics   (every series has a tenant label)\n"
+            f"  maintenance  curl -X PUT {fleet.environment_url}/simulator/tenants/{first} "
+            """-d '{"state": "OfflineMaintenance"}'   (then "Running")\n"""
+            "  Ctrl-C stops it.\n",
+            err=True,
+        )
 
 
 async def _demo_stop(start: datetime, port: int, token: str, task_id: int, at: float) -> None:
@@ -628,6 +711,7 @@ def _fail(error: SourceError) -> NoReturn:
     Examples:
       batchmon status
       batchmon status --url http://monitor.example.com:9808
+      batchmon status --tenant acme    (with several tenants: without it, one line each)
     """
     ),
 )
@@ -638,10 +722,11 @@ def _fail(error: SourceError) -> NoReturn:
     help="Base URL of the running daemon (its [http] listen address).",
 )
 @_TOKEN_FILE
-def status(url: str, token_file: Path | None) -> None:
+@_TENANT
+def status(url: str, token_file: Path | None, tenant: str | None) -> None:
     """``batchmon status``: the table, then exit 0 when ready, else 75."""
     try:
-        report = read_status(url, _read_token(token_file))
+        report = read_status(url, _read_token(token_file), tenant)
     except SourceError as exc:
         _fail(exc)
     Console().print(status_view(report, datetime.now(UTC)))
@@ -710,12 +795,14 @@ def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
     help="Time between two looks at the task.",
 )
 @_TOKEN_FILE
+@_TENANT
 def watch(
     task_id: int,
     url: str | None,
     config_path: Path | None,
     interval: float,
     token_file: Path | None,
+    tenant: str | None,
 ) -> None:
     """``batchmon watch ID``: exit 0 when the task succeeds, 1 when it fails."""
     if url is not None and config_path is not None:
@@ -727,14 +814,15 @@ def watch(
         raise click.BadParameter("must be more than 0", param_hint="--interval")
     config = _config_or_exit(config_path) if config_path is not None else None
     if config is not None:
+        api_config = _api_of(config, tenant)
         configure_logging(config.log.format, "warning", sys.stderr)  # retries are no news here
     console = Console()
 
     async def follow_task() -> TaskView:
         if config is None:
-            source = DaemonSource(url or DEFAULT_DAEMON_URL, task_id, token)
+            source = DaemonSource(url or DEFAULT_DAEMON_URL, task_id, token, tenant)
             return await follow(source, interval=interval, console=console)
-        async with api_source(config.superoffice, task_id) as api:
+        async with api_source(api_config, task_id) as api:
             return await follow(api, interval=interval, console=console)
 
     try:
@@ -817,6 +905,7 @@ def _api_token(path: Path | None) -> str | None:
     help="Base URL of the running daemon (its [http] listen address).",
 )
 @_API_TOKEN_FILE
+@_TENANT
 def ack(
     task_id: int,
     by: str | None,
@@ -824,6 +913,7 @@ def ack(
     undo: bool,
     url: str,
     token_file: Path | None,
+    tenant: str | None,
 ) -> None:
     """Acknowledge task ID: you are on it.  Its alert resolves, its reminders and escalation
     stop, and chat sinks say who took it, until the condition ends (a rerun, success, removal)
@@ -848,7 +938,7 @@ def ack(
     if comment is not None and undo:
         raise click.UsageError("--comment is for taking a task, not for --undo")
     who = by if by is not None else getpass.getuser()
-    endpoint = f"{url.rstrip('/')}/api/v1/tasks/{task_id}/ack"
+    endpoint = f"{url.rstrip('/')}/api/v1/tasks/{task_id}/ack{tenant_query(tenant)}"
     body: dict[str, object] = {"by": who}
     if comment is not None:
         body["comment"] = comment
@@ -896,8 +986,14 @@ def _task_ids(
     help="Ask SuperOffice directly, with this configuration's [superoffice] section.",
 )
 @_API_TOKEN_FILE
+@_TENANT
 def stop(
-    task_id: int, force: bool, url: str | None, config_path: Path | None, token_file: Path | None
+    task_id: int,
+    force: bool,
+    url: str | None,
+    config_path: Path | None,
+    token_file: Path | None,
+    tenant: str | None,
 ) -> None:
     """Ask SuperOffice to stop task ID (StopBatchJob), if it may be stopped.
 
@@ -930,11 +1026,12 @@ def stop(
         raise click.UsageError("--token-file is for the daemon (--url), not --config")
     if config_path is not None:
         config = _config_or_exit(config_path)
+        api_config = _api_of(config, tenant)
         configure_logging(config.log.format, "warning", sys.stderr)  # retries are no news here
 
         async def direct() -> StopOutcome:
             return await stop_directly(
-                config.superoffice, task_id, force=force, by=_operator(), now=datetime.now(UTC)
+                api_config, task_id, force=force, by=_operator(), now=datetime.now(UTC)
             )
 
         try:
@@ -948,7 +1045,10 @@ def stop(
         body = {"force": force, "by": _operator()}
         try:
             answer = call(
-                "POST", f"{base}/api/v1/tasks/{task_id}/stop", _api_token(token_file), body
+                "POST",
+                f"{base}/api/v1/tasks/{task_id}/stop{tenant_query(tenant)}",
+                _api_token(token_file),
+                body,
             )
         except RemoteError as exc:
             click.echo(f"batchmon: {exc}", err=True)
@@ -975,6 +1075,7 @@ def stop(
     help="Base URL of the running daemon.",
 )
 @_API_TOKEN_FILE
+@_TENANT
 def silence(
     duration: str | None,
     reason: str | None,
@@ -985,6 +1086,7 @@ def silence(
     end: str | None,
     url: str,
     token_file: Path | None,
+    tenant: str | None,
 ) -> None:
     """Keep tasks' events out of chat and alerts for a while: they still reach the log and the
     metrics.  A silence ends by itself; whatever it kept quiet that still fails or stalls then is
@@ -1007,10 +1109,10 @@ def silence(
         raise click.UsageError(
             "give --for/--reason with --id, --name or --all; or --list; or --end SID"
         )
-    base, token = url.rstrip("/"), _api_token(token_file)
+    base, token, query = url.rstrip("/"), _api_token(token_file), tenant_query(tenant)
     try:
         if listing:
-            answer = call("GET", f"{base}/api/v1/silences", token)
+            answer = call("GET", f"{base}/api/v1/silences{query}", token)
             for item in answer.data["silences"]:
                 click.echo(_silence_line(item))
             if not answer.data["silences"]:
@@ -1018,7 +1120,7 @@ def silence(
             return
         if end is not None:
             answer = call(
-                "DELETE", f"{base}/api/v1/silences/{urllib.parse.quote(end, safe='')}", token
+                "DELETE", f"{base}/api/v1/silences/{urllib.parse.quote(end, safe='')}{query}", token
             )
             click.echo(f"ended: {_silence_line(answer.data)}")
             return
@@ -1028,7 +1130,7 @@ def silence(
         body.update(
             {"ids": list(ids)} if ids else {"names": list(names)} if names else {"all": True}
         )
-        answer = call("POST", f"{base}/api/v1/silences", token, body)
+        answer = call("POST", f"{base}/api/v1/silences{query}", token, body)
         click.echo(_silence_line(answer.data))
     except RemoteError as exc:
         click.echo(f"batchmon: {exc}", err=True)

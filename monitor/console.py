@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +58,7 @@ __all__ = [
     "follow",
     "read_status",
     "status_view",
+    "tenant_query",
 ]
 
 _SUCCEEDED = frozenset(
@@ -278,24 +279,46 @@ class StatusReport:
     tasks: list[TaskView]
     ready: bool
     problems: list[str]
+    #: With several tenants and none chosen: one line per tenant (``/api/v1/tenants``).
+    tenants: list[dict[str, Any]] = field(default_factory=list)
+    #: The tenant the tasks are of, when one was chosen.
+    tenant: str | None = None
+
+
+def tenant_query(tenant: str | None) -> str:
+    """``?tenant=NAME`` (URL-quoted) for a chosen tenant, else nothing."""
+    return "" if tenant is None else "?tenant=" + urllib.parse.quote(tenant, safe="")
 
 
 #: Tasks asked for per page of ``/api/v1/tasks`` (its maximum).
 PAGE_LIMIT = 5000
 
 
-def read_status(base_url: str, token: str | None = None) -> StatusReport:
-    """The daemon's tasks (``/api/v1/tasks``, every page) and readiness (``/readyz``)."""
+def read_status(base_url: str, token: str | None = None, tenant: str | None = None) -> StatusReport:
+    """The daemon's tasks (``/api/v1/tasks``, every page) and readiness (``/readyz``); with
+    several tenants and none chosen, the tenants' lines instead of tasks."""
     base = base_url.rstrip("/")
+    if tenant is None:
+        lines = _get(f"{base}/api/v1/tenants", token)["tenants"]
+        if len(lines) > 1:
+            ready, problems = _readiness(base, token)
+            return StatusReport(
+                url=base, tasks=[], ready=ready, problems=problems, tenants=list(lines)
+            )
     tasks: list[Any] = []
-    page: str | None = f"/api/v1/tasks?limit={PAGE_LIMIT}"
+    chosen = "" if tenant is None else "&tenant=" + urllib.parse.quote(tenant, safe="")
+    page: str | None = f"/api/v1/tasks?limit={PAGE_LIMIT}{chosen}"
     while page is not None:
         answer = _get(urllib.parse.urljoin(base + "/", page.lstrip("/")), token)
         tasks += answer["tasks"]
         page = answer.get("next")
     ready, problems = _readiness(base, token)
     return StatusReport(
-        url=base, tasks=[TaskView.from_json(t) for t in tasks], ready=ready, problems=problems
+        url=base,
+        tasks=[TaskView.from_json(t) for t in tasks],
+        ready=ready,
+        problems=problems,
+        tenant=tenant,
     )
 
 
@@ -314,11 +337,14 @@ def _progress_cell(view: TaskView) -> ProgressBar | Text:
 
 def status_view(report: StatusReport, now: datetime) -> Group:
     """The table ``batchmon status`` prints, with a header line."""
+    if report.tenants:
+        return _tenants_view(report)
     active = sum(1 for t in report.tasks if t.active)
+    of = f" · tenant {visible(report.tenant)}" if report.tenant else ""
     header = Text.assemble(
         ("batchmon", "bold"),
-        f" at {visible(report.url)} · {len(report.tasks)} tasks, {active} active · ",
-        ("ready", "green") if report.ready else ("not ready: " + "; ".join(report.problems), "red"),
+        f" at {visible(report.url)}{of} · {len(report.tasks)} tasks, {active} active · ",
+        _readiness_text(report),
     )
     table = Table(
         Column("ID", justify="right", no_wrap=True),
@@ -351,16 +377,63 @@ def status_view(report: StatusReport, now: datetime) -> Group:
     return Group(header, table)
 
 
+def _readiness_text(report: StatusReport) -> tuple[str, str]:
+    if report.ready:
+        return ("ready", "green")
+    return ("not ready: " + "; ".join(report.problems), "red")
+
+
+def _tenants_view(report: StatusReport) -> Group:
+    """One line per tenant: its API, its tasks, what fires (``--tenant`` shows its tasks)."""
+    header = Text.assemble(
+        ("batchmon", "bold"),
+        f" at {visible(report.url)} · {len(report.tenants)} tenants · ",
+        _readiness_text(report),
+    )
+    table = Table(
+        Column("Tenant", no_wrap=True),
+        Column("API"),
+        Column("Tasks", justify="right", no_wrap=True),
+        Column("Active", justify="right", no_wrap=True),
+        Column("Firing"),
+        Column("Replica"),
+        expand=False,
+        header_style="bold",
+    )
+    tones = {"up": "green", "down": "red", "waiting": "yellow"}
+    for line in report.tenants:
+        api = str(line.get("api", ""))
+        headline = line.get("api_headline") or (
+            "watched by another replica" if api == "elsewhere" else api
+        )
+        firing = line.get("firing") or {}
+        table.add_row(
+            visible(str(line.get("name", ""))),
+            Text(visible(str(headline)), style=tones.get(api, "dim")),
+            str(line.get("tracked", "")),
+            str(line.get("active", "")),
+            ", ".join(
+                f"{n} {visible(str(kind)).removeprefix('task.')}" for kind, n in firing.items()
+            ),
+            visible(str(line.get("replica") or "")),
+        )
+    hint = Text("batchmon status --tenant NAME shows one tenant's tasks.", style="dim")
+    return Group(header, table, hint)
+
+
 # --- following one task ---------------------------------------------------------------------
 
 
 class DaemonSource:
     """A task as a running daemon sees it (``/api/v1/tasks/{id}``)."""
 
-    def __init__(self, base_url: str, task_id: int, token: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, task_id: int, token: str | None = None, tenant: str | None = None
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._task_id = int(task_id)
         self._token = token
+        self._tenant = tenant
 
     async def read(self) -> TaskView:
         """Ask the daemon (in a worker thread: urllib blocks)."""
@@ -368,7 +441,7 @@ class DaemonSource:
 
     def _read(self) -> TaskView:
         try:
-            url = f"{self._base}/api/v1/tasks/{self._task_id}"
+            url = f"{self._base}/api/v1/tasks/{self._task_id}{tenant_query(self._tenant)}"
             return TaskView.from_json(_get(url, self._token))
         except HttpError as exc:
             if exc.status != 404:

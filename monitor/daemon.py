@@ -20,13 +20,14 @@ import structlog
 
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
+from monitor.config.tenants import DEFAULT_TENANT, TenantConfig
 from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher
 from monitor.delivery.maintenance import Maintenance
 from monitor.delivery.silences import Silencer
 from monitor.delivery.stores import open_store
 from monitor.delivery.subscriptions import subscriptions_from
-from monitor.metrics import BatchmonCollector, make_registry
+from monitor.metrics import BatchmonCollector, TenantState, make_registry
 from monitor.polling import Poller, Shard, rule_matches, utc_now
 from monitor.polling.stop import AutoStopper, TaskStopper
 from monitor.sinks.context import SinkContext
@@ -38,9 +39,15 @@ from monitor.tracking.events import Event
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from monitor.types import DeliveryStore, RestorableSink
-from monitor.web import WatchLimitReachedError, WebState, make_app, serve
+from monitor.web import TenantView, WatchLimitReachedError, WebState, make_app, serve
 
-__all__ = ["Daemon", "RuntimeWatches", "freeze_startup_objects", "rules_from"]
+__all__ = [
+    "Daemon",
+    "RuntimeWatches",
+    "TenantRuntime",
+    "freeze_startup_objects",
+    "rules_from",
+]
 
 log = structlog.get_logger("batchmon.daemon")
 
@@ -117,12 +124,40 @@ class RuntimeWatches:
         return True
 
 
+class TenantRuntime:
+    """One tenant's parts: those that outlive a reload (memory, maintenance) and, while its
+    pipeline runs, the running ones the HTTP side and the metrics read."""
+
+    def __init__(self, config: Config, tenant: TenantConfig, clock: Callable[[], datetime]) -> None:
+        self.name = tenant.name
+        self.tenant = tenant
+        self.tracker = Tracker(rules_from(config.poll, tenant.watch))
+        #: Maintenance windows and the tenant state; what a maintenance held back outlives a
+        #: reload.
+        self.maintenance = Maintenance(config.maintenance.all_windows, clock=clock)
+        self.dispatcher: Dispatcher | None = None
+        self.poller: Poller | None = None
+        self.view: TenantView | None = None
+        self.metrics: TenantState | None = None
+
+    def configure(self, config: Config, tenant: TenantConfig) -> None:
+        """Take a reloaded configuration's rules for this tenant."""
+        self.tenant = tenant
+        self.tracker.rules = rules_from(config.poll, tenant.watch)
+
+    def alive(self, stale_after: float) -> bool:
+        """Whether its poll loop keeps completing cycles (true until it has one)."""
+        return self.poller is None or self.poller.alive(stale_after)
+
+
 class Daemon:
     """The running monitor; ``port`` is the bound HTTP port once started.
 
-    The tracker's memory and the store outlive a reload: :meth:`reload`
-    restarts everything else (API session, poller, sinks, HTTP server) with the
-    new configuration, so tracked state and queued deliveries are kept.
+    One pipeline per tenant (client, tracker, poller, dispatcher and sinks of its
+    own), sharing the store, the HTTP server and the metrics.  The trackers' memory
+    and the store outlive a reload: :meth:`reload` restarts everything else (API
+    sessions, pollers, sinks, HTTP server) with the new configuration, so tracked
+    state and queued deliveries are kept.
     """
 
     def __init__(
@@ -137,17 +172,52 @@ class Daemon:
         self.shard = shard or Shard()
         self.clock = clock
         self.port: int | None = None
-        self.tracker = Tracker(rules_from(config.poll, config.watch))
-        self.dispatcher: Dispatcher | None = None
-        self.poller: Poller | None = None
-        #: Maintenance windows and the tenant state; what a maintenance held back outlives a
-        #: reload.
-        self.maintenance = Maintenance(config.maintenance.all_windows, clock=clock)
+        self.runtimes: dict[str, TenantRuntime] = {}
+        self._take_tenants(config)
         #: Configurations swapped in so far (tests and the log read it).
         self.reloads = 0
         self._notifier = notifier if notifier is not None else Notifier()
         self._reload = anyio.Event()
         self._pending: Config | None = None
+        #: The tenants whose pipeline runs now, as the HTTP side reads them.
+        self._views: dict[str, TenantView] = {}
+
+    def _take_tenants(self, config: Config) -> None:
+        """A runtime per configured tenant, keeping those of tenants already known."""
+        runtimes = {}
+        for tenant in config.tenant_list:
+            runtime = self.runtimes.get(tenant.name)
+            if runtime is None:
+                runtime = TenantRuntime(config, tenant, self.clock)
+            else:
+                runtime.configure(config, tenant)
+            runtimes[tenant.name] = runtime
+        self.runtimes = runtimes
+
+    @property
+    def first(self) -> TenantRuntime:
+        """The first configured tenant's runtime (the only one in the single form)."""
+        return next(iter(self.runtimes.values()))
+
+    @property
+    def tracker(self) -> Tracker:
+        """The first tenant's tracker."""
+        return self.first.tracker
+
+    @property
+    def poller(self) -> Poller | None:
+        """The first tenant's poller, while its pipeline runs."""
+        return self.first.poller
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """The first tenant's dispatcher, while its pipeline runs."""
+        return self.first.dispatcher
+
+    @property
+    def maintenance(self) -> Maintenance:
+        """The first tenant's maintenance."""
+        return self.first.maintenance
 
     def reload(self, config: Config) -> None:
         """Swap in a new, already validated configuration."""
@@ -166,6 +236,9 @@ class Daemon:
         """Run until cancelled; ``task_status.started(port)`` once polling runs."""
         store = await open_store(self.config.state)
         try:
+            dropped = await store.drop_tenants_except(self.runtimes)
+            if dropped:
+                log.info("tenants_forgotten", rows=dropped)
             started = False
             while True:
                 async with anyio.create_task_group() as group:
@@ -180,7 +253,7 @@ class Daemon:
                 if self._pending is not None:
                     pending = self._pending.model_copy(update={"state": self.config.state})
                     self.config, self._pending = pending, None
-                    self.tracker.rules = rules_from(pending.poll, pending.watch)
+                    self._take_tenants(pending)
                     self.reloads += 1
                     log.info("config_reloaded", reloads=self.reloads)
         finally:
@@ -191,12 +264,19 @@ class Daemon:
 
     def _status(self) -> str:
         """One line for ``systemctl status``: what is watched and how fresh it is."""
-        poller = self.poller
-        tasks = self.tracker.tasks.values()
-        active = sum(1 for m in tasks if m.info.state.is_active and not m.gone)
-        watching = len(poller.watched) if poller else 0
-        last = poller.health.last_success if poller else None
+        running = [r for r in self.runtimes.values() if r.poller is not None]
+        active = sum(
+            1
+            for r in running
+            for m in r.tracker.tasks.values()
+            if m.info.state.is_active and not m.gone
+        )
+        watching = sum(len(r.poller.watched) for r in running if r.poller is not None)
+        polls = [r.poller.health.last_success for r in running if r.poller is not None]
+        last = min((t for t in polls if t is not None), default=None)
         fresh = f"last poll {last:%H:%M:%S}Z" if last else "no successful poll yet"
+        if len(self.runtimes) > 1:
+            return f"{len(running)} tenants, watching {watching} tasks, {active} active, {fresh}"
         return f"watching {watching} tasks, {active} active, {fresh}"
 
     async def _report_status(self) -> None:
@@ -204,7 +284,9 @@ class Daemon:
             self._notifier.status(self._status())
             await anyio.sleep(STATUS_EVERY)
 
-    async def _restore(self, store: DeliveryStore) -> tuple[list[int], list[int]]:
+    async def _restore(
+        self, runtime: TenantRuntime, store: DeliveryStore
+    ) -> tuple[list[int], list[int]]:
         """The tracker's memory from the last run; the ids to watch for good, and the
         remembered tasks to poll again.
 
@@ -216,8 +298,9 @@ class Daemon:
         not be missed), and when it failed (it may run again, or be cleaned up).
         """
         stored = await store.load_tasks()
-        rules = self.config.watch.discover
-        pinned = list(dict.fromkeys([*self.config.watch.ids, *await store.watches()]))
+        watch = runtime.tenant.watch
+        rules = watch.discover
+        pinned = list(dict.fromkeys([*watch.ids, *await store.watches()]))
         kept = set(pinned)
         again = []
         for task_id, memory in stored.items():
@@ -231,30 +314,100 @@ class Daemon:
         if unwatched:
             await store.forget_tasks(unwatched)
             # After a reload the tracker still holds them: no sink built now raises them.
-            self.tracker.forget(unwatched)
-        self.tracker.restore(m for task_id, m in stored.items() if task_id in kept)
+            runtime.tracker.forget(unwatched)
+        runtime.tracker.restore(m for task_id, m in stored.items() if task_id in kept)
         if stored:
-            log.info("state_restored", tasks=len(stored) - len(unwatched), forgotten=len(unwatched))
+            log.info(
+                "state_restored",
+                tenant=runtime.name,
+                tasks=len(stored) - len(unwatched),
+                forgotten=len(unwatched),
+            )
         return pinned, again
+
+    def _alive(self, stale_after: float) -> bool:
+        return all(r.alive(stale_after) for r in self.runtimes.values())
 
     async def _serve(self, store: DeliveryStore, task_status: anyio.abc.TaskStatus[int]) -> None:
         config = self.config
-        so = config.superoffice
-        pinned, again = await self._restore(store)
         sink_timeout = aiohttp.ClientTimeout(total=max(s.timeout for s in config.sinks))
-        async with (
-            open_session(so) as session,
-            aiohttp.ClientSession(timeout=sink_timeout) as sink_session,
-        ):
+        stale_after = max(
+            3 * config.poll.idle_interval,
+            *(3 * t.superoffice.timeout for t in config.tenant_list),
+            60.0,
+        )
+        async with aiohttp.ClientSession(timeout=sink_timeout) as sink_session:
+            collector = BatchmonCollector(
+                lambda: [r.metrics for r in self.runtimes.values() if r.metrics is not None]
+            )
+            token, reader = config.http.api_token, config.http.read_token
+            state = WebState(
+                tenants=self._views,
+                registry=make_registry(collector),
+                clock=self.clock,
+                stale_after=stale_after,
+                api_token=token.get_secret_value() if token else None,
+                read_token=reader.get_secret_value() if reader else None,
+                host_names=config.http.host_names,
+                configured=list(self.runtimes),
+            )
+            runner, port = await serve(make_app(state), config.http.host, config.http.port)
+            try:
+                async with anyio.create_task_group() as group:
+                    for runtime in self.runtimes.values():
+                        scoped = (
+                            store
+                            if runtime.name == DEFAULT_TENANT
+                            else store.for_tenant(runtime.name)
+                        )
+                        await group.start(
+                            self._pipeline, runtime, scoped, sink_session, stale_after
+                        )
+                    log.info(
+                        "batchmon_started",
+                        version=__version__,
+                        url=f"http://{config.http.host}:{port}/",
+                        tenants=len(self.runtimes),
+                        watching=sum(
+                            len(r.poller.watched) for r in self.runtimes.values() if r.poller
+                        ),
+                        shard=str(self.shard),
+                        state=config.state.location,
+                    )
+                    self._notifier.ready(self._status())
+                    group.start_soon(self._report_status)
+                    alive = partial(self._alive, stale_after)
+                    group.start_soon(partial(watchdog_loop, alive, notifier=self._notifier))
+                    task_status.started(port)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runner.cleanup()
+
+    async def _pipeline(
+        self,
+        runtime: TenantRuntime,
+        store: DeliveryStore,
+        sink_session: aiohttp.ClientSession,
+        stale_after: float,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """One tenant's pipeline, from its API client to its sinks; started once it polls."""
+        config = self.config
+        so = runtime.tenant.superoffice
+        tracker = runtime.tracker
+        pinned, again = await self._restore(runtime, store)
+        async with open_session(so) as session:
             client = SuperOfficeClient(session, so)
-            maintenance = self.maintenance
+            maintenance = runtime.maintenance
             maintenance.windows, maintenance.tenant = config.maintenance.all_windows, client.tenant
             context = SinkContext(
                 sink_session,
                 status_url=config.http.public_url,
                 in_maintenance=maintenance.in_maintenance,
+                tenant=runtime.name,
             )
-            silencer = Silencer(store, clock=self.clock, firing=self.tracker.firing)
+            silencer = Silencer(store, clock=self.clock, firing=tracker.firing)
             await silencer.load()
             await maintenance.load(store)
             dispatcher = Dispatcher(
@@ -264,15 +417,15 @@ class Daemon:
                 gate=maintenance,
             )
             silencer.announce = dispatcher.commit
-            self.dispatcher = dispatcher
+            runtime.dispatcher = dispatcher
 
             async def record(events: Sequence[Event]) -> None:
                 """Commit events made outside the tracker (stops), counted as its own are."""
-                self.tracker.event_counts.update(event.type for event in events)
+                tracker.event_counts.update(event.type for event in events)
                 await dispatcher.commit(events)
 
             await dispatcher.start()
-            acks = Acknowledgements(self.tracker, store, dispatcher.commit, self.clock)
+            acks = Acknowledgements(tracker, store, dispatcher.commit, self.clock)
             await acks.load()
             firing = acks.firing()  # an acknowledged task's alert stays resolved
             for sink in dispatcher.sinks:
@@ -280,46 +433,43 @@ class Daemon:
                     sink.restore(firing)
             poller = Poller(
                 client,
-                self.tracker,
+                tracker,
                 dispatcher.commit,
                 config.poll,
-                discover=config.watch.discover,
+                discover=runtime.tenant.watch.discover,
                 forget=store.forget_tasks,
                 shard=self.shard,
                 clock=self.clock,
                 workers=so.max_concurrency,
                 max_requests_per_second=so.max_requests_per_second,
             )
-            self.poller = poller
+            runtime.poller = poller
             poller.watch(pinned, pinned=True)
             poller.watch(again)
-            collector = BatchmonCollector(
-                self.tracker,
+            runtime.metrics = TenantState(
+                runtime.name,
+                tracker,
                 poller.health,
                 client.stats,
                 dispatcher,
                 cycle_requests=lambda: poller.last_cycle_requests,
                 maintenance=maintenance,
             )
-            token, reader = config.http.api_token, config.http.read_token
-            state = WebState(
-                tracker=self.tracker,
+            watches = RuntimeWatches(
+                poller, store, runtime.tenant.watch.ids, config.http.max_watches
+            )
+            view = TenantView(
+                name=runtime.name,
+                tracker=tracker,
                 poller=poller,
-                registry=make_registry(collector),
-                series=TaskSeries(self.tracker),
-                clock=self.clock,
-                stale_after=max(3 * config.poll.idle_interval, 3 * so.timeout, 60.0),
+                series=TaskSeries(tracker, tenant=runtime.name),
                 store=store,
-                watches=RuntimeWatches(poller, store, config.watch.ids, config.http.max_watches),
-                api_token=token.get_secret_value() if token else None,
-                read_token=reader.get_secret_value() if reader else None,
-                host_names=config.http.host_names,
+                watches=watches,
                 acks=acks,
                 stopper=TaskStopper(client, record, self.clock),
                 silences=silencer,
                 maintenance=lambda: (maintenance.active(self.clock()), maintenance.tenant_state),
             )
-            runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(dispatcher.run)
@@ -332,11 +482,11 @@ class Daemon:
                             client,
                             record,
                             store.known_events,
-                            stall_after=lambda: self.tracker.rules.stall_after,
+                            stall_after=lambda: tracker.rules.stall_after,
                             stop_after=timedelta(seconds=config.poll.stop_stalled_after),
                             clock=self.clock,
                         )
-                        group.start_soon(auto.run, self.tracker.tasks.values, config.poll.interval)
+                        group.start_soon(auto.run, tracker.tasks.values, config.poll.interval)
                     # A window open now holds back what the first cycles find (outside one, the
                     # check never waits for a cycle).
                     if not maintenance.in_maintenance():
@@ -350,22 +500,16 @@ class Daemon:
                             slow=poller.slow,
                         )
                     )
+                    self._views[runtime.name] = view
                     log.info(
-                        "batchmon_started",
-                        version=__version__,
-                        url=f"http://{config.http.host}:{port}/",
+                        "tenant_started",
+                        tenant=runtime.name,
                         watching=len(poller.watched),
                         api=so.url or f"{so.tenant} at {so.environment_base}",
-                        shard=str(self.shard),
-                        state=config.state.location,
                     )
-                    self._notifier.ready(self._status())
-                    group.start_soon(self._report_status)
-                    alive = partial(poller.alive, state.stale_after)
-                    group.start_soon(partial(watchdog_loop, alive, notifier=self._notifier))
-                    task_status.started(port)
+                    task_status.started()
             finally:
-                with anyio.CancelScope(shield=True):
-                    with anyio.move_on_after(DRAIN_TIMEOUT):
-                        await dispatcher.drain()
-                    await runner.cleanup()
+                self._views.pop(runtime.name, None)
+                runtime.poller = runtime.dispatcher = runtime.metrics = None
+                with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT):
+                    await dispatcher.drain()

@@ -9,7 +9,8 @@ per-task ones, thousands of series, are :mod:`monitor.task_metrics`'.
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -31,151 +32,198 @@ from monitor.tracking.events import EMITTED
 from monitor.tracking.health import ApiHealth
 from monitor.tracking.tracker import Tracker
 
-__all__ = ["BatchmonCollector", "make_registry"]
+__all__ = ["BatchmonCollector", "Replication", "TenantState", "make_registry"]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantState:
+    """What the collector reads of one tenant's pipeline."""
+
+    name: str
+    tracker: Tracker
+    health: ApiHealth
+    requests: RequestStats
+    dispatcher: Dispatcher
+    cycle_requests: Callable[[], int] | None = None
+    maintenance: Maintenance | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """What a replica knows of the others: the leases it holds, the replicas alive."""
+
+    held: Callable[[], int]
+    replicas: Callable[[], int]
 
 
 class BatchmonCollector(Collector):
-    """Reads tracker, API and delivery state into metric families."""
+    """Reads tracker, API and delivery state of every tenant into metric families.
+
+    ``tenants`` is asked on each scrape: with replicas, the tenants a process
+    runs change as leases move.  Every per-tenant series carries ``tenant``.
+    """
 
     def __init__(
         self,
-        tracker: Tracker,
-        health: ApiHealth,
-        requests: RequestStats,
-        dispatcher: Dispatcher,
+        tenants: Callable[[], Iterable[TenantState]],
         *,
-        cycle_requests: Callable[[], int] | None = None,
-        maintenance: Maintenance | None = None,
+        replication: Replication | None = None,
     ) -> None:
-        self._cycle_requests = cycle_requests
-        self._maintenance = maintenance
-        self._tracker = tracker
-        self._health = health
-        self._requests = requests
-        self._dispatcher = dispatcher
+        self._tenants = tenants
+        self._replication = replication
 
     def collect(self) -> Iterator[Metric]:
         """Build every family from the current state."""
-        yield from self._aggregate_families()
-        yield from self._api_families()
-        yield from self._delivery_families()
-        if self._maintenance is not None:
-            yield from self._maintenance_families(self._maintenance)
+        tenants = list(self._tenants())
+        yield from self._aggregate_families(tenants)
+        yield from self._api_families(tenants)
+        yield from self._delivery_families(tenants)
+        yield from self._maintenance_families(tenants)
+        if self._replication is not None:
+            yield GaugeMetricFamily(
+                "batchmon_leases_held",
+                "Tenants whose lease this replica holds (it polls and delivers for them).",
+                value=self._replication.held(),
+            )
+            yield GaugeMetricFamily(
+                "batchmon_replicas",
+                "Replicas alive (seen in the database within lease_ttl), this one included.",
+                value=self._replication.replicas(),
+            )
         build = InfoMetricFamily("batchmon_build", "batchmon version and Python runtime.")
         build.add_metric([], {"version": __version__, "python": platform.python_version()})
         yield build
 
-    def _aggregate_families(self) -> Iterator[Metric]:
-        counts = self._tracker.state_counts
+    @staticmethod
+    def _aggregate_families(tenants: Sequence[TenantState]) -> Iterator[Metric]:
         tasks = GaugeMetricFamily(
-            "batchmon_tasks", "Watched tasks by current state.", labels=["state"]
+            "batchmon_tasks", "Watched tasks by current state.", labels=["tenant", "state"]
         )
-        for name in STATES:
-            tasks.add_metric([name], counts.get(name, 0))
         transitions = CounterMetricFamily(
             "batchmon_task_transitions",
             "State transitions observed, by old and new state.",
-            labels=["from_state", "to_state"],
+            labels=["tenant", "from_state", "to_state"],
         )
-        for (old, new), count in sorted(self._tracker.transitions.items()):
-            transitions.add_metric([old, new], count)
         events = CounterMetricFamily(
-            "batchmon_events", "Events emitted, by event type.", labels=["type"]
+            "batchmon_events", "Events emitted, by event type.", labels=["tenant", "type"]
         )
-        for kind in EMITTED:
-            events.add_metric([kind.value], self._tracker.event_counts[kind])
+        for tenant in tenants:
+            tracker, name = tenant.tracker, tenant.name
+            counts = tracker.state_counts
+            for state in STATES:
+                tasks.add_metric([name, state], counts.get(state, 0))
+            for (old, new), count in sorted(tracker.transitions.items()):
+                transitions.add_metric([name, old, new], count)
+            for kind in EMITTED:
+                events.add_metric([name, kind.value], tracker.event_counts[kind])
         yield from (tasks, transitions, events)
 
-    def _api_families(self) -> Iterator[Metric]:
-        stats = self._requests
-        yield CounterMetricFamily(
-            "batchmon_api_requests", "Requests sent to the SuperOffice API.", value=stats.requests
+    @staticmethod
+    def _api_families(tenants: Sequence[TenantState]) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "batchmon_api_requests", "Requests sent to the SuperOffice API.", labels=["tenant"]
         )
         failures = CounterMetricFamily(
             "batchmon_api_request_failures",
             "Requests to the SuperOffice API that gave no usable answer, by reason.",
-            labels=["reason"],
+            labels=["tenant", "reason"],
         )
-        for reason, count in sorted(stats.failures.items()):
-            failures.add_metric([reason], count)
-        yield failures
         durations = HistogramMetricFamily(
             "batchmon_api_request_duration_seconds",
             "Duration of HTTP requests to SuperOffice (retries and logins included).",
+            labels=["tenant"],
         )
-        durations.add_metric([], stats.durations.cumulative(), stats.durations.sum)
-        yield durations
-        if self._cycle_requests is not None:
-            yield GaugeMetricFamily(
-                "batchmon_api_requests_per_cycle",
-                "Requests the last poll cycle sent (per-id GETs plus list calls).",
-                value=self._cycle_requests(),
-            )
-        yield GaugeMetricFamily(
+        per_cycle = GaugeMetricFamily(
+            "batchmon_api_requests_per_cycle",
+            "Requests the last poll cycle sent (per-id GETs plus list calls).",
+            labels=["tenant"],
+        )
+        up = GaugeMetricFamily(
             "batchmon_api_up",
             "1 if the last poll cycle reached the SuperOffice API, else 0.",
-            value=1.0 if self._health.up else 0.0,
+            labels=["tenant"],
         )
-        if self._health.last_success is not None:
-            yield GaugeMetricFamily(
-                "batchmon_last_successful_poll_timestamp_seconds",
-                "When a poll cycle last reached the SuperOffice API.",
-                value=self._health.last_success.timestamp(),
-            )
+        last = GaugeMetricFamily(
+            "batchmon_last_successful_poll_timestamp_seconds",
+            "When a poll cycle last reached the SuperOffice API.",
+            labels=["tenant"],
+        )
+        for tenant in tenants:
+            stats, health, name = tenant.requests, tenant.health, tenant.name
+            requests.add_metric([name], stats.requests)
+            for reason, count in sorted(stats.failures.items()):
+                failures.add_metric([name, reason], count)
+            durations.add_metric([name], stats.durations.cumulative(), stats.durations.sum)
+            if tenant.cycle_requests is not None:
+                per_cycle.add_metric([name], tenant.cycle_requests())
+            up.add_metric([name], 1.0 if health.up else 0.0)
+            if health.last_success is not None:
+                last.add_metric([name], health.last_success.timestamp())
+        yield from (requests, failures, durations, per_cycle, up, last)
 
-    def _delivery_families(self) -> Iterator[Metric]:
+    @staticmethod
+    def _delivery_families(tenants: Sequence[TenantState]) -> Iterator[Metric]:
+        labels = ["tenant", "sink"]
         delivered = CounterMetricFamily(
-            "batchmon_deliveries", "Events delivered, by sink.", labels=["sink"]
+            "batchmon_deliveries", "Events delivered, by sink.", labels=labels
         )
         failed = CounterMetricFamily(
-            "batchmon_delivery_failures", "Deliveries that failed, by sink.", labels=["sink"]
+            "batchmon_delivery_failures", "Deliveries that failed, by sink.", labels=labels
         )
         given_up = CounterMetricFamily(
             "batchmon_deliveries_given_up",
             "Deliveries abandoned (rejected by the destination, too old, or the sink kept "
             "crashing), by sink.",
-            labels=["sink"],
+            labels=labels,
         )
         queued = GaugeMetricFamily(
-            "batchmon_outbox_events", "Events waiting for delivery, by sink.", labels=["sink"]
+            "batchmon_outbox_events", "Events waiting for delivery, by sink.", labels=labels
         )
         latency = HistogramMetricFamily(
             "batchmon_delivery_latency_seconds",
             "Seconds from detecting an event to its delivery, by sink.",
-            labels=["sink"],
+            labels=labels,
         )
-        dispatcher = self._dispatcher
-        for name in dispatcher.sink_names:
-            delivered.add_metric([name], dispatcher.delivered[name])
-            failed.add_metric([name], dispatcher.failed[name])
-            given_up.add_metric([name], dispatcher.given_up[name])
-            queued.add_metric([name], dispatcher.queued(name))
-            histogram = dispatcher.latency[name]
-            latency.add_metric([name], histogram.cumulative(), histogram.sum)
+        for tenant in tenants:
+            dispatcher = tenant.dispatcher
+            for name in dispatcher.sink_names:
+                key = [tenant.name, name]
+                delivered.add_metric(key, dispatcher.delivered[name])
+                failed.add_metric(key, dispatcher.failed[name])
+                given_up.add_metric(key, dispatcher.given_up[name])
+                queued.add_metric(key, dispatcher.queued(name))
+                histogram = dispatcher.latency[name]
+                latency.add_metric(key, histogram.cumulative(), histogram.sum)
         yield from (delivered, failed, given_up, queued, latency)
 
     @staticmethod
-    def _maintenance_families(maintenance: Maintenance) -> Iterator[Metric]:
+    def _maintenance_families(tenants: Sequence[TenantState]) -> Iterator[Metric]:
         windows = GaugeMetricFamily(
             "batchmon_maintenance",
             "1 while a maintenance window (or the tenant state's maintenance) is open, by name.",
-            labels=["name"],
+            labels=["tenant", "name"],
         )
-        for name, open_now in maintenance.openings():
-            windows.add_metric([name], 1.0 if open_now else 0.0)
-        yield windows
-        if maintenance.tenant is not None:
+        states = GaugeMetricFamily(
+            "batchmon_tenant_state",
+            "1 for the tenant's state as the tenant-status API last named it.",
+            labels=["tenant", "state"],
+        )
+        for tenant in tenants:
+            maintenance = tenant.maintenance
+            if maintenance is None:
+                continue
+            for name, open_now in maintenance.openings():
+                windows.add_metric([tenant.name, name], 1.0 if open_now else 0.0)
+            if maintenance.tenant is None:
+                continue
             current = maintenance.tenant_state
-            states = GaugeMetricFamily(
-                "batchmon_tenant_state",
-                "1 for the tenant's state as the tenant-status API last named it.",
-                labels=["state"],
-            )
             names = list(TENANT_STATES)
             if current is not None and current not in names:
                 names.append(current)
             for state in names:
-                states.add_metric([state], 1.0 if state == current else 0.0)
+                states.add_metric([tenant.name, state], 1.0 if state == current else 0.0)
+        yield windows
+        if states.samples:
             yield states
 
 

@@ -12,7 +12,7 @@ come from prometheus_client's own encoder for the negotiated format.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime, timedelta
 
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -23,7 +23,7 @@ from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.memory import GONE, TaskMemory, state_name
 from monitor.tracking.tracker import Tracker
 
-__all__ = ["STATES", "Encoder", "TaskSeries"]
+__all__ = ["STATES", "Encoder", "TaskSeries", "render"]
 
 #: One-hot states; ``Gone`` stands for a task the API answers 404 for.
 STATES = [*(s.value for s in BatchTaskState), GONE]
@@ -33,29 +33,31 @@ _FAMILIES: tuple[Metric, ...] = (
     GaugeMetricFamily(
         "batchmon_task_state",
         "Current state of a watched task: 1 for its state, 0 for the others.",
-        labels=["task_id", "state"],
+        labels=["task_id", "state", "tenant"],
     ),
     GaugeMetricFamily(
         "batchmon_task_progress_ratio",
         "Task progress, 0..1 (ProgressPercent / 100, clamped).",
-        labels=["task_id"],
+        labels=["task_id", "tenant"],
     ),
     GaugeMetricFamily(
         "batchmon_task_last_progress_timestamp_seconds",
         "When the task's state, progress or progress description last changed.",
-        labels=["task_id"],
+        labels=["task_id", "tenant"],
     ),
     GaugeMetricFamily(
         "batchmon_task_last_started_timestamp_seconds",
         "When the task was last started (LastStarted).",
-        labels=["task_id"],
+        labels=["task_id", "tenant"],
     ),
     GaugeMetricFamily(
         "batchmon_task_eta_timestamp_seconds",
         "Estimated completion time of a running task, from its progress rate.",
-        labels=["task_id"],
+        labels=["task_id", "tenant"],
     ),
-    InfoMetricFamily("batchmon_task", "Descriptive labels of a watched task.", labels=["task_id"]),
+    InfoMetricFamily(
+        "batchmon_task", "Descriptive labels of a watched task.", labels=["task_id", "tenant"]
+    ),
 )
 
 #: What each family's samples are called (``name[]`` filters on either).
@@ -84,18 +86,18 @@ def _label(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _lines(memory: TaskMemory, eta: datetime | None) -> tuple[bytes, ...]:
+def _lines(memory: TaskMemory, eta: datetime | None, tenant: str) -> tuple[bytes, ...]:
     """One task's samples, one chunk per family."""
     task = memory.info
     task_id = _label(str(task.id))
     current = state_name(memory)
     state = "".join(
-        f'batchmon_task_state{{state="{name}",task_id="{task_id}"}} '
+        f'batchmon_task_state{{state="{name}",task_id="{task_id}",tenant="{tenant}"}} '
         f"{'1.0' if name == current else '0.0'}\n"
         for name in STATES
     )
     ratio = task.progress_ratio
-    labels = f'{{task_id="{task_id}"}}'
+    labels = f'{{task_id="{task_id}",tenant="{tenant}"}}'
 
     def gauge(name: str, value: float | None) -> str:
         return "" if value is None else f"{name}{labels} {_number(value)}\n"
@@ -103,7 +105,7 @@ def _lines(memory: TaskMemory, eta: datetime | None) -> tuple[bytes, ...]:
     info = (
         f'batchmon_task_info{{associate_id="{task.associate_id or 0}",'
         f'name="{_label(task.name or "")}",request="{_label(task.request or "")}",'
-        f'task_id="{task_id}"}} 1.0\n'
+        f'task_id="{task_id}",tenant="{tenant}"}} 1.0\n'
     )
     started = task.last_started
     return tuple(
@@ -125,44 +127,39 @@ def _lines(memory: TaskMemory, eta: datetime | None) -> tuple[bytes, ...]:
 class TaskSeries:
     """Every exported task's samples, kept per task and redone only for tasks that changed.
 
-    The tracker says which tasks changed since the last scrape; a task drops
-    out ``retention`` after it ended or disappeared.  Runs on the event loop
-    with no await inside, so a scrape sees one cycle's state, never half of
-    one; with nothing changed a scrape costs the headers and one join.
+    One per tenant (its samples carry ``tenant``); :func:`render` joins the
+    tenants' under one header per family.  The tracker says which tasks
+    changed since the last scrape; a task drops out ``retention`` after it ended
+    or disappeared.  Runs on the event loop with no await inside, so a scrape
+    sees one cycle's state, never half of one; with nothing changed a scrape
+    costs the headers and one join.
     """
 
-    def __init__(self, tracker: Tracker, *, retention: timedelta = timedelta(hours=1)) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        tenant: str = "default",
+        retention: timedelta = timedelta(hours=1),
+    ) -> None:
         self._tracker = tracker
+        #: Label-safe by the configuration's check: written without escaping.
+        self._tenant = tenant
         self._retention = retention
         self._chunks: dict[int, tuple[bytes, ...]] = {}
         #: (when it ended, id) of exported tasks that ended: the next to age out first.
         self._ending: list[tuple[datetime, int]] = []
         #: Each family's samples joined, until a task changes or ages out.
         self._joined: tuple[bytes, ...] | None = None
-        self._headers: dict[str, tuple[bytes, ...]] = {}
 
     def render(
         self, now: datetime, encoder: Encoder, format_key: str, names: Collection[str] = ()
     ) -> list[bytes]:
-        """The families in the format ``encoder`` writes (``format_key`` names it), in parts.
+        """This tenant's families alone (see :func:`render`)."""
+        return render([self], now, encoder, format_key, names)
 
-        Parts, not one string: joining megabytes costs a copy the caller may not
-        need (a compressor takes them one by one).  ``names`` keeps only
-        families with those (family or sample) names, as prometheus_client's
-        ``name[]`` does; empty keeps all.
-        """
-        headers = self._headers.get(format_key)
-        if headers is None:
-            headers = tuple(_header(encoder, family) for family in _FAMILIES)
-            self._headers[format_key] = headers
-        joined = self._refresh(now)
-        out: list[bytes] = []
-        for index, header in enumerate(headers):
-            if not names or _NAMES[index] & set(names):
-                out += (header, joined[index])
-        return out
-
-    def _refresh(self, now: datetime) -> tuple[bytes, ...]:
+    def refresh(self, now: datetime) -> tuple[bytes, ...]:
+        """Each family's samples of this tenant, joined (the same objects while none changed)."""
         horizon = now - self._retention
         tasks = self._tracker.tasks
         for task_id in sorted(self._tracker.take_changed()):
@@ -187,9 +184,41 @@ class TaskSeries:
             return
         # The estimate as of the snapshot: a function of the memory alone.
         eta = self._tracker.eta(task_id, memory.last_seen)
-        self._chunks[task_id] = _lines(memory, eta)
+        self._chunks[task_id] = _lines(memory, eta, self._tenant)
         if ended is not None:
             heapq.heappush(self._ending, (ended, task_id))
+
+
+#: The family headers per exposition format, as prometheus_client's encoder writes them.
+_HEADERS: dict[str, tuple[bytes, ...]] = {}
+
+
+def render(
+    series: Sequence[TaskSeries],
+    now: datetime,
+    encoder: Encoder,
+    format_key: str,
+    names: Collection[str] = (),
+) -> list[bytes]:
+    """The families of every tenant's series in the format ``encoder`` writes (``format_key``
+    names it), in parts: one header per family, then each tenant's samples.
+
+    Parts, not one string: joining megabytes costs a copy the caller may not
+    need (a compressor takes them one by one).  ``names`` keeps only
+    families with those (family or sample) names, as prometheus_client's
+    ``name[]`` does; empty keeps all.
+    """
+    headers = _HEADERS.get(format_key)
+    if headers is None:
+        headers = tuple(_header(encoder, family) for family in _FAMILIES)
+        _HEADERS[format_key] = headers
+    joined = [one.refresh(now) for one in series]
+    out: list[bytes] = []
+    for index, header in enumerate(headers):
+        if not names or _NAMES[index] & set(names):
+            out.append(header)
+            out += (samples[index] for samples in joined)
+    return out
 
 
 def _ended(memory: TaskMemory) -> datetime | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -51,6 +51,7 @@ from monitor.task_list import (
     select,
 )
 from monitor.task_metrics import TaskSeries
+from monitor.task_metrics import render as render_series
 from monitor.tracking.acks import BY_MAX, COMMENT_MAX, AckRefusedError, Refusal, text_problem
 from monitor.tracking.detect import condition
 from monitor.tracking.events import Event, EventType
@@ -61,6 +62,8 @@ from monitor.types import Acknowledger, DeliveryStore, Silences, Stopper, Watche
 
 __all__ = [
     "MAX_TASK_ID",
+    "Replicas",
+    "TenantView",
     "WatchLimitReachedError",
     "WebState",
     "make_app",
@@ -79,25 +82,16 @@ class WatchLimitReachedError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class WebState:
-    """What the HTTP handlers read."""
+class TenantView:
+    """What the HTTP handlers read of one tenant's pipeline."""
 
+    name: str
     tracker: Tracker
     poller: Poller
-    registry: CollectorRegistry
-    #: The per-task families, served ahead of the registry's.
+    #: The tenant's per-task families.
     series: TaskSeries
-    clock: Callable[[], datetime]
-    #: The loop is dead when no cycle ended for this long (seconds).
-    stale_after: float
     store: DeliveryStore
     watches: Watches
-    #: Bearer token for changing watches; ``None`` disables PUT/DELETE.
-    api_token: str | None
-    #: Token required, when set, for everything but /healthz and /readyz.
-    read_token: str | None = None
-    #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
-    host_names: frozenset[str] = frozenset()
     #: Acknowledgements of failed, stalled and gone tasks (``None``: not offered).
     acks: Acknowledger | None = None
     #: Stops tasks (``POST /api/v1/tasks/{id}/stop``); ``None``: not offered.
@@ -106,6 +100,43 @@ class WebState:
     silences: Silences | None = None
     #: What makes now a maintenance (window names, the tenant state), and the tenant's state.
     maintenance: Callable[[], tuple[Sequence[str], str | None]] = lambda: ((), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Replicas:
+    """What a replica says of the replicated set (PostgreSQL leases) on /readyz and the page."""
+
+    #: This replica's id (``host:pid``).
+    replica: str
+    #: Whether its last lease round reached the database in time.
+    healthy: Callable[[], bool]
+    #: Replicas alive.
+    alive: Callable[[], int]
+    #: Every configured tenant and the replica holding it (``None``: nobody yet).
+    holders: Callable[[], Awaitable[Mapping[str, str | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class WebState:
+    """What the HTTP handlers read."""
+
+    #: The tenants this process runs now, by name (replicas: those whose lease it holds; the
+    #: mapping changes as leases move).
+    tenants: Mapping[str, TenantView]
+    registry: CollectorRegistry
+    clock: Callable[[], datetime]
+    #: The loop is dead when no cycle ended for this long (seconds).
+    stale_after: float
+    #: Bearer token for changing watches; ``None`` disables PUT/DELETE.
+    api_token: str | None
+    #: Token required, when set, for everything but /healthz and /readyz.
+    read_token: str | None = None
+    #: Names the Host header may carry besides IP addresses, localhost and this machine's name.
+    host_names: frozenset[str] = frozenset()
+    #: Every tenant of the configuration, held here or not (for messages and the overview).
+    configured: Sequence[str] = ()
+    #: The replicated set, when the state is in PostgreSQL.
+    replicas: Replicas | None = None
 
 
 STATE = web.AppKey("state", WebState)
@@ -158,12 +189,13 @@ def _firing(memory: TaskMemory) -> str | None:
     return kind.value if kind is not None else None
 
 
-def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, Any]:
+def _task_view(memory: TaskMemory, view: TenantView, now: datetime) -> dict[str, Any]:
     info = memory.info
-    eta = state.tracker.eta(info.id, now)
+    eta = view.tracker.eta(info.id, now)
     running = info.state.is_active and info.last_started is not None
     return {
         "id": info.id,
+        "tenant": view.name,
         "name": info.name,
         "state": state_name(memory),
         "state_raw": info.state_raw,
@@ -179,19 +211,19 @@ def _task_view(memory: TaskMemory, state: WebState, now: datetime) -> dict[str, 
         "last_change": memory.last_change.isoformat(timespec="seconds"),
         "last_seen": memory.last_seen.isoformat(timespec="seconds"),
         "anomalies": list(info.anomalies),
-        "ack": _ack_view(state, info.id),
-        "silenced": _silenced_by(state, info.id, info.name),
+        "ack": _ack_view(view, info.id),
+        "silenced": _silenced_by(view, info.id, info.name),
     }
 
 
-def _ack_view(state: WebState, task_id: int) -> dict[str, object] | None:
-    ack = state.acks.current(task_id) if state.acks is not None else None
+def _ack_view(view: TenantView, task_id: int) -> dict[str, object] | None:
+    ack = view.acks.current(task_id) if view.acks is not None else None
     return ack.to_dict() if ack is not None else None
 
 
-def _silenced_by(state: WebState, task_id: int, name: str | None) -> str | None:
+def _silenced_by(view: TenantView, task_id: int, name: str | None) -> str | None:
     """The id of the silence keeping the task's events from chat and alerts, if any."""
-    found = state.silences.covering(task_id, name) if state.silences is not None else None
+    found = view.silences.covering(task_id, name) if view.silences is not None else None
     return found.id if found is not None else None
 
 
@@ -201,7 +233,7 @@ PAGE_MAX_ROWS = 1000
 
 
 def _listing(
-    request: web.Request, default_limit: int, max_limit: int
+    request: web.Request, view: TenantView, default_limit: int, max_limit: int
 ) -> tuple[TaskQuery, TaskPage, str | None]:
     """The query string's ``state``, ``limit`` and ``cursor``; the page and the next one's query.
 
@@ -215,16 +247,16 @@ def _listing(
         max_limit=max_limit,
         ids=request.query.get("ids"),
     )
-    page = select(request.app[STATE].tracker.tasks, query)
+    page = select(view.tracker.tasks, query)
     following = None
     if page.next is not None:
         following = "?" + request.rel_url.update_query(cursor=page.next).query_string
     return query, page, following
 
 
-def _counts(state: WebState) -> dict[str, int]:
+def _counts(view: TenantView) -> dict[str, int]:
     """Tracked tasks by state, in :data:`KNOWN_STATES` order, states with none left out."""
-    counts = state.tracker.state_counts
+    counts = view.tracker.state_counts
     return {name: counts[name] for name in KNOWN_STATES if counts.get(name, 0) > 0}
 
 
@@ -239,7 +271,8 @@ async def _metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(",".join(request.headers.getall(hdrs.ACCEPT, [])))
     names = request.query.getall("name[]", [])
     registry = state.registry.restricted_registry(names) if names else state.registry
-    tasks = state.series.render(state.clock(), encoder, content_type, names)
+    series = [view.series for view in state.tenants.values()]
+    tasks = render_series(series, state.clock(), encoder, content_type, names)
     rest = encoder(registry)
     headers = {hdrs.CONTENT_TYPE: content_type, hdrs.VARY: hdrs.ACCEPT_ENCODING}
     if gzip_accepted(request.headers.get(hdrs.ACCEPT_ENCODING, "")):
@@ -249,14 +282,17 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    """200 while the poll loop keeps working (the same test as the systemd watchdog)."""
+    """200 while every tenant's poll loop keeps working (the same test as the systemd
+    watchdog); the fewest cycles and the oldest cycle's age of them."""
     state = request.app[STATE]
-    last = state.poller.last_cycle_end
-    age = None if last is None else anyio.current_time() - last
-    alive = state.poller.alive(state.stale_after)
+    pollers = [view.poller for view in state.tenants.values()]
+    now = anyio.current_time()
+    ends = [p.last_cycle_end for p in pollers]
+    age = None if not ends or None in ends else max(now - end for end in ends if end is not None)
+    alive = all(p.alive(state.stale_after) for p in pollers)
     body = {
         "status": "ok" if alive else "stalled",
-        "cycles": state.poller.cycles,
+        "cycles": min((p.cycles for p in pollers), default=0),
         "last_cycle_age_seconds": age,
     }
     return web.json_response(body, status=200 if alive else 503)
@@ -289,26 +325,63 @@ def _api_headline(poller: Poller) -> str:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    """200 once a poll cycle reached the API; otherwise says what is missing."""
-    problem = _api_problem(request.app[STATE].poller)
-    problems = [] if problem is None else [problem]
-    body = {"ready": not problems, "problems": problems}
+    """200 once a poll cycle reached the API; otherwise says what is missing.
+
+    With several tenants one tenant's dead API is that tenant's problem (listed under
+    ``tenants``): the process is unready only when no tenant's API is usable.  A replica
+    is unready while its leases cannot be kept (the database is out of reach).
+    """
+    state = request.app[STATE]
+    found = {name: _api_problem(view.poller) for name, view in state.tenants.items()}
+    tenants = {name: problem for name, problem in found.items() if problem is not None}
+    problems = list(tenants.values()) if tenants and len(tenants) == len(found) else []
+    body: dict[str, object] = {"ready": False, "problems": problems}
+    if len(found) > 1 or state.replicas is not None:
+        body["tenants"] = tenants
+    if state.replicas is not None:
+        if not state.replicas.healthy():
+            problems.append("the leases cannot be kept: the database is out of reach")
+        body["replica"] = state.replicas.replica
+        body["leases"] = sorted(state.tenants)
+        body["replicas"] = state.replicas.alive()
+    body["ready"] = not problems
     return web.json_response(body, status=503 if problems else 200)
+
+
+def _tenant(request: web.Request) -> TenantView:
+    """The tenant ``?tenant=`` names; without it the only one (or ``default``)."""
+    state = request.app[STATE]
+    name = request.query.get("tenant")
+    if name is None:
+        if len(state.tenants) == 1:
+            return next(iter(state.tenants.values()))
+        if "default" in state.tenants:
+            return state.tenants["default"]
+        names = ", ".join(state.configured or sorted(state.tenants))
+        raise _problem(web.HTTPBadRequest, f"name the tenant with ?tenant= (one of {names})")
+    view = state.tenants.get(name)
+    if view is not None:
+        return view
+    if name in state.configured:
+        message = f"tenant {name!r} is watched by another replica (see /readyz of the others)"
+        raise _problem(web.HTTPMisdirectedRequest, message)
+    raise _problem(web.HTTPNotFound, f"no tenant {name!r} is watched here")
 
 
 async def _tasks(request: web.Request) -> web.Response:
     """The tracked tasks a page at a time, in :mod:`monitor.task_list`'s order."""
-    state = request.app[STATE]
+    state, view = request.app[STATE], _tenant(request)
     try:
-        _, page, following = _listing(request, DEFAULT_LIMIT, MAX_LIMIT)
+        _, page, following = _listing(request, view, DEFAULT_LIMIT, MAX_LIMIT)
     except QueryError as exc:
         raise _problem(web.HTTPBadRequest, str(exc)) from None
     now = state.clock()
     next_url = None if following is None else request.path + following
     body = {
-        "tasks": [_task_view(m, state, now) for m in page.memories],
+        "tenant": view.name,
+        "tasks": [_task_view(m, view, now) for m in page.memories],
         "total": page.total,
-        "counts": _counts(state),
+        "counts": _counts(view),
         "cursor": page.next,
         "next": next_url,
     }
@@ -348,13 +421,13 @@ def _problem(
 
 
 async def _task(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    state, tenant = request.app[STATE], _tenant(request)
     task_id = _task_id(request)
-    memory = state.tracker.tasks.get(task_id)
+    memory = tenant.tracker.tasks.get(task_id)
     if memory is None:
         raise _problem(web.HTTPNotFound, f"task {task_id} is not watched")
-    view = _task_view(memory, state, state.clock())
-    view["events"] = [e.to_dict() for e in await state.store.recent_events(task_id)]
+    view = _task_view(memory, tenant, state.clock())
+    view["events"] = [e.to_dict() for e in await tenant.store.recent_events(task_id)]
     return web.json_response(view)
 
 
@@ -378,7 +451,7 @@ async def _put_watch(request: web.Request) -> web.Response:
     _authorize(request)
     task_id = _task_id(request)
     try:
-        added = await request.app[STATE].watches.add(task_id)
+        added = await _tenant(request).watches.add(task_id)
     except WatchLimitReachedError as exc:
         raise _problem(web.HTTPConflict, str(exc)) from None
     return web.json_response({"task_id": task_id, "watched": True}, status=201 if added else 200)
@@ -388,7 +461,7 @@ async def _delete_watch(request: web.Request) -> web.Response:
     _authorize(request)
     task_id = _task_id(request)
     try:
-        removed = await request.app[STATE].watches.remove(task_id)
+        removed = await _tenant(request).watches.remove(task_id)
     except ValueError as exc:
         raise _problem(web.HTTPConflict, str(exc)) from None
     if not removed:
@@ -475,7 +548,7 @@ async def _json_body(request: web.Request, model: type[_B]) -> _B | None:
 
 
 def _acks(request: web.Request) -> Acknowledger:
-    acks = request.app[STATE].acks
+    acks = _tenant(request).acks
     if acks is None:
         raise _problem(web.HTTPNotFound, "acknowledgements are not offered here")
     return acks
@@ -503,7 +576,7 @@ async def _delete_ack(request: web.Request) -> web.Response:
     _authorize(request)
     task_id = _task_id(request)
     body = await _json_body(request, _UnackBody)
-    if task_id not in request.app[STATE].tracker.tasks:
+    if task_id not in _tenant(request).tracker.tasks:
         raise _problem(web.HTTPNotFound, f"task {task_id} is not tracked")
     withdrawn = await _acks(request).withdraw(task_id, body.by if body else None)
     if withdrawn is None:
@@ -516,7 +589,7 @@ async def _stop_task(request: web.Request) -> web.Response:
     ``force``), 200 with SuperOffice's answer otherwise (``stopped: false`` happens)."""
     _authorize(request)
     task_id = _task_id(request)
-    stopper = request.app[STATE].stopper
+    stopper = _tenant(request).stopper
     if stopper is None:
         raise _problem(web.HTTPServiceUnavailable, "stopping tasks is not available")
     force, by = await _stop_body(request)
@@ -551,7 +624,7 @@ async def _stop_body(request: web.Request) -> tuple[bool, str]:
 
 
 def _silences(request: web.Request) -> Silences:
-    silences = request.app[STATE].silences
+    silences = _tenant(request).silences
     if silences is None:
         raise _problem(web.HTTPServiceUnavailable, "silences are not available")
     return silences
@@ -597,22 +670,37 @@ def _html(template: str, status: int = 200, **values: Any) -> web.Response:
     return web.Response(text=html, status=status, content_type="text/html")
 
 
+def _several(state: WebState) -> bool:
+    """Whether this process shows more than one tenant (pages then name and group them)."""
+    return len(state.configured) > 1 or len(state.tenants) > 1 or state.replicas is not None
+
+
 async def _status_page(request: web.Request) -> web.Response:
-    """Counts by state, then a page of tasks (``?state=``, ``limit``, ``cursor`` as the API)."""
+    """Counts by state, then a page of tasks (``?state=``, ``limit``, ``cursor`` as the API);
+    with several tenants and no ``?tenant=``, one line per tenant with its health."""
     state = request.app[STATE]
+    if _several(state) and "tenant" not in request.query:
+        return await _tenants_page(state)
     try:
-        query, page, following = _listing(request, PAGE_ROWS, PAGE_MAX_ROWS)
+        view = _tenant(request)
+    except web.HTTPException as exc:
+        message = json.loads(exc.text or "{}").get("error", exc.reason)
+        return _html("error.html", exc.status, title=exc.reason, message=message, home="./")
+    try:
+        query, page, following = _listing(request, view, PAGE_ROWS, PAGE_MAX_ROWS)
     except QueryError as exc:
         return _html("error.html", 400, title="Bad request", message=str(exc), home="./")
     now = state.clock()
-    counts = _counts(state)
+    counts = _counts(view)
     shown: Counter[str] = Counter(state_name(m) for m in page.memories)
-    last = state.poller.health.last_success
-    polled = state.poller.cycles
-    maintenance, tenant_state = state.maintenance()
+    last = view.poller.health.last_success
+    polled = view.poller.cycles
+    maintenance, tenant_state = view.maintenance()
     return _html(
         "status.html",
-        tasks=[_task_view(m, state, now) for m in page.memories],
+        tenant=view.name if _several(state) else None,
+        tq=f"tenant={view.name}&" if _several(state) else "",
+        tasks=[_task_view(m, view, now) for m in page.memories],
         total=page.total,
         tracked=sum(counts.values()),
         counts=counts,
@@ -624,18 +712,83 @@ async def _status_page(request: web.Request) -> web.Response:
         states=sorted(query.states, key=KNOWN_STATES.index),
         next=following,
         active=sum(counts.get(name, 0) for name in ("New", "Aquired", "Started")),
-        api_tone="waiting" if polled == 0 else "up" if state.poller.health.up else "down",
-        api_headline=_api_headline(state.poller),
-        api_problem=_api_problem(state.poller) if polled else None,
+        api_tone=_api_tone(view.poller),
+        api_headline=_api_headline(view.poller),
+        api_problem=_api_problem(view.poller) if polled else None,
         last_poll=last.isoformat(timespec="seconds") if last else None,
         refresh=5,
         silences=[
             {**_silence_view(s), "ends": s.ends.isoformat(timespec="seconds")}
-            for s in (state.silences.active() if state.silences is not None else [])
+            for s in (view.silences.active() if view.silences is not None else [])
         ],
         maintenance=list(maintenance),
         tenant_state=tenant_state,
     )
+
+
+def _api_tone(poller: Poller) -> str:
+    return "waiting" if poller.cycles == 0 else "up" if poller.health.up else "down"
+
+
+def _tenant_line(view: TenantView, holder: str | None) -> dict[str, Any]:
+    """One tenant on the overview (and in ``/api/v1/tenants``): its API, counts, conditions."""
+    counts = _counts(view)
+    maintenance, tenant_state = view.maintenance()
+    firing = Counter(kind for m in view.tracker.tasks.values() if (kind := _firing(m)))
+    last = view.poller.health.last_success
+    return {
+        "name": view.name,
+        "replica": holder,
+        "api": _api_tone(view.poller),
+        "api_headline": _api_headline(view.poller),
+        "api_problem": _api_problem(view.poller) if view.poller.cycles else None,
+        "last_poll": last.isoformat(timespec="seconds") if last else None,
+        "tracked": sum(counts.values()),
+        "active": sum(counts.get(name, 0) for name in ("New", "Aquired", "Started")),
+        "counts": counts,
+        "firing": dict(firing),
+        "maintenance": list(maintenance),
+        "tenant_state": tenant_state,
+    }
+
+
+async def _tenant_lines(state: WebState) -> tuple[list[dict[str, Any]], dict[str, str | None]]:
+    """Every configured tenant: the ones run here in full, the others with their holder."""
+    holders = dict(await state.replicas.holders()) if state.replicas is not None else {}
+    here = state.replicas.replica if state.replicas is not None else None
+    lines = []
+    for name in state.configured or sorted(state.tenants):
+        view = state.tenants.get(name)
+        if view is not None:
+            lines.append(_tenant_line(view, here))
+        else:
+            lines.append({"name": name, "replica": holders.get(name), "api": "elsewhere"})
+    return lines, holders
+
+
+async def _tenants_page(state: WebState) -> web.Response:
+    """The overview: one line per tenant, worst first, each linking to its own page."""
+    lines, _ = await _tenant_lines(state)
+    order = {"down": 0, "waiting": 1, "up": 2, "elsewhere": 3}
+    lines.sort(key=lambda line: (order[line["api"]], -sum(line.get("firing", {}).values())))
+    return _html(
+        "tenants.html",
+        tenants=lines,
+        replica=state.replicas.replica if state.replicas is not None else None,
+        replicas=state.replicas.alive() if state.replicas is not None else None,
+        refresh=5,
+    )
+
+
+async def _tenants(request: web.Request) -> web.Response:
+    """``/api/v1/tenants``: the overview as JSON."""
+    state = request.app[STATE]
+    lines, _ = await _tenant_lines(state)
+    body: dict[str, object] = {"tenants": lines}
+    if state.replicas is not None:
+        body["replica"] = state.replicas.replica
+        body["replicas"] = state.replicas.alive()
+    return web.json_response(body)
 
 
 #: The chart's sizes: the wide one for screens, the narrow one for phones (CSS picks).
@@ -643,7 +796,7 @@ _WIDE = Box()
 _NARROW = Box(width=400, height=240, left=44, right=12)
 
 
-def _chart(memory: TaskMemory, state: WebState, now: datetime) -> ChartInput:
+def _chart(memory: TaskMemory, state: TenantView, now: datetime) -> ChartInput:
     """What the task's progress chart shows: up to now while active, up to its end otherwise."""
     info = memory.info
     samples = state.tracker.samples.series(memory)
@@ -689,19 +842,25 @@ def _iso(value: datetime | None) -> str | None:
 
 async def _task_page(request: web.Request) -> web.Response:
     """One task: its fields, its progress chart and its recorded events."""
+    try:
+        view = _tenant(request)
+    except web.HTTPException as exc:
+        message = json.loads(exc.text or "{}").get("error", exc.reason)
+        return _html("error.html", exc.status, title=exc.reason, message=message, home="../")
     state = request.app[STATE]
     task_id = _task_id(request)
-    memory = state.tracker.tasks.get(task_id)
+    memory = view.tracker.tasks.get(task_id)
     if memory is None:
         message = f"Task {task_id} is not tracked (not watched, not found, or forgotten)."
         return _html("error.html", 404, title="Task not found", message=message, home="../")
     now = state.clock()
     info = memory.info
-    events = [_event_row(e) for e in await state.store.recent_events(task_id)]
-    chart = _chart(memory, state, now)
+    events = [_event_row(e) for e in await view.store.recent_events(task_id)]
+    chart = _chart(memory, view, now)
     return _html(
         "task.html",
-        task=_task_view(memory, state, now),
+        tenant=view.name if _several(state) else None,
+        task=_task_view(memory, view, now),
         info={
             "description": info.description,
             "request": info.request,
@@ -733,6 +892,7 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/api/v1/tenants", _tenants)
     app.router.add_get("/api/v1/tasks", _tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", _task)
     app.router.add_put("/api/v1/watches/{task_id}", _put_watch)

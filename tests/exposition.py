@@ -8,7 +8,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from monitor.delivery.dispatcher import Dispatcher
-from monitor.metrics import BatchmonCollector, make_registry
+from monitor.metrics import BatchmonCollector, TenantState, make_registry
 from monitor.superoffice.client import RequestStats
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.health import ApiHealth
@@ -34,8 +34,13 @@ class Scrape:
         }
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
-        """The sample's value, ``None`` if it is not exported (as ``get_sample_value``)."""
-        return self._samples.get((name, frozenset((labels or {}).items())))
+        """The sample's value, ``None`` if it is not exported (as ``get_sample_value``); labels
+        without ``tenant`` mean the single form's tenant ``default`` where the series has one."""
+        given = dict(labels or {})
+        found = self._samples.get((name, frozenset(given.items())))
+        if found is None and "tenant" not in given:
+            return self._samples.get((name, frozenset({**given, "tenant": "default"}.items())))
+        return found
 
     def names(self) -> set[tuple[str, frozenset[tuple[str, str]]]]:
         """Every (name, labels) exported."""
@@ -46,6 +51,7 @@ def scrape(
     tracker: Tracker, now: datetime, dispatcher: Dispatcher, series: TaskSeries | None = None
 ) -> Scrape:
     """The task series (a fresh one unless given), then the collector's families."""
-    registry = make_registry(BatchmonCollector(tracker, ApiHealth(3), RequestStats(), dispatcher))
+    tenant = TenantState("default", tracker, ApiHealth(3), RequestStats(), dispatcher)
+    registry = make_registry(BatchmonCollector(lambda: [tenant]))
     tasks = (series or TaskSeries(tracker)).render(now, generate_latest, "openmetrics")
     return Scrape(b"".join([*tasks, generate_latest(registry)]))

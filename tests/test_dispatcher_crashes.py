@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from monitor.config.sinks import WebhookSinkConfig
 from monitor.delivery.dispatcher import MAX_CRASHES, Dispatcher, Subscription
 from monitor.delivery.sqlite import SqliteStore
-from monitor.metrics import BatchmonCollector, make_registry
+from monitor.metrics import BatchmonCollector, TenantState, make_registry
 from monitor.sinks.base import Route
 from monitor.sinks.context import SinkContext
 from monitor.sinks.factory import build_sink
@@ -238,9 +238,8 @@ class TestStoredRows:
         dispatcher = Dispatcher(
             [Subscription(_webhook(scripted, session), Route())], store, backoff_base=60
         )
-        registry = make_registry(
-            BatchmonCollector(Tracker(Rules()), ApiHealth(3), RequestStats(), dispatcher)
-        )
+        tenant = TenantState("default", Tracker(Rules()), ApiHealth(3), RequestStats(), dispatcher)
+        registry = make_registry(BatchmonCollector(lambda: [tenant]))
         await dispatcher.start()
         assert 1 == _outbox_gauge(registry, "ops")
 

@@ -29,7 +29,7 @@ from monitor.superoffice.models import BatchTaskInfo, BatchTaskState
 from monitor.task_metrics import TaskSeries
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
-from monitor.web import WebState, make_app, serve
+from monitor.web import TenantView, WebState, make_app, serve
 from tests.conftest import ManualClock, make_config
 from tests.test_web import running_daemon
 
@@ -90,15 +90,19 @@ async def served(board: Board, store: SqliteStore) -> AsyncIterator[str]:
             )
             poller.watch([999_999])  # unknown to the simulator: a 404 proves the API answers
             await poller.poll_once()
-            state = WebState(
+            view = TenantView(
+                name="default",
                 tracker=board.tracker,
                 poller=poller,
-                registry=CollectorRegistry(),
                 series=TaskSeries(board.tracker),
-                clock=board.clock,
-                stale_after=60.0,
                 store=store,
                 watches=RuntimeWatches(poller, store, []),
+            )
+            state = WebState(
+                tenants={"default": view},
+                registry=CollectorRegistry(),
+                clock=board.clock,
+                stale_after=60.0,
                 api_token=None,
             )
             runner, port = await serve(make_app(state), "127.0.0.1", 0)

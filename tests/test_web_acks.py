@@ -35,7 +35,7 @@ from monitor.task_metrics import TaskSeries
 from monitor.tracking.events import Event
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
-from monitor.web import WebState, make_app, serve
+from monitor.web import TenantView, WebState, make_app, serve
 from tests.conftest import ManualClock, make_config
 
 T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
@@ -106,17 +106,21 @@ async def served(store: SqliteStore, *, token: str | None = TOKEN) -> AsyncItera
                 clock=clock,
             )
             await poller.poll_once()
-            state = WebState(
+            view = TenantView(
+                name="default",
                 tracker=tracker,
                 poller=poller,
-                registry=CollectorRegistry(),
                 series=TaskSeries(tracker),
-                clock=clock,
-                stale_after=60.0,
                 store=store,
                 watches=RuntimeWatches(poller, store, []),
-                api_token=token,
                 acks=acks,
+            )
+            state = WebState(
+                tenants={"default": view},
+                registry=CollectorRegistry(),
+                clock=clock,
+                stale_after=60.0,
+                api_token=token,
             )
             runner, port = await serve(make_app(state), "127.0.0.1", 0)
             try:
