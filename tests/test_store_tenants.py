@@ -27,7 +27,7 @@ from monitor.delivery.schema import (
     statements,
 )
 from monitor.delivery.serial import event_to_json, hold_to_json, memory_to_json
-from monitor.delivery.sqlite import SqliteStore
+from monitor.delivery.sqlite import TENANT_TABLES, SqliteStore
 from monitor.tracking.acks import Ack
 from monitor.tracking.maintenance import Hold, Ledger
 from monitor.tracking.silences import Silence
@@ -496,6 +496,12 @@ class TestLayout:
         assert 10 <= len(first)
         assert {"tenant"} == set(first.values()), first
 
+    def test_sqlite_every_table_has_a_tenant(self) -> None:
+        """Every table but ``meta`` holds a tenant's rows, and a dropped tenant's go from all."""
+        tables = {name for name, shape in schema_layout().items() if shape[0] == "table"}
+        with_tenant = {name for name in tables if "tenant TEXT" in schema_layout()[name]}
+        assert (tables - {"meta"}, set(TENANT_TABLES)) == (with_tenant, with_tenant)
+
     async def test_postgres_indexes_lead_with_the_tenant(self, pg_url: str) -> None:
         """Every index but the outbox's and history's sequence keys."""
         store = await PostgresStore.open(pg_url)
@@ -515,3 +521,15 @@ class TestLayout:
         }
         assert 10 <= len(keys)
         assert {"tenant"} == set(keys.values()), first
+
+    async def test_postgres_tables_with_a_tenant(self, pg_url: str) -> None:
+        """A dropped tenant's rows go from every table that has a tenant column."""
+        store = await PostgresStore.open(pg_url)
+        await store.close()
+        async with await psycopg.AsyncConnection.connect(pg_url) as db:
+            cursor = await db.execute(
+                "SELECT table_name FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND column_name = 'tenant'"
+            )
+            tables = {table for (table,) in await cursor.fetchall()}
+        assert set(TENANT_TABLES) == tables

@@ -69,7 +69,7 @@ from monitor.delivery.serial import (
     memory_from_json,
     memory_to_json,
 )
-from monitor.delivery.sqlite import COALESCED, HISTORY_PER_TASK
+from monitor.delivery.sqlite import COALESCED, HISTORY_PER_TASK, TENANT_TABLES
 from monitor.superoffice.redact import Redactor
 from monitor.tracking.acks import Ack
 from monitor.tracking.events import Event
@@ -193,20 +193,6 @@ _CLAIM_SEQS = (
 _QUEUED = (
     "SELECT o.seq, o.task_id, o.type, o.created, o.next_attempt FROM outbox o "  # noqa: S608
     f"WHERE o.tenant = %(tenant)b AND o.sink = %(sink)b AND {_FREE} ORDER BY o.seq"
-)
-
-
-#: The tables with a tenant's rows, for dropping a tenant (a constant: named in SQL).
-_TABLES = (
-    "tasks",
-    "watches",
-    "outbox",
-    "history",
-    "acks",
-    "silences",
-    "escalations",
-    "posts",
-    "maintenance",
 )
 
 
@@ -570,7 +556,7 @@ class PostgresStore:
                         ),
                         keep,
                     )
-                    for table in _TABLES
+                    for table in TENANT_TABLES
                 ],
             )
         gone: dict[str, int] = {}

@@ -59,7 +59,7 @@ from monitor.tracking.maintenance import Hold
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.silences import Silence
 
-__all__ = ["COALESCED", "HISTORY_PER_TASK", "SqliteStore"]
+__all__ = ["COALESCED", "HISTORY_PER_TASK", "TENANT_TABLES", "SqliteStore"]
 
 log = structlog.get_logger("batchmon.store")
 
@@ -86,8 +86,9 @@ _TOLD = (
     "VALUES (?, ?, ?, ?, ?)"
 )
 _UNTOLD = "DELETE FROM escalations WHERE tenant = ? AND sink = ? AND task_id = ?"
-#: The tables with a tenant's rows, for dropping a tenant.
-_TABLES = (
+#: The tables with a tenant's rows (every table but ``meta``), for dropping a tenant; the
+#: same in PostgreSQL.
+TENANT_TABLES = (
     "tasks",
     "watches",
     "outbox",
@@ -496,7 +497,7 @@ class SqliteStore:
             marks = ",".join("?" * len(keep))
             gone: dict[str, int] = {}
             with self._db:
-                for table in _TABLES:
+                for table in TENANT_TABLES:
                     counted = self._db.execute(
                         f"SELECT tenant, COUNT(*) FROM {table} "  # noqa: S608 - only placeholders
                         f"WHERE tenant NOT IN ({marks}) GROUP BY tenant",
