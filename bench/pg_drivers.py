@@ -50,6 +50,7 @@ from tests.pgcluster import find_bindir, running_cluster
 #: Stand-ins of the size the store writes (a task memory and an event, as JSON).
 MEMORY = '{"info": {"Id": 0, "Name": "Export"}, "pad": "' + "m" * 1400 + '"}'
 EVENT = '{"id": "e", "type": "task.failed", "pad": "' + "e" * 1400 + '"}'
+TENANT = "default"
 _PLACEHOLDER = re.compile(r"%(?:\((\w+)\))?b")
 
 
@@ -72,16 +73,24 @@ def batch(start: int, size: int, now: float) -> list[tuple[str, Any]]:
     events = [f"event-{i}" for i in ids]
     queued = [["ops"] * size, events, ids, ["task.failed"] * size, [EVENT] * size]
     return [
-        (_UPSERT_TASKS, [ids, [MEMORY] * size]),
-        (_QUEUE, [now, *queued]),
-        (_RECORD, [events, ids, [EVENT] * size]),
-        (_PRUNE, {"tasks": ids, "monitor": False, "keep": 20}),
+        (_UPSERT_TASKS, [TENANT, ids, [MEMORY] * size]),
+        (_QUEUE, [TENANT, now, *queued]),
+        (_RECORD, [TENANT, events, ids, [EVENT] * size]),
+        (_PRUNE, {"tenant": TENANT, "tasks": ids, "monitor": False, "keep": 20}),
     ]
 
 
 def claim_args(done: Sequence[int]) -> dict[str, Any]:
     """The store's claim statement's arguments: one delivery of sink "ops"."""
-    return {"sink": "ops", "now": 0.0, "me": "bench", "until": 1e12, "limit": 1, "done": done}
+    return {
+        "tenant": TENANT,
+        "sink": "ops",
+        "now": 0.0,
+        "me": "bench",
+        "until": 1e12,
+        "limit": 1,
+        "done": done,
+    }
 
 
 class Psycopg:

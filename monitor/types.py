@@ -122,12 +122,33 @@ class DeliveryStore(Protocol):
       sink that were never tried.
     - **Versioned schema.**  Opening a store creates or checks its schema; a
       backend with migrations applies them there, before the first read.
+    - **Tenants.**  Every row belongs to a tenant, and task ids, event ids, sinks,
+      silences and the maintenance hold are told apart per tenant.  A store is one
+      tenant's view: every method reads and writes that tenant's rows only (the
+      claims included).  The store opened from ``[state]`` is the view of
+      ``default``; :meth:`for_tenant` gives the others, on the same connection or pool.
 
     Methods may raise :class:`~monitor.delivery.outbox.StoreError`.
     """
 
+    @property
+    def tenant(self) -> str:
+        """The tenant whose rows this view reads and writes."""
+        ...
+
+    def for_tenant(self, name: str) -> DeliveryStore:
+        """The view of tenant ``name``, sharing this store's connection or pool (no round
+        trip more per call); :class:`ValueError` for a name that is not label-safe."""
+        ...
+
+    async def drop_tenants_except(self, names: Iterable[str]) -> dict[str, int]:
+        """Delete every row of the tenants not named (removed from the configuration),
+        whichever view is asked; how many rows, per tenant dropped."""
+        ...
+
     async def close(self) -> None:
-        """Release the backend (after the last write)."""
+        """Give back this view's claims; the store that opened the backend (not a view it
+        gave) then releases it (after the last write of every view)."""
         ...
 
     async def load_tasks(self) -> dict[int, TaskMemory]:
@@ -193,8 +214,8 @@ class DeliveryStore(Protocol):
         ...
 
     async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
-        """Delete the deliveries (and escalation and post records) of sinks no longer
-        configured; how many deliveries, per sink."""
+        """Delete the tenant's deliveries (and escalation and post records) of sinks no longer
+        configured for it; how many deliveries, per sink."""
         ...
 
     async def known_events(self, event_ids: Sequence[str]) -> set[str]:

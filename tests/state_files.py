@@ -14,7 +14,8 @@ __all__ = ["older_database", "stored_version"]
 def older_database(path: Path, version: int) -> None:
     """A state file at schema ``version``: its tables, its number, and task 212 watched."""
     with closing(sqlite3.connect(path)) as db, db:
-        db.executescript(_VERSION_1)
+        for statement in _VERSION_1:
+            db.execute(statement)
         for step in range(2, version + 1):
             for statement in MIGRATIONS[step]:
                 db.execute(statement)

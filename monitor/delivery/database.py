@@ -12,7 +12,7 @@ import structlog
 
 from monitor.delivery.outbox import StoreError
 from monitor.delivery.recovery import SIDECARS, examine, move_aside
-from monitor.delivery.schema import SCHEMA, SCHEMA_VERSION, migrate
+from monitor.delivery.schema import SCHEMA_VERSION, statements
 
 __all__ = ["WAL_LIMIT", "connect", "reclaim"]
 
@@ -111,22 +111,13 @@ def _prepare(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     try:
         # isolation_level=None leaves transactions to "with connection:" blocks below,
-        # which need the default mode; set it after the pragmas.
+        # which need the default mode; set it after the pragmas and the migration.
         _incremental_vacuum(connection)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        _migrate(connection, path)
         connection.isolation_level = "DEFERRED"
-        with connection:
-            found = _version(connection)
-            if found is not None and found < SCHEMA_VERSION:
-                migrate(connection, found)
-                log.info("state_database_migrated", path=str(path), version=SCHEMA_VERSION)
-            connection.executescript(SCHEMA)
-            connection.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
         # A probe write: a read-only file or directory must fail now, not at the first event.
         with connection:
             connection.execute(
@@ -138,6 +129,29 @@ def _prepare(path: Path) -> sqlite3.Connection:
         connection.close()
         raise
     return connection
+
+
+def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Create or migrate the schema, in one transaction (an explicit one: with the module's
+    own, a ``CREATE`` before the first write would run outside it)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        found = _version(connection)
+        if found is None or found < SCHEMA_VERSION:
+            for statement in statements(found):
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    if found is not None and found < SCHEMA_VERSION:
+        log.info("state_database_migrated", path=str(path), version=SCHEMA_VERSION)
 
 
 def _incremental_vacuum(connection: sqlite3.Connection) -> None:

@@ -6,15 +6,40 @@ plain data, no database handles, so a second backend returns the same ones.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from monitor.tracking.events import Event
 
-__all__ = ["Claim", "Committed", "Delivery", "Queued", "StoreError", "Told"]
+__all__ = [
+    "DEFAULT_TENANT",
+    "TENANT_NAME",
+    "Claim",
+    "Committed",
+    "Delivery",
+    "Queued",
+    "StoreError",
+    "Told",
+    "tenant_name",
+]
+
+#: The tenant of a configuration without ``[[tenants]]``, and of every row stored before
+#: there were tenants: the store's root is its view.
+DEFAULT_TENANT = "default"
+#: What a tenant may be called: label-safe (a metric label, a path segment, a column value).
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 class StoreError(Exception):
     """The state database cannot be used (unwritable directory, disk full)."""
+
+
+def tenant_name(name: str) -> str:
+    """``name``, if a tenant may be called so; :class:`ValueError` saying why not."""
+    if not TENANT_NAME.fullmatch(name):
+        msg = f"tenant name {name!r}: not {TENANT_NAME.pattern} (lower case, digits, _ and -)"
+        raise ValueError(msg)
+    return name
 
 
 @dataclass(frozen=True, slots=True)

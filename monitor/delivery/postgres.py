@@ -20,6 +20,12 @@ database needs besides:
   as fast as text for JSON.
 - **Cancellation.**  Each call runs shielded (within :data:`ANSWER_TIMEOUT`), so
   what the database did reaches the caller, as SQLite's worker thread's answer does.
+- **Tenants.**  Every row belongs to one.  The store :meth:`~PostgresStore.open`
+  returns is the view of the tenant ``default``; :meth:`~PostgresStore.for_tenant`
+  gives the view of another on the same pool, with the same claimer.  Every
+  statement of a view names its tenant as a parameter (no round trip more), and
+  every index leads with the tenant.  Only the store that opened the pool closes
+  it; a view's :meth:`~PostgresStore.close` gives its tenant's claims back.
 
 The URL is a secret: messages name the database by :func:`redacted_url`, and
 whatever the server or libpq says is passed through a redactor that knows the
@@ -44,7 +50,16 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.config.service import redacted_url
-from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError, Told
+from monitor.delivery.outbox import (
+    DEFAULT_TENANT,
+    Claim,
+    Committed,
+    Delivery,
+    Queued,
+    StoreError,
+    Told,
+    tenant_name,
+)
 from monitor.delivery.postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from monitor.delivery.serial import (
     event_from_json,
@@ -54,7 +69,7 @@ from monitor.delivery.serial import (
     memory_from_json,
     memory_to_json,
 )
-from monitor.delivery.sqlite import COALESCED, HISTORY_PER_TASK
+from monitor.delivery.sqlite import COALESCED, HISTORY_PER_TASK, TENANT_TABLES
 from monitor.superoffice.redact import Redactor
 from monitor.tracking.acks import Ack
 from monitor.tracking.events import Event
@@ -75,57 +90,61 @@ POOL_SIZE = 8
 #: Seconds the database has to answer one store call (a connection included).
 ANSWER_TIMEOUT = 60.0
 
+# Every statement names its tenant: the first parameter of those without names.
 _UPSERT_TASKS = (
-    "INSERT INTO tasks (task_id, memory) SELECT * FROM unnest(%b::bigint[], %b::text[]) "
-    "ON CONFLICT (task_id) DO UPDATE SET memory = excluded.memory"
+    "INSERT INTO tasks (tenant, task_id, memory) "
+    "SELECT %b::text, * FROM unnest(%b::bigint[], %b::text[]) "
+    "ON CONFLICT (tenant, task_id) DO UPDATE SET memory = excluded.memory"
 )
 # attempts = 0: never replace one that is or was being tried.
 _COALESCE = (
     "DELETE FROM outbox o "
     "USING unnest(%b::text[], %b::bigint[], %b::text[], %b::text[]) AS n(sink, task_id, type, id) "
-    "WHERE o.sink = n.sink AND o.task_id = n.task_id AND o.type = n.type "
+    "WHERE o.tenant = %b AND o.sink = n.sink AND o.task_id = n.task_id AND o.type = n.type "
     "AND o.event_id <> n.id AND o.attempts = 0 "
     "RETURNING o.sink"
 )
 _QUEUE = (
-    "INSERT INTO outbox (sink, event_id, task_id, type, event, created) "
-    "SELECT sink, event_id, task_id, type, event, %b::float8 FROM unnest("
+    "INSERT INTO outbox (tenant, sink, event_id, task_id, type, event, created) "
+    "SELECT %b::text, sink, event_id, task_id, type, event, %b::float8 FROM unnest("
     "%b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[]) "
     "WITH ORDINALITY AS n(sink, event_id, task_id, type, event, i) ORDER BY i "
-    "ON CONFLICT (sink, event_id) DO NOTHING RETURNING sink"
+    "ON CONFLICT (tenant, sink, event_id) DO NOTHING RETURNING sink"
 )
 _RECORD = (
-    "INSERT INTO history (event_id, task_id, event) "
-    "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[]) "
-    "ON CONFLICT (event_id) DO NOTHING"
+    "INSERT INTO history (tenant, event_id, task_id, event) "
+    "SELECT %b::text, * FROM unnest(%b::text[], %b::bigint[], %b::text[]) "
+    "ON CONFLICT (tenant, event_id) DO NOTHING"
 )
 _PRUNE = (
     "DELETE FROM history WHERE seq IN (SELECT seq FROM ("
     "SELECT seq, row_number() OVER (PARTITION BY task_id ORDER BY seq DESC) AS r "
-    "FROM history WHERE task_id = ANY(%(tasks)b::bigint[]) OR (%(monitor)b AND task_id IS NULL)"
+    "FROM history WHERE tenant = %(tenant)b "
+    "AND (task_id = ANY(%(tasks)b::bigint[]) OR (%(monitor)b AND task_id IS NULL))"
     ") AS ranked WHERE r > %(keep)b)"
 )
 _UNTOLD = (
     "DELETE FROM escalations e USING unnest(%b::text[], %b::bigint[]) AS n(sink, task_id) "
-    "WHERE e.sink = n.sink AND e.task_id = n.task_id"
+    "WHERE e.tenant = %b AND e.sink = n.sink AND e.task_id = n.task_id"
 )
 _TOLD = (
-    "INSERT INTO escalations (sink, task_id, condition, due) "
-    "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::float8[]) "
-    "ON CONFLICT (sink, task_id) DO UPDATE SET condition = excluded.condition, due = excluded.due"
+    "INSERT INTO escalations (tenant, sink, task_id, condition, due) "
+    "SELECT %b::text, * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::float8[]) "
+    "ON CONFLICT (tenant, sink, task_id) DO UPDATE SET "
+    "condition = excluded.condition, due = excluded.due"
 )
 _PUT_ACKS = (
-    "INSERT INTO acks (task_id, condition, taken_by, comment, taken_at) "
-    "SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[]) "
-    "ON CONFLICT (task_id) DO UPDATE SET "
+    "INSERT INTO acks (tenant, task_id, condition, taken_by, comment, taken_at) "
+    "SELECT %b::text, * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[]) "
+    "ON CONFLICT (tenant, task_id) DO UPDATE SET "
     "condition = excluded.condition, taken_by = excluded.taken_by, "
     "comment = excluded.comment, taken_at = excluded.taken_at"
 )
-_DROP_ACKS = "DELETE FROM acks WHERE task_id = ANY(%b::bigint[])"
+_DROP_ACKS = "DELETE FROM acks WHERE tenant = %b AND task_id = ANY(%b::bigint[])"
 #: A head is a task's oldest delivery to the sink, ``done`` (deleted by the same statement)
 #: left out: a later one never overtakes it.
 _HEAD = (
-    "NOT EXISTS (SELECT FROM outbox e WHERE e.sink = o.sink "
+    "NOT EXISTS (SELECT FROM outbox e WHERE e.tenant = o.tenant AND e.sink = o.sink "
     "AND coalesce(e.task_id, 0) = coalesce(o.task_id, 0) AND e.seq < o.seq "
     "AND e.seq <> ALL(%(done)b::bigint[]))"
 )
@@ -136,9 +155,11 @@ _FREE = "(o.claimed_by IS NULL OR (o.claimed_by <> %(me)b AND o.claimed_until <=
 #: none claimed, one row saying when a head not held by this process becomes claimable.
 #: Composed of the constants above; every value is a parameter.
 _CLAIM = (
-    "WITH finished AS (DELETE FROM outbox WHERE seq = ANY(%(done)b::bigint[])), "  # noqa: S608
+    "WITH finished AS ("  # noqa: S608
+    "DELETE FROM outbox WHERE tenant = %(tenant)b AND seq = ANY(%(done)b::bigint[])), "
     "candidates AS ("
-    "SELECT o.seq FROM outbox o WHERE o.sink = %(sink)b AND o.next_attempt <= %(now)b "
+    "SELECT o.seq FROM outbox o WHERE o.tenant = %(tenant)b AND o.sink = %(sink)b "
+    "AND o.next_attempt <= %(now)b "
     f"AND o.seq <> ALL(%(done)b::bigint[]) AND {_FREE} AND {_HEAD} "
     "ORDER BY o.seq LIMIT %(limit)b + 1 FOR UPDATE OF o SKIP LOCKED"
     "), chosen AS (SELECT seq FROM candidates ORDER BY seq LIMIT %(limit)b), "
@@ -151,16 +172,17 @@ _CLAIM = (
     "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, false, ("
     "SELECT min(CASE WHEN o.claimed_by IS NULL THEN o.next_attempt "
     "ELSE greatest(o.next_attempt, o.claimed_until) END) FROM outbox o "
-    "WHERE o.sink = %(sink)b AND o.claimed_by IS DISTINCT FROM %(me)b "
+    "WHERE o.tenant = %(tenant)b AND o.sink = %(sink)b AND o.claimed_by IS DISTINCT FROM %(me)b "
     f"AND o.seq <> ALL(%(done)b::bigint[]) AND {_HEAD}"
     ") WHERE NOT EXISTS (SELECT FROM claimed) ORDER BY 1"
 )
-_FINISH = "DELETE FROM outbox WHERE seq = ANY(%b::bigint[])"
+_FINISH = "DELETE FROM outbox WHERE tenant = %b AND seq = ANY(%b::bigint[])"
 #: A digest's rows by seq, those free only (as :data:`_CLAIM` takes them), heads or not: the
 #: digest worker's plan chose them.  One statement.
 _CLAIM_SEQS = (
     "WITH chosen AS ("  # noqa: S608
-    "SELECT o.seq FROM outbox o WHERE o.sink = %(sink)b AND o.seq = ANY(%(seqs)b::bigint[]) "
+    "SELECT o.seq FROM outbox o WHERE o.tenant = %(tenant)b AND o.sink = %(sink)b "
+    "AND o.seq = ANY(%(seqs)b::bigint[]) "
     f"AND {_FREE} FOR UPDATE OF o SKIP LOCKED) "
     "UPDATE outbox SET attempts = attempts + 1, claimed_by = %(me)b, "
     "claimed_until = %(until)b FROM chosen WHERE outbox.seq = chosen.seq "
@@ -170,23 +192,34 @@ _CLAIM_SEQS = (
 #: A sink's queue for its digest worker: the rows nobody holds a live claim on.
 _QUEUED = (
     "SELECT o.seq, o.task_id, o.type, o.created, o.next_attempt FROM outbox o "  # noqa: S608
-    f"WHERE o.sink = %(sink)b AND {_FREE} ORDER BY o.seq"
+    f"WHERE o.tenant = %(tenant)b AND o.sink = %(sink)b AND {_FREE} ORDER BY o.seq"
 )
 
 
 class PostgresStore:
-    """The state database in PostgreSQL, through a small pool of connections."""
+    """A tenant's view of the state database in PostgreSQL, through a small pool of
+    connections."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, name: str, redact: Redactor, *, claim_ttl: float
+        self,
+        pool: AsyncConnectionPool,
+        name: str,
+        redact: Redactor,
+        *,
+        claim_ttl: float,
+        tenant: str = DEFAULT_TENANT,
+        root: PostgresStore | None = None,
     ) -> None:
         self._pool = pool
         #: The database as messages name it (no password, no query).
         self.name = name
         self._redact = redact
         self._claim_ttl = claim_ttl
-        #: ``claimed_by`` of this store's claims.
-        self.claimer = uuid.uuid4().hex
+        self._tenant = tenant
+        #: The store that opened the pool (``None``: this one).
+        self._root = root
+        #: ``claimed_by`` of this store's claims, its views' included.
+        self.claimer: str = root.claimer if root is not None else uuid.uuid4().hex
 
     @classmethod
     async def open(cls, url: str, *, claim_ttl: float = CLAIM_TTL) -> PostgresStore:
@@ -231,8 +264,27 @@ class PostgresStore:
             raise StoreError(msg) from None
         return cls(pool, name, redact, claim_ttl=claim_ttl)
 
+    @property
+    def tenant(self) -> str:
+        """The tenant whose rows this view reads and writes."""
+        return self._tenant
+
+    def for_tenant(self, name: str) -> PostgresStore:
+        """The view of tenant ``name``, on this store's pool and with its claimer;
+        :class:`ValueError` for a name a tenant cannot have."""
+        return PostgresStore(
+            self._pool,
+            self.name,
+            self._redact,
+            claim_ttl=self._claim_ttl,
+            tenant=tenant_name(name),
+            root=self._root or self,
+        )
+
     async def close(self) -> None:
-        """Give this store's claims back (their attempts stay counted), then disconnect.
+        """Give the claims back (their attempts stay counted): the store that opened the
+        pool gives back every tenant's and disconnects; a view gives back its tenant's and
+        leaves the pool open (after the tenant's last write).
 
         A database gone by then keeps them until they run out (``claim_ttl``).
         """
@@ -240,13 +292,14 @@ class PostgresStore:
             async with self._connection() as db:
                 await db.execute(
                     "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
-                    "WHERE claimed_by = %b",
-                    [self.claimer],
+                    "WHERE claimed_by = %b AND (%b OR tenant = %b)",
+                    [self.claimer, self._root is None, self._tenant],
                 )
         except StoreError as exc:
             log.warning("claims_not_given_back", error=str(exc), held_for=self._claim_ttl)
         finally:
-            await self._pool.close()
+            if self._root is None:
+                await self._pool.close()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -272,7 +325,10 @@ class PostgresStore:
     async def load_tasks(self) -> dict[int, TaskMemory]:
         """Every stored task memory; unreadable rows are logged and skipped."""
         async with self._connection() as db:
-            rows = await (await db.execute("SELECT task_id, memory FROM tasks")).fetchall()
+            cursor = await db.execute(
+                "SELECT task_id, memory FROM tasks WHERE tenant = %b", [self._tenant]
+            )
+            rows = await cursor.fetchall()
         memories: dict[int, TaskMemory] = {}
         for task_id, text in rows:
             try:
@@ -287,14 +343,21 @@ class PostgresStore:
         ids = list(task_ids)
         if not ids:
             return
+        params = [self._tenant, ids]
         async with self._connection() as db:
             await _one_round_trip(
                 db,
                 [
-                    ("DELETE FROM tasks WHERE task_id = ANY(%b::bigint[])", [ids]),
-                    ("DELETE FROM history WHERE task_id = ANY(%b::bigint[])", [ids]),
-                    ("DELETE FROM acks WHERE task_id = ANY(%b::bigint[])", [ids]),
-                    ("DELETE FROM escalations WHERE task_id = ANY(%b::bigint[])", [ids]),
+                    ("DELETE FROM tasks WHERE tenant = %b AND task_id = ANY(%b::bigint[])", params),
+                    (
+                        "DELETE FROM history WHERE tenant = %b AND task_id = ANY(%b::bigint[])",
+                        params,
+                    ),
+                    (_DROP_ACKS, params),
+                    (
+                        "DELETE FROM escalations WHERE tenant = %b AND task_id = ANY(%b::bigint[])",
+                        params,
+                    ),
                 ],
             )
 
@@ -326,39 +389,39 @@ class PostgresStore:
         queued = _coalesced_in_batch(deliveries)
         events = {e.id: e for _, e in deliveries}
         events.update((e.id, e) for e in history)
+        tenant = self._tenant
         statements: list[tuple[str, Any]] = []
         if tasks:
-            statements.append((_UPSERT_TASKS, [list(tasks), list(tasks.values())]))
+            statements.append((_UPSERT_TASKS, [tenant, list(tasks), list(tasks.values())]))
         replacing = [
             (sink, e.task_id, e.type.value, e.id)
             for sink, e in queued
             if e.type.value in COALESCED and e.task_id is not None
         ]
         if replacing:
-            statements.append((_COALESCE, _columns(replacing, 4)))
+            statements.append((_COALESCE, [*_columns(replacing, 4), tenant]))
         if queued:
             outbox = [(s, e.id, e.task_id, e.type.value, texts[e.id]) for s, e in queued]
-            statements.append((_QUEUE, [now, *_columns(outbox, 5)]))
+            statements.append((_QUEUE, [tenant, now, *_columns(outbox, 5)]))
         if events:
             recorded = [
                 (e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()
             ]
             ids = sorted({e.task_id for e in events.values() if e.task_id is not None})
             monitor = any(e.task_id is None for e in events.values())
-            statements.append((_RECORD, _columns(recorded, 3)))
-            statements.append(
-                (_PRUNE, {"tasks": ids, "monitor": monitor, "keep": HISTORY_PER_TASK})
-            )
+            statements.append((_RECORD, [tenant, *_columns(recorded, 3)]))
+            prune = {"tenant": tenant, "tasks": ids, "monitor": monitor, "keep": HISTORY_PER_TASK}
+            statements.append((_PRUNE, prune))
         if untold:
-            statements.append((_UNTOLD, _columns(untold, 2)))
+            statements.append((_UNTOLD, [*_columns(untold, 2), tenant]))
         if told:
             records = {(t.sink, t.task_id): (t.sink, t.task_id, t.condition, t.due) for t in told}
-            statements.append((_TOLD, _columns(list(records.values()), 4)))
+            statements.append((_TOLD, [tenant, *_columns(list(records.values()), 4)]))
         if unacked:
-            statements.append((_DROP_ACKS, [list(unacked)]))
+            statements.append((_DROP_ACKS, [tenant, list(unacked)]))
         if acks:
             latest = {ack.task_id: _ack_row(ack) for ack in acks}
-            statements.append((_PUT_ACKS, _columns(list(latest.values()), 5)))
+            statements.append((_PUT_ACKS, [tenant, *_columns(list(latest.values()), 5)]))
         claiming = [(sink, count) for sink, count in (claim or {}).items() if count > 0]
         statements += [
             (_CLAIM, self._claim_params(sink, now, count, ())) for sink, count in claiming
@@ -391,6 +454,7 @@ class PostgresStore:
         self, sink: str, now: float, count: int, done: Sequence[int]
     ) -> dict[str, Any]:
         return {
+            "tenant": self._tenant,
             "sink": sink,
             "now": now,
             "me": self.claimer,
@@ -424,15 +488,15 @@ class PostgresStore:
         """Deliveries are done: delivered or given up."""
         if seqs:
             async with self._connection() as db:
-                await db.execute(_FINISH, [list(seqs)])
+                await db.execute(_FINISH, [self._tenant, list(seqs)])
 
     async def retry_later(self, seq: int, next_attempt: float, error: str) -> None:
         """Keep a delivery (claimed by this store) for another try at ``next_attempt``."""
         async with self._connection() as db:
             await db.execute(
                 "UPDATE outbox SET next_attempt = %b, last_error = %b, claimed_by = NULL, "
-                "claimed_until = NULL WHERE seq = %b AND claimed_by = %b",
-                [next_attempt, error, seq, self.claimer],
+                "claimed_until = NULL WHERE seq = %b AND tenant = %b AND claimed_by = %b",
+                [next_attempt, error, seq, self._tenant, self.claimer],
             )
 
     async def release(self, seqs: Sequence[int]) -> None:
@@ -442,32 +506,64 @@ class PostgresStore:
                 await db.execute(
                     "UPDATE outbox SET attempts = attempts - 1, claimed_by = NULL, "
                     "claimed_until = NULL "
-                    "WHERE seq = ANY(%b::bigint[]) AND claimed_by = %b AND attempts > 0",
-                    [list(seqs), self.claimer],
+                    "WHERE seq = ANY(%b::bigint[]) AND tenant = %b AND claimed_by = %b "
+                    "AND attempts > 0",
+                    [list(seqs), self._tenant, self.claimer],
                 )
 
     async def pending_counts(self) -> dict[str, int]:
         """Pending deliveries per sink."""
         async with self._connection() as db:
-            cursor = await db.execute("SELECT sink, count(*) FROM outbox GROUP BY sink")
+            cursor = await db.execute(
+                "SELECT sink, count(*) FROM outbox WHERE tenant = %b GROUP BY sink", [self._tenant]
+            )
             return {sink: count for sink, count in await cursor.fetchall()}
 
     async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
-        """Delete deliveries for sinks no longer configured; how many, per sink."""
-        keep = [sorted(set(sinks))]
+        """Delete the tenant's deliveries for sinks no longer configured; how many, per sink."""
+        keep = [self._tenant, sorted(set(sinks))]
+        where = "WHERE tenant = %b AND sink <> ALL(%b::text[])"
         async with self._connection() as db:
             dropped, _, _ = await _one_round_trip(
                 db,
                 [
-                    ("DELETE FROM outbox WHERE sink <> ALL(%b::text[]) RETURNING sink", keep),
-                    ("DELETE FROM escalations WHERE sink <> ALL(%b::text[])", keep),
-                    ("DELETE FROM posts WHERE sink <> ALL(%b::text[])", keep),
+                    (
+                        (
+                            f"WITH gone AS (DELETE FROM outbox {where} RETURNING sink) "  # noqa: S608 - a constant
+                            "SELECT sink, count(*) FROM gone GROUP BY sink"
+                        ),
+                        keep,
+                    ),
+                    (f"DELETE FROM escalations {where}", keep),  # noqa: S608 - a constant
+                    (f"DELETE FROM posts {where}", keep),  # noqa: S608 - a constant
                 ],
             )
-            gone: dict[str, int] = {}
-            for (sink,) in dropped:
-                gone[sink] = gone.get(sink, 0) + 1
-            return gone
+            return {sink: count for sink, count in dropped}
+
+    async def drop_tenants_except(self, names: Iterable[str]) -> dict[str, int]:
+        """Delete every row of the tenants not named, whichever view is asked; how many
+        rows, per tenant dropped.  One transaction, one round trip."""
+        keep = [sorted(set(names))]
+        async with self._connection() as db:
+            counted = await _one_round_trip(
+                db,
+                [
+                    (
+                        (
+                            f"WITH gone AS (DELETE FROM {table} "  # noqa: S608 - constants
+                            "WHERE tenant <> ALL(%b::text[]) RETURNING tenant) "
+                            "SELECT tenant, count(*) FROM gone GROUP BY tenant"
+                        ),
+                        keep,
+                    )
+                    for table in TENANT_TABLES
+                ],
+            )
+        gone: dict[str, int] = {}
+        for rows in counted:
+            for tenant, count in rows:
+                gone[tenant] = gone.get(tenant, 0) + count
+        return gone
 
     async def known_events(self, event_ids: Sequence[str]) -> set[str]:
         """Which of these event ids were recorded already (queued or delivered)."""
@@ -475,7 +571,8 @@ class PostgresStore:
             return set()
         async with self._connection() as db:
             cursor = await db.execute(
-                "SELECT event_id FROM history WHERE event_id = ANY(%b::text[])", [list(event_ids)]
+                "SELECT event_id FROM history WHERE tenant = %b AND event_id = ANY(%b::text[])",
+                [self._tenant, list(event_ids)],
             )
             return {event_id for (event_id,) in await cursor.fetchall()}
 
@@ -484,11 +581,13 @@ class PostgresStore:
         async with self._connection() as db:
             if task_id is None:
                 cursor = await db.execute(
-                    "SELECT event FROM history WHERE task_id IS NULL ORDER BY seq"
+                    "SELECT event FROM history WHERE tenant = %b AND task_id IS NULL ORDER BY seq",
+                    [self._tenant],
                 )
             else:
                 cursor = await db.execute(
-                    "SELECT event FROM history WHERE task_id = %b ORDER BY seq", [task_id]
+                    "SELECT event FROM history WHERE tenant = %b AND task_id = %b ORDER BY seq",
+                    [self._tenant, task_id],
                 )
             return [event_from_json(text) for (text,) in await cursor.fetchall()]
 
@@ -501,7 +600,8 @@ class PostgresStore:
         """The sink's deliveries nobody holds a live claim on, oldest first, without events."""
         async with self._connection() as db:
             cursor = await db.execute(
-                _QUEUED, {"sink": sink, "me": self.claimer, "now": time.time()}
+                _QUEUED,
+                {"tenant": self._tenant, "sink": sink, "me": self.claimer, "now": time.time()},
             )
             return [Queued(*row) for row in await cursor.fetchall()]
 
@@ -512,6 +612,7 @@ class PostgresStore:
             return []
         now = time.time()
         params = {
+            "tenant": self._tenant,
             "sink": sink,
             "seqs": list(seqs),
             "me": self.claimer,
@@ -531,21 +632,26 @@ class PostgresStore:
     async def watches(self) -> list[int]:
         """Task ids watched through the HTTP API."""
         async with self._connection() as db:
-            cursor = await db.execute("SELECT task_id FROM watches ORDER BY task_id")
+            cursor = await db.execute(
+                "SELECT task_id FROM watches WHERE tenant = %b ORDER BY task_id", [self._tenant]
+            )
             return [task_id for (task_id,) in await cursor.fetchall()]
 
     async def add_watch(self, task_id: int) -> None:
         """Persist a watch added at run time."""
         async with self._connection() as db:
             await db.execute(
-                "INSERT INTO watches (task_id, added) VALUES (%b, %b) ON CONFLICT DO NOTHING",
-                [task_id, time.time()],
+                "INSERT INTO watches (tenant, task_id, added) VALUES (%b, %b, %b) "
+                "ON CONFLICT DO NOTHING",
+                [self._tenant, task_id, time.time()],
             )
 
     async def remove_watch(self, task_id: int) -> None:
         """Forget a watch added at run time."""
         async with self._connection() as db:
-            await db.execute("DELETE FROM watches WHERE task_id = %b", [task_id])
+            await db.execute(
+                "DELETE FROM watches WHERE tenant = %b AND task_id = %b", [self._tenant, task_id]
+            )
 
     # --- acknowledgements
 
@@ -553,7 +659,9 @@ class PostgresStore:
         """What escalation sinks were told of, one per sink and task."""
         async with self._connection() as db:
             cursor = await db.execute(
-                "SELECT sink, task_id, condition, due FROM escalations ORDER BY sink, task_id"
+                "SELECT sink, task_id, condition, due FROM escalations WHERE tenant = %b "
+                "ORDER BY sink, task_id",
+                [self._tenant],
             )
             return [Told(*row) for row in await cursor.fetchall()]
 
@@ -563,8 +671,14 @@ class PostgresStore:
             await _one_round_trip(
                 db,
                 [
-                    ("INSERT INTO posts (sink, at) VALUES (%b, %b)", [sink, at]),
-                    ("DELETE FROM posts WHERE sink = %b AND at <= %b", [sink, keep_after]),
+                    (
+                        "INSERT INTO posts (tenant, sink, at) VALUES (%b, %b, %b)",
+                        [self._tenant, sink, at],
+                    ),
+                    (
+                        "DELETE FROM posts WHERE tenant = %b AND sink = %b AND at <= %b",
+                        [self._tenant, sink, keep_after],
+                    ),
                 ],
             )
 
@@ -572,7 +686,8 @@ class PostgresStore:
         """When a capped sink posted after ``since``, oldest first."""
         async with self._connection() as db:
             cursor = await db.execute(
-                "SELECT at FROM posts WHERE sink = %b AND at > %b ORDER BY at", [sink, since]
+                "SELECT at FROM posts WHERE tenant = %b AND sink = %b AND at > %b ORDER BY at",
+                [self._tenant, sink, since],
             )
             return [at for (at,) in await cursor.fetchall()]
 
@@ -580,7 +695,9 @@ class PostgresStore:
         """Every stored acknowledgement (lapsed ones too: the caller judges)."""
         async with self._connection() as db:
             cursor = await db.execute(
-                "SELECT task_id, condition, taken_by, comment, taken_at FROM acks ORDER BY task_id"
+                "SELECT task_id, condition, taken_by, comment, taken_at FROM acks "
+                "WHERE tenant = %b ORDER BY task_id",
+                [self._tenant],
             )
             rows = await cursor.fetchall()
         return [
@@ -591,21 +708,23 @@ class PostgresStore:
     async def put_ack(self, ack: Ack) -> None:
         """Store a task's acknowledgement, replacing the one it had."""
         async with self._connection() as db:
-            await db.execute(_PUT_ACKS, [[value] for value in _ack_row(ack)])
+            await db.execute(_PUT_ACKS, [self._tenant, *([value] for value in _ack_row(ack))])
 
     async def drop_acks(self, task_ids: Iterable[int]) -> None:
         """Delete these tasks' acknowledgements (taken back, or lapsed)."""
         ids = list(task_ids)
         if ids:
             async with self._connection() as db:
-                await db.execute(_DROP_ACKS, [ids])
+                await db.execute(_DROP_ACKS, [self._tenant, ids])
 
     # --- silences
 
     async def silences(self) -> list[Silence]:
         """Every stored silence, ended ones not yet swept included, by end time."""
         async with self._connection() as db:
-            cursor = await db.execute("SELECT silence FROM silences ORDER BY ends, id")
+            cursor = await db.execute(
+                "SELECT silence FROM silences WHERE tenant = %b ORDER BY ends, id", [self._tenant]
+            )
             rows = await cursor.fetchall()
         return [Silence.from_dict(json.loads(text)) for (text,) in rows]
 
@@ -613,8 +732,13 @@ class PostgresStore:
         """Persist a new silence."""
         async with self._connection() as db:
             await db.execute(
-                "INSERT INTO silences (id, ends, silence) VALUES (%b, %b, %b)",
-                [silence.id, silence.ends.timestamp(), json.dumps(silence.to_dict())],
+                "INSERT INTO silences (tenant, id, ends, silence) VALUES (%b, %b, %b, %b)",
+                [
+                    self._tenant,
+                    silence.id,
+                    silence.ends.timestamp(),
+                    json.dumps(silence.to_dict()),
+                ],
             )
 
     async def remove_silences(self, silence_ids: Sequence[str]) -> set[str]:
@@ -623,7 +747,8 @@ class PostgresStore:
             return set()
         async with self._connection() as db:
             cursor = await db.execute(
-                "DELETE FROM silences WHERE id = ANY(%b::text[]) RETURNING id", [list(silence_ids)]
+                "DELETE FROM silences WHERE tenant = %b AND id = ANY(%b::text[]) RETURNING id",
+                [self._tenant, list(silence_ids)],
             )
             return {silence_id for (silence_id,) in await cursor.fetchall()}
 
@@ -632,7 +757,9 @@ class PostgresStore:
     async def hold(self) -> Hold:
         """The maintenance under way and the conditions it held back, as last stored."""
         async with self._connection() as db:
-            cursor = await db.execute("SELECT hold FROM maintenance WHERE id = 1")
+            cursor = await db.execute(
+                "SELECT hold FROM maintenance WHERE tenant = %b", [self._tenant]
+            )
             row = await cursor.fetchone()
         return hold_from_json(row[0]) if row is not None else Hold()
 
@@ -640,12 +767,12 @@ class PostgresStore:
         """Store the maintenance's state; an empty one (nothing under way) is deleted."""
         async with self._connection() as db:
             if hold == Hold():
-                await db.execute("DELETE FROM maintenance WHERE id = 1")
+                await db.execute("DELETE FROM maintenance WHERE tenant = %b", [self._tenant])
             else:
                 await db.execute(
-                    "INSERT INTO maintenance (id, hold) VALUES (1, %b) "
-                    "ON CONFLICT (id) DO UPDATE SET hold = excluded.hold",
-                    [hold_to_json(hold)],
+                    "INSERT INTO maintenance (tenant, hold) VALUES (%b, %b) "
+                    "ON CONFLICT (tenant) DO UPDATE SET hold = excluded.hold",
+                    [self._tenant, hold_to_json(hold)],
                 )
 
 

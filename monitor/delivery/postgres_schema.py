@@ -95,6 +95,55 @@ MIGRATIONS: tuple[str, ...] = (
         hold text NOT NULL
     );
     """,
+    # 6: tenants (issue 16).  Every row belongs to one, and every key and index leads
+    # with it (task ids and event ids are unique within a tenant only), so one tenant's
+    # queries stay index scans; the rows from before belong to 'default'.  The
+    # maintenance hold is one row per tenant.  A constant default adds the column
+    # without rewriting the table.
+    """
+    ALTER TABLE tasks ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE tasks DROP CONSTRAINT tasks_pkey;
+    ALTER TABLE tasks ADD PRIMARY KEY (tenant, task_id);
+
+    ALTER TABLE watches ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE watches DROP CONSTRAINT watches_pkey;
+    ALTER TABLE watches ADD PRIMARY KEY (tenant, task_id);
+
+    ALTER TABLE outbox ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE outbox DROP CONSTRAINT outbox_sink_event_id_key;
+    ALTER TABLE outbox ADD UNIQUE (tenant, sink, event_id);
+    DROP INDEX outbox_by_sink;
+    DROP INDEX outbox_by_task;
+    CREATE INDEX outbox_by_sink ON outbox (tenant, sink, seq);
+    CREATE INDEX outbox_by_task ON outbox (tenant, sink, (coalesce(task_id, 0)), seq);
+
+    ALTER TABLE history ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE history DROP CONSTRAINT history_event_id_key;
+    ALTER TABLE history ADD UNIQUE (tenant, event_id);
+    DROP INDEX history_by_task;
+    CREATE INDEX history_by_task ON history (tenant, task_id, seq);
+
+    ALTER TABLE acks ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE acks DROP CONSTRAINT acks_pkey;
+    ALTER TABLE acks ADD PRIMARY KEY (tenant, task_id);
+
+    ALTER TABLE silences ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE silences DROP CONSTRAINT silences_pkey;
+    ALTER TABLE silences ADD PRIMARY KEY (tenant, id);
+
+    ALTER TABLE escalations ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE escalations DROP CONSTRAINT escalations_pkey;
+    ALTER TABLE escalations ADD PRIMARY KEY (tenant, sink, task_id);
+
+    ALTER TABLE posts ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    DROP INDEX posts_by_sink;
+    CREATE INDEX posts_by_sink ON posts (tenant, sink, at);
+
+    DELETE FROM maintenance WHERE id <> 1;
+    ALTER TABLE maintenance ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE maintenance DROP COLUMN id;
+    ALTER TABLE maintenance ADD PRIMARY KEY (tenant);
+    """,
 )
 
 #: The version a database has once every migration ran.

@@ -100,11 +100,17 @@ def _check(uri: str) -> str | None:
 def _not_ours(connection: sqlite3.Connection) -> str | None:
     """Why a database is not batchmon's state (None: it is, or it has nothing in it yet).
 
-    Every object must be one batchmon creates, shaped as batchmon creates it (a start
-    cut short leaves only some of them, and no schema version yet).
+    Every object must be one batchmon creates, shaped as one version of batchmon creates
+    it (a start cut short leaves only some of them, and no schema version yet).
     """
     found = layout(connection)
-    foreign = sorted(name for name, shape in found.items() if schema_layout().get(name) != shape)
+    foreign = min(
+        (
+            sorted(name for name, shape in found.items() if known.get(name) != shape)
+            for known in map(schema_layout, range(1, SCHEMA_VERSION + 1))
+        ),
+        key=len,
+    )
     if foreign:
         return f"not batchmon's state database (not batchmon's: {', '.join(foreign)})"
     if "meta" in found:

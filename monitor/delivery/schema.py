@@ -3,9 +3,75 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from functools import cache
 
-__all__ = ["MIGRATIONS", "SCHEMA", "SCHEMA_VERSION", "layout", "migrate", "schema_layout"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TENANTS_VERSION",
+    "layout",
+    "schema_layout",
+    "statements",
+]
+
+#: Version 1, as the first release made it.
+_VERSION_1: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY, memory TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS watches (id INTEGER PRIMARY KEY, added REAL NOT NULL)",
+    (
+        "CREATE TABLE IF NOT EXISTS outbox ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " sink TEXT NOT NULL,"
+        " event_id TEXT NOT NULL,"
+        " task_id INTEGER,"
+        " type TEXT NOT NULL,"
+        " event TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt REAL NOT NULL DEFAULT 0,"
+        " created REAL NOT NULL,"
+        " last_error TEXT,"
+        " UNIQUE (sink, event_id))"
+    ),
+    "CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq)",
+    (
+        "CREATE TABLE IF NOT EXISTS history ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " event_id TEXT NOT NULL UNIQUE,"
+        " task_id INTEGER,"
+        " event TEXT NOT NULL)"
+    ),
+    "CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, seq)",
+)
+
+#: The version that gives every row a tenant (issue 16).
+TENANTS_VERSION = 6
+#: The column that scopes a row to its tenant; every key leads with it, so that one
+#: tenant's queries stay index scans.  Rows from before it belong to ``default``.
+_TENANT = "tenant TEXT NOT NULL DEFAULT 'default'"
+
+
+def _rebuilt(table: str, create: str, columns: str, *, where: str = "") -> tuple[str, ...]:
+    """Statements that rebuild ``table`` as ``create`` makes it (``{name}``), keeping its rows.
+
+    SQLite cannot change a table's keys in place.  The rows are copied (``columns``; a
+    new column takes its default), and an ``AUTOINCREMENT`` counter is carried over, so
+    that no number is ever given twice.
+    """
+    new = f"{table}_{TENANTS_VERSION}"
+    return (
+        create.format(name=new),
+        f"INSERT INTO {new} ({columns}) SELECT {columns} FROM {table} {where}",  # noqa: S608 - constants
+        f"DELETE FROM sqlite_sequence WHERE name = '{new}'",  # noqa: S608 - constants
+        (
+            f"INSERT INTO sqlite_sequence (name, seq) SELECT '{new}', seq "  # noqa: S608 - constants
+            f"FROM sqlite_sequence WHERE name = '{table}'"
+        ),
+        f"DROP TABLE {table}",
+        f"ALTER TABLE {new} RENAME TO {table}",
+    )
+
 
 #: What each version adds to the one before, statement by statement: applied in order, in
 #: one transaction, to a database of an older version when it is opened.  A new table, index
@@ -49,6 +115,89 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # The maintenance under way and what it held back: one row at most, so that a restart
     # neither says it started twice nor loses what its summary tells.
     5: ("CREATE TABLE IF NOT EXISTS maintenance (id INTEGER PRIMARY KEY, hold TEXT NOT NULL)",),
+    # Tenants (issue 16): every row belongs to one and every key leads with it (task ids
+    # and event ids are unique within a tenant only); the maintenance hold is one per tenant.
+    TENANTS_VERSION: (
+        *_rebuilt(
+            "tasks",
+            f"CREATE TABLE {{name}} ({_TENANT}, id INTEGER NOT NULL, memory TEXT NOT NULL,"
+            " PRIMARY KEY (tenant, id))",
+            "id, memory",
+        ),
+        *_rebuilt(
+            "watches",
+            f"CREATE TABLE {{name}} ({_TENANT}, id INTEGER NOT NULL, added REAL NOT NULL,"
+            " PRIMARY KEY (tenant, id))",
+            "id, added",
+        ),
+        *_rebuilt(
+            "outbox",
+            "CREATE TABLE {name} ("
+            f" seq INTEGER PRIMARY KEY AUTOINCREMENT, {_TENANT},"
+            " sink TEXT NOT NULL,"
+            " event_id TEXT NOT NULL,"
+            " task_id INTEGER,"
+            " type TEXT NOT NULL,"
+            " event TEXT NOT NULL,"
+            " attempts INTEGER NOT NULL DEFAULT 0,"
+            " next_attempt REAL NOT NULL DEFAULT 0,"
+            " created REAL NOT NULL,"
+            " last_error TEXT,"
+            " UNIQUE (tenant, sink, event_id))",
+            "seq, sink, event_id, task_id, type, event, attempts, next_attempt, created,"
+            " last_error",
+        ),
+        "CREATE INDEX outbox_by_sink ON outbox (tenant, sink, seq)",
+        *_rebuilt(
+            "history",
+            "CREATE TABLE {name} ("
+            f" seq INTEGER PRIMARY KEY AUTOINCREMENT, {_TENANT},"
+            " event_id TEXT NOT NULL,"
+            " task_id INTEGER,"
+            " event TEXT NOT NULL,"
+            " UNIQUE (tenant, event_id))",
+            "seq, event_id, task_id, event",
+        ),
+        "CREATE INDEX history_by_task ON history (tenant, task_id, seq)",
+        *_rebuilt(
+            "acks",
+            f"CREATE TABLE {{name}} ({_TENANT},"
+            " task_id INTEGER NOT NULL,"
+            " condition TEXT NOT NULL,"
+            " taken_by TEXT NOT NULL,"
+            " comment TEXT,"
+            " taken_at TEXT NOT NULL,"
+            " PRIMARY KEY (tenant, task_id))",
+            "task_id, condition, taken_by, comment, taken_at",
+        ),
+        *_rebuilt(
+            "silences",
+            f"CREATE TABLE {{name}} ({_TENANT},"
+            " id TEXT NOT NULL, ends REAL NOT NULL, silence TEXT NOT NULL,"
+            " PRIMARY KEY (tenant, id))",
+            "id, ends, silence",
+        ),
+        *_rebuilt(
+            "escalations",
+            f"CREATE TABLE {{name}} ({_TENANT},"
+            " sink TEXT NOT NULL,"
+            " task_id INTEGER NOT NULL,"
+            " condition TEXT NOT NULL,"
+            " due REAL NOT NULL,"
+            " PRIMARY KEY (tenant, sink, task_id))",
+            "sink, task_id, condition, due",
+        ),
+        f"ALTER TABLE posts ADD COLUMN {_TENANT}",
+        "DROP INDEX posts_by_sink",
+        "CREATE INDEX posts_by_sink ON posts (tenant, sink, at)",
+        # The single row (id 1) becomes the tenant 'default''s.
+        *_rebuilt(
+            "maintenance",
+            f"CREATE TABLE {{name}} ({_TENANT} PRIMARY KEY, hold TEXT NOT NULL)",
+            "hold",
+            where="WHERE id = 1",
+        ),
+    ),
 }
 
 #: Stored in ``meta``; an older database is migrated when opened, a newer one is not opened.
@@ -56,52 +205,18 @@ SCHEMA_VERSION = max(MIGRATIONS)
 if sorted(MIGRATIONS) != list(range(2, SCHEMA_VERSION + 1)):  # one step per version, no gap
     raise RuntimeError(f"MIGRATIONS {sorted(MIGRATIONS)} have a gap before {SCHEMA_VERSION}")
 
-#: Version 1, as the first release made it.
-_VERSION_1 = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (
-    id INTEGER PRIMARY KEY,
-    memory TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS watches (id INTEGER PRIMARY KEY, added REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    sink TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    task_id INTEGER,
-    type TEXT NOT NULL,
-    event TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    last_error TEXT,
-    UNIQUE (sink, event_id)
-);
-CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, seq);
-CREATE TABLE IF NOT EXISTS history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
-    task_id INTEGER,
-    event TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_by_task ON history (task_id, seq);
-"""
 
-#: The whole schema of a new database.
-SCHEMA = _VERSION_1 + "".join(
-    f"{statement};\n" for version in sorted(MIGRATIONS) for statement in MIGRATIONS[version]
-)
+def statements(found: int | None, upto: int = SCHEMA_VERSION) -> Iterator[str]:
+    """What brings a database of version ``found`` to version ``upto``, statement by statement.
 
-
-def migrate(connection: sqlite3.Connection, found: int) -> None:
-    """Bring a database of version ``found`` to :data:`SCHEMA_VERSION` (inside the caller's
-    transaction)."""
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        for statement in MIGRATIONS[version]:
-            connection.execute(statement)
-    connection.execute(
-        "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-    )
+    ``None``: a new database, or one whose first start was cut short before it had a
+    number (an older batchmon created its tables one by one): version 1 is created where
+    missing, then every migration runs.  The caller runs them in one transaction.
+    """
+    if found is None:
+        yield from _VERSION_1
+    for version in range(max(found or 1, 1) + 1, upto + 1):
+        yield from MIGRATIONS[version]
 
 
 def layout(connection: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
@@ -122,11 +237,12 @@ def layout(connection: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
 
 
 @cache
-def schema_layout() -> dict[str, tuple[str, ...]]:
-    """The layout :data:`SCHEMA` creates."""
+def schema_layout(version: int = SCHEMA_VERSION) -> dict[str, tuple[str, ...]]:
+    """The layout of a database of ``version``, as batchmon made or migrated it."""
     connection = sqlite3.connect(":memory:")
     try:
-        connection.executescript(SCHEMA)
+        for statement in statements(None, version):
+            connection.execute(statement)
         return layout(connection)
     finally:
         connection.close()

@@ -11,6 +11,12 @@ SQLite runs in a worker thread (one at a time, through a capacity limiter of
 one), so no query blocks the event loop.  The database is in WAL mode.  One
 process owns the file, so claims are kept in memory: a restart drops them,
 and the attempt each counted stays counted.
+
+Every row belongs to a tenant.  The store :meth:`~SqliteStore.open` returns is
+the view of the tenant ``default``; :meth:`~SqliteStore.for_tenant` gives the
+view of another, sharing the connection, the worker thread and the claims, and
+every query of a view is scoped to its tenant.  Only the store that opened the
+file closes it; a view's :meth:`~SqliteStore.close` gives its tenant's claims back.
 """
 
 from __future__ import annotations
@@ -29,7 +35,16 @@ import anyio.to_thread
 import structlog
 
 from monitor.delivery.database import connect, reclaim
-from monitor.delivery.outbox import Claim, Committed, Delivery, Queued, StoreError, Told
+from monitor.delivery.outbox import (
+    DEFAULT_TENANT,
+    Claim,
+    Committed,
+    Delivery,
+    Queued,
+    StoreError,
+    Told,
+    tenant_name,
+)
 from monitor.delivery.serial import (
     event_from_json,
     event_to_json,
@@ -44,7 +59,7 @@ from monitor.tracking.maintenance import Hold
 from monitor.tracking.memory import TaskMemory
 from monitor.tracking.silences import Silence
 
-__all__ = ["COALESCED", "HISTORY_PER_TASK", "SqliteStore"]
+__all__ = ["COALESCED", "HISTORY_PER_TASK", "TENANT_TABLES", "SqliteStore"]
 
 log = structlog.get_logger("batchmon.store")
 
@@ -58,40 +73,92 @@ HISTORY_PER_TASK = 20
 COALESCED = frozenset(kind.value for kind, row in KINDS.items() if row.coalesces)
 
 
+# Every statement's first parameter is the tenant.
 _PUT_ACK = (
-    "INSERT INTO acks (task_id, condition, taken_by, comment, taken_at) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET "
+    "INSERT INTO acks (tenant, task_id, condition, taken_by, comment, taken_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, task_id) DO UPDATE SET "
     "condition = excluded.condition, taken_by = excluded.taken_by, "
     "comment = excluded.comment, taken_at = excluded.taken_at"
 )
-_DROP_ACK = "DELETE FROM acks WHERE task_id = ?"
-_TOLD = "INSERT OR REPLACE INTO escalations (sink, task_id, condition, due) VALUES (?, ?, ?, ?)"
-_UNTOLD = "DELETE FROM escalations WHERE sink = ? AND task_id = ?"
+_DROP_ACK = "DELETE FROM acks WHERE tenant = ? AND task_id = ?"
+_TOLD = (
+    "INSERT OR REPLACE INTO escalations (tenant, sink, task_id, condition, due) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_UNTOLD = "DELETE FROM escalations WHERE tenant = ? AND sink = ? AND task_id = ?"
+#: The tables with a tenant's rows (every table but ``meta``), for dropping a tenant; the
+#: same in PostgreSQL.
+TENANT_TABLES = (
+    "tasks",
+    "watches",
+    "outbox",
+    "history",
+    "acks",
+    "silences",
+    "escalations",
+    "posts",
+    "maintenance",
+)
 
 
-def _ack_row(ack: Ack) -> tuple[int, str, str, str | None, str]:
-    return (ack.task_id, ack.condition, ack.by, ack.comment, ack.at.isoformat())
+def _ack_row(tenant: str, ack: Ack) -> tuple[str, int, str, str, str | None, str]:
+    return (tenant, ack.task_id, ack.condition, ack.by, ack.comment, ack.at.isoformat())
 
 
 class SqliteStore:
-    """The state database; every method runs its SQL in a worker thread."""
+    """A tenant's view of the state database; every method runs its SQL in a worker thread."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        path: Path,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        root: SqliteStore | None = None,
+    ) -> None:
         self._db = connection
         self.path = path
-        self._limiter = anyio.CapacityLimiter(1)
-        #: Claimed deliveries (seq -> task key), per sink.
-        self._claims: dict[str, dict[int, int]] = {}
+        self._tenant = tenant
+        #: The store that opened the file (``None``: this one), whose thread and claims
+        #: every view shares.
+        self._root = root
+        self._limiter: anyio.CapacityLimiter = (
+            root._limiter if root is not None else anyio.CapacityLimiter(1)
+        )
+        #: Claimed deliveries (seq -> task key), per tenant and sink.
+        self._every_claim: dict[str, dict[str, dict[int, int]]] = (
+            root._every_claim if root is not None else {}
+        )
+        #: This tenant's, per sink.
+        self._claims = self._every_claim.setdefault(tenant, {})
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
-        """Open (or create) the database; a corrupt one is moved aside and replaced."""
+        """Open (or create) the database; a corrupt one is moved aside and replaced.
+
+        The store is the view of the tenant ``default``.
+        """
         connection = await anyio.to_thread.run_sync(connect, path)
         return cls(connection, path)
 
+    @property
+    def tenant(self) -> str:
+        """The tenant whose rows this view reads and writes."""
+        return self._tenant
+
+    def for_tenant(self, name: str) -> SqliteStore:
+        """The view of tenant ``name``, on this store's connection; :class:`ValueError` for
+        a name a tenant cannot have."""
+        root = self._root or self
+        return SqliteStore(self._db, self.path, tenant=tenant_name(name), root=root)
+
     async def close(self) -> None:
-        """Close the database (after the last write)."""
-        await self._run(self._db.close)
+        """The store that opened the database closes it (after the last write); a view gives
+        back its tenant's claims (after the tenant's last write) and leaves it open."""
+        if self._root is None:
+            await self._run(self._db.close)
+        else:
+            await self._run(self._claims.clear)
 
     async def _run(self, function: Callable[[], _T]) -> _T:
         try:
@@ -106,7 +173,9 @@ class SqliteStore:
         """Every stored task memory; unreadable rows are logged and skipped."""
 
         def load() -> list[tuple[int, str]]:
-            return self._db.execute("SELECT id, memory FROM tasks").fetchall()
+            return self._db.execute(
+                "SELECT id, memory FROM tasks WHERE tenant = ?", (self._tenant,)
+            ).fetchall()
 
         memories: dict[int, TaskMemory] = {}
         for task_id, text in await self._run(load):
@@ -119,14 +188,16 @@ class SqliteStore:
     async def forget_tasks(self, task_ids: Iterable[int]) -> None:
         """Drop the memory, history, acknowledgements and escalation records of tasks no
         longer watched, and give the space back."""
-        ids = [(task_id,) for task_id in task_ids]
+        ids = [(self._tenant, task_id) for task_id in task_ids]
 
         def forget() -> None:
             with self._db:
-                self._db.executemany("DELETE FROM tasks WHERE id = ?", ids)
-                self._db.executemany("DELETE FROM history WHERE task_id = ?", ids)
-                self._db.executemany("DELETE FROM acks WHERE task_id = ?", ids)
-                self._db.executemany("DELETE FROM escalations WHERE task_id = ?", ids)
+                self._db.executemany("DELETE FROM tasks WHERE tenant = ? AND id = ?", ids)
+                self._db.executemany("DELETE FROM history WHERE tenant = ? AND task_id = ?", ids)
+                self._db.executemany(_DROP_ACK, ids)
+                self._db.executemany(
+                    "DELETE FROM escalations WHERE tenant = ? AND task_id = ?", ids
+                )
             reclaim(self._db)
 
         await self._run(forget)
@@ -153,17 +224,23 @@ class SqliteStore:
         ``told`` and ``untold``: escalation records written and dropped with them;
         ``acks`` and ``unacked``: acknowledgements stored and dropped with them.
         """
-        rows = [(m.info.id, memory_to_json(m)) for m in memories]
+        tenant = self._tenant
+        rows = [(tenant, m.info.id, memory_to_json(m)) for m in memories]
         texts = {e.id: event_to_json(e) for _, e in deliveries}
-        queued = [(sink, e.id, e.task_id, e.type.value, texts[e.id], now) for sink, e in deliveries]
+        queued = [
+            (tenant, sink, e.id, e.task_id, e.type.value, texts[e.id], now)
+            for sink, e in deliveries
+        ]
         events = {e.id: e for _, e in deliveries}
         events.update((e.id, e) for e in history)
-        recorded = [(e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()]
+        recorded = [
+            (tenant, e.id, e.task_id, texts.get(e.id) or event_to_json(e)) for e in events.values()
+        ]
         also: list[tuple[str, Sequence[tuple[Any, ...]]]] = [
-            (_UNTOLD, untold),
-            (_TOLD, [(t.sink, t.task_id, t.condition, t.due) for t in told]),
-            (_DROP_ACK, [(task_id,) for task_id in unacked]),
-            (_PUT_ACK, [_ack_row(ack) for ack in acks]),
+            (_UNTOLD, [(tenant, sink, task_id) for sink, task_id in untold]),
+            (_TOLD, [(tenant, t.sink, t.task_id, t.condition, t.due) for t in told]),
+            (_DROP_ACK, [(tenant, task_id) for task_id in unacked]),
+            (_PUT_ACK, [_ack_row(tenant, ack) for ack in acks]),
         ]
 
         def write() -> tuple[dict[str, int], dict[str, list[tuple[Any, ...]]]]:
@@ -188,9 +265,9 @@ class SqliteStore:
 
     def _write(
         self,
-        rows: Sequence[tuple[int, str]],
+        rows: Sequence[tuple[str, int, str]],
         queued: Sequence[tuple[Any, ...]],
-        recorded: Sequence[tuple[str, int | None, str]],
+        recorded: Sequence[tuple[str, str, int | None, str]],
         growth: dict[str, int],
         claim: Mapping[str, int],
         now: float,
@@ -205,36 +282,38 @@ class SqliteStore:
             for statement, params in also:
                 self._db.executemany(statement, params)
             self._db.executemany(
-                "INSERT INTO tasks (id, memory) VALUES (?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET memory = excluded.memory",
+                "INSERT INTO tasks (tenant, id, memory) VALUES (?, ?, ?) "
+                "ON CONFLICT (tenant, id) DO UPDATE SET memory = excluded.memory",
                 rows,
             )
             for row in queued:
-                sink, _, task_id, kind = row[:4]
+                tenant, sink, _, task_id, kind = row[:5]
                 if kind in COALESCED and task_id is not None:
                     # attempts = 0: never replace one that is or was being tried.
                     dropped = self._db.execute(
-                        "DELETE FROM outbox WHERE sink = ? AND task_id = ? AND type = ? "
-                        "AND attempts = 0",
-                        (sink, task_id, kind),
+                        "DELETE FROM outbox WHERE tenant = ? AND sink = ? AND task_id = ? "
+                        "AND type = ? AND attempts = 0",
+                        (tenant, sink, task_id, kind),
                     ).rowcount
                     growth[sink] = growth.get(sink, 0) - dropped
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO outbox "
-                    "(sink, event_id, task_id, type, event, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "(tenant, sink, event_id, task_id, type, event, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
                 growth[sink] = growth.get(sink, 0) + cursor.rowcount
             self._db.executemany(
-                "INSERT OR IGNORE INTO history (event_id, task_id, event) VALUES (?, ?, ?)",
+                "INSERT OR IGNORE INTO history (tenant, event_id, task_id, event) "
+                "VALUES (?, ?, ?, ?)",
                 recorded,
             )
-            for task_id in {task_id for _, task_id, _ in recorded}:
+            for task_id in {task_id for _, _, task_id, _ in recorded}:
                 self._db.execute(
-                    "DELETE FROM history WHERE task_id IS ? AND seq NOT IN "
-                    "(SELECT seq FROM history WHERE task_id IS ? ORDER BY seq DESC LIMIT ?)",
-                    (task_id, task_id, HISTORY_PER_TASK),
+                    "DELETE FROM history WHERE tenant = ? AND task_id IS ? AND seq NOT IN "
+                    "(SELECT seq FROM history WHERE tenant = ? AND task_id IS ? "
+                    "ORDER BY seq DESC LIMIT ?)",
+                    (self._tenant, task_id, self._tenant, task_id, HISTORY_PER_TASK),
                 )
             for sink, count in claim.items():
                 if count > 0:
@@ -286,8 +365,8 @@ class SqliteStore:
         busy = set(claims.values())
         heads = self._db.execute(
             "SELECT min(seq), next_attempt, coalesce(task_id, 0) AS task FROM outbox "
-            "WHERE sink = ? GROUP BY task ORDER BY 1",
-            (sink,),
+            "WHERE tenant = ? AND sink = ? GROUP BY task ORDER BY 1",
+            (self._tenant, sink),
         ).fetchall()
         due = [(seq, task) for seq, at, task in heads if task not in busy and at <= now]
         if not due:
@@ -295,6 +374,7 @@ class SqliteStore:
             return [], min(waiting, default=None), False
         rows = []
         for seq, task in due[:count]:
+            # A head just read, by its seq: the tenant is known to match.
             self._db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
             rows.append(
                 self._db.execute(
@@ -324,7 +404,8 @@ class SqliteStore:
         return deliveries, unreadable
 
     def _settle(self, seqs: Iterable[int]) -> None:
-        """Claims on these deliveries end, whichever sink holds them (in the worker thread)."""
+        """Claims on these deliveries end, whichever of the tenant's sinks holds them (in the
+        worker thread)."""
         for claims in self._claims.values():
             for seq in seqs:
                 claims.pop(seq, None)
@@ -332,7 +413,10 @@ class SqliteStore:
     def _delete(self, seqs: Sequence[int]) -> None:
         """Delete outbox rows by seq (in the worker thread, inside the caller's transaction)."""
         self._settle(seqs)
-        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in seqs])
+        self._db.executemany(
+            "DELETE FROM outbox WHERE seq = ? AND tenant = ?",
+            [(seq, self._tenant) for seq in seqs],
+        )
 
     async def finish(self, seqs: Sequence[int]) -> None:
         """Deliveries are done: delivered or given up."""
@@ -349,8 +433,9 @@ class SqliteStore:
         def later() -> None:
             with self._db:
                 self._db.execute(
-                    "UPDATE outbox SET next_attempt = ?, last_error = ? WHERE seq = ?",
-                    (next_attempt, error, seq),
+                    "UPDATE outbox SET next_attempt = ?, last_error = ? "
+                    "WHERE seq = ? AND tenant = ?",
+                    (next_attempt, error, seq, self._tenant),
                 )
             self._settle((seq,))
 
@@ -362,8 +447,9 @@ class SqliteStore:
         def release() -> None:
             with self._db:
                 self._db.executemany(
-                    "UPDATE outbox SET attempts = attempts - 1 WHERE seq = ? AND attempts > 0",
-                    [(s,) for s in seqs],
+                    "UPDATE outbox SET attempts = attempts - 1 "
+                    "WHERE seq = ? AND tenant = ? AND attempts > 0",
+                    [(s, self._tenant) for s in seqs],
                 )
             self._settle(seqs)
 
@@ -373,26 +459,56 @@ class SqliteStore:
         """Pending deliveries per sink."""
 
         def count() -> list[tuple[str, int]]:
-            return self._db.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
+            return self._db.execute(
+                "SELECT sink, COUNT(*) FROM outbox WHERE tenant = ? GROUP BY sink", (self._tenant,)
+            ).fetchall()
 
         return dict(await self._run(count))
 
     async def drop_sinks_except(self, sinks: Iterable[str]) -> dict[str, int]:
-        """Delete deliveries for sinks no longer configured; how many, per sink."""
-        keep = sorted(set(sinks))
+        """Delete the tenant's deliveries for sinks no longer configured; how many, per sink."""
+        keep = [self._tenant, *sorted(set(sinks))]
 
         def drop() -> dict[str, int]:
-            marks = ",".join("?" * len(keep))
+            marks = ",".join("?" * (len(keep) - 1))
             with self._db:
                 gone = dict(
                     self._db.execute(
-                        f"SELECT sink, COUNT(*) FROM outbox WHERE sink NOT IN ({marks}) "  # noqa: S608 - only placeholders
-                        "GROUP BY sink",
+                        "SELECT sink, COUNT(*) FROM outbox "  # noqa: S608 - only placeholders
+                        f"WHERE tenant = ? AND sink NOT IN ({marks}) GROUP BY sink",
                         keep,
                     ).fetchall()
                 )
                 for table in ("outbox", "escalations", "posts"):
-                    self._db.execute(f"DELETE FROM {table} WHERE sink NOT IN ({marks})", keep)  # noqa: S608
+                    self._db.execute(
+                        f"DELETE FROM {table} WHERE tenant = ? AND sink NOT IN ({marks})",  # noqa: S608
+                        keep,
+                    )
+            return gone
+
+        return await self._run(drop)
+
+    async def drop_tenants_except(self, names: Iterable[str]) -> dict[str, int]:
+        """Delete every row of the tenants not named, whichever view is asked; how many
+        rows, per tenant dropped."""
+        keep = sorted(set(names))
+
+        def drop() -> dict[str, int]:
+            marks = ",".join("?" * len(keep))
+            gone: dict[str, int] = {}
+            with self._db:
+                for table in TENANT_TABLES:
+                    counted = self._db.execute(
+                        f"SELECT tenant, COUNT(*) FROM {table} "  # noqa: S608 - only placeholders
+                        f"WHERE tenant NOT IN ({marks}) GROUP BY tenant",
+                        keep,
+                    ).fetchall()
+                    for tenant, count in counted:
+                        gone[tenant] = gone.get(tenant, 0) + count
+                    self._db.execute(f"DELETE FROM {table} WHERE tenant NOT IN ({marks})", keep)  # noqa: S608
+            for tenant in gone:
+                self._every_claim.get(tenant, {}).clear()
+            reclaim(self._db)
             return gone
 
         return await self._run(drop)
@@ -407,8 +523,8 @@ class SqliteStore:
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
-                    f"SELECT event_id FROM history WHERE event_id IN ({marks})",  # noqa: S608 - only placeholders
-                    chunk,
+                    f"SELECT event_id FROM history WHERE tenant = ? AND event_id IN ({marks})",  # noqa: S608 - only placeholders
+                    [self._tenant, *chunk],
                 ).fetchall()
                 found.update(event_id for (event_id,) in rows)
             return found
@@ -420,7 +536,8 @@ class SqliteStore:
 
         def load() -> list[tuple[str]]:
             return self._db.execute(
-                "SELECT event FROM history WHERE task_id IS ? ORDER BY seq", (task_id,)
+                "SELECT event FROM history WHERE tenant = ? AND task_id IS ? ORDER BY seq",
+                (self._tenant, task_id),
             ).fetchall()
 
         return [event_from_json(text) for (text,) in await self._run(load)]
@@ -433,8 +550,8 @@ class SqliteStore:
         def load() -> list[tuple[int, int | None, str, float, float]]:
             return self._db.execute(
                 "SELECT seq, task_id, type, created, next_attempt FROM outbox "
-                "WHERE sink = ? ORDER BY seq",
-                (sink,),
+                "WHERE tenant = ? AND sink = ? ORDER BY seq",
+                (self._tenant, sink),
             ).fetchall()
 
         rows = await self._run(load)
@@ -452,13 +569,14 @@ class SqliteStore:
                     if seq in claims:
                         continue
                     self._db.execute(
-                        "UPDATE outbox SET attempts = attempts + 1 WHERE seq = ? AND sink = ?",
-                        (seq, sink),
+                        "UPDATE outbox SET attempts = attempts + 1 "
+                        "WHERE seq = ? AND tenant = ? AND sink = ?",
+                        (seq, self._tenant, sink),
                     )
                     row = self._db.execute(
                         "SELECT seq, event, attempts - 1, next_attempt, created, "
-                        "coalesce(task_id, 0) FROM outbox WHERE seq = ? AND sink = ?",
-                        (seq, sink),
+                        "coalesce(task_id, 0) FROM outbox WHERE seq = ? AND tenant = ? AND sink = ?",
+                        (seq, self._tenant, sink),
                     ).fetchone()
                     if row is not None:
                         rows.append(row[:5])
@@ -476,7 +594,9 @@ class SqliteStore:
         """Task ids watched through the HTTP API."""
 
         def load() -> list[tuple[int]]:
-            return self._db.execute("SELECT id FROM watches ORDER BY id").fetchall()
+            return self._db.execute(
+                "SELECT id FROM watches WHERE tenant = ? ORDER BY id", (self._tenant,)
+            ).fetchall()
 
         return [task_id for (task_id,) in await self._run(load)]
 
@@ -486,8 +606,8 @@ class SqliteStore:
         def add() -> None:
             with self._db:
                 self._db.execute(
-                    "INSERT OR IGNORE INTO watches (id, added) VALUES (?, ?)",
-                    (task_id, time.time()),
+                    "INSERT OR IGNORE INTO watches (tenant, id, added) VALUES (?, ?, ?)",
+                    (self._tenant, task_id, time.time()),
                 )
 
         await self._run(add)
@@ -497,7 +617,9 @@ class SqliteStore:
 
         def remove() -> None:
             with self._db:
-                self._db.execute("DELETE FROM watches WHERE id = ?", (task_id,))
+                self._db.execute(
+                    "DELETE FROM watches WHERE tenant = ? AND id = ?", (self._tenant, task_id)
+                )
 
         await self._run(remove)
 
@@ -508,7 +630,9 @@ class SqliteStore:
 
         def load() -> list[tuple[str, int, str, float]]:
             return self._db.execute(
-                "SELECT sink, task_id, condition, due FROM escalations ORDER BY sink, task_id"
+                "SELECT sink, task_id, condition, due FROM escalations WHERE tenant = ? "
+                "ORDER BY sink, task_id",
+                (self._tenant,),
             ).fetchall()
 
         return [Told(*row) for row in await self._run(load)]
@@ -518,8 +642,14 @@ class SqliteStore:
 
         def record() -> None:
             with self._db:
-                self._db.execute("INSERT INTO posts (sink, at) VALUES (?, ?)", (sink, at))
-                self._db.execute("DELETE FROM posts WHERE sink = ? AND at <= ?", (sink, keep_after))
+                self._db.execute(
+                    "INSERT INTO posts (tenant, sink, at) VALUES (?, ?, ?)",
+                    (self._tenant, sink, at),
+                )
+                self._db.execute(
+                    "DELETE FROM posts WHERE tenant = ? AND sink = ? AND at <= ?",
+                    (self._tenant, sink, keep_after),
+                )
 
         await self._run(record)
 
@@ -528,7 +658,8 @@ class SqliteStore:
 
         def load() -> list[tuple[float]]:
             return self._db.execute(
-                "SELECT at FROM posts WHERE sink = ? AND at > ? ORDER BY at", (sink, since)
+                "SELECT at FROM posts WHERE tenant = ? AND sink = ? AND at > ? ORDER BY at",
+                (self._tenant, sink, since),
             ).fetchall()
 
         return [at for (at,) in await self._run(load)]
@@ -540,7 +671,9 @@ class SqliteStore:
 
         def load() -> list[tuple[int, str, str, str | None, str]]:
             return self._db.execute(
-                "SELECT task_id, condition, taken_by, comment, taken_at FROM acks ORDER BY task_id"
+                "SELECT task_id, condition, taken_by, comment, taken_at FROM acks "
+                "WHERE tenant = ? ORDER BY task_id",
+                (self._tenant,),
             ).fetchall()
 
         return [
@@ -550,7 +683,7 @@ class SqliteStore:
 
     async def put_ack(self, ack: Ack) -> None:
         """Store a task's acknowledgement, replacing the one it had."""
-        row = _ack_row(ack)
+        row = _ack_row(self._tenant, ack)
 
         def put() -> None:
             with self._db:
@@ -560,7 +693,7 @@ class SqliteStore:
 
     async def drop_acks(self, task_ids: Iterable[int]) -> None:
         """Delete these tasks' acknowledgements (taken back, or lapsed)."""
-        ids = [(task_id,) for task_id in task_ids]
+        ids = [(self._tenant, task_id) for task_id in task_ids]
 
         def drop() -> None:
             with self._db:
@@ -572,7 +705,9 @@ class SqliteStore:
         """Every stored silence, ended ones not yet swept included, by end time."""
 
         def load() -> list[tuple[str]]:
-            return self._db.execute("SELECT silence FROM silences ORDER BY ends, id").fetchall()
+            return self._db.execute(
+                "SELECT silence FROM silences WHERE tenant = ? ORDER BY ends, id", (self._tenant,)
+            ).fetchall()
 
         return [Silence.from_dict(json.loads(text)) for (text,) in await self._run(load)]
 
@@ -582,8 +717,13 @@ class SqliteStore:
         def add() -> None:
             with self._db:
                 self._db.execute(
-                    "INSERT INTO silences (id, ends, silence) VALUES (?, ?, ?)",
-                    (silence.id, silence.ends.timestamp(), json.dumps(silence.to_dict())),
+                    "INSERT INTO silences (tenant, id, ends, silence) VALUES (?, ?, ?, ?)",
+                    (
+                        self._tenant,
+                        silence.id,
+                        silence.ends.timestamp(),
+                        json.dumps(silence.to_dict()),
+                    ),
                 )
 
         await self._run(add)
@@ -595,7 +735,10 @@ class SqliteStore:
             removed = set()
             with self._db:
                 for silence_id in silence_ids:
-                    cursor = self._db.execute("DELETE FROM silences WHERE id = ?", (silence_id,))
+                    cursor = self._db.execute(
+                        "DELETE FROM silences WHERE tenant = ? AND id = ?",
+                        (self._tenant, silence_id),
+                    )
                     if cursor.rowcount:
                         removed.add(silence_id)
             return removed
@@ -609,7 +752,7 @@ class SqliteStore:
 
         def load() -> tuple[str] | None:
             row: tuple[str] | None = self._db.execute(
-                "SELECT hold FROM maintenance WHERE id = 1"
+                "SELECT hold FROM maintenance WHERE tenant = ?", (self._tenant,)
             ).fetchone()
             return row
 
@@ -623,12 +766,12 @@ class SqliteStore:
         def put() -> None:
             with self._db:
                 if text is None:
-                    self._db.execute("DELETE FROM maintenance WHERE id = 1")
+                    self._db.execute("DELETE FROM maintenance WHERE tenant = ?", (self._tenant,))
                 else:
                     self._db.execute(
-                        "INSERT INTO maintenance (id, hold) VALUES (1, ?) "
-                        "ON CONFLICT (id) DO UPDATE SET hold = excluded.hold",
-                        (text,),
+                        "INSERT INTO maintenance (tenant, hold) VALUES (?, ?) "
+                        "ON CONFLICT (tenant) DO UPDATE SET hold = excluded.hold",
+                        (self._tenant, text),
                     )
 
         await self._run(put)
