@@ -95,12 +95,20 @@ def _event(
     )
 
 
-def _labels(alertname: str, task_id: int = 212, name: str = "Export") -> dict[str, str]:
+def _labels(
+    alertname: str, task_id: int = 212, name: str = "Export", tenant: str = "default"
+) -> dict[str, str]:
     severity = "critical" if alertname == API_DOWN else "warning"
     if alertname == API_DOWN:
-        return {"alertname": alertname, "severity": severity, "source": "batchmon"}
+        return {
+            "alertname": alertname,
+            "tenant": tenant,
+            "severity": severity,
+            "source": "batchmon",
+        }
     return {
         "alertname": alertname,
+        "tenant": tenant,
         "task_id": str(task_id),
         "task_name": name,
         "severity": severity,
