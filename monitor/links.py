@@ -1,10 +1,24 @@
-"""Where a message or an alert sends a person: the task's own page on the status site."""
+"""Where a message or an alert sends a person: the task's own page on the status site.
+
+Task ids are unique only within a tenant, so a page of a tenant other than the default one
+names it in its query (``?tenant=acme``); the default tenant's pages (and messages) do not,
+so a single-tenant configuration links and reads as it always did.
+"""
 
 from __future__ import annotations
 
+from typing import Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
-__all__ = ["task_url", "with_tenant"]
+__all__ = ["DEFAULT_TENANT", "named_tenant", "task_url", "with_tenant"]
+
+#: The tenant of a configuration without ``[[tenants]]``.
+DEFAULT_TENANT: Final = "default"
+
+
+def named_tenant(tenant: str) -> str | None:
+    """The tenant as messages and links name it: ``None`` for the default tenant."""
+    return None if tenant == DEFAULT_TENANT else tenant
 
 
 def with_tenant(url: str, tenant: str | None) -> str:

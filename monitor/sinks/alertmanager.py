@@ -65,9 +65,8 @@ import anyio
 import structlog
 
 from monitor.config.sinks import AlertmanagerSinkConfig
-from monitor.links import task_url
+from monitor.links import DEFAULT_TENANT, named_tenant, task_url
 from monitor.sinks.base import DeliveryError
-from monitor.sinks.context import DEFAULT_TENANT, named_tenant
 from monitor.sinks.http import Request, json_body, post_json
 from monitor.sinks.render import escape_plain, tenant_named
 from monitor.tracking.events import KINDS, Event, EventType, TaskSummary

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
 import aiohttp
 
-__all__ = ["DEFAULT_TENANT", "SinkContext", "named_tenant"]
+from monitor.links import DEFAULT_TENANT
 
-#: The tenant of a configuration without ``[[tenants]]``: messages and links do not name it,
-#: so a single-tenant setup reads as it always did.
-DEFAULT_TENANT: Final = "default"
-
-
-def named_tenant(tenant: str) -> str | None:
-    """The tenant as messages and links name it: ``None`` for the default tenant."""
-    return None if tenant == DEFAULT_TENANT else tenant
+__all__ = ["SinkContext"]
 
 
 class SinkContext:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
-from monitor.links import task_url, with_tenant
-from monitor.sinks.context import DEFAULT_TENANT, named_tenant
+from monitor.links import DEFAULT_TENANT, named_tenant, task_url, with_tenant
 from monitor.sinks.render import Message, Tone, tenant_named
 from monitor.tracking.events import KINDS, Event, EventType, event_id
 

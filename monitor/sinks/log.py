@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import structlog
 
-from monitor.sinks.context import DEFAULT_TENANT, named_tenant
+from monitor.links import DEFAULT_TENANT, named_tenant
 from monitor.text import without_surrogates
 from monitor.tracking.events import KINDS, Event, EventType
 

@@ -35,8 +35,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, safe_range
 
-from monitor.links import task_url
-from monitor.sinks.context import DEFAULT_TENANT, named_tenant
+from monitor.links import DEFAULT_TENANT, named_tenant, task_url
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import KINDS, Event, EventType, TaskSummary, Tone, event_id
 

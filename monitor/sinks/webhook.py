@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Self
 
 import aiohttp
 
-from monitor.links import with_tenant
-from monitor.sinks.context import DEFAULT_TENANT, named_tenant
+from monitor.links import DEFAULT_TENANT, named_tenant, with_tenant
 from monitor.sinks.http import HttpSink, Request, json_body
 from monitor.sinks.render import Renderer
 
