@@ -95,12 +95,20 @@ def _event(
     )
 
 
-def _labels(alertname: str, task_id: int = 212, name: str = "Export") -> dict[str, str]:
+def _labels(
+    alertname: str, task_id: int = 212, name: str = "Export", tenant: str = "default"
+) -> dict[str, str]:
     severity = "critical" if alertname == API_DOWN else "warning"
     if alertname == API_DOWN:
-        return {"alertname": alertname, "severity": severity, "source": "batchmon"}
+        return {
+            "alertname": alertname,
+            "tenant": tenant,
+            "severity": severity,
+            "source": "batchmon",
+        }
     return {
         "alertname": alertname,
+        "tenant": tenant,
         "task_id": str(task_id),
         "task_name": name,
         "severity": severity,
@@ -742,3 +750,59 @@ class TestFactory:
 
         assert isinstance(sink, AlertmanagerSink)
         assert ("am", 10.0) == (sink.name, sink.default_rate)
+
+
+class TestTenant:
+    """Every alert names its tenant (``tenant`` label); task ids repeat across tenants."""
+
+    async def test_same_task_in_two_tenants(
+        self, alertmanager: RealAlertmanager, session: aiohttp.ClientSession
+    ) -> None:
+        """Task 212 of ``default`` and of ``acme`` are two alerts; each resolves on its own."""
+        status = "https://batchmon.example.com/"
+        default, acme = (
+            build_sink(
+                AlertmanagerSinkConfig(name="am", type="alertmanager", url=alertmanager.url),
+                SinkContext(session, status_url=status, tenant=tenant),
+            )
+            for tenant in ("default", "acme")
+        )
+        failed = _task(state=BatchTaskState.FAILED)
+        for sink in (default, acme):
+            await sink.send(_event(EventType.TASK_FAILED, failed, time=datetime.now(UTC)))
+
+        alerts = await alertmanager.alerts(session, 'task_id="212"')
+        by_tenant = {alert["labels"]["tenant"]: alert for alert in alerts}
+        assert _labels(FAILED, tenant="acme") == by_tenant["acme"]["labels"]
+        assert _labels(FAILED) == by_tenant["default"]["labels"]
+        assert (
+            "acme · Batch task 212 (Export) failed" == by_tenant["acme"]["annotations"]["summary"]
+        )
+        assert "Batch task 212 (Export) failed" == by_tenant["default"]["annotations"]["summary"]
+        assert status + "tasks/212?tenant=acme" == by_tenant["acme"]["generatorURL"]
+        assert status + "tasks/212" == by_tenant["default"]["generatorURL"]
+
+        succeeded = _task(state=BatchTaskState.SUCCEEDED, progress=100)
+        await acme.send(_event(EventType.TASK_SUCCEEDED, succeeded, time=datetime.now(UTC)))
+
+        assert [] == await alertmanager.alerts(session, 'tenant="acme"')
+        assert 1 == len(await alertmanager.alerts(session, 'tenant="default"'))
+
+    async def test_restored_alerts_keep_the_tenant(
+        self, fake_am: ScriptedServer, session: aiohttp.ClientSession, clock: ManualClock
+    ) -> None:
+        """After a restart a tenant's alerts are re-posted, and resolved, with its label."""
+        sink = AlertmanagerSink(
+            "am", _base(fake_am), session, resend_every=60, clock=clock, tenant="acme"
+        )
+        sink.restore([_event(EventType.TASK_FAILED, _task(state=BatchTaskState.FAILED))])
+
+        async with _running(sink):
+            await _until(lambda: len(fake_am.seen) >= 1)
+        await sink.send(_event(EventType.TASK_SUCCEEDED, _task(state=BatchTaskState.SUCCEEDED)))
+
+        [restored], resolutions = _posted(fake_am)
+        assert _labels(FAILED, tenant="acme") == restored["labels"]
+        assert [_labels(name, tenant="acme") for name in (FAILED, STALLED, GONE)] == [
+            alert["labels"] for alert in resolutions
+        ]

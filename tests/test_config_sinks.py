@@ -309,3 +309,79 @@ def test_readme_alerts_example_loads(tmp_path: Path) -> None:
     assert ["oncall", "hook"] == [sink.name for sink in config.sinks]
     assert isinstance(config.sinks[0], ChatSinkConfig)
     assert 2 == len(config.sinks[0].quiet_windows)
+
+
+class TestTenants:
+    """``tenants``: globs on tenant names choose the tenants a sink is built for."""
+
+    def test_all_tenants_by_default(self) -> None:
+        """Without ``tenants`` a sink serves every tenant."""
+        (sink,) = parse_config(
+            with_("sinks", [{"name": "a", "type": "log"}]), base_dir=Path()
+        ).sinks
+
+        assert ["*"] == sink.tenants
+        assert sink.serves("default")
+        assert sink.serves("acme")
+
+    @pytest.mark.parametrize(
+        ("globs", "tenant", "served"),
+        [
+            (["acme*"], "acme", True),
+            (["acme*"], "acme-eu", True),
+            (["acme*"], "default", False),
+            (["acme*"], "xacme", False),
+            (["default", "b?ta"], "beta", True),
+            (["default", "b?ta"], "default", True),
+            (["default", "b?ta"], "bta", False),
+            (["cust[0-4]*"], "cust3x", True),
+            (["cust[0-4]*"], "cust5", False),
+            (["*-eu"], "acme-eu", True),
+            (["*-eu"], "acme_eu", False),
+        ],
+    )
+    def test_globs(self, globs: list[str], tenant: str, served: bool) -> None:
+        """fnmatch globs, case-sensitive, over the whole name; any one glob suffices."""
+        sink = {"name": "a", "type": "log", "tenants": globs}
+        (config_sink,) = parse_config(with_("sinks", [sink]), base_dir=Path()).sinks
+
+        assert served == config_sink.serves(tenant)
+
+    @pytest.mark.parametrize(
+        ("globs", "expected"),
+        [
+            ([], 'sinks["a"].tenants: must not be empty'),
+            ([""], "sinks[\"a\"].tenants[0]: '' is not a tenant glob"),
+            (["acme", "Acme*"], "sinks[\"a\"].tenants[1]: 'Acme*' is not a tenant glob"),
+            (["acme eu"], "sinks[\"a\"].tenants[0]: 'acme eu' is not a tenant glob"),
+            (["acme.eu"], "sinks[\"a\"].tenants[0]: 'acme.eu' is not a tenant glob"),
+            (["cust[0-4"], "sinks[\"a\"].tenants[0]: 'cust[0-4' is not a tenant glob"),
+            (["[]"], "sinks[\"a\"].tenants[0]: '[]' is not a tenant glob"),
+            ("acme", 'sinks["a"].tenants: expected an array'),
+        ],
+    )
+    def test_refused(self, globs: object, expected: str) -> None:
+        """A glob that could never match a tenant name is refused at its index."""
+        sink = {"name": "a", "type": "slack", "url": "https://x.example", "tenants": globs}
+        (problem,) = problems(with_("sinks", [sink]))
+
+        assert problem.startswith(expected), problem
+
+    def test_upper_case_hint(self) -> None:
+        """Upper case is refused with the reason: tenant names are lower case."""
+        (problem,) = problems(with_("sinks", [{"name": "a", "type": "log", "tenants": ["ACME"]}]))
+
+        assert problem.endswith("(tenant names are lower case)")
+
+    def test_check_config_exits_78_naming_the_key(self, tmp_path: Path) -> None:
+        """``batchmon check-config`` refuses a bad glob with exit 78, naming the key."""
+        config = tmp_path / "batchmon.toml"
+        config.write_text(
+            '[superoffice]\nurl = "https://crm.example.com/api"\n'
+            '[superoffice.auth]\ntype = "basic"\nusername = "u"\npassword = "p"\n'
+            '[[sinks]]\ntype = "log"\ntenants = ["acme/*"]\n'
+        )
+        result = CliRunner().invoke(main, ["check-config", str(config)])
+
+        assert EX_CONFIG == result.exit_code
+        assert "sinks[0].tenants[0]: 'acme/*' is not a tenant glob" in result.stderr

@@ -23,3 +23,32 @@ from monitor.links import task_url
 def test_task_url(public_url: str | None, task_id: int | None, expected: str | None) -> None:
     """The task page under the public URL (prefix kept); the main page for no task."""
     assert expected == task_url(public_url, task_id)
+
+
+@pytest.mark.parametrize(
+    ("public_url", "task_id", "expected"),
+    [
+        (None, 212, None),
+        (
+            "https://batchmon.example.com/",
+            212,
+            "https://batchmon.example.com/tasks/212?tenant=acme",
+        ),
+        (
+            "https://ops.example.com/batchmon",
+            7,
+            "https://ops.example.com/batchmon/tasks/7?tenant=acme",
+        ),
+        ("https://batchmon.example.com/", None, "https://batchmon.example.com/?tenant=acme"),
+        (
+            "https://batchmon.example.com/?x=1",
+            None,
+            "https://batchmon.example.com/?x=1&tenant=acme",
+        ),
+    ],
+)
+def test_task_url_of_a_tenant(
+    public_url: str | None, task_id: int | None, expected: str | None
+) -> None:
+    """A tenant other than the default is named in the query of its pages."""
+    assert expected == task_url(public_url, task_id, "acme")

@@ -110,9 +110,12 @@ class TestTestSink:
 
         assert 0 == result.exit_code, result.output
         [alert] = json.loads(scripted.seen[0].body)
-        assert {"alertname": "BatchmonTest", "severity": "none", "source": "batchmon"} == (
-            alert["labels"]
-        )
+        assert {
+            "alertname": "BatchmonTest",
+            "tenant": "default",
+            "severity": "none",
+            "source": "batchmon",
+        } == alert["labels"]
         assert "please ignore" in alert["annotations"]["summary"]
         assert alert["endsAt"] > alert["startsAt"]
 

@@ -1,6 +1,7 @@
 """The ``[[sinks]]`` section: where events go, and which of them.
 
 The keys a sink takes depend on its type; filters name event types, which must exist.
+``tenants`` globs say for which tenants a sink is built at all.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, ClassVar, Final, Literal, Self, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from monitor.config.base import _Variant
 from monitor.config.errors import _did_you_mean, _invalid, _problem
@@ -43,6 +44,24 @@ __all__ = [
 EVENT_TYPES: Final = tuple(kind.value for kind in EMITTED)
 
 _SINK_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+#: A glob over tenant names: their characters, ``*``, ``?`` and ``[...]`` sets of them.
+_TENANT_GLOB_RE: Final = re.compile(r"(?:[a-z0-9_*?-]|\[[a-z0-9_-]+\])+")
+
+
+def _tenant_glob(glob: str) -> str:
+    """A glob that can match tenant names (lower case, digits, ``-``, ``_``)."""
+    if not _TENANT_GLOB_RE.fullmatch(glob):
+        case = " (tenant names are lower case)" if glob.lower() != glob else ""
+        message = (
+            f"{glob!r} is not a tenant glob: use a-z, 0-9, '-', '_', '*', '?' and "
+            f"'[...]' sets of those{case}"
+        )
+        raise ValueError(message)
+    return glob
+
+
+#: One entry of a sink's ``tenants``.
+TenantGlob = Annotated[str, AfterValidator(_tenant_glob)]
 
 
 class _Sink(_Variant):
@@ -65,6 +84,8 @@ class _Sink(_Variant):
     names: list[Annotated[str, Field(min_length=1)]] | None = None
     #: Task ids; ``None`` means any.
     ids: list[_TaskId] | None = None
+    #: Globs on tenant names: the sink is built only for the tenants they match.
+    tenants: list[TenantGlob] = Field(default_factory=lambda: ["*"])
 
     @field_validator("name")
     @classmethod
@@ -74,7 +95,7 @@ class _Sink(_Variant):
             raise ValueError(f"use only letters, digits, '_', '.' and '-', got {name!r}")
         return name
 
-    @field_validator("events", "names", "ids")
+    @field_validator("events", "names", "ids", "tenants")
     @classmethod
     def _not_empty(cls, values: list[str] | list[int] | None) -> list[str] | list[int] | None:
         """An empty filter would match nothing, which is never what was meant."""
@@ -87,6 +108,10 @@ class _Sink(_Variant):
     def _known_events(cls, events: list[str] | None) -> list[str] | None:
         """Refuse a misspelt event type: the sink would silently never hear of it."""
         return _event_patterns(cls.__name__, events)
+
+    def serves(self, tenant: str) -> bool:
+        """Whether this sink is built for ``tenant``: one of its ``tenants`` globs matches."""
+        return any(fnmatch.fnmatchcase(tenant, glob) for glob in self.tenants)
 
 
 def _event_patterns(model: str, events: list[str] | None) -> list[str] | None:

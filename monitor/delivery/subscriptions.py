@@ -17,9 +17,12 @@ __all__ = ["subscriptions_from"]
 
 
 def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> list[Subscription]:
-    """A sink and its route for each ``[[sinks]]`` entry."""
+    """A sink and its route for each ``[[sinks]]`` entry whose ``tenants`` match the
+    context's tenant (the others are not built for it)."""
     subscriptions = []
     for config in sinks:
+        if not config.serves(context.tenant):
+            continue
         sink = build_sink(config, context)
         subscriptions.append(
             Subscription(

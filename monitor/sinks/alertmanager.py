@@ -32,8 +32,12 @@ Severity: a failed, stalled or vanished task needs a look in working hours
 leaves batchmon blind to every task, so that no other alert can fire
 (``critical``).
 
-Labels are ``alertname``, ``task_id``, ``task_name``, ``severity`` and
-``source="batchmon"`` (monitor alerts have no task labels).  During a maintenance (see
+Labels are ``alertname``, ``tenant``, ``task_id``, ``task_name``, ``severity`` and
+``source="batchmon"`` (monitor alerts have no task labels).  ``tenant`` is on every alert,
+``tenant="default"`` included: task ids are unique only within a tenant, and the metrics
+Prometheus' rules alert on carry the same label, so one route can group both by it.  The
+summary of a tenant other than the default one starts with its name (``acme · …``), as
+chat messages do.  During a maintenance (see
 :mod:`monitor.tracking.maintenance`) an API outage or a stall fires with
 ``maintenance="true"`` too, so a route can mute it; when the maintenance ends and it still
 fires, it is fired again without, which resolves the marked one.  No host or
@@ -61,10 +65,10 @@ import anyio
 import structlog
 
 from monitor.config.sinks import AlertmanagerSinkConfig
-from monitor.links import task_url
+from monitor.links import DEFAULT_TENANT, named_tenant, task_url
 from monitor.sinks.base import DeliveryError
 from monitor.sinks.http import Request, json_body, post_json
-from monitor.sinks.render import escape_plain
+from monitor.sinks.render import escape_plain, tenant_named
 from monitor.tracking.events import KINDS, Event, EventType, TaskSummary
 from monitor.tracking.maintenance import HELD
 
@@ -141,26 +145,31 @@ class AlertChange:
     resolved: tuple[Alert, ...]
 
 
-def alerts_for(event: Event, *, maintenance: bool = False) -> AlertChange:
+def alerts_for(
+    event: Event, *, maintenance: bool = False, tenant: str = DEFAULT_TENANT
+) -> AlertChange:
     """The alert an event fires and those it resolves (pure; the table above).
 
-    ``maintenance``: one is under way, and an outage or a stall fires marked.
+    ``maintenance``: one is under way, and an outage or a stall fires marked;
+    ``tenant``: whose event it is (the ``tenant`` label).
     """
     kind = KINDS[event.type]
     fires = kind.alert
-    fired = _alert(fires, event, _description(event)) if fires is not None else None
+    fired = _alert(fires, event, _description(event), tenant) if fires is not None else None
     if fired is not None and maintenance and event.type in HELD:
         fired = replace(fired, labels={**fired.labels, "maintenance": "true"})
     resolved_by = f"Resolved by {event.type.value}."
     resolved = tuple(
-        _alert(name, event, f"{resolved_by}\n{_description(event)}".strip(), ended=True)
+        _alert(name, event, f"{resolved_by}\n{_description(event)}".strip(), tenant, ended=True)
         for name in (_fired(ended) for ended in EventType if ended in kind.ends)
     )
     return AlertChange(fired, resolved)
 
 
-def _alert(alertname: str, event: Event, description: str, *, ended: bool = False) -> Alert:
-    labels = {"alertname": alertname}
+def _alert(
+    alertname: str, event: Event, description: str, tenant: str, *, ended: bool = False
+) -> Alert:
+    labels = {"alertname": alertname, "tenant": tenant}
     task = event.task
     if task is not None:
         labels["task_id"] = str(task.id)
@@ -168,7 +177,8 @@ def _alert(alertname: str, event: Event, description: str, *, ended: bool = Fals
         if name:
             labels["task_name"] = name
     labels |= {"severity": _SEVERITY[alertname], "source": "batchmon"}
-    annotations = {"summary": _line(_summary(alertname, task), SUMMARY_MAX)}
+    summary = tenant_named(named_tenant(tenant), _summary(alertname, task))
+    annotations = {"summary": _line(summary, SUMMARY_MAX)}
     description = _text(description, DESCRIPTION_MAX)
     if description:
         annotations["description"] = description
@@ -268,8 +278,11 @@ class AlertmanagerSink:
         resolved_for: float = 300.0,
         clock: Callable[[], datetime] = _utcnow,
         in_maintenance: Callable[[], bool] = lambda: False,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self.name = name
+        #: Whose alerts these are: the ``tenant`` label of each.
+        self.tenant = tenant
         # The URL may carry credentials: it stays here and in no message.
         self._endpoint = url.rstrip("/") + "/api/v2/alerts"
         self._session = session
@@ -294,6 +307,7 @@ class AlertmanagerSink:
         *,
         status_url: str | None,
         in_maintenance: Callable[[], bool] = lambda: False,
+        tenant: str = DEFAULT_TENANT,
     ) -> AlertmanagerSink:
         """The sink a validated ``[[sinks]]`` entry of type ``alertmanager`` describes."""
         return cls(
@@ -303,6 +317,7 @@ class AlertmanagerSink:
             timeout=config.timeout,
             generator_url=status_url,
             in_maintenance=in_maintenance,
+            tenant=tenant,
         )
 
     @property
@@ -314,7 +329,7 @@ class AlertmanagerSink:
         """Seed the active alerts at start-up from the events of tasks still failed,
         stalled or gone (and an API still down); :meth:`run` then posts them."""
         for event in firing:
-            change = alerts_for(event)
+            change = alerts_for(event, tenant=self.tenant)
             for alert in change.resolved:
                 self._firing.pop(alert.key, None)
             if change.fired is not None:
@@ -322,7 +337,7 @@ class AlertmanagerSink:
 
     async def send(self, event: Event) -> None:
         """Post the alerts the event fires or resolves; events that do neither are ignored."""
-        change = alerts_for(event, maintenance=self._in_maintenance())
+        change = alerts_for(event, maintenance=self._in_maintenance(), tenant=self.tenant)
         if change.fired is None and not change.resolved:
             return
         async with self._lock:
@@ -404,7 +419,9 @@ class AlertmanagerSink:
             "endsAt": _rfc3339(ends_at),
         }
         task_id = alert.labels.get("task_id")
-        link = task_url(self._generator_url, int(task_id) if task_id else None)
+        link = task_url(
+            self._generator_url, int(task_id) if task_id else None, named_tenant(self.tenant)
+        )
         if link:
             body["generatorURL"] = link
         return body

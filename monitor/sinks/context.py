@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import aiohttp
 
+from monitor.links import DEFAULT_TENANT
+
 __all__ = ["SinkContext"]
 
 
@@ -18,6 +20,7 @@ class SinkContext:
         *,
         status_url: str | None,
         in_maintenance: Callable[[], bool] = lambda: False,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         #: The one HTTP session of all sinks.
         self.session = session
@@ -25,3 +28,5 @@ class SinkContext:
         self.status_url = status_url
         #: Whether a maintenance is under way (Alertmanager marks the alerts it holds back).
         self.in_maintenance = in_maintenance
+        #: The tenant whose events these sinks deliver (sinks are built per tenant).
+        self.tenant = tenant

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
-from monitor.links import task_url
-from monitor.sinks.render import Message, Tone
+from monitor.links import DEFAULT_TENANT, named_tenant, task_url, with_tenant
+from monitor.sinks.render import Message, Tone, tenant_named
 from monitor.tracking.events import KINDS, Event, EventType, event_id
 
 __all__ = [
@@ -155,19 +155,20 @@ def ids_query(ids: Sequence[int]) -> str:
     return ",".join(runs)
 
 
-def tasks_url(status_url: str | None, ids: Sequence[int]) -> str | None:
-    """The status page listing just these tasks (``?ids=``); ``None`` without a status page."""
-    if status_url is None or not ids:
-        return status_url
+def tasks_url(status_url: str | None, ids: Sequence[int], tenant: str | None = None) -> str | None:
+    """The status page listing just these tasks (``?ids=``, and ``&tenant=`` for a tenant
+    other than the default); ``None`` without a status page."""
+    if status_url is None:
+        return None
     query = ids_query(ids)
-    if len(query) > IDS_QUERY_MAX:
-        return status_url
+    if not ids or len(query) > IDS_QUERY_MAX:
+        return with_tenant(status_url, tenant)
     parts = urlsplit(status_url)
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
-    return urlunsplit(parts._replace(path=path, query=f"ids={query}"))
+    return with_tenant(urlunsplit(parts._replace(path=path, query=f"ids={query}")), tenant)
 
 
-def _line(entry: Entry, status_url: str | None) -> str:
+def _line(entry: Entry, status_url: str | None, tenant: str | None) -> str:
     """``• Export 17 — Failed · 40 % · https://…/tasks/17``."""
     event = entry.latest
     task = event.task
@@ -179,7 +180,7 @@ def _line(entry: Entry, status_url: str | None) -> str:
     parts = [f"• {name} — {task.state.value}"]
     if task.progress is not None:
         parts.append(f"{min(max(task.progress, 0), 100)} %")
-    link = task_url(status_url, task.id)
+    link = task_url(status_url, task.id, tenant)
     if link:
         parts.append(link)
     return " · ".join(parts)
@@ -193,8 +194,12 @@ def _tone(entries: Sequence[Entry]) -> Tone:
     return next((tone for tone in _TONE_ORDER if tone in tones), Tone.INFO)
 
 
-def digest_message(digest: Digest, status_url: str | None) -> Message:
-    """The digest as a chat message: counts by section, then up to :data:`LISTED` tasks."""
+def digest_message(digest: Digest, status_url: str | None, tenant: str = DEFAULT_TENANT) -> Message:
+    """The digest as a chat message: counts by section, then up to :data:`LISTED` tasks.
+
+    A tenant other than the default one is named as in a single event's message.
+    """
+    named = named_tenant(tenant)
     sections: dict[str, list[Entry]] = {}
     for entry in digest.entries:
         sections.setdefault(entry.section, []).append(entry)
@@ -210,7 +215,7 @@ def digest_message(digest: Digest, status_url: str | None) -> Message:
     for label, entries in sections.items():
         shown = []
         for entry in entries:
-            line = _line(entry, status_url)
+            line = _line(entry, status_url, named)
             if listed >= LISTED or size + len(line) > TEXT_BUDGET:
                 break
             shown.append(line)
@@ -221,17 +226,20 @@ def digest_message(digest: Digest, status_url: str | None) -> Message:
         rest = entries[len(shown) :]
         if rest:
             more = f"… and {len(rest)} more"
-            link = tasks_url(status_url, [e.latest.task_id for e in rest if e.latest.task_id])
+            link = tasks_url(
+                status_url, [e.latest.task_id for e in rest if e.latest.task_id], named
+            )
             lines.append(f"{more}: {link}" if link else more)
     tasks = len(digest.task_ids)
     footer = f"batchmon digest · {digest.events} events · {tasks} tasks"
     return Message(
-        title=title,
+        title=tenant_named(named, title),
         tone=_tone(digest.entries),
         facts=tuple(facts),
         text="\n".join(lines),
-        footer=footer,
-        link=tasks_url(status_url, digest.task_ids),
+        footer=tenant_named(named, footer),
+        link=tasks_url(status_url, digest.task_ids, named),
         task_id=None,
         event_id=digest.id,
+        tenant=named,
     )

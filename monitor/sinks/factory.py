@@ -58,7 +58,9 @@ BUILDERS: Mapping[str, Builder[Any]] = MappingProxyType(
     {
         builder.config.type_name(): builder
         for builder in (
-            Builder(LogSinkConfig, lambda config, _: LogSink(config.name)),
+            Builder(
+                LogSinkConfig, lambda config, context: LogSink(config.name, tenant=context.tenant)
+            ),
             Builder(
                 AlertmanagerSinkConfig,
                 lambda config, context: AlertmanagerSink.from_config(
@@ -66,6 +68,7 @@ BUILDERS: Mapping[str, Builder[Any]] = MappingProxyType(
                     context.session,
                     status_url=context.status_url,
                     in_maintenance=context.in_maintenance,
+                    tenant=context.tenant,
                 ),
             ),
             Builder(WebhookSinkConfig, WebhookSink.from_webhook_config),

@@ -5,7 +5,8 @@ the main text and a button to the status page; ``fallbackText`` is what
 notifications show.  Card text is a small HTML subset, so task text is
 HTML-escaped (:func:`~monitor.sinks.render.escape_googlechat`).  All events
 of one task go to one thread: ``thread.threadKey`` is
-``batchmon-task-<id>``, and ``messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD``
+``batchmon-task-<id>`` (``batchmon-<tenant>-task-<id>`` for a tenant other than the
+default: ids repeat across tenants), and ``messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD``
 starts the thread when it does not exist yet.  A space takes about one
 message per second from all its apps together; over quota, ``429``.
 """
@@ -30,9 +31,14 @@ TITLE_MAX = 300
 REPLY_OPTION = MappingProxyType({"messageReplyOption": "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"})
 
 
-def thread_key(task_id: int | None) -> str:
-    """One thread per task; monitor events share a thread of their own."""
-    return f"batchmon-task-{task_id}" if task_id is not None else "batchmon-monitor"
+def thread_key(task_id: int | None, tenant: str | None = None) -> str:
+    """One thread per task; monitor events share a thread of their own; each per tenant.
+
+    Keys never collide: a tenant's key ends in ``-task-<digits>`` or ``-monitor`` after
+    ``batchmon-<tenant>``, and the default tenant's have no tenant part.
+    """
+    prefix = f"batchmon-{tenant}" if tenant else "batchmon"
+    return f"{prefix}-task-{task_id}" if task_id is not None else f"{prefix}-monitor"
 
 
 def _html(text: str, limit: int) -> str:
@@ -66,7 +72,7 @@ def googlechat_payload(message: Message) -> dict[str, object]:
         "cardsV2": [
             {"cardId": f"batchmon-{message.event_id}", "card": {"sections": [{"widgets": widgets}]}}
         ],
-        "thread": {"threadKey": thread_key(message.task_id)},
+        "thread": {"threadKey": thread_key(message.task_id, message.tenant)},
     }
 
 

@@ -230,7 +230,12 @@ class HttpSink(abc.ABC):
             config.url.get_secret_value(),
             context.session,
             timeout=config.timeout,
-            renderer=Renderer(config.name, template=config.template, status_url=context.status_url),
+            renderer=Renderer(
+                config.name,
+                template=config.template,
+                status_url=context.status_url,
+                tenant=context.tenant,
+            ),
             **options,
         )
 
@@ -282,6 +287,6 @@ class ChatSink(HttpSink):
 
     async def send_digest(self, digest: Digest) -> None:
         """Post one message for all of ``digest``'s events, or raise :class:`DeliveryError`."""
-        message = digest_message(digest, self._renderer.status_url)
+        message = digest_message(digest, self._renderer.status_url, self._renderer.tenant)
         request = await anyio.to_thread.run_sync(self.message_request, message, digest.time)
         await self._post(request)

@@ -1,7 +1,8 @@
 """The ``log`` sink: every event as one structlog event.
 
 Rendering (short console lines on a TTY, JSON lines otherwise) is configured
-once, in the CLI; this sink only chooses the fields and the level.
+once, in the CLI; this sink only chooses the fields and the level.  A tenant other
+than the default one is a field of every line (``tenant=acme``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Final
 
 import structlog
 
+from monitor.links import DEFAULT_TENANT, named_tenant
 from monitor.text import without_surrogates
 from monitor.tracking.events import KINDS, Event, EventType
 
@@ -32,13 +34,14 @@ class LogSink:
     default_rate = math.inf
     default_concurrency = 1
 
-    def __init__(self, name: str = "log") -> None:
+    def __init__(self, name: str = "log", *, tenant: str = DEFAULT_TENANT) -> None:
         self.name = name
         self._log = structlog.get_logger("batchmon.events")
+        self._tenant = named_tenant(tenant)
 
     async def send(self, event: Event) -> None:
         """Log the event with its task's state, progress and name."""
-        fields: dict[str, Any] = {}
+        fields: dict[str, Any] = {} if self._tenant is None else {"tenant": self._tenant}
         task = event.task
         if task is not None:
             fields.update(

@@ -35,7 +35,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment, safe_range
 
-from monitor.links import task_url
+from monitor.links import DEFAULT_TENANT, named_tenant, task_url
 from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import KINDS, Event, EventType, TaskSummary, Tone, event_id
 
@@ -62,6 +62,7 @@ __all__ = [
     "measure",
     "progress_bar",
     "render_within_budget",
+    "tenant_named",
     "test_event",
 ]
 
@@ -104,6 +105,8 @@ class Message:
     link: str | None
     task_id: int | None
     event_id: str
+    #: The tenant, when it is not the default one (already named in title and footer).
+    tenant: str | None = None
 
 
 # --- measuring and cutting ---------------------------------------------------------------
@@ -369,6 +372,14 @@ def _footer(event: Event) -> str:
     return f"Task #{event.task.id} · {event.type.value}"
 
 
+def tenant_named(tenant: str | None, text: str) -> str:
+    """``acme · text``: a message's title and footer name a tenant other than the default.
+
+    The name comes first, so cutting a long title to a format's limit keeps it.
+    """
+    return f"{tenant} · {text}" if tenant else text
+
+
 # --- templates ---------------------------------------------------------------------------
 
 #: CPU time one template render may take (the rendering thread's, so a busy machine does
@@ -558,8 +569,9 @@ def compile_template(source: str) -> Template:
     """A sink's message template, compiled; :class:`ValueError` saying where it is wrong.
 
     Templates are Jinja2 in a sandbox, with ``event`` (the event's dict form),
-    ``task`` (its task, or ``None``), ``title``, ``progress_bar`` and
-    ``status_url``; an undefined name is an error, not an empty string.
+    ``task`` (its task, or ``None``), ``title``, ``progress_bar``, ``status_url``
+    and ``tenant`` (its name; ``"default"`` without ``[[tenants]]``); an undefined
+    name is an error, not an empty string.
     """
     try:
         return _ENVIRONMENT.from_string(source)
@@ -601,7 +613,9 @@ def check_template(source: str, clock: Callable[[], float] = time.thread_time) -
     template = compile_template(source)
     event = test_event(_SAMPLE_TIME)
     try:
-        _render_event(template, event, _title(event), status_url=None, clock=clock)
+        _render_event(
+            template, event, _title(event), status_url=None, tenant=DEFAULT_TENANT, clock=clock
+        )
     except TemplateStopped as exc:
         raise ValueError(f"stopped on a sample event: {exc}") from None
     except Exception:  # noqa: BLE001, S110 - see the docstring
@@ -614,6 +628,7 @@ def _render_event(
     title: str,
     *,
     status_url: str | None,
+    tenant: str,
     clock: Callable[[], float],
 ) -> str:
     data = event.to_dict()
@@ -625,13 +640,15 @@ def _render_event(
         title=title,
         progress_bar=progress_bar(event.task.progress) if event.task else None,
         status_url=status_url,
+        tenant=tenant,
     ).strip()
 
 
 class Renderer:
-    """Computes each event's :class:`Message` for one sink (its template, its link).
+    """Computes each event's :class:`Message` for one sink (its template, its link, its tenant).
 
-    Rendering is CPU work: sinks call it off the event loop, and a template is
+    A tenant other than the default one is named in the title and the footer
+    ("acme · ❌ Export failed") and in the link's query (``?tenant=acme``).  Rendering is CPU work: sinks call it off the event loop, and a template is
     stopped when it exceeds its budget (:data:`TEMPLATE_SECONDS` on ``clock``, the
     rendering thread's CPU time by default, and :data:`TEMPLATE_MAX_CHARS`).
     """
@@ -643,10 +660,12 @@ class Renderer:
         template: str | None,
         status_url: str | None,
         clock: Callable[[], float] = time.thread_time,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         """Compile the template now, so that a bad one stops start-up, not a delivery."""
         self.sink = sink
         self.status_url = status_url
+        self.tenant = tenant
         self._clock = clock
         #: The kinds of failure already logged: one line per sink, not one per event.
         self._logged: set[str] = set()
@@ -663,15 +682,17 @@ class Renderer:
         text = _default_text(event)
         if self._template is not None:
             text = self._templated(self._template, event, title, text)
+        named = named_tenant(self.tenant)
         return Message(
-            title=title,
+            title=tenant_named(named, title),
             tone=_tone(event),
             facts=_facts(event),
             text=fit(text, MAX_TEXT),
-            footer=_footer(event),
-            link=task_url(self.status_url, task.id if task is not None else None),
+            footer=tenant_named(named, _footer(event)),
+            link=task_url(self.status_url, task.id if task is not None else None, named),
             task_id=task.id if task is not None else None,
             event_id=event.id,
+            tenant=named,
         )
 
     def text(self, event: Event) -> str | None:
@@ -684,7 +705,12 @@ class Renderer:
         """The template's output, or ``default`` and a warning the first time it fails so."""
         try:
             return _render_event(
-                template, event, title, status_url=self.status_url, clock=self._clock
+                template,
+                event,
+                title,
+                status_url=self.status_url,
+                tenant=self.tenant,
+                clock=self._clock,
             )
         except TemplateStopped as exc:
             self._warn_once("template_stopped", event, str(exc))

@@ -8,6 +8,11 @@ deduplicate on it; ``webhook-timestamp`` is when this attempt was made; with
 a ``secret``, ``webhook-signature`` is ``v1,`` and the base64 HMAC-SHA256 of
 ``"{id}.{timestamp}.{body}"`` keyed with the secret's base64-decoded bytes.
 The signature covers exactly the bytes sent.
+
+Tenants: the ``source`` is per tenant (:func:`tenant_source`), and a tenant other
+than the default one is named in the ``tenant`` extension attribute, so a receiver
+of many tenants can route on it (absent: the tenant ``default``).  A single-tenant
+configuration sends exactly what it did before tenants existed.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Self
 
 import aiohttp
 
+from monitor.links import DEFAULT_TENANT, named_tenant, with_tenant
 from monitor.sinks.http import HttpSink, Request, json_body
 from monitor.sinks.render import Renderer
 
@@ -31,7 +37,7 @@ if TYPE_CHECKING:
     from monitor.sinks.context import SinkContext
     from monitor.tracking.events import Event
 
-__all__ = ["CONTENT_TYPE", "TYPE_PREFIX", "WebhookSink", "cloudevent", "sign"]
+__all__ = ["CONTENT_TYPE", "TYPE_PREFIX", "WebhookSink", "cloudevent", "sign", "tenant_source"]
 
 CONTENT_TYPE = "application/cloudevents+json"
 #: CloudEvents ``type`` is this prefix and the event type (``...task.failed``).
@@ -45,8 +51,27 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def cloudevent(event: Event, *, source: str, text: str | None = None) -> dict[str, object]:
-    """``event`` as a structured-mode CloudEvent 1.0."""
+def tenant_source(source: str, tenant: str) -> str:
+    """The CloudEvents ``source`` of a tenant's events, from the process's own ``source``.
+
+    The default tenant keeps ``source`` as it is; another tenant's is the status page
+    of that tenant (``https://host/?tenant=acme``), or the URN with the tenant appended
+    (``urn:batchmon:host:acme``): ``source`` + ``id`` stays unique although event ids
+    are unique only within a tenant.
+    """
+    named = named_tenant(tenant)
+    if named is None:
+        return source
+    if source.lower().startswith("urn:"):
+        return f"{source}:{named}"
+    return with_tenant(source, named)
+
+
+def cloudevent(
+    event: Event, *, source: str, text: str | None = None, tenant: str | None = None
+) -> dict[str, object]:
+    """``event`` as a structured-mode CloudEvent 1.0; ``tenant`` is the extension attribute
+    (left out for ``None``, the default tenant)."""
     data = event.to_dict()
     if text is not None:
         data["text"] = text
@@ -61,6 +86,8 @@ def cloudevent(event: Event, *, source: str, text: str | None = None) -> dict[st
     }
     if event.task is not None:
         envelope["subject"] = str(event.task.id)
+    if tenant is not None:
+        envelope["tenant"] = tenant
     return envelope
 
 
@@ -82,15 +109,18 @@ class WebhookSink(HttpSink):
         secret: str | None = None,
         source: str | None = None,
         clock: Callable[[], float] = time.time,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
-        """``source`` defaults to ``urn:batchmon:<hostname>``; ``clock`` gives unix seconds."""
+        """``source`` defaults to ``urn:batchmon:<hostname>``, made per ``tenant`` by
+        :func:`tenant_source`; ``clock`` gives unix seconds."""
         super().__init__(name, url, session, timeout=timeout, renderer=renderer)
         self._key = (
             base64.b64decode(secret.removeprefix("whsec_"), validate=True)
             if secret is not None
             else None
         )
-        self.source = source or f"urn:batchmon:{socket.gethostname()}"
+        self.source = tenant_source(source or f"urn:batchmon:{socket.gethostname()}", tenant)
+        self._tenant = named_tenant(tenant)
         self._clock = clock
 
     @classmethod
@@ -98,7 +128,9 @@ class WebhookSink(HttpSink):
         """The sink a ``webhook`` entry describes: the signing ``secret``; the status page's
         URL, when public, is the ``source``."""
         secret = config.secret.get_secret_value() if config.secret is not None else None
-        return cls.from_config(config, context, secret=secret, source=context.status_url)
+        return cls.from_config(
+            config, context, secret=secret, source=context.status_url, tenant=context.tenant
+        )
 
     @property
     def signed(self) -> bool:
@@ -107,7 +139,8 @@ class WebhookSink(HttpSink):
 
     def request(self, event: Event) -> Request:
         """The CloudEvent, with Standard Webhooks headers for this attempt."""
-        body = json_body(cloudevent(event, source=self.source, text=self._renderer.text(event)))
+        text = self._renderer.text(event)
+        body = json_body(cloudevent(event, source=self.source, text=text, tenant=self._tenant))
         timestamp = int(self._clock())
         headers = {"webhook-id": event.id, "webhook-timestamp": str(timestamp)}
         if self._key is not None:
