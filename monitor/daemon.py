@@ -20,7 +20,7 @@ import structlog
 
 from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
-from monitor.config.tenants import DEFAULT_TENANT, TenantConfig
+from monitor.config.tenants import TenantConfig
 from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher
 from monitor.delivery.maintenance import Maintenance
@@ -325,6 +325,14 @@ class Daemon:
             )
         return pinned, again
 
+    def _single_api(self) -> dict[str, str]:
+        """The API of the single form's tenant, for the start line (each tenant has its own
+        ``tenant_started`` line)."""
+        if len(self.runtimes) != 1:
+            return {}
+        so = self.first.tenant.superoffice
+        return {"api": so.url or f"{so.tenant} at {so.environment_base}"}
+
     def _alive(self, stale_after: float) -> bool:
         return all(r.alive(stale_after) for r in self.runtimes.values())
 
@@ -338,7 +346,8 @@ class Daemon:
         )
         async with aiohttp.ClientSession(timeout=sink_timeout) as sink_session:
             collector = BatchmonCollector(
-                lambda: [r.metrics for r in self.runtimes.values() if r.metrics is not None]
+                lambda: [r.metrics for r in self.runtimes.values() if r.metrics is not None],
+                configured=len(self.runtimes),
             )
             token, reader = config.http.api_token, config.http.read_token
             state = WebState(
@@ -355,11 +364,7 @@ class Daemon:
             try:
                 async with anyio.create_task_group() as group:
                     for runtime in self.runtimes.values():
-                        scoped = (
-                            store
-                            if runtime.name == DEFAULT_TENANT
-                            else store.for_tenant(runtime.name)
-                        )
+                        scoped = store.for_tenant(runtime.name)
                         await group.start(
                             self._pipeline, runtime, scoped, sink_session, stale_after
                         )
@@ -368,6 +373,7 @@ class Daemon:
                         version=__version__,
                         url=f"http://{config.http.host}:{port}/",
                         tenants=len(self.runtimes),
+                        **self._single_api(),
                         watching=sum(
                             len(r.poller.watched) for r in self.runtimes.values() if r.poller
                         ),

@@ -67,9 +67,11 @@ class BatchmonCollector(Collector):
         self,
         tenants: Callable[[], Iterable[TenantState]],
         *,
+        configured: int = 1,
         replication: Replication | None = None,
     ) -> None:
         self._tenants = tenants
+        self._configured = configured
         self._replication = replication
 
     def collect(self) -> Iterator[Metric]:
@@ -79,6 +81,11 @@ class BatchmonCollector(Collector):
         yield from self._api_families(tenants)
         yield from self._delivery_families(tenants)
         yield from self._maintenance_families(tenants)
+        yield GaugeMetricFamily(
+            "batchmon_tenants",
+            "Tenants in the configuration (with replicas: to be held by one of them each).",
+            value=self._configured,
+        )
         if self._replication is not None:
             yield GaugeMetricFamily(
                 "batchmon_leases_held",

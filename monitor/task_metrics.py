@@ -190,7 +190,7 @@ class TaskSeries:
 
 
 #: The family headers per exposition format, as prometheus_client's encoder writes them.
-_HEADERS: dict[str, tuple[bytes, ...]] = {}
+_HEADERS: dict[tuple[Encoder, str], tuple[bytes, ...]] = {}
 
 
 def render(
@@ -208,10 +208,10 @@ def render(
     families with those (family or sample) names, as prometheus_client's
     ``name[]`` does; empty keeps all.
     """
-    headers = _HEADERS.get(format_key)
+    headers = _HEADERS.get((encoder, format_key))
     if headers is None:
         headers = tuple(_header(encoder, family) for family in _FAMILIES)
-        _HEADERS[format_key] = headers
+        _HEADERS[encoder, format_key] = headers
     joined = [one.refresh(now) for one in series]
     out: list[bytes] = []
     for index, header in enumerate(headers):

@@ -86,3 +86,12 @@ class TestTenants:
         entry = _tenant("acme", watch={"ids": [0]})
         [problem] = problems(_tenants(entry))
         assert problem.startswith('tenants["acme"].watch.ids[0]: must be greater than 0')
+
+    def test_a_sink_for_no_tenant_is_refused(self) -> None:
+        """A glob with a typo would leave the sink unused without a word."""
+        sinks = [{"type": "log", "name": "acme-log", "tenants": ["acne*"]}]
+        data = {**_tenants(_tenant("acme"), _tenant("globex")), "sinks": sinks}
+        assert [
+            'sinks["acme-log"].tenants: matches none of the tenants (acme, globex): '
+            "the sink would never be used"
+        ] == problems(data)

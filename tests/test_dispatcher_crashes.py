@@ -81,7 +81,7 @@ def _events(count: int) -> list[Event]:
 
 
 def _outbox_gauge(registry: CollectorRegistry, sink: str) -> float | None:
-    return registry.get_sample_value("batchmon_outbox_events", {"sink": sink})
+    return registry.get_sample_value("batchmon_outbox_events", {"tenant": "default", "sink": sink})
 
 
 class TestUnexpectedErrors:

@@ -73,7 +73,9 @@ class TestApi:
         assert 1 == len(simulator.stop_requests)
         (stop,) = [e for e in events if e["type"] == "task.stop_requested"]
         assert body["message"] == stop["message"]
-        assert 'batchmon_events_total{type="task.stop_requested"} 1.0' in exposition
+        assert (
+            'batchmon_events_total{tenant="default",type="task.stop_requested"} 1.0' in exposition
+        )
 
     async def test_cannot_cancel_is_refused_without_a_request(self) -> None:
         """409 saying why; SuperOffice is not asked."""

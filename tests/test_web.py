@@ -183,7 +183,7 @@ class TestCollector:
         ).decode()
 
         assert text.startswith("# HELP batchmon_task Descriptive")
-        assert 'task_id="1"} 1.0' in text
+        assert 'task_id="1",tenant="default"} 1.0' in text
         assert "batchmon_task_state" not in text
         assert [] == series.render(T0, openmetrics_latest, "om", ["batchmon_tasks"])
 
@@ -198,10 +198,10 @@ class _Reference(Collector):
         state = GaugeMetricFamily(
             "batchmon_task_state",
             "Current state of a watched task: 1 for its state, 0 for the others.",
-            labels=["task_id", "state"],
+            labels=["task_id", "state", "tenant"],
         )
         gauges = [
-            GaugeMetricFamily(name, doc, labels=["task_id"])
+            GaugeMetricFamily(name, doc, labels=["task_id", "tenant"])
             for name, doc in [
                 (
                     "batchmon_task_progress_ratio",
@@ -222,14 +222,14 @@ class _Reference(Collector):
             ]
         ]
         info = InfoMetricFamily(
-            "batchmon_task", "Descriptive labels of a watched task.", labels=["task_id"]
+            "batchmon_task", "Descriptive labels of a watched task.", labels=["task_id", "tenant"]
         )
         for memory in self._tracker.tasks.values():
             task = memory.info
             task_id = str(task.id)
             current = "Gone" if memory.gone else task.state.value
             for name in STATES:
-                state.add_metric([task_id, name], 1.0 if name == current else 0.0)
+                state.add_metric([task_id, name, "default"], 1.0 if name == current else 0.0)
             eta = self._tracker.eta(task.id, memory.last_seen)
             values = [
                 task.progress_ratio,
@@ -239,9 +239,9 @@ class _Reference(Collector):
             ]
             for family, value in zip(gauges, values, strict=True):
                 if value is not None:
-                    family.add_metric([task_id], value)
+                    family.add_metric([task_id, "default"], value)
             info.add_metric(
-                [task_id],
+                [task_id, "default"],
                 {
                     "name": task.name or "",
                     "request": task.request or "",
@@ -295,7 +295,10 @@ class TestGzippedPrefix:
                 for _ in range(2):  # the second scrape reuses the compressed task families
                     done = await anyio.run_process([curl, "-sS", "--compressed", base + "/metrics"])
                     text = done.stdout.decode()
-                    assert f'batchmon_task_state{{state="Started",task_id="{task.id}"}} 1.0' in text
+                    assert (
+                        f'batchmon_task_state{{state="Started",task_id="{task.id}",tenant="default"}} 1.0'
+                        in text
+                    )
                     assert "batchmon_build_info" in text
 
 
@@ -335,10 +338,18 @@ class TestEndpoints:
                 assert 200 == response.status
                 text = await response.text()
 
-        assert f'batchmon_task_state{{state="Started",task_id="{started.id}"}} 1.0' in text
-        assert f'batchmon_task_state{{state="Failed",task_id="{failed.id}"}} 1.0' in text
-        assert f'batchmon_task_progress_ratio{{task_id="{started.id}"}} 0.3' in text
-        assert "batchmon_api_up 1.0" in text
+        assert (
+            f'batchmon_task_state{{state="Started",task_id="{started.id}",tenant="default"}} 1.0'
+            in text
+        )
+        assert (
+            f'batchmon_task_state{{state="Failed",task_id="{failed.id}",tenant="default"}} 1.0'
+            in text
+        )
+        assert (
+            f'batchmon_task_progress_ratio{{task_id="{started.id}",tenant="default"}} 0.3' in text
+        )
+        assert 'batchmon_api_up{tenant="default"} 1.0' in text
         check = subprocess.run(  # noqa: ASYNC221 - a short tool run in a test
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
         )
@@ -365,7 +376,7 @@ class TestEndpoints:
                     assert "Content-Encoding" not in response.headers
                     plain = (await response.read()).decode()
 
-        line = f'batchmon_task_progress_ratio{{task_id="{task.id}"}} 0.3'
+        line = f'batchmon_task_progress_ratio{{task_id="{task.id}",tenant="default"}} 0.3'
         assert line in zipped
         assert line in plain
 

@@ -75,6 +75,17 @@ class Config(_Section):
                 "with their own [tenants.superoffice] and [tenants.watch], not both"
             )
             raise _invalid(type(self).__name__, [_problem((key,), message)])
+        names = [tenant.name for tenant in self.tenant_list]
+        problems = [
+            _problem(
+                ("sinks", index, "tenants"),
+                f"matches none of the tenants ({', '.join(names)}): the sink would never be used",
+            )
+            for index, sink in enumerate(self.sinks)
+            if not any(sink.serves(name) for name in names)
+        ]
+        if problems:
+            raise _invalid(type(self).__name__, problems)
         return self
 
     @classmethod

@@ -15,11 +15,9 @@ from pydantic import AfterValidator, Field
 from monitor.config.base import _Section
 from monitor.config.poll import WatchConfig
 from monitor.config.superoffice import SuperOfficeConfig
+from monitor.links import DEFAULT_TENANT
 
 __all__ = ["DEFAULT_TENANT", "TenantConfig", "TenantName"]
-
-#: The name of the one tenant of a configuration without ``[[tenants]]``.
-DEFAULT_TENANT: Final = "default"
 
 _TENANT_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
