@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,16 @@ from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 from monitor.types import DeliveryStore
 from tests.pgcluster import Cluster, find_bindir, running_cluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse two tests under one node id: pytest-xdist runs each node id once, so all but one
+    of them would be left out without a word (schemathesis's items for the operations of one
+    test get that test's node id under pytest 9)."""
+    seen = Counter(item.nodeid for item in items)
+    twice = sorted(nodeid for nodeid, count in seen.items() if count > 1)
+    if twice:
+        raise pytest.UsageError("tests collected under one node id: " + ", ".join(twice))
 
 
 @pytest.fixture(autouse=True)
