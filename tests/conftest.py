@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,28 @@ from monitor.superoffice.models import BatchTaskState
 from monitor.tracking.events import Event, EventType, TaskSummary, event_id
 from monitor.types import DeliveryStore
 from tests.pgcluster import Cluster, find_bindir, running_cluster
+
+
+def _refuse_shared_node_ids(nodeids: list[str]) -> None:
+    """Two tests under one node id: pytest-xdist runs each node id once, so all but one of them
+    would be left out without a word (schemathesis's items for the operations of one test get
+    that test's node id under pytest 9)."""
+    seen = Counter(nodeids)
+    twice = sorted(nodeid for nodeid, count in seen.items() if count > 1)
+    if twice:
+        raise pytest.UsageError("tests collected under one node id: " + ", ".join(twice))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse tests that share a node id (under pytest-xdist its controller does)."""
+    if not hasattr(config, "workerinput"):
+        _refuse_shared_node_ids([item.nodeid for item in items])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """pytest-xdist's controller: refuse what a worker collected under one node id."""
+    _refuse_shared_node_ids(ids)
 
 
 @pytest.fixture(autouse=True)

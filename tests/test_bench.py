@@ -1,4 +1,4 @@
-"""The benchmark suite runs: ``python -m bench --quick`` exits 0 and prints all nine rows.
+"""The benchmark suite runs: ``python -m bench --quick`` exits 0 and prints every row.
 
 Figures are never checked here (the machine is shared and noisy); ``bench/RESULTS.md`` holds
 a full run.
@@ -6,12 +6,16 @@ a full run.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from bench.run import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,18 +34,39 @@ def _bench(args: list[str], cwd: Path, *, timeout: float) -> subprocess.Complete
 
 def _rows(table: str) -> list[str]:
     """The scenario keys of the table's rows (rich draws with box characters, or ASCII)."""
-    return re.findall(r"^[│|] (P[1-9]) +[│|]", table, re.MULTILINE)
+    return re.findall(r"^[│|] (P\d+) +[│|]", table, re.MULTILINE)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_quick_bench_prints_every_scenario() -> None:
-    """The quick run ends well and its table has a row for each of P1-P9."""
-    done = _bench(["-m", "bench", "--quick"], ROOT, timeout=170)
+    """The quick run ends well and its table has a row for each scenario, each with a verdict."""
+    done = _bench(["-m", "bench", "--quick"], ROOT, timeout=230)
     assert 0 == done.returncode, done.stdout + done.stderr
     rows = _rows(done.stdout)
-    assert [f"P{n}" for n in range(1, 10)] == rows, done.stdout
-    verdicts = re.findall(r"[│|] (pass|FAIL) +[│|]$", done.stdout, re.MULTILINE)
-    assert 9 == len(verdicts), done.stdout
+    assert list(SCENARIOS) == rows, done.stdout
+    verdicts = re.findall(r"[│|] (pass|FAIL|skipped) +[│|]$", done.stdout, re.MULTILINE)
+    assert len(SCENARIOS) == len(verdicts), done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_p11_times_postgres_beside_sqlite() -> None:
+    """P11's quick row: both stores' p99 and p50, their ratio, judged against 2x SQLite's."""
+    done = _bench(["-m", "bench", "--scenario", "P11", "--quick"], ROOT, timeout=110)
+    assert 0 == done.returncode, done.stdout + done.stderr
+    row = json.loads(done.stdout.splitlines()[-1])
+    if row["skipped"]:
+        if os.environ.get("BATCHMON_REQUIRE_TOOLS"):
+            pytest.fail(f"{row['ours']}, but BATCHMON_REQUIRE_TOOLS is set")
+        pytest.skip(row["ours"])
+    figures = r"p99 \d+\.\d ms \(p50 \d+\.\d ms\)"
+    assert re.fullmatch(figures, row["ours"]), row
+    assert re.fullmatch(f"SQLite {figures}", row["baseline"]), row
+    assert re.fullmatch(r"\d+\.\d\dx", row["ratio"]), row
+    assert ("P11", "p99 ≤ 2x SQLite") == (row["key"], row["target"])
+    assert isinstance(row["passed"], bool), row
+    (note,) = row["notes"]
+    assert "on PostgreSQL" in note, note
+    assert "0 signatures rejected" in note, note
 
 
 def test_run_py_runs_as_a_script(tmp_path: Path) -> None:

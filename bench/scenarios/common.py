@@ -32,6 +32,7 @@ from monitor.polling import Poller
 from monitor.superoffice.models import parse_task_list
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
+from monitor.types import DeliveryStore
 
 __all__ = [
     "AUTH_HEADERS",
@@ -83,6 +84,8 @@ class Row:
     passed: bool | None
     #: How it was measured, and anything the figures do not say.
     notes: tuple[str, ...] = field(default=())
+    #: Not run, for want of something the machine lacks (``ours`` says what).
+    skipped: bool = False
 
 
 def median(values: Sequence[float]) -> float:
@@ -182,7 +185,7 @@ def simulator_process(tasks: int) -> Iterator[SimProcess]:
 
 def daemon_config(
     url: str,
-    state_path: Path,
+    state: Path | str,
     ids: Sequence[int],
     *,
     poll: dict[str, Any] | None = None,
@@ -192,11 +195,11 @@ def daemon_config(
 ) -> Config:
     """A validated config watching ``ids`` on the simulator at ``url``.
 
-    Sinks default to a log sink that only takes ``task.failed`` (no scenario but P3 fails
+    ``state`` is a SQLite file, or a PostgreSQL database's URL.  Sinks default to a log sink that only takes ``task.failed`` (no scenario but P3 fails
     tasks), so start-up discoveries do not keep the outbox busy while figures are taken.
     """
     data: dict[str, Any] = {
-        "state": {"path": str(state_path)},
+        "state": {"url": state} if isinstance(state, str) else {"path": str(state)},
         "superoffice": {
             "url": url,
             "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
@@ -212,12 +215,12 @@ def daemon_config(
     return parse_config(data, base_dir=ROOT)
 
 
-async def seed_state(url: str, path: Path) -> int:
+async def seed_state(url: str, state: Path | str) -> int:
     """Store what a first cycle would have learnt about every task on the simulator.
 
     One list call fetches the tasks in full; the tracker observes them; the memories go to
-    the state database at ``path``, so the daemon starts as after a restart.  Returns how
-    many tasks were stored.
+    the state database ``state`` (a SQLite file, or a PostgreSQL database's URL), so the
+    daemon starts as after a restart.  Returns how many tasks were stored.
     """
     async with (
         aiohttp.ClientSession(headers=AUTH_HEADERS) as session,
@@ -232,7 +235,13 @@ async def seed_state(url: str, path: Path) -> int:
     now = datetime.now(UTC)
     for task in tasks:
         tracker.observe(task, now)
-    store = await SqliteStore.open(path)
+    store: DeliveryStore
+    if isinstance(state, str):
+        from monitor.delivery.postgres import PostgresStore  # loads psycopg: only when asked
+
+        store = await PostgresStore.open(state)
+    else:
+        store = await SqliteStore.open(state)
     try:
         await store.commit(list(tracker.tasks.values()), [], now.timestamp())
     finally:

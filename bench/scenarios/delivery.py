@@ -60,7 +60,14 @@ from monitor.tracking.events import Event, EventType
 from monitor.tracking.memory import Rules, TaskMemory
 from monitor.types import Sink
 
-__all__ = ["detection_to_delivery"]
+__all__ = [
+    "WARM_UP",
+    "Cycles",
+    "ReceiverProcess",
+    "detection_to_delivery",
+    "receiver_process",
+    "spread",
+]
 
 #: The target: p99 of (delivery - the poll that saw the change), over the floor's p99.
 _TARGET_RATIO = 2.0
@@ -69,10 +76,10 @@ _LISTED = (BatchTaskState.NEW, BatchTaskState.AQUIRED, BatchTaskState.STARTED)
 #: Seconds between the floor's cycles: the default schedule lists running tasks this often.
 _FLOOR_EVERY = 2.5
 #: Failures delivered before the measured ones, and not counted.
-_WARM_UP = 5
+WARM_UP = 5
 
 
-class _ReceiverProcess:
+class ReceiverProcess:
     """The receiver child (:mod:`bench.scenarios.receiver`): its URL, then what arrived."""
 
     def __init__(self, process: subprocess.Popen[str], url: str) -> None:
@@ -90,12 +97,12 @@ class _ReceiverProcess:
 
 
 @contextmanager
-def _receiver_process(secret: str) -> Iterator[_ReceiverProcess]:
+def receiver_process(secret: str) -> Iterator[ReceiverProcess]:
     with child_process("bench.scenarios.receiver", secret) as (process, started):
-        yield _ReceiverProcess(process, started["url"])
+        yield ReceiverProcess(process, started["url"])
 
 
-class _Cycles:
+class Cycles:
     """Wraps a poller's ``poll`` to note when each cycle started and which tasks it covered."""
 
     def __init__(self, poller: Poller) -> None:
@@ -170,7 +177,8 @@ class _Floor:
                 await self._sink.send(event)
 
 
-def _spread(latencies: Sequence[float]) -> str:
+def spread(latencies: Sequence[float]) -> str:
+    """p99 and p50 of ``latencies``, as the table shows them."""
     return f"p99 {fmt_ms(percentile(latencies, 0.99))} (p50 {fmt_ms(percentile(latencies, 0.50))})"
 
 
@@ -182,7 +190,7 @@ def detection_to_delivery(quick: bool) -> Row:
     rng = random.Random(3)
     with (
         simulator_process(count) as sim,
-        _receiver_process(secret) as receiver,
+        receiver_process(secret) as receiver,
         tempfile.TemporaryDirectory() as tmp,
     ):
         state = Path(tmp) / "state.db"
@@ -195,18 +203,18 @@ def detection_to_delivery(quick: bool) -> Row:
             # Pacing is a policy, not latency: keep it out of the figure.
             "rate": "1000/s",
         }
-        chosen = rng.sample(sim.ids, _WARM_UP + 2 * changes)
+        chosen = rng.sample(sim.ids, WARM_UP + 2 * changes)
         warm_up, measured, floor_ids = (
-            chosen[:_WARM_UP],
-            chosen[_WARM_UP : _WARM_UP + changes],
-            chosen[_WARM_UP + changes :],
+            chosen[:WARM_UP],
+            chosen[WARM_UP : WARM_UP + changes],
+            chosen[WARM_UP + changes :],
         )
         # The daemon tells the receiver of its own tasks only: the floor's are told by the floor.
         config = daemon_config(
             sim.url, state, sim.ids, sinks=[{**sink, "ids": [*warm_up, *measured]}]
         )
 
-        async def measure() -> tuple[dict[int, float], _Cycles, dict[int, float]]:
+        async def measure() -> tuple[dict[int, float], Cycles, dict[int, float]]:
             await seed_state(sim.url, state)
             async with (
                 running_daemon(config) as (daemon, _),
@@ -233,9 +241,9 @@ def detection_to_delivery(quick: bool) -> Row:
                 for task_id in warm_up:
                     await sim.fail(control, task_id)
                 with anyio.move_on_after(deadline):
-                    while dispatcher.delivered["receiver"] < _WARM_UP:  # noqa: ASYNC110
+                    while dispatcher.delivered["receiver"] < WARM_UP:  # noqa: ASYNC110
                         await anyio.sleep(0.05)
-                cycles = _Cycles(poller_of(daemon))
+                cycles = Cycles(poller_of(daemon))
                 # The simulator makes the changes on its own schedule, as SuperOffice would:
                 # this process only watches.  The daemon's and the floor's tasks alternate,
                 # so that both are measured under the same load, at the same time.
@@ -245,7 +253,7 @@ def detection_to_delivery(quick: bool) -> Row:
                 with anyio.move_on_after(sum(gap for gap, _ in plan) + deadline):
                     async with anyio.create_task_group() as group:
                         group.start_soon(floor.run, _FLOOR_EVERY)
-                        while dispatcher.delivered["receiver"] < _WARM_UP + changes:  # noqa: ASYNC110
+                        while dispatcher.delivered["receiver"] < WARM_UP + changes:  # noqa: ASYNC110
                             await anyio.sleep(0.05)
                 times = await sim.failed(control)
                 failed = {task_id: times[task_id] for task_id in measured if task_id in times}
@@ -273,15 +281,15 @@ def detection_to_delivery(quick: bool) -> Row:
     return Row(
         "P3",
         f"detection to delivery, {count:,} tasks",
-        _spread(latencies),
-        f"floor {_spread(floors)}",
+        spread(latencies),
+        f"floor {spread(floors)}",
         f"{ratio:.2f}x",
         f"p99 ≤ {_TARGET_RATIO:g}x floor",
         ratio <= _TARGET_RATIO and rejected == 0,
         (
             (
                 f"P3: {changes} tasks failed by the simulator, about one every 0.2 s (after "
-                f"{_WARM_UP} not counted) under the default schedule (interval 5 s, lists every "
+                f"{WARM_UP} not counted) under the default schedule (interval 5 s, lists every "
                 f"2.5 s); signed CloudEvents via the webhook sink (rate 1000/s), "
                 f"verified with standardwebhooks in a receiver process of its own, {rejected} rejected; "
                 f"max {fmt_ms(max(latencies))}.  Floor, in the same process at the same time: "
