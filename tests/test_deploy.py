@@ -50,6 +50,8 @@ EXPECTED_LATER_HISTOGRAMS = [
 #: The replicas' gauges (issue 16) the replica alert rules use, before the daemon exports them.
 #: Remove a name here once batchmon exports it.
 EXPECTED_LATER_GAUGES = ["batchmon_leases_held", "batchmon_replicas", "batchmon_tenants"]
+#: The replicas' own metrics: about the replica set, not about one tenant.
+REPLICA_METRICS = {"batchmon_leases_held", "batchmon_replicas", "batchmon_tenants"}
 #: A metric name in PromQL, not part of a recording rule's ``level:metric:ops`` name.
 METRIC_NAME = re.compile(r"(?<![\w:])(?:batchmon|process)_\w+(?![\w:])")
 
@@ -193,11 +195,8 @@ def readme_block(heading: str, language: str) -> str:
 def credentials_drop_in(config: Path) -> str:
     """The drop-in the README's "High availability" writes for the ``X_file`` names of
     ``config``: its command as written, reading ``config`` instead of /etc/batchmon."""
-    (line,) = [
-        line
-        for line in readme_block("### High availability", "sh").splitlines()
-        if "credentials.conf" in line
-    ]
+    block = readme_block("### High availability", "sh").replace("\\\n", " ")
+    (line,) = [line for line in block.splitlines() if "credentials.conf" in line]
     command = line.split(" | sudo ", 1)[0].replace("/etc/batchmon/batchmon.toml", str(config))
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True)
     return result.stdout
@@ -382,7 +381,9 @@ def dashboard_queries() -> dict[str, str]:
 
 def as_promql(query: str) -> str:
     """A dashboard query with Grafana's variables replaced, for Prometheus to run."""
-    return query.replace("$instance", ".*").replace("$__rate_interval", "1m")
+    return (
+        query.replace("$instance", ".*").replace("$tenant", ".*").replace("$__rate_interval", "1m")
+    )
 
 
 def exported_names(exposition: str) -> set[str]:
@@ -457,6 +458,23 @@ class TestDashboardFile:
                 assert panel["targets"], panel["title"]
             for target in panel.get("targets", []):
                 assert {"type": "prometheus", "uid": "${datasource}"} == target["datasource"]
+
+    def test_tenants_kept_apart(self) -> None:
+        """Task ids repeat across tenants: every grouping by task id in the dashboard and the
+        rules groups by tenant too, and every dashboard query follows the tenant variable."""
+        queries = dashboard_queries()
+        rules = (PROMETHEUS / "batchmon-rules.yml").read_text()
+        groupings = re.findall(r"\b(?:by|on) \(([^)]*)\)", json.dumps(queries) + rules)
+        with_task_id = [g for g in groupings if "task_id" in g]
+        per_tenant = {
+            key: query
+            for key, query in queries.items()
+            if not set(METRIC_NAME.findall(query)) <= REPLICA_METRICS
+        }
+
+        assert with_task_id
+        assert [] == [g for g in with_task_id if "tenant" not in g]
+        assert [] == [key for key, query in per_tenant.items() if 'tenant=~"$tenant"' not in query]
 
     def test_queries_are_valid_promql(self, promtool: str, tmp_path: Path) -> None:
         """Each query parses: promtool checks them as recording rules."""
