@@ -611,7 +611,9 @@ class TestRulesCopy:
             for old, new in zip(shipped.splitlines(), fast.splitlines(), strict=True)
             if old != new
         ]
-        progress = "time() - max by (task_id) (batchmon_task_last_progress_timestamp_seconds)"
+        progress = (
+            "time() - max by (tenant, task_id) (batchmon_task_last_progress_timestamp_seconds)"
+        )
 
         assert [
             (f"{progress} > 1800", f"{progress} > 4"),
