@@ -22,7 +22,7 @@ from monitor import __version__
 from monitor.config import Config, PollConfig, WatchConfig
 from monitor.config.tenants import TenantConfig
 from monitor.delivery.acknowledgements import Acknowledgements
-from monitor.delivery.dispatcher import Dispatcher
+from monitor.delivery.dispatcher import Dispatcher, Limiters
 from monitor.delivery.maintenance import Maintenance
 from monitor.delivery.silences import Silencer
 from monitor.delivery.stores import open_store
@@ -181,6 +181,8 @@ class Daemon:
         self._pending: Config | None = None
         #: The tenants whose pipeline runs now, as the HTTP side reads them.
         self._views: dict[str, TenantView] = {}
+        #: One rate limiter per sink, whichever tenant posts.
+        self._limiters = Limiters()
 
     def _take_tenants(self, config: Config) -> None:
         """A runtime per configured tenant, keeping those of tenants already known."""
@@ -421,6 +423,7 @@ class Daemon:
                 store,
                 silenced=silencer.mutes,
                 gate=maintenance,
+                limiters=self._limiters,
             )
             silencer.announce = dispatcher.commit
             runtime.dispatcher = dispatcher

@@ -91,7 +91,8 @@ class TestTenants:
         """A glob with a typo would leave the sink unused without a word."""
         sinks = [{"type": "log", "name": "acme-log", "tenants": ["acne*"]}]
         data = {**_tenants(_tenant("acme"), _tenant("globex")), "sinks": sinks}
-        assert [
+        expected = (
             'sinks["acme-log"].tenants: matches none of the tenants (acme, globex): '
             "the sink would never be used"
-        ] == problems(data)
+        )
+        assert [expected] == problems(data)

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from monitor.config.base import _base_dir, _Section
 from monitor.config.errors import _invalid, _problem
-from monitor.config.values import Secret, _Int
+from monitor.config.values import Duration, Secret, _Int
 
 __all__ = ["HttpConfig", "LogConfig", "StateConfig", "redacted_url"]
 
@@ -47,6 +47,9 @@ class StateConfig(_Section):
     path: Path | None = None
     #: ``postgresql://user@host:5432/batchmon`` (a secret: it may carry the password).
     url: Secret | None = None
+    #: With PostgreSQL: seconds a replica's lease on a tenant holds unless renewed (every
+    #: third of it); a dead or cut-off replica's tenants are taken over after this long.
+    lease_ttl: Annotated[Duration, Field(ge=5, le=300)] = 15.0
 
     @field_validator("url")
     @classmethod

@@ -50,7 +50,7 @@ from monitor.tracking.events import KINDS, Event
 from monitor.tracking.memory import TaskMemory
 from monitor.types import BackgroundSink, DeliveryStore, RestorableSink, Sink
 
-__all__ = ["MAX_CRASHES", "Dispatcher", "Gate", "Subscription"]
+__all__ = ["MAX_CRASHES", "Dispatcher", "Gate", "Limiters", "Subscription"]
 
 log = structlog.get_logger("batchmon.dispatcher")
 
@@ -103,6 +103,25 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class Limiters:
+    """One rate limiter per sink name, shared by every tenant's dispatcher: a destination
+    (a Slack webhook, say) allows its rate however many tenants post to it."""
+
+    def __init__(self) -> None:
+        self._by_sink: dict[str, RateLimiter] = {}
+
+    def of(self, subscription: Subscription) -> RateLimiter | None:
+        """The sink's limiter (made at first ask); ``None`` for a sink without a rate."""
+        if not math.isfinite(subscription.rate):
+            return None
+        name = subscription.sink.name
+        limiter = self._by_sink.get(name)
+        if limiter is None:
+            rate = subscription.rate
+            limiter = self._by_sink[name] = RateLimiter(rate, burst=max(1, int(rate)))
+        return limiter
+
+
 class Dispatcher:
     """Routes events into the outbox and drains it, with each sink's own workers."""
 
@@ -122,8 +141,11 @@ class Dispatcher:
         max_age: timedelta = timedelta(hours=24),
         silenced: Callable[[Event], bool] | None = None,
         gate: Gate | None = None,
+        limiters: Limiters | None = None,
     ) -> None:
         self._subscriptions = list(subscriptions)
+        #: The sinks' rate limiters, shared with the other tenants' dispatchers when given.
+        self._limiters = limiters or Limiters()
         #: Whether a silence keeps an event from every sink but the log (decided at fan-out).
         self._silenced = silenced
         self._gate = gate
@@ -274,11 +296,7 @@ class Dispatcher:
         try:
             async with anyio.create_task_group() as group:
                 for subscription in self._subscriptions:
-                    limiter = (
-                        RateLimiter(subscription.rate, burst=max(1, int(subscription.rate)))
-                        if math.isfinite(subscription.rate)
-                        else None
-                    )
+                    limiter = self._limiters.of(subscription)
                     if subscription.sink.name in self._grouped:
                         group.start_soon(DigestWorker(self, subscription, limiter).run)
                     else:
