@@ -406,8 +406,9 @@ class SqliteStore:
     def _settle(self, seqs: Iterable[int]) -> None:
         """Claims on these deliveries end, whichever of the tenant's sinks holds them (in the
         worker thread)."""
+        ended = list(seqs)  # read once: a generator would be spent on the first sink
         for claims in self._claims.values():
-            for seq in seqs:
+            for seq in ended:
                 claims.pop(seq, None)
 
     def _delete(self, seqs: Sequence[int]) -> None:
