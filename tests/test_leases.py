@@ -65,7 +65,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {},
             {},
             2,
-            {"n4": LeaseRow("b", live=True)},
+            {"n4": LeaseRow("b", 1, live=True)},
             Decision(take=("n1", "n2")),
             id="held-by-another",
         ),
@@ -74,7 +74,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {},
             {},
             2,
-            {"n4": LeaseRow("b", live=False)},
+            {"n4": LeaseRow("b", 1, live=False)},
             Decision(take=("n4", "n1")),
             id="run-out",
         ),
@@ -83,7 +83,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {},
             {},
             2,
-            {"n4": LeaseRow("a", live=True)},
+            {"n4": LeaseRow("a", 1, live=True)},
             Decision(take=("n4", "n1")),
             id="own-row-not-held",
         ),
@@ -92,7 +92,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {"n1": 3},
             {"n1": 3},
             2,
-            {"n1": LeaseRow("a", live=True)},
+            {"n1": LeaseRow("a", 1, live=True)},
             Decision(take=("n4",)),
             id="kept-and-room",
         ),
@@ -101,7 +101,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {"n4": 3, "n1": 1},
             {"n4": 3, "n1": 1},
             2,
-            {"n4": LeaseRow("a", live=True), "n1": LeaseRow("a", live=True)},
+            {"n4": LeaseRow("a", 1, live=True), "n1": LeaseRow("a", 1, live=True)},
             Decision(),
             id="at-share",
         ),
@@ -110,7 +110,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {"n1": 3},
             {},
             1,
-            {"n1": LeaseRow("b", live=True)},
+            {"n1": LeaseRow("b", 1, live=True)},
             Decision(lost=("n1",), take=("n4", "n2", "n3")),
             id="not-renewed",
         ),
@@ -119,7 +119,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {"n1": 3},
             {"n1": 4},
             2,
-            {"n1": LeaseRow("a", live=True)},
+            {"n1": LeaseRow("a", 1, live=True)},
             Decision(lost=("n1",), take=("n4", "n2")),
             id="other-epoch",
         ),
@@ -171,7 +171,9 @@ def test_replicas_split_the_names_in_two_rounds(names: int, replicas: int) -> No
     held: dict[str, dict[str, int]] = {f"r{i}": {} for i in range(replicas)}
     for _ in range(2):
         for me, mine in held.items():
-            rows = {name: LeaseRow(holder, live=True) for name, (holder, _) in table.items()}
+            rows = {
+                name: LeaseRow(holder, epoch, live=True) for name, (holder, epoch) in table.items()
+            }
             decision = decide(me, all_names, mine, dict(mine), replicas, rows)
             assert decision.lost == ()
             for name in decision.hand_back:

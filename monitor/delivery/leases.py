@@ -27,6 +27,7 @@ the self-fencing measures.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 import time
@@ -65,6 +66,8 @@ log = structlog.get_logger("batchmon.leases")
 LEASE_TTL = 15.0
 #: The SQLSTATE of ``batchmon_fence()`` refusing a commit (migration 7).
 LEASE_LOST = "L0001"
+#: The keeper's connection as ``pg_stat_activity`` shows it.
+APPLICATION_NAME = "batchmon-leases"
 #: Seconds after which a replica not seen is deleted from ``replicas``.
 FORGET_REPLICAS = 86400.0
 
@@ -86,21 +89,26 @@ _RENEW = (
     "RETURNING l.name, l.epoch"
 )
 _LIVE = "SELECT count(*) FROM replicas WHERE seen > now() - make_interval(secs => %b)"
-_ROWS = "SELECT name, holder, expires > now() FROM leases WHERE name = ANY(%b::text[])"
-#: Free leases (run out, or this replica's own left from before) are taken; every grant
-#: increments the epoch.
+_ROWS = "SELECT name, holder, epoch, expires > now() FROM leases WHERE name = ANY(%b::text[])"
+#: Free leases (run out, or this replica's own left from before) are taken, each only if
+#: its epoch is still the one the round read (0: no row): a take sent by an earlier round,
+#: given up by this keeper but still waiting in the server, changes nothing once a later
+#: one went through.  The epoch grows at every grant; names in order, so that two takes
+#: lock rows in the same order.
 _TAKE = (
     "INSERT INTO leases AS l (name, holder, epoch, expires) "
-    "SELECT name, %(me)b, 1, now() + make_interval(secs => %(ttl)b) "
-    "FROM unnest(%(names)b::text[]) AS name "
-    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = l.epoch + 1, "
-    "expires = excluded.expires WHERE l.expires <= now() OR l.holder = excluded.holder "
+    "SELECT name, %(me)b, seen + 1, now() + make_interval(secs => %(ttl)b) "
+    "FROM unnest(%(names)b::text[], %(seen)b::bigint[]) AS t(name, seen) ORDER BY name "
+    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = excluded.epoch, "
+    "expires = excluded.expires WHERE l.epoch + 1 = excluded.epoch "
+    "AND (l.expires <= now() OR l.holder = excluded.holder) "
     "RETURNING l.name, l.epoch"
 )
-#: Given up: free at once for anyone.
+#: Given up, each at the epoch held: free at once for anyone.
 _RELEASE = (
-    "UPDATE leases SET expires = now() "
-    "WHERE holder = %b AND name = ANY(%b::text[]) AND expires > now()"
+    "UPDATE leases l SET expires = now() "
+    "FROM unnest(%(names)b::text[], %(epochs)b::bigint[]) AS h(name, epoch) "
+    "WHERE l.name = h.name AND l.epoch = h.epoch AND l.holder = %(me)b AND l.expires > now()"
 )
 _RELEASE_ALL = "UPDATE leases SET expires = now() WHERE holder = %b AND expires > now()"
 _LEAVE = "DELETE FROM replicas WHERE id = %b"
@@ -139,9 +147,11 @@ class Fence:
 
 @dataclass(frozen=True, slots=True)
 class LeaseRow:
-    """A lease as a round read it: who holds it, and whether it has not yet run out."""
+    """A lease as a round read it: who holds it, at which epoch, and whether it has not
+    yet run out."""
 
     holder: str
+    epoch: int
     live: bool
 
 
@@ -314,22 +324,31 @@ class LeaseKeeper:
             self._last_good = started
             _, _, renewed, ((live,),), rows = results
             self.live_replicas = live
+            seen = {name: LeaseRow(holder, epoch, alive) for name, holder, epoch, alive in rows}
             decision = decide(
                 self.replica,
                 self.names,
                 self._held,
                 dict(renewed),
                 live,
-                {name: LeaseRow(holder, alive) for name, holder, alive in rows},
+                seen,
             )
             await self._lose(decision.lost, "lost")
+            given = {name: self._held[name] for name in decision.hand_back}
             await self._lose(decision.hand_back, "handed_back")
             statements: list[tuple[str, Any]] = []
-            if decision.hand_back:
-                statements.append((_RELEASE, [self.replica, list(decision.hand_back)]))
-            if decision.take:
+            if given:
                 statements.append(
-                    (_TAKE, {"me": self.replica, "ttl": self.ttl, "names": list(decision.take)})
+                    (
+                        _RELEASE,
+                        {"me": self.replica, "names": list(given), "epochs": list(given.values())},
+                    )
+                )
+            if decision.take:
+                take = sorted(decision.take)
+                read = [seen[name].epoch if name in seen else 0 for name in take]
+                statements.append(
+                    (_TAKE, {"me": self.replica, "ttl": self.ttl, "names": take, "seen": read})
                 )
             if statements:
                 with anyio.fail_after(self.interval):
@@ -353,7 +372,15 @@ class LeaseKeeper:
         async with self._lock:
             try:
                 if self._db is None:
-                    self._db = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                    self._db = await psycopg.AsyncConnection.connect(
+                        self._url, autocommit=True, application_name=APPLICATION_NAME
+                    )
+                    # A statement this keeper gave up on ends in the server too, instead
+                    # of holding rows locked (or committing) long after its round.
+                    timeout = f"{math.ceil(self.interval * 1000)}ms"
+                    await self._db.execute(
+                        "SELECT set_config('statement_timeout', %b, false)", [timeout]
+                    )
                 return await _one_round_trip(self._db, statements)
             except BaseException:
                 await self._disconnect()
