@@ -86,22 +86,36 @@ class Replicas:
         await done.wait()
 
     async def until(self, settled: Callable[[], bool]) -> None:
-        """Wait until ``settled()``, checked at every gain and loss."""
+        """Wait until ``settled()``, checked at every gain and loss, and every round
+        (for what the keepers are not heard telling: their count of live replicas)."""
         with anyio.fail_after(SETTLE):
             while not settled():
                 self._changed = anyio.Event()
-                await self._changed.wait()
+                with anyio.move_on_after(TTL / 3):
+                    await self._changed.wait()
 
-    def counts(self) -> list[int]:
-        """How many leases each running keeper holds, fewest first."""
-        return sorted(len(self.keepers[replica].held) for replica in self._running)
+    def running(self, replica: str) -> dict[str, int]:
+        """The pipelines ``replica`` was told to run and not yet to stop, name → epoch."""
+        running: dict[str, int] = {}
+        for what, r, name, epoch in self.told:
+            if r == replica and what == "gain" and epoch is not None:
+                running[name] = epoch
+            elif r == replica:
+                running.pop(name, None)
+        return running
 
     def split(self, *counts: int) -> Callable[[], bool]:
-        """Settled when the running keepers hold these counts and every name is held."""
+        """Settled when the running keepers run these counts of pipelines, each name in one,
+        and what each keeper holds is what it runs."""
 
         def settled() -> bool:
-            held = [name for r in self._running for name in self.keepers[r].held]
-            return self.counts() == sorted(counts) and sorted(held) == NAMES
+            running = {r: self.running(r) for r in self._running}
+            names = sorted(name for pipelines in running.values() for name in pipelines)
+            return (
+                sorted(len(pipelines) for pipelines in running.values()) == sorted(counts)
+                and names == NAMES
+                and all(self.keepers[r].held == pipelines for r, pipelines in running.items())
+            )
 
         return settled
 
@@ -160,10 +174,10 @@ async def test_keepers_split_the_names_fairly(url: str, count: int, split: tuple
         for i in range(count):
             await world.start(f"r{i}")
         await world.until(world.split(*split))
+        await world.until(lambda: all(k.live_replicas == count for k in world.keepers.values()))
 
         holders = await world.keepers["r0"].holders()
         assert {name: r for r, k in world.keepers.items() for name in k.held} == holders
-        assert all(k.live_replicas == count for k in world.keepers.values())
         assert all(k.healthy for k in world.keepers.values())
 
 
@@ -232,6 +246,23 @@ async def test_a_keeper_cut_off_fences_itself_before_another_takes_over(
     # of the same name by "b", and every takeover raised the epoch.
 
 
+async def test_a_keeper_stopped_while_cut_off_still_stops_its_pipelines(
+    url: str, pg_cluster: Cluster
+) -> None:
+    """Cancelled while the database cannot be reached, a keeper still stops every pipeline
+    (its leases run out by themselves) and says that it could not release them."""
+    async with partition(pg_cluster.port) as relay, replicas(url) as world:
+        keeper = await world.start("a", url=url.replace(f":{pg_cluster.port}/", f":{relay.port}/"))
+        await world.until(world.split(20))
+        relay.cut = True
+        with capture_logs() as logs:
+            await world.stop("a")
+
+        assert NAMES == losses(world.told, "a")
+        assert {} == keeper.held
+        assert ["leases_not_released"] == [e["event"] for e in logs if e["log_level"] == "warning"]
+
+
 async def test_a_connection_lost_once_costs_no_lease(url: str) -> None:
     """The server ending the keeper's connection (a restart of the backend) costs a round:
     the next one reconnects, and the leases are kept with their epochs."""
@@ -285,6 +316,13 @@ async def test_holders_says_why_not_without_the_password(pg_cluster: Cluster) ->
     assert pg_cluster.password not in str(raised.value)
 
 
+def test_a_url_libpq_cannot_read_is_refused() -> None:
+    """A keeper on a malformed URL is refused at once, without its password."""
+    with pytest.raises(StoreError, match="not a PostgreSQL URL") as raised:
+        LeaseKeeper("postgresql://u:secretpw@[::1/d", "a", NAMES, on_gain=_never, on_loss=_never)
+    assert "secretpw" not in str(raised.value)
+
+
 async def _never(*_: object) -> None:
     raise AssertionError
 
@@ -308,6 +346,9 @@ class TestFence:
             with pytest.raises(LeaseLostError, match="acme"):
                 await fenced_write(url, stale, task_id=1)
             await fenced_write(url, current, task_id=2)
+            # Any other failure of a fenced commit stays what it is.
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await fenced_write(url, current, task_id=2)
 
             assert [(2,)] == await rows(url, "SELECT task_id FROM watches")
 

@@ -302,65 +302,58 @@ class LeaseKeeper:
         return fence_at(self._last_good, bool(self._held), self.ttl)
 
     async def _round(self, started: float) -> None:
+        """Heartbeat, renew and read; tell of what was lost or is handed back; release and
+        take.  A round that fails (no answer in time, an error) is logged and changes
+        nothing here; what it did in the database the next round reads."""
         try:
             with anyio.fail_after(max(0.0, min(self.interval, self._fence_at() - started))):
-                results = await self._transaction(
-                    [
-                        (_FORGET, [FORGET_REPLICAS]),
-                        (_HEARTBEAT, [self.replica, self._host, self._pid]),
-                        (
-                            _RENEW,
-                            {
-                                "ttl": self.ttl,
-                                "names": list(self._held),
-                                "epochs": list(self._held.values()),
-                                "me": self.replica,
-                            },
-                        ),
-                        (_LIVE, [self.ttl]),
-                        (_ROWS, [sorted(self.names | set(self._held))]),
-                    ]
-                )
+                renewed, seen = await self._renew()
             self._last_good = started
-            _, _, renewed, ((live,),), rows = results
-            self.live_replicas = live
-            seen = {name: LeaseRow(holder, epoch, alive) for name, holder, epoch, alive in rows}
             decision = decide(
-                self.replica,
-                self.names,
-                self._held,
-                dict(renewed),
-                live,
-                seen,
+                self.replica, self.names, self._held, renewed, self.live_replicas, seen
             )
             await self._lose(decision.lost, "lost")
             given = {name: self._held[name] for name in decision.hand_back}
             await self._lose(decision.hand_back, "handed_back")
             statements: list[tuple[str, Any]] = []
             if given:
-                statements.append(
-                    (
-                        _RELEASE,
-                        {"me": self.replica, "names": list(given), "epochs": list(given.values())},
-                    )
-                )
+                release = {"me": self.replica, "names": list(given), "epochs": list(given.values())}
+                statements.append((_RELEASE, release))
             if decision.take:
-                take = sorted(decision.take)
-                read = [seen[name].epoch if name in seen else 0 for name in take]
-                statements.append(
-                    (_TAKE, {"me": self.replica, "ttl": self.ttl, "names": take, "seen": read})
-                )
+                names = sorted(decision.take)
+                read = [seen[name].epoch if name in seen else 0 for name in names]
+                take = {"me": self.replica, "ttl": self.ttl, "names": names, "seen": read}
+                statements.append((_TAKE, take))
             if statements:
                 with anyio.fail_after(self.interval):
                     results = await self._transaction(statements)
                 if decision.take:
                     await self._gain(results[-1])
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning(
-                "lease_round_failed",
-                database=self.database,
-                error=self._error(exc),
-            )
+            log.warning("lease_round_failed", database=self.database, error=self._error(exc))
+
+    async def _renew(self) -> tuple[dict[str, int], dict[str, LeaseRow]]:
+        """One transaction: forget long-gone replicas, heartbeat, renew the leases held and
+        count the live replicas; the leases renewed and those of interest as read."""
+        renew = {
+            "ttl": self.ttl,
+            "names": list(self._held),
+            "epochs": list(self._held.values()),
+            "me": self.replica,
+        }
+        results = await self._transaction(
+            [
+                (_FORGET, [FORGET_REPLICAS]),
+                (_HEARTBEAT, [self.replica, self._host, self._pid]),
+                (_RENEW, renew),
+                (_LIVE, [self.ttl]),
+                (_ROWS, [sorted(self.names | set(self._held))]),
+            ]
+        )
+        _, _, renewed, ((live,),), rows = results
+        self.live_replicas = live
+        seen = {name: LeaseRow(holder, epoch, alive) for name, holder, epoch, alive in rows}
+        return dict(renewed), seen
 
     def _error(self, exc: BaseException) -> str:
         """What went wrong, as a message may say it (no password)."""
@@ -399,9 +392,11 @@ class LeaseKeeper:
         for name in names:
             del self._held[name]
         log.info("leases_given_up", names=list(names), reason=why)
-        async with anyio.create_task_group() as group:
-            for name in names:
-                group.start_soon(self._on_loss, name)
+        # Shielded: a keeper cancelled meanwhile must not leave a pipeline half stopped.
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as group:
+                for name in names:
+                    group.start_soon(self._on_loss, name)
 
     async def _gain(self, rows: Iterable[tuple[str, int]]) -> None:
         """Hold the leases taken and tell of each (starting its pipeline), all at once."""
@@ -410,9 +405,11 @@ class LeaseKeeper:
             return
         self._held.update(taken)
         log.info("leases_taken", leases=taken)
-        async with anyio.create_task_group() as group:
-            for name, epoch in taken.items():
-                group.start_soon(self._on_gain, name, epoch)
+        # Shielded: a pipeline is started whole, so that on_loss finds it whole.
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as group:
+                for name, epoch in taken.items():
+                    group.start_soon(self._on_gain, name, epoch)
 
     async def _hand_over(self) -> None:
         """Stop every pipeline, then release every lease and leave the replicas."""
