@@ -4,6 +4,8 @@ loses, hands back and takes, and when a replica cut off must fence itself."""
 from __future__ import annotations
 
 import math
+import os
+import socket
 
 import pytest
 from hypothesis import given
@@ -15,6 +17,7 @@ from monitor.delivery.leases import (
     decide,
     fair_share,
     fence_at,
+    new_replica_id,
     preferred,
 )
 
@@ -55,10 +58,26 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
 @pytest.mark.parametrize(
     ("names", "held", "renewed", "live", "rows", "decision"),
     [
-        pytest.param(NAMES, {}, {}, 1, {}, Decision(take=("n4", "n1", "n2", "n3")), id="alone"),
-        pytest.param(NAMES, {}, {}, 2, {}, Decision(take=("n4", "n1")), id="half-preferred"),
         pytest.param(
-            NAMES, {}, {}, 0, {}, Decision(take=("n4", "n1", "n2", "n3")), id="none-live-is-one"
+            NAMES, {}, {}, 1, {}, Decision(free=("n4", "n1", "n2", "n3"), room=4), id="alone"
+        ),
+        pytest.param(
+            NAMES,
+            {},
+            {},
+            2,
+            {},
+            Decision(free=("n4", "n1", "n2", "n3"), room=2),
+            id="half-preferred",
+        ),
+        pytest.param(
+            NAMES,
+            {},
+            {},
+            0,
+            {},
+            Decision(free=("n4", "n1", "n2", "n3"), room=4),
+            id="none-live-is-one",
         ),
         pytest.param(
             NAMES,
@@ -66,7 +85,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {},
             2,
             {"n4": LeaseRow("b", 1, live=True)},
-            Decision(take=("n1", "n2")),
+            Decision(free=("n1", "n2", "n3"), room=2),
             id="held-by-another",
         ),
         pytest.param(
@@ -75,7 +94,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {},
             2,
             {"n4": LeaseRow("b", 1, live=False)},
-            Decision(take=("n4", "n1")),
+            Decision(free=("n4", "n1", "n2", "n3"), room=2),
             id="run-out",
         ),
         pytest.param(
@@ -84,7 +103,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {},
             2,
             {"n4": LeaseRow("a", 1, live=True)},
-            Decision(take=("n4", "n1")),
+            Decision(free=("n4", "n1", "n2", "n3"), room=2),
             id="own-row-not-held",
         ),
         pytest.param(
@@ -93,7 +112,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {"n1": 3},
             2,
             {"n1": LeaseRow("a", 1, live=True)},
-            Decision(take=("n4",)),
+            Decision(free=("n4", "n2", "n3"), room=1),
             id="kept-and-room",
         ),
         pytest.param(
@@ -111,7 +130,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {},
             1,
             {"n1": LeaseRow("b", 1, live=True)},
-            Decision(lost=("n1",), take=("n4", "n2", "n3")),
+            Decision(lost=("n1",), free=("n4", "n2", "n3"), room=4),
             id="not-renewed",
         ),
         pytest.param(
@@ -120,7 +139,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {"n1": 4},
             2,
             {"n1": LeaseRow("a", 1, live=True)},
-            Decision(lost=("n1",), take=("n4", "n2")),
+            Decision(lost=("n1",), free=("n4", "n2", "n3"), room=2),
             id="other-epoch",
         ),
         pytest.param(
@@ -138,7 +157,7 @@ def test_each_replica_prefers_its_own_order(me: str, order: list[str]) -> None:
             {"n5": 1},
             1,
             {},
-            Decision(hand_back=("n5",), take=("n1", "n2")),
+            Decision(hand_back=("n5",), free=("n1", "n2"), room=2),
             id="unconfigured",
         ),
         pytest.param(
@@ -178,7 +197,7 @@ def test_replicas_split_the_names_in_two_rounds(names: int, replicas: int) -> No
             assert decision.lost == ()
             for name in decision.hand_back:
                 del mine[name], table[name]
-            for name in decision.take:
+            for name in decision.free[: decision.room]:
                 epoch = table.get(name, ("", 0))[1] + 1
                 table[name] = (me, epoch)
                 mine[name] = epoch
@@ -203,3 +222,10 @@ def test_fence_at(last_good: float | None, held: bool, at: float) -> None:
     """Held leases are given up ttl - ttl/5 after the last good round began; with none
     held, or no good round yet, there is nothing to give up."""
     assert at == fence_at(last_good, held, 15.0)
+
+
+def test_a_replica_id_is_new_at_each_start_and_says_where() -> None:
+    """Two keepers of one process never share a name; the name starts with host and pid."""
+    first, second = new_replica_id(), new_replica_id()
+    assert first != second
+    assert first.startswith(f"{socket.gethostname()}-{os.getpid()}-")

@@ -31,6 +31,7 @@ import math
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -57,6 +58,7 @@ __all__ = [
     "decide",
     "fair_share",
     "fence_at",
+    "new_replica_id",
     "preferred",
 ]
 
@@ -161,7 +163,15 @@ class Decision:
 
     lost: tuple[str, ...] = ()
     hand_back: tuple[str, ...] = ()
-    take: tuple[str, ...] = ()
+    #: The free leases, the most preferred first, to take until ``room`` are taken (another
+    #: replica may take some of them first).
+    free: tuple[str, ...] = ()
+    room: int = 0
+
+
+def new_replica_id() -> str:
+    """A name for this replica, new at each start, that says where it runs (host, pid)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def fair_share(names: int, live: int) -> int:
@@ -190,7 +200,7 @@ def decide(
     leases of ``names`` as read.  A held lease not renewed with its epoch is lost; of the
     others, those not configured and those above the fair share (the least preferred) are
     handed back; free leases (run out, never taken, or this replica's own but not held)
-    are taken, the most preferred first, up to the fair share.
+    are taken, the most preferred first, up to the fair share (``room`` more).
     """
     kept = {name for name, epoch in held.items() if renewed.get(name) == epoch}
     lost = tuple(sorted(set(held) - kept))
@@ -203,7 +213,9 @@ def decide(
         for name in preferred(me, names)
         if name not in held and (name not in rows or not rows[name].live or rows[name].holder == me)
     ]
-    return Decision(lost, hand_back, tuple(free[:room]))
+    if room == 0:
+        return Decision(lost, hand_back)
+    return Decision(lost, hand_back, tuple(free), room)
 
 
 def fence_at(last_good: float | None, held: bool, ttl: float) -> float:
@@ -218,7 +230,8 @@ def fence_at(last_good: float | None, held: bool, ttl: float) -> float:
 class LeaseKeeper:
     """This replica's leases on ``names``, kept in the database at ``url``.
 
-    ``replica`` names this replica in the tables; it must be new at each start (a uuid).
+    ``replica`` names this replica in the tables; it must be new at each start
+    (:func:`new_replica_id`): a keeper takes back the leases its name still holds.
     :meth:`run` keeps the leases until cancelled, then hands them over.
     """
 
@@ -319,18 +332,29 @@ class LeaseKeeper:
             if given:
                 release = {"me": self.replica, "names": list(given), "epochs": list(given.values())}
                 statements.append((_RELEASE, release))
-            if decision.take:
-                names = sorted(decision.take)
+            await self._take(statements, decision, seen)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            log.warning("lease_round_failed", database=self.database, error=self._error(exc))
+
+    async def _take(
+        self, statements: list[tuple[str, Any]], decision: Decision, seen: Mapping[str, LeaseRow]
+    ) -> None:
+        """Run ``statements`` (a release) with a first take of free leases; while another
+        replica took some of them first, take the next ones, up to the room there is."""
+        left, free = decision.room, list(decision.free)
+        while statements or (left > 0 and free):
+            names, free = sorted(free[:left]), free[left:]
+            if names:
                 read = [seen[name].epoch if name in seen else 0 for name in names]
                 take = {"me": self.replica, "ttl": self.ttl, "names": names, "seen": read}
                 statements.append((_TAKE, take))
-            if statements:
-                with anyio.fail_after(self.interval):
-                    results = await self._transaction(statements)
-                if decision.take:
-                    await self._gain(results[-1])
-        except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.warning("lease_round_failed", database=self.database, error=self._error(exc))
+            with anyio.fail_after(self.interval):
+                results = await self._transaction(statements)
+            statements = []
+            if names:
+                gained = dict(results[-1])
+                left -= len(gained)
+                await self._gain(gained)
 
     async def _renew(self) -> tuple[dict[str, int], dict[str, LeaseRow]]:
         """One transaction: forget long-gone replicas, heartbeat, renew the leases held and
@@ -398,9 +422,8 @@ class LeaseKeeper:
                 for name in names:
                     group.start_soon(self._on_loss, name)
 
-    async def _gain(self, rows: Iterable[tuple[str, int]]) -> None:
+    async def _gain(self, taken: Mapping[str, int]) -> None:
         """Hold the leases taken and tell of each (starting its pipeline), all at once."""
-        taken = dict(rows)
         if not taken:
             return
         self._held.update(taken)
