@@ -21,7 +21,7 @@ take.  Every time is the database's (``now()``): the replicas' clocks are never 
 
 The keeper has a connection of its own: its rounds never queue behind the store's pool
 (a busy pool must not fence a healthy replica), and it is that connection whose silence
-the self-fencing measures.
+the self-fencing measures.  It imports nothing of the store, which imports :class:`Fence`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from monitor.config.service import redacted_url
 from monitor.delivery.outbox import StoreError
-from monitor.delivery.postgres import _one_round_trip
 from monitor.superoffice.redact import Redactor
 
 __all__ = [
@@ -398,7 +397,12 @@ class LeaseKeeper:
                     await self._db.execute(
                         "SELECT set_config('statement_timeout', %b, false)", [timeout]
                     )
-                return await _one_round_trip(self._db, statements)
+                results: list[list[Any]] = []
+                async with self._db.transaction():
+                    for sql, params in statements:
+                        cursor = await self._db.execute(sql, params)
+                        results.append(await cursor.fetchall() if cursor.description else [])
+                return results
             except BaseException:
                 await self._disconnect()
                 raise
