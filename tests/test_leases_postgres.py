@@ -4,6 +4,7 @@ of a holder that lost its lease writes nothing."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -328,6 +329,15 @@ def test_a_url_libpq_cannot_read_is_refused() -> None:
     with pytest.raises(StoreError, match="not a PostgreSQL URL") as raised:
         LeaseKeeper("postgresql://u:secretpw@[::1/d", "a", NAMES, on_gain=_never, on_loss=_never)
     assert "secretpw" not in str(raised.value)
+
+
+@pytest.mark.parametrize("ttl", [0.0, -1.0, math.nan])
+def test_a_ttl_that_is_not_positive_is_refused(ttl: float) -> None:
+    """A lease that never holds (or holds a negative time) is a configuration error."""
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        LeaseKeeper(
+            "postgresql://localhost/db", "a", NAMES, on_gain=_never, on_loss=_never, ttl=ttl
+        )
 
 
 async def _never(*_: object) -> None:

@@ -244,6 +244,9 @@ class LeaseKeeper:
         on_loss: OnLoss,
         ttl: float = LEASE_TTL,
     ) -> None:
+        if not ttl > 0:
+            msg = f"a lease's ttl must be a positive number of seconds, not {ttl!r}"
+            raise ValueError(msg)
         self._url = url
         #: The database as messages name it (no password, no query).
         self.database = redacted_url(url)
