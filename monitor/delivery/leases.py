@@ -1,6 +1,6 @@
 """Leases kept in PostgreSQL, by which replicas split the tenants between them.
 
-Each replica runs a :class:`LeaseKeeper`.  Every ``ttl / 3`` seconds one round trip
+Each replica runs a :class:`LeaseKeeper`.  Every ``ttl / 3`` seconds one transaction
 heartbeats its row in ``replicas``, renews the leases it holds and reads who holds the
 others; :func:`decide` (pure) says which leases were lost, which to hand back (above the
 fair share ``ceil(names / live replicas)``, or no longer configured) and which free ones to
@@ -15,7 +15,7 @@ take.  Every time is the database's (``now()``): the replicas' clocks are never 
   may take them.
 - **Fenced commits.**  :class:`Fence` gives the statement a commit runs first: it fails the
   transaction unless the lease is still held with that epoch, and holds the row
-  (``FOR SHARE``) so that a takeover waits for the commit to end.
+  (``FOR SHARE``) so that a takeover (and a renewal) waits for the commit to end.
 - **Hand-over.**  A cancelled keeper stops its pipelines, releases its leases and deletes
   its row: a rolling restart hands over at once, not after ``ttl``.
 
@@ -92,10 +92,10 @@ _RENEW = (
 _LIVE = "SELECT count(*) FROM replicas WHERE seen > now() - make_interval(secs => %b)"
 _ROWS = "SELECT name, holder, epoch, expires > now() FROM leases WHERE name = ANY(%b::text[])"
 #: Free leases (run out, or this replica's own left from before) are taken, each only if
-#: its epoch is still the one the round read (0: no row): a take sent by an earlier round,
-#: given up by this keeper but still waiting in the server, changes nothing once a later
-#: one went through.  The epoch grows at every grant; names in order, so that two takes
-#: lock rows in the same order.
+#: its epoch is still the one the round read (0: no row): a take whose answer this keeper
+#: never had (its round given up with the COMMIT sent) changes nothing once a later one
+#: went through.  The epoch grows at every grant; names in order, so that two takes lock
+#: rows in the same order.
 _TAKE = (
     "INSERT INTO leases AS l (name, holder, epoch, expires) "
     "SELECT name, %(me)b, seen + 1, now() + make_interval(secs => %(ttl)b) "
