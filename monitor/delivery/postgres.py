@@ -206,6 +206,10 @@ _GIVE_BACK = (
     "WHERE seq = ANY(%b::bigint[]) AND tenant = %b AND claimed_by = %b "
     "AND attempts > 0"
 )
+_TAKE_OVER = (
+    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+    "WHERE tenant = %b AND claimed_by IS NOT NULL AND claimed_by <> %b RETURNING seq"
+)
 _ADD_WATCH = (
     "INSERT INTO watches (tenant, task_id, added) VALUES (%b, %b, %b) ON CONFLICT DO NOTHING"
 )
@@ -335,6 +339,13 @@ class PostgresStore:
                     raise
                 raise lost from None
             return results[1:]
+
+    async def take_over_claims(self) -> int:
+        """Free the tenant's deliveries other replicas claimed: its lease is this view's now,
+        so their holders (dead, or fenced) deliver nothing more of it; how many.  A delivery
+        that was in flight at a holder's death goes out again with the same event id."""
+        (rows,) = await self._write([(_TAKE_OVER, [self._tenant, self.claimer])])
+        return len(rows)
 
     async def close(self) -> None:
         """Give the claims back (their attempts stay counted): the store that opened the
