@@ -19,6 +19,7 @@ from monitor.delivery.leases import (
     fence_at,
     new_replica_id,
     preferred,
+    wake_at,
 )
 
 NAMES = frozenset({"n1", "n2", "n3", "n4"})
@@ -229,3 +230,21 @@ def test_a_replica_id_is_new_at_each_start_and_says_where() -> None:
     first, second = new_replica_id(), new_replica_id()
     assert first != second
     assert first.startswith(f"{socket.gethostname()}-{os.getpid()}-")
+
+
+@pytest.mark.parametrize(
+    ("rows", "wake"),
+    [
+        ({}, math.inf),
+        # Only others' leases not yet run out bring a round forward: the soonest, and a
+        # moment after it (the clocks meet through a round trip).
+        ({"n1": LeaseRow("other", 1, True, 2.0)}, 102.05),
+        ({"n1": LeaseRow("other", 1, True, 4.0), "n2": LeaseRow("third", 3, True, 0.5)}, 100.55),
+        ({"n1": LeaseRow("me", 1, True, 1.0)}, math.inf),
+        ({"n1": LeaseRow("other", 1, False, 0.0)}, math.inf),
+    ],
+)
+def test_a_round_looks_again_when_anothers_lease_runs_out(
+    rows: dict[str, LeaseRow], wake: float
+) -> None:
+    assert wake == pytest.approx(wake_at(100.0, "me", rows))

@@ -59,6 +59,7 @@ __all__ = [
     "fence_at",
     "new_replica_id",
     "preferred",
+    "wake_at",
 ]
 
 log = structlog.get_logger("batchmon.leases")
@@ -90,7 +91,11 @@ _RENEW = (
     "RETURNING l.name, l.epoch"
 )
 _LIVE = "SELECT count(*) FROM replicas WHERE seen > now() - make_interval(secs => %b)"
-_ROWS = "SELECT name, holder, epoch, expires > now() FROM leases WHERE name = ANY(%b::text[])"
+_ROWS = (
+    "SELECT name, holder, epoch, expires > now(), "
+    "greatest(extract(epoch FROM expires - now()), 0)::float8 "
+    "FROM leases WHERE name = ANY(%b::text[])"
+)
 #: Free leases (run out, or this replica's own left from before) are taken, each only if
 #: its epoch is still the one the round read (0: no row): a take whose answer this keeper
 #: never had (its round given up with the COMMIT sent) changes nothing once a later one
@@ -148,12 +153,13 @@ class Fence:
 
 @dataclass(frozen=True, slots=True)
 class LeaseRow:
-    """A lease as a round read it: who holds it, at which epoch, and whether it has not
-    yet run out."""
+    """A lease as a round read it: who holds it, at which epoch, whether it has not yet
+    run out, and in how many seconds it does (on the database's clock)."""
 
     holder: str
     epoch: int
     live: bool
+    left: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +223,20 @@ def decide(
     return Decision(lost, hand_back, tuple(free), room)
 
 
+#: Seconds after a lease runs out that a round looks again (the database's clock and the
+#: replica's are compared only through a round trip; a round a little early just looks again).
+_AFTER_EXPIRY = 0.05
+
+
+def wake_at(started: float, me: str, rows: Mapping[str, LeaseRow]) -> float:
+    """When (monotonic) a round started at ``started`` should look again because another
+    replica's lease runs out then: a dead replica's tenants are taken as soon as they are
+    free, not up to a round later.  Leases renewed in time never come due before the next
+    round."""
+    due = [row.left for row in rows.values() if row.live and row.holder != me]
+    return started + min(due) + _AFTER_EXPIRY if due else float("inf")
+
+
 def fence_at(last_good: float | None, held: bool, ttl: float) -> float:
     """When (monotonic) a replica must give up its leases without a good round since the
     one that started at ``last_good``: ``ttl / 5`` before they run out on the database's
@@ -269,6 +289,8 @@ class LeaseKeeper:
         #: Replicas seen within ``ttl`` at the last good round, this one included.
         self.live_replicas = 0
         self._last_good: float | None = None
+        #: When (monotonic) another replica's lease runs out, as the last round read it.
+        self._expiry = float("inf")
         self._db: psycopg.AsyncConnection[Any] | None = None
         self._lock = anyio.Lock()
         self._host = socket.gethostname()
@@ -307,7 +329,7 @@ class LeaseKeeper:
                 if time.monotonic() >= self._fence_at():
                     log.warning("leases_fenced", database=self.database, names=sorted(self._held))
                     await self._lose(list(self._held), "fenced")
-                next_round = min(started + self.interval, self._fence_at())
+                next_round = min(started + self.interval, self._fence_at(), self._expiry)
                 await anyio.sleep(max(0.0, next_round - time.monotonic()))
         finally:
             with anyio.CancelScope(shield=True):
@@ -378,7 +400,10 @@ class LeaseKeeper:
         )
         _, _, renewed, ((live,),), rows = results
         self.live_replicas = live
-        seen = {name: LeaseRow(holder, epoch, alive) for name, holder, epoch, alive in rows}
+        seen = {
+            name: LeaseRow(holder, epoch, alive, left) for name, holder, epoch, alive, left in rows
+        }
+        self._expiry = wake_at(time.monotonic(), self.replica, seen)
         return dict(renewed), seen
 
     def _error(self, exc: BaseException) -> str:
