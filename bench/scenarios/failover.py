@@ -121,7 +121,7 @@ def _config(fleet: Fleet, lease_ttl: float) -> dict[str, Any]:
         "state": {"url_env": _STATE_ENV, "lease_ttl": lease_ttl},
         "poll": {"interval": _INTERVAL, "finished_interval": _INTERVAL},
         "http": {"listen": "127.0.0.1:0"},
-        "log": {"format": "json", "level": "warning"},
+        "log": {"format": "json", "level": "info"},
         "tenants": [
             {
                 "name": name.lower(),
@@ -190,6 +190,7 @@ async def _measure(url: str, tenants: int, kills: int, lease_ttl: float, tmp: Pa
                 fleet.set_task(name, task_id, state=BatchTaskState.STARTED, progress=40)
         config = tmp / "batchmon.toml"
         config.write_text(toml_text(_config(fleet, lease_ttl)))
+        config.chmod(0o600)  # it holds the simulator's password inline
         env = {**os.environ, _STATE_ENV: url, "PYTHONUNBUFFERED": "1"}
         replicas = []
         for number in range(3):
