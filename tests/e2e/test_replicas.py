@@ -18,7 +18,7 @@ again, as systemd's ``Restart=`` would.  Then:
 Each state of a task lasts longer than a takeover (``lease_ttl`` plus a few intervals), so no
 state comes and goes while its tenant has no replica: what the simulator showed, one replica
 or the next saw.  The issue's run (2 minutes, a kill every 20 s, ``lease_ttl`` 15 s) is
-marked ``soak``: about 3 minutes in all, so it runs with ``BATCHMON_SOAK=1`` only.  Its short
+marked ``soak``: about 2.5 minutes in all, so it runs with ``BATCHMON_SOAK=1`` only.  Its short
 variant runs by default: three kills, with ``lease_ttl`` at its least (5 s), so that the
 states' lengths, and with them the test, shrink with the takeover time.
 """
