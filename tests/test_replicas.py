@@ -3,9 +3,12 @@ hands its tenants to the other, which goes on where it left off."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
@@ -50,6 +53,24 @@ def _config(fleet: Fleet, pg_url: str) -> Config:
     )
 
 
+def _replicas(daemon: Daemon) -> int:
+    replication = daemon._replication
+    return 0 if replication is None else replication.keeper.live_replicas
+
+
+async def _get_text(daemon: Daemon, path: str) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{daemon.port}{path}") as answer,
+    ):
+        return await answer.text()
+
+
+async def _get_json(daemon: Daemon, path: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(await _get_text(daemon, path))
+    return body
+
+
 def _running(daemon: Daemon) -> set[str]:
     return {name for name, r in daemon.runtimes.items() if r.poller is not None}
 
@@ -74,6 +95,22 @@ async def test_two_replicas_split_the_tenants_and_hand_over(fleet: Fleet, pg_url
 
         await until(split, 4 * LEASE_TTL)
         assert not _running(first) & _running(second)
+        await until(lambda: _replicas(first) == 2, 2 * LEASE_TTL)
+        for daemon in (first, second):
+            ready = await _get_json(daemon, "/readyz")
+            assert (True, sorted(_running(daemon)), 2) == (
+                ready["ready"],
+                ready["leases"],
+                ready["replicas"],
+            )
+            exposition = await _get_text(daemon, "/metrics")
+            assert "batchmon_leases_held 2.0" in exposition
+            assert "batchmon_replicas 2.0" in exposition
+            assert "batchmon_tenants 4.0" in exposition
+        tenants = await _get_json(first, "/api/v1/tenants")
+        holders = {line["name"]: line["replica"] for line in tenants["tenants"]}
+        assert names == set(holders)
+        assert 2 == len(set(holders.values()))
 
         await until(lambda: any(first.runtimes[n].tracker.tasks for n in _running(first)), 10)
         tenant = next(n for n in _running(first) if first.runtimes[n].tracker.tasks)
