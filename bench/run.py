@@ -7,7 +7,7 @@ threads and caches never weigh on the next; ours and its baseline still run side
 in that one process.  The machine is printed on top, the notes on how each figure was
 taken below.  A scenario that cannot run shows as an error row and makes the exit status
 1; targets that do not hold do not (CI runs ``--quick`` only to see that the suite runs), nor
-does a row skipped for want of a program (P11 without PostgreSQL's), which says so.
+does a row skipped for want of a program (P11, P12 without PostgreSQL's), which says so.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from rich.table import Table
 from bench.scenarios.common import Row
 from bench.scenarios.delivery import detection_to_delivery
 from bench.scenarios.discovery import discovery_requests
+from bench.scenarios.failover import failover
 from bench.scenarios.memory import memory_per_tasks
 from bench.scenarios.month import month_of_tasks
 from bench.scenarios.requests import requests_per_hour
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[bool], Row]]] = {
     "P8": ("discovery requests", discovery_requests),
     "P9": ("a month of churn", month_of_tasks),
     "P11": ("detection to delivery, PostgreSQL", postgres_beside_sqlite),
+    "P12": ("failover to another replica", failover),
 }
 
 

@@ -69,6 +69,26 @@ def test_p11_times_postgres_beside_sqlite() -> None:
     assert "0 signatures rejected" in note, note
 
 
+@pytest.mark.timeout(150)
+def test_p12_times_failover_against_its_bound() -> None:
+    """P12's quick row: the worst and median takeover, the bound, their ratio, every round."""
+    done = _bench(["-m", "bench", "--scenario", "P12", "--quick"], ROOT, timeout=140)
+    assert 0 == done.returncode, done.stdout + done.stderr
+    row = json.loads(done.stdout.splitlines()[-1])
+    if row["skipped"]:
+        if os.environ.get("BATCHMON_REQUIRE_TOOLS"):
+            pytest.fail(f"{row['ours']}, but BATCHMON_REQUIRE_TOOLS is set")
+        pytest.skip(row["ours"])
+    assert re.fullmatch(r"max \d+\.\d s \(median \d+\.\d s\)", row["ours"]), row
+    assert "bound 6 s" == row["baseline"], row
+    assert re.fullmatch(r"\d+\.\d\dx", row["ratio"]), row
+    assert ("P12", "≤ lease_ttl + interval") == (row["key"], row["target"])
+    assert isinstance(row["passed"], bool), row
+    (note,) = row["notes"]
+    assert "lease_ttl 5 s; 2 rounds" in note, note
+    assert re.search(r"\(s\): \d+\.\d, \d+\.\d\.$", note), note
+
+
 def test_run_py_runs_as_a_script(tmp_path: Path) -> None:
     """``python bench/run.py`` (the issue's other spelling) runs the suite too, from anywhere."""
     done = _bench(

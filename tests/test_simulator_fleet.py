@@ -148,6 +148,25 @@ class TestIsolation:
 
         assert [3, 1, 0] == [tenant.requests for tenant in fleet.tenants.values()]
 
+    async def test_each_request_is_reported_with_its_tenant(self, clock: ManualClock) -> None:
+        """``on_request`` hears of every API request, refused ones too, by tenant name;
+        the status API and the control routes are no API requests."""
+        heard: list[str] = []
+        async with Fleet(
+            2, seed=7, tasks=8, start=clock.now, clock=clock, on_request=heard.append
+        ) as fleet:
+            a, b = fleet.tenants
+            await _call("GET", fleet.url(b) + "/v1/BatchTask/212")
+            await _call("GET", fleet.url(a) + "/v1/BatchTask/212", headers={})
+            await _call("GET", fleet.url(b) + "/v1/BatchTask/999999")
+            await _call("GET", fleet.state_url + "/" + a)
+            await _call(
+                "PUT", f"{fleet.environment_url}/simulator/tenants/{a}", {"state": "Running"}
+            )
+            await _call("GET", fleet.environment_url + "/Cust1/api/v1/BatchTask/212")
+
+        assert [b, a, b] == heard
+
     async def test_the_daemon_client_finds_each_tenant(
         self, fleet: Fleet, clock: ManualClock
     ) -> None:

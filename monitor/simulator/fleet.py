@@ -101,6 +101,9 @@ class Fleet:
     one of up to 32 seeded by it (:meth:`Scenario.generate`), told from a start of its own up to
     30 s after ``start`` (the first tenant's), so the tenants do not move in step.
     Authentication is basic (``username``/``password``) for every tenant.
+    ``on_request`` is called with a tenant's name at each API request addressed to it, before
+    any refusal, on the simulator's loop: a test timing a replica's takeover learns from it
+    when each tenant was asked again.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Fleet:
         password: str = "batchmon",  # noqa: S107 - a loopback simulator's well-known default
         tz_style: str = "offset",
         stop_delay: timedelta = timedelta(seconds=1),
+        on_request: Callable[[str], None] | None = None,
     ) -> None:
         date_forms(tz_style)  # refuse an unknown style now, not at the first request
         if tasks < 0:
@@ -125,6 +129,7 @@ class Fleet:
         self._clock = clock or _utc_now
         self._tz_style = tz_style
         self.stop_delay = stop_delay
+        self._on_request = on_request
         self._credentials = Credentials(
             self._clock, basic=f"{username}:{password}".encode(), ticket=None, token=None
         )
@@ -254,6 +259,8 @@ class Fleet:
         tenant = self._by_folded.get(name.casefold())
         if tenant is not None:
             tenant.requests += 1
+            if self._on_request is not None:
+                self._on_request(tenant.name)
         refusal = tenant_refusal(tenant.online if tenant else None, "", name)
         if refusal is not None:
             return refusal
