@@ -173,6 +173,8 @@ def _config(fleet: Fleet, receiver: Receiver, plan: Plan, state: dict[str, Any])
                 "environment_url": fleet.environment_url,
                 "tenant": name,
                 "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
+                # Tuned: a loopback simulator answers in milliseconds, and a request cut by a
+                # kill should fail fast rather than hold a pipeline through a takeover.
                 "max_requests_per_second": 500,
                 "timeout": "2s",
                 "connect_timeout": "1s",
@@ -184,7 +186,9 @@ def _config(fleet: Fleet, receiver: Receiver, plan: Plan, state: dict[str, Any])
     ]
     interval = f"{plan.interval:g}s"
     return {
-        # A failed or finished task runs again soon: fetch it at every cycle, not every 10 min.
+        # Tuned: every state lasts lease_ttl + 8 intervals (see Plan), so at the default 5 s
+        # interval the run would take minutes longer; a failed or finished task runs again
+        # soon, so it is fetched at every cycle, not every 10 min.
         "poll": {"interval": interval, "finished_interval": interval, "jitter": 0.1},
         "http": {"listen": "127.0.0.1:0", "public_url": "http://batchmon.invalid/"},
         "state": state,
