@@ -332,6 +332,7 @@ class TestPages:
             hrefs = links(html).hrefs
             missing, _ = await fetch(http, "GET", tenants.base + "/tasks/212")
 
+            assert "<title>batchmon · acme · #212 Export · Failed</title>" in html
             assert 'data-state="Failed"' in html
             assert "Disk full" in html
             assert ["../?tenant=acme", "../api/v1/tasks/212?tenant=acme"] == hrefs
