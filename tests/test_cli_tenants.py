@@ -93,6 +93,28 @@ class TestWatch:
             assert 2 == unknown.returncode, said(unknown)
             assert f"no tenant 'x' in this configuration (it has {TENANTS})" in said(unknown)
 
+    async def test_config_asks_the_named_tenants_api(self, tmp_path: Path) -> None:
+        """--config --tenant asks that tenant's SuperOffice: acme's 212 failed (exit 1),
+        globex's 212 runs and 213 succeeded (exit 0)."""
+        async with running_tenants() as tenants:
+            config = tmp_path / "batchmon.toml"
+            config.write_text(
+                "".join(
+                    f'[[tenants]]\nname = "{name}"\n[tenants.superoffice]\n'
+                    f'environment_url = "{tenants.fleet.environment_url}"\n'
+                    f'tenant = "{context}"\n'
+                    '[tenants.superoffice.auth]\ntype = "basic"\n'
+                    'username = "batchmon"\npassword = "batchmon"\n'
+                    for name, context in tenants.contexts.items()
+                )
+            )
+            acme = await batchmon("watch", "212", "--config", str(config), "--tenant", "acme")
+            globex = await batchmon("watch", "213", "--config", str(config), "--tenant", "globex")
+
+        assert 1 == acme.returncode, said(acme)
+        assert "Disk full" in said(acme)
+        assert 0 == globex.returncode, said(globex)
+
 
 class TestChanges:
     """``ack``, ``stop`` and ``silence`` with ``--tenant`` change that tenant only."""
