@@ -9,9 +9,11 @@ polling starts) and tears them down in reverse when its scope is cancelled.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import aiohttp
 import anyio
@@ -28,7 +30,7 @@ from monitor.delivery.silences import Silencer
 from monitor.delivery.stores import open_store
 from monitor.delivery.subscriptions import subscriptions_from
 from monitor.links import named_tenant
-from monitor.metrics import BatchmonCollector, TenantState, make_registry
+from monitor.metrics import BatchmonCollector, Replication, TenantState, make_registry
 from monitor.polling import Poller, Shard, rule_matches, utc_now
 from monitor.polling.stop import AutoStopper, TaskStopper
 from monitor.sinks.context import SinkContext
@@ -40,7 +42,18 @@ from monitor.tracking.events import Event
 from monitor.tracking.memory import Rules
 from monitor.tracking.tracker import Tracker
 from monitor.types import DeliveryStore, RestorableSink
-from monitor.web import TenantView, WatchLimitReachedError, WebState, make_app, serve
+from monitor.web import (
+    Replicas,
+    TenantView,
+    WatchLimitReachedError,
+    WebState,
+    make_app,
+    serve,
+)
+
+if TYPE_CHECKING:  # only replicas load the driver
+    from monitor.delivery.leases import LeaseKeeper
+    from monitor.delivery.postgres import PostgresStore
 
 __all__ = [
     "Daemon",
@@ -140,6 +153,9 @@ class TenantRuntime:
         self.poller: Poller | None = None
         self.view: TenantView | None = None
         self.metrics: TenantState | None = None
+        #: Whether its pipeline delivers what it holds when it stops (not once its lease is
+        #: lost: its writes would be refused, and the keeper must not wait for them).
+        self.drain = True
 
     def configure(self, config: Config, tenant: TenantConfig) -> None:
         """Take a reloaded configuration's rules for this tenant."""
@@ -149,6 +165,51 @@ class TenantRuntime:
     def alive(self, stale_after: float) -> bool:
         """Whether its poll loop keeps completing cycles (true until it has one)."""
         return self.poller is None or self.poller.alive(stale_after)
+
+
+@dataclass(frozen=True, slots=True)
+class _Replication:
+    """What a replica's lease callbacks start and stop pipelines with."""
+
+    keeper: LeaseKeeper
+    store: PostgresStore
+    pipelines: Pipelines
+    run: Callable[[TenantRuntime, DeliveryStore, anyio.Event], Awaitable[None]]
+
+
+class Pipelines:
+    """The tenants' pipelines running now, each in a cancel scope of its own: started
+    together (a tenant whose API hangs delays no other), stopped one by one as leases move."""
+
+    def __init__(self, group: anyio.abc.TaskGroup) -> None:
+        self._group = group
+        self._running: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
+
+    def start(self, name: str, run: Callable[[anyio.Event], Awaitable[None]]) -> anyio.Event:
+        """Run ``run(started)`` for tenant ``name`` until it returns or :meth:`stop`; the
+        event ``run`` sets once the tenant polls."""
+        scope, done, started = anyio.CancelScope(), anyio.Event(), anyio.Event()
+        self._running[name] = (scope, done)
+
+        async def guarded() -> None:
+            try:
+                with scope:
+                    await run(started)
+            finally:
+                done.set()
+                if self._running.get(name) == (scope, done):
+                    del self._running[name]
+
+        self._group.start_soon(guarded)
+        return started
+
+    async def stop(self, name: str) -> None:
+        """Stop tenant ``name``'s pipeline and return once it stopped."""
+        entry = self._running.pop(name, None)
+        if entry is not None:
+            scope, done = entry
+            scope.cancel()
+            await done.wait()
 
 
 class Daemon:
@@ -184,6 +245,8 @@ class Daemon:
         self._views: dict[str, TenantView] = {}
         #: One rate limiter per sink, whichever tenant posts.
         self._limiters = Limiters()
+        #: With PostgreSQL: the lease keeper and what it starts and stops pipelines with.
+        self._replication: _Replication | None = None
 
     def _take_tenants(self, config: Config) -> None:
         """A runtime per configured tenant, keeping those of tenants already known."""
@@ -347,10 +410,16 @@ class Daemon:
             *(3 * t.superoffice.timeout for t in config.tenant_list),
             60.0,
         )
+        keeper = self._keeper(store)
         async with aiohttp.ClientSession(timeout=sink_timeout) as sink_session:
             collector = BatchmonCollector(
                 lambda: [r.metrics for r in self.runtimes.values() if r.metrics is not None],
                 configured=len(self.runtimes),
+                replication=Replication(
+                    held=lambda: len(keeper.held), replicas=lambda: keeper.live_replicas
+                )
+                if keeper is not None
+                else None,
             )
             token, reader = config.http.api_token, config.http.read_token
             state = WebState(
@@ -362,15 +431,29 @@ class Daemon:
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
                 configured=list(self.runtimes),
+                replicas=Replicas(
+                    replica=keeper.replica,
+                    healthy=lambda: keeper.healthy,
+                    alive=lambda: keeper.live_replicas,
+                    holders=keeper.holders,
+                )
+                if keeper is not None
+                else None,
             )
             runner, port = await serve(make_app(state), config.http.host, config.http.port)
             try:
                 async with anyio.create_task_group() as group:
-                    for runtime in self.runtimes.values():
-                        scoped = store.for_tenant(runtime.name)
-                        await group.start(
-                            self._pipeline, runtime, scoped, sink_session, stale_after
-                        )
+                    pipelines = Pipelines(group)
+                    run = partial(self._run_tenant, sink_session=sink_session, stale=stale_after)
+                    if keeper is not None:
+                        await self._replicate(keeper, store, pipelines, run, group)
+                    else:
+                        started = [
+                            pipelines.start(name, partial(run, runtime, store.for_tenant(name)))
+                            for name, runtime in self.runtimes.items()
+                        ]
+                        for polling in started:
+                            await polling.wait()
                     log.info(
                         "batchmon_started",
                         version=__version__,
@@ -382,6 +465,7 @@ class Daemon:
                         ),
                         shard=str(self.shard),
                         state=config.state.location,
+                        **({"replica": keeper.replica} if keeper is not None else {}),
                     )
                     self._notifier.ready(self._status())
                     group.start_soon(self._report_status)
@@ -392,16 +476,89 @@ class Daemon:
                 with anyio.CancelScope(shield=True):
                     await runner.cleanup()
 
+    def _keeper(self, store: DeliveryStore) -> LeaseKeeper | None:
+        """With the state in PostgreSQL, the keeper of this replica's leases (one per tenant)."""
+        url = self.config.state.url
+        if url is None:
+            return None
+        # Only replicas load the lease keeper (and, with it, the PostgreSQL driver).
+        from monitor.delivery.leases import LeaseKeeper, new_replica_id
+
+        return LeaseKeeper(
+            url.get_secret_value(),
+            new_replica_id(),
+            self.runtimes,
+            on_gain=self._lease_taken,
+            on_loss=self._lease_given_up,
+            ttl=self.config.state.lease_ttl,
+        )
+
+    async def _replicate(
+        self,
+        keeper: LeaseKeeper,
+        store: DeliveryStore,
+        pipelines: Pipelines,
+        run: Callable[[TenantRuntime, DeliveryStore, anyio.Event], Awaitable[None]],
+        group: anyio.abc.TaskGroup,
+    ) -> None:
+        """Run the pipelines of the tenants whose lease this replica holds, as leases come
+        and go: a tenant taken starts from what the store holds (its last holder's memory),
+        its writes fenced by the lease; a tenant lost or handed back stops at once."""
+        from monitor.delivery.postgres import PostgresStore
+
+        if not isinstance(store, PostgresStore):  # pragma: no cover - url means PostgreSQL
+            raise TypeError("replicas need the PostgreSQL store")
+        self._replication = _Replication(keeper, store, pipelines, run)
+        group.start_soon(keeper.run)
+
+    async def _lease_taken(self, name: str, epoch: int) -> None:
+        """A tenant's lease taken: its pipeline starts (not awaited: the keeper's rounds go
+        on) from what the store holds, its last holder's memory, every write fenced."""
+        replication = self._replication
+        assert replication is not None  # the keeper runs only once it is set
+        tenant = self.config.tenant(name)
+        runtime = self.runtimes[name] = TenantRuntime(self.config, tenant, self.clock)
+        view = replication.store.for_tenant(name).fenced(replication.keeper.fence(name))
+        taken = await view.take_over_claims()
+        log.info("tenant_taken", tenant=name, epoch=epoch, claims_taken_over=taken)
+        replication.pipelines.start(name, partial(replication.run, runtime, view))
+
+    async def _lease_given_up(self, name: str) -> None:
+        """A tenant's lease lost or handed back: its pipeline stops at once, without
+        delivering what it holds (that needs the lease; its next holder delivers it)."""
+        replication = self._replication
+        assert replication is not None
+        self.runtimes[name].drain = False
+        await replication.pipelines.stop(name)
+        log.info("tenant_given_up", tenant=name)
+
+    async def _run_tenant(
+        self,
+        runtime: TenantRuntime,
+        store: DeliveryStore,
+        started: anyio.Event,
+        *,
+        sink_session: aiohttp.ClientSession,
+        stale: float,
+    ) -> None:
+        """A tenant's pipeline until cancelled; a lease lost under it ends it quietly (the
+        keeper stops what is left of it)."""
+        from monitor.delivery.leases import LeaseLostError
+
+        try:
+            await self._pipeline(runtime, store, sink_session, stale, started)
+        except* LeaseLostError as lost:
+            log.warning("tenant_lease_lost", tenant=runtime.name, error=str(lost.exceptions[0]))
+
     async def _pipeline(
         self,
         runtime: TenantRuntime,
         store: DeliveryStore,
         sink_session: aiohttp.ClientSession,
         stale_after: float,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        started: anyio.Event,
     ) -> None:
-        """One tenant's pipeline, from its API client to its sinks; started once it polls."""
+        """One tenant's pipeline, from its API client to its sinks; ``started`` once it polls."""
         if named_tenant(runtime.name) is not None:
             # The pipeline runs in a task of its own: its log lines name the tenant, as its
             # events do (the single form's ``default`` reads as before).
@@ -521,9 +678,12 @@ class Daemon:
                         watching=len(poller.watched),
                         api=so.url or f"{so.tenant} at {so.environment_base}",
                     )
-                    task_status.started()
+                    started.set()
             finally:
                 self._views.pop(runtime.name, None)
                 runtime.poller = runtime.dispatcher = runtime.metrics = None
-                with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_TIMEOUT):
-                    await dispatcher.drain()
+                with anyio.CancelScope(shield=True):
+                    if runtime.drain:
+                        with anyio.move_on_after(DRAIN_TIMEOUT):
+                            await dispatcher.drain()
+                    await store.close()  # this tenant's claims go back: whoever runs it next

@@ -329,14 +329,17 @@ async def _readyz(request: web.Request) -> web.Response:
 
     With several tenants one tenant's dead API is that tenant's problem (listed under
     ``tenants``): the process is unready only when no tenant's API is usable.  A replica
-    is unready while its leases cannot be kept (the database is out of reach).
+    is unready only while its leases cannot be kept (the database is out of reach).
     """
     state = request.app[STATE]
     found = {name: _api_problem(view.poller) for name, view in state.tenants.items()}
     tenants = {name: problem for name, problem in found.items() if problem is not None}
-    problems = list(tenants.values()) if tenants and len(tenants) == len(found) else []
+    # A replica is there to hold leases: a tenant's dead API is that tenant's problem.
+    several = len(found) > 1 or state.replicas is not None
+    everyone = bool(tenants) and len(tenants) == len(found)
+    problems = list(tenants.values()) if everyone and state.replicas is None else []
     body: dict[str, object] = {"ready": False, "problems": problems}
-    if len(found) > 1 or state.replicas is not None:
+    if several:
         body["tenants"] = tenants
     if state.replicas is not None:
         if not state.replicas.healthy():

@@ -503,15 +503,17 @@ class TestLayout:
         assert (tables - {"meta"}, set(TENANT_TABLES)) == (with_tenant, with_tenant)
 
     async def test_postgres_indexes_lead_with_the_tenant(self, pg_url: str) -> None:
-        """Every index but the outbox's and history's sequence keys."""
+        """Every index of a tenant's tables but the outbox's and history's sequence keys (the
+        leases and the replicas belong to no tenant)."""
         store = await PostgresStore.open(pg_url)
         await store.close()
         async with await psycopg.AsyncConnection.connect(pg_url) as db:
             cursor = await db.execute(
                 "SELECT indexrelid::regclass::text, a.attname FROM pg_index i "
                 "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-                "WHERE i.indrelid::regclass::text <> 'schema_version' "
-                "AND i.indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)"
+                "WHERE i.indrelid::regclass::text <> ALL(%b::text[]) "
+                "AND i.indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace)",
+                [["schema_version", "leases", "replicas"]],
             )
             first: dict[str, str] = dict(await cursor.fetchall())
         keys = {

@@ -50,6 +50,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from monitor.config.service import redacted_url
+from monitor.delivery.leases import Fence
 from monitor.delivery.outbox import (
     DEFAULT_TENANT,
     Claim,
@@ -195,6 +196,28 @@ _QUEUED = (
     f"WHERE o.tenant = %(tenant)b AND o.sink = %(sink)b AND {_FREE} ORDER BY o.seq"
 )
 
+_RETRY_LATER = (
+    "UPDATE outbox SET next_attempt = %b, last_error = %b, claimed_by = NULL, "
+    "claimed_until = NULL WHERE seq = %b AND tenant = %b AND claimed_by = %b"
+)
+_GIVE_BACK = (
+    "UPDATE outbox SET attempts = attempts - 1, claimed_by = NULL, "
+    "claimed_until = NULL "
+    "WHERE seq = ANY(%b::bigint[]) AND tenant = %b AND claimed_by = %b "
+    "AND attempts > 0"
+)
+_TAKE_OVER = (
+    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+    "WHERE tenant = %b AND claimed_by IS NOT NULL AND claimed_by <> %b RETURNING seq"
+)
+_ADD_WATCH = (
+    "INSERT INTO watches (tenant, task_id, added) VALUES (%b, %b, %b) ON CONFLICT DO NOTHING"
+)
+_PUT_HOLD = (
+    "INSERT INTO maintenance (tenant, hold) VALUES (%b, %b) "
+    "ON CONFLICT (tenant) DO UPDATE SET hold = excluded.hold"
+)
+
 
 class PostgresStore:
     """A tenant's view of the state database in PostgreSQL, through a small pool of
@@ -209,6 +232,7 @@ class PostgresStore:
         claim_ttl: float,
         tenant: str = DEFAULT_TENANT,
         root: PostgresStore | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self._pool = pool
         #: The database as messages name it (no password, no query).
@@ -220,6 +244,8 @@ class PostgresStore:
         self._root = root
         #: ``claimed_by`` of this store's claims, its views' included.
         self.claimer: str = root.claimer if root is not None else uuid.uuid4().hex
+        #: The lease this view writes under (a replica's pipeline); ``None``: unfenced.
+        self._fence = fence
 
     @classmethod
     async def open(cls, url: str, *, claim_ttl: float = CLAIM_TTL) -> PostgresStore:
@@ -280,6 +306,46 @@ class PostgresStore:
             tenant=tenant_name(name),
             root=self._root or self,
         )
+
+    def fenced(self, fence: Fence) -> PostgresStore:
+        """This view with every write checked against ``fence`` first, in its transaction:
+        once the lease is lost (taken over, or run out) the view writes nothing more and
+        raises :class:`~monitor.delivery.leases.LeaseLostError`."""
+        return PostgresStore(
+            self._pool,
+            self.name,
+            self._redact,
+            claim_ttl=self._claim_ttl,
+            tenant=self._tenant,
+            root=self._root or self,
+            fence=fence,
+        )
+
+    async def _write(self, statements: Sequence[tuple[str, Any]]) -> list[list[tuple[Any, ...]]]:
+        """Run writes in one transaction sent at once; a fenced view's begin with its fence
+        (no round trip more), so a lease lost makes the whole transaction write nothing."""
+        fence = self._fence
+        async with self._connection() as db:
+            if fence is None:
+                if len(statements) == 1:
+                    cursor = await db.execute(*statements[0])
+                    return [await cursor.fetchall() if cursor.description is not None else []]
+                return await _one_round_trip(db, statements)
+            try:
+                results = await _one_round_trip(db, [fence.statement(), *statements])
+            except psycopg.Error as exc:
+                lost = fence.lost(exc)
+                if lost is None:
+                    raise
+                raise lost from None
+            return results[1:]
+
+    async def take_over_claims(self) -> int:
+        """Free the tenant's deliveries other replicas claimed: its lease is this view's now,
+        so their holders (dead, or fenced) deliver nothing more of it; how many.  A delivery
+        that was in flight at a holder's death goes out again with the same event id."""
+        (rows,) = await self._write([(_TAKE_OVER, [self._tenant, self.claimer])])
+        return len(rows)
 
     async def close(self) -> None:
         """Give the claims back (their attempts stay counted): the store that opened the
@@ -344,22 +410,20 @@ class PostgresStore:
         if not ids:
             return
         params = [self._tenant, ids]
-        async with self._connection() as db:
-            await _one_round_trip(
-                db,
-                [
-                    ("DELETE FROM tasks WHERE tenant = %b AND task_id = ANY(%b::bigint[])", params),
-                    (
-                        "DELETE FROM history WHERE tenant = %b AND task_id = ANY(%b::bigint[])",
-                        params,
-                    ),
-                    (_DROP_ACKS, params),
-                    (
-                        "DELETE FROM escalations WHERE tenant = %b AND task_id = ANY(%b::bigint[])",
-                        params,
-                    ),
-                ],
-            )
+        await self._write(
+            [
+                ("DELETE FROM tasks WHERE tenant = %b AND task_id = ANY(%b::bigint[])", params),
+                (
+                    "DELETE FROM history WHERE tenant = %b AND task_id = ANY(%b::bigint[])",
+                    params,
+                ),
+                (_DROP_ACKS, params),
+                (
+                    "DELETE FROM escalations WHERE tenant = %b AND task_id = ANY(%b::bigint[])",
+                    params,
+                ),
+            ],
+        )
 
     async def commit(
         self,
@@ -426,8 +490,7 @@ class PostgresStore:
         statements += [
             (_CLAIM, self._claim_params(sink, now, count, ())) for sink, count in claiming
         ]
-        async with self._connection() as db:
-            results = await _one_round_trip(db, statements)
+        results = await self._write(statements)
         growth: dict[str, int] = {}
         for (sql, _), rows in zip(statements, results, strict=True):
             if sql in (_COALESCE, _QUEUE):
@@ -474,9 +537,7 @@ class PostgresStore:
         finished: Sequence[int] = done
         dropped = 0
         while True:
-            async with self._connection() as db:
-                cursor = await db.execute(_CLAIM, self._claim_params(sink, now, 1, finished))
-                rows = await cursor.fetchall()
+            (rows,) = await self._write([(_CLAIM, self._claim_params(sink, now, 1, finished))])
             if rows[0][0] is None:
                 return Claim(None, rows[0][6], dropped=dropped)
             deliveries, unreadable = _deliveries(sink, [row[:5] for row in rows])
@@ -487,29 +548,30 @@ class PostgresStore:
     async def finish(self, seqs: Sequence[int]) -> None:
         """Deliveries are done: delivered or given up."""
         if seqs:
-            async with self._connection() as db:
-                await db.execute(_FINISH, [self._tenant, list(seqs)])
+            await self._write([(_FINISH, [self._tenant, list(seqs)])])
 
     async def retry_later(self, seq: int, next_attempt: float, error: str) -> None:
         """Keep a delivery (claimed by this store) for another try at ``next_attempt``."""
-        async with self._connection() as db:
-            await db.execute(
-                "UPDATE outbox SET next_attempt = %b, last_error = %b, claimed_by = NULL, "
-                "claimed_until = NULL WHERE seq = %b AND tenant = %b AND claimed_by = %b",
-                [next_attempt, error, seq, self._tenant, self.claimer],
-            )
+        await self._write(
+            [
+                (
+                    _RETRY_LATER,
+                    [next_attempt, error, seq, self._tenant, self.claimer],
+                )
+            ]
+        )
 
     async def release(self, seqs: Sequence[int]) -> None:
         """Claimed deliveries were not tried after all: take back the attempt counted."""
         if seqs:
-            async with self._connection() as db:
-                await db.execute(
-                    "UPDATE outbox SET attempts = attempts - 1, claimed_by = NULL, "
-                    "claimed_until = NULL "
-                    "WHERE seq = ANY(%b::bigint[]) AND tenant = %b AND claimed_by = %b "
-                    "AND attempts > 0",
-                    [list(seqs), self._tenant, self.claimer],
-                )
+            await self._write(
+                [
+                    (
+                        _GIVE_BACK,
+                        [list(seqs), self._tenant, self.claimer],
+                    )
+                ]
+            )
 
     async def pending_counts(self) -> dict[str, int]:
         """Pending deliveries per sink."""
@@ -523,22 +585,20 @@ class PostgresStore:
         """Delete the tenant's deliveries for sinks no longer configured; how many, per sink."""
         keep = [self._tenant, sorted(set(sinks))]
         where = "WHERE tenant = %b AND sink <> ALL(%b::text[])"
-        async with self._connection() as db:
-            dropped, _, _ = await _one_round_trip(
-                db,
-                [
+        dropped, _, _ = await self._write(
+            [
+                (
                     (
-                        (
-                            f"WITH gone AS (DELETE FROM outbox {where} RETURNING sink) "  # noqa: S608 - a constant
-                            "SELECT sink, count(*) FROM gone GROUP BY sink"
-                        ),
-                        keep,
+                        f"WITH gone AS (DELETE FROM outbox {where} RETURNING sink) "  # noqa: S608 - a constant
+                        "SELECT sink, count(*) FROM gone GROUP BY sink"
                     ),
-                    (f"DELETE FROM escalations {where}", keep),  # noqa: S608 - a constant
-                    (f"DELETE FROM posts {where}", keep),  # noqa: S608 - a constant
-                ],
-            )
-            return {sink: count for sink, count in dropped}
+                    keep,
+                ),
+                (f"DELETE FROM escalations {where}", keep),  # noqa: S608 - a constant
+                (f"DELETE FROM posts {where}", keep),  # noqa: S608 - a constant
+            ],
+        )
+        return {sink: count for sink, count in dropped}
 
     async def drop_tenants_except(self, names: Iterable[str]) -> dict[str, int]:
         """Delete every row of the tenants not named, whichever view is asked; how many
@@ -619,8 +679,7 @@ class PostgresStore:
             "now": now,
             "until": now + self._claim_ttl,
         }
-        async with self._connection() as db:
-            rows = await (await db.execute(_CLAIM_SEQS, params)).fetchall()
+        (rows,) = await self._write([(_CLAIM_SEQS, params)])
         order = {seq: index for index, seq in enumerate(seqs)}
         deliveries, unreadable = _deliveries(sink, sorted(rows, key=lambda row: order[row[0]]))
         if unreadable:
@@ -639,19 +698,20 @@ class PostgresStore:
 
     async def add_watch(self, task_id: int) -> None:
         """Persist a watch added at run time."""
-        async with self._connection() as db:
-            await db.execute(
-                "INSERT INTO watches (tenant, task_id, added) VALUES (%b, %b, %b) "
-                "ON CONFLICT DO NOTHING",
-                [self._tenant, task_id, time.time()],
-            )
+        await self._write(
+            [
+                (
+                    _ADD_WATCH,
+                    [self._tenant, task_id, time.time()],
+                )
+            ]
+        )
 
     async def remove_watch(self, task_id: int) -> None:
         """Forget a watch added at run time."""
-        async with self._connection() as db:
-            await db.execute(
-                "DELETE FROM watches WHERE tenant = %b AND task_id = %b", [self._tenant, task_id]
-            )
+        await self._write(
+            [("DELETE FROM watches WHERE tenant = %b AND task_id = %b", [self._tenant, task_id])]
+        )
 
     # --- acknowledgements
 
@@ -667,20 +727,18 @@ class PostgresStore:
 
     async def record_post(self, sink: str, at: float, *, keep_after: float) -> None:
         """A capped sink posted at ``at``; its posts up to ``keep_after`` are dropped."""
-        async with self._connection() as db:
-            await _one_round_trip(
-                db,
-                [
-                    (
-                        "INSERT INTO posts (tenant, sink, at) VALUES (%b, %b, %b)",
-                        [self._tenant, sink, at],
-                    ),
-                    (
-                        "DELETE FROM posts WHERE tenant = %b AND sink = %b AND at <= %b",
-                        [self._tenant, sink, keep_after],
-                    ),
-                ],
-            )
+        await self._write(
+            [
+                (
+                    "INSERT INTO posts (tenant, sink, at) VALUES (%b, %b, %b)",
+                    [self._tenant, sink, at],
+                ),
+                (
+                    "DELETE FROM posts WHERE tenant = %b AND sink = %b AND at <= %b",
+                    [self._tenant, sink, keep_after],
+                ),
+            ],
+        )
 
     async def posts(self, sink: str, since: float) -> list[float]:
         """When a capped sink posted after ``since``, oldest first."""
@@ -707,15 +765,13 @@ class PostgresStore:
 
     async def put_ack(self, ack: Ack) -> None:
         """Store a task's acknowledgement, replacing the one it had."""
-        async with self._connection() as db:
-            await db.execute(_PUT_ACKS, [self._tenant, *([value] for value in _ack_row(ack))])
+        await self._write([(_PUT_ACKS, [self._tenant, *([value] for value in _ack_row(ack))])])
 
     async def drop_acks(self, task_ids: Iterable[int]) -> None:
         """Delete these tasks' acknowledgements (taken back, or lapsed)."""
         ids = list(task_ids)
         if ids:
-            async with self._connection() as db:
-                await db.execute(_DROP_ACKS, [self._tenant, ids])
+            await self._write([(_DROP_ACKS, [self._tenant, ids])])
 
     # --- silences
 
@@ -730,27 +786,24 @@ class PostgresStore:
 
     async def add_silence(self, silence: Silence) -> None:
         """Persist a new silence."""
-        async with self._connection() as db:
-            await db.execute(
-                "INSERT INTO silences (tenant, id, ends, silence) VALUES (%b, %b, %b, %b)",
-                [
-                    self._tenant,
-                    silence.id,
-                    silence.ends.timestamp(),
-                    json.dumps(silence.to_dict()),
-                ],
-            )
+        row = [self._tenant, silence.id, silence.ends.timestamp(), json.dumps(silence.to_dict())]
+        await self._write(
+            [("INSERT INTO silences (tenant, id, ends, silence) VALUES (%b, %b, %b, %b)", row)]
+        )
 
     async def remove_silences(self, silence_ids: Sequence[str]) -> set[str]:
         """Delete silences (ended or swept); which of them were stored."""
         if not silence_ids:
             return set()
-        async with self._connection() as db:
-            cursor = await db.execute(
-                "DELETE FROM silences WHERE tenant = %b AND id = ANY(%b::text[]) RETURNING id",
-                [self._tenant, list(silence_ids)],
-            )
-            return {silence_id for (silence_id,) in await cursor.fetchall()}
+        (rows,) = await self._write(
+            [
+                (
+                    "DELETE FROM silences WHERE tenant = %b AND id = ANY(%b::text[]) RETURNING id",
+                    [self._tenant, list(silence_ids)],
+                )
+            ]
+        )
+        return {silence_id for (silence_id,) in rows}
 
     # --- maintenance
 
@@ -765,15 +818,17 @@ class PostgresStore:
 
     async def put_hold(self, hold: Hold) -> None:
         """Store the maintenance's state; an empty one (nothing under way) is deleted."""
-        async with self._connection() as db:
-            if hold == Hold():
-                await db.execute("DELETE FROM maintenance WHERE tenant = %b", [self._tenant])
-            else:
-                await db.execute(
-                    "INSERT INTO maintenance (tenant, hold) VALUES (%b, %b) "
-                    "ON CONFLICT (tenant) DO UPDATE SET hold = excluded.hold",
-                    [self._tenant, hold_to_json(hold)],
-                )
+        if hold == Hold():
+            await self._write([("DELETE FROM maintenance WHERE tenant = %b", [self._tenant])])
+        else:
+            await self._write(
+                [
+                    (
+                        _PUT_HOLD,
+                        [self._tenant, hold_to_json(hold)],
+                    )
+                ]
+            )
 
 
 async def _one_round_trip(

@@ -144,6 +144,35 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE maintenance DROP COLUMN id;
     ALTER TABLE maintenance ADD PRIMARY KEY (tenant);
     """,
+    # 7: replicas (a heartbeat each) and the leases they split tenants by (issue 16), on the
+    # database's clock; batchmon_fence(), run first by a fenced commit, fails it (SQLSTATE
+    # L0001) unless the lease is held with that epoch, and holds the row till it ends.
+    """
+    CREATE TABLE replicas (
+        id text PRIMARY KEY,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        started timestamptz NOT NULL,
+        seen timestamptz NOT NULL
+    );
+    CREATE TABLE leases (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        epoch bigint NOT NULL,
+        expires timestamptz NOT NULL
+    );
+    CREATE FUNCTION batchmon_fence(lease text, by_holder text, at_epoch bigint)
+    RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM FROM leases WHERE name = lease AND holder = by_holder AND epoch = at_epoch
+            AND expires > now() FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'lease % is no longer held by % at epoch %', lease, by_holder,
+                at_epoch USING ERRCODE = 'L0001';
+        END IF;
+    END
+    $$;
+    """,
 )
 
 #: The version a database has once every migration ran.

@@ -272,7 +272,8 @@ class TestEscalation:
         wait_until(lambda: succeeded(BOSS_PATH), STEP, "the escalated one's end", every=0.2)
         wait_until(
             lambda: (
-                'batchmon_outbox_events{sink="boss"} 0.0' in http(f"{url}/metrics").body.decode()
+                'batchmon_outbox_events{sink="boss",tenant="default"} 0.0'
+                in http(f"{url}/metrics").body.decode()
             ),
             STEP,
             "nothing left for boss",

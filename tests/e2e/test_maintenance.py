@@ -125,7 +125,7 @@ def test_outage_in_a_window(peers: Peers, launch: Any, tmp_path: Any) -> None:
     url = batchmon.wait_started()
     wait_until(lambda: _logged(batchmon, "monitor.maintenance_started"), 30, "the start")
     metrics = http(url + "/metrics").body.decode()
-    assert 'batchmon_maintenance{name="Test window"} 1.0' in metrics
+    assert 'batchmon_maintenance{name="Test window",tenant="default"} 1.0' in metrics
     _promtool_passes(metrics)
 
     peers.call(simulator.fail_next, 10, 503)
@@ -137,7 +137,7 @@ def test_outage_in_a_window(peers: Peers, launch: Any, tmp_path: Any) -> None:
     metrics = http(url + "/metrics").body.decode()
     assert 0 == batchmon.stop()
 
-    assert 'batchmon_maintenance{name="Test window"} 0.0' in metrics
+    assert 'batchmon_maintenance{name="Test window",tenant="default"} 0.0' in metrics
     chat = _chat(inbox)
     assert ["monitor.maintenance_started", "monitor.maintenance_ended"] == [t for t, _ in chat]
     assert "The API was down." in chat[1][1]
@@ -202,8 +202,8 @@ def test_tenant_offline_maintenance(peers: Peers, launch: Any, tmp_path: Any) ->
     url = batchmon.wait_started()
     wait_until(lambda: _logged(batchmon, "tenant_state"), 30, "the tenant state")
     metrics = http(url + "/metrics").body.decode()
-    assert 'batchmon_tenant_state{state="Running"} 1.0' in metrics
-    assert 'batchmon_maintenance{name="SuperOffice tenant state"} 0.0' in metrics
+    assert 'batchmon_tenant_state{state="Running",tenant="default"} 1.0' in metrics
+    assert 'batchmon_maintenance{name="SuperOffice tenant state",tenant="default"} 0.0' in metrics
     _promtool_passes(metrics)
 
     status = http(
