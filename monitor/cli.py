@@ -98,7 +98,8 @@ _EXIT_HELP = """\b
 Exit codes:
   0   the task succeeded (status: the daemon is ready)
   1   the task failed or was deleted
-  2   usage error
+  2   usage error; also a --tenant not there, or (watch) none when
+      the daemon or the --config has several tenants
   3   the daemon does not track the task (add it to [watch] ids or
       PUT /api/v1/watches/ID, or use --config); with --config: no such task
   69  the daemon cannot be reached (EX_UNAVAILABLE)
