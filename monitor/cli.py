@@ -48,6 +48,7 @@ from monitor.console import (
     SourceError,
     TaskView,
     api_source,
+    daemon_tenants,
     follow,
     read_status,
     status_view,
@@ -55,6 +56,7 @@ from monitor.console import (
 )
 from monitor.daemon import Daemon, freeze_startup_objects
 from monitor.delivery.outbox import StoreError
+from monitor.links import DEFAULT_TENANT
 from monitor.logs import configure_logging
 from monitor.polling import Shard
 from monitor.polling.stop import StopFailedError, StopOutcome, stop_directly
@@ -96,7 +98,8 @@ _EXIT_HELP = """\b
 Exit codes:
   0   the task succeeded (status: the daemon is ready)
   1   the task failed or was deleted
-  2   usage error
+  2   usage error; also a --tenant not there, or (watch) none when
+      the daemon or the --config has several tenants
   3   the daemon does not track the task (add it to [watch] ids or
       PUT /api/v1/watches/ID, or use --config); with --config: no such task
   69  the daemon cannot be reached (EX_UNAVAILABLE)
@@ -138,6 +141,22 @@ def _api_of(config: Config, tenant: str | None) -> SuperOfficeConfig:
         return config.tenant(tenant).superoffice
     except LookupError as exc:
         raise click.BadParameter(str(exc), param_hint="--tenant") from None
+
+
+def _daemon_tenant(url: str, token: str | None, tenant: str | None) -> None:
+    """Refuse, as a usage error naming the daemon's tenants, a ``--tenant`` it does not watch,
+    or none when it watches several and none is ``default`` (which the daemon takes then)."""
+    try:
+        names = daemon_tenants(url, token)
+    except SourceError as exc:
+        _fail(exc)
+    watched = ", ".join(names)
+    if tenant is None and len(names) > 1 and DEFAULT_TENANT not in names:
+        message = f"batchmon at {url} watches several tenants: name one with --tenant ({watched})"
+        raise click.UsageError(visible(message))
+    if tenant is not None and tenant not in names:
+        message = f"batchmon at {url} watches no tenant {tenant!r} (it watches {watched})"
+        raise click.BadParameter(visible(message), param_hint="--tenant")
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -725,8 +744,11 @@ def _fail(error: SourceError) -> NoReturn:
 @_TENANT
 def status(url: str, token_file: Path | None, tenant: str | None) -> None:
     """``batchmon status``: the table, then exit 0 when ready, else 75."""
+    token = _read_token(token_file)
+    if tenant is not None:
+        _daemon_tenant(url, token, tenant)
     try:
-        report = read_status(url, _read_token(token_file), tenant)
+        report = read_status(url, token, tenant)
     except SourceError as exc:
         _fail(exc)
     Console().print(status_view(report, datetime.now(UTC)))
@@ -816,6 +838,8 @@ def watch(
     if config is not None:
         api_config = _api_of(config, tenant)
         configure_logging(config.log.format, "warning", sys.stderr)  # retries are no news here
+    else:
+        _daemon_tenant(url or DEFAULT_DAEMON_URL, token, tenant)
     console = Console()
 
     async def follow_task() -> TaskView:
@@ -938,6 +962,7 @@ def ack(
     if comment is not None and undo:
         raise click.UsageError("--comment is for taking a task, not for --undo")
     who = by if by is not None else getpass.getuser()
+    _daemon_tenant(url, token, tenant)
     endpoint = f"{url.rstrip('/')}/api/v1/tasks/{task_id}/ack{tenant_query(tenant)}"
     body: dict[str, object] = {"by": who}
     if comment is not None:
@@ -1042,6 +1067,7 @@ def stop(
         stopped, message = outcome.stopped, outcome.to_dict()["message"]
     else:
         base = (url or DEFAULT_DAEMON_URL).rstrip("/")
+        _daemon_tenant(base, _api_token(token_file), tenant)
         body = {"force": force, "by": _operator()}
         try:
             answer = call(
@@ -1110,6 +1136,7 @@ def silence(
             "give --for/--reason with --id, --name or --all; or --list; or --end SID"
         )
     base, token, query = url.rstrip("/"), _api_token(token_file), tenant_query(tenant)
+    _daemon_tenant(base, token, tenant)
     try:
         if listing:
             answer = call("GET", f"{base}/api/v1/silences{query}", token)

@@ -55,6 +55,7 @@ __all__ = [
     "StatusReport",
     "TaskView",
     "api_source",
+    "daemon_tenants",
     "follow",
     "read_status",
     "status_view",
@@ -285,6 +286,13 @@ class StatusReport:
     tenant: str | None = None
 
 
+def daemon_tenants(base_url: str, token: str | None = None) -> list[str]:
+    """The names of the tenants a running daemon watches (``/api/v1/tenants``), configuration
+    order; raises :class:`SourceError` as ``status`` does when there is no usable answer."""
+    lines = _get(f"{base_url.rstrip('/')}/api/v1/tenants", token)["tenants"]
+    return [str(line["name"]) for line in lines]
+
+
 def tenant_query(tenant: str | None) -> str:
     """``?tenant=NAME`` (URL-quoted) for a chosen tenant, else nothing."""
     return "" if tenant is None else "?tenant=" + urllib.parse.quote(tenant, safe="")
@@ -390,13 +398,15 @@ def _tenants_view(report: StatusReport) -> Group:
         f" at {visible(report.url)} · {len(report.tenants)} tenants · ",
         _readiness_text(report),
     )
+    # Replicas sharing PostgreSQL say who holds each tenant; one process holds them all.
+    replicas = any(line.get("replica") for line in report.tenants)
     table = Table(
         Column("Tenant", no_wrap=True),
         Column("API"),
         Column("Tasks", justify="right", no_wrap=True),
         Column("Active", justify="right", no_wrap=True),
         Column("Firing"),
-        Column("Replica"),
+        *([Column("Replica")] if replicas else []),
         expand=False,
         header_style="bold",
     )
@@ -415,7 +425,7 @@ def _tenants_view(report: StatusReport) -> Group:
             ", ".join(
                 f"{n} {visible(str(kind)).removeprefix('task.')}" for kind, n in firing.items()
             ),
-            visible(str(line.get("replica") or "")),
+            *([visible(str(line.get("replica") or ""))] if replicas else []),
         )
     hint = Text("batchmon status --tenant NAME shows one tenant's tasks.", style="dim")
     return Group(header, table, hint)

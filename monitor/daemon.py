@@ -29,6 +29,7 @@ from monitor.delivery.maintenance import Maintenance
 from monitor.delivery.silences import Silencer
 from monitor.delivery.stores import open_store
 from monitor.delivery.subscriptions import subscriptions_from
+from monitor.links import named_tenant
 from monitor.metrics import BatchmonCollector, Replication, TenantState, make_registry
 from monitor.polling import Poller, Shard, rule_matches, utc_now
 from monitor.polling.stop import AutoStopper, TaskStopper
@@ -558,6 +559,10 @@ class Daemon:
         started: anyio.Event,
     ) -> None:
         """One tenant's pipeline, from its API client to its sinks; ``started`` once it polls."""
+        if named_tenant(runtime.name) is not None:
+            # The pipeline runs in a task of its own: its log lines name the tenant, as its
+            # events do (the single form's ``default`` reads as before).
+            structlog.contextvars.bind_contextvars(tenant=runtime.name)
         config = self.config
         so = runtime.tenant.superoffice
         tracker = runtime.tracker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,7 +12,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import aiohttp
 import anyio
+import anyio.abc
 import pytest
 from click.testing import CliRunner
 
@@ -207,6 +210,69 @@ class TestDemo:
         # Progress every 25 % at most, and once per 10 s of the story: a few lines per task.
         progress = [line for line in _json_lines(result.stdout) if line["event"] == "task.progress"]
         assert len(progress) < 4 * len(seen), len(progress)
+
+    async def test_tenants_grouped(self) -> None:
+        """``--tenants 3``: the banner's URLs answer (the overview lists the three tenants, the
+        one-tenant page and /metrics name them, the maintenance command is taken), and every
+        event and every line of a tenant's pipeline in the log names its tenant."""
+        command = [*BATCHMON, "demo", "--tenants", "3", "--duration", "15s", "--speed", "3"]
+        command += ["--port", "0", "--log-format", "json"]
+        out = bytearray()
+        err = bytearray()
+        async with await anyio.open_process(command) as process, aiohttp.ClientSession() as http:
+            assert process.stdout is not None
+            assert process.stderr is not None
+
+            async def drain(stream: anyio.abc.ByteReceiveStream, into: bytearray) -> None:
+                async for chunk in stream:
+                    into += chunk
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(drain, process.stdout, out)
+                group.start_soon(drain, process.stderr, err)
+                with anyio.fail_after(20):
+                    while b"Ctrl-C stops it." not in err:  # noqa: ASYNC110 - the banner is output
+                        await anyio.sleep(0.05)
+                banner = err.decode()
+                found = re.search(r"status page +(\S+)", banner)
+                assert found is not None, banner
+                async with http.get(found[1]) as response:
+                    page = await response.text()
+                found = re.search(r"one tenant +(\S+)", banner)
+                assert found is not None, banner
+                async with http.get(found[1]) as response:
+                    one = (response.status, await response.text())
+                found = re.search(r"metrics +(\S+)", banner)
+                assert found is not None, banner
+                async with http.get(found[1]) as response:
+                    metrics = await response.text()
+                found = re.search(r"curl -X PUT (\S+) -d '([^']+)'", banner)
+                assert found is not None, banner
+                async with http.put(found[1], data=found[2]) as response:
+                    put = response.status
+                await process.wait()
+
+        assert 0 == process.returncode, err.decode()
+        names = err.decode().split("simulated tenants (")[1].split(")")[0].split(", ")
+        assert 3 == len(names)
+        assert names == sorted(names)
+        assert 3 == page.count("<tr data-tenant="), page
+        assert all(f'href="./?tenant={name}"' in page for name in names)
+        assert 200 == one[0]
+        assert f'<h1>batchmon · <span class="tenant">{names[0]}</span></h1>' in one[1]
+        # A tenant whose story has not begun yet has not polled: its API is not up yet.
+        assert all(f'batchmon_api_up{{tenant="{name}"}} ' in metrics for name in names)
+        assert 200 == put
+        lines = _json_lines(out.decode())
+        pipeline = {"task.", "tasks_discovered", "tenant_"}
+        of_tenants = [line for line in lines if str(line["event"]).startswith(tuple(pipeline))]
+        assert [] == [line for line in of_tenants if line.get("tenant") not in names]
+        events = defaultdict(set)
+        for line in of_tenants:
+            events[line["tenant"]].add(line["event"])
+        assert sorted(names) == sorted(events)
+        assert all("task.discovered" in kinds for kinds in events.values()), events
+        assert {"task.started", "task.succeeded"} <= set().union(*events.values())
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))

@@ -146,7 +146,7 @@ class TenantResolver:
     def misdirected(self, base: str) -> bool:
         """Forget ``base`` so the next request looks the tenant up again."""
         if base == self._base:
-            log.info("tenant_misdirected", tenant=self._tenant, api=base)
+            log.info("tenant_misdirected", context=self._tenant, api=base)
             self._valid_until = None
         return True
 
@@ -168,18 +168,18 @@ class TenantResolver:
         except TenantUnavailable as exc:
             self._unavailable = exc
             self._valid_until = now + timedelta(seconds=exc.retry_after)
-            log.warning("tenant_unavailable", tenant=self._tenant, state=exc.state)
+            log.warning("tenant_unavailable", context=self._tenant, state=exc.state)
             return
         except ApiError as exc:
             self._valid_until = now + MIN_RECHECK
             if self._base is not None:
                 # The last known host is better than none while the status API is away.
-                log.warning("tenant_status_failed", tenant=self._tenant, error=str(exc), kept=True)
+                log.warning("tenant_status_failed", context=self._tenant, error=str(exc), kept=True)
                 return
             self._failure = exc
             return
         if base != self._base:
-            log.info("tenant_located", tenant=self._tenant, api=base, was=self._base)
+            log.info("tenant_located", context=self._tenant, api=base, was=self._base)
         self._base, self._valid_until = base, valid_until
 
     def _read(self, answer: Answer, now: datetime) -> tuple[str, datetime]:
