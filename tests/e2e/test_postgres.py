@@ -40,7 +40,9 @@ def test_kill_and_restart_announce_each_event_once(
     batchmon.start()
     batchmon.wait_started()
     # One task's events arrive in order: anything announced again would come before this.
-    wait_until(lambda: "failed" in kinds(), 15, "task.failed delivered after the restart")
+    # The new process is a new replica: it takes the tenant once the killed one's lease runs
+    # out (lease_ttl, 15 s), then polls at once.
+    wait_until(lambda: "failed" in kinds(), 30, "task.failed delivered after the restart")
     assert 0 == batchmon.stop()
 
     ids = [hit.headers["webhook-id"] for hit in receiver.taken(HOOK)]
