@@ -267,9 +267,9 @@ class TestDemo:
         pipeline = {"task.", "tasks_discovered", "tenant_"}
         of_tenants = [line for line in lines if str(line["event"]).startswith(tuple(pipeline))]
         assert [] == [line for line in of_tenants if line.get("tenant") not in names]
-        events = defaultdict(set)
+        events: defaultdict[str, set[str]] = defaultdict(set)
         for line in of_tenants:
-            events[line["tenant"]].add(line["event"])
+            events[str(line["tenant"])].add(str(line["event"]))
         assert sorted(names) == sorted(events)
         assert all("task.discovered" in kinds for kinds in events.values()), events
         assert {"task.started", "task.succeeded"} <= set().union(*events.values())
