@@ -21,9 +21,11 @@ import argparse
 import gc
 import json
 import os
+import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.abc
+from aiohttp import web
 
 from bench.scenarios.common import ROOT, Row, median, percentile, quiet_logging
 from monitor.config import parse_config
@@ -42,14 +44,14 @@ from monitor.tracking.events import Event
 
 __all__ = ["many_tenants"]
 
-#: The unit's ``LimitNOFILE`` (deploy/batchmon.service).
-_NOFILE = 1024
-#: The unit's ``MemoryMax`` in MiB (deploy/batchmon.service).
-_MEMORY_MAX_MB = 512
+#: The systemd unit whose ``LimitNOFILE=`` and ``MemoryMax=`` the figures are set against.
+_UNIT = ROOT / "deploy" / "batchmon.service"
 #: ``[poll] interval``'s default: a cycle longer than that holds up the tenant's next one.
 _INTERVAL = 5.0
 #: A tenant's request share may be this much above a process of its own (noise).
 _REQUEST_SLACK = 1.10
+#: The loop-lag probe's sleep.
+_TICK = 0.05
 _AUTH = {"type": "basic", "username": "batchmon", "password": "batchmon"}
 
 
@@ -107,6 +109,20 @@ def _descriptors() -> tuple[int, int]:
     return len(fds), sockets
 
 
+async def _lag(lags: list[float]) -> None:
+    """How late the event loop wakes a task that sleeps 50 ms, again and again."""
+    while True:
+        began = time.perf_counter()
+        await anyio.sleep(_TICK)
+        lags.append(time.perf_counter() - began - _TICK)
+
+
+def _unit_limit(key: str) -> str:
+    """A ``[Service]`` setting of the unit (``?`` if it has none)."""
+    found = re.search(rf"^{key}=(\S+)$", _UNIT.read_text(), re.MULTILINE)
+    return found.group(1) if found else "?"
+
+
 def _say(**line: Any) -> None:
     print(json.dumps(line), flush=True)
 
@@ -127,6 +143,8 @@ async def _daemon(data: dict[str, Any], warm_up: float, window: float) -> None:
         _say(phase="started", started=started)
         await anyio.sleep(warm_up)
         timers = [_CycleTimes(poller) for poller in pollers]
+        lags: list[float] = []
+        group.start_soon(_lag, lags)
         _say(phase="window")
         cpu = time.process_time()
         await anyio.sleep(window)
@@ -143,6 +161,7 @@ async def _daemon(data: dict[str, Any], warm_up: float, window: float) -> None:
             fds=fds,
             sockets=sockets,
             cpu=cpu,
+            lags=lags,
             cycles=durations,
             tracked=[len(r.tracker.tasks) for r in runtimes],
         )
@@ -163,10 +182,26 @@ class _Run:
     sockets: int = 0
     #: CPU seconds (user and system) the process used during the window.
     cpu: float = 0.0
+    #: How late its event loop woke a sleeping task, each time, in the window.
+    lags: list[float] | None = None
     cycles: list[list[float]] | None = None
     tracked: list[int] | None = None
     #: Requests per tenant during the window.
     requests: list[int] | None = None
+    #: Of which GETs of one task by id (the rest: list calls).
+    gets: list[int] | None = None
+
+
+class _Gets:
+    """Counts each fleet tenant's GETs by id (``GET /{tenant}/api/v1/BatchTask/{id}``)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.counts: Counter[str] = Counter()
+        fleet.app.on_response_prepare.append(self._count)
+
+    async def _count(self, request: web.Request, _: web.StreamResponse) -> None:
+        if request.method == "GET" and "/api/v1/BatchTask/" in request.path:
+            self.counts[request.path.split("/")[1].casefold()] += 1
 
 
 def _config(fleet: Fleet, names: Sequence[str], state: Path) -> dict[str, Any]:
@@ -190,7 +225,7 @@ def _config(fleet: Fleet, names: Sequence[str], state: Path) -> dict[str, Any]:
 
 
 async def _run_daemon(
-    fleet: Fleet, names: Sequence[str], tmp: Path, label: str, shape: _Shape
+    fleet: Fleet, gets: _Gets, names: Sequence[str], tmp: Path, label: str, shape: _Shape
 ) -> _Run:
     """Start a daemon process for ``names``, count its tenants' requests over the window."""
     config = tmp / f"{label}.json"
@@ -207,6 +242,8 @@ async def _run_daemon(
     run = _Run()
     counters = [fleet.tenant(name) for name in names]
     before: list[int] = []
+    gets_before: list[int] = []
+    folded = [name.casefold() for name in names]
     async with await anyio.open_process(command, cwd=ROOT, stderr=None) as process:
         assert process.stdout is not None  # piped by open_process
         buffer = b""
@@ -222,12 +259,17 @@ async def _run_daemon(
                     run.started = line["started"]
                 elif phase == "window":
                     before = [tenant.requests for tenant in counters]
+                    gets_before = [gets.counts[name] for name in folded]
                 elif phase == "counted":
                     run.requests = [t.requests - b for t, b in zip(counters, before, strict=True)]
+                    run.gets = [
+                        gets.counts[n] - b for n, b in zip(folded, gets_before, strict=True)
+                    ]
                 else:
                     run.rss_mb, run.hwm_mb = line["rss_kib"] / 1024, line["hwm_kib"] / 1024
                     run.fds, run.sockets, run.cpu = line["fds"], line["sockets"], line["cpu"]
                     run.cycles, run.tracked = line["cycles"], line["tracked"]
+                    run.lags = line["lags"]
                     done = True
         await process.wait()
     return run
@@ -242,23 +284,24 @@ def _sample(names: Sequence[str], k: int) -> list[str]:
 async def _measure(shape: _Shape) -> tuple[_Run, list[_Run], list[str], list[str]]:
     """Both sides at once, each against its own fleet: the same tenants, stories and times."""
     start = datetime.now(UTC)
-    async with (
-        Fleet(shape.tenants, seed=10, tasks=shape.tasks, loop=True, start=start) as shared,
-        Fleet(shape.tenants, seed=10, tasks=shape.tasks, loop=True, start=start) as apart,
-    ):
+    shared = Fleet(shape.tenants, seed=10, tasks=shape.tasks, loop=True, start=start)
+    apart = Fleet(shape.tenants, seed=10, tasks=shape.tasks, loop=True, start=start)
+    shared_gets, apart_gets = _Gets(shared), _Gets(apart)
+    async with shared, apart:
         names = list(shared.tenants)
         sampled = _sample(names, shape.sampled)
         with tempfile.TemporaryDirectory() as directory:
             tmp = Path(directory)
             runs: dict[int, _Run] = {}
 
-            async def one(index: int, fleet: Fleet, chosen: list[str]) -> None:
-                runs[index] = await _run_daemon(fleet, chosen, tmp, f"daemon{index}", shape)
+            async def one(index: int, fleet: Fleet, gets: _Gets, chosen: list[str]) -> None:
+                label = f"daemon{index}"
+                runs[index] = await _run_daemon(fleet, gets, chosen, tmp, label, shape)
 
             async with anyio.create_task_group() as group:
-                group.start_soon(one, -1, shared, names)
+                group.start_soon(one, -1, shared, shared_gets, names)
                 for index, name in enumerate(sampled):
-                    group.start_soon(one, index, apart, [name])
+                    group.start_soon(one, index, apart, apart_gets, [name])
     return runs[-1], [runs[index] for index in range(len(sampled))], names, sampled
 
 
@@ -280,6 +323,10 @@ def many_tenants(quick: bool) -> Row:
     rss_ratio = together.rss_mb / sum_rss
     # Requests: the sampled tenants in the one process against the same tenants alone.
     paired = [together.requests[names.index(name)] for name in sampled]
+    paired_gets = _per_minute(
+        [(together.gets or [])[names.index(n)] for n in sampled], shape.window
+    )
+    alone_gets = _per_minute([g for run in alone for g in run.gets or []], shape.window)
     alone_requests = [r for run in alone for r in run.requests or []]
     req_sampled = _per_minute(paired, shape.window)
     req_alone = _per_minute(alone_requests, shape.window)
@@ -292,6 +339,10 @@ def many_tenants(quick: bool) -> Row:
     cycles_together = len(together_cycles) / n / shape.window * 60
     cycles_alone = len(alone_cycles) / len(alone) / shape.window * 60
     tracked = together.tracked
+    nofile, memory_max = _unit_limit("LimitNOFILE"), _unit_limit("MemoryMax")
+    share = f"{together.fds / int(nofile):.0%}" if nofile.isdigit() else "?"
+    lag_together = together.lags or [0.0]
+    lag_alone = [lag for run in alone for lag in run.lags or []] or [0.0]
     cpu_together = together.cpu / shape.window
     cpu_alone = n * median([run.cpu for run in alone]) / shape.window
     return Row(
@@ -320,20 +371,24 @@ def many_tenants(quick: bool) -> Row:
                 f"({min(r.rss_mb for r in alone):.1f}-{max(r.rss_mb for r in alone):.1f} MB "
                 f"each).  After {shape.warm_up:g} s of warm-up, a {shape.window:g} s window: "
                 f"requests counted by the simulator per tenant (req ratio: the {len(alone)} "
-                f"sampled tenants in the one process, {req_sampled:.1f}/min, against the same "
-                f"tenants alone); cycle = one Poller.poll, timed in the daemon's process; "
+                f"sampled tenants in the one process, {req_sampled:.1f}/min of which "
+                f"{paired_gets:.1f} GETs by id, against the same tenants alone, "
+                f"{alone_gets:.1f} GETs by id); cycle = one Poller.poll, timed in the daemon's process; "
                 f"{cycles_together:.1f} cycles/tenant/min together, {cycles_alone:.1f} alone.  "
                 f"CPU {cpu_together:.0%} of a core together, {cpu_alone:.0%} for {n} processes "
-                f"({n} x the sampled median).  "
+                f"({n} x the sampled median); event-loop lag (a 50 ms sleep woken late) p50 "
+                f"{median(lag_together) * 1000:.1f} ms, p99 {percentile(lag_together, 0.99) * 1000:.0f} "
+                f"ms together, p50 {median(lag_alone) * 1000:.1f} ms, p99 "
+                f"{percentile(lag_alone, 0.99) * 1000:.0f} ms alone.  "
                 f"RSS after gc.collect() at the end (peak {together.hwm_mb:.0f} MB; "
-                f"MemoryMax={_MEMORY_MAX_MB}M in deploy/batchmon.service)."
+                f"MemoryMax={memory_max} in deploy/batchmon.service)."
             ),
             (
                 f"P10: the one process started every tenant's pipeline (batchmon_started) "
                 f"{together.started:.2f} s after Daemon.run (one tenant: "
                 f"{median([r.started for r in alone]):.2f} s); {together.fds} open files of "
-                f"which {together.sockets} sockets ({together.fds / _NOFILE:.0%} of "
-                f"LimitNOFILE={_NOFILE}; a single-tenant process: "
+                f"which {together.sockets} sockets ({share} of the unit's "
+                f"LimitNOFILE={nofile}; a single-tenant process: "
                 f"{median([r.fds for r in alone]):.0f}); tasks tracked per tenant "
                 f"{min(tracked)}-{max(tracked)} (median {median(tracked):.0f})."
             ),
