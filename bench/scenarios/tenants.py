@@ -48,8 +48,9 @@ __all__ = ["many_tenants"]
 _UNIT = ROOT / "deploy" / "batchmon.service"
 #: ``[poll] interval``'s default: a cycle longer than that holds up the tenant's next one.
 _INTERVAL = 5.0
-#: A tenant's request share may be this much above a process of its own (noise).
-_REQUEST_SLACK = 1.10
+#: A tenant's requests may be this much above a process of its own: what 8 sampled tenants
+#: send in 90 s varies by about 15 % from run to run (story timing, poll jitter).
+_REQUEST_SLACK = 1.25
 #: The loop-lag probe's sleep.
 _TICK = 0.05
 _AUTH = {"type": "basic", "username": "batchmon", "password": "batchmon"}
