@@ -1,20 +1,20 @@
 """P10: 200 tenants x 50 tasks in one daemon process, against one process per tenant.
 
-A :class:`~monitor.simulator.Fleet` of 200 tenants, 50 looping tasks each, runs in the bench's
-process.  Each daemon is a process of its own (``python -m bench.scenarios.tenants --child``:
-:class:`~monitor.daemon.Daemon` as ``batchmon run`` builds it, from an empty state database),
-so its ``VmRSS`` is its own.  One daemon watches all 200 tenants (``[[tenants]]``); then a
-sample of single-tenant daemons (the single ``[superoffice]`` form), one per sampled tenant,
-run at the same time, each against its own tenant of the same fleet.  Every daemon finds its
-tasks by one ``[[watch.discover]]`` rule with its defaults, as a user would, and runs every
-``[superoffice]`` and ``[poll]`` default.
+Two fleets (:class:`~monitor.simulator.Fleet`) of 200 tenants, 50 looping tasks each, built
+alike (same seed, same start), run in the bench's process.  Each daemon is a process of its own
+(``python -m bench.scenarios.tenants --child``: :class:`~monitor.daemon.Daemon` as ``batchmon
+run`` builds it, from an empty state database), so its ``VmRSS`` is its own.  At the same time,
+one daemon watches all 200 tenants of the first fleet (``[[tenants]]``), and a sample of
+single-tenant daemons (the single ``[superoffice]`` form) one tenant each of the second, so a
+sampled tenant shows the same story to both sides.  Every daemon finds its tasks by one
+``[[watch.discover]]`` rule with its defaults, as a user would, and runs every ``[superoffice]``
+and ``[poll]`` default.
 
-Both sides run at once, each against a fleet of its own built alike (same seed, same start),
-so the sampled tenants show the same stories to both.  After start-up and a warm-up, for a
-window: each tenant's poll cycles (how long a ``Poller.poll`` takes, and how many there are),
-the requests (and GETs by id) the simulator counts per tenant, the process's CPU time; then
-the event loop's lag, and (after ``gc.collect()``) the process's RSS and open file
-descriptors.  The per-tenant side is extrapolated: 200 processes = 200 x the sampled median.
+After start-up and a warm-up, for a window: each tenant's poll cycles (how long a
+``Poller.poll`` takes, and how many there are), the requests (and GETs by id) the simulator
+counts per tenant, the process's CPU time; then the event loop's lag, and (after
+``gc.collect()``) the process's RSS and open file descriptors.  The per-tenant side is
+extrapolated: 200 processes = 200 x the sampled median.
 """
 
 from __future__ import annotations
