@@ -36,6 +36,7 @@ from bench.scenarios.month import month_of_tasks
 from bench.scenarios.requests import requests_per_hour
 from bench.scenarios.startup import startup_to_ready
 from bench.scenarios.store_delivery import postgres_beside_sqlite
+from bench.scenarios.tenants import many_tenants
 from bench.scenarios.throughput import bulk_cycle, per_id_polling, scrape_under_polling
 
 __all__ = ["SCENARIOS", "main"]
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[bool], Row]]] = {
     "P7": ("start-up to READY", startup_to_ready),
     "P8": ("discovery requests", discovery_requests),
     "P9": ("a month of churn", month_of_tasks),
+    "P10": ("many tenants in one process", many_tenants),
     "P11": ("detection to delivery, PostgreSQL", postgres_beside_sqlite),
     "P12": ("failover to another replica", failover),
 }

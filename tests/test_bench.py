@@ -96,3 +96,20 @@ def test_run_py_runs_as_a_script(tmp_path: Path) -> None:
     )
     assert 0 == done.returncode, done.stdout + done.stderr
     assert ["P7"] == _rows(done.stdout), done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_p10_sets_one_process_beside_one_per_tenant() -> None:
+    """P10's quick row: RSS, requests per tenant and cycle times of both sides, and ratios."""
+    done = _bench(["-m", "bench", "--scenario", "P10", "--quick"], ROOT, timeout=110)
+    assert 0 == done.returncode, done.stdout + done.stderr
+    row = json.loads(done.stdout.splitlines()[-1])
+    figures = r"RSS [\d,]+ MB; \d+\.\d req/tenant/min; cycle p50 \d+ ms \(p95 \d+\)"
+    assert re.fullmatch(figures, row["ours"]), row
+    assert re.fullmatch(rf"20 processes \(2 sampled\): {figures}", row["baseline"]), row
+    assert re.fullmatch(r"RSS \d\.\d{3}x; req \d+\.\d\dx; cycle p95 \d+\.\dx", row["ratio"]), row
+    assert ("P10", "20 tenants x 10 tasks in one process") == (row["key"], row["scenario"])
+    assert isinstance(row["passed"], bool), row
+    sides, start = row["notes"]
+    assert "one process for all 20 tenants" in sides, sides
+    assert re.search(r"\d+ open files of which \d+ sockets", start), start

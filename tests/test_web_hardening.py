@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import configparser
+import inspect
 import logging
 import shutil
 import socket
@@ -31,6 +32,7 @@ from yarl import URL
 
 from monitor.cli import EX_CONFIG, main
 from monitor.config import ConfigError, parse_config
+from monitor.config.superoffice import SuperOfficeConfig
 from monitor.http_access import (
     SECURITY_HEADERS,
     bearer,
@@ -295,6 +297,17 @@ class TestUnitLimits:
         assert service["MemoryMax"].endswith(("M", "G"))
         assert int(service["TasksMax"]) >= 64
         assert "LoadCredentialEncrypted=read_token" in UNIT.read_text().splitlines()
+
+    def test_open_files_hold_two_hundred_tenants(self) -> None:
+        """200 tenants (bench P10) each keep up to ``max_concurrency`` API connections open; with
+        the HTTP server's cap and the sinks' pool they must fit the unit's open-file limit."""
+        unit = configparser.ConfigParser(strict=False, interpolation=None)
+        unit.read_string(UNIT.read_text())
+        open_files = int(unit["Service"]["LimitNOFILE"])
+        per_tenant = SuperOfficeConfig.model_fields["max_concurrency"].default
+        sinks = inspect.signature(aiohttp.TCPConnector).parameters["limit"].default
+        files = 64  # the state database, its WAL, the log, pipes, the event loop's own
+        assert 200 * per_tenant + connection_cap(open_files) + sinks + files <= open_files
 
 
 # --- against the daemon's app -------------------------------------------------------------------
