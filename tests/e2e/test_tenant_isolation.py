@@ -2,9 +2,10 @@
 
 The real process watches six simulated SuperOffice Online tenants (:class:`Fleet`) with the
 default ``[poll]`` and ``[superoffice]`` settings, and posts to a signed webhook.  The first
-two tenants in the configuration are bad: one with a wrong password, one whose API is a black
-hole (a port that accepts connections and never answers: every request of that tenant waits
-out its whole timeout, 10 s, three times with the retries).  Tasks then fail in the four
+two tenants in the configuration are bad: one with a wrong password, one whose SuperOffice
+Online environment (its tenant-status API, hence its API) is a black hole: a port that accepts
+connections and never answers, so every request of that tenant waits out its whole timeout,
+10 s, three times with the retries.  Tasks then fail in the four
 healthy tenants, round after round, and the time from each failure in the simulator to its
 ``task.failed`` at the receiver is measured; so is the same scenario without the bad tenants,
 in a baseline process run just before on the same machine.  The figures are printed (``-s``)
@@ -23,7 +24,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,40 +56,49 @@ INTERVAL = 5.0
 API_DOWN_AFTER = 3
 #: Generous bound, for a busy 2-core machine, on one failure reaching the receiver.
 DETECT = 60.0
-#: Generous bound on ``monitor.api_down`` of the black hole: three cycles of three 10 s
-#: attempts each, and the intervals between them, are about 110 s.
+#: Generous bound on ``monitor.api_down`` of the black hole: its first cycle waits out one
+#: status lookup (three 10 s attempts), the next two fail at once on the lookup's failure,
+#: kept 30 s: about 45 s.
 API_DOWN = 300.0
 
 
-def _black_hole(peers: Peers) -> str:
+@dataclass
+class BlackHole:
     """An HTTP base on a port that accepts connections, reads them and never answers.
 
     The worst dead API for a client: the connection is made at once, so only the whole
-    request timeout ends each attempt.
+    request timeout ends each attempt.  ``hung_up``: when each client gave up (monotonic).
     """
-    port: concurrent.futures.Future[int] = concurrent.futures.Future()
 
-    async def serve() -> None:
-        held: list[asyncio.StreamWriter] = []
+    url: str = ""
+    hung_up: list[float] = field(default_factory=list)
 
-        async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            held.append(writer)
-            with contextlib.suppress(ConnectionError):
-                while await reader.read(1 << 16):
-                    pass
-            writer.close()
+    def start(self, peers: Peers) -> BlackHole:
+        port: concurrent.futures.Future[int] = concurrent.futures.Future()
 
-        server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-        port.set_result(server.sockets[0].getsockname()[1])
-        try:
-            await asyncio.Event().wait()
-        finally:
-            server.close()
-            for writer in held:
+        async def serve() -> None:
+            held: list[asyncio.StreamWriter] = []
+
+            async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                held.append(writer)
+                with contextlib.suppress(ConnectionError):
+                    while await reader.read(1 << 16):
+                        pass
+                self.hung_up.append(time.monotonic())
                 writer.close()
 
-    peers.background(serve)
-    return f"http://127.0.0.1:{port.result(10)}"
+            server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+            port.set_result(server.sockets[0].getsockname()[1])
+            try:
+                await asyncio.Event().wait()
+            finally:
+                server.close()
+                for writer in held:
+                    writer.close()
+
+        peers.background(serve)
+        self.url = f"http://127.0.0.1:{port.result(10)}"
+        return self
 
 
 def _config(
@@ -127,7 +137,8 @@ def _config(
             {
                 "name": name.lower(),
                 "superoffice": {
-                    "url": f"{hole}/{name}/api",
+                    "environment_url": hole,
+                    "tenant": name,
                     "auth": {"type": "basic", "username": "batchmon", "password": "batchmon"},
                 },
                 "watch": {"ids": ids},
@@ -151,30 +162,42 @@ def _config(
     }
 
 
-def _delivered(receiver: Receiver) -> list[tuple[float, dict[str, Any]]]:
-    """(arrival, CloudEvent) of every delivery, each checked against its signature."""
-    verifier = Webhook(WEBHOOK_SECRET)
-    return [
-        (hit.at, verifier.verify(hit.body, dict(hit.headers)))
-        for hit in list(receiver.hits)
-        if hit.path == HOOK_PATH and hit.status < 300
-    ]
-
-
 def _kind(event: dict[str, Any]) -> str:
     return str(event["type"]).removeprefix(TYPE_PREFIX)
 
 
-def _first(receiver: Receiver, kind: str, tenant: str, task_id: int | None = None) -> float | None:
-    """When the first ``kind`` event of ``tenant`` (and task) arrived; ``None``: not yet."""
-    for at, event in _delivered(receiver):
-        if (
-            _kind(event) == kind
-            and event.get("tenant") == tenant
-            and (task_id is None or int(event.get("subject", 0)) == task_id)
-        ):
-            return at
-    return None
+@dataclass
+class Deliveries:
+    """The CloudEvents a receiver took, each checked against its signature once, when first
+    read (Standard Webhooks refuses a signature more than 5 minutes old)."""
+
+    receiver: Receiver
+    _checked: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    _read: int = 0
+
+    def arrived(self) -> list[tuple[float, dict[str, Any]]]:
+        """(arrival, CloudEvent) of every delivery so far."""
+        hits = list(self.receiver.hits)
+        verifier = Webhook(WEBHOOK_SECRET)
+        for hit in hits[self._read :]:
+            if hit.path == HOOK_PATH and hit.status < 300:
+                self._checked.append((hit.at, verifier.verify(hit.body, dict(hit.headers))))
+        self._read = len(hits)
+        return list(self._checked)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [event for _, event in self.arrived()]
+
+    def first(self, kind: str, tenant: str, task_id: int | None = None) -> float | None:
+        """When the first ``kind`` event of ``tenant`` (and task) arrived; ``None``: not yet."""
+        for at, event in self.arrived():
+            if (
+                _kind(event) == kind
+                and event.get("tenant") == tenant
+                and (task_id is None or int(event.get("subject", 0)) == task_id)
+            ):
+                return at
+        return None
 
 
 @dataclass
@@ -183,7 +206,8 @@ class Run:
 
     label: str
     fleet: Fleet
-    receiver: Receiver
+    deliveries: Deliveries
+    black_hole: BlackHole
     batchmon: Batchmon
     healthy: list[str]
     launched: float
@@ -210,18 +234,21 @@ def _run(
     label: str,
     *,
     bad: bool,
-    rng: random.Random,
+    cleanups: list[Callable[[], object]],
 ) -> Run:
     """Start a fleet, a receiver and batchmon; wait for every healthy tenant's tasks; fail them
-    one round at a time, measuring each detection."""
+    one round at a time, measuring each detection.  What it starts is stopped by ``cleanups``.
+    """
     fleet = peers.run(_started_fleet())
+    cleanups.append(lambda: peers.run(fleet.stop()))
     names = list(fleet.tenants)
     wrong, dead, healthy = (names[0], names[1], names[2:]) if bad else (None, None, names[2:])
     for name in healthy:
         for task_id in range(1, ROUNDS + 1):
             peers.call(fleet.set_task, name, task_id, state=BatchTaskState.STARTED, progress=10)
     receiver = peers.receiver(Receiver())
-    hole = (dead, _black_hole(peers)) if dead is not None else None
+    black_hole = BlackHole().start(peers) if bad else BlackHole()
+    hole = (dead, black_hole.url) if dead is not None else None
     config = _config(
         fleet, healthy, receiver, workdir / "state.db", wrong_password=wrong, dead=hole
     )
@@ -229,14 +256,24 @@ def _run(
     path = workdir / "batchmon.toml"
     path.write_text(toml_text(config))
     batchmon = Batchmon(path, workdir)
+    cleanups.append(batchmon.close)
     launched = time.monotonic()
-    run = Run(label, fleet, receiver, batchmon.start(), [n.lower() for n in healthy], launched)
-    run.url = batchmon.wait_started()
+    deliveries = Deliveries(receiver)
+    run = Run(
+        label,
+        fleet,
+        deliveries,
+        black_hole,
+        batchmon.start(),
+        [n.lower() for n in healthy],
+        launched,
+    )
+    run.url = batchmon.wait_started(DETECT)
     started_line = time.monotonic()
     run.started = started_line - launched
     for tenant in run.healthy:
         seen = wait_until(
-            lambda t=tenant: _first(receiver, "task.started", t),
+            lambda t=tenant: deliveries.first("task.started", t),
             DETECT,
             f"{label}: the first task.started of {tenant}",
         )
@@ -244,14 +281,16 @@ def _run(
     for tenant in run.healthy:
         wait_until(
             lambda t=tenant: all(
-                _first(receiver, "task.started", t, i) for i in range(1, ROUNDS + 1)
+                deliveries.first("task.started", t, i) for i in range(1, ROUNDS + 1)
             ),
             DETECT,
             f"{label}: every task of {tenant} seen Started",
         )
+    rng = random.Random(16)
     for task_id in range(1, ROUNDS + 1):
-        # A pause of random length (seeded), not a synchronisation: each round's failures then
-        # fall anywhere in the tenants' poll intervals, as real failures do.
+        # A pause of random length, not a synchronisation: each round's failures then fall
+        # anywhere in the tenants' poll intervals, as real failures do.  Seeded alike in both
+        # runs, so that they are compared pause for pause.
         time.sleep(rng.uniform(0.0, INTERVAL))
         failed_at = {}
         for name in healthy:
@@ -259,7 +298,7 @@ def _run(
             peers.call(fleet.set_task, name, task_id, state=BatchTaskState.FAILED, result="boom")
         for tenant, at in failed_at.items():
             seen = wait_until(
-                lambda t=tenant, i=task_id: _first(receiver, "task.failed", t, i),
+                lambda t=tenant, i=task_id: deliveries.first("task.failed", t, i),
                 DETECT,
                 f"{label}: task.failed of {tenant} #{task_id}",
             )
@@ -291,6 +330,9 @@ class Isolation:
         first = statistics.median(self.bad.first_events.values()) / statistics.median(
             self.baseline.first_events.values()
         )
+        launched = self.bad.launched
+        auth = (self.bad.deliveries.first("monitor.auth_failed", self.wrong) or launched) - launched
+        down = (self.bad.deliveries.first("monitor.api_down", self.dead) or launched) - launched
         return "\n".join(
             [
                 "tenant isolation: 4 healthy tenants, default [poll] and [superoffice]",
@@ -300,6 +342,7 @@ class Isolation:
                     f"with bad / baseline: detection p50 x{ratio_p50:.2f}, "
                     f"max x{ratio_max:.2f}; first event p50 x{first:.2f}"
                 ),
+                f"monitor.auth_failed {auth:.1f} s, monitor.api_down {down:.1f} s after launch",
             ]
         )
 
@@ -310,18 +353,16 @@ def _isolation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isolation]:
     until ``monitor.api_down`` of the black hole arrived."""
     workdir = tmp_path_factory.mktemp("isolation")
     peers = Peers()
-    runs: list[Run] = []
+    cleanups: list[Callable[[], object]] = []
     try:
-        rng = random.Random(16)
-        baseline = _run(peers, workdir / "baseline", "baseline", bad=False, rng=rng)
-        runs.append(baseline)
+        baseline = _run(peers, workdir / "baseline", "baseline", bad=False, cleanups=cleanups)
         assert baseline.batchmon.stop() == 0
-        bad = _run(peers, workdir / "bad", "with bad", bad=True, rng=rng)
-        runs.append(bad)
+        baseline.deliveries.arrived()  # checked while the signatures are fresh
+        bad = _run(peers, workdir / "bad", "with bad", bad=True, cleanups=cleanups)
         names = list(bad.fleet.tenants)
         wrong, dead = names[0].lower(), names[1].lower()
         wait_until(
-            lambda: _first(bad.receiver, "monitor.api_down", dead),
+            lambda: bad.deliveries.first("monitor.api_down", dead),
             API_DOWN,
             "monitor.api_down of the black hole",
             every=0.5,
@@ -330,10 +371,11 @@ def _isolation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isolation]:
         print("\n" + isolation.report())
         yield isolation
     finally:
-        for run in runs:
-            run.batchmon.close()
-            peers.run(run.fleet.stop())
-        peers.close()
+        try:
+            for cleanup in reversed(cleanups):
+                cleanup()
+        finally:
+            peers.close()
 
 
 class TestIsolation:
@@ -346,7 +388,7 @@ class TestIsolation:
         """Every healthy tenant's failure once, with its tenant; auth_failed and api_down
         once each, for their tenant only, api_down after ``api_down_after`` cycles."""
         for run in (isolation.baseline, isolation.bad):
-            events = [event for _, event in _delivered(run.receiver)]
+            events = run.deliveries.events()
             failed = Counter(
                 (event.get("tenant"), int(event["subject"]))
                 for event in events
@@ -355,7 +397,7 @@ class TestIsolation:
             expected = {(t, i): 1 for t in run.healthy for i in range(1, ROUNDS + 1)}
             assert expected == dict(failed), run.label
             assert len(run.latencies) == len(expected)
-        bad = [event for _, event in _delivered(isolation.bad.receiver)]
+        bad = isolation.bad.deliveries.events()
         monitor = Counter(
             (_kind(event), event.get("tenant"))
             for event in bad
@@ -369,7 +411,12 @@ class TestIsolation:
         assert down["data"]["message"].startswith(
             f"{API_DOWN_AFTER} consecutive poll cycles failed"
         )
-        baseline = [event for _, event in _delivered(isolation.baseline.receiver)]
+        # No healthy tenant waited for the black hole: each was polled and heard of before
+        # the black hole's first request timed out (an order, not a time).
+        firsts = [isolation.bad.deliveries.first("task.started", t) for t in isolation.bad.healthy]
+        assert isolation.bad.black_hole.hung_up
+        assert max(t for t in firsts if t is not None) < min(isolation.bad.black_hole.hung_up)
+        baseline = isolation.baseline.deliveries.events()
         assert not [event for event in baseline if _kind(event).startswith("monitor.")]
 
     @pytest.mark.timeout(600)
@@ -411,3 +458,9 @@ class TestIsolation:
         # Worst first: the two bad tenants head the overview.
         rows = [html.index(f'data-tenant="{t}"') for t in (wrong, dead, *isolation.bad.healthy)]
         assert max(rows[:2]) < min(rows[2:])
+
+    @pytest.mark.timeout(120)
+    def test_sigterm_stops_it_cleanly(self, isolation: Isolation) -> None:
+        """SIGTERM with a request of the black hole in flight: exit 0, as with healthy tenants."""
+        assert 0 == isolation.bad.batchmon.stop()
+        assert 0 == isolation.baseline.batchmon.returncode
