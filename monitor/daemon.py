@@ -400,7 +400,12 @@ class Daemon:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """One tenant's pipeline, from its API client to its sinks; started once it polls."""
+        """One tenant's pipeline, from its API client to its sinks; started once it polls.
+
+        With several tenants, every log line of the pipeline's tasks names its tenant.
+        """
+        if len(self.runtimes) > 1:
+            structlog.contextvars.bind_contextvars(tenant=runtime.name)  # this task's context
         config = self.config
         so = runtime.tenant.superoffice
         tracker = runtime.tracker

@@ -460,6 +460,13 @@ class TestIsolation:
         assert max(rows[:2]) < min(rows[2:])
 
     @pytest.mark.timeout(120)
+    def test_log_lines_name_their_tenant(self, isolation: Isolation) -> None:
+        """What a pipeline logs says which tenant it is about: here each tenant's state, as
+        the tenant-status API named it (all but the black hole's)."""
+        lines = isolation.bad.batchmon.events("tenant_state")
+        assert {isolation.wrong, *isolation.bad.healthy} == {line.get("tenant") for line in lines}
+
+    @pytest.mark.timeout(120)
     def test_sigterm_stops_it_cleanly(self, isolation: Isolation) -> None:
         """SIGTERM with a request of the black hole in flight: exit 0, as with healthy tenants."""
         assert 0 == isolation.bad.batchmon.stop()
