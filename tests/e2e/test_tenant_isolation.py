@@ -269,8 +269,7 @@ def _run(
         launched,
     )
     run.url = batchmon.wait_started(DETECT)
-    started_line = time.monotonic()
-    run.started = started_line - launched
+    run.started = time.monotonic() - launched
     for tenant in run.healthy:
         seen = wait_until(
             lambda t=tenant: deliveries.first("task.started", t),
