@@ -21,7 +21,7 @@ import anyio.abc
 import structlog
 
 from monitor import __version__
-from monitor.config import Config, PollConfig, WatchConfig
+from monitor.config import Config, PollConfig, SuperOfficeConfig, WatchConfig
 from monitor.config.tenants import TenantConfig
 from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher, Limiters
@@ -60,7 +60,9 @@ __all__ = [
     "RuntimeWatches",
     "TenantRuntime",
     "freeze_startup_objects",
+    "longest_call",
     "rules_from",
+    "stale_after_for",
 ]
 
 log = structlog.get_logger("batchmon.daemon")
@@ -83,6 +85,31 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def longest_call(so: SuperOfficeConfig) -> float:
+    """The longest one API call of a tenant may go on without an answer: every attempt its
+    whole timeout, and between two the longest wait a retry takes (``max_retry_after``;
+    a longer ``Retry-After`` or backoff gives up); twice that for an Online tenant, whose
+    call may first wait for its status lookup."""
+    call = (so.retries + 1) * so.timeout + so.retries * so.max_retry_after
+    return 2 * call if so.tenant is not None else call
+
+
+def stale_after_for(config: Config) -> float:
+    """Seconds without a request or cycle completing after which a poll loop counts as wedged
+    (``/healthz`` 503, the watchdog withheld, so systemd restarts the process).
+
+    Longer than any tenant's longest call (by a minute, for the waits of its limits): a
+    tenant whose API does not answer keeps its poll loop waiting that long, and must not get
+    the process, every other tenant with it, restarted.
+    """
+    return max(
+        3 * config.poll.idle_interval,
+        *(3 * t.superoffice.timeout for t in config.tenant_list),
+        *(longest_call(t.superoffice) + 60.0 for t in config.tenant_list),
+        60.0,
+    )
 
 
 def rules_from(config: PollConfig, watch: WatchConfig) -> Rules:
@@ -405,11 +432,7 @@ class Daemon:
     async def _serve(self, store: DeliveryStore, task_status: anyio.abc.TaskStatus[int]) -> None:
         config = self.config
         sink_timeout = aiohttp.ClientTimeout(total=max(s.timeout for s in config.sinks))
-        stale_after = max(
-            3 * config.poll.idle_interval,
-            *(3 * t.superoffice.timeout for t in config.tenant_list),
-            60.0,
-        )
+        stale_after = stale_after_for(config)
         keeper = self._keeper(store)
         async with aiohttp.ClientSession(timeout=sink_timeout) as sink_session:
             collector = BatchmonCollector(

@@ -7,7 +7,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from monitor.config import parse_config
 from monitor.simulator import OnlineTenant, Simulator
@@ -107,6 +110,32 @@ class TestLookup:
         assert 1 == asked
         assert 2 == sim.requests.count(STATUS_CALL)
 
+    async def test_slow_status_failure_holds_from_its_end(
+        self, sim: Simulator, clock: ManualClock
+    ) -> None:
+        """A status API that fails only after longer than the 30 s it is left alone (a dead
+        host: the timeout, thrice) is asked once by the requests queued behind the lookup,
+        not once each: its failure holds 30 s from when it is known."""
+        asked = []
+
+        async def slow_failure(request: web.Request) -> web.Response:
+            asked.append(request.path)
+            clock.advance(31)  # the lookup took longer than MIN_RECHECK
+            return web.Response(status=503)
+
+        app = web.Application()
+        app.router.add_get("/api/state/{tenant}", slow_failure)
+        async with TestServer(app, host="127.0.0.1") as server:
+            environment = str(server.make_url("")).rstrip("/")
+            async with (
+                client_for(sim, clock, environment_url=environment) as client,
+                anyio.create_task_group() as group,
+            ):
+                for task_id in (1, 2, 3):
+                    group.start_soon(_fails, client, task_id)
+
+        assert ["/api/state/Cust12345"] == asked
+
     async def test_unusable_status_answer_is_malformed(
         self, sim: Simulator, clock: ManualClock
     ) -> None:
@@ -116,6 +145,11 @@ class TestLookup:
         async with client_for(sim, clock) as client:
             with pytest.raises(MalformedResponse, match="Api"):
                 await client.get_task(1)
+
+
+async def _fails(client: SuperOfficeClient, task_id: int) -> None:
+    with pytest.raises(ServerError):
+        await client.get_task(task_id)
 
 
 class TestMoves:

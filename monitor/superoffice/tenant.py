@@ -154,24 +154,28 @@ class TenantResolver:
         return self._valid_until is not None and self._clock() < self._valid_until
 
     async def _look_up(self) -> None:
-        """Ask the status API (the caller holds the lock) and remember what it said."""
-        now = self._clock()
+        """Ask the status API (the caller holds the lock) and remember what it said.
+
+        What it said holds from when it is known, not from when it was asked: a status API
+        that does not answer takes its timeout three times over (the retries), longer than
+        :data:`MIN_RECHECK`, and every request queued behind the lock would ask again.
+        """
         self._unavailable = self._failure = None
         try:
             base, valid_until = await self._transport.request(
                 "GET",
                 self._environment_url,
                 f"/api/state/{quote(self._tenant, safe='')}",
-                parse=lambda answer: self._read(answer, now),
+                parse=lambda answer: self._read(answer, self._clock()),
                 limit=MAX_STATUS_BYTES,
             )
         except TenantUnavailable as exc:
             self._unavailable = exc
-            self._valid_until = now + timedelta(seconds=exc.retry_after)
+            self._valid_until = self._clock() + timedelta(seconds=exc.retry_after)
             log.warning("tenant_unavailable", context=self._tenant, state=exc.state)
             return
         except ApiError as exc:
-            self._valid_until = now + MIN_RECHECK
+            self._valid_until = self._clock() + MIN_RECHECK
             if self._base is not None:
                 # The last known host is better than none while the status API is away.
                 log.warning("tenant_status_failed", context=self._tenant, error=str(exc), kept=True)
