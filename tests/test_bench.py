@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,19 @@ def _bench(args: list[str], cwd: Path, *, timeout: float) -> subprocess.Complete
         timeout=timeout,
         check=False,
     )
+
+
+def _quick_row(key: str, *, timeout: float) -> dict[str, Any]:
+    """One scenario's quick row, run alone; a row skipped for want of a program skips the
+    test, or fails it when BATCHMON_REQUIRE_TOOLS is set."""
+    done = _bench(["-m", "bench", "--scenario", key, "--quick"], ROOT, timeout=timeout)
+    assert 0 == done.returncode, done.stdout + done.stderr
+    row: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    if row.get("skipped"):
+        if os.environ.get("BATCHMON_REQUIRE_TOOLS"):
+            pytest.fail(f"{row['ours']}, but BATCHMON_REQUIRE_TOOLS is set")
+        pytest.skip(row["ours"])
+    return row
 
 
 def _rows(table: str) -> list[str]:
@@ -51,13 +65,7 @@ def test_quick_bench_prints_every_scenario() -> None:
 @pytest.mark.timeout(120)
 def test_p11_times_postgres_beside_sqlite() -> None:
     """P11's quick row: both stores' p99 and p50, their ratio, judged against 2x SQLite's."""
-    done = _bench(["-m", "bench", "--scenario", "P11", "--quick"], ROOT, timeout=110)
-    assert 0 == done.returncode, done.stdout + done.stderr
-    row = json.loads(done.stdout.splitlines()[-1])
-    if row["skipped"]:
-        if os.environ.get("BATCHMON_REQUIRE_TOOLS"):
-            pytest.fail(f"{row['ours']}, but BATCHMON_REQUIRE_TOOLS is set")
-        pytest.skip(row["ours"])
+    row = _quick_row("P11", timeout=110)
     figures = r"p99 \d+\.\d ms \(p50 \d+\.\d ms\)"
     assert re.fullmatch(figures, row["ours"]), row
     assert re.fullmatch(f"SQLite {figures}", row["baseline"]), row
@@ -72,13 +80,7 @@ def test_p11_times_postgres_beside_sqlite() -> None:
 @pytest.mark.timeout(150)
 def test_p12_times_failover_against_its_bound() -> None:
     """P12's quick row: the worst and median takeover, the bound, their ratio, every round."""
-    done = _bench(["-m", "bench", "--scenario", "P12", "--quick"], ROOT, timeout=140)
-    assert 0 == done.returncode, done.stdout + done.stderr
-    row = json.loads(done.stdout.splitlines()[-1])
-    if row["skipped"]:
-        if os.environ.get("BATCHMON_REQUIRE_TOOLS"):
-            pytest.fail(f"{row['ours']}, but BATCHMON_REQUIRE_TOOLS is set")
-        pytest.skip(row["ours"])
+    row = _quick_row("P12", timeout=140)
     assert re.fullmatch(r"max \d+\.\d s \(median \d+\.\d s\)", row["ours"]), row
     assert "bound 6 s" == row["baseline"], row
     assert re.fullmatch(r"\d+\.\d\dx", row["ratio"]), row
@@ -101,9 +103,7 @@ def test_run_py_runs_as_a_script(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_p10_sets_one_process_beside_one_per_tenant() -> None:
     """P10's quick row: RSS, requests per tenant and cycle times of both sides, and ratios."""
-    done = _bench(["-m", "bench", "--scenario", "P10", "--quick"], ROOT, timeout=110)
-    assert 0 == done.returncode, done.stdout + done.stderr
-    row = json.loads(done.stdout.splitlines()[-1])
+    row = _quick_row("P10", timeout=110)
     figures = r"RSS [\d,]+ MB; \d+\.\d req/tenant/min; cycle p50 \d+ ms \(p95 \d+\)"
     assert re.fullmatch(figures, row["ours"]), row
     assert re.fullmatch(rf"20 processes \(2 sampled\): {figures}", row["baseline"]), row
