@@ -127,3 +127,19 @@ async def test_two_replicas_split_the_tenants_and_hand_over(fleet: Fleet, pg_url
             fleet.set_task(context, task_id, state=wanted)
             await until(lambda wanted=wanted: state() is wanted, 10)  # type: ignore[misc]
         group.cancel_scope.cancel()
+
+
+async def test_a_reload_hands_over_and_takes_back(fleet: Fleet, pg_url: str) -> None:
+    """A reloaded replica restarts its keeper: it gives its tenants back and takes them again."""
+    config = _config(fleet, pg_url)
+    daemon = Daemon(config)
+    names = {t.name for t in config.tenant_list}
+    async with anyio.create_task_group() as group:
+        await group.start(daemon.run)
+        await until(lambda: _running(daemon) == names, 4 * LEASE_TTL)
+        daemon.reload(config)
+        await until(lambda: daemon.reloads == 1, LEASE_TTL)
+        await until(lambda: _running(daemon) == names, 4 * LEASE_TTL)
+        ready = await _get_json(daemon, "/readyz")
+        assert sorted(names) == ready["leases"]
+        group.cancel_scope.cancel()
