@@ -288,9 +288,12 @@ class StatusReport:
 
 def daemon_tenants(base_url: str, token: str | None = None) -> list[str]:
     """The names of the tenants a running daemon watches (``/api/v1/tenants``), configuration
-    order; raises :class:`SourceError` as ``status`` does when there is no usable answer."""
+    order, then those split into shards; raises :class:`SourceError` as ``status`` does when there is no usable answer."""
     lines = _get(f"{base_url.rstrip('/')}/api/v1/tenants", token)["tenants"]
-    return [str(line["name"]) for line in lines]
+    names = [str(line["name"]) for line in lines]
+    # A tenant split into shards answers by its own name too (its task routes find the shard).
+    sharded = [str(line["tenant"]) for line in lines if line.get("tenant")]
+    return list(dict.fromkeys([*names, *sharded]))
 
 
 def tenant_query(tenant: str | None) -> str:

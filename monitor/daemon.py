@@ -22,7 +22,7 @@ import structlog
 
 from monitor import __version__
 from monitor.config import Config, PollConfig, SuperOfficeConfig, WatchConfig
-from monitor.config.tenants import TenantConfig
+from monitor.config.tenants import Unit
 from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher, Limiters
 from monitor.delivery.maintenance import Maintenance
@@ -169,9 +169,13 @@ class TenantRuntime:
     """One tenant's parts: those that outlive a reload (memory, maintenance) and, while its
     pipeline runs, the running ones the HTTP side and the metrics read."""
 
-    def __init__(self, config: Config, tenant: TenantConfig, clock: Callable[[], datetime]) -> None:
-        self.name = tenant.name
-        self.tenant = tenant
+    def __init__(self, config: Config, unit: Unit, clock: Callable[[], datetime]) -> None:
+        #: The tenant's name, or its shard's (``acme-2of3``).
+        self.name = unit.name
+        self.tenant = unit.tenant
+        #: The tenant's tasks this runtime watches (all but for a shard).
+        self.shard = Shard(unit.number, unit.count)
+        tenant = unit.tenant
         self.tracker = Tracker(rules_from(config.poll, tenant.watch))
         #: Maintenance windows and the tenant state; what a maintenance held back outlives a
         #: reload.
@@ -184,10 +188,10 @@ class TenantRuntime:
         #: lost: its writes would be refused, and the keeper must not wait for them).
         self.drain = True
 
-    def configure(self, config: Config, tenant: TenantConfig) -> None:
+    def configure(self, config: Config, unit: Unit) -> None:
         """Take a reloaded configuration's rules for this tenant."""
-        self.tenant = tenant
-        self.tracker.rules = rules_from(config.poll, tenant.watch)
+        self.tenant, self.shard = unit.tenant, Shard(unit.number, unit.count)
+        self.tracker.rules = rules_from(config.poll, unit.tenant.watch)
 
     def alive(self, stale_after: float) -> bool:
         """Whether its poll loop keeps completing cycles (true until it has one)."""
@@ -278,13 +282,13 @@ class Daemon:
     def _take_tenants(self, config: Config) -> None:
         """A runtime per configured tenant, keeping those of tenants already known."""
         runtimes = {}
-        for tenant in config.tenant_list:
-            runtime = self.runtimes.get(tenant.name)
+        for unit in config.units:
+            runtime = self.runtimes.get(unit.name)
             if runtime is None:
-                runtime = TenantRuntime(config, tenant, self.clock)
+                runtime = TenantRuntime(config, unit, self.clock)
             else:
-                runtime.configure(config, tenant)
-            runtimes[tenant.name] = runtime
+                runtime.configure(config, unit)
+            runtimes[unit.name] = runtime
         self.runtimes = runtimes
 
     @property
@@ -454,6 +458,11 @@ class Daemon:
                 read_token=reader.get_secret_value() if reader else None,
                 host_names=config.http.host_names,
                 configured=list(self.runtimes),
+                shards={
+                    t.name: [unit.name for unit in t.units]
+                    for t in config.tenant_list
+                    if t.shards > 1
+                },
                 replicas=Replicas(
                     replica=keeper.replica,
                     healthy=lambda: keeper.healthy,
@@ -539,8 +548,8 @@ class Daemon:
         on) from what the store holds, its last holder's memory, every write fenced."""
         replication = self._replication
         assert replication is not None  # the keeper runs only once it is set
-        tenant = self.config.tenant(name)
-        runtime = self.runtimes[name] = TenantRuntime(self.config, tenant, self.clock)
+        unit = next(unit for unit in self.config.units if unit.name == name)
+        runtime = self.runtimes[name] = TenantRuntime(self.config, unit, self.clock)
         view = replication.store.for_tenant(name).fenced(replication.keeper.fence(name))
         taken = await view.take_over_claims()
         log.info("tenant_taken", tenant=name, epoch=epoch, claims_taken_over=taken)
@@ -604,7 +613,7 @@ class Daemon:
             await silencer.load()
             await maintenance.load(store)
             dispatcher = Dispatcher(
-                subscriptions_from(config.sinks, context),
+                subscriptions_from(config.sinks, context, tenant=runtime.tenant.name),
                 store,
                 silenced=silencer.mutes,
                 gate=maintenance,
@@ -632,7 +641,7 @@ class Daemon:
                 config.poll,
                 discover=runtime.tenant.watch.discover,
                 forget=store.forget_tasks,
-                shard=self.shard,
+                shard=runtime.shard if runtime.shard.count > 1 else self.shard,
                 clock=self.clock,
                 workers=so.max_concurrency,
                 max_requests_per_second=so.max_requests_per_second,

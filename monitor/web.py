@@ -10,7 +10,7 @@ import json
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -39,7 +39,7 @@ from monitor.http_listener import (
     Limits,
     track_requests,
 )
-from monitor.polling import Poller
+from monitor.polling import Poller, Shard
 from monitor.polling.stop import StopFailedError
 from monitor.task_list import (
     DEFAULT_LIMIT,
@@ -137,6 +137,8 @@ class WebState:
     configured: Sequence[str] = ()
     #: The replicated set, when the state is in PostgreSQL.
     replicas: Replicas | None = None
+    #: Tenants split into shards: each shard's name, in order (shard k of n is the k-th).
+    shards: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 STATE = web.AppKey("state", WebState)
@@ -351,6 +353,18 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=503 if problems else 200)
 
 
+def _shard_of(request: web.Request, tenant: str, shards: Sequence[str]) -> str:
+    """The shard of ``tenant`` that watches the request's task (a route without one must
+    name a shard)."""
+    if "task_id" not in request.match_info:
+        names = ", ".join(shards)
+        message = f"tenant {tenant!r} is split into shards: name one of {names}"
+        raise _problem(web.HTTPBadRequest, message)
+    task_id = _task_id(request)
+    count = len(shards)
+    return next(s for k, s in enumerate(shards, 1) if Shard(k, count).owns(task_id))
+
+
 def _tenant(request: web.Request) -> TenantView:
     """The tenant ``?tenant=`` names; without it the only one (or ``default``)."""
     state = request.app[STATE]
@@ -362,6 +376,9 @@ def _tenant(request: web.Request) -> TenantView:
             return state.tenants["default"]
         names = ", ".join(state.configured or sorted(state.tenants))
         raise _problem(web.HTTPBadRequest, f"name the tenant with ?tenant= (one of {names})")
+    shards = state.shards.get(name)
+    if shards is not None:
+        name = _shard_of(request, name, shards)
     view = state.tenants.get(name)
     if view is not None:
         return view
@@ -759,13 +776,17 @@ async def _tenant_lines(state: WebState) -> tuple[list[dict[str, Any]], dict[str
     """Every configured tenant: the ones run here in full, the others with their holder."""
     holders = dict(await state.replicas.holders()) if state.replicas is not None else {}
     here = state.replicas.replica if state.replicas is not None else None
+    parents = {shard: tenant for tenant, shards in state.shards.items() for shard in shards}
     lines = []
     for name in state.configured or sorted(state.tenants):
         view = state.tenants.get(name)
         if view is not None:
-            lines.append(_tenant_line(view, here))
+            line = _tenant_line(view, here)
         else:
-            lines.append({"name": name, "replica": holders.get(name), "api": "elsewhere"})
+            line = {"name": name, "replica": holders.get(name), "api": "elsewhere"}
+        if name in parents:  # one shard of a tenant: the tenant's name, for ?tenant=
+            line["tenant"] = parents[name]
+        lines.append(line)
     return lines, holders
 
 

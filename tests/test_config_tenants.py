@@ -96,3 +96,46 @@ class TestTenants:
             "the sink would never be used"
         )
         assert [expected] == problems(data)
+
+
+class TestShards:
+    """A tenant split into shards: each a unit of its own, with PostgreSQL only."""
+
+    def test_units_are_named_by_their_shard(self) -> None:
+        data = {
+            **_tenants(_tenant("acme", shards=3), _tenant("globex")),
+            "state": {"url": "postgresql://batchmon@db.example.com/batchmon"},
+        }
+        config = parse_config(data, base_dir=Path())
+        assert [
+            ("acme-1of3", 1, 3),
+            ("acme-2of3", 2, 3),
+            ("acme-3of3", 3, 3),
+            ("globex", 1, 1),
+        ] == [(unit.name, unit.number, unit.count) for unit in config.units]
+
+    @pytest.mark.parametrize(
+        ("entries", "state", "expected"),
+        [
+            (
+                [_tenant("acme", shards=2)],
+                {},
+                'tenants["acme"].shards: shards spread a tenant over replicas: give [state] url',
+            ),
+            (
+                [_tenant("acme", shards=2), _tenant("acme-1of2")],
+                {"url": "postgresql://batchmon@db.example.com/batchmon"},
+                "tenants[\"acme\"].shards: the shard name 'acme-1of2' is another",
+            ),
+            (
+                [_tenant("acme", shards=17)],
+                {"url": "postgresql://batchmon@db.example.com/batchmon"},
+                'tenants["acme"].shards: must be less than or equal to 16, got 17',
+            ),
+        ],
+    )
+    def test_refused(
+        self, entries: list[dict[str, Any]], state: dict[str, Any], expected: str
+    ) -> None:
+        [problem] = problems({**_tenants(*entries), "state": state})
+        assert problem.startswith(expected), problem

@@ -186,9 +186,9 @@ def readme_section(heading: str) -> str:
     return re.split(r"^#{2,3} ", section, maxsplit=1, flags=re.MULTILINE)[0]
 
 
-def readme_block(heading: str, language: str) -> str:
-    """The first ``language`` code block of a README section."""
-    return readme_section(heading).split(f"```{language}\n", 1)[1].split("```", 1)[0]
+def readme_block(heading: str, language: str, nth: int = 1) -> str:
+    """The ``nth`` ``language`` code block of a README section."""
+    return readme_section(heading).split(f"```{language}\n")[nth].split("```", 1)[0]
 
 
 def credentials_drop_in(config: Path) -> str:
@@ -323,6 +323,17 @@ class TestTenantExamples:
 
         assert ["acme", "globex"] == [tenant["name"] for tenant in echoed["tenants"]]
         assert 15 == parse_duration(echoed["state"]["lease_ttl"])
+
+    def test_readme_shards_example(self, tmp_path: Path) -> None:
+        """The README's tenant in shards, with the [state] of "High availability"."""
+        config = tmp_path / "batchmon.toml"
+        config.write_text(
+            readme_block("### High availability", "toml", 2)
+            + readme_block("### High availability", "toml")
+        )
+        echoed = check_config(config, credentials_for(config, tmp_path / "c"))
+
+        assert [("initech", 3)] == [(t["name"], t["shards"]) for t in echoed["tenants"]]
 
 
 class TestPrometheusFiles:

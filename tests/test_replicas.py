@@ -12,7 +12,7 @@ import aiohttp
 import anyio
 import pytest
 
-from monitor.config import Config, parse_config
+from monitor.config import DISCOVERABLE_STATES, Config, parse_config
 from monitor.daemon import Daemon
 from monitor.simulator import Fleet
 from monitor.superoffice.models import BatchTaskState
@@ -143,3 +143,57 @@ async def test_a_reload_hands_over_and_takes_back(fleet: Fleet, pg_url: str) -> 
         ready = await _get_json(daemon, "/readyz")
         assert sorted(names) == ready["leases"]
         group.cancel_scope.cancel()
+
+
+async def test_one_tenant_in_shards_is_spread_over_the_replicas(pg_url: str) -> None:
+    """A tenant with ``shards = 2`` on two replicas: each runs one shard, their tasks are the
+    tenant's split by id, and a task's API route goes to the shard that watches it."""
+    async with Fleet(1, seed=5, tasks=8, speed=10) as fleet:
+        (context,) = fleet.tenants
+        api = {"auth": {"type": "basic", "username": "batchmon", "password": "batchmon"}}
+        config = parse_config(
+            {
+                "tenants": [
+                    {
+                        "name": "big",
+                        "shards": 2,
+                        "superoffice": {
+                            **api,
+                            "environment_url": fleet.environment_url,
+                            "tenant": context,
+                        },
+                        "watch": {
+                            "discover": [{"every": "2s", "states": list(DISCOVERABLE_STATES)}]
+                        },
+                    }
+                ],
+                "state": {"url": pg_url, "lease_ttl": LEASE_TTL},
+                "http": {"listen": "127.0.0.1:0"},
+            },
+            base_dir=Path(),
+        )
+        first, second = Daemon(config), Daemon(config)
+        async with anyio.create_task_group() as group:
+            await group.start(first.run)
+            await group.start(second.run)
+            await until(lambda: len(_running(first)) == len(_running(second)) == 1, 4 * LEASE_TTL)
+            assert {"big-1of2", "big-2of2"} == _running(first) | _running(second)
+
+            def tasks(daemon: Daemon) -> set[int]:
+                (name,) = _running(daemon)
+                return set(daemon.runtimes[name].tracker.tasks)
+
+            await until(lambda: len(tasks(first) | tasks(second)) == 8, 20)
+            assert not tasks(first) & tasks(second)
+            task_id = next(iter(tasks(first)))
+            mine = await _get_json(first, f"/api/v1/tasks/{task_id}?tenant=big")
+            assert (task_id, next(iter(_running(first)))) == (mine["id"], mine["tenant"])
+            other = await _get_text(second, f"/api/v1/tasks/{task_id}?tenant=big")
+            assert "is watched by another replica" in other
+            listing = await _get_text(first, "/api/v1/tasks?tenant=big")
+            assert "is split into shards: name one of big-1of2, big-2of2" in listing
+            lines = (await _get_json(first, "/api/v1/tenants"))["tenants"]
+            assert [("big-1of2", "big"), ("big-2of2", "big")] == [
+                (line["name"], line["tenant"]) for line in lines
+            ]
+            group.cancel_scope.cancel()

@@ -23,7 +23,7 @@ from monitor.config.poll import PollConfig, WatchConfig
 from monitor.config.service import HttpConfig, LogConfig, StateConfig
 from monitor.config.sinks import SinkConfig, _default_sinks
 from monitor.config.superoffice import SuperOfficeConfig
-from monitor.config.tenants import DEFAULT_TENANT, TenantConfig
+from monitor.config.tenants import DEFAULT_TENANT, TenantConfig, Unit
 
 __all__ = ["Config", "load_config", "parse_config", "read_toml", "redacted"]
 
@@ -75,6 +75,9 @@ class Config(_Section):
                 "with their own [tenants.superoffice] and [tenants.watch], not both"
             )
             raise _invalid(type(self).__name__, [_problem((key,), message)])
+        problems = self._shard_problems()
+        if problems:
+            raise _invalid(type(self).__name__, problems)
         names = [tenant.name for tenant in self.tenant_list]
         problems = [
             _problem(
@@ -87,6 +90,29 @@ class Config(_Section):
         if problems:
             raise _invalid(type(self).__name__, problems)
         return self
+
+    def _shard_problems(self) -> list[InitErrorDetails]:
+        """Shards spread one tenant over replicas: they need PostgreSQL, and their names
+        (``acme-2of3``) must be usable and no other tenant's."""
+        names = {tenant.name for tenant in self.tenants}
+        problems = []
+        for index, tenant in enumerate(self.tenants):
+            if tenant.shards == 1:
+                continue
+            where = ("tenants", index, "shards")
+            if self.state.url is None:
+                message = "shards spread a tenant over replicas: give [state] url (PostgreSQL)"
+                problems.append(_problem(where, message))
+            for unit in tenant.units:
+                if unit.name in names or len(unit.name) > 63:
+                    message = f"the shard name {unit.name!r} is another tenant's or too long"
+                    problems.append(_problem(where, message))
+        return problems
+
+    @property
+    def units(self) -> list[Unit]:
+        """Every tenant, or each of its shards: the pipelines and leases there are."""
+        return [unit for tenant in self.tenant_list for unit in tenant.units]
 
     @classmethod
     def _missing_keys(

@@ -8,6 +8,7 @@ A configuration gives either ``[[tenants]]`` entries or the single ``[superoffic
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Final
 
 from pydantic import AfterValidator, Field
@@ -17,7 +18,10 @@ from monitor.config.poll import WatchConfig
 from monitor.config.superoffice import SuperOfficeConfig
 from monitor.links import DEFAULT_TENANT
 
-__all__ = ["DEFAULT_TENANT", "TenantConfig", "TenantName"]
+__all__ = ["DEFAULT_TENANT", "MAX_SHARDS", "TenantConfig", "TenantName", "Unit"]
+
+#: The most shards one tenant is split into.
+MAX_SHARDS: Final = 16
 
 _TENANT_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -43,3 +47,28 @@ class TenantConfig(_Section):
     name: TenantName
     superoffice: SuperOfficeConfig
     watch: WatchConfig = Field(default_factory=WatchConfig)
+    #: With replicas: this many parts of the tenant's tasks (split by id hash), each with a
+    #: lease of its own, so that one huge tenant is spread over the replicas.
+    shards: Annotated[int, Field(ge=1, le=MAX_SHARDS)] = 1
+
+    @property
+    def units(self) -> list[Unit]:
+        """What replicas lease and run: the tenant, or each of its shards."""
+        if self.shards == 1:
+            return [Unit(self.name, self, 1, 1)]
+        n = self.shards
+        return [Unit(f"{self.name}-{k}of{n}", self, k, n) for k in range(1, n + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A tenant, or one shard of it: one pipeline, one lease, one part of the store.
+
+    A shard is named ``<tenant>-<k>of<n>`` (``acme-2of3``) wherever a tenant is named: pages,
+    ``?tenant=``, labels, messages; it watches the tenant's tasks whose id hash falls to it.
+    """
+
+    name: str
+    tenant: TenantConfig
+    number: int
+    count: int

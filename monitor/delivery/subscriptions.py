@@ -16,12 +16,14 @@ from monitor.sinks.factory import build_sink
 __all__ = ["subscriptions_from"]
 
 
-def subscriptions_from(sinks: Sequence[SinkConfig], context: SinkContext) -> list[Subscription]:
-    """A sink and its route for each ``[[sinks]]`` entry whose ``tenants`` match the
-    context's tenant (the others are not built for it)."""
+def subscriptions_from(
+    sinks: Sequence[SinkConfig], context: SinkContext, *, tenant: str | None = None
+) -> list[Subscription]:
+    """A sink and its route for each ``[[sinks]]`` entry whose ``tenants`` match ``tenant``
+    (default: the context's; a shard's sinks are its tenant's); the others are not built."""
     subscriptions = []
     for config in sinks:
-        if not config.serves(context.tenant):
+        if not config.serves(tenant or context.tenant):
             continue
         sink = build_sink(config, context)
         subscriptions.append(
