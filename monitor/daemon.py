@@ -22,7 +22,7 @@ import structlog
 
 from monitor import __version__
 from monitor.config import Config, PollConfig, SuperOfficeConfig, WatchConfig
-from monitor.config.tenants import Unit
+from monitor.config.tenants import TenantConfig, Unit
 from monitor.delivery.acknowledgements import Acknowledgements
 from monitor.delivery.dispatcher import Dispatcher, Limiters
 from monitor.delivery.maintenance import Maintenance
@@ -172,25 +172,31 @@ class TenantRuntime:
     def __init__(self, config: Config, unit: Unit, clock: Callable[[], datetime]) -> None:
         #: The tenant's name, or its shard's (``acme-2of3``).
         self.name = unit.name
-        self.tenant = unit.tenant
-        #: The tenant's tasks this runtime watches (all but for a shard).
-        self.shard = Shard(unit.number, unit.count)
-        tenant = unit.tenant
-        self.tracker = Tracker(rules_from(config.poll, tenant.watch))
+        self.unit = unit
+        self.tracker = Tracker(rules_from(config.poll, unit.tenant.watch))
         #: Maintenance windows and the tenant state; what a maintenance held back outlives a
         #: reload.
         self.maintenance = Maintenance(config.maintenance.all_windows, clock=clock)
         self.dispatcher: Dispatcher | None = None
         self.poller: Poller | None = None
-        self.view: TenantView | None = None
         self.metrics: TenantState | None = None
         #: Whether its pipeline delivers what it holds when it stops (not once its lease is
         #: lost: its writes would be refused, and the keeper must not wait for them).
         self.drain = True
 
+    @property
+    def tenant(self) -> TenantConfig:
+        """The tenant's configuration (a shard's is its tenant's)."""
+        return self.unit.tenant
+
+    @property
+    def shard(self) -> Shard:
+        """The tenant's tasks this runtime watches (all of them but for a shard)."""
+        return Shard(self.unit.number, self.unit.count)
+
     def configure(self, config: Config, unit: Unit) -> None:
         """Take a reloaded configuration's rules for this tenant."""
-        self.tenant, self.shard = unit.tenant, Shard(unit.number, unit.count)
+        self.unit = unit
         self.tracker.rules = rules_from(config.poll, unit.tenant.watch)
 
     def alive(self, stale_after: float) -> bool:
@@ -548,7 +554,7 @@ class Daemon:
         on) from what the store holds, its last holder's memory, every write fenced."""
         replication = self._replication
         assert replication is not None  # the keeper runs only once it is set
-        unit = next(unit for unit in self.config.units if unit.name == name)
+        unit = self.runtimes[name].unit
         runtime = self.runtimes[name] = TenantRuntime(self.config, unit, self.clock)
         view = replication.store.for_tenant(name).fenced(replication.keeper.fence(name))
         taken = await view.take_over_claims()
