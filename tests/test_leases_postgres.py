@@ -405,3 +405,28 @@ async def fenced_write(url: str, fence: Fence, *, task_id: int) -> None:
             if lost is None:
                 raise
             raise lost from None
+
+
+async def test_replicas_and_leases_long_gone_are_forgotten(url: str) -> None:
+    """A replica unseen and a lease run out for a day (a killed replica, a tenant removed
+    from the configuration) go at the next round; fresher ones stay."""
+    await rows(
+        url,
+        "INSERT INTO replicas (id, host, pid, started, seen) VALUES "
+        "('dead', 'h', 1, now() - interval '3 days', now() - interval '2 days'), "
+        "('recent', 'h', 2, now() - interval '1 hour', now() - interval '1 hour') "
+        "RETURNING id",
+    )
+    await rows(
+        url,
+        "INSERT INTO leases (name, holder, epoch, expires) VALUES "
+        "('removed', 'dead', 4, now() - interval '2 days'), "
+        "('lapsed', 'recent', 2, now() - interval '1 hour') RETURNING name",
+    )
+    async with replicas(url) as world:
+        keeper = await world.start("r1", ["tenant-00"])
+        await world.until(lambda: "tenant-00" in keeper.held)
+        assert [("recent",), ("r1",)] == await rows(url, "SELECT id FROM replicas ORDER BY started")
+        assert [("lapsed",), ("tenant-00",)] == await rows(
+            url, "SELECT name FROM leases ORDER BY name"
+        )

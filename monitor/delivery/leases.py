@@ -70,7 +70,7 @@ LEASE_TTL = 15.0
 LEASE_LOST = "L0001"
 #: The keeper's connection as ``pg_stat_activity`` shows it.
 APPLICATION_NAME = "batchmon-leases"
-#: Seconds after which a replica not seen is deleted from ``replicas``.
+#: Seconds after which a replica not seen, or a lease run out, is deleted.
 FORGET_REPLICAS = 86400.0
 
 #: Told a lease was taken, with its epoch: start the pipeline (fenced by that epoch).
@@ -78,7 +78,14 @@ OnGain = Callable[[str, int], Coroutine[Any, Any, None]]
 #: Told a lease is lost or given up: stop the pipeline, and return once it stopped.
 OnLoss = Callable[[str], Coroutine[Any, Any, None]]
 
-_FORGET = "DELETE FROM replicas WHERE seen < now() - make_interval(secs => %b)"
+#: Replicas not seen, and leases run out (a tenant removed from the configuration, say), for
+#: FORGET_REPLICAS go: nothing any replica keeps grows with every replica or tenant there was.
+#: A lease forgotten starts again at epoch 1, for a holder new since (a replica's id is new at
+#: each start), so no fence of its old holders can match it.
+_FORGET = (
+    "WITH gone AS (DELETE FROM leases WHERE expires < now() - make_interval(secs => %(after)b)) "
+    "DELETE FROM replicas WHERE seen < now() - make_interval(secs => %(after)b)"
+)
 _HEARTBEAT = (
     "INSERT INTO replicas (id, host, pid, started, seen) VALUES (%b, %b, %b, now(), now()) "
     "ON CONFLICT (id) DO UPDATE SET seen = now()"
@@ -391,7 +398,7 @@ class LeaseKeeper:
         }
         results = await self._transaction(
             [
-                (_FORGET, [FORGET_REPLICAS]),
+                (_FORGET, {"after": FORGET_REPLICAS}),
                 (_HEARTBEAT, [self.replica, self._host, self._pid]),
                 (_RENEW, renew),
                 (_LIVE, [self.ttl]),
