@@ -165,8 +165,8 @@ async def test_one_tenant_in_shards_is_spread_over_the_replicas(pg_url: str) -> 
                             "tenant": context,
                         },
                         "watch": {
-                            # Tuned: the default list call (every 30 s) would leave a tenant taken over
-                            # without its tasks for half a minute; the split, not discovery, is under test.
+                            # Tuned: the default list call (every 30 s) would find the
+                            # tasks half a minute late; the split is under test.
                             "discover": [{"every": "2s", "states": list(DISCOVERABLE_STATES)}]
                         },
                     }
