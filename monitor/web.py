@@ -690,6 +690,15 @@ def _html(template: str, status: int = 200, **values: Any) -> web.Response:
     return web.Response(text=html, status=status, content_type="text/html")
 
 
+def _page_tenant(request: web.Request, home: str) -> TenantView | web.Response:
+    """The page's tenant (as :func:`_tenant` finds it), or the error page saying why not."""
+    try:
+        return _tenant(request)
+    except web.HTTPException as exc:
+        message = json.loads(exc.text or "{}").get("error", exc.reason)
+        return _html("error.html", exc.status, title=exc.reason, message=message, home=home)
+
+
 def _several(state: WebState) -> bool:
     """Whether this process shows more than one tenant (pages then name and group them)."""
     return len(state.configured) > 1 or len(state.tenants) > 1 or state.replicas is not None
@@ -701,11 +710,9 @@ async def _status_page(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if _several(state) and "tenant" not in request.query:
         return await _tenants_page(state)
-    try:
-        view = _tenant(request)
-    except web.HTTPException as exc:
-        message = json.loads(exc.text or "{}").get("error", exc.reason)
-        return _html("error.html", exc.status, title=exc.reason, message=message, home="./")
+    view = _page_tenant(request, "./")
+    if isinstance(view, web.Response):
+        return view
     try:
         query, page, following = _listing(request, view, PAGE_ROWS, PAGE_MAX_ROWS)
     except QueryError as exc:
@@ -866,11 +873,9 @@ def _iso(value: datetime | None) -> str | None:
 
 async def _task_page(request: web.Request) -> web.Response:
     """One task: its fields, its progress chart and its recorded events."""
-    try:
-        view = _tenant(request)
-    except web.HTTPException as exc:
-        message = json.loads(exc.text or "{}").get("error", exc.reason)
-        return _html("error.html", exc.status, title=exc.reason, message=message, home="../")
+    view = _page_tenant(request, "../")
+    if isinstance(view, web.Response):
+        return view
     state = request.app[STATE]
     task_id = _task_id(request)
     memory = view.tracker.tasks.get(task_id)
