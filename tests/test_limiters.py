@@ -32,3 +32,12 @@ class TestLimiters:
 
     def test_no_rate_no_limiter(self) -> None:
         assert Limiters().of(_subscription("log", math.inf, "acme")) is None
+
+    def test_a_new_rate_gets_a_new_limiter(self) -> None:
+        """A reload that changes a sink's rate must not keep the old one."""
+        limiters = Limiters()
+        before = limiters.of(_subscription("slack", 1.0, "acme"))
+        after = limiters.of(_subscription("slack", 4.0, "acme"))
+        assert after is not None
+        assert after is not before
+        assert 0.25 == after.interval

@@ -108,17 +108,18 @@ class Limiters:
     (a Slack webhook, say) allows its rate however many tenants post to it."""
 
     def __init__(self) -> None:
-        self._by_sink: dict[str, RateLimiter] = {}
+        self._by_sink: dict[tuple[str, float], RateLimiter] = {}
 
     def of(self, subscription: Subscription) -> RateLimiter | None:
-        """The sink's limiter (made at first ask); ``None`` for a sink without a rate."""
+        """The sink's limiter (made at first ask); ``None`` for a sink without a rate.  A
+        sink given another rate (a reload) gets a limiter of that rate."""
         if not math.isfinite(subscription.rate):
             return None
-        name = subscription.sink.name
-        limiter = self._by_sink.get(name)
+        key = (subscription.sink.name, subscription.rate)
+        limiter = self._by_sink.get(key)
         if limiter is None:
             rate = subscription.rate
-            limiter = self._by_sink[name] = RateLimiter(rate, burst=max(1, int(rate)))
+            limiter = self._by_sink[key] = RateLimiter(rate, burst=max(1, int(rate)))
         return limiter
 
 
